@@ -1,0 +1,755 @@
+//! Payload -> input tensor bytes.
+//!
+//! JSON is walked once with serde's visitor API: numbers go straight into
+//! the model's input buffers (quantized on the way), nothing else is built.
+//! Accepted shapes (see README "Message formats"):
+//!
+//! - `{"id": .., "data": [..]}` for a single-input model,
+//! - `{"id": .., "inputs": [[..], [..]]}` in model input order, or
+//! - `{"id": .., "inputs": {"<input name>": [..], ..}}`.
+//!
+//! Arrays may be nested any way; only the element count must match. Other
+//! top-level fields are ignored so devices can add timestamps or metadata.
+
+use std::fmt;
+
+use model_runtime::TensorSpec;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use super::quant;
+use super::{ErrorCode, Failure, MessageId, MAX_ID_LEN};
+
+/// What a successful decode leaves besides the filled buffers.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub id: Option<MessageId>,
+}
+
+/// Decodes a JSON payload into `buffers` (one per input of `specs`).
+/// On failure the id is still returned when it could be read, so the error
+/// can be correlated.
+pub fn decode_json(
+    payload: &[u8],
+    specs: &[TensorSpec],
+    buffers: &mut [Vec<u8>],
+) -> Result<Decoded, (Option<MessageId>, Failure)> {
+    let mut state = State {
+        specs,
+        buffers,
+        counts: vec![None; specs.len()],
+        id: None,
+        failure: None,
+        saw_data: false,
+    };
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let parsed = TopLevel(&mut state)
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
+    if let Some(f) = state.failure.take() {
+        return Err((state.id, f));
+    }
+    if let Err(e) = parsed {
+        return Err((state.id, json_failure(payload, &e)));
+    }
+    if !state.saw_data {
+        return Err((
+            state.id,
+            Failure::new(
+                ErrorCode::BadJson,
+                format!(
+                    "expected a JSON object with \"data\" (one input) or \"inputs\" (model inputs: {}); got neither",
+                    input_list(specs)
+                ),
+            ),
+        ));
+    }
+    for (i, spec) in specs.iter().enumerate() {
+        match state.counts[i] {
+            None => {
+                return Err((
+                    state.id,
+                    Failure::new(
+                        ErrorCode::BadShape,
+                        format!(
+                            "input '{}' ({} {}) is missing; the model takes {} input(s): {}",
+                            spec.name,
+                            spec.shape_string(),
+                            spec.dtype,
+                            specs.len(),
+                            input_list(specs)
+                        ),
+                    ),
+                ))
+            }
+            Some(n) if n != spec.element_count() => {
+                return Err((state.id, count_failure(spec, n)));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(Decoded { id: state.id })
+}
+
+/// Copies a raw payload (the input tensors' bytes, concatenated in input
+/// order) into `buffers`.
+pub fn decode_raw(
+    payload: &[u8],
+    specs: &[TensorSpec],
+    buffers: &mut [Vec<u8>],
+) -> Result<(), Failure> {
+    let want: usize = specs.iter().map(TensorSpec::byte_len).sum();
+    if payload.len() != want {
+        let parts: Vec<String> = specs
+            .iter()
+            .map(|s| {
+                format!(
+                    "'{}' {} {} = {} bytes",
+                    s.name,
+                    s.shape_string(),
+                    s.dtype,
+                    s.byte_len()
+                )
+            })
+            .collect();
+        return Err(Failure::new(
+            ErrorCode::BadShape,
+            format!(
+                "raw payload must be exactly {want} bytes ({}), got {}",
+                parts.join(" + "),
+                payload.len()
+            ),
+        ));
+    }
+    let mut at = 0;
+    for (spec, buf) in specs.iter().zip(buffers.iter_mut()) {
+        let n = spec.byte_len();
+        buf[..n].copy_from_slice(&payload[at..at + n]);
+        at += n;
+    }
+    Ok(())
+}
+
+fn input_list(specs: &[TensorSpec]) -> String {
+    specs
+        .iter()
+        .map(|s| format!("'{}' {} {}", s.name, s.shape_string(), s.dtype))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn count_failure(spec: &TensorSpec, got: usize) -> Failure {
+    Failure::new(
+        ErrorCode::BadShape,
+        format!(
+            "input '{}' needs {} values ({}), got {got}",
+            spec.name,
+            spec.element_count(),
+            spec.shape_string()
+        ),
+    )
+}
+
+/// Classifies a serde_json error, recognising the non-JSON NaN/Infinity
+/// literals some encoders (Python's json module) emit.
+fn json_failure(payload: &[u8], e: &serde_json::Error) -> Failure {
+    if e.is_syntax() || e.is_eof() {
+        let (line, col) = (e.line(), e.column());
+        if let Some(offset) = byte_offset(payload, line, col) {
+            // The column points at the offending character or just past it.
+            let at = |o: usize| payload.get(o.min(payload.len())..).unwrap_or_default();
+            for lit in ["NaN", "Infinity", "-Infinity", "inf", "nan"] {
+                if at(offset).starts_with(lit.as_bytes())
+                    || at(offset.saturating_sub(1)).starts_with(lit.as_bytes())
+                {
+                    return Failure::new(
+                        ErrorCode::BadValue,
+                        format!(
+                            "{lit} at line {line} column {col}: inputs must be finite numbers (JSON has no NaN or Infinity)"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    let what = if e.is_eof() {
+        "payload ends early"
+    } else if e.is_data() {
+        "unexpected JSON structure"
+    } else {
+        "invalid JSON"
+    };
+    Failure::new(ErrorCode::BadJson, format!("{what}: {e}"))
+}
+
+fn byte_offset(payload: &[u8], line: usize, col: usize) -> Option<usize> {
+    let mut cur_line = 1;
+    let mut line_start = 0;
+    for (i, &b) in payload.iter().enumerate() {
+        if cur_line == line {
+            break;
+        }
+        if b == b'\n' {
+            cur_line += 1;
+            line_start = i + 1;
+        }
+    }
+    (cur_line == line).then_some(line_start + col.saturating_sub(1))
+}
+
+struct State<'a> {
+    specs: &'a [TensorSpec],
+    buffers: &'a mut [Vec<u8>],
+    /// Values seen per input; None until the input appears.
+    counts: Vec<Option<usize>>,
+    id: Option<MessageId>,
+    /// Set by a visitor that aborts the parse with a classified failure.
+    failure: Option<Failure>,
+    saw_data: bool,
+}
+
+impl State<'_> {
+    fn fail<E: de::Error>(&mut self, f: Failure) -> E {
+        if self.failure.is_none() {
+            self.failure = Some(f);
+        }
+        E::custom("aborted")
+    }
+}
+
+struct TopLevel<'s, 'a>(&'s mut State<'a>);
+
+impl<'de> DeserializeSeed<'de> for TopLevel<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopLevel<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object with \"data\" or \"inputs\"")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let st = self.0;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "id" => {
+                    let v: serde_json::Value = map.next_value()?;
+                    st.id = Some(match v {
+                        serde_json::Value::String(s) if s.len() <= MAX_ID_LEN => MessageId::Text(s),
+                        serde_json::Value::Number(n) => MessageId::Number(n),
+                        serde_json::Value::String(s) => {
+                            return Err(st.fail(Failure::new(
+                                ErrorCode::BadJson,
+                                format!(
+                                    "\"id\" may be at most {MAX_ID_LEN} bytes, got {}",
+                                    s.len()
+                                ),
+                            )))
+                        }
+                        other => {
+                            return Err(st.fail(Failure::new(
+                                ErrorCode::BadJson,
+                                format!(
+                                    "\"id\" must be a string or a number, got {}",
+                                    kind(&other)
+                                ),
+                            )))
+                        }
+                    });
+                }
+                "data" => {
+                    if st.specs.len() != 1 {
+                        return Err(st.fail(Failure::new(
+                            ErrorCode::BadShape,
+                            format!(
+                                "\"data\" is for single-input models; this model takes {} inputs ({}): send \"inputs\" as a list in that order or an object keyed by input name",
+                                st.specs.len(),
+                                input_list(st.specs)
+                            ),
+                        )));
+                    }
+                    if st.saw_data {
+                        return Err(st.fail(Failure::new(
+                            ErrorCode::BadJson,
+                            "both \"data\" and \"inputs\" given (or one twice); send exactly one",
+                        )));
+                    }
+                    st.saw_data = true;
+                    map.next_value_seed(InputValues {
+                        st: &mut *st,
+                        input: 0,
+                    })?;
+                }
+                "inputs" => {
+                    if st.saw_data {
+                        return Err(st.fail(Failure::new(
+                            ErrorCode::BadJson,
+                            "both \"data\" and \"inputs\" given (or one twice); send exactly one",
+                        )));
+                    }
+                    st.saw_data = true;
+                    map.next_value_seed(InputsField(&mut *st))?;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// `"inputs"`: a list in model order or an object keyed by input name.
+struct InputsField<'s, 'a>(&'s mut State<'a>);
+
+impl<'de> DeserializeSeed<'de> for InputsField<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for InputsField<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of input arrays or an object keyed by input name")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let st = self.0;
+        let mut i = 0;
+        loop {
+            if i >= st.specs.len() {
+                // One more element means too many inputs.
+                if seq.next_element::<IgnoredAny>()?.is_some() {
+                    let mut extra = i + 1;
+                    while seq.next_element::<IgnoredAny>()?.is_some() {
+                        extra += 1;
+                    }
+                    return Err(st.fail(Failure::new(
+                        ErrorCode::BadShape,
+                        format!(
+                            "\"inputs\" has {extra} entries, the model takes {}: {}",
+                            st.specs.len(),
+                            input_list(st.specs)
+                        ),
+                    )));
+                }
+                return Ok(());
+            }
+            let seed = InputValues {
+                st: &mut *st,
+                input: i,
+            };
+            if seq.next_element_seed(seed)?.is_none() {
+                return Ok(());
+            }
+            i += 1;
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let st = self.0;
+        while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let Some(i) = st.specs.iter().position(|s| s.name == name.as_ref()) else {
+                return Err(st.fail(Failure::new(
+                    ErrorCode::BadShape,
+                    format!(
+                        "the model has no input named '{name}'; its inputs are {}",
+                        input_list(st.specs)
+                    ),
+                )));
+            };
+            if st.counts[i].is_some() {
+                return Err(st.fail(Failure::new(
+                    ErrorCode::BadJson,
+                    format!("input '{name}' is given twice"),
+                )));
+            }
+            map.next_value_seed(InputValues {
+                st: &mut *st,
+                input: i,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// The values of one input: a (possibly nested) array of numbers.
+struct InputValues<'s, 'a> {
+    st: &'s mut State<'a>,
+    input: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for InputValues<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for InputValues<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of numbers")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let InputValues { st, input } = self;
+        let mut w = Writer {
+            spec: &st.specs[input],
+            buf: &mut st.buffers[input],
+            count: 0,
+            failure: None,
+        };
+        let mut depth_guard = 0u32;
+        let result = (|| {
+            while seq
+                .next_element_seed(Element {
+                    w: &mut w,
+                    depth: &mut depth_guard,
+                })?
+                .is_some()
+            {}
+            Ok(())
+        })();
+        let count = w.count;
+        if let Some(f) = w.failure.take() {
+            return Err(st.fail(f));
+        }
+        result?;
+        st.counts[input] = Some(count);
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        let name = self.st.specs[self.input].name.clone();
+        Err(self.st.fail(Failure::new(
+            ErrorCode::BadJson,
+            format!("input '{name}' must be an array of numbers, got an object"),
+        )))
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        self.not_array("a string")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        self.not_array("a boolean")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.not_array("null")
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        self.not_array("a single number")
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        self.not_array("a single number")
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        self.not_array("a single number")
+    }
+}
+
+impl InputValues<'_, '_> {
+    fn not_array<E: de::Error>(self, what: &str) -> Result<(), E> {
+        let name = self.st.specs[self.input].name.clone();
+        Err(self.st.fail(Failure::new(
+            ErrorCode::BadJson,
+            format!("input '{name}' must be an array of numbers, got {what}"),
+        )))
+    }
+}
+
+/// Writes numbers into one input buffer, counting past the end so the
+/// error can say how many came.
+struct Writer<'a> {
+    spec: &'a TensorSpec,
+    buf: &'a mut [u8],
+    count: usize,
+    failure: Option<Failure>,
+}
+
+impl Writer<'_> {
+    #[inline]
+    fn push<E: de::Error>(&mut self, v: f64) -> Result<(), E> {
+        let x = v as f32;
+        if !x.is_finite() {
+            return Err(self.fail(Failure::new(
+                ErrorCode::BadValue,
+                format!(
+                    "input '{}' element {} is {v}, outside the float32 range",
+                    self.spec.name, self.count
+                ),
+            )));
+        }
+        if self.count < self.spec.element_count() {
+            quant::store(
+                self.spec.dtype,
+                self.spec.quantization,
+                self.buf,
+                self.count,
+                x,
+            );
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    fn fail<E: de::Error>(&mut self, f: Failure) -> E {
+        if self.failure.is_none() {
+            self.failure = Some(f);
+        }
+        E::custom("aborted")
+    }
+
+    fn bad_element<E: de::Error>(&mut self, what: &str) -> E {
+        let f = Failure::new(
+            ErrorCode::BadValue,
+            format!(
+                "input '{}' element {} is {what}, expected a number",
+                self.spec.name, self.count
+            ),
+        );
+        self.fail(f)
+    }
+}
+
+/// Nesting deeper than this is refused (a tensor has at most 8 dims; the
+/// margin allows [[..]] wrappers). It also bounds recursion.
+const MAX_DEPTH: u32 = 16;
+
+struct Element<'w, 'a> {
+    w: &'w mut Writer<'a>,
+    depth: &'w mut u32,
+}
+
+impl<'de> DeserializeSeed<'de> for Element<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Element<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a number or an array of numbers")
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.w.push(v)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.w.push(v as f64)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.w.push(v as f64)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        *self.depth += 1;
+        if *self.depth > MAX_DEPTH {
+            let f = Failure::new(
+                ErrorCode::BadShape,
+                format!(
+                    "input '{}' is nested more than {MAX_DEPTH} arrays deep",
+                    self.w.spec.name
+                ),
+            );
+            return Err(self.w.fail(f));
+        }
+        while seq
+            .next_element_seed(Element {
+                w: &mut *self.w,
+                depth: &mut *self.depth,
+            })?
+            .is_some()
+        {}
+        *self.depth -= 1;
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Err(self.w.bad_element("a string"))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Err(self.w.bad_element("a boolean"))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Err(self.w.bad_element("null"))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(self.w.bad_element("an object"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model_runtime::{DType, Quantization};
+
+    fn spec(name: &str, shape: &[usize], dtype: DType, q: Option<Quantization>) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            shape: shape.to_vec(),
+            dtype,
+            quantization: q,
+            shape_signature: shape.iter().map(|&d| d as i64).collect(),
+        }
+    }
+
+    fn bufs(specs: &[TensorSpec]) -> Vec<Vec<u8>> {
+        specs.iter().map(|s| vec![0u8; s.byte_len()]).collect()
+    }
+
+    fn f32s(b: &[u8]) -> Vec<f32> {
+        b.chunks(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+
+    #[test]
+    fn flat_and_nested_data_fill_the_buffer() {
+        let specs = [spec("x", &[1, 2, 2], DType::F32, None)];
+        let mut b = bufs(&specs);
+        let d = decode_json(br#"{"id":"a1","data":[[1,2],[3.5,-4]]}"#, &specs, &mut b).unwrap();
+        assert_eq!(d.id, Some(MessageId::Text("a1".into())));
+        assert_eq!(f32s(&b[0]), vec![1.0, 2.0, 3.5, -4.0]);
+        let d = decode_json(
+            br#"{"data":[5,6,7,8],"ts":123,"meta":{"a":[1]}}"#,
+            &specs,
+            &mut b,
+        )
+        .unwrap();
+        assert_eq!(d.id, None);
+        assert_eq!(f32s(&b[0]), vec![5.0, 6.0, 7.0, 8.0]);
+    }
+
+    #[test]
+    fn quantizes_int8_inputs() {
+        let q = Some(Quantization {
+            scale: 0.5,
+            zero_point: 1,
+        });
+        let specs = [spec("x", &[3], DType::I8, q)];
+        let mut b = bufs(&specs);
+        decode_json(br#"{"data":[0, 1.0, -100]}"#, &specs, &mut b).unwrap();
+        assert_eq!(
+            b[0].iter().map(|&x| x as i8).collect::<Vec<_>>(),
+            vec![1, 3, -128]
+        );
+    }
+
+    #[test]
+    fn count_mismatch_names_the_input_and_counts() {
+        let specs = [spec("input_1", &[1, 128, 3], DType::F32, None)];
+        let mut b = bufs(&specs);
+        let payload = format!(r#"{{"id":7,"data":[{}]}}"#, vec!["0.5"; 383].join(","));
+        let (id, f) = decode_json(payload.as_bytes(), &specs, &mut b).unwrap_err();
+        assert_eq!(id, Some(MessageId::Number(7.into())));
+        assert_eq!(f.code, ErrorCode::BadShape);
+        assert_eq!(
+            f.message,
+            "input 'input_1' needs 384 values (1x128x3), got 383"
+        );
+        let payload = format!(r#"{{"data":[{}]}}"#, vec!["0.5"; 390].join(","));
+        let (_, f) = decode_json(payload.as_bytes(), &specs, &mut b).unwrap_err();
+        assert!(f.message.ends_with("got 390"), "{}", f.message);
+    }
+
+    #[test]
+    fn multi_input_list_and_object_forms() {
+        let specs = [
+            spec("a", &[2], DType::F32, None),
+            spec("b", &[1], DType::F32, None),
+        ];
+        let mut b = bufs(&specs);
+        decode_json(br#"{"inputs":[[1,2],[3]]}"#, &specs, &mut b).unwrap();
+        assert_eq!(f32s(&b[1]), vec![3.0]);
+        decode_json(br#"{"inputs":{"b":[9],"a":[7,8]}}"#, &specs, &mut b).unwrap();
+        assert_eq!(f32s(&b[0]), vec![7.0, 8.0]);
+        let (_, f) = decode_json(br#"{"inputs":{"a":[7,8]}}"#, &specs, &mut b).unwrap_err();
+        assert_eq!(f.code, ErrorCode::BadShape);
+        assert!(f.message.contains("'b'"), "{}", f.message);
+        let (_, f) = decode_json(br#"{"inputs":{"c":[1]}}"#, &specs, &mut b).unwrap_err();
+        assert!(f.message.contains("no input named 'c'"), "{}", f.message);
+        let (_, f) = decode_json(br#"{"inputs":[[1,2],[3],[4]]}"#, &specs, &mut b).unwrap_err();
+        assert!(f.message.contains("3 entries"), "{}", f.message);
+        let (_, f) = decode_json(br#"{"data":[1,2,3]}"#, &specs, &mut b).unwrap_err();
+        assert_eq!(f.code, ErrorCode::BadShape);
+    }
+
+    #[test]
+    fn bad_values_and_bad_json_are_classified() {
+        let specs = [spec("x", &[2], DType::F32, None)];
+        let mut b = bufs(&specs);
+        let cases: &[(&[u8], ErrorCode)] = &[
+            (br#"{"data":[1,NaN]}"#, ErrorCode::BadValue),
+            (br#"{"data":[1,Infinity]}"#, ErrorCode::BadValue),
+            (br#"{"data":[1,-Infinity]}"#, ErrorCode::BadValue),
+            (br#"{"data":[1,1e39]}"#, ErrorCode::BadValue),
+            (br#"{"data":[1,"2"]}"#, ErrorCode::BadValue),
+            (br#"{"data":[1,null]}"#, ErrorCode::BadValue),
+            (br#"{"data":[1,2]"#, ErrorCode::BadJson),
+            (br#"[1,2]"#, ErrorCode::BadJson),
+            (br#"{"id":"x"}"#, ErrorCode::BadJson),
+            (br#"{"data":"12"}"#, ErrorCode::BadJson),
+            (br#"{"id":[1],"data":[1,2]}"#, ErrorCode::BadJson),
+            (b"\xff\xfe", ErrorCode::BadJson),
+            (b"", ErrorCode::BadJson),
+        ];
+        for (payload, code) in cases {
+            let (_, f) = decode_json(payload, &specs, &mut b).unwrap_err();
+            assert_eq!(
+                f.code,
+                *code,
+                "{} -> {}",
+                String::from_utf8_lossy(payload),
+                f.message
+            );
+        }
+    }
+
+    #[test]
+    fn absurd_nesting_is_refused_without_overflowing_the_stack() {
+        let specs = [spec("x", &[1], DType::F32, None)];
+        let mut b = bufs(&specs);
+        let payload = format!(r#"{{"data":{}1{}}}"#, "[".repeat(100), "]".repeat(100));
+        let (_, f) = decode_json(payload.as_bytes(), &specs, &mut b).unwrap_err();
+        assert!(
+            matches!(f.code, ErrorCode::BadShape | ErrorCode::BadJson),
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn raw_payload_size_must_match_exactly() {
+        let specs = [
+            spec("a", &[2], DType::I8, None),
+            spec("b", &[1], DType::F32, None),
+        ];
+        let mut b = bufs(&specs);
+        decode_raw(&[1, 2, 0, 0, 128, 63], &specs, &mut b).unwrap();
+        assert_eq!(b[0], vec![1, 2]);
+        assert_eq!(f32s(&b[1]), vec![1.0]);
+        let f = decode_raw(&[1, 2, 3], &specs, &mut b).unwrap_err();
+        assert!(f.message.contains("exactly 6 bytes"), "{}", f.message);
+        assert!(f.message.ends_with("got 3"));
+    }
+}

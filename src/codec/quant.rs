@@ -1,0 +1,122 @@
+//! Affine quantization, computed in f32 exactly as TFLite's reference
+//! kernels do: q = clamp(round_half_away_from_zero(x / scale) + zero_point).
+//! Test fixtures are made with the same rule, so results compare bit-exactly.
+
+use model_runtime::{DType, Quantization};
+
+/// Writes one real value into element `index` of a tensor buffer of `dtype`.
+/// The caller has checked `value` is finite.
+#[inline]
+pub fn store(dtype: DType, q: Option<Quantization>, buf: &mut [u8], index: usize, value: f32) {
+    match dtype {
+        DType::F32 => {
+            let at = index * 4;
+            buf[at..at + 4].copy_from_slice(&value.to_le_bytes());
+        }
+        DType::I8 => buf[index] = quantize(value, q, i8::MIN as i32, i8::MAX as i32) as i8 as u8,
+        DType::U8 => buf[index] = quantize(value, q, 0, u8::MAX as i32) as u8,
+        DType::I16 => {
+            let v = quantize(value, q, i16::MIN as i32, i16::MAX as i32) as i16;
+            let at = index * 2;
+            buf[at..at + 2].copy_from_slice(&v.to_le_bytes());
+        }
+        DType::I32 => {
+            let at = index * 4;
+            buf[at..at + 4].copy_from_slice(&(value.round() as i32).to_le_bytes());
+        }
+        DType::I64 => {
+            let at = index * 8;
+            buf[at..at + 8].copy_from_slice(&(value.round() as i64).to_le_bytes());
+        }
+        DType::Bool => buf[index] = u8::from(value != 0.0),
+        // Rejected when the model is loaded (see `decodable`).
+        DType::F16 | DType::Other(_) => {}
+    }
+}
+
+#[inline]
+fn quantize(value: f32, q: Option<Quantization>, min: i32, max: i32) -> i32 {
+    let stepped = match q {
+        Some(q) if q.scale > 0.0 => (value / q.scale).round() as i32 + q.zero_point,
+        // An integer tensor without quantization takes integers as they are.
+        _ => value.round() as i32,
+    };
+    stepped.clamp(min, max)
+}
+
+/// Reads element `index` of a tensor buffer back as a real value.
+#[inline]
+pub fn load(dtype: DType, q: Option<Quantization>, buf: &[u8], index: usize) -> f32 {
+    let raw = match dtype {
+        DType::F32 => {
+            let at = index * 4;
+            return f32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+        }
+        DType::I8 => f32::from(buf[index] as i8),
+        DType::U8 => f32::from(buf[index]),
+        DType::I16 => {
+            let at = index * 2;
+            f32::from(i16::from_le_bytes([buf[at], buf[at + 1]]))
+        }
+        DType::I32 => {
+            let at = index * 4;
+            return i32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as f32;
+        }
+        DType::I64 => {
+            let at = index * 8;
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&buf[at..at + 8]);
+            return i64::from_le_bytes(b) as f32;
+        }
+        DType::Bool => return f32::from(buf[index]),
+        DType::F16 | DType::Other(_) => return f32::NAN,
+    };
+    match q {
+        Some(q) => (raw - q.zero_point as f32) * q.scale,
+        None => raw,
+    }
+}
+
+/// Whether JSON numbers can be written into a tensor of this type.
+pub fn decodable(dtype: DType) -> bool {
+    !matches!(dtype, DType::F16 | DType::Other(_))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const Q: Option<Quantization> = Some(Quantization {
+        scale: 0.5,
+        zero_point: -3,
+    });
+
+    #[test]
+    fn rounds_half_away_from_zero_and_clamps() {
+        let mut b = [0u8; 4];
+        store(DType::I8, Q, &mut b, 0, 1.25); // 2.5 -> 3, +zp -> 0
+        store(DType::I8, Q, &mut b, 1, -1.25); // -2.5 -> -3, +zp -> -6
+        store(DType::I8, Q, &mut b, 2, 1000.0); // clamps to 127
+        store(DType::I8, Q, &mut b, 3, -1000.0); // clamps to -128
+        assert_eq!(b.map(|x| x as i8), [0, -6, 127, -128]);
+    }
+
+    #[test]
+    fn dequantizes_in_f32() {
+        let b = [0u8, 5u8, 255u8];
+        let q = Some(Quantization {
+            scale: 0.1,
+            zero_point: 5,
+        });
+        assert_eq!(load(DType::U8, q, &b, 0), (0.0f32 - 5.0) * 0.1);
+        assert_eq!(load(DType::U8, q, &b, 1), 0.0);
+        assert_eq!(load(DType::U8, q, &b, 2), (255.0f32 - 5.0) * 0.1);
+    }
+
+    #[test]
+    fn float_round_trips() {
+        let mut b = [0u8; 8];
+        store(DType::F32, None, &mut b, 1, -0.125);
+        assert_eq!(load(DType::F32, None, &b, 1), -0.125);
+    }
+}

@@ -1,0 +1,147 @@
+//! The config file as written: serde types with defaults, read with the
+//! `config` crate (built-in defaults, then the TOML file, then
+//! `EDGE_INFER__SECTION__KEY` environment variables). Nothing here checks
+//! meaning; `settings.rs` does.
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Names this device in topics and messages; defaults to the host name.
+    #[serde(default)]
+    pub device_id: Option<String>,
+    #[serde(default)]
+    pub runtime: RawRuntime,
+    #[serde(default)]
+    pub mqtt: RawMqtt,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub models: Vec<RawModel>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    /// Path of libLiteRt.so or libtensorflowlite_c.so.
+    pub library: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMqtt {
+    pub host: String,
+    pub port: i64,
+    /// Defaults to "edge-infer-{device_id}".
+    pub client_id: Option<String>,
+    pub keep_alive_secs: i64,
+    /// false keeps the broker session (and its queued QoS 1 messages) across
+    /// reconnects.
+    pub clean_session: bool,
+    /// QoS of the input subscriptions and of results/errors: 0 or 1.
+    pub qos: i64,
+    pub reconnect_min_ms: i64,
+    pub reconnect_max_secs: i64,
+    /// Packets above this size make the client drop the connection; keep the
+    /// broker's message_size_limit below it. Payloads above
+    /// limits.max_payload_bytes get a too_large error instead.
+    pub max_packet_bytes: i64,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl Default for RawMqtt {
+    fn default() -> Self {
+        RawMqtt {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            client_id: None,
+            keep_alive_secs: 30,
+            clean_session: false,
+            qos: 1,
+            reconnect_min_ms: 200,
+            reconnect_max_secs: 30,
+            max_packet_bytes: 64 * 1024 * 1024,
+            username: None,
+            password: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    pub max_payload_bytes: i64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_payload_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    pub level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub name: String,
+    pub path: String,
+    pub input_topic: String,
+    #[serde(default = "default_output_topic")]
+    pub output_topic: String,
+    #[serde(default)]
+    pub labels: Option<String>,
+    #[serde(default)]
+    pub top_k: Option<i64>,
+    /// "json" (default) or "raw".
+    #[serde(default = "default_payload")]
+    pub payload: String,
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: i64,
+    /// "reject_new" (default) or "drop_oldest".
+    #[serde(default = "default_overflow")]
+    pub overflow: String,
+    /// Worker threads, each with its own copy of the model.
+    #[serde(default = "one")]
+    pub workers: i64,
+    /// Intra-op CPU threads per worker.
+    #[serde(default = "one")]
+    pub threads: i64,
+    /// Batch size that fixes a dynamic (-1) batch dimension.
+    #[serde(default = "one")]
+    pub batch: i64,
+}
+
+fn default_output_topic() -> String {
+    "edge-infer/{device_id}/{model}/result".into()
+}
+fn default_payload() -> String {
+    "json".into()
+}
+fn default_queue_capacity() -> i64 {
+    256
+}
+fn default_overflow() -> String {
+    "reject_new".into()
+}
+fn one() -> i64 {
+    1
+}

@@ -1,0 +1,497 @@
+//! Checked configuration. `Settings::from_raw` validates every field of a
+//! [`RawConfig`] and returns all problems at once, each with its key path.
+//! Checks that need the files themselves (model loads, label counts) happen
+//! when models are loaded, reported the same way.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::raw::{RawConfig, RawModel};
+use super::Problem;
+use crate::topic::{TopicFilter, TopicTemplate};
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub device_id: String,
+    pub runtime_library: Option<PathBuf>,
+    pub mqtt: MqttSettings,
+    pub max_payload_bytes: usize,
+    pub log_level: LogLevel,
+    pub models: Vec<ModelSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MqttSettings {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub keep_alive: Duration,
+    pub clean_session: bool,
+    pub qos: u8,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub max_packet_bytes: usize,
+    pub credentials: Option<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn parse(s: &str) -> Option<LogLevel> {
+        match s.to_ascii_lowercase().as_str() {
+            "error" => Some(LogLevel::Error),
+            "warn" | "warning" => Some(LogLevel::Warn),
+            "info" => Some(LogLevel::Info),
+            "debug" => Some(LogLevel::Debug),
+            "trace" => Some(LogLevel::Trace),
+            _ => None,
+        }
+    }
+
+    pub fn to_filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadFormat {
+    /// `{"id":..,"data":[..]}` or `{"id":..,"inputs":[..]}`.
+    Json,
+    /// The payload is the input tensors' bytes, concatenated in input order.
+    Raw,
+}
+
+/// What happens to a message that arrives when a model's queue is full.
+/// Either way the message that loses gets an `overloaded` error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverflowPolicy {
+    /// The new message is refused: old work is finished first.
+    RejectNew,
+    /// The oldest queued message is evicted: fresh readings win.
+    DropOldest,
+}
+
+impl OverflowPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OverflowPolicy::RejectNew => "reject_new",
+            OverflowPolicy::DropOldest => "drop_oldest",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelSettings {
+    /// `models[i]`, for messages.
+    pub key: String,
+    pub name: String,
+    pub path: PathBuf,
+    pub input_topic: TopicFilter,
+    pub output_topic: TopicTemplate,
+    pub labels: Option<PathBuf>,
+    pub top_k: Option<usize>,
+    pub payload: PayloadFormat,
+    pub queue_capacity: usize,
+    pub overflow: OverflowPolicy,
+    pub workers: usize,
+    pub threads: u32,
+    pub batch: u32,
+}
+
+/// Collects problems while fields are converted.
+struct Check {
+    problems: Vec<Problem>,
+}
+
+impl Check {
+    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn range(&mut self, key: &str, value: i64, min: i64, max: i64) -> i64 {
+        if value < min || value > max {
+            self.add(key, format!("must be between {min} and {max}, got {value}"));
+            min
+        } else {
+            value
+        }
+    }
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let path = PathBuf::from(p);
+    if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
+    }
+}
+
+fn default_device_id() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "edge-device".into())
+}
+
+/// A topic level value: no wildcards or separators, not empty.
+fn check_level(check: &mut Check, key: &str, value: &str) {
+    if value.is_empty() {
+        check.add(key, "must not be empty");
+    } else if value.contains(['/', '+', '#', '\0']) {
+        check.add(
+            key,
+            format!("is used as a topic level, so it cannot contain '/', '+', '#' or NUL; got \"{value}\""),
+        );
+    }
+}
+
+impl Settings {
+    /// `base` is the directory relative paths are resolved against (the
+    /// config file's own directory).
+    pub fn from_raw(raw: RawConfig, base: &Path) -> Result<Settings, Vec<Problem>> {
+        let mut c = Check {
+            problems: Vec::new(),
+        };
+        let device_id = raw.device_id.clone().unwrap_or_else(default_device_id);
+        check_level(&mut c, "device_id", &device_id);
+
+        let m = &raw.mqtt;
+        if m.host.trim().is_empty() {
+            c.add("mqtt.host", "must not be empty");
+        }
+        let port = c.range("mqtt.port", m.port, 1, 65535) as u16;
+        let client_id = m
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("edge-infer-{device_id}"));
+        if client_id.is_empty() || client_id.len() > 65535 {
+            c.add("mqtt.client_id", "must be 1 to 65535 bytes");
+        }
+        let keep_alive = c.range("mqtt.keep_alive_secs", m.keep_alive_secs, 5, 65535) as u64;
+        let qos = c.range("mqtt.qos", m.qos, 0, 1) as u8;
+        let reconnect_min =
+            c.range("mqtt.reconnect_min_ms", m.reconnect_min_ms, 10, 600_000) as u64;
+        let reconnect_max =
+            c.range("mqtt.reconnect_max_secs", m.reconnect_max_secs, 1, 3600) as u64;
+        let max_packet_bytes = c.range(
+            "mqtt.max_packet_bytes",
+            m.max_packet_bytes,
+            1024,
+            268_435_455,
+        ) as usize;
+        let credentials = match (&m.username, &m.password) {
+            (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+            (Some(u), None) => Some((u.clone(), String::new())),
+            (None, Some(_)) => {
+                c.add("mqtt.password", "is set but mqtt.username is not");
+                None
+            }
+            (None, None) => None,
+        };
+        let max_payload_bytes = c.range(
+            "limits.max_payload_bytes",
+            raw.limits.max_payload_bytes,
+            1,
+            268_435_455,
+        ) as usize;
+        if max_payload_bytes >= max_packet_bytes {
+            c.add(
+                "limits.max_payload_bytes",
+                format!("must be below mqtt.max_packet_bytes ({max_packet_bytes}) so oversize messages get a too_large error instead of a dropped connection"),
+            );
+        }
+        let log_level = LogLevel::parse(&raw.log.level).unwrap_or_else(|| {
+            c.add(
+                "log.level",
+                format!(
+                    "expected one of error, warn, info, debug, trace; got \"{}\"",
+                    raw.log.level
+                ),
+            );
+            LogLevel::Info
+        });
+
+        if raw.models.is_empty() {
+            c.add("models", "no [[models]] configured: nothing to serve");
+        }
+        let mut models = Vec::new();
+        for (i, rm) in raw.models.iter().enumerate() {
+            if let Some(ms) = model_settings(&mut c, i, rm, base, &device_id) {
+                models.push(ms);
+            }
+        }
+        for (i, a) in models.iter().enumerate() {
+            if models[..i].iter().any(|b| b.name == a.name) {
+                c.add(
+                    format!("{}.name", a.key),
+                    format!(
+                        "\"{}\" is used by another model; names must be unique",
+                        a.name
+                    ),
+                );
+            }
+        }
+
+        let runtime_library = raw
+            .runtime
+            .library
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|p| {
+                // A bare file name is for the system linker path.
+                if p.contains('/') {
+                    resolve(base, p)
+                } else {
+                    PathBuf::from(p)
+                }
+            });
+
+        if !c.problems.is_empty() {
+            return Err(c.problems);
+        }
+        Ok(Settings {
+            device_id,
+            runtime_library,
+            mqtt: MqttSettings {
+                host: m.host.trim().to_string(),
+                port,
+                client_id,
+                keep_alive: Duration::from_secs(keep_alive),
+                clean_session: m.clean_session,
+                qos,
+                reconnect_min: Duration::from_millis(reconnect_min),
+                reconnect_max: Duration::from_secs(reconnect_max),
+                max_packet_bytes,
+                credentials,
+            },
+            max_payload_bytes,
+            log_level,
+            models,
+        })
+    }
+}
+
+fn model_settings(
+    c: &mut Check,
+    i: usize,
+    rm: &RawModel,
+    base: &Path,
+    device_id: &str,
+) -> Option<ModelSettings> {
+    let key = format!("models[{i}]");
+    let k = |field: &str| format!("{key}.{field}");
+    let before = c.problems.len();
+    check_level(c, &k("name"), &rm.name);
+    if rm.path.is_empty() {
+        c.add(k("path"), "must not be empty");
+    }
+    let input_topic = match TopicFilter::parse(&rm.input_topic) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            c.add(k("input_topic"), e);
+            None
+        }
+    };
+    let output_topic =
+        input_topic
+            .as_ref()
+            .and_then(|f| match TopicTemplate::parse(&rm.output_topic, f) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    c.add(k("output_topic"), e);
+                    None
+                }
+            });
+    if let (Some(f), Some(t)) = (&input_topic, &output_topic) {
+        // A result published where the model listens would be fed back in
+        // forever.
+        let sample = t.render(
+            device_id,
+            &rm.name,
+            &crate::topic::Captures {
+                singles: vec!["x"; f.single_wildcards()],
+                multi: Some("x"),
+            },
+        );
+        if f.matches(&sample).is_some() {
+            c.add(
+                k("output_topic"),
+                format!("results on \"{sample}\" would match input_topic \"{f}\" and loop back into the model"),
+            );
+        }
+    }
+    let top_k = match rm.top_k {
+        None => None,
+        Some(n) if (1..=1000).contains(&n) => Some(n as usize),
+        Some(n) => {
+            c.add(k("top_k"), format!("must be between 1 and 1000, got {n}"));
+            None
+        }
+    };
+    let payload = match rm.payload.as_str() {
+        "json" => PayloadFormat::Json,
+        "raw" => PayloadFormat::Raw,
+        other => {
+            c.add(
+                k("payload"),
+                format!("expected \"json\" or \"raw\", got \"{other}\""),
+            );
+            PayloadFormat::Json
+        }
+    };
+    let overflow = match rm.overflow.as_str() {
+        "reject_new" => OverflowPolicy::RejectNew,
+        "drop_oldest" => OverflowPolicy::DropOldest,
+        other => {
+            c.add(
+                k("overflow"),
+                format!("expected \"reject_new\" or \"drop_oldest\", got \"{other}\""),
+            );
+            OverflowPolicy::RejectNew
+        }
+    };
+    let queue_capacity = c.range(&k("queue_capacity"), rm.queue_capacity, 1, 1_000_000) as usize;
+    let workers = c.range(&k("workers"), rm.workers, 1, 64) as usize;
+    let threads = c.range(&k("threads"), rm.threads, 1, 64) as u32;
+    let batch = c.range(&k("batch"), rm.batch, 1, 4096) as u32;
+    if c.problems.len() != before {
+        return None;
+    }
+    Some(ModelSettings {
+        name: rm.name.clone(),
+        path: resolve(base, &rm.path),
+        input_topic: input_topic?,
+        output_topic: output_topic?,
+        labels: rm.labels.as_deref().map(|p| resolve(base, p)),
+        top_k,
+        payload,
+        queue_capacity,
+        overflow,
+        workers,
+        threads,
+        batch,
+        key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(toml_text: &str) -> RawConfig {
+        let cfg = config::Config::builder()
+            .add_source(config::File::from_str(toml_text, config::FileFormat::Toml))
+            .build()
+            .unwrap();
+        cfg.try_deserialize().unwrap()
+    }
+
+    const GOOD: &str = r#"
+        device_id = "gw1"
+        [mqtt]
+        port = 1884
+        [[models]]
+        name = "har"
+        path = "har.tflite"
+        input_topic = "sensors/+/accel"
+        output_topic = "results/{device_id}/{1}/{model}"
+    "#;
+
+    #[test]
+    fn good_config_resolves_paths_and_defaults() {
+        let s = Settings::from_raw(raw(GOOD), Path::new("/etc/edge-infer")).unwrap();
+        assert_eq!(s.device_id, "gw1");
+        assert_eq!(s.mqtt.port, 1884);
+        assert_eq!(s.mqtt.client_id, "edge-infer-gw1");
+        assert_eq!(
+            s.models[0].path,
+            PathBuf::from("/etc/edge-infer/har.tflite")
+        );
+        assert_eq!(s.models[0].overflow, OverflowPolicy::RejectNew);
+        assert_eq!(s.max_payload_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = r#"
+            device_id = "a/b"
+            [mqtt]
+            port = 70000
+            qos = 2
+            [[models]]
+            name = "m"
+            path = "m.tflite"
+            input_topic = "a/#/b"
+            [[models]]
+            name = "n"
+            path = "n.tflite"
+            input_topic = "x/+"
+            output_topic = "y/{3}"
+            payload = "xml"
+            overflow = "block"
+        "#;
+        let problems = Settings::from_raw(raw(text), Path::new("/")).unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for want in [
+            "device_id",
+            "mqtt.port",
+            "mqtt.qos",
+            "models[0].input_topic",
+            "models[1].output_topic",
+            "models[1].payload",
+            "models[1].overflow",
+        ] {
+            assert!(keys.contains(&want), "missing {want} in {keys:?}");
+        }
+        let port = problems.iter().find(|p| p.key == "mqtt.port").unwrap();
+        assert!(port.message.contains("70000"));
+    }
+
+    #[test]
+    fn feedback_loops_are_rejected() {
+        let text = r#"
+            device_id = "gw"
+            [[models]]
+            name = "m"
+            path = "m.tflite"
+            input_topic = "sensors/#"
+            output_topic = "sensors/{model}/out"
+        "#;
+        let problems = Settings::from_raw(raw(text), Path::new("/")).unwrap_err();
+        assert!(problems[0].message.contains("loop back"), "{problems:?}");
+    }
+
+    #[test]
+    fn duplicate_model_names_are_rejected() {
+        let text = r#"
+            [[models]]
+            name = "m"
+            path = "a.tflite"
+            input_topic = "a"
+            [[models]]
+            name = "m"
+            path = "b.tflite"
+            input_topic = "b"
+        "#;
+        let problems = Settings::from_raw(raw(text), Path::new("/")).unwrap_err();
+        assert_eq!(problems[0].key, "models[1].name");
+    }
+}

@@ -1,0 +1,164 @@
+//! Loading the configured model set: read each file, hash it, load one
+//! engine per worker, check labels and payload compatibility, and warm
+//! every engine with one inference so the first real message pays no
+//! compile or allocation cost.
+
+use std::path::Path;
+use std::time::Instant;
+
+use model_runtime::{Engine, LoadOptions, Runtime, TensorSpec};
+use sha2::{Digest, Sha256};
+
+use crate::codec::quant;
+use crate::config::{ModelSettings, PayloadFormat, Problem, Settings};
+
+pub struct LoadedModel {
+    pub settings: ModelSettings,
+    pub sha256: String,
+    pub labels: Option<Vec<String>>,
+    /// How many classes to report, when `top_k` applies.
+    pub top_k: Option<usize>,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    /// One per worker thread; engines are not shared between threads.
+    pub engines: Vec<Box<dyn Engine>>,
+    pub accelerator: String,
+    pub load_ms: f64,
+}
+
+/// Loads every configured model; returns every problem found, each keyed by
+/// the model's config path.
+pub fn load_all(settings: &Settings, runtime: &Runtime) -> Result<Vec<LoadedModel>, Vec<Problem>> {
+    let mut loaded = Vec::new();
+    let mut problems = Vec::new();
+    for ms in &settings.models {
+        match load_one(ms, runtime) {
+            Ok(m) => loaded.push(m),
+            Err(p) => problems.push(p),
+        }
+    }
+    if problems.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(problems)
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn load_one(ms: &ModelSettings, runtime: &Runtime) -> Result<LoadedModel, Problem> {
+    let started = Instant::now();
+    let problem = |field: &str, message: String| Problem {
+        key: format!("{}.{field}", ms.key),
+        message,
+    };
+    let origin = ms.path.display().to_string();
+    let bytes = std::fs::read(&ms.path)
+        .map_err(|e| problem("path", format!("cannot read model file {origin}: {e}")))?;
+    let sha256 = sha256_hex(&bytes);
+    let options = LoadOptions {
+        cpu_threads: ms.threads,
+        dynamic_batch: ms.batch,
+    };
+    let mut engines = Vec::with_capacity(ms.workers);
+    for _ in 0..ms.workers {
+        let engine = runtime
+            .load(&origin, bytes.clone(), &options)
+            .map_err(|e| problem("path", e.to_string()))?;
+        engines.push(engine);
+    }
+    let Some(first) = engines.first() else {
+        return Err(problem("workers", "must be at least 1".into()));
+    };
+    let inputs = first.inputs().to_vec();
+    let outputs = first.outputs().to_vec();
+    let accelerator = first.accelerator();
+    if inputs.is_empty() || outputs.is_empty() {
+        return Err(problem(
+            "path",
+            format!(
+                "model {origin} has {} inputs and {} outputs; it needs at least one of each",
+                inputs.len(),
+                outputs.len()
+            ),
+        ));
+    }
+    if ms.payload == PayloadFormat::Json {
+        if let Some(bad) = inputs.iter().find(|s| !quant::decodable(s.dtype)) {
+            return Err(problem(
+                "payload",
+                format!(
+                    "input '{}' is {}, which JSON numbers cannot fill; use payload = \"raw\"",
+                    bad.name, bad.dtype
+                ),
+            ));
+        }
+    }
+    let classes = outputs[0].element_count();
+    let labels = match &ms.labels {
+        None => None,
+        Some(path) => {
+            let labels = read_labels(path).map_err(|e| problem("labels", e))?;
+            if labels.len() != classes {
+                return Err(problem(
+                    "labels",
+                    format!(
+                        "{} has {} labels, but output '{}' ({}) has {classes} classes",
+                        path.display(),
+                        labels.len(),
+                        outputs[0].name,
+                        outputs[0].shape_string()
+                    ),
+                ));
+            }
+            Some(labels)
+        }
+    };
+    let top_k = match (ms.top_k, &labels) {
+        (Some(k), _) if k > classes => {
+            return Err(problem(
+                "top_k",
+                format!(
+                    "is {k}, but output '{}' has only {classes} classes",
+                    outputs[0].name
+                ),
+            ))
+        }
+        (Some(k), _) => Some(k),
+        (None, Some(_)) => Some(classes.min(5)),
+        (None, None) => None,
+    };
+    for engine in engines.iter_mut() {
+        engine
+            .invoke()
+            .map_err(|e| problem("path", format!("warm-up inference of {origin} failed: {e}")))?;
+    }
+    Ok(LoadedModel {
+        settings: ms.clone(),
+        sha256,
+        labels,
+        top_k,
+        inputs,
+        outputs,
+        engines,
+        accelerator,
+        load_ms: started.elapsed().as_secs_f64() * 1000.0,
+    })
+}
+
+/// One label per line; a trailing empty line is not a label.
+fn read_labels(path: &Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read labels file {}: {e}", path.display()))?;
+    let mut labels: Vec<String> = text.lines().map(|l| l.trim_end().to_string()).collect();
+    while labels.last().is_some_and(|l| l.is_empty()) {
+        labels.pop();
+    }
+    if labels.is_empty() {
+        return Err(format!("labels file {} is empty", path.display()));
+    }
+    Ok(labels)
+}

@@ -1,0 +1,208 @@
+//! The worker thread: one job at a time through
+//! decode -> (quantize) -> invoke -> (dequantize) -> encode, answering every
+//! job with exactly one result or one error.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::Receiver;
+use model_runtime::Engine;
+
+use super::Job;
+use crate::codec::decode::{decode_json, decode_raw};
+use crate::codec::encode::{self, Latency, Outputs, ResultMessage};
+use crate::codec::{ErrorCode, Failure, MessageId};
+use crate::config::PayloadFormat;
+use crate::models::LoadedModel;
+use crate::mqtt::egress::{Egress, Outgoing};
+use crate::telemetry::ModelStats;
+use crate::time::unix_now;
+
+/// What every worker of one model shares (read-only).
+pub struct ModelContext {
+    pub name: String,
+    pub sha256: String,
+    pub device_id: String,
+    pub errors_topic: String,
+    pub input_topic: crate::topic::TopicFilter,
+    pub output_topic: crate::topic::TopicTemplate,
+    pub payload: PayloadFormat,
+    pub labels: Option<Vec<String>>,
+    pub top_k: Option<usize>,
+    pub stats: Arc<ModelStats>,
+}
+
+/// Starts one thread per engine of `model`, all taking jobs from `rx`.
+/// Each thread exits when the queue's senders are gone and it is empty.
+pub fn spawn_workers(
+    model: LoadedModel,
+    ctx: Arc<ModelContext>,
+    rx: Receiver<Job>,
+    egress: &Egress,
+) -> std::io::Result<Vec<JoinHandle<()>>> {
+    let mut handles = Vec::new();
+    for (i, engine) in model.engines.into_iter().enumerate() {
+        let ctx = Arc::clone(&ctx);
+        let rx = rx.clone();
+        let egress = egress.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("infer-{}-{i}", ctx.name))
+            .spawn(move || worker_loop(engine, &ctx, &rx, &egress))?;
+        handles.push(handle);
+    }
+    Ok(handles)
+}
+
+fn worker_loop(
+    mut engine: Box<dyn Engine>,
+    ctx: &ModelContext,
+    rx: &Receiver<Job>,
+    egress: &Egress,
+) {
+    while let Ok(job) = rx.recv() {
+        let dequeued = Instant::now();
+        // A panic while serving one message must not take the model down:
+        // the message gets an error and the worker goes on.
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            serve(engine.as_mut(), ctx, &job, dequeued)
+        }));
+        let out = match outcome {
+            Ok(out) => out,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                log::error!(
+                    "model {}: internal error serving {}: {what}",
+                    ctx.name,
+                    job.topic
+                );
+                error_reply(
+                    ctx,
+                    &job,
+                    None,
+                    &Failure::new(
+                        ErrorCode::InferenceFailed,
+                        format!("internal error: {what}"),
+                    ),
+                )
+            }
+        };
+        if let Some(out) = out {
+            egress.send_blocking(out);
+        }
+    }
+}
+
+/// Builds the error message for `job`, counting it. None only if it could
+/// not be serialized, which is logged.
+pub fn error_reply(
+    ctx: &ModelContext,
+    job: &Job,
+    id: Option<&MessageId>,
+    failure: &Failure,
+) -> Option<Outgoing> {
+    ctx.stats.error(failure.code);
+    log::warn!(
+        "model {} topic {}: {} {}",
+        ctx.name,
+        job.topic,
+        failure.code.as_str(),
+        failure.message
+    );
+    encode::error_json(
+        &ctx.device_id,
+        Some(&ctx.name),
+        &job.topic,
+        job.received_at,
+        id,
+        failure,
+    )
+    .map(|payload| Outgoing {
+        topic: ctx.errors_topic.clone(),
+        payload,
+    })
+}
+
+fn ms_between(a: Instant, b: Instant) -> f64 {
+    b.saturating_duration_since(a).as_secs_f64() * 1000.0
+}
+
+fn serve(
+    engine: &mut dyn Engine,
+    ctx: &ModelContext,
+    job: &Job,
+    dequeued: Instant,
+) -> Option<Outgoing> {
+    let specs_in = engine.inputs().to_vec();
+    let decoded = match ctx.payload {
+        PayloadFormat::Json => decode_json(&job.payload, &specs_in, engine.input_buffers_mut()),
+        PayloadFormat::Raw => decode_raw(&job.payload, &specs_in, engine.input_buffers_mut())
+            .map(|()| Default::default())
+            .map_err(|f| (None, f)),
+    };
+    let id = match decoded {
+        Ok(d) => d.id,
+        Err((id, failure)) => return error_reply(ctx, job, id.as_ref(), &failure),
+    };
+    let decoded_at = Instant::now();
+    if let Err(e) = engine.invoke() {
+        let failure = Failure::new(
+            ErrorCode::InferenceFailed,
+            format!("the runtime failed to run the model: {e}"),
+        );
+        return error_reply(ctx, job, id.as_ref(), &failure);
+    }
+    let invoked_at = Instant::now();
+    let outputs = engine.outputs();
+    let buffers: Vec<&[u8]> = (0..outputs.len()).map(|i| engine.output(i)).collect();
+    let top = ctx
+        .top_k
+        .map(|k| encode::top_k(&outputs[0], buffers[0], k, ctx.labels.as_deref()));
+    let topic = match ctx.input_topic.matches(&job.topic) {
+        Some(caps) => ctx.output_topic.render(&ctx.device_id, &ctx.name, &caps),
+        None => ctx
+            .output_topic
+            .render(&ctx.device_id, &ctx.name, &Default::default()),
+    };
+    let done = Instant::now();
+    let msg = ResultMessage {
+        id: id.as_ref(),
+        model: &ctx.name,
+        model_sha256: &ctx.sha256,
+        device_id: &ctx.device_id,
+        source_topic: &job.topic,
+        received_at: job.received_at,
+        published_at: unix_now(),
+        latency_ms: Latency {
+            queue: ms_between(job.received, dequeued),
+            pre: ms_between(dequeued, decoded_at),
+            invoke: ms_between(decoded_at, invoked_at),
+            post: ms_between(invoked_at, done),
+            total: ms_between(job.received, done),
+        },
+        outputs: Outputs {
+            specs: outputs,
+            buffers: &buffers,
+        },
+        top_k: top.as_deref(),
+    };
+    match encode::to_vec(&msg) {
+        Ok(payload) => {
+            ctx.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+            Some(Outgoing { topic, payload })
+        }
+        Err(e) => {
+            let failure = Failure::new(
+                ErrorCode::InferenceFailed,
+                format!("cannot serialize the result: {e}"),
+            );
+            error_reply(ctx, job, id.as_ref(), &failure)
+        }
+    }
+}

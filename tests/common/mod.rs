@@ -1,0 +1,507 @@
+//! Test harness: a real Mosquitto broker per test on a free loopback port,
+//! the real daemon binary with the real runtime library and models, and a
+//! real MQTT client. Everything waits on conditions with generous
+//! deadlines; nothing sleeps for a fixed time to "let things settle".
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
+use serde_json::Value;
+
+/// Deadline for things that normally take milliseconds; generous because
+/// CI machines are shared and tests run in parallel.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn model(name: &str) -> PathBuf {
+    repo().join("models").join(name)
+}
+
+pub fn fixture(name: &str) -> Value {
+    let path = repo().join("tests/fixtures").join(name);
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
+}
+
+/// Fails loudly (never skips) when the runtime library is missing.
+pub fn require_runtime() {
+    let lib = repo().join("runtime/x86_64/libLiteRt.so");
+    let arch_lib = repo().join(format!("runtime/{}/libLiteRt.so", std::env::consts::ARCH));
+    assert!(
+        lib.exists() || arch_lib.exists(),
+        "libLiteRt.so is missing: run scripts/setup-deps.sh (the README's test command does)"
+    );
+}
+
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+fn mosquitto_binary() -> PathBuf {
+    for p in [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!(
+        "mosquitto is not installed: run scripts/setup-deps.sh (the README's test command does)"
+    );
+}
+
+pub fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A Mosquitto process owned by one test.
+pub struct Broker {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        // A free port can be taken by someone else before mosquitto binds
+        // it; try a few.
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut b = Broker {
+                port,
+                dir,
+                child: None,
+            };
+            if b.try_start() {
+                return b;
+            }
+        }
+        panic!("could not start mosquitto on a free port after 5 tries");
+    }
+
+    /// Starts a broker on a port chosen by the test (for "broker comes up
+    /// later" tests).
+    pub fn on_port(port: u16) -> Broker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut b = Broker {
+            port,
+            dir,
+            child: None,
+        };
+        assert!(b.try_start(), "mosquitto did not start on port {port}");
+        b
+    }
+
+    fn try_start(&mut self) -> bool {
+        let conf = self.dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 0\nmax_queued_messages 100000\nmessage_size_limit 0\nlog_dest stderr\nlog_type error\nlog_type warning\n",
+                self.port
+            ),
+        )
+        .expect("write mosquitto.conf");
+        let mut child = Command::new(mosquitto_binary())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mosquitto");
+        let start = Instant::now();
+        while start.elapsed() < WAIT {
+            if let Ok(Some(_)) = child.try_wait() {
+                // Exited on its own (already reaped by try_wait).
+                return false; // port taken, most likely
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                self.child = Some(child);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        wait_until("the broker port to close", WAIT, || {
+            TcpStream::connect(("127.0.0.1", self.port)).is_err()
+        });
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        let start = Instant::now();
+        // The port may linger briefly in the kernel after the kill.
+        while !self.try_start() {
+            assert!(
+                start.elapsed() < WAIT,
+                "mosquitto did not restart on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The daemon under test, with its stderr collected line by line.
+pub struct Daemon {
+    child: Mutex<Child>,
+    pub log: Arc<Mutex<Vec<String>>>,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn daemon_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_edge-infer"))
+}
+
+/// A config with the broker port and device id filled in; `models` is the
+/// TOML of the [[models]] tables (paths may use {models} for the models dir).
+pub fn config(port: u16, device_id: &str, extra: &str, models: &str) -> String {
+    format!(
+        "device_id = \"{device_id}\"\n{extra}\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nreconnect_min_ms = 50\nreconnect_max_secs = 1\n\n{}",
+        models.replace("{models}", &repo().join("models").display().to_string())
+    )
+}
+
+impl Daemon {
+    /// Starts `edge-infer run` and waits until it has subscribed.
+    pub fn start(config_text: &str) -> Daemon {
+        let d = Daemon::spawn(config_text, &[]);
+        d.wait_for_log("ready:");
+        d
+    }
+
+    /// Starts `edge-infer run` without waiting.
+    pub fn spawn(config_text: &str, env: &[(&str, &str)]) -> Daemon {
+        require_runtime();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config_text).expect("write config");
+        let mut cmd = Command::new(daemon_binary());
+        cmd.arg("run").arg("--config").arg(&path);
+        cmd.env_remove("JOURNAL_STREAM");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn edge-infer");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Daemon {
+            child: Mutex::new(child),
+            log,
+            dir,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn wait_for_log(&self, needle: &str) {
+        let start = Instant::now();
+        loop {
+            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child_status() {
+                panic!(
+                    "daemon exited ({status}) before logging {needle:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "timed out waiting for {needle:?} in the daemon log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    fn child_status(&self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.child.lock().unwrap().try_wait()
+    }
+
+    /// SIGTERM, then waits for exit; returns the exit code.
+    pub fn terminate(self) -> (Option<i32>, String) {
+        let pid = self.child.lock().unwrap().id();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child_status() {
+                // Let the reader thread collect the last lines.
+                let _ = wait_for_eof(&self.log);
+                return (status.code(), self.log_text());
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "daemon did not exit after SIGTERM:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn wait_for_eof(log: &Arc<Mutex<Vec<String>>>) -> usize {
+    // The reader thread ends at EOF; poll the line count until it is stable
+    // for a short while (bounded).
+    let mut last = usize::MAX;
+    for _ in 0..25 {
+        let n = log.lock().unwrap().len();
+        if n == last {
+            break;
+        }
+        last = n;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    last
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(child) = self.child.get_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs the daemon binary to completion (for startup-failure tests).
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(daemon_binary());
+    cmd.args(args).env_remove("JOURNAL_STREAM");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run edge-infer");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A message the test client received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.payload).unwrap_or_else(|e| {
+            panic!(
+                "not JSON on {}: {e}: {}",
+                self.topic,
+                String::from_utf8_lossy(&self.payload)
+            )
+        })
+    }
+}
+
+/// A plain MQTT client on its own thread.
+pub struct TestClient {
+    pub client: Client,
+    rx: Receiver<Received>,
+    subacks: Receiver<()>,
+}
+
+impl TestClient {
+    pub fn connect(port: u16) -> TestClient {
+        let id = format!("test-{}-{}", std::process::id(), free_port());
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_max_packet_size(64 << 20, 64 << 20);
+        let (client, mut conn) = Client::new(opts, 1024);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (sub_tx, subacks) = crossbeam_channel::unbounded();
+        std::thread::spawn(move || {
+            for ev in conn.iter() {
+                match ev {
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        let _ = tx.send(Received {
+                            topic: p.topic.clone(),
+                            payload: p.payload.to_vec(),
+                        });
+                    }
+                    Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                        let _ = sub_tx.send(());
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        });
+        TestClient {
+            client,
+            rx,
+            subacks,
+        }
+    }
+
+    pub fn subscribe(&self, filter: &str) {
+        self.client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .expect("subscribe request");
+        self.subacks.recv_timeout(WAIT).expect("SUBACK");
+    }
+
+    pub fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .expect("publish request");
+    }
+
+    /// Next message, or panic after the deadline.
+    pub fn recv(&self) -> Received {
+        self.recv_within(WAIT)
+            .unwrap_or_else(|| panic!("no message within {WAIT:?}"))
+    }
+
+    pub fn recv_within(&self, d: Duration) -> Option<Received> {
+        match self.rx.recv_timeout(d) {
+            Ok(m) => Some(m),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => panic!("test client thread ended"),
+        }
+    }
+
+    /// Collects `n` messages (panics with what came if they do not).
+    pub fn recv_n(&self, n: usize) -> Vec<Received> {
+        let mut out = Vec::with_capacity(n);
+        let start = Instant::now();
+        while out.len() < n {
+            let left = WAIT
+                .saturating_sub(start.elapsed())
+                .max(Duration::from_millis(1));
+            match self.recv_within(left) {
+                Some(m) => out.push(m),
+                None => panic!(
+                    "got {} of {n} messages within {WAIT:?}: {:?}",
+                    out.len(),
+                    out.iter().map(|m| &m.topic).collect::<Vec<_>>()
+                ),
+            }
+        }
+        out
+    }
+}
+
+/// Reads a fixture case's inputs as JSON values (float domain) in order.
+pub fn case_inputs(case: &Value) -> Vec<&Value> {
+    case["inputs"]
+        .as_array()
+        .expect("inputs")
+        .iter()
+        .map(|i| &i["values"])
+        .collect()
+}
+
+/// Asserts every output of a result equals the fixture's, exactly or within
+/// `rel` relative tolerance.
+pub fn assert_outputs(result: &Value, case: &Value, rel: Option<f64>) {
+    let got = result["outputs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no outputs in {result}"));
+    let want = case["outputs"].as_array().expect("fixture outputs");
+    assert_eq!(got.len(), want.len(), "output count in {result}");
+    for (g, w) in got.iter().zip(want.iter()) {
+        assert_eq!(g["name"], w["name"], "output name");
+        assert_eq!(g["shape"], w["shape"], "output shape of {}", w["name"]);
+        assert_eq!(g["dtype"], w["dtype"], "output dtype of {}", w["name"]);
+        let gv: Vec<f64> = g["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let wv: Vec<f64> = w["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(gv.len(), wv.len());
+        for (i, (a, b)) in gv.iter().zip(wv.iter()).enumerate() {
+            match rel {
+                None => assert_eq!(
+                    *a as f32, *b as f32,
+                    "output {} element {i} of case {}: got {a}, reference {b}",
+                    w["name"], case["name"]
+                ),
+                Some(tol) => {
+                    let scale = a.abs().max(b.abs()).max(1e-6);
+                    assert!(
+                        (a - b).abs() / scale <= tol || (a - b).abs() <= 1e-7,
+                        "output {} element {i} of case {}: got {a}, reference {b}",
+                        w["name"],
+                        case["name"]
+                    );
+                }
+            }
+        }
+    }
+}

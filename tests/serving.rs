@@ -1,0 +1,347 @@
+//! End-to-end serving: real broker, real daemon, real models; every result
+//! compared with the reference outputs of the ai-edge-litert Python
+//! interpreter (tests/fixtures, made by tests/fixtures/make_fixtures.py).
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn one_model(port: u16, name: &str, file: &str, topic: &str, extra: &str) -> String {
+    config(
+        port,
+        "dev1",
+        "",
+        &format!(
+            "[[models]]\nname = \"{name}\"\npath = \"{{models}}/{file}\"\ninput_topic = \"{topic}\"\noutput_topic = \"out/{{device_id}}/{{model}}\"\n{extra}\n"
+        ),
+    )
+}
+
+/// Publishes every fixture case as JSON with an id and checks each result.
+fn serve_fixture_json(
+    fixture_name: &str,
+    model_file: &str,
+    rel: Option<f64>,
+    extra: &str,
+    multi: bool,
+) {
+    let fx = fixture(fixture_name);
+    let broker = Broker::start();
+    let _d = Daemon::start(&one_model(broker.port, "m", model_file, "in/m", extra));
+    let c = TestClient::connect(broker.port);
+    c.subscribe("out/dev1/m");
+    c.subscribe("edge-infer/dev1/errors");
+    let cases: Vec<&Value> = fx["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c.get("batch").is_none())
+        .collect();
+    for (i, case) in cases.iter().enumerate() {
+        let inputs = case_inputs(case);
+        let payload = if multi {
+            json!({"id": format!("case-{i}"), "inputs": inputs})
+        } else {
+            json!({"id": format!("case-{i}"), "data": inputs[0]})
+        };
+        c.publish("in/m", payload.to_string());
+    }
+    let sha = sha256_of(&model(model_file));
+    for m in c.recv_n(cases.len()) {
+        assert_eq!(
+            m.topic,
+            "out/dev1/m",
+            "unexpected message: {}",
+            String::from_utf8_lossy(&m.payload)
+        );
+        let r = m.json();
+        let id = r["id"].as_str().unwrap();
+        let idx: usize = id.trim_start_matches("case-").parse().unwrap();
+        assert_outputs(&r, cases[idx], rel);
+        assert_eq!(r["model"], "m");
+        assert_eq!(r["model_sha256"], sha.as_str());
+        assert_eq!(r["device_id"], "dev1");
+        assert_eq!(r["source_topic"], "in/m");
+        for k in ["queue", "pre", "invoke", "post", "total"] {
+            assert!(
+                r["latency_ms"][k].as_f64().unwrap() >= 0.0,
+                "latency_ms.{k} in {r}"
+            );
+        }
+        let (rx, px) = (
+            r["received_at"].as_f64().unwrap(),
+            r["published_at"].as_f64().unwrap(),
+        );
+        assert!(rx > 1.7e9 && px >= rx, "timestamps {rx} {px}");
+    }
+}
+
+fn sha256_of(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn har_int8_json_matches_reference_exactly() {
+    serve_fixture_json(
+        "har_accel_int8.json",
+        "har_accel_int8.tflite",
+        None,
+        "",
+        false,
+    );
+}
+
+#[test]
+fn har_float32_json_matches_reference() {
+    serve_fixture_json(
+        "har_accel_f32.json",
+        "har_accel_f32.tflite",
+        Some(1e-5),
+        "",
+        false,
+    );
+}
+
+#[test]
+fn multi_io_uint8_list_form_matches_reference_exactly() {
+    serve_fixture_json(
+        "multi_io_uint8.json",
+        "multi_io_uint8.tflite",
+        None,
+        "",
+        true,
+    );
+}
+
+#[test]
+fn multi_io_float32_list_form_matches_reference() {
+    serve_fixture_json(
+        "multi_io_f32.json",
+        "multi_io_f32.tflite",
+        Some(1e-5),
+        "",
+        true,
+    );
+}
+
+#[test]
+fn dynamic_batch_model_is_resized_to_batch_one() {
+    serve_fixture_json(
+        "dynamic_batch_f32.json",
+        "dynamic_batch_f32.tflite",
+        Some(1e-5),
+        "",
+        false,
+    );
+}
+
+#[test]
+fn dynamic_batch_model_serves_a_configured_batch() {
+    let fx = fixture("dynamic_batch_f32.json");
+    let case = fx["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["batch"] == 2)
+        .expect("batch-2 case");
+    let broker = Broker::start();
+    let _d = Daemon::start(&one_model(
+        broker.port,
+        "m",
+        "dynamic_batch_f32.tflite",
+        "in/m",
+        "batch = 2",
+    ));
+    let c = TestClient::connect(broker.port);
+    c.subscribe("out/dev1/m");
+    c.publish("in/m", json!({"data": case_inputs(case)[0]}).to_string());
+    let r = c.recv().json();
+    assert_eq!(r["outputs"][0]["shape"], json!([2, 2]), "{r}");
+    assert_outputs(&r, case, Some(1e-5));
+}
+
+#[test]
+fn multi_io_object_form_is_keyed_by_input_name() {
+    let fx = fixture("multi_io_uint8.json");
+    let case = &fx["cases"][0];
+    let broker = Broker::start();
+    let _d = Daemon::start(&one_model(
+        broker.port,
+        "m",
+        "multi_io_uint8.tflite",
+        "in/m",
+        "",
+    ));
+    let c = TestClient::connect(broker.port);
+    c.subscribe("out/dev1/m");
+    // Reverse order on purpose: names, not positions, decide.
+    let mut obj = serde_json::Map::new();
+    for input in case["inputs"].as_array().unwrap().iter().rev() {
+        obj.insert(
+            input["name"].as_str().unwrap().to_string(),
+            input["values"].clone(),
+        );
+    }
+    c.publish("in/m", json!({"id": 42, "inputs": obj}).to_string());
+    let r = c.recv().json();
+    assert_eq!(r["id"], 42);
+    assert_outputs(&r, case, None);
+}
+
+#[test]
+fn raw_int8_payloads_match_reference_exactly() {
+    let fx = fixture("mobilenet_v2_int8.json");
+    let broker = Broker::start();
+    let _d = Daemon::start(&one_model(
+        broker.port,
+        "m",
+        "mobilenet_v2_int8.tflite",
+        "in/m",
+        "payload = \"raw\"",
+    ));
+    let c = TestClient::connect(broker.port);
+    c.subscribe("out/dev1/m");
+    let cases = fx["cases"].as_array().unwrap();
+    for case in cases {
+        let q: Vec<u8> = case["inputs"][0]["quantized"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap() as i8 as u8)
+            .collect();
+        assert_eq!(q.len(), 224 * 224 * 3);
+        c.publish("in/m", q);
+        let r = c.recv().json();
+        assert!(r.get("id").is_none(), "raw payloads carry no id: {r}");
+        assert_outputs(&r, case, None);
+    }
+}
+
+#[test]
+fn image_sized_json_payload_is_parsed_and_quantized() {
+    let fx = fixture("mobilenet_v2_int8.json");
+    let case = &fx["cases"][0];
+    let broker = Broker::start();
+    let _d = Daemon::start(&config(
+        broker.port,
+        "dev1",
+        "[limits]\nmax_payload_bytes = 8388608",
+        "[[models]]\nname = \"m\"\npath = \"{models}/mobilenet_v2_int8.tflite\"\ninput_topic = \"in/m\"\noutput_topic = \"out/{device_id}/{model}\"\ntop_k = 3\n",
+    ));
+    let c = TestClient::connect(broker.port);
+    c.subscribe("out/dev1/m");
+    c.publish(
+        "in/m",
+        json!({"id": "img", "data": case_inputs(case)[0]}).to_string(),
+    );
+    let r = c.recv().json();
+    assert_outputs(&r, case, None);
+    // top_k without labels: indexes and scores, best first.
+    let top = r["top_k"].as_array().unwrap();
+    assert_eq!(top.len(), 3);
+    let values = r["outputs"][0]["values"].as_array().unwrap();
+    let best = values
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .fold(f64::MIN, f64::max);
+    assert_eq!(top[0]["score"].as_f64().unwrap(), best);
+    assert!(top[0].get("label").is_none());
+}
+
+#[test]
+fn int8_and_float_twins_agree_and_labels_name_the_class() {
+    let fx = fixture("har_accel_int8.json");
+    let broker = Broker::start();
+    let models = "\
+[[models]]
+name = \"har\"
+path = \"{models}/har_accel_int8.tflite\"
+labels = \"{models}/har_accel.labels\"
+input_topic = \"sensors/+/accel\"
+output_topic = \"results/{device_id}/{model}/{1}\"
+
+[[models]]
+name = \"har_f32\"
+path = \"{models}/har_accel_f32.tflite\"
+labels = \"{models}/har_accel.labels\"
+top_k = 2
+input_topic = \"sensors/+/accel\"
+output_topic = \"results/{device_id}/{model}/{1}\"
+";
+    let _d = Daemon::start(&config(broker.port, "gw", "", models));
+    let c = TestClient::connect(broker.port);
+    c.subscribe("results/#");
+    for case in fx["cases"].as_array().unwrap().iter().take(4) {
+        let label = case["name"].as_str().unwrap();
+        c.publish(
+            "sensors/wrist-7/accel",
+            json!({"id": label, "data": case_inputs(case)[0]}).to_string(),
+        );
+    }
+    let msgs = c.recv_n(8);
+    for m in &msgs {
+        let r = m.json();
+        let model = r["model"].as_str().unwrap();
+        assert_eq!(m.topic, format!("results/gw/{model}/wrist-7"));
+        let top = r["top_k"].as_array().unwrap();
+        assert_eq!(top.len(), if model == "har" { 4 } else { 2 });
+        // The synthetic patterns are learnable: both twins name the class sent.
+        assert_eq!(top[0]["label"], r["id"], "{model} misclassified: {r}");
+    }
+}
+
+#[test]
+fn wildcards_fill_the_output_topic_template() {
+    let broker = Broker::start();
+    let models = "\
+[[models]]
+name = \"dyn\"
+path = \"{models}/dynamic_batch_f32.tflite\"
+input_topic = \"plant/+/line/+/#\"
+output_topic = \"inference/{device_id}/{2}/{1}/{model}/{#}\"
+";
+    let _d = Daemon::start(&config(broker.port, "edge-9", "", models));
+    let c = TestClient::connect(broker.port);
+    c.subscribe("inference/#");
+    let data = json!({"data": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]}).to_string();
+    c.publish("plant/north/line/3/press/a", data.clone());
+    let m = c.recv();
+    assert_eq!(m.topic, "inference/edge-9/3/north/dyn/press/a");
+    assert_eq!(m.json()["source_topic"], "plant/north/line/3/press/a");
+    c.publish("plant/south/line/1", data);
+    assert_eq!(c.recv().topic, "inference/edge-9/1/south/dyn/");
+}
+
+#[test]
+fn environment_overrides_the_config_file() {
+    let broker = Broker::start();
+    // The file points at a port nobody listens on; the environment fixes it.
+    let wrong = free_port();
+    let text = one_model(wrong, "m", "dynamic_batch_f32.tflite", "in/m", "");
+    let port = broker.port.to_string();
+    let d = Daemon::spawn(
+        &text,
+        &[
+            ("EDGE_INFER__MQTT__PORT", &port),
+            ("EDGE_INFER__DEVICE_ID", "from-env"),
+        ],
+    );
+    d.wait_for_log("ready:");
+    let c = TestClient::connect(broker.port);
+    c.subscribe("out/#");
+    c.publish(
+        "in/m",
+        json!({"data": [1, 2, 3, 4, 5, 6, 7, 8]}).to_string(),
+    );
+    let m = c.recv();
+    assert_eq!(m.topic, "out/from-env/m");
+}
