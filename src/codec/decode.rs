@@ -46,10 +46,13 @@ pub fn decode_json(
         .deserialize(&mut de)
         .and_then(|()| de.end());
     if let Some(f) = state.failure.take() {
-        return Err((state.id, f));
+        return Err((state.id.or_else(|| recover_id(payload)), f));
     }
     if let Err(e) = parsed {
-        return Err((state.id, json_failure(payload, &e)));
+        return Err((
+            state.id.or_else(|| recover_id(payload)),
+            json_failure(payload, &e),
+        ));
     }
     if !state.saw_data {
         return Err((
@@ -127,6 +130,21 @@ pub fn decode_raw(
         at += n;
     }
     Ok(())
+}
+
+/// On the error path only: the id of a message whose parse stopped before
+/// reaching `"id"` (keys come in any order), so the error can still be
+/// correlated. Needs the payload to be valid JSON.
+fn recover_id(payload: &[u8]) -> Option<MessageId> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<IdOnly>(payload).ok()?.id? {
+        serde_json::Value::String(s) if s.len() <= MAX_ID_LEN => Some(MessageId::Text(s)),
+        serde_json::Value::Number(n) => Some(MessageId::Number(n)),
+        _ => None,
+    }
 }
 
 fn input_list(specs: &[TensorSpec]) -> String {
@@ -671,6 +689,16 @@ mod tests {
         let payload = format!(r#"{{"data":[{}]}}"#, vec!["0.5"; 390].join(","));
         let (_, f) = decode_json(payload.as_bytes(), &specs, &mut b).unwrap_err();
         assert!(f.message.ends_with("got 390"), "{}", f.message);
+    }
+
+    #[test]
+    fn id_after_the_data_is_still_echoed_on_errors() {
+        let specs = [spec("x", &[2], DType::F32, None)];
+        let mut b = bufs(&specs);
+        let (id, f) =
+            decode_json(br#"{"data":[1,"two"],"id":"late"}"#, &specs, &mut b).unwrap_err();
+        assert_eq!(f.code, ErrorCode::BadValue);
+        assert_eq!(id, Some(MessageId::Text("late".into())));
     }
 
     #[test]

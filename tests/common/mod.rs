@@ -280,13 +280,26 @@ impl Daemon {
         self.child.lock().unwrap().try_wait()
     }
 
-    /// SIGTERM, then waits for exit; returns the exit code.
-    pub fn terminate(self) -> (Option<i32>, String) {
+    pub fn send_sigterm(&self) {
         let pid = self.child.lock().unwrap().id();
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(pid.to_string())
             .status();
+    }
+
+    pub fn has_exited(&self) -> bool {
+        matches!(self.child_status(), Ok(Some(_)))
+    }
+
+    /// SIGTERM, then waits for exit; returns the exit code and the log.
+    pub fn terminate(self) -> (Option<i32>, String) {
+        self.send_sigterm();
+        self.wait_exit()
+    }
+
+    /// Waits for the process to end; returns its exit code and the log.
+    pub fn wait_exit(self) -> (Option<i32>, String) {
         let start = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child_status() {

@@ -98,7 +98,8 @@ impl Runtime {
         for candidate in search.candidates() {
             match Self::open_path(&candidate.path) {
                 Ok(rt) => return Ok(rt),
-                Err(err) => tried.push((candidate, err.to_string())),
+                Err(RuntimeError::LibraryLoad { reason, .. }) => tried.push((candidate, reason)),
+                Err(other) => tried.push((candidate, other.to_string())),
             }
         }
         Err(RuntimeError::LibraryNotFound {
@@ -207,8 +208,8 @@ fn check_flatbuffer(origin: &str, bytes: &[u8]) -> Result<(), RuntimeError> {
         return Err(RuntimeError::BadModel {
             origin: origin.to_string(),
             reason: format!(
-                "not a TFLite flatbuffer: expected file identifier \"TFL3\" at byte 4, found {:?}",
-                String::from_utf8_lossy(&bytes[4..8])
+                "not a TFLite flatbuffer: expected file identifier \"TFL3\" at byte 4, found \"{}\"",
+                bytes[4..8].escape_ascii()
             ),
         });
     }

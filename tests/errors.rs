@@ -1,0 +1,219 @@
+//! Every message that cannot be served gets an error on
+//! edge-infer/{device_id}/errors with a stable code and a message that says
+//! what was expected and what came; the daemon keeps serving.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+const HAR: &str = "\
+[[models]]
+name = \"har\"
+path = \"{models}/har_accel_int8.tflite\"
+input_topic = \"in/har\"
+output_topic = \"out/{device_id}/{model}\"
+";
+
+fn window(n: usize) -> Vec<f64> {
+    (0..n).map(|i| (i % 7) as f64 * 0.1).collect()
+}
+
+fn expect_error(c: &TestClient, code: &str) -> Value {
+    let m = c.recv();
+    assert_eq!(
+        m.topic,
+        "edge-infer/dev1/errors",
+        "expected an error, got {}: {}",
+        m.topic,
+        String::from_utf8_lossy(&m.payload)
+    );
+    let e = m.json();
+    assert_eq!(e["code"], code, "{e}");
+    assert_eq!(e["device_id"], "dev1");
+    assert!(e["message"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(e["received_at"].as_f64().is_some() && e["published_at"].as_f64().is_some());
+    e
+}
+
+#[test]
+fn bad_payloads_get_precise_errors_and_the_daemon_keeps_serving() {
+    let broker = Broker::start();
+    let _d = Daemon::start(&config(
+        broker.port,
+        "dev1",
+        "[limits]\nmax_payload_bytes = 20000",
+        HAR,
+    ));
+    let c = TestClient::connect(broker.port);
+    c.subscribe("out/#");
+    c.subscribe("edge-infer/dev1/errors");
+
+    c.publish("in/har", "definitely not json");
+    let e = expect_error(&c, "bad_json");
+    assert_eq!(e["source_topic"], "in/har");
+    assert_eq!(e["model"], "har");
+    assert!(e.get("id").is_none());
+
+    c.publish(
+        "in/har",
+        json!({"id": "short", "data": window(383)}).to_string(),
+    );
+    let e = expect_error(&c, "bad_shape");
+    assert_eq!(e["id"], "short");
+    assert_eq!(
+        e["message"],
+        "input 'accel' needs 384 values (1x128x3), got 383"
+    );
+
+    c.publish(
+        "in/har",
+        json!({"id": "long", "data": window(385)}).to_string(),
+    );
+    let e = expect_error(&c, "bad_shape");
+    assert_eq!(
+        e["message"],
+        "input 'accel' needs 384 values (1x128x3), got 385"
+    );
+
+    // Python's json.dumps writes NaN, which is not JSON.
+    let mut text = json!({"id": "nan", "data": window(384)}).to_string();
+    text = text.replacen("0.1", "NaN", 1);
+    c.publish("in/har", text);
+    let e = expect_error(&c, "bad_value");
+    assert!(e["message"].as_str().unwrap().contains("NaN"), "{e}");
+
+    let mut vals: Vec<Value> = window(384).into_iter().map(Value::from).collect();
+    vals[17] = json!("0.5");
+    c.publish("in/har", json!({"id": 5, "data": vals}).to_string());
+    let e = expect_error(&c, "bad_value");
+    assert_eq!(e["id"], 5);
+    assert_eq!(
+        e["message"],
+        "input 'accel' element 17 is a string, expected a number"
+    );
+
+    c.publish(
+        "in/har",
+        json!({"id": "big", "data": vec![1e39; 384]}).to_string(),
+    );
+    expect_error(&c, "bad_value");
+
+    c.publish(
+        "in/har",
+        json!({"id": "multi", "inputs": [window(384), window(3)]}).to_string(),
+    );
+    let e = expect_error(&c, "bad_shape");
+    assert!(e["message"].as_str().unwrap().contains("2 entries"), "{e}");
+
+    c.publish(
+        "in/har",
+        json!({"id": "none", "values": window(384)}).to_string(),
+    );
+    let e = expect_error(&c, "bad_json");
+    assert!(e["message"].as_str().unwrap().contains("\"data\""), "{e}");
+
+    c.publish("in/har", vec![b'x'; 20001]);
+    let e = expect_error(&c, "too_large");
+    assert_eq!(
+        e["message"],
+        "payload is 20001 bytes, the limit (limits.max_payload_bytes) is 20000"
+    );
+
+    // Unknown fields are ignored on purpose (devices add timestamps).
+    c.publish(
+        "in/har",
+        json!({"id": "ok", "ts": 1.5, "meta": {"fw": "1.2"}, "data": window(384)}).to_string(),
+    );
+    let m = c.recv();
+    assert_eq!(m.topic, "out/dev1/har");
+    assert_eq!(m.json()["id"], "ok");
+}
+
+#[test]
+fn raw_payload_of_the_wrong_size_is_bad_shape() {
+    let broker = Broker::start();
+    let models = HAR.to_string() + "payload = \"raw\"\n";
+    let _d = Daemon::start(&config(broker.port, "dev1", "", &models));
+    let c = TestClient::connect(broker.port);
+    c.subscribe("edge-infer/dev1/errors");
+    c.subscribe("out/#");
+    c.publish("in/har", vec![0u8; 383]);
+    let e = expect_error(&c, "bad_shape");
+    assert_eq!(
+        e["message"],
+        "raw payload must be exactly 384 bytes ('accel' 1x128x3 int8 = 384 bytes), got 383"
+    );
+    c.publish("in/har", vec![0u8; 384]);
+    assert_eq!(c.recv().topic, "out/dev1/har");
+}
+
+/// Floods a one-slot queue: every message must come back as a result or an
+/// `overloaded` error; none may vanish.
+fn flood(policy: &str) {
+    let broker = Broker::start();
+    let models = format!(
+        "[[models]]\nname = \"img\"\npath = \"{{models}}/mobilenet_v2_int8.tflite\"\ninput_topic = \"in/img\"\noutput_topic = \"out/{{device_id}}/{{model}}\"\npayload = \"raw\"\nqueue_capacity = 1\noverflow = \"{policy}\"\n"
+    );
+    let _d = Daemon::start(&config(broker.port, "dev1", "", &models));
+    let c = TestClient::connect(broker.port);
+    c.subscribe("out/#");
+    c.subscribe("edge-infer/dev1/errors");
+    const N: usize = 60;
+    let frame = vec![3u8; 224 * 224 * 3];
+    for _ in 0..N {
+        c.publish("in/img", frame.clone());
+    }
+    let msgs = c.recv_n(N);
+    let results = msgs.iter().filter(|m| m.topic == "out/dev1/img").count();
+    let overloaded: Vec<Value> = msgs
+        .iter()
+        .filter(|m| m.topic == "edge-infer/dev1/errors")
+        .map(|m| m.json())
+        .collect();
+    assert_eq!(results + overloaded.len(), N);
+    assert!(results >= 1, "nothing was served");
+    assert!(
+        !overloaded.is_empty(),
+        "a {N}-message burst into a 1-slot queue overflowed nothing"
+    );
+    for e in &overloaded {
+        assert_eq!(e["code"], "overloaded", "{e}");
+        assert!(e["message"].as_str().unwrap().contains(policy), "{e}");
+    }
+    // Nothing more arrives: exactly one answer per message.
+    assert!(c
+        .recv_within(std::time::Duration::from_millis(300))
+        .is_none());
+}
+
+#[test]
+fn overflow_reject_new_answers_every_message() {
+    flood("reject_new");
+}
+
+#[test]
+fn overflow_drop_oldest_answers_every_message() {
+    flood("drop_oldest");
+}
+
+#[test]
+fn messages_on_a_topic_no_model_serves_get_no_model() {
+    // A persistent session keeps a subscription the new config no longer
+    // has; the daemon must answer those messages rather than drop them.
+    let broker = Broker::start();
+    let old = config(broker.port, "dev1", "", &(HAR.to_string() + "\n[[models]]\nname = \"dyn\"\npath = \"{models}/dynamic_batch_f32.tflite\"\ninput_topic = \"in/dyn\"\noutput_topic = \"out/{device_id}/{model}\"\n"));
+    let d = Daemon::start(&old);
+    let (code, _) = d.terminate();
+    assert_eq!(code, Some(0));
+    let _d = Daemon::start(&config(broker.port, "dev1", "", HAR));
+    let c = TestClient::connect(broker.port);
+    c.subscribe("edge-infer/dev1/errors");
+    c.publish(
+        "in/dyn",
+        json!({"data": [1, 2, 3, 4, 5, 6, 7, 8]}).to_string(),
+    );
+    let e = expect_error(&c, "no_model");
+    assert_eq!(e["source_topic"], "in/dyn");
+    assert!(e.get("model").is_none());
+}

@@ -1,0 +1,247 @@
+//! Startup failures end with a clear message naming the file or key and a
+//! non-zero exit status: 2 for config and model problems, 3 for a missing
+//! runtime library. Also check-config and inspect.
+
+mod common;
+
+use common::*;
+
+fn write_config(dir: &std::path::Path, text: &str) -> String {
+    let p = dir.join("config.toml");
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+const HAR: &str = "\
+[[models]]
+name = \"har\"
+path = \"{models}/har_accel_int8.tflite\"
+labels = \"{models}/har_accel.labels\"
+input_topic = \"sensors/+/accel\"
+";
+
+#[test]
+fn check_config_prints_a_summary() {
+    require_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &config(1883, "gw-1", "", HAR));
+    let (code, out, err) = run_cli(&["check-config", "--config", &cfg], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    for want in [
+        "device_id: gw-1",
+        "mqtt://127.0.0.1:1883",
+        "libLiteRt.so (litert)",
+        "sensors/+/accel -> edge-infer/{device_id}/{model}/result",
+        "'accel' 1x128x3 int8 scale=0.045965016 zero_point=-1",
+        "'probs' 1x4 int8 scale=0.00390625 zero_point=-128",
+        "labels:   4 (idle, walking, running, fall)",
+        "ok: 1 model(s) ready",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn inspect_lists_tensors_with_quantization_and_dynamic_shapes() {
+    require_runtime();
+    let m = model("multi_io_uint8.tflite");
+    let (code, out, err) = run_cli(&["inspect", m.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("[0] 'temp' 1x4 uint8 scale=0.0077673453 zero_point=128"),
+        "{out}"
+    );
+    assert!(out.contains("[1] 'accel' 1x16x3 uint8"), "{out}");
+    assert!(out.contains("[1] 'anomaly' 1x1 uint8"), "{out}");
+    let m = model("dynamic_batch_f32.tflite");
+    let (_, out, _) = run_cli(&["inspect", m.to_str().unwrap()], &[]);
+    assert!(
+        out.contains("'features' 1x8 float32 (shape signature [-1, 8])"),
+        "{out}"
+    );
+}
+
+#[test]
+fn missing_model_file_names_the_key_and_the_path() {
+    require_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        1883,
+        "gw",
+        "",
+        &HAR.replace("har_accel_int8.tflite", "nope.tflite"),
+    );
+    let cfg = write_config(dir.path(), &text);
+    for cmd in ["run", "check-config"] {
+        let (code, _, err) = run_cli(&[cmd, "--config", &cfg], &[]);
+        assert_eq!(code, Some(2), "{cmd}: {err}");
+        assert!(
+            err.contains("models[0].path: cannot read model file"),
+            "{err}"
+        );
+        assert!(err.contains("nope.tflite"), "{err}");
+    }
+}
+
+#[test]
+fn corrupt_and_truncated_models_are_rejected_with_the_reason() {
+    require_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.tflite");
+    std::fs::write(&garbage, b"this is not a model at all, just text").unwrap();
+    let truncated = dir.path().join("truncated.tflite");
+    let whole = std::fs::read(model("har_accel_int8.tflite")).unwrap();
+    std::fs::write(&truncated, &whole[..whole.len() / 3]).unwrap();
+    let empty = dir.path().join("empty.tflite");
+    std::fs::write(&empty, b"").unwrap();
+    for (file, why) in [
+        (&garbage, "not a TFLite flatbuffer"),
+        (&truncated, "the runtime rejected the model file"),
+        (&empty, "too short to be a TFLite model"),
+    ] {
+        let text = config(
+            1883,
+            "gw",
+            "",
+            &HAR.replace("{models}/har_accel_int8.tflite", file.to_str().unwrap()),
+        );
+        let cfg = write_config(dir.path(), &text);
+        let (code, _, err) = run_cli(&["run", "--config", &cfg], &[]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains("models[0].path") && err.contains(why),
+            "{why}: {err}"
+        );
+    }
+}
+
+#[test]
+fn bad_config_lists_every_problem_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "\
+device_id = \"bad/id\"
+[mqtt]
+port = 0
+keep_alive_secs = 1
+[[models]]
+name = \"a\"
+path = \"a.tflite\"
+input_topic = \"x/#/y\"
+[[models]]
+name = \"b\"
+path = \"b.tflite\"
+input_topic = \"x/+\"
+output_topic = \"y/{2}\"
+overflow = \"block\"
+";
+    let cfg = write_config(dir.path(), text);
+    let (code, _, err) = run_cli(&["check-config", "--config", &cfg], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    for key in [
+        "device_id:",
+        "mqtt.port: must be between 1 and 65535, got 0",
+        "mqtt.keep_alive_secs:",
+        "models[0].input_topic: '#' must be the last level",
+        "models[1].output_topic: {2} refers to '+' wildcard number 2",
+        "models[1].overflow: expected \"reject_new\" or \"drop_oldest\", got \"block\"",
+    ] {
+        assert!(err.contains(key), "missing {key:?} in:\n{err}");
+    }
+    assert!(err.contains("6 problems"), "{err}");
+}
+
+#[test]
+fn typos_and_wrong_types_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[mqtt]\nprot = 1884\n");
+    let (code, _, err) = run_cli(&["check-config", "--config", &cfg], &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("prot"), "{err}");
+    let cfg = write_config(dir.path(), "[mqtt]\nport = \"high\"\n");
+    let (code, _, err) = run_cli(&["check-config", "--config", &cfg], &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("mqtt.port") && err.contains("high"), "{err}");
+    let (code, _, err) = run_cli(&["run", "--config", "/nonexistent/edge.toml"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("/nonexistent/edge.toml") && err.contains("no such file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn labels_that_do_not_fit_the_output_are_rejected() {
+    require_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let labels = dir.path().join("three.labels");
+    std::fs::write(&labels, "a\nb\nc\n").unwrap();
+    let text = config(
+        1883,
+        "gw",
+        "",
+        &HAR.replace("{models}/har_accel.labels", labels.to_str().unwrap()),
+    );
+    let cfg = write_config(dir.path(), &text);
+    let (code, _, err) = run_cli(&["check-config", "--config", &cfg], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("models[0].labels")
+            && err.contains("has 3 labels, but output 'probs' (1x4) has 4 classes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn configured_runtime_library_that_does_not_exist_exits_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        1883,
+        "gw",
+        "[runtime]\nlibrary = \"/opt/nowhere/libLiteRt.so\"",
+        HAR,
+    );
+    let cfg = write_config(dir.path(), &text);
+    let (code, _, err) = run_cli(&["run", "--config", &cfg], &[]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains("/opt/nowhere/libLiteRt.so (config runtime.library): no such file"),
+        "{err}"
+    );
+    assert!(err.contains("scripts/fetch-runtime.sh"), "{err}");
+}
+
+#[test]
+fn no_runtime_anywhere_lists_every_place_tried() {
+    // A copy of the binary outside the checkout finds no runtime/ folder.
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("edge-infer");
+    std::fs::copy(daemon_binary(), &exe).unwrap();
+    let cfg = write_config(dir.path(), &config(1883, "gw", "", HAR));
+    let out = std::process::Command::new(&exe)
+        .args(["run", "--config", &cfg])
+        .env_remove("EDGE_INFER_RUNTIME_LIBRARY")
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    for want in [
+        "no TFLite/LiteRT runtime library could be loaded; tried:",
+        "libLiteRt.so (next to the executable)",
+        "/usr/lib/edge-infer/libLiteRt.so (packaged location)",
+        "libtensorflowlite_c.so (system linker path)",
+        "scripts/fetch-runtime.sh",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let (code, _, err) = run_cli(&["serve"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("unknown command \"serve\""), "{err}");
+    let (code, _, err) = run_cli(&["inspect"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("inspect needs a model file"), "{err}");
+}
