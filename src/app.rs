@@ -68,6 +68,7 @@ async fn serve(settings: Settings, models: Vec<LoadedModel>) -> anyhow::Result<(
             input_topic: ms.input_topic.clone(),
             output_topic: ms.output_topic.clone(),
             payload: ms.payload,
+            inputs: model.inputs.clone(),
             labels: model.labels.clone(),
             top_k: model.top_k,
             stats: Arc::clone(&stats),

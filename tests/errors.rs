@@ -217,3 +217,40 @@ fn messages_on_a_topic_no_model_serves_get_no_model() {
     assert_eq!(e["source_topic"], "in/dyn");
     assert!(e.get("model").is_none());
 }
+
+#[test]
+fn a_failing_invoke_is_inference_failed_and_the_model_recovers() {
+    let fx = fixture("lookup_int32.json");
+    let broker = Broker::start();
+    let models = "[[models]]\nname = \"lookup\"\npath = \"{models}/lookup_int32.tflite\"\ninput_topic = \"in/lookup\"\noutput_topic = \"out/{device_id}/{model}\"\n";
+    let _d = Daemon::start(&config(broker.port, "dev1", "", models));
+    let c = TestClient::connect(broker.port);
+    c.subscribe("out/#");
+    c.subscribe("edge-infer/dev1/errors");
+    for (i, bad) in fx["failing_inputs"].as_array().unwrap().iter().enumerate() {
+        c.publish("in/lookup", json!({"id": i, "data": bad}).to_string());
+        let e = expect_error(&c, "inference_failed");
+        assert_eq!(e["id"], i);
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains("LiteRtRunCompiledModel"),
+            "{e}"
+        );
+        // The same engine serves the next good message correctly.
+        let case = &fx["cases"][i % 3];
+        c.publish(
+            "in/lookup",
+            json!({"id": "good", "data": case_inputs(case)[0]}).to_string(),
+        );
+        let m = c.recv();
+        assert_eq!(
+            m.topic,
+            "out/dev1/lookup",
+            "{}",
+            String::from_utf8_lossy(&m.payload)
+        );
+        assert_outputs(&m.json(), case, None);
+    }
+}

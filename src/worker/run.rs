@@ -30,6 +30,8 @@ pub struct ModelContext {
     pub input_topic: crate::topic::TopicFilter,
     pub output_topic: crate::topic::TopicTemplate,
     pub payload: PayloadFormat,
+    /// The model's input tensors (the same for every engine of the model).
+    pub inputs: Vec<model_runtime::TensorSpec>,
     pub labels: Option<Vec<String>>,
     pub top_k: Option<usize>,
     pub stats: Arc<ModelStats>,
@@ -139,10 +141,9 @@ fn serve(
     job: &Job,
     dequeued: Instant,
 ) -> Option<Outgoing> {
-    let specs_in = engine.inputs().to_vec();
     let decoded = match ctx.payload {
-        PayloadFormat::Json => decode_json(&job.payload, &specs_in, engine.input_buffers_mut()),
-        PayloadFormat::Raw => decode_raw(&job.payload, &specs_in, engine.input_buffers_mut())
+        PayloadFormat::Json => decode_json(&job.payload, &ctx.inputs, engine.input_buffers_mut()),
+        PayloadFormat::Raw => decode_raw(&job.payload, &ctx.inputs, engine.input_buffers_mut())
             .map(|()| Default::default())
             .map_err(|f| (None, f)),
     };

@@ -1,0 +1,369 @@
+#!/usr/bin/env python3
+"""Builds every .tflite model in models/ reproducibly (fixed seeds, single-threaded).
+
+Run through models/build.sh (creates the venv from models/requirements.txt).
+Outputs (all written next to this script):
+  har_accel_f32.tflite, har_accel_int8.tflite, har_accel.labels
+  mobilenet_v2_int8.tflite
+  multi_io_f32.tflite, multi_io_uint8.tflite
+  dynamic_batch_f32.tflite
+  lookup_int32.tflite   (GATHER from a constant table; fails at invoke on out-of-range indices)
+  models_summary.json   (tensor details as read back by the TF Lite interpreter)
+"""
+import os
+
+# Must be set before TensorFlow is imported.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["TF_DETERMINISTIC_OPS"] = "1"
+os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+os.environ["PYTHONHASHSEED"] = "0"
+
+import hashlib
+import json
+import random
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from accel_synth import LABELS, gen_dataset  # noqa: E402
+
+SEED = 20240601
+MAX_BYTES = 5 * 1024 * 1024
+
+warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+tf.config.threading.set_intra_op_parallelism_threads(1)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    tf.random.set_seed(seed)
+    keras.utils.set_random_seed(seed)
+    try:
+        tf.config.experimental.enable_op_determinism()
+    except Exception:  # pragma: no cover - older TF
+        pass
+
+
+def export_saved_model(fn, input_signature, model) -> str:
+    """Exports `fn` (a callable over named tensors returning a dict of named outputs) as
+    the serving_default signature of a SavedModel and returns its directory.
+
+    keras.export.ExportArchive is used because a plain tf.Module + tf.saved_model.save
+    of a Keras 3 model leaves VAR_HANDLE/READ_VARIABLE ops in the converted model
+    (the variables are not frozen), which breaks int8 calibration."""
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", fn, input_signature=input_signature)
+    path = tempfile.mkdtemp(prefix="edge_infer_sm_")
+    archive.write_out(path, verbose=False)
+    return path
+
+
+def convert(saved_model_dir: str, *, rep_data=None, io_type=None) -> bytes:
+    """float32 conversion, or full-integer quantization when rep_data is given."""
+    conv = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+    if rep_data is not None:
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = rep_data
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = io_type
+        conv.inference_output_type = io_type
+    return conv.convert()
+
+
+def write_model(name: str, data: bytes) -> None:
+    path = HERE / name
+    path.write_bytes(data)
+    size = len(data)
+    if size >= MAX_BYTES:
+        raise SystemExit(f"{name} is {size} bytes, over the 5 MB limit")
+    print(f"  wrote {name}: {size} bytes, sha256 {hashlib.sha256(data).hexdigest()[:16]}")
+
+
+def tflite_eval(data: bytes, feeds_by_sig_name: dict) -> dict:
+    """Runs a model through the TF Lite interpreter's default signature (float domain I/O)."""
+    interp = tf.lite.Interpreter(model_content=data, num_threads=1)
+    runner = interp.get_signature_runner()
+    in_det = runner.get_input_details()
+    feeds = {}
+    for k, x in feeds_by_sig_name.items():
+        d = in_det[k]
+        if d["dtype"] in (np.int8, np.uint8):
+            s, z = d["quantization"]
+            info = np.iinfo(d["dtype"])
+            t = np.float32(x) / np.float32(s)
+            q = np.sign(t) * np.floor(np.abs(t) + np.float32(0.5)) + z
+            feeds[k] = np.clip(q, info.min, info.max).astype(d["dtype"])
+        else:
+            feeds[k] = np.asarray(x, dtype=d["dtype"])
+    out = runner(**feeds)
+    out_det = runner.get_output_details()
+    res = {}
+    for k, v in out.items():
+        d = out_det[k]
+        if d["dtype"] in (np.int8, np.uint8):
+            s, z = d["quantization"]
+            v = (v.astype(np.float32) - np.float32(z)) * np.float32(s)
+        res[k] = v
+    return res
+
+
+def describe(data: bytes) -> dict:
+    interp = tf.lite.Interpreter(model_content=data)
+
+    def det(d):
+        s, z = d["quantization"]
+        return {
+            "index": int(d["index"]),
+            "name": d["name"],
+            "shape": [int(v) for v in d["shape"]],
+            "shape_signature": [int(v) for v in d["shape_signature"]],
+            "dtype": np.dtype(d["dtype"]).name,
+            "scale": float(s),
+            "zero_point": int(z),
+        }
+
+    sigs = interp.get_signature_list()
+    return {
+        "inputs": [det(d) for d in interp.get_input_details()],
+        "outputs": [det(d) for d in interp.get_output_details()],
+        "signatures": sigs,
+        "bytes": len(data),
+    }
+
+
+# --------------------------------------------------------------------------- HAR
+def build_har(summary: dict) -> None:
+    print("[har_accel] generating synthetic data")
+    x_train, y_train = gen_dataset(1500, seed=SEED + 1)
+    x_val, y_val = gen_dataset(250, seed=SEED + 2)
+    x_test, y_test = gen_dataset(500, seed=SEED + 3)
+
+    seed_all(SEED)
+    inp = keras.Input(shape=(128, 3), name="accel")
+    h = keras.layers.Conv1D(16, 5, strides=2, padding="same", activation="relu", name="conv1")(inp)
+    h = keras.layers.Conv1D(24, 5, strides=2, padding="same", activation="relu", name="conv2")(h)
+    h = keras.layers.Concatenate(name="pool")(
+        [keras.layers.GlobalAveragePooling1D()(h), keras.layers.GlobalMaxPooling1D()(h)]
+    )
+    out = keras.layers.Dense(len(LABELS), activation="softmax", name="probs")(h)
+    model = keras.Model(inp, out, name="har_accel")
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    print(f"[har_accel] params: {model.count_params()}")
+    model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=8, batch_size=64,
+              shuffle=True, verbose=2)
+    keras_acc = float(np.mean(np.argmax(model.predict(x_test, verbose=0), axis=1) == y_test))
+    print(f"[har_accel] keras held-out accuracy: {keras_acc:.4f} on {len(y_test)} windows")
+
+    sm = export_saved_model(lambda accel: {"probs": model(accel, training=False)},
+                            [tf.TensorSpec([1, 128, 3], tf.float32, name="accel")], model)
+    f32 = convert(sm)
+
+    rep_x, _ = gen_dataset(100, seed=SEED + 4)
+
+    def rep():
+        for w in rep_x:
+            yield {"accel": w[None]}
+
+    i8 = convert(sm, rep_data=rep, io_type=tf.int8)
+    shutil.rmtree(sm)
+
+    accs = {}
+    for name, data in (("har_accel_f32.tflite", f32), ("har_accel_int8.tflite", i8)):
+        pred = np.array([np.argmax(tflite_eval(data, {"accel": w[None]})["probs"]) for w in x_test])
+        accs[name] = float(np.mean(pred == y_test))
+        print(f"[har_accel] {name} held-out accuracy: {accs[name]:.4f}")
+        write_model(name, data)
+        summary[name] = describe(data)
+        summary[name]["heldout_accuracy"] = accs[name]
+    summary["har_accel_keras_accuracy"] = keras_acc
+    (HERE / "har_accel.labels").write_text("\n".join(LABELS) + "\n")
+    print("  wrote har_accel.labels")
+
+
+# --------------------------------------------------------------------- MobileNetV2
+def build_mobilenet(summary: dict) -> None:
+    seed_all(SEED + 10)
+    print("[mobilenet_v2] building MobileNetV2 alpha=0.35, random init")
+    model = keras.applications.MobileNetV2(input_shape=(224, 224, 3), alpha=0.35, weights=None,
+                                           classes=1000, classifier_activation="softmax")
+    # A freshly initialised MobileNetV2 is degenerate: with BatchNorm moving statistics at
+    # mean 0 / variance 1 the activations shrink to ~1e-11 by the last layer, so every
+    # softmax output is 1/1000 and the int8 output is a constant -128. Give it data-
+    # dependent statistics instead: one training-mode pass over 16 random images with
+    # BatchNorm momentum 0 sets each layer's moving mean/variance to that batch's
+    # statistics. Then scale the classifier kernel x6 so the softmax is not flat
+    # (top-1 probability ~0.1 and input-dependent).
+    calib = np.random.default_rng(SEED + 12).uniform(-1.0, 1.0, (16, 224, 224, 3)).astype(np.float32)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0
+    model(calib, training=True)
+    dense = model.get_layer("predictions")
+    dense.kernel.assign(dense.kernel * 6.0)
+    probe = model(calib[:4], training=False).numpy()
+    print(f"[mobilenet_v2] float top-1 prob on 4 images: {[round(float(v), 3) for v in probe.max(axis=1)]}, "
+          f"argmax {probe.argmax(axis=1).tolist()}")
+    sm = export_saved_model(lambda image: {"probs": model(image, training=False)},
+                            [tf.TensorSpec([1, 224, 224, 3], tf.float32, name="image")], model)
+    rng = np.random.default_rng(SEED + 11)
+    rep_x = rng.uniform(-1.0, 1.0, (32, 1, 224, 224, 3)).astype(np.float32)
+
+    def rep():
+        for x in rep_x:
+            yield {"image": x}
+
+    data = convert(sm, rep_data=rep, io_type=tf.int8)
+    shutil.rmtree(sm)
+    write_model("mobilenet_v2_int8.tflite", data)
+    summary["mobilenet_v2_int8.tflite"] = describe(data)
+
+
+# -------------------------------------------------------------------------- multi IO
+def multi_io_data(n: int, rng: np.random.Generator):
+    """Toy task: class = which accel axis has the largest mean |a|; anomaly = mean temp > 0.25."""
+    accel = rng.normal(0.0, 1.0, (n, 16, 3)).astype(np.float32)
+    accel[np.arange(n), :, rng.integers(0, 3, n)] *= 2.5
+    temp = rng.uniform(-1.0, 1.0, (n, 4)).astype(np.float32)
+    y_class = np.argmax(np.mean(np.abs(accel), axis=1), axis=1)
+    y_anom = (np.mean(temp, axis=1) > 0.25).astype(np.float32)[:, None]
+    return accel, temp, y_class, y_anom
+
+
+def build_multi_io(summary: dict) -> None:
+    seed_all(SEED + 20)
+    rng = np.random.default_rng(SEED + 21)
+    a_tr, t_tr, c_tr, n_tr = multi_io_data(4000, rng)
+    a_in = keras.Input(shape=(16, 3), name="accel")
+    t_in = keras.Input(shape=(4,), name="temp")
+    # |a| split into positive and negative parts so a small dense layer can learn the task.
+    pos = keras.layers.Flatten()(keras.layers.ReLU()(a_in))
+    neg = keras.layers.Flatten()(keras.layers.ReLU()(keras.layers.Rescaling(-1.0)(a_in)))
+    ha = keras.layers.Dense(16, activation="relu")(keras.layers.Concatenate()([pos, neg]))
+    ht = keras.layers.Dense(8, activation="relu")(t_in)
+    h = keras.layers.Concatenate()([ha, ht])
+    c_out = keras.layers.Dense(3, activation="softmax", name="class")(h)
+    n_out = keras.layers.Dense(1, activation="sigmoid", name="anomaly")(ht)
+    model = keras.Model([a_in, t_in], [c_out, n_out], name="multi_io")
+    model.compile(optimizer=keras.optimizers.Adam(3e-3),
+                  loss=["sparse_categorical_crossentropy", "binary_crossentropy"])
+    model.fit([a_tr, t_tr], [c_tr, n_tr], epochs=5, batch_size=64, verbose=2)
+
+    def call(accel, temp):
+        c, n = model([accel, temp], training=False)
+        return {"class": c, "anomaly": n}
+
+    sm = export_saved_model(call, [tf.TensorSpec([1, 16, 3], tf.float32, name="accel"),
+                                   tf.TensorSpec([1, 4], tf.float32, name="temp")], model)
+    f32 = convert(sm)
+    rep_a, rep_t, _, _ = multi_io_data(100, np.random.default_rng(SEED + 22))
+
+    def rep():
+        for a, t in zip(rep_a, rep_t):
+            yield {"accel": a[None], "temp": t[None]}
+
+    u8 = convert(sm, rep_data=rep, io_type=tf.uint8)
+    shutil.rmtree(sm)
+    for name, data in (("multi_io_f32.tflite", f32), ("multi_io_uint8.tflite", u8)):
+        write_model(name, data)
+        summary[name] = describe(data)
+
+
+# ---------------------------------------------------------------------- dynamic batch
+def build_dynamic(summary: dict) -> None:
+    seed_all(SEED + 30)
+    inp = keras.Input(shape=(8,), name="features")
+    h = keras.layers.Dense(16, activation="relu")(inp)
+    out = keras.layers.Dense(2, activation="softmax", name="scores")(h)
+    model = keras.Model(inp, out, name="dynamic_batch")
+    sm = export_saved_model(lambda features: {"scores": model(features, training=False)},
+                            [tf.TensorSpec([None, 8], tf.float32, name="features")], model)
+    data = convert(sm)
+    shutil.rmtree(sm)
+    write_model("dynamic_batch_f32.tflite", data)
+    d = describe(data)
+    assert d["inputs"][0]["shape_signature"] == [-1, 8], d["inputs"][0]
+    assert d["outputs"][0]["shape_signature"] == [-1, 2], d["outputs"][0]
+    summary["dynamic_batch_f32.tflite"] = d
+
+
+# ------------------------------------------------------------------- lookup (gather)
+LOOKUP_ROWS = 16
+
+
+def lookup_table() -> np.ndarray:
+    """Row i = [i + 0.25, -(i + 0.5)]: every value is exact in float32 and every row is
+    distinct, so a test can tell which row came back."""
+    i = np.arange(LOOKUP_ROWS, dtype=np.float64)
+    return np.stack([i + 0.25, -(i + 0.5)], axis=1).astype(np.float32)
+
+
+def build_lookup(summary: dict) -> None:
+    """A single GATHER over a constant [16, 2] float32 table, indexed by a runtime int32
+    input. The TF Lite GATHER kernel checks the indices when it runs, so an index outside
+    0..15 makes *invoke* fail (not load, not allocate): the daemon's inference_failed path.
+    No Keras model and no variables, so a plain tf.Module SavedModel is enough."""
+    table = lookup_table()
+
+    class Lookup(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.int32, name="indices")])
+        def serve(self, indices):
+            return {"vectors": tf.gather(tf.constant(table), indices, axis=0, name="vectors")}
+
+    module = Lookup()
+    sm = tempfile.mkdtemp(prefix="edge_infer_sm_")
+    tf.saved_model.save(module, sm, signatures={"serving_default": module.serve})
+    data = convert(sm)
+    shutil.rmtree(sm)
+
+    interp = tf.lite.Interpreter(model_content=data, num_threads=1)
+    runner = interp.get_signature_runner()
+    idx = np.array([[0, 5, 15, 3]], dtype=np.int32)
+    got = runner(indices=idx)["vectors"]
+    assert got.dtype == np.float32 and got.shape == (1, 4, 2), (got.dtype, got.shape)
+    assert np.array_equal(got, table[idx]), got
+    for bad in ([[16, 0, 0, 0]], [[0, 0, 0, -1]]):
+        try:
+            runner(indices=np.array(bad, dtype=np.int32))
+        except RuntimeError as e:
+            assert "gather index out of bounds" in str(e), e
+        else:
+            raise SystemExit(f"lookup_int32: GATHER did not fail on indices {bad}")
+    write_model("lookup_int32.tflite", data)
+    d = describe(data)
+    assert [x["dtype"] for x in d["inputs"]] == ["int32"] and d["inputs"][0]["shape"] == [1, 4], d
+    assert [x["dtype"] for x in d["outputs"]] == ["float32"] and d["outputs"][0]["shape"] == [1, 4, 2], d
+    summary["lookup_int32.tflite"] = d
+
+
+def main() -> None:
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, numpy {np.__version__}")
+    only = set(sys.argv[1:])
+    summary: dict = {"tensorflow": tf.__version__, "keras": keras.__version__}
+    steps = {"har": build_har, "mobilenet": build_mobilenet, "multi_io": build_multi_io,
+             "dynamic": build_dynamic, "lookup": build_lookup}
+    for key, step in steps.items():
+        if not only or key in only:
+            step(summary)
+    if not only:
+        (HERE / "models_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print("  wrote models_summary.json")
+
+
+if __name__ == "__main__":
+    main()
