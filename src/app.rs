@@ -21,10 +21,6 @@ use crate::router::Router;
 use crate::telemetry::{DaemonStats, ModelStats};
 use crate::worker::{spawn_workers, ModelContext, ModelQueue};
 
-/// How long a shutdown waits for queued messages and unacknowledged
-/// replies before answering the rest with `shutting_down`.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
 pub fn errors_topic(device_id: &str) -> String {
     format!("edge-infer/{device_id}/errors")
 }
@@ -135,10 +131,12 @@ async fn serve(settings: Settings, models: Vec<LoadedModel>) -> anyhow::Result<(
         }
     };
 
-    // Drain.
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    // Drain: queued messages get `drain_timeout` to be served; whatever is
+    // still queued then is answered with `shutting_down`.
+    let drain_timeout = settings.drain_timeout;
+    let deadline = Instant::now() + drain_timeout;
     log::info!(
-        "{signal_name}: draining (up to {DRAIN_TIMEOUT:?}); new messages stay with the broker"
+        "{signal_name}: draining (up to {drain_timeout:?}); new messages stay with the broker"
     );
     drop(ing.stop_accepting());
     let joiner = tokio::task::spawn_blocking(move || {

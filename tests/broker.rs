@@ -125,3 +125,43 @@ fn sigterm_drains_and_nothing_is_lost_across_a_daemon_restart() {
     assert_eq!(code, Some(0));
     assert_eq!(received_in(&log, "img"), sent - taken, "{log}");
 }
+
+#[test]
+fn drain_timeout_answers_what_is_left_with_shutting_down() {
+    let fx = fixture("mobilenet_v2_int8.json");
+    let frame = json!({"data": fx["cases"][0]["inputs"][0]["values"]}).to_string();
+    let broker = Broker::start();
+    let models = "[[models]]\nname = \"img\"\npath = \"{models}/mobilenet_v2_int8.tflite\"\ninput_topic = \"in/img\"\noutput_topic = \"out/{device_id}/{model}\"\nqueue_capacity = 100\n";
+    let extra = "[limits]\nmax_payload_bytes = 4000000\n[log]\nlevel = \"debug\"\n[shutdown]\ndrain_timeout_secs = 0.02";
+    let d = Daemon::start(&config(broker.port, "dev1", extra, models));
+    let c = TestClient::connect(broker.port);
+    c.subscribe("out/#");
+    c.subscribe("edge-infer/dev1/errors");
+    const N: usize = 12;
+    for _ in 0..N {
+        c.publish("in/img", frame.clone());
+    }
+    // All queued: parsing 150,528 JSON numbers per message takes far
+    // longer than 20 ms for the lot, so the drain must time out.
+    wait_until("every message to be queued", WAIT, || {
+        d.count_log("queued in/img") == N
+    });
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(received_in(&log, "img"), N);
+    let answers = c.recv_n(N);
+    let errors: Vec<_> = answers
+        .iter()
+        .filter(|m| m.topic == "edge-infer/dev1/errors")
+        .map(|m| m.json())
+        .collect();
+    assert!(
+        !errors.is_empty(),
+        "nothing was left after a 20 ms drain:\n{log}"
+    );
+    for e in &errors {
+        assert_eq!(e["code"], "shutting_down", "{e}");
+        assert_eq!(e["model"], "img");
+    }
+    assert!(log.contains("answered with shutting_down"), "{log}");
+}

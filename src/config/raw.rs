@@ -20,7 +20,25 @@ pub struct RawConfig {
     #[serde(default)]
     pub log: RawLog,
     #[serde(default)]
+    pub shutdown: RawShutdown,
+    #[serde(default)]
     pub models: Vec<RawModel>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawShutdown {
+    /// How long SIGTERM waits for queued messages before answering the rest
+    /// with `shutting_down`. Seconds, fractions allowed.
+    pub drain_timeout_secs: f64,
+}
+
+impl Default for RawShutdown {
+    fn default() -> Self {
+        RawShutdown {
+            drain_timeout_secs: 10.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

@@ -17,6 +17,7 @@ pub struct Settings {
     pub mqtt: MqttSettings,
     pub max_payload_bytes: usize,
     pub log_level: LogLevel,
+    pub drain_timeout: Duration,
     pub models: Vec<ModelSettings>,
 }
 
@@ -229,6 +230,15 @@ impl Settings {
             LogLevel::Info
         });
 
+        let drain = raw.shutdown.drain_timeout_secs;
+        if !(0.0..=3600.0).contains(&drain) {
+            c.add(
+                "shutdown.drain_timeout_secs",
+                format!("must be between 0 and 3600 seconds, got {drain}"),
+            );
+        }
+        let drain_timeout = Duration::from_secs_f64(drain.clamp(0.0, 3600.0));
+
         if raw.models.is_empty() {
             c.add("models", "no [[models]] configured: nothing to serve");
         }
@@ -284,6 +294,7 @@ impl Settings {
             },
             max_payload_bytes,
             log_level,
+            drain_timeout,
             models,
         })
     }

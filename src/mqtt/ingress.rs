@@ -99,7 +99,9 @@ impl Ingress {
                 continue;
             }
             match acc.queues[i].offer(job.clone()) {
-                Offer::Queued => {}
+                Offer::Queued => {
+                    log::debug!("queued {} for model {}", job.topic, self.model_names[i])
+                }
                 Offer::Rejected(j) => {
                     let f = self
                         .overloaded(i, "the new message was refused (overflow = \"reject_new\")");
