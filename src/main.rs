@@ -5,10 +5,12 @@
 mod app;
 mod codec;
 mod config;
+mod health;
 mod logging;
 mod models;
 mod mqtt;
 mod router;
+mod systemd;
 mod telemetry;
 mod time;
 mod topic;
@@ -181,11 +183,11 @@ fn load(
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
-    let (settings, _runtime, models) = match load(path) {
+    let (settings, runtime, models) = match load(path) {
         Ok(x) => x,
         Err(code) => return code,
     };
-    match app::run(settings, models) {
+    match app::run(path.to_path_buf(), settings, runtime, models) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("edge-infer: {e:#}");

@@ -1,17 +1,53 @@
-//! Counters every stage bumps, read by logs now and by the health topic
-//! later. Lock-free: workers and the MQTT task update them concurrently.
+//! Counters and timings every stage records, read by the health topic, the
+//! systemd STATUS line, the watchdog and the shutdown summary. Workers and
+//! the MQTT task update them concurrently; nothing here blocks for long.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
 
 use crate::codec::ErrorCode;
 
 /// Per-model counters. Every message routed to a model ends in exactly one
 /// of `succeeded` or one `errors` bucket (`overloaded` counts drops).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ModelStats {
     pub received: AtomicU64,
     pub succeeded: AtomicU64,
     errors: [AtomicU64; ErrorCode::ALL.len()],
+    /// End-to-end latency (arrival to result) in microseconds since the last
+    /// health report. A std Mutex: held for one `record` by a worker or one
+    /// swap by the health tick, never across an await.
+    latency_us: Mutex<Histogram<u64>>,
+}
+
+impl Default for ModelStats {
+    fn default() -> Self {
+        ModelStats {
+            received: AtomicU64::new(0),
+            succeeded: AtomicU64::new(0),
+            errors: Default::default(),
+            latency_us: Mutex::new(new_histogram()),
+        }
+    }
+}
+
+/// 1 µs to 10 min at 3 significant digits.
+fn new_histogram() -> Histogram<u64> {
+    // Constant bounds, checked by the tests below.
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Latency percentiles over one reporting interval, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
 }
 
 impl ModelStats {
@@ -23,12 +59,39 @@ impl ModelStats {
         self.errors[code.index()].load(Ordering::Relaxed)
     }
 
+    pub fn succeeded(&self) -> u64 {
+        self.succeeded.load(Ordering::Relaxed)
+    }
+
+    pub fn record_latency(&self, micros: u64) {
+        if let Ok(mut h) = self.latency_us.lock() {
+            // Saturate rather than drop an out-of-range sample.
+            h.saturating_record(micros.max(1));
+        }
+    }
+
+    /// Takes the interval's latencies and starts a new interval.
+    pub fn take_latency(&self) -> LatencySummary {
+        let h = match self.latency_us.lock() {
+            Ok(mut guard) => std::mem::replace(&mut *guard, new_histogram()),
+            Err(_) => return LatencySummary::default(),
+        };
+        let ms = |us: u64| us as f64 / 1000.0;
+        LatencySummary {
+            count: h.len(),
+            p50: ms(h.value_at_quantile(0.50)),
+            p95: ms(h.value_at_quantile(0.95)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
+        }
+    }
+
     /// "received=10 ok=8 bad_json=1 overloaded=1": nonzero error codes only.
     pub fn summary(&self) -> String {
         let mut s = format!(
             "received={} ok={}",
             self.received.load(Ordering::Relaxed),
-            self.succeeded.load(Ordering::Relaxed)
+            self.succeeded()
         );
         for code in ErrorCode::ALL {
             let n = self.errors(code);
@@ -37,6 +100,44 @@ impl ModelStats {
             }
         }
         s
+    }
+}
+
+/// What one worker thread is doing, for the watchdog: the time it started
+/// its current message, or 0 when idle.
+#[derive(Debug)]
+pub struct WorkerBeat {
+    epoch: Instant,
+    busy_since_ms: AtomicU64,
+}
+
+impl WorkerBeat {
+    pub fn new(epoch: Instant) -> WorkerBeat {
+        WorkerBeat {
+            epoch,
+            busy_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn busy(&self) {
+        // +1 so that a job started at the epoch is not read as idle.
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        self.busy_since_ms.store(now, Ordering::Relaxed);
+    }
+
+    pub fn idle(&self) {
+        self.busy_since_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the current message has been running, if any.
+    pub fn busy_for(&self) -> Option<std::time::Duration> {
+        match self.busy_since_ms.load(Ordering::Relaxed) {
+            0 => None,
+            since => {
+                let now = self.epoch.elapsed().as_millis() as u64 + 1;
+                Some(std::time::Duration::from_millis(now.saturating_sub(since)))
+            }
+        }
     }
 }
 
@@ -54,4 +155,32 @@ pub struct DaemonStats {
     pub publishes_requested: AtomicU64,
     /// Publishes the broker acknowledged (QoS 1) or that were written (QoS 0).
     pub publishes_done: AtomicU64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_interval_is_taken_and_reset() {
+        let s = ModelStats::default();
+        for us in [100, 200, 300, 400, 10_000] {
+            s.record_latency(us);
+        }
+        let l = s.take_latency();
+        assert_eq!(l.count, 5);
+        assert!((l.p50 - 0.3).abs() < 0.01, "{l:?}");
+        assert!((l.max - 10.0).abs() < 0.02, "{l:?}");
+        assert_eq!(s.take_latency().count, 0);
+    }
+
+    #[test]
+    fn worker_beat_reports_busy_time() {
+        let beat = WorkerBeat::new(Instant::now());
+        assert!(beat.busy_for().is_none());
+        beat.busy();
+        assert!(beat.busy_for().is_some());
+        beat.idle();
+        assert!(beat.busy_for().is_none());
+    }
 }

@@ -118,7 +118,8 @@ pub struct ErrorMessage<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<&'a MessageId>,
     pub device_id: &'a str,
-    pub source_topic: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_topic: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<&'a str>,
     pub code: ErrorCode,
@@ -132,7 +133,7 @@ pub struct ErrorMessage<'a> {
 pub fn error_json(
     device_id: &str,
     model: Option<&str>,
-    source_topic: &str,
+    source_topic: Option<&str>,
     received_at: f64,
     id: Option<&MessageId>,
     failure: &super::Failure,
@@ -150,7 +151,7 @@ pub fn error_json(
     match to_vec(&msg) {
         Ok(v) => Some(v),
         Err(e) => {
-            log::error!("cannot serialize an error message for {source_topic}: {e}");
+            log::error!("cannot serialize an error message: {e}");
             None
         }
     }

@@ -33,10 +33,13 @@ pub enum ErrorCode {
     NoModel,
     /// The daemon stopped before this message could be served.
     ShuttingDown,
+    /// A reload (SIGHUP) failed; the running configuration was kept. Not
+    /// about a message: no source_topic.
+    ReloadFailed,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 9] = [
         ErrorCode::BadJson,
         ErrorCode::BadShape,
         ErrorCode::BadValue,
@@ -45,6 +48,7 @@ impl ErrorCode {
         ErrorCode::InferenceFailed,
         ErrorCode::NoModel,
         ErrorCode::ShuttingDown,
+        ErrorCode::ReloadFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +61,7 @@ impl ErrorCode {
             ErrorCode::InferenceFailed => "inference_failed",
             ErrorCode::NoModel => "no_model",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::ReloadFailed => "reload_failed",
         }
     }
 

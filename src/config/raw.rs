@@ -22,7 +22,32 @@ pub struct RawConfig {
     #[serde(default)]
     pub shutdown: RawShutdown,
     #[serde(default)]
+    pub health: RawHealth,
+    /// Where the daemon keeps state; defaults to $STATE_DIRECTORY (set by
+    /// systemd's StateDirectory=) or /var/lib/edge-infer.
+    #[serde(default)]
+    pub state_dir: Option<String>,
+    #[serde(default)]
     pub models: Vec<RawModel>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHealth {
+    /// Seconds between health messages.
+    pub interval_secs: f64,
+    /// A worker busy with one message for longer than this is wedged: the
+    /// systemd watchdog stops being fed, so systemd restarts the service.
+    pub stall_timeout_secs: f64,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        RawHealth {
+            interval_secs: 30.0,
+            stall_timeout_secs: 60.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -18,10 +18,13 @@ pub struct Settings {
     pub max_payload_bytes: usize,
     pub log_level: LogLevel,
     pub drain_timeout: Duration,
+    pub health_interval: Duration,
+    pub stall_timeout: Duration,
+    pub state_dir: PathBuf,
     pub models: Vec<ModelSettings>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MqttSettings {
     pub host: String,
     pub port: u16,
@@ -94,7 +97,7 @@ impl OverflowPolicy {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelSettings {
     /// `models[i]`, for messages.
     pub key: String,
@@ -123,6 +126,17 @@ impl Check {
             key: key.into(),
             message: message.into(),
         });
+    }
+
+    fn seconds(&mut self, key: &str, value: f64, min: f64, max: f64) -> Duration {
+        if !(min..=max).contains(&value) {
+            self.add(
+                key,
+                format!("must be between {min} and {max} seconds, got {value}"),
+            );
+            return Duration::from_secs_f64(min);
+        }
+        Duration::from_secs_f64(value)
     }
 
     fn range(&mut self, key: &str, value: i64, min: i64, max: i64) -> i64 {
@@ -238,6 +252,30 @@ impl Settings {
             );
         }
         let drain_timeout = Duration::from_secs_f64(drain.clamp(0.0, 3600.0));
+        let health_interval = c.seconds(
+            "health.interval_secs",
+            raw.health.interval_secs,
+            0.05,
+            86_400.0,
+        );
+        let stall_timeout = c.seconds(
+            "health.stall_timeout_secs",
+            raw.health.stall_timeout_secs,
+            0.05,
+            86_400.0,
+        );
+        let state_dir = match raw.state_dir.as_deref().filter(|s| !s.is_empty()) {
+            Some(p) => resolve(base, p),
+            None => std::env::var_os("STATE_DIRECTORY")
+                .filter(|v| !v.is_empty())
+                // systemd may pass several, colon-separated; the first is ours.
+                .and_then(|v| {
+                    v.to_str()
+                        .and_then(|s| s.split(':').next())
+                        .map(PathBuf::from)
+                })
+                .unwrap_or_else(|| PathBuf::from("/var/lib/edge-infer")),
+        };
 
         if raw.models.is_empty() {
             c.add("models", "no [[models]] configured: nothing to serve");
@@ -295,6 +333,9 @@ impl Settings {
             max_payload_bytes,
             log_level,
             drain_timeout,
+            health_interval,
+            stall_timeout,
+            state_dir,
             models,
         })
     }

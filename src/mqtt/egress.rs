@@ -18,6 +18,27 @@ pub const EGRESS_CAPACITY: usize = 4096;
 pub struct Outgoing {
     pub topic: String,
     pub payload: Vec<u8>,
+    /// Status and health records are retained so a fleet tool that
+    /// subscribes later still sees the latest.
+    pub retain: bool,
+}
+
+impl Outgoing {
+    pub fn message(topic: String, payload: Vec<u8>) -> Outgoing {
+        Outgoing {
+            topic,
+            payload,
+            retain: false,
+        }
+    }
+
+    pub fn retained(topic: String, payload: Vec<u8>) -> Outgoing {
+        Outgoing {
+            topic,
+            payload,
+            retain: true,
+        }
+    }
 }
 
 /// Sending half; cloned into every worker. The publisher task ends when the
@@ -66,7 +87,10 @@ pub async fn run(
     stats: Arc<DaemonStats>,
 ) {
     while let Some(msg) = rx.recv().await {
-        match client.publish(msg.topic, qos, false, msg.payload).await {
+        match client
+            .publish(msg.topic, qos, msg.retain, msg.payload)
+            .await
+        {
             Ok(()) => {
                 stats.publishes_requested.fetch_add(1, Ordering::Relaxed);
             }

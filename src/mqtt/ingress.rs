@@ -1,10 +1,11 @@
 //! The MQTT event loop: connects (and reconnects with capped exponential
-//! backoff), subscribes on every ConnAck, and routes each incoming publish
-//! to the queues of the models that listen on its topic. It never waits on
-//! anything but the network: queue offers and replies are non-blocking.
+//! backoff), subscribes and announces itself on every ConnAck, and routes
+//! each incoming publish to the queues of the models that listen on its
+//! topic. It never waits on anything but the network: queue offers and
+//! replies are non-blocking.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rumqttc::{
@@ -20,48 +21,54 @@ use crate::telemetry::{DaemonStats, ModelStats};
 use crate::time::unix_now;
 use crate::worker::{Job, ModelQueue, Offer};
 
-/// What the event loop needs to accept messages. Taken away (set to None)
-/// when the daemon starts draining: from then on messages are left unacked
-/// for the broker to redeliver after restart.
+/// The model set the event loop routes to. Replaced as a whole on reload;
+/// taken away (None) when the daemon drains, from which point messages are
+/// left unacknowledged for the broker to redeliver after restart.
 pub struct Accepting {
+    pub router: Router,
+    /// Per model, in router order: queue, name, counters.
     pub queues: Vec<ModelQueue>,
+    pub names: Vec<String>,
+    pub stats: Vec<Arc<ModelStats>>,
     pub egress: Egress,
+    pub max_payload_bytes: usize,
+    /// The retained "online" record, republished on every connect.
+    pub online_status: Vec<u8>,
 }
 
 pub struct Ingress {
-    pub router: Router,
-    pub model_names: Vec<String>,
-    pub model_stats: Vec<Arc<ModelStats>>,
     pub device_id: String,
     pub errors_topic: String,
-    pub max_payload_bytes: usize,
+    pub status_topic: String,
     pub qos: QoS,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub stats: Arc<DaemonStats>,
     pub accepting: Mutex<Option<Accepting>>,
     /// Signalled on every acknowledged publish, so a drain can wait for the
-    /// last result to reach the broker.
+    /// last reply to reach the broker.
     pub progress: Notify,
-    /// Becomes true on the first successful connection.
-    pub connected_once: watch::Sender<bool>,
+    /// Becomes true once the first subscriptions are acknowledged.
+    pub subscribed: watch::Sender<bool>,
 }
 
 impl Ingress {
-    /// Stops accepting: drops the queue senders (workers finish and exit)
-    /// and returns the queues so leftovers can be collected after a timeout.
-    pub fn stop_accepting(&self) -> Option<Accepting> {
+    pub fn lock(&self) -> MutexGuard<'_, Option<Accepting>> {
+        // A panic while holding the lock leaves consistent data (every
+        // field is replaced whole), so poisoning is ignored.
         match self.accepting.lock() {
-            Ok(mut guard) => guard.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
         }
     }
 
+    /// Stops accepting: drops the queue senders (workers finish and exit).
+    pub fn stop_accepting(&self) -> Option<Accepting> {
+        self.lock().take()
+    }
+
     fn on_publish(&self, client: &AsyncClient, p: Publish) {
-        let guard = match self.accepting.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let guard = self.lock();
         let Some(acc) = guard.as_ref() else {
             // Draining: not acked, so the broker keeps it for next time.
             log::debug!("draining: left {} unacknowledged for redelivery", p.topic);
@@ -74,6 +81,7 @@ impl Ingress {
             received: Instant::now(),
         };
         self.dispatch(acc, job);
+        drop(guard);
         if let Err(e) = client.try_ack(&p) {
             // Not lost: an unacked QoS 1 message is redelivered.
             log::warn!("could not acknowledge a message on {}: {e}", p.topic);
@@ -82,33 +90,37 @@ impl Ingress {
 
     fn dispatch(&self, acc: &Accepting, job: Job) {
         let mut routed = false;
-        for i in self.router.route(&job.topic) {
+        for i in acc.router.route(&job.topic) {
             routed = true;
-            let stats = &self.model_stats[i];
-            stats.received.fetch_add(1, Ordering::Relaxed);
-            if job.payload.len() > self.max_payload_bytes {
+            acc.stats[i].received.fetch_add(1, Ordering::Relaxed);
+            if job.payload.len() > acc.max_payload_bytes {
                 let f = Failure::new(
                     ErrorCode::TooLarge,
                     format!(
                         "payload is {} bytes, the limit (limits.max_payload_bytes) is {}",
                         job.payload.len(),
-                        self.max_payload_bytes
+                        acc.max_payload_bytes
                     ),
                 );
                 self.reject(acc, i, &job, &f);
                 continue;
             }
             match acc.queues[i].offer(job.clone()) {
-                Offer::Queued => {
-                    log::debug!("queued {} for model {}", job.topic, self.model_names[i])
-                }
+                Offer::Queued => log::debug!("queued {} for model {}", job.topic, acc.names[i]),
                 Offer::Rejected(j) => {
-                    let f = self
-                        .overloaded(i, "the new message was refused (overflow = \"reject_new\")");
+                    let f = overloaded(
+                        acc,
+                        i,
+                        "the new message was refused (overflow = \"reject_new\")",
+                    );
                     self.reject(acc, i, &j, &f);
                 }
                 Offer::Evicted(old) => {
-                    let f = self.overloaded(i, "this message was the oldest queued and was dropped for a newer one (overflow = \"drop_oldest\")");
+                    let f = overloaded(
+                        acc,
+                        i,
+                        "this message was the oldest queued and was dropped for a newer one (overflow = \"drop_oldest\")",
+                    );
                     self.reject(acc, i, &old, &f);
                 }
             }
@@ -117,44 +129,47 @@ impl Ingress {
             self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
             let f = Failure::new(
                 ErrorCode::NoModel,
-                format!("no configured model listens on topic \"{}\" (a subscription left in the broker session?)", job.topic),
+                format!(
+                    "no configured model listens on topic \"{}\" (a subscription left in the broker session?)",
+                    job.topic
+                ),
             );
-            log::warn!("{}", f.message);
+            log::warn!(topic = job.topic.as_str(), error_code = "no_model"; "{}", f.message);
             self.send_error(acc, None, &job, &f);
         }
     }
 
-    fn overloaded(&self, i: usize, what: &str) -> Failure {
-        Failure::new(
-            ErrorCode::Overloaded,
-            format!("model '{}' queue is full: {what}", self.model_names[i]),
-        )
-    }
-
     fn reject(&self, acc: &Accepting, i: usize, job: &Job, f: &Failure) {
-        self.model_stats[i].error(f.code);
+        acc.stats[i].error(f.code);
         log::warn!(
-            "model {} topic {}: {} {}",
-            self.model_names[i],
-            job.topic,
-            f.code.as_str(),
-            f.message
+            model = acc.names[i].as_str(), topic = job.topic.as_str(), error_code = f.code.as_str();
+            "model {} topic {}: {} {}", acc.names[i], job.topic, f.code.as_str(), f.message
         );
         // The id is inside the payload; parsing it here would put JSON work
-        // on the event loop, so overload errors carry the topic only.
-        self.send_error(acc, Some(&self.model_names[i]), job, f);
+        // on the event loop, so these errors carry the topic only.
+        self.send_error(acc, Some(&acc.names[i]), job, f);
     }
 
     fn send_error(&self, acc: &Accepting, model: Option<&str>, job: &Job, f: &Failure) {
-        if let Some(payload) =
-            error_json(&self.device_id, model, &job.topic, job.received_at, None, f)
-        {
-            acc.egress.try_send(Outgoing {
-                topic: self.errors_topic.clone(),
-                payload,
-            });
+        if let Some(payload) = error_json(
+            &self.device_id,
+            model,
+            Some(&job.topic),
+            job.received_at,
+            None,
+            f,
+        ) {
+            acc.egress
+                .try_send(Outgoing::message(self.errors_topic.clone(), payload));
         }
     }
+}
+
+fn overloaded(acc: &Accepting, i: usize, what: &str) -> Failure {
+    Failure::new(
+        ErrorCode::Overloaded,
+        format!("model '{}' queue is full: {what}", acc.names[i]),
+    )
 }
 
 /// Runs until the client has sent DISCONNECT (after `client.disconnect()`)
@@ -166,7 +181,6 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = ing.reconnect_min;
-    let filters = ing.router.filters();
     let mut failures_in_row = 0u32;
     loop {
         let event = tokio::select! {
@@ -185,37 +199,22 @@ pub async fn run(
                 ing.stats.connected.store(true, Ordering::Relaxed);
                 backoff = ing.reconnect_min;
                 failures_in_row = 0;
-                log::info!(
-                    "connected to the MQTT broker (connection {n}, session present: {}); subscribing to {}",
-                    ack.session_present,
-                    filters.join(", ")
-                );
-                // Subscribing can wait for room in the request channel, so it
-                // is not done on the event loop itself.
-                let client = client.clone();
-                let subs: Vec<rumqttc::SubscribeFilter> = filters
-                    .iter()
-                    .map(|f| rumqttc::SubscribeFilter::new(f.clone(), ing.qos))
-                    .collect();
-                tokio::spawn(async move {
-                    if let Err(e) = client.subscribe_many(subs).await {
-                        log::error!("could not request subscriptions: {e}");
-                    }
-                });
+                on_connect(&ing, &client, n, ack.session_present);
             }
             Ok(Event::Incoming(Incoming::SubAck(ack))) => {
-                let failed: Vec<&str> = ack
+                let refused = ack
                     .return_codes
                     .iter()
-                    .zip(filters.iter())
-                    .filter(|(c, _)| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                    .map(|(_, f)| f.as_str())
-                    .collect();
-                if failed.is_empty() {
-                    ing.connected_once.send_replace(true);
-                    log::info!("subscribed to {} topic filter(s)", filters.len());
+                    .filter(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                    .count();
+                if refused == 0 {
+                    log::info!("subscribed to {} topic filter(s)", ack.return_codes.len());
+                    ing.subscribed.send_replace(true);
                 } else {
-                    log::error!("the broker refused subscriptions to: {}", failed.join(", "));
+                    log::error!(
+                        "the broker refused {refused} of {} subscription(s) (check its ACLs)",
+                        ack.return_codes.len()
+                    );
                 }
             }
             Ok(Event::Incoming(Incoming::Publish(p))) => ing.on_publish(&client, p),
@@ -246,7 +245,9 @@ pub async fn run(
                         "lost the MQTT broker connection: {msg}; reconnecting in {backoff:?}"
                     );
                 } else if failures_in_row <= 3 || failures_in_row.is_multiple_of(10) {
-                    log::warn!("cannot reach the MQTT broker ({msg}); retry {failures_in_row} in {backoff:?}");
+                    log::warn!(
+                        "cannot reach the MQTT broker ({msg}); retry {failures_in_row} in {backoff:?}"
+                    );
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -256,6 +257,38 @@ pub async fn run(
             }
         }
     }
+}
+
+/// On every (re)connect: subscribe to the current filters and republish the
+/// retained online record. Done in a task because requests can wait for
+/// room in the client's channel, and the event loop must not wait.
+fn on_connect(ing: &Arc<Ingress>, client: &AsyncClient, n: u64, session_present: bool) {
+    let (filters, online) = match ing.lock().as_ref() {
+        Some(acc) => (acc.router.filters(), acc.online_status.clone()),
+        None => return,
+    };
+    log::info!(
+        "connected to the MQTT broker (connection {n}, session present: {session_present}); subscribing to {}",
+        filters.join(", ")
+    );
+    let client = client.clone();
+    let qos = ing.qos;
+    let status_topic = ing.status_topic.clone();
+    tokio::spawn(async move {
+        let subs: Vec<rumqttc::SubscribeFilter> = filters
+            .into_iter()
+            .map(|f| rumqttc::SubscribeFilter::new(f, qos))
+            .collect();
+        if let Err(e) = client.subscribe_many(subs).await {
+            log::error!("could not request subscriptions: {e}");
+        }
+        if let Err(e) = client
+            .publish(status_topic, QoS::AtLeastOnce, true, online)
+            .await
+        {
+            log::error!("could not publish the online status: {e}");
+        }
+    });
 }
 
 /// Resolves once `stop` is true (or its sender is gone).

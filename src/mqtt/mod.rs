@@ -5,7 +5,7 @@
 pub mod egress;
 pub mod ingress;
 
-use rumqttc::{AsyncClient, EventLoop, MqttOptions, QoS};
+use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, QoS};
 
 use crate::config::MqttSettings;
 
@@ -21,8 +21,20 @@ pub fn qos(level: u8) -> QoS {
     }
 }
 
-pub fn connect(settings: &MqttSettings) -> (AsyncClient, EventLoop) {
+/// `last_will` is the retained record the broker publishes on
+/// `status_topic` when it finds the connection dead.
+pub fn connect(
+    settings: &MqttSettings,
+    status_topic: &str,
+    last_will: Vec<u8>,
+) -> (AsyncClient, EventLoop) {
     let mut opts = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
+    opts.set_last_will(LastWill::new(
+        status_topic,
+        last_will,
+        QoS::AtLeastOnce,
+        true,
+    ));
     opts.set_keep_alive(settings.keep_alive)
         .set_clean_session(settings.clean_session)
         .set_max_packet_size(settings.max_packet_bytes, settings.max_packet_bytes)

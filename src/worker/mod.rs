@@ -6,4 +6,4 @@ pub mod queue;
 mod run;
 
 pub use queue::{Job, ModelQueue, Offer};
-pub use run::{spawn_workers, ModelContext};
+pub use run::{spawn_workers, ModelContext, Worker};

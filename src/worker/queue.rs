@@ -79,10 +79,6 @@ impl ModelQueue {
             },
         }
     }
-
-    pub fn leftovers_receiver(&self) -> Receiver<Job> {
-        self.oldest.clone()
-    }
 }
 
 #[cfg(test)]

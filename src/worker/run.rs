@@ -16,9 +16,8 @@ use crate::codec::decode::{decode_json, decode_raw};
 use crate::codec::encode::{self, Latency, Outputs, ResultMessage};
 use crate::codec::{ErrorCode, Failure, MessageId};
 use crate::config::PayloadFormat;
-use crate::models::LoadedModel;
 use crate::mqtt::egress::{Egress, Outgoing};
-use crate::telemetry::ModelStats;
+use crate::telemetry::{ModelStats, WorkerBeat};
 use crate::time::unix_now;
 
 /// What every worker of one model shares (read-only).
@@ -39,23 +38,34 @@ pub struct ModelContext {
 
 /// Starts one thread per engine of `model`, all taking jobs from `rx`.
 /// Each thread exits when the queue's senders are gone and it is empty.
+/// A running worker thread and what the watchdog reads of it.
+pub struct Worker {
+    pub handle: JoinHandle<()>,
+    pub beat: Arc<WorkerBeat>,
+}
+
+/// Starts one thread per engine of `engines`, all taking jobs from `rx`.
+/// Each thread exits when the queue's senders are gone and it is empty.
 pub fn spawn_workers(
-    model: LoadedModel,
-    ctx: Arc<ModelContext>,
-    rx: Receiver<Job>,
+    engines: Vec<Box<dyn Engine>>,
+    ctx: &Arc<ModelContext>,
+    rx: &Receiver<Job>,
     egress: &Egress,
-) -> std::io::Result<Vec<JoinHandle<()>>> {
-    let mut handles = Vec::new();
-    for (i, engine) in model.engines.into_iter().enumerate() {
-        let ctx = Arc::clone(&ctx);
+    epoch: Instant,
+) -> std::io::Result<Vec<Worker>> {
+    let mut workers = Vec::new();
+    for (i, engine) in engines.into_iter().enumerate() {
+        let ctx = Arc::clone(ctx);
         let rx = rx.clone();
         let egress = egress.clone();
+        let beat = Arc::new(WorkerBeat::new(epoch));
+        let thread_beat = Arc::clone(&beat);
         let handle = std::thread::Builder::new()
             .name(format!("infer-{}-{i}", ctx.name))
-            .spawn(move || worker_loop(engine, &ctx, &rx, &egress))?;
-        handles.push(handle);
+            .spawn(move || worker_loop(engine, &ctx, &rx, &egress, &thread_beat))?;
+        workers.push(Worker { handle, beat });
     }
-    Ok(handles)
+    Ok(workers)
 }
 
 fn worker_loop(
@@ -63,8 +73,10 @@ fn worker_loop(
     ctx: &ModelContext,
     rx: &Receiver<Job>,
     egress: &Egress,
+    beat: &WorkerBeat,
 ) {
     while let Ok(job) = rx.recv() {
+        beat.busy();
         let dequeued = Instant::now();
         // A panic while serving one message must not take the model down:
         // the message gets an error and the worker goes on.
@@ -95,6 +107,7 @@ fn worker_loop(
                 )
             }
         };
+        beat.idle();
         if let Some(out) = out {
             egress.send_blocking(out);
         }
@@ -120,15 +133,12 @@ pub fn error_reply(
     encode::error_json(
         &ctx.device_id,
         Some(&ctx.name),
-        &job.topic,
+        Some(&job.topic),
         job.received_at,
         id,
         failure,
     )
-    .map(|payload| Outgoing {
-        topic: ctx.errors_topic.clone(),
-        payload,
-    })
+    .map(|payload| Outgoing::message(ctx.errors_topic.clone(), payload))
 }
 
 fn ms_between(a: Instant, b: Instant) -> f64 {
@@ -196,7 +206,9 @@ fn serve(
     match encode::to_vec(&msg) {
         Ok(payload) => {
             ctx.stats.succeeded.fetch_add(1, Ordering::Relaxed);
-            Some(Outgoing { topic, payload })
+            ctx.stats
+                .record_latency(done.saturating_duration_since(job.received).as_micros() as u64);
+            Some(Outgoing::message(topic, payload))
         }
         Err(e) => {
             let failure = Failure::new(

@@ -1,0 +1,335 @@
+//! What fleet tools see: the retained status record (online on connect, the
+//! Last Will or an explicit record when offline) and the periodic health
+//! record with system, broker and per-model figures.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use sysinfo::{Components, Disks, Pid, ProcessesToUpdate, System};
+
+use crate::codec::ErrorCode;
+use crate::telemetry::{DaemonStats, LatencySummary, ModelStats};
+use crate::time::unix_now;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub fn status_topic(device_id: &str) -> String {
+    format!("edge-infer/{device_id}/status")
+}
+
+pub fn health_topic(device_id: &str) -> String {
+    format!("edge-infer/{device_id}/health")
+}
+
+/// One model as the status record describes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusModel {
+    pub name: String,
+    pub path: String,
+    pub sha256: String,
+    pub input_topic: String,
+    pub output_topic: String,
+    pub accelerator: String,
+    pub workers: usize,
+    pub inputs: Vec<TensorInfo>,
+    pub outputs: Vec<TensorInfo>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: &'static str,
+}
+
+impl TensorInfo {
+    pub fn from_spec(s: &model_runtime::TensorSpec) -> TensorInfo {
+        TensorInfo {
+            name: s.name.clone(),
+            shape: s.shape.clone(),
+            dtype: s.dtype.name(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Online<'a> {
+    state: &'static str,
+    device_id: &'a str,
+    version: &'static str,
+    pid: u32,
+    started_at: f64,
+    timestamp: f64,
+    models: &'a [StatusModel],
+}
+
+#[derive(Serialize)]
+struct Offline<'a> {
+    state: &'static str,
+    device_id: &'a str,
+    version: &'static str,
+    reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<f64>,
+}
+
+pub fn online(device_id: &str, started_at: f64, models: &[StatusModel]) -> Vec<u8> {
+    to_json(&Online {
+        state: "online",
+        device_id,
+        version: VERSION,
+        pid: std::process::id(),
+        started_at,
+        timestamp: unix_now(),
+        models,
+    })
+}
+
+/// The offline record. The Last Will carries no timestamp: the broker
+/// publishes it whenever the connection is found dead.
+pub fn offline(device_id: &str, reason: &str, timestamp: Option<f64>) -> Vec<u8> {
+    to_json(&Offline {
+        state: "offline",
+        device_id,
+        version: VERSION,
+        reason,
+        timestamp,
+    })
+}
+
+fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    // Our own plain structs: serialization cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// One running model as the health tick sees it.
+pub struct ModelView<'a> {
+    pub name: &'a str,
+    pub sha256: &'a str,
+    pub accelerator: &'a str,
+    pub workers: usize,
+    pub stalled_workers: usize,
+    pub stats: &'a ModelStats,
+    pub queue_depth: usize,
+    pub queue_capacity: usize,
+}
+
+#[derive(Serialize)]
+struct Health<'a> {
+    device_id: &'a str,
+    version: &'static str,
+    timestamp: f64,
+    uptime_secs: f64,
+    interval_secs: f64,
+    system: SystemHealth,
+    process: ProcessHealth,
+    broker: BrokerHealth,
+    models: Vec<ModelHealth<'a>>,
+}
+
+#[derive(Serialize)]
+struct SystemHealth {
+    cpu_percent: f32,
+    load_average: [f64; 3],
+    memory_used_bytes: u64,
+    memory_total_bytes: u64,
+    temperatures: Vec<Temperature>,
+    state_dir: String,
+    state_dir_free_bytes: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Temperature {
+    label: String,
+    celsius: f32,
+}
+
+#[derive(Serialize)]
+struct ProcessHealth {
+    pid: u32,
+    rss_bytes: u64,
+    cpu_percent: f32,
+}
+
+#[derive(Serialize)]
+struct BrokerHealth {
+    connected: bool,
+    connections: u64,
+    reconnects: u64,
+    connection_errors: u64,
+    unrouted_messages: u64,
+    publish_failures: u64,
+}
+
+#[derive(Serialize)]
+struct ModelHealth<'a> {
+    name: &'a str,
+    sha256: &'a str,
+    accelerator: &'a str,
+    workers: usize,
+    stalled_workers: usize,
+    received: u64,
+    inferences: u64,
+    errors: HashMap<&'static str, u64>,
+    dropped: u64,
+    queue_depth: usize,
+    queue_capacity: usize,
+    throughput_per_sec: f64,
+    latency_ms: LatencySummary,
+}
+
+/// Samples the machine; keeps state between ticks (CPU usage is a delta).
+pub struct HealthReporter {
+    device_id: String,
+    state_dir: PathBuf,
+    started: Instant,
+    last_tick: Instant,
+    system: Option<System>,
+    components: Option<Components>,
+    disks: Option<Disks>,
+    pid: Option<Pid>,
+    /// Inferences per model at the last tick, for throughput.
+    last_inferences: HashMap<String, u64>,
+}
+
+impl HealthReporter {
+    pub fn new(device_id: &str, state_dir: &Path) -> HealthReporter {
+        let mut system = System::new().ok();
+        if let Some(s) = system.as_mut() {
+            // The first CPU sample only sets the baseline.
+            s.refresh_cpu_usage();
+        }
+        HealthReporter {
+            device_id: device_id.to_string(),
+            state_dir: state_dir.to_path_buf(),
+            started: Instant::now(),
+            last_tick: Instant::now(),
+            system,
+            components: Components::new_with_refreshed_list().ok(),
+            disks: Disks::new_with_refreshed_list().ok(),
+            pid: sysinfo::get_current_pid().ok(),
+            last_inferences: HashMap::new(),
+        }
+    }
+
+    pub fn set_state_dir(&mut self, dir: &Path) {
+        self.state_dir = dir.to_path_buf();
+    }
+
+    /// Builds one health record and starts the next interval.
+    pub fn tick(&mut self, broker: &DaemonStats, models: &[ModelView<'_>]) -> Vec<u8> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let interval = self.last_tick.elapsed().as_secs_f64().max(1e-9);
+        self.last_tick = Instant::now();
+
+        let (mut cpu, mut used, mut total, mut rss, mut pcpu) = (0.0, 0, 0, 0, 0.0);
+        if let Some(sys) = self.system.as_mut() {
+            sys.refresh_cpu_usage();
+            sys.refresh_memory();
+            cpu = sys.global_cpu_usage();
+            used = sys.used_memory();
+            total = sys.total_memory();
+            if let Some(pid) = self.pid {
+                sys.refresh_processes(ProcessesToUpdate::Some(&[pid]), false);
+                if let Some(p) = sys.process(pid) {
+                    rss = p.memory();
+                    pcpu = p.cpu_usage();
+                }
+            }
+        }
+        let load = System::load_average()
+            .map(|l| [l.one, l.five, l.fifteen])
+            .unwrap_or([0.0; 3]);
+        let temperatures = match self.components.as_mut() {
+            Some(c) => {
+                c.refresh(false);
+                c.iter()
+                    .filter_map(|c| {
+                        c.temperature()
+                            .filter(|t| t.is_finite())
+                            .map(|celsius| Temperature {
+                                label: c.label().to_string(),
+                                celsius,
+                            })
+                    })
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        let free = self.state_dir_free();
+
+        let connections = broker.connections.load(Relaxed);
+        let mut model_health = Vec::with_capacity(models.len());
+        for m in models {
+            let inferences = m.stats.succeeded();
+            let before = self
+                .last_inferences
+                .insert(m.name.to_string(), inferences)
+                .unwrap_or(0);
+            let errors = ErrorCode::ALL
+                .iter()
+                .map(|c| (c.as_str(), m.stats.errors(*c)))
+                .collect();
+            model_health.push(ModelHealth {
+                name: m.name,
+                sha256: m.sha256,
+                accelerator: m.accelerator,
+                workers: m.workers,
+                stalled_workers: m.stalled_workers,
+                received: m.stats.received.load(Relaxed),
+                inferences,
+                errors,
+                dropped: m.stats.errors(ErrorCode::Overloaded),
+                queue_depth: m.queue_depth,
+                queue_capacity: m.queue_capacity,
+                throughput_per_sec: inferences.saturating_sub(before) as f64 / interval,
+                latency_ms: m.stats.take_latency(),
+            });
+        }
+        to_json(&Health {
+            device_id: &self.device_id,
+            version: VERSION,
+            timestamp: unix_now(),
+            uptime_secs: self.started.elapsed().as_secs_f64(),
+            interval_secs: interval,
+            system: SystemHealth {
+                cpu_percent: cpu,
+                load_average: load,
+                memory_used_bytes: used,
+                memory_total_bytes: total,
+                temperatures,
+                state_dir: self.state_dir.display().to_string(),
+                state_dir_free_bytes: free,
+            },
+            process: ProcessHealth {
+                pid: std::process::id(),
+                rss_bytes: rss,
+                cpu_percent: pcpu,
+            },
+            broker: BrokerHealth {
+                connected: broker.connected.load(Relaxed),
+                connections,
+                reconnects: connections.saturating_sub(1),
+                connection_errors: broker.connection_errors.load(Relaxed),
+                unrouted_messages: broker.unrouted.load(Relaxed),
+                publish_failures: broker.publish_failures.load(Relaxed),
+            },
+            models: model_health,
+        })
+    }
+
+    /// Free bytes on the filesystem holding the state dir (the longest mount
+    /// point that contains it); None when the dir or mount is unknown.
+    fn state_dir_free(&mut self) -> Option<u64> {
+        let disks = self.disks.as_mut()?;
+        disks.refresh(true);
+        let dir = std::fs::canonicalize(&self.state_dir).ok()?;
+        disks
+            .iter()
+            .filter(|d| dir.starts_with(d.mount_point()))
+            .max_by_key(|d| d.mount_point().as_os_str().len())
+            .map(|d| d.available_space())
+    }
+}
