@@ -217,6 +217,9 @@ pub async fn run(
                     );
                 }
             }
+            Ok(Event::Incoming(Incoming::UnsubAck(_))) => {
+                log::info!("unsubscribed from a topic filter no model uses any more");
+            }
             Ok(Event::Incoming(Incoming::Publish(p))) => ing.on_publish(&client, p),
             Ok(Event::Incoming(Incoming::PubAck(_))) => {
                 ing.stats.publishes_done.fetch_add(1, Ordering::Relaxed);

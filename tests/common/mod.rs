@@ -281,11 +281,25 @@ impl Daemon {
     }
 
     pub fn send_sigterm(&self) {
-        let pid = self.child.lock().unwrap().id();
+        self.signal("TERM");
+    }
+
+    /// Sends a signal by name ("HUP", "TERM", "KILL").
+    pub fn signal(&self, name: &str) {
+        let pid = self.pid();
         let _ = Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{name}"))
             .arg(pid.to_string())
             .status();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap().id()
+    }
+
+    /// Rewrites the daemon's config file (for reload tests).
+    pub fn rewrite_config(&self, text: &str) {
+        std::fs::write(self.dir.path().join("config.toml"), text).expect("rewrite config");
     }
 
     pub fn has_exited(&self) -> bool {
@@ -516,5 +530,71 @@ pub fn assert_outputs(result: &Value, case: &Value, rel: Option<f64>) {
                 }
             }
         }
+    }
+}
+
+/// A NOTIFY_SOCKET of our own: collects every sd_notify datagram the daemon
+/// sends, one entry per line ("READY=1", "STATUS=...", "WATCHDOG=1").
+pub struct NotifySocket {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl NotifySocket {
+    pub fn bind() -> NotifySocket {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind notify socket");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n) = sock.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let now = Instant::now();
+                let mut l = sink.lock().unwrap();
+                for line in text.lines() {
+                    l.push((now, line.to_string()));
+                }
+            }
+        });
+        NotifySocket {
+            path,
+            _dir: dir,
+            lines,
+        }
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+
+    /// Lines that start with `prefix`, with the time they arrived.
+    pub fn timed(&self, prefix: &str) -> Vec<Instant> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, l)| l.starts_with(prefix))
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
+    pub fn count(&self, line: &str) -> usize {
+        self.lines().iter().filter(|l| l.as_str() == line).count()
+    }
+
+    pub fn wait_for(&self, line: &str, n: usize) {
+        wait_until(
+            &format!("{n} x {line:?} on the notify socket"),
+            WAIT,
+            || self.count(line) >= n,
+        );
     }
 }
