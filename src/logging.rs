@@ -23,18 +23,31 @@ impl Log for StderrLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let line = format!(
-            "{} {:5} {}\n",
-            utc_timestamp(),
-            record.level(),
-            record.args()
-        );
+        let mut line = format!("{} {:5} {}", utc_timestamp(), record.level(), record.args());
+        // Structured fields (the journal gets them as MODEL=, TOPIC=, ...)
+        // follow the message as key=value.
+        let _ = record.key_values().visit(&mut FieldWriter(&mut line));
+        line.push('\n');
         // A closed stderr must not take the daemon down.
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 
     fn flush(&self) {
         let _ = std::io::stderr().flush();
+    }
+}
+
+struct FieldWriter<'a>(&'a mut String);
+
+impl<'kvs> log::kv::VisitSource<'kvs> for FieldWriter<'_> {
+    fn visit_pair(
+        &mut self,
+        key: log::kv::Key<'kvs>,
+        value: log::kv::Value<'kvs>,
+    ) -> Result<(), log::kv::Error> {
+        use std::fmt::Write;
+        let _ = write!(self.0, " {key}={value}");
+        Ok(())
     }
 }
 

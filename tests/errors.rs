@@ -39,7 +39,7 @@ fn expect_error(c: &TestClient, code: &str) -> Value {
 #[test]
 fn bad_payloads_get_precise_errors_and_the_daemon_keeps_serving() {
     let broker = Broker::start();
-    let _d = Daemon::start(&config(
+    let d = Daemon::start(&config(
         broker.port,
         "dev1",
         "[limits]\nmax_payload_bytes = 20000",
@@ -128,6 +128,12 @@ fn bad_payloads_get_precise_errors_and_the_daemon_keeps_serving() {
     let m = c.recv();
     assert_eq!(m.topic, "out/dev1/har");
     assert_eq!(m.json()["id"], "ok");
+    // Log lines carry structured fields (MODEL=, TOPIC=, ... in the journal).
+    let log = d.log_text();
+    assert!(
+        log.contains("model=har topic=in/har msg_id=short error_code=bad_shape"),
+        "{log}"
+    );
 }
 
 #[test]

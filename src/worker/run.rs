@@ -123,7 +123,17 @@ pub fn error_reply(
     failure: &Failure,
 ) -> Option<Outgoing> {
     ctx.stats.error(failure.code);
+    // Structured fields: `journalctl MODEL=har ERROR_CODE=bad_shape MSG_ID=...`.
+    let message_id = match id {
+        Some(MessageId::Text(s)) => s.clone(),
+        Some(MessageId::Number(n)) => n.to_string(),
+        None => String::new(),
+    };
     log::warn!(
+        model = ctx.name.as_str(),
+        topic = job.topic.as_str(),
+        msg_id = message_id.as_str(),
+        error_code = failure.code.as_str();
         "model {} topic {}: {} {}",
         ctx.name,
         job.topic,
