@@ -2,7 +2,7 @@
 //! Last Will or an explicit record when offline) and the periodic health
 //! record with system, broker and per-model figures.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -172,7 +172,7 @@ struct ModelHealth<'a> {
     stalled_workers: usize,
     received: u64,
     inferences: u64,
-    errors: HashMap<&'static str, u64>,
+    errors: BTreeMap<&'static str, u64>,
     dropped: u64,
     queue_depth: usize,
     queue_capacity: usize,

@@ -29,6 +29,9 @@ USAGE:
     edge-infer check-config [--config FILE]   load everything, print a summary, exit
     edge-infer inspect MODEL.tflite [--runtime LIB] [--batch N]
                                               print a model's inputs and outputs
+    edge-infer status [--config FILE] [--host H] [--port P] [--device ID] [--wait SECS]
+                                              print the latest status and health of
+                                              devices on the broker (retained records)
     edge-infer --version | --help
 
 The config defaults to /etc/edge-infer/config.toml. Every key can be
@@ -55,6 +58,13 @@ enum Command {
         runtime: Option<PathBuf>,
         batch: u32,
     },
+    Status {
+        config: PathBuf,
+        host: Option<String>,
+        port: Option<u16>,
+        device: Option<String>,
+        wait: std::time::Duration,
+    },
     Help,
     Version,
 }
@@ -66,6 +76,8 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
     let mut config = PathBuf::from(config::DEFAULT_CONFIG_PATH);
     let mut runtime = None;
     let mut batch = 1u32;
+    let (mut host, mut port, mut device) = (None, None, None);
+    let mut wait = std::time::Duration::from_secs(5);
     let mut positional = Vec::new();
     let mut it = args[1..].iter();
     while let Some(a) = it.next() {
@@ -82,6 +94,28 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
                 batch = v.parse().ok().filter(|&b| b >= 1).ok_or_else(|| {
                     format!("--batch needs a whole number of at least 1, got \"{v}\"")
                 })?;
+            }
+            "--host" => host = Some(value(a)?),
+            "--device" => device = Some(value(a)?),
+            "--port" => {
+                let v = value(a)?;
+                port = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|&p: &u16| p > 0)
+                        .ok_or_else(|| format!("--port needs a port number, got \"{v}\""))?,
+                );
+            }
+            "--wait" => {
+                let v = value(a)?;
+                let secs: f64 = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| (0.5..=3600.0).contains(s))
+                    .ok_or_else(|| {
+                        format!("--wait needs seconds between 0.5 and 3600, got \"{v}\"")
+                    })?;
+                wait = std::time::Duration::from_secs_f64(secs);
             }
             s if s.starts_with("--config=") => config = PathBuf::from(&s[9..]),
             s if s.starts_with('-') => return Err(format!("unknown option \"{s}\"")),
@@ -104,6 +138,13 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
             [] => Err("inspect needs a model file".into()),
             _ => Err("inspect takes one model file".into()),
         },
+        "status" => expect_none(&positional).map(|()| Command::Status {
+            config,
+            host,
+            port,
+            device,
+            wait,
+        }),
         "-h" | "--help" | "help" => Ok(Command::Help),
         "-V" | "--version" | "version" => Ok(Command::Version),
         other => Err(format!("unknown command \"{other}\"")),
@@ -136,6 +177,13 @@ fn main() -> ExitCode {
             runtime,
             batch,
         } => inspect(&model, runtime, batch),
+        Command::Status {
+            config,
+            host,
+            port,
+            device,
+            wait,
+        } => status(&config, host, port, device, wait),
     }
 }
 
@@ -318,4 +366,23 @@ fn inspect(model: &std::path::Path, runtime: Option<PathBuf>, batch: u32) -> Exi
         println!("  [{i}] {}", describe_tensor(t));
     }
     ExitCode::SUCCESS
+}
+
+/// `status`: broker address and device from the flags, else from the config
+/// file when it can be read, else 127.0.0.1:1883 and every device.
+fn status(
+    config_path: &std::path::Path,
+    host: Option<String>,
+    port: Option<u16>,
+    device: Option<String>,
+    wait: std::time::Duration,
+) -> ExitCode {
+    let from_config = config::load(config_path).ok();
+    let host = host
+        .or_else(|| from_config.as_ref().map(|s| s.mqtt.host.clone()))
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let port = port
+        .or_else(|| from_config.as_ref().map(|s| s.mqtt.port))
+        .unwrap_or(1883);
+    mqtt::status::run(&host, port, device.as_deref(), wait)
 }

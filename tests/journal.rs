@@ -15,12 +15,13 @@ struct Journald(Option<Child>);
 
 impl Journald {
     fn ensure() -> Journald {
-        if std::path::Path::new("/run/systemd/journal/socket").exists()
-            && Command::new("systemd-cat")
-                .arg("true")
-                .status()
-                .is_ok_and(|s| s.success())
-        {
+        // A journald of the machine's own (systemd running): use it.
+        let running = Command::new("pgrep")
+            .args(["-x", "systemd-journal"])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if running {
             return Journald(None);
         }
         std::fs::create_dir_all("/run/systemd/journal")
@@ -33,6 +34,7 @@ impl Journald {
         wait_until("journald to listen", WAIT, || {
             Command::new("systemd-cat")
                 .arg("true")
+                .stderr(Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success())
         });

@@ -96,7 +96,12 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
 fn error_key(e: &config::ConfigError) -> String {
     let text = e.to_string();
     match (text.find("for key `"), text.rfind('`')) {
-        (Some(start), Some(end)) if end > start + 9 => text[start + 9..end].to_string(),
+        // The config crate writes array keys as "models[4]top_k".
+        (Some(start), Some(end)) if end > start + 9 => text[start + 9..end]
+            .replace("]", "].")
+            .replace("].[", "][")
+            .trim_end_matches('.')
+            .to_string(),
         _ => "(file)".into(),
     }
 }

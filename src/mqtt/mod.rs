@@ -1,9 +1,11 @@
 //! Everything that touches rumqttc. `ingress` owns the event loop (connect,
 //! subscribe, receive, route, reconnect); `egress` publishes what workers
-//! produce. No other module imports rumqttc.
+//! produce; `status` is the `edge-infer status` client. No other module
+//! imports rumqttc.
 
 pub mod egress;
 pub mod ingress;
+pub mod status;
 
 use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, QoS};
 

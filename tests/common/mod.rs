@@ -378,14 +378,70 @@ pub struct Received {
 }
 
 impl Received {
+    /// The payload as JSON, checked against the published JSON Schema for
+    /// its kind (schemas/): every message a test reads is validated.
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.payload).unwrap_or_else(|e| {
+        let v: Value = serde_json::from_slice(&self.payload).unwrap_or_else(|e| {
             panic!(
                 "not JSON on {}: {e}: {}",
                 self.topic,
                 String::from_utf8_lossy(&self.payload)
             )
-        })
+        });
+        let kind = schema_kind(&self.topic);
+        if let Err(errors) = validate(kind, &v) {
+            panic!(
+                "message on {} does not match schemas/{kind}.schema.json:\n{errors}\n{v}",
+                self.topic
+            );
+        }
+        v
+    }
+}
+
+/// Which schema a topic's messages follow.
+pub fn schema_kind(topic: &str) -> &'static str {
+    let levels: Vec<&str> = topic.split('/').collect();
+    match levels.as_slice() {
+        ["edge-infer", _, "errors"] => "error",
+        ["edge-infer", _, "status"] => "status",
+        ["edge-infer", _, "health"] => "health",
+        _ => "result",
+    }
+}
+
+/// Validates `v` against schemas/<kind>.schema.json; the error lists every
+/// violation with its path.
+pub fn validate(kind: &str, v: &Value) -> Result<(), String> {
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+    static VALIDATORS: OnceLock<HashMap<&'static str, jsonschema::Validator>> = OnceLock::new();
+    let validators = VALIDATORS.get_or_init(|| {
+        ["result", "error", "status", "health"]
+            .into_iter()
+            .map(|k| {
+                let path = repo().join("schemas").join(format!("{k}.schema.json"));
+                let text = std::fs::read_to_string(&path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let schema: Value = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let validator = jsonschema::validator_for(&schema)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                (k, validator)
+            })
+            .collect()
+    });
+    let validator = validators
+        .get(kind)
+        .unwrap_or_else(|| panic!("no schema {kind}"));
+    let errors: Vec<String> = validator
+        .iter_errors(v)
+        .map(|e| format!("  - at {}: {e}", e.instance_path()))
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("\n"))
     }
 }
 

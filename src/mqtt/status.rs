@@ -1,0 +1,759 @@
+//! `edge-infer status`: what the fleet sees, for an operator at a terminal.
+//!
+//! Subscribes to the retained `edge-infer/<device>/status` and
+//! `edge-infer/<device>/health` records (one device, or `+` for every device
+//! on the broker), gathers what the broker delivers within the wait, and
+//! prints one block per device: state, version, uptime, machine and broker
+//! figures, then a table with one row per model.
+//!
+//! The records are read as `serde_json::Value` and every field is optional
+//! here: a record from an older or newer daemon, or a damaged one, shows `-`
+//! where a figure is missing instead of failing. Strings from the broker are
+//! printed with control characters replaced, so a record cannot drive the
+//! terminal.
+//!
+//! With a device named, it returns as soon as both records of that device
+//! are in. With all devices, retained records come right after the
+//! subscriptions are acknowledged, so it returns once both are acknowledged
+//! and nothing new has come for [`SETTLE`], or when the wait is over.
+//!
+//! Exit status: 0 when at least one device was shown, 1 when nothing arrived
+//! in time, 2 when the broker could not be reached (or the device id cannot
+//! be a topic level).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS, RecvTimeoutError, SubscribeReasonCode};
+use serde_json::Value;
+
+use crate::health::{health_topic, status_topic};
+
+/// With every device requested: how long to wait for more records once the
+/// subscriptions are acknowledged and the broker has gone quiet.
+pub const SETTLE: Duration = Duration::from_millis(500);
+
+/// Largest record accepted (status records grow with the model list).
+const MAX_PACKET_BYTES: usize = 4 * 1024 * 1024;
+
+const EXIT_NOTHING: u8 = 1;
+const EXIT_UNREACHABLE: u8 = 2;
+
+/// Connects to `host:port`, reads the status and health records of `device`
+/// (every device when None) for at most `wait`, and prints them.
+pub fn run(host: &str, port: u16, device: Option<&str>, wait: Duration) -> ExitCode {
+    if let Some(d) = device {
+        if let Err(why) = check_device_id(d) {
+            eprintln!("edge-infer status: {why}");
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+    }
+    let level = device.unwrap_or("+");
+    let topics = [status_topic(level), health_topic(level)];
+    let collected = match collect(host, port, device, &topics, wait) {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("edge-infer status: cannot reach the MQTT broker at {host}:{port}: {why}");
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+    };
+    let shown: Vec<(&String, &Device)> = collected
+        .devices
+        .iter()
+        .filter(|(_, d)| d.has_anything())
+        .collect();
+    if shown.is_empty() {
+        if let Some(why) = collected.lost {
+            eprintln!(
+                "edge-infer status: lost the connection to the MQTT broker at {host}:{port} before any record arrived: {why}"
+            );
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+        eprintln!(
+            "edge-infer status: nothing arrived on {} or {} within {} from {host}:{port} \
+             (is the device id right, and has a daemon ever connected to this broker?)",
+            topics[0],
+            topics[1],
+            human_wait(wait),
+        );
+        return ExitCode::from(EXIT_NOTHING);
+    }
+    if let Some(why) = &collected.lost {
+        eprintln!("edge-infer status: the connection to the broker was lost ({why}); showing what arrived");
+    }
+    let now = crate::time::unix_now();
+    let mut out = String::new();
+    for (i, (id, d)) in shown.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&render_device(id, d, now));
+    }
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+    ExitCode::SUCCESS
+}
+
+/// A device id must be one whole topic level.
+fn check_device_id(d: &str) -> Result<(), String> {
+    if d.is_empty() {
+        return Err("the device id is empty".into());
+    }
+    if d.contains(['+', '#', '/', '\0']) {
+        return Err(format!(
+            "device id \"{}\" cannot be a topic level (no '+', '#', '/' or NUL)",
+            clean(d)
+        ));
+    }
+    Ok(())
+}
+
+/// The records of one device, as they arrived.
+#[derive(Debug, Default)]
+struct Device {
+    status: Option<Value>,
+    health: Option<Value>,
+    /// Records that were not JSON objects, said in a sentence each.
+    problems: Vec<String>,
+}
+
+impl Device {
+    fn has_anything(&self) -> bool {
+        self.status.is_some() || self.health.is_some() || !self.problems.is_empty()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Collected {
+    devices: BTreeMap<String, Device>,
+    /// Why the connection ended early, if it did after the ConnAck.
+    lost: Option<String>,
+}
+
+/// Err: the broker could not be reached (no ConnAck).
+fn collect(
+    host: &str,
+    port: u16,
+    device: Option<&str>,
+    topics: &[String; 2],
+    wait: Duration,
+) -> Result<Collected, String> {
+    let mut opts = MqttOptions::new(
+        format!("edge-infer-status-{}", std::process::id()),
+        host,
+        port,
+    );
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(true)
+        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+    let (client, mut connection) = Client::new(opts, 16);
+    let mut net = connection.eventloop.network_options();
+    net.set_connection_timeout(wait.as_secs().clamp(1, 30));
+    connection.eventloop.set_network_options(net);
+    for t in topics {
+        client
+            .subscribe(t.as_str(), QoS::AtMostOnce)
+            .map_err(|e| format!("cannot subscribe to {t}: {e}"))?;
+    }
+
+    let deadline = Instant::now() + wait;
+    let mut collected = Collected::default();
+    let mut connected = false;
+    let mut subacks = 0;
+    let mut last_activity = Instant::now();
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let mut slice = deadline - now;
+        if device.is_none() && subacks >= topics.len() {
+            let quiet = now.duration_since(last_activity);
+            if quiet >= SETTLE {
+                break;
+            }
+            slice = slice.min(SETTLE - quiet);
+        }
+        match connection.recv_timeout(slice) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+            Ok(Err(e)) => {
+                if !connected {
+                    return Err(e.to_string());
+                }
+                collected.lost = Some(e.to_string());
+                break;
+            }
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => connected = true,
+            Ok(Ok(Event::Incoming(Packet::SubAck(ack)))) => {
+                subacks += 1;
+                last_activity = Instant::now();
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, SubscribeReasonCode::Failure))
+                {
+                    eprintln!(
+                        "edge-infer status: the broker refused a subscription (access control?)"
+                    );
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                last_activity = Instant::now();
+                store(&mut collected.devices, &p.topic, &p.payload);
+                if let Some(d) = device.and_then(|d| collected.devices.get(d)) {
+                    if d.status.is_some() && d.health.is_some() {
+                        break;
+                    }
+                }
+            }
+            Ok(Ok(_)) => {}
+        }
+    }
+    if !connected {
+        return Err(format!("no answer within {}", human_wait(wait)));
+    }
+    // Say goodbye so the broker does not log a dropped connection.
+    if client.disconnect().is_ok() {
+        let _ = connection.recv_timeout(Duration::from_millis(200));
+    }
+    Ok(collected)
+}
+
+/// Files one record under its device; anything that is not
+/// `edge-infer/<device>/{status,health}` with a JSON object is noted or
+/// ignored, never trusted.
+fn store(devices: &mut BTreeMap<String, Device>, topic: &str, payload: &[u8]) {
+    let Some((device, kind)) = topic
+        .strip_prefix("edge-infer/")
+        .and_then(|rest| rest.rsplit_once('/'))
+    else {
+        return;
+    };
+    if payload.is_empty() {
+        // A retained record being cleared.
+        return;
+    }
+    let entry = devices.entry(device.to_string()).or_default();
+    let value = match serde_json::from_slice::<Value>(payload) {
+        Ok(v) if v.is_object() => v,
+        Ok(_) => {
+            entry.problems.push(format!(
+                "the {} record is JSON but not an object",
+                clean(kind)
+            ));
+            return;
+        }
+        Err(e) => {
+            entry
+                .problems
+                .push(format!("the {} record is not JSON: {e}", clean(kind)));
+            return;
+        }
+    };
+    match kind {
+        "status" => entry.status = Some(value),
+        "health" => entry.health = Some(value),
+        _ => {}
+    }
+}
+
+// ---------------------------------------------------------------- rendering
+
+/// One device's block: a heading line, labelled figures, the model table.
+fn render_device(id: &str, d: &Device, now: f64) -> String {
+    let mut out = String::new();
+    let status = d.status.as_ref();
+    let health = d.health.as_ref();
+
+    let _ = writeln!(out, "{}  {}", clean(id), state_line(status, now));
+    let mut fields: Vec<(&str, String)> = Vec::new();
+    let version = status
+        .and_then(|s| text(s, "/version"))
+        .or_else(|| health.and_then(|h| text(h, "/version")));
+    let pid = health
+        .and_then(|h| uint(h, "/process/pid"))
+        .or_else(|| status.and_then(|s| uint(s, "/pid")));
+    fields.push((
+        "version",
+        match (version, pid) {
+            (Some(v), Some(p)) => format!("{} (pid {p})", clean(v)),
+            (Some(v), None) => clean(v),
+            (None, Some(p)) => format!("- (pid {p})"),
+            (None, None) => "-".into(),
+        },
+    ));
+
+    match health {
+        Some(h) => {
+            let offline = status.and_then(|s| text(s, "/state")) == Some("offline");
+            health_fields(h, offline, now, &mut fields)
+        }
+        None => fields.push(("health", "no health record".into())),
+    }
+    for p in &d.problems {
+        fields.push(("note", p.clone()));
+    }
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in &fields {
+        let _ = writeln!(out, "  {k:<width$}  {v}");
+    }
+
+    let (rows, notes) = model_rows(status, health);
+    if !rows.is_empty() {
+        out.push('\n');
+        out.push_str(&render_table(
+            "  ",
+            &[
+                "MODEL",
+                "ACCELERATOR",
+                "INFERENCES",
+                "ERRORS",
+                "DROPPED",
+                "QUEUE",
+                "THRU/S",
+                "P50 MS",
+                "P95 MS",
+                "P99 MS",
+                "MAX MS",
+            ],
+            &[
+                false, false, true, false, true, true, true, true, true, true, true,
+            ],
+            &rows,
+        ));
+    }
+    for n in notes {
+        let _ = writeln!(out, "  warning: {n}");
+    }
+    out
+}
+
+/// "online", "offline (connection lost)", "offline (shutdown, 3m 05s ago)".
+fn state_line(status: Option<&Value>, now: f64) -> String {
+    let Some(s) = status else {
+        return "state unknown (no status record)".into();
+    };
+    let state = text(s, "/state").map(clean).unwrap_or_else(|| "-".into());
+    if state != "offline" {
+        return state;
+    }
+    let reason = text(s, "/reason").map(clean);
+    let ago = num(s, "/timestamp").map(|t| format!("{} ago", human_age(now - t)));
+    match (reason, ago) {
+        (Some(r), Some(a)) => format!("offline ({r}, {a})"),
+        (Some(r), None) => format!("offline ({r})"),
+        (None, Some(a)) => format!("offline ({a})"),
+        (None, None) => "offline".into(),
+    }
+}
+
+fn health_fields(h: &Value, offline: bool, now: f64, fields: &mut Vec<(&'static str, String)>) {
+    let dash = || "-".to_string();
+    if let Some(age) = num(h, "/timestamp").map(|t| now - t) {
+        let mut line = format!("record {} old", human_age(age));
+        if offline {
+            line.push_str(", the last before the device went offline");
+        } else if let Some(i) = num(h, "/interval_secs") {
+            // The first record's interval is the time since start-up, so
+            // allow a few periods and at least 10 s before calling it stale.
+            if age > (3.0 * i).max(10.0) {
+                let _ = write!(line, " (stale: records come every {})", human_age(i));
+            }
+        }
+        fields.push(("health", line));
+    }
+    fields.push((
+        "uptime",
+        num(h, "/uptime_secs").map_or_else(dash, human_duration),
+    ));
+
+    let cpu = match (
+        num(h, "/system/cpu_percent"),
+        num(h, "/process/cpu_percent"),
+    ) {
+        (Some(s), Some(p)) => format!("{} % (daemon {} %)", fixed(s, 1), fixed(p, 1)),
+        (Some(s), None) => format!("{} %", fixed(s, 1)),
+        (None, Some(p)) => format!("- (daemon {} %)", fixed(p, 1)),
+        (None, None) => dash(),
+    };
+    fields.push(("cpu", cpu));
+
+    let load = h
+        .pointer("/system/load_average")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|v| v.as_f64().map_or_else(dash, |x| fixed(x, 2)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(dash);
+    fields.push(("load", load));
+
+    let memory = match (
+        uint(h, "/system/memory_used_bytes"),
+        uint(h, "/system/memory_total_bytes"),
+    ) {
+        (Some(u), Some(t)) if t > 0 => format!(
+            "{} / {} ({:.0} %)",
+            human_bytes(u),
+            human_bytes(t),
+            u as f64 * 100.0 / t as f64
+        ),
+        (u, t) => format!(
+            "{} / {}",
+            u.map_or_else(dash, human_bytes),
+            t.map_or_else(dash, human_bytes)
+        ),
+    };
+    fields.push(("memory", memory));
+    fields.push((
+        "process rss",
+        uint(h, "/process/rss_bytes").map_or_else(dash, human_bytes),
+    ));
+
+    let temps = h
+        .pointer("/system/temperatures")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|t| {
+                    let label = text(t, "/label").map(clean).unwrap_or_else(dash);
+                    match num(t, "/celsius") {
+                        Some(c) => format!("{label} {c:.1} °C"),
+                        None => format!("{label} -"),
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "none reported".into());
+    fields.push(("temperatures", temps));
+
+    let dir = text(h, "/system/state_dir").map(clean).unwrap_or_else(dash);
+    let free =
+        uint(h, "/system/state_dir_free_bytes").map_or_else(|| "unknown".into(), human_bytes);
+    fields.push(("state dir", format!("{dir} (free {free})")));
+
+    let broker = match h.pointer("/broker/connected").and_then(Value::as_bool) {
+        Some(true) => "connected",
+        Some(false) => "DISCONNECTED",
+        None => "-",
+    };
+    let count = |p: &str| uint(h, p).map_or_else(dash, |n| n.to_string());
+    fields.push((
+        "broker",
+        format!(
+            "{broker}, {} reconnects, {} connection errors, {} unrouted, {} publish failures",
+            count("/broker/reconnects"),
+            count("/broker/connection_errors"),
+            count("/broker/unrouted_messages"),
+            count("/broker/publish_failures"),
+        ),
+    ));
+}
+
+/// The model table's rows (from health, or from the status record's model
+/// list when there is no health record) and warnings worth a line.
+fn model_rows(status: Option<&Value>, health: Option<&Value>) -> (Vec<Vec<String>>, Vec<String>) {
+    let dash = || "-".to_string();
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    if let Some(models) = health
+        .and_then(|h| h.pointer("/models"))
+        .and_then(Value::as_array)
+    {
+        for m in models {
+            let name = text(m, "/name").map(clean).unwrap_or_else(dash);
+            let n = |p: &str| uint(m, p).map_or_else(dash, |v| v.to_string());
+            let latency_count = uint(m, "/latency_ms/count");
+            let ms = |p: &str| match latency_count {
+                Some(0) => dash(),
+                _ => num(m, p).map_or_else(dash, |v| fixed(v, 2)),
+            };
+            let queue = match (uint(m, "/queue_depth"), uint(m, "/queue_capacity")) {
+                (None, None) => dash(),
+                (d, c) => format!(
+                    "{}/{}",
+                    d.map_or_else(dash, |v| v.to_string()),
+                    c.map_or_else(dash, |v| v.to_string())
+                ),
+            };
+            if let (Some(s), Some(w)) = (uint(m, "/stalled_workers"), uint(m, "/workers")) {
+                if s > 0 {
+                    notes.push(format!("model {name}: {s} of {w} worker(s) stalled"));
+                }
+            }
+            rows.push(vec![
+                name,
+                text(m, "/accelerator").map(clean).unwrap_or_else(dash),
+                n("/inferences"),
+                errors_cell(m.pointer("/errors")),
+                n("/dropped"),
+                queue,
+                num(m, "/throughput_per_sec").map_or_else(dash, |v| fixed(v, 1)),
+                ms("/latency_ms/p50"),
+                ms("/latency_ms/p95"),
+                ms("/latency_ms/p99"),
+                ms("/latency_ms/max"),
+            ]);
+        }
+    } else if let Some(models) = status
+        .and_then(|s| s.pointer("/models"))
+        .and_then(Value::as_array)
+    {
+        for m in models {
+            let mut row = vec![
+                text(m, "/name").map(clean).unwrap_or_else(dash),
+                text(m, "/accelerator").map(clean).unwrap_or_else(dash),
+            ];
+            row.resize(11, dash());
+            rows.push(row);
+        }
+    }
+    (rows, notes)
+}
+
+/// "0", or "3 (bad_json=1 overloaded=2)": the total, then the nonzero codes.
+fn errors_cell(errors: Option<&Value>) -> String {
+    let Some(map) = errors.and_then(Value::as_object) else {
+        return "-".into();
+    };
+    let mut total: u64 = 0;
+    let mut nonzero = Vec::new();
+    for (code, n) in map {
+        let n = n.as_u64().unwrap_or(0);
+        total = total.saturating_add(n);
+        if n > 0 {
+            nonzero.push(format!("{}={n}", clean(code)));
+        }
+    }
+    if nonzero.is_empty() {
+        total.to_string()
+    } else {
+        format!("{total} ({})", nonzero.join(" "))
+    }
+}
+
+/// Left- or right-aligned columns, two spaces apart, no trailing blanks.
+fn render_table(indent: &str, header: &[&str], right: &[bool], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header_row: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header_row).chain(rows) {
+        let mut line = String::from(indent);
+        for (i, width) in widths.iter().enumerate() {
+            let cell = row.get(i).map_or("", String::as_str);
+            let pad = width.saturating_sub(cell.chars().count());
+            if i > 0 {
+                line.push_str("  ");
+            }
+            if right.get(i).copied().unwrap_or(false) {
+                line.extend(std::iter::repeat_n(' ', pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+// ------------------------------------------------------------------ helpers
+
+fn num(v: &Value, pointer: &str) -> Option<f64> {
+    v.pointer(pointer)?.as_f64().filter(|x| x.is_finite())
+}
+
+fn uint(v: &Value, pointer: &str) -> Option<u64> {
+    v.pointer(pointer)?.as_u64()
+}
+
+fn text<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
+    v.pointer(pointer)?.as_str()
+}
+
+/// The string with control characters (escape sequences) made harmless.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// `decimals` places; absurd magnitudes in exponent form, so one broken
+/// figure cannot blow up a table.
+fn fixed(v: f64, decimals: usize) -> String {
+    if v.abs() >= 1e9 {
+        format!("{v:.2e}")
+    } else {
+        format!("{v:.decimals$}")
+    }
+}
+
+/// 1536 -> "1.5 KiB"; binary units, one decimal above bytes.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64;
+    let mut unit = 0;
+    // 1023.95 KiB would print as "1024.0 KiB": move up a unit before that.
+    while v >= 1023.95 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// 75.0 -> "1m 15s"; whole seconds, the two largest units.
+fn human_duration(secs: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        return "-".into();
+    }
+    let s = secs as u64;
+    let (d, h, m, s) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    if d > 0 {
+        format!("{d}d {h:02}h")
+    } else if h > 0 {
+        format!("{h}h {m:02}m")
+    } else if m > 0 {
+        format!("{m}m {s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// Ages below a minute with a decimal ("0.4s"); clock skew shows as 0.
+fn human_age(secs: f64) -> String {
+    if secs.is_finite() && secs < 60.0 {
+        format!("{:.1}s", secs.max(0.0))
+    } else {
+        human_duration(secs)
+    }
+}
+
+fn human_wait(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_and_durations_read_like_a_human_wrote_them() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(1_048_500), "1023.9 KiB");
+        assert_eq!(human_bytes(1_048_550), "1.0 MiB");
+        assert_eq!(human_bytes(25_276_510_208), "23.5 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16384.0 PiB");
+        assert_eq!(human_duration(0.4), "0s");
+        assert_eq!(human_duration(75.9), "1m 15s");
+        assert_eq!(human_duration(11_159.0), "3h 05m");
+        assert_eq!(human_duration(f64::NAN), "-");
+        assert_eq!(human_age(0.44), "0.4s");
+        assert_eq!(human_age(-3.0), "0.0s");
+        assert_eq!(fixed(1.005e308, 2), "1.00e308");
+        assert_eq!(fixed(0.125, 1), "0.1");
+        assert_eq!(clean("a\u{1b}[2Jb\n"), "a?[2Jb?");
+        assert!(check_device_id("gw-7").is_ok());
+        assert!(check_device_id("gw/7").is_err());
+        assert!(check_device_id("+").is_err());
+        assert!(check_device_id("").is_err());
+    }
+
+    #[test]
+    fn table_aligns_columns_and_drops_trailing_blanks() {
+        let rows = vec![
+            vec!["har".to_string(), "12".to_string(), "".to_string()],
+            vec!["mobilenet".to_string(), "3".to_string(), "".to_string()],
+        ];
+        let t = render_table(" ", &["MODEL", "N", "NOTE"], &[false, true, false], &rows);
+        assert_eq!(t, " MODEL       N  NOTE\n har        12\n mobilenet   3\n");
+    }
+
+    const HEALTH: &str = r#"{"device_id":"gw-7","version":"0.1.0","timestamp":1000.0,
+        "uptime_secs":3725.2,"interval_secs":30.0,
+        "system":{"cpu_percent":12.5,"load_average":[0.5,0.25,0.13],
+          "memory_used_bytes":1073741824,"memory_total_bytes":4294967296,
+          "temperatures":[{"label":"cpu-thermal","celsius":48.3}],
+          "state_dir":"/var/lib/edge-infer","state_dir_free_bytes":5368709120},
+        "process":{"pid":42,"rss_bytes":31457280,"cpu_percent":3.0},
+        "broker":{"connected":true,"connections":3,"reconnects":2,"connection_errors":1,
+          "unrouted_messages":0,"publish_failures":0},
+        "models":[{"name":"har","sha256":"ab","accelerator":"cpu/xnnpack","workers":2,
+          "stalled_workers":1,"received":110,"inferences":100,
+          "errors":{"bad_json":4,"bad_shape":0,"overloaded":6},"dropped":6,
+          "queue_depth":3,"queue_capacity":64,"throughput_per_sec":3.3333,
+          "latency_ms":{"count":100,"p50":0.4,"p95":1.25,"p99":2.5,"max":7.0}},
+          {"name":"idle","latency_ms":{"count":0,"p50":0.0,"p95":0.0,"p99":0.0,"max":0.0}}]}"#;
+
+    #[test]
+    fn device_block_from_sample_records() {
+        let d = Device {
+            status: serde_json::from_str(
+                r#"{"state":"offline","device_id":"gw-7","version":"0.1.0","reason":"shutdown","timestamp":995.0}"#,
+            )
+            .ok(),
+            health: serde_json::from_str(HEALTH).ok(),
+            problems: Vec::new(),
+        };
+        let out = render_device("gw-7", &d, 1000.4);
+        let expected = "\
+gw-7  offline (shutdown, 5.4s ago)
+  version       0.1.0 (pid 42)
+  health        record 0.4s old, the last before the device went offline
+  uptime        1h 02m
+  cpu           12.5 % (daemon 3.0 %)
+  load          0.50 0.25 0.13
+  memory        1.0 GiB / 4.0 GiB (25 %)
+  process rss   30.0 MiB
+  temperatures  cpu-thermal 48.3 °C
+  state dir     /var/lib/edge-infer (free 5.0 GiB)
+  broker        connected, 2 reconnects, 1 connection errors, 0 unrouted, 0 publish failures
+
+  MODEL  ACCELERATOR  INFERENCES  ERRORS                        DROPPED  QUEUE  THRU/S  P50 MS  P95 MS  P99 MS  MAX MS
+  har    cpu/xnnpack         100  10 (bad_json=4 overloaded=6)        6   3/64     3.3    0.40    1.25    2.50    7.00
+  idle   -                     -  -                                   -      -       -       -       -       -       -
+  warning: model har: 1 of 2 worker(s) stalled
+";
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn bad_records_are_noted_not_trusted() {
+        let mut devices = BTreeMap::new();
+        store(&mut devices, "edge-infer/gw-7/health", b"not json");
+        store(&mut devices, "edge-infer/gw-7/status", b"[1,2]");
+        store(
+            &mut devices,
+            "edge-infer/gw-8/status",
+            br#"{"state":7,"models":"x"}"#,
+        );
+        store(&mut devices, "elsewhere/gw-9/status", b"{}");
+        store(&mut devices, "edge-infer/gw-10/status", b"");
+        assert_eq!(devices.len(), 2);
+        let gw7 = &devices["gw-7"];
+        assert!(gw7.status.is_none() && gw7.health.is_none());
+        assert_eq!(gw7.problems.len(), 2);
+        let out = render_device("gw-8", &devices["gw-8"], 0.0);
+        assert!(out.starts_with("gw-8  -\n  version  -\n  health   no health record\n"));
+    }
+}
