@@ -177,3 +177,55 @@ fn health_reports_system_broker_and_per_model_figures() {
         assert!(m["errors"][code].is_u64(), "errors.{code} missing in {m}");
     }
 }
+
+#[test]
+fn status_subcommand_prints_the_latest_health_as_a_table() {
+    let broker = Broker::start();
+    let _d = Daemon::start(&config(
+        broker.port,
+        "dev1",
+        "[health]\ninterval_secs = 0.2",
+        DYN,
+    ));
+    let c = TestClient::connect(broker.port);
+    c.subscribe("edge-infer/dev1/health");
+    c.recv(); // a health record exists (retained)
+    let port = broker.port.to_string();
+    let (code, out, err) = run_cli(
+        &[
+            "status",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--device",
+            "dev1",
+            "--wait",
+            "20",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("dev1  online"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with("dyn ") && l.contains("xnnpack")),
+        "{out}"
+    );
+    // Nobody there: says so and exits 2.
+    let free = free_port().to_string();
+    let (code, _, err) = run_cli(
+        &[
+            "status",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &free,
+            "--wait",
+            "1",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("cannot reach the MQTT broker"), "{err}");
+}
