@@ -8,6 +8,7 @@ Outputs (all written next to this script):
   multi_io_f32.tflite, multi_io_uint8.tflite
   dynamic_batch_f32.tflite
   lookup_int32.tflite   (GATHER from a constant table; fails at invoke on out-of-range indices)
+  spin_int32.tflite     (a WHILE loop run `iterations` times: invoke time set by the input)
   models_summary.json   (tensor details as read back by the TF Lite interpreter)
 """
 import os
@@ -351,12 +352,72 @@ def build_lookup(summary: dict) -> None:
     summary["lookup_int32.tflite"] = d
 
 
+# ------------------------------------------------------------------- spin (while loop)
+SPIN_FLOAT_LIMIT = 2 ** 24  # x + 1.0 stops changing in float32 here (2^24 + 1 rounds to 2^24)
+
+
+def spin_reference(n: int) -> np.float32:
+    """The value spin_int32 returns: max(n, 0) additions of 1.0 to 0.0 in float32, which
+    is float32(n) for 0 <= n <= 2^24, 0 for n <= 0, and 2^24 above."""
+    return np.float32(min(max(n, 0), SPIN_FLOAT_LIMIT))
+
+
+def build_spin(summary: dict) -> None:
+    """A WHILE loop that runs `iterations` times (int32 input [1]) adding 1.0 to a float32
+    scalar and returns it as `value` [1]. Its invoke time grows linearly with the input
+    (about 0.3 us per iteration with LiteRT 2.3.0 on x86_64), so a test can wedge a model
+    worker for seconds or minutes: the watchdog tests. Builtin ops only (RESHAPE, WHILE,
+    LESS, ADD); the loop bound is a runtime input, so nothing can be constant-folded."""
+
+    class Spin(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1], tf.int32, name="iterations")])
+        def serve(self, iterations):
+            n = tf.reshape(iterations, [])
+
+            def cond(i, x):
+                return tf.less(i, n)
+
+            def body(i, x):
+                return i + 1, x + tf.constant(1.0, tf.float32)
+
+            _, x = tf.while_loop(cond, body, (tf.constant(0, tf.int32), tf.constant(0.0, tf.float32)),
+                                 parallel_iterations=1)
+            return {"value": tf.reshape(x, [1], name="value")}
+
+    module = Spin()
+    sm = tempfile.mkdtemp(prefix="edge_infer_sm_")
+    tf.saved_model.save(module, sm, signatures={"serving_default": module.serve})
+    data = convert(sm)
+    shutil.rmtree(sm)
+
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    fb = schema.Model.GetRootAsModel(data, 0)
+    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    ops = sorted(op_names[max(fb.OperatorCodes(i).BuiltinCode(), fb.OperatorCodes(i).DeprecatedBuiltinCode())]
+                 for i in range(fb.OperatorCodesLength()))
+    assert ops == ["ADD", "LESS", "RESHAPE", "WHILE"], ops  # no CUSTOM / Flex ops
+
+    interp = tf.lite.Interpreter(model_content=data, num_threads=1)
+    runner = interp.get_signature_runner()
+    for n in (0, 1, 10, 1000, -5):
+        got = runner(iterations=np.array([n], dtype=np.int32))["value"]
+        assert got.dtype == np.float32 and got.shape == (1,), (got.dtype, got.shape)
+        assert got[0] == spin_reference(n), (n, got)
+    write_model("spin_int32.tflite", data)
+    d = describe(data)
+    assert [x["dtype"] for x in d["inputs"]] == ["int32"] and d["inputs"][0]["shape"] == [1], d
+    assert [x["dtype"] for x in d["outputs"]] == ["float32"] and d["outputs"][0]["shape"] == [1], d
+    d["ops"] = ops
+    summary["spin_int32.tflite"] = d
+
+
 def main() -> None:
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, numpy {np.__version__}")
     only = set(sys.argv[1:])
     summary: dict = {"tensorflow": tf.__version__, "keras": keras.__version__}
     steps = {"har": build_har, "mobilenet": build_mobilenet, "multi_io": build_multi_io,
-             "dynamic": build_dynamic, "lookup": build_lookup}
+             "dynamic": build_dynamic, "lookup": build_lookup, "spin": build_spin}
     for key, step in steps.items():
         if not only or key in only:
             step(summary)

@@ -72,10 +72,14 @@ pub fn run(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let mut sup = Supervisor::start(config_path, settings, runtime, models)?;
         sup.serve().await
-    })
+    });
+    // A wedged worker never returns from its join task; do not wait for
+    // it (the default drop would), the drain has already answered for it.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 struct Supervisor {

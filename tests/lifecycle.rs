@@ -229,3 +229,60 @@ fn status_subcommand_prints_the_latest_health_as_a_table() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("cannot reach the MQTT broker"), "{err}");
 }
+
+#[test]
+fn watchdog_stops_when_a_worker_is_wedged() {
+    let fx = fixture("spin_int32.json");
+    let stall = fx["stall_iterations"].as_i64().expect("stall_iterations");
+    let broker = Broker::start();
+    let sock = NotifySocket::bind();
+    let path = sock.path.display().to_string();
+    let models = "[[models]]\nname = \"spin\"\npath = \"{models}/spin_int32.tflite\"\ninput_topic = \"in/spin\"\noutput_topic = \"out/{device_id}/{model}\"\n";
+    let extra = "[health]\nstall_timeout_secs = 0.5\ninterval_secs = 0.2\n[shutdown]\ndrain_timeout_secs = 0.2";
+    let d = Daemon::spawn(
+        &config(broker.port, "dev1", extra, models),
+        &[("NOTIFY_SOCKET", &path), ("WATCHDOG_USEC", "200000")],
+    );
+    sock.wait_for("READY=1", 1);
+    sock.wait_for("WATCHDOG=1", 3);
+    let c = TestClient::connect(broker.port);
+    c.subscribe("out/#");
+    c.publish("in/spin", json!({"id": "quick", "data": [10]}).to_string());
+    assert_eq!(c.recv().json()["id"], "quick");
+
+    // A real wedge: the model loops `stall` times inside one invoke.
+    c.publish(
+        "in/spin",
+        json!({"id": "stuck", "data": [stall]}).to_string(),
+    );
+    d.wait_for_log("watchdog: worker 0 of model 'spin' has been running one message for");
+    assert!(
+        sock.lines()
+            .iter()
+            .any(|l| l.starts_with("STATUS=unhealthy: worker 0 of model 'spin'")),
+        "{:?}",
+        sock.lines()
+    );
+    // No more pings: systemd would restart the service after WatchdogSec.
+    let pings = sock.count("WATCHDOG=1");
+    let window = std::time::Instant::now();
+    while window.elapsed() < std::time::Duration::from_secs(1) {
+        assert_eq!(
+            sock.count("WATCHDOG=1"),
+            pings,
+            "pinged while a worker is wedged"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The health record says so too.
+    c.subscribe("edge-infer/dev1/health");
+    wait_until("a health record with the stalled worker", WAIT, || {
+        c.recv_within(std::time::Duration::from_secs(1))
+            .is_some_and(|m| {
+                m.topic.ends_with("/health") && m.json()["models"][0]["stalled_workers"] == 1
+            })
+    });
+    // SIGTERM still ends the process, wedged worker and all.
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
