@@ -6,18 +6,6 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-const DYN: &str = "\
-[[models]]
-name = \"dyn\"
-path = \"{models}/dynamic_batch_f32.tflite\"
-input_topic = \"in/dyn\"
-output_topic = \"out/{device_id}/{model}\"
-";
-
-fn features(i: usize) -> String {
-    json!({"id": i, "data": [i as f64, 1, 2, 3, 4, 5, 6, 7]}).to_string()
-}
-
 #[test]
 fn notify_sequence_is_ready_status_watchdog_reloading_stopping() {
     let broker = Broker::start();

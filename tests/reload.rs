@@ -15,18 +15,6 @@ fn model(name: &str, file: &str, topic: &str) -> String {
     format!("[[models]]\nname = \"{name}\"\npath = \"{{models}}/{file}\"\ninput_topic = \"{topic}\"\noutput_topic = \"out/{{device_id}}/{{model}}\"\nqueue_capacity = 10000\n")
 }
 
-fn sha(file: &str) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .arg(common::model(file))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 fn window(i: usize) -> Vec<f64> {
     (0..384).map(|k| ((i + k) % 11) as f64 * 0.05).collect()
 }
@@ -87,7 +75,10 @@ fn reload_swaps_models_under_load_without_losing_or_misrouting_a_message() {
     let _pc = publisher.join().unwrap();
     let total = sent.load(Ordering::Relaxed);
 
-    let (old, new) = (sha("har_accel_int8.tflite"), sha("har_accel_f32.tflite"));
+    let (old, new) = (
+        model_sha256("har_accel_int8.tflite"),
+        model_sha256("har_accel_f32.tflite"),
+    );
     let mut by_id: Vec<Option<String>> = vec![None; total];
     for m in c.recv_n(total) {
         assert_eq!(
@@ -221,7 +212,7 @@ fn a_failed_reload_keeps_the_running_setup_and_says_why() {
         );
         assert_eq!(
             m.json()["model_sha256"],
-            sha("har_accel_int8.tflite").as_str()
+            model_sha256("har_accel_int8.tflite").as_str()
         );
     };
     serves(0);

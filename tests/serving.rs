@@ -47,7 +47,7 @@ fn serve_fixture_json(
         };
         c.publish("in/m", payload.to_string());
     }
-    let sha = sha256_of(&model(model_file));
+    let sha = model_sha256(model_file);
     for m in c.recv_n(cases.len()) {
         assert_eq!(
             m.topic,
@@ -75,18 +75,6 @@ fn serve_fixture_json(
         );
         assert!(rx > 1.7e9 && px >= rx, "timestamps {rx} {px}");
     }
-}
-
-fn sha256_of(path: &std::path::Path) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("sha256sum");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 #[test]

@@ -654,3 +654,31 @@ impl NotifySocket {
         );
     }
 }
+
+/// The small dynamic-batch model on `in/dyn`, answering on
+/// `out/{device_id}/dyn`: the cheapest model for lifecycle tests.
+pub const DYN: &str = "\
+[[models]]
+name = \"dyn\"
+path = \"{models}/dynamic_batch_f32.tflite\"
+input_topic = \"in/dyn\"
+output_topic = \"out/{device_id}/{model}\"
+";
+
+/// A valid payload for `DYN` with id `i`.
+pub fn features(i: usize) -> String {
+    serde_json::json!({"id": i, "data": [i as f64, 1, 2, 3, 4, 5, 6, 7]}).to_string()
+}
+
+/// sha256 of a shipped model file, as the daemon reports it.
+pub fn model_sha256(file: &str) -> String {
+    let out = Command::new("sha256sum")
+        .arg(model(file))
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("sha256sum output")
+        .to_string()
+}

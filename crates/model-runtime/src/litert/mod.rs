@@ -21,6 +21,12 @@ use ext::ExtFunctions;
 
 const SIGNATURE: usize = 0;
 
+#[derive(Clone, Copy)]
+enum Side {
+    Input,
+    Output,
+}
+
 /// The process-wide LiteRT environment. Creating one probes for GPU/NPU
 /// accelerator plugins (several dlopen attempts), so all models share one;
 /// like the library it lives for the rest of the process.
@@ -356,44 +362,12 @@ impl LiteRtEngine {
             }
 
             for (i, tt) in input_types.iter().enumerate() {
-                let mut reqs: sys::TensorBufferRequirements = std::ptr::null_mut();
-                check(
-                    "LiteRtGetCompiledModelInputBufferRequirements",
-                    (fns.get_compiled_model_input_buffer_requirements)(
-                        engine.compiled,
-                        SIGNATURE,
-                        i,
-                        &mut reqs,
-                    ),
-                )?;
-                let mut buf: sys::TensorBuffer = std::ptr::null_mut();
-                check(
-                    "LiteRtCreateManagedTensorBufferFromRequirements",
-                    (fns.create_managed_tensor_buffer_from_requirements)(
-                        engine.env, tt, reqs, &mut buf,
-                    ),
-                )?;
+                let buf = engine.create_buffer(Side::Input, i, tt)?;
                 engine.input_buffers.push(buf);
                 check_buffer_size(&fns, buf, &engine.inputs[i], origin)?;
             }
             for (i, tt) in output_types.iter().enumerate() {
-                let mut reqs: sys::TensorBufferRequirements = std::ptr::null_mut();
-                check(
-                    "LiteRtGetCompiledModelOutputBufferRequirements",
-                    (fns.get_compiled_model_output_buffer_requirements)(
-                        engine.compiled,
-                        SIGNATURE,
-                        i,
-                        &mut reqs,
-                    ),
-                )?;
-                let mut buf: sys::TensorBuffer = std::ptr::null_mut();
-                check(
-                    "LiteRtCreateManagedTensorBufferFromRequirements",
-                    (fns.create_managed_tensor_buffer_from_requirements)(
-                        engine.env, tt, reqs, &mut buf,
-                    ),
-                )?;
+                let buf = engine.create_buffer(Side::Output, i, tt)?;
                 engine.output_buffers.push(buf);
                 check_buffer_size(&fns, buf, &engine.outputs[i], origin)?;
             }
@@ -409,6 +383,49 @@ impl LiteRtEngine {
             .map(|s| vec![0u8; s.byte_len()])
             .collect();
         Ok(engine)
+    }
+
+    /// A host buffer that satisfies the compiled model's requirements for
+    /// input or output `index`, shaped as `tt`.
+    fn create_buffer(
+        &self,
+        side: Side,
+        index: usize,
+        tt: &RankedTensorType,
+    ) -> Result<sys::TensorBuffer, RuntimeError> {
+        let fns = &self.fns;
+        let mut reqs: sys::TensorBufferRequirements = std::ptr::null_mut();
+        // SAFETY: live compiled model and environment; valid out-pointers;
+        // the requirements are used before the compiled model can change.
+        unsafe {
+            let (call, status) = match side {
+                Side::Input => (
+                    "LiteRtGetCompiledModelInputBufferRequirements",
+                    (fns.get_compiled_model_input_buffer_requirements)(
+                        self.compiled,
+                        SIGNATURE,
+                        index,
+                        &mut reqs,
+                    ),
+                ),
+                Side::Output => (
+                    "LiteRtGetCompiledModelOutputBufferRequirements",
+                    (fns.get_compiled_model_output_buffer_requirements)(
+                        self.compiled,
+                        SIGNATURE,
+                        index,
+                        &mut reqs,
+                    ),
+                ),
+            };
+            check(call, status)?;
+            let mut buf: sys::TensorBuffer = std::ptr::null_mut();
+            check(
+                "LiteRtCreateManagedTensorBufferFromRequirements",
+                (fns.create_managed_tensor_buffer_from_requirements)(self.env, tt, reqs, &mut buf),
+            )?;
+            Ok(buf)
+        }
     }
 
     fn copy_in(&self, index: usize) -> Result<(), RuntimeError> {
