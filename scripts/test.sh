@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/setup-deps.sh
+# The .deb that tests/service.rs installs with dpkg.
+cargo deb --version 2>/dev/null | grep -q '^cargo-deb 3\.8\.0' || cargo install cargo-deb --locked --version 3.8.0
+scripts/package.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
