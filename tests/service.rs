@@ -311,7 +311,10 @@ fn assert_installed(root: &Path) {
             continue;
         }
         let installed = root.join(&MODELS_DIR[1..]).join(&name).is_file();
-        let test_only = matches!(name_text.as_ref(), "lookup_int32.tflite" | "spin_int32.tflite");
+        let test_only = matches!(
+            name_text.as_ref(),
+            "lookup_int32.tflite" | "spin_int32.tflite"
+        );
         assert_eq!(installed, !test_only, "{name:?}: installed = {installed}");
     }
 }
