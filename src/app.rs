@@ -85,7 +85,7 @@ pub fn run(
 struct Supervisor {
     config_path: PathBuf,
     settings: Settings,
-    runtime: Runtime,
+    runtime: Arc<Runtime>,
     stats: Arc<DaemonStats>,
     client: AsyncClient,
     egress: Option<Egress>,
@@ -141,7 +141,7 @@ impl Supervisor {
         let mut sup = Supervisor {
             config_path,
             settings,
-            runtime,
+            runtime: Arc::new(runtime),
             stats,
             client,
             egress: Some(egress),
@@ -416,7 +416,7 @@ impl Supervisor {
     async fn reload(&mut self) {
         self.notifier.reloading();
         log::info!("SIGHUP: reloading {}", self.config_path.display());
-        match self.try_reload() {
+        match self.try_reload().await {
             Ok(summary) => {
                 log::info!("reload: {summary}");
                 self.publish_status();
@@ -449,7 +449,7 @@ impl Supervisor {
         self.notifier.ready(&self.status_line());
     }
 
-    fn try_reload(&mut self) -> Result<String, Vec<Problem>> {
+    async fn try_reload(&mut self) -> Result<String, Vec<Problem>> {
         let new = config::load(&self.config_path).map_err(|e| e.problems)?;
         let mut problems = Vec::new();
         let fixed = |key: &str, message: String| Problem {
@@ -485,25 +485,18 @@ impl Supervisor {
         }
 
         // Load and warm every new or changed model before touching anything.
-        let mut plan = Vec::with_capacity(new.models.len());
-        for ms in &new.models {
-            // Unchanged means the same settings and the same file contents.
-            let unchanged = self.models.iter().position(|m| {
-                m.settings == *ms
-                    && std::fs::read(&ms.path).is_ok_and(|b| models::sha256_hex(&b) == m.ctx.sha256)
-            });
-            if let Some(i) = unchanged {
-                plan.push(Plan::Keep(i));
-            } else {
-                match models::load_one(ms, &self.runtime) {
-                    Ok(m) => plan.push(Plan::Load(Box::new(m))),
-                    Err(p) => problems.push(p),
-                }
-            }
-        }
-        if !problems.is_empty() {
-            return Err(problems);
-        }
+        // This reads files and runs warm-up inferences, so it happens on a
+        // blocking thread, not on the event loop's.
+        let running: Vec<(ModelSettings, String)> = self
+            .models
+            .iter()
+            .map(|m| (m.settings.clone(), m.ctx.sha256.clone()))
+            .collect();
+        let wanted = new.models.clone();
+        let runtime = Arc::clone(&self.runtime);
+        let plan = tokio::task::spawn_blocking(move || plan_reload(&runtime, &running, &wanted))
+            .await
+            .map_err(|e| vec![fixed("(daemon)", format!("the model loader failed: {e}"))])??;
 
         // Swap: everything below only moves already-working pieces.
         let mut guard = self.ingress.lock();
@@ -723,6 +716,35 @@ impl Supervisor {
                 return;
             }
         }
+    }
+}
+
+/// Decides, per wanted model, whether the running one stays or a new one is
+/// loaded (and warmed); collects every problem.
+fn plan_reload(
+    runtime: &Runtime,
+    running: &[(ModelSettings, String)],
+    wanted: &[ModelSettings],
+) -> Result<Vec<Plan>, Vec<Problem>> {
+    let mut plan = Vec::with_capacity(wanted.len());
+    let mut problems = Vec::new();
+    for ms in wanted {
+        // Unchanged means the same settings and the same file contents.
+        let unchanged = running.iter().position(|(settings, sha)| {
+            settings == ms && std::fs::read(&ms.path).is_ok_and(|b| models::sha256_hex(&b) == *sha)
+        });
+        match unchanged {
+            Some(i) => plan.push(Plan::Keep(i)),
+            None => match models::load_one(ms, runtime) {
+                Ok(m) => plan.push(Plan::Load(Box::new(m))),
+                Err(p) => problems.push(p),
+            },
+        }
+    }
+    if problems.is_empty() {
+        Ok(plan)
+    } else {
+        Err(problems)
     }
 }
 
