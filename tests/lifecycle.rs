@@ -274,3 +274,20 @@ fn watchdog_stops_when_a_worker_is_wedged() {
     let (code, log) = d.terminate();
     assert_eq!(code, Some(0), "{log}");
 }
+
+#[test]
+fn qos_zero_serves_and_stops_cleanly() {
+    let broker = Broker::start();
+    let d = Daemon::start(
+        &config(broker.port, "dev1", "", DYN).replace("[mqtt]\n", "[mqtt]\nqos = 0\n"),
+    );
+    let c = TestClient::connect(broker.port);
+    c.subscribe("out/#");
+    for i in 0..20 {
+        c.publish("in/dyn", features(i));
+    }
+    assert_eq!(c.recv_n(20).len(), 20);
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("not confirmed by the broker"), "{log}");
+}
