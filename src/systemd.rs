@@ -2,56 +2,110 @@
 //! `systemctl status`, WATCHDOG=1 only while the pipeline is healthy,
 //! RELOADING=1 around a reload, STOPPING=1 on shutdown. Without
 //! $NOTIFY_SOCKET (not started by systemd) every call is a no-op.
+//!
+//! Sending blocks when the receiver does not read (a full datagram queue),
+//! so notifications go through a small thread of their own: the supervisor
+//! shares the event loop's thread and must never wait on the notify socket.
+//! If that thread falls behind, STATUS and WATCHDOG lines are dropped (a
+//! stuck service manager would not act on them anyway).
 
 use std::time::Duration;
 
+use crossbeam_channel::{Sender, TrySendError};
 use sd_notify::NotifyState;
+
+/// Notifications waiting for the sender thread.
+const QUEUE: usize = 64;
+
+#[derive(Debug, Clone)]
+enum Note {
+    Ready(String),
+    Status(String),
+    Reloading,
+    Stopping,
+    Watchdog,
+}
 
 #[derive(Debug)]
 pub struct Notifier {
     /// How often systemd wants WATCHDOG=1 (WatchdogSec=), if at all.
     pub watchdog: Option<Duration>,
+    /// None when not started by systemd.
+    tx: Option<Sender<Note>>,
 }
 
 impl Notifier {
     pub fn from_env() -> Notifier {
-        Notifier {
-            watchdog: sd_notify::watchdog_enabled(),
-        }
+        let watchdog = sd_notify::watchdog_enabled();
+        let tx = std::env::var_os("NOTIFY_SOCKET").and_then(|_| {
+            let (tx, rx) = crossbeam_channel::bounded::<Note>(QUEUE);
+            std::thread::Builder::new()
+                .name("sd-notify".into())
+                .spawn(move || {
+                    for note in rx {
+                        send(&note);
+                    }
+                })
+                .map_err(|e| log::warn!("cannot start the sd_notify thread: {e}"))
+                .ok()
+                .map(|_| tx)
+        });
+        Notifier { watchdog, tx }
     }
 
-    fn send(&self, states: &[NotifyState]) {
-        // A failing notify socket must not stop the daemon; systemd will
-        // notice missing notifications on its own.
-        if let Err(e) = sd_notify::notify(states) {
-            log::debug!("sd_notify failed: {e}");
+    fn queue(&self, note: Note) {
+        if let Some(tx) = &self.tx {
+            match tx.try_send(note) {
+                Ok(()) => {}
+                Err(TrySendError::Full(n)) => {
+                    log::debug!("sd_notify is not being read; dropped {n:?}")
+                }
+                Err(TrySendError::Disconnected(_)) => {}
+            }
         }
     }
 
     pub fn ready(&self, status: &str) {
-        self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
+        self.queue(Note::Ready(status.to_string()));
     }
 
     pub fn status(&self, status: &str) {
-        self.send(&[NotifyState::Status(status)]);
+        self.queue(Note::Status(status.to_string()));
     }
 
     pub fn reloading(&self) {
-        // systemd >= 253 requires MONOTONIC_USEC with RELOADING=1.
-        match NotifyState::monotonic_usec_now() {
-            Ok(now) => self.send(&[NotifyState::Reloading, now]),
-            Err(_) => self.send(&[NotifyState::Reloading]),
-        }
+        self.queue(Note::Reloading);
     }
 
     pub fn stopping(&self) {
-        self.send(&[
-            NotifyState::Stopping,
-            NotifyState::Status("draining and stopping"),
-        ]);
+        self.queue(Note::Stopping);
     }
 
     pub fn watchdog_ping(&self) {
-        self.send(&[NotifyState::Watchdog]);
+        self.queue(Note::Watchdog);
+    }
+}
+
+fn send(note: &Note) {
+    let result = match note {
+        Note::Ready(status) => {
+            sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(status)])
+        }
+        Note::Status(status) => sd_notify::notify(&[NotifyState::Status(status)]),
+        // systemd >= 253 requires MONOTONIC_USEC with RELOADING=1.
+        Note::Reloading => match NotifyState::monotonic_usec_now() {
+            Ok(now) => sd_notify::notify(&[NotifyState::Reloading, now]),
+            Err(_) => sd_notify::notify(&[NotifyState::Reloading]),
+        },
+        Note::Stopping => sd_notify::notify(&[
+            NotifyState::Stopping,
+            NotifyState::Status("draining and stopping"),
+        ]),
+        Note::Watchdog => sd_notify::notify(&[NotifyState::Watchdog]),
+    };
+    // A failing notify socket must not stop the daemon; systemd notices
+    // missing notifications on its own.
+    if let Err(e) = result {
+        log::debug!("sd_notify failed: {e}");
     }
 }

@@ -291,3 +291,27 @@ fn qos_zero_serves_and_stops_cleanly() {
     assert_eq!(code, Some(0), "{log}");
     assert!(!log.contains("not confirmed by the broker"), "{log}");
 }
+
+#[test]
+fn a_notify_socket_nobody_reads_does_not_stall_the_daemon() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    // Bound but never read: its datagram queue fills after a few pings.
+    let _sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    let path = path.display().to_string();
+    let d = Daemon::spawn(
+        &config(broker.port, "dev1", "[log]\nlevel = \"debug\"", DYN),
+        &[("NOTIFY_SOCKET", &path), ("WATCHDOG_USEC", "20000")],
+    );
+    d.wait_for_log("ready:");
+    d.wait_for_log("sd_notify is not being read");
+    let c = TestClient::connect(broker.port);
+    c.subscribe("out/#");
+    for i in 0..20 {
+        c.publish("in/dyn", features(i));
+    }
+    assert_eq!(c.recv_n(20).len(), 20);
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
