@@ -27,7 +27,7 @@ use crate::router::Router;
 use crate::systemd::Notifier;
 use crate::telemetry::{DaemonStats, ModelStats};
 use crate::time::unix_now;
-use crate::worker::{spawn_workers, Job, ModelContext, ModelQueue, Worker};
+use crate::worker::{spawn_workers, ModelContext, ModelQueue, Queued, Worker};
 use model_runtime::Runtime;
 
 pub fn errors_topic(device_id: &str) -> String {
@@ -43,7 +43,7 @@ struct Running {
     /// A consumer handle on the model's queue: its depth for health, and
     /// what is left in it when a drain times out. Holding it does not keep
     /// workers alive; only senders do.
-    queue: Receiver<Job>,
+    queue: Receiver<Queued>,
     workers: Vec<Worker>,
 }
 
@@ -189,7 +189,7 @@ impl Supervisor {
         stats_by_name: &mut HashMap<String, Arc<ModelStats>>,
     ) -> anyhow::Result<(Running, ModelQueue)> {
         let ms = model.settings.clone();
-        let (queue, rx) = ModelQueue::bounded(ms.queue_capacity, ms.overflow);
+        let (queue, rx) = ModelQueue::bounded(ms.queue_capacity, ms.queue_max_bytes, ms.overflow);
         let stats = stats_by_name.remove(&ms.name).unwrap_or_default();
         let ctx = Arc::new(ModelContext {
             name: ms.name.clone(),
@@ -636,7 +636,7 @@ impl Supervisor {
         {
             let mut abandoned = 0;
             for m in &all {
-                for job in m.queue.try_iter() {
+                for Queued { job, .. } in m.queue.try_iter() {
                     abandoned += 1;
                     m.ctx.stats.error(ErrorCode::ShuttingDown);
                     let f = Failure::new(

@@ -27,8 +27,12 @@ edge-infer: MQTT edge inference daemon
 USAGE:
     edge-infer run [--config FILE]            serve the configured models
     edge-infer check-config [--config FILE]   load everything, print a summary, exit
+                                              (no runtime library: checks the model
+                                              files alone, then exits 3)
     edge-infer inspect MODEL.tflite [--runtime LIB] [--batch N]
                                               print a model's inputs and outputs
+                                              (no runtime library and no --runtime:
+                                              as the file declares them)
     edge-infer status [--config FILE] [--host H] [--port P] [--device ID] [--wait SECS]
                                               print the latest status and health of
                                               devices on the broker (retained records)
@@ -191,24 +195,42 @@ fn main() -> ExitCode {
 fn load(
     path: &std::path::Path,
 ) -> Result<(config::Settings, Runtime, Vec<models::LoadedModel>), ExitCode> {
+    let settings = load_settings(path)?;
+    let runtime = open_runtime(&settings).map_err(|e| {
+        eprintln!("edge-infer: {e}");
+        ExitCode::from(status::NO_RUNTIME)
+    })?;
+    let models = load_models(path, &settings, &runtime)?;
+    Ok((settings, runtime, models))
+}
+
+fn load_settings(path: &std::path::Path) -> Result<config::Settings, ExitCode> {
     let settings = config::load(path).map_err(|e| {
         eprintln!("edge-infer: {e}");
         ExitCode::from(status::BAD_INPUT)
     })?;
     logging::set_level(settings.log_level.to_filter());
+    Ok(settings)
+}
+
+fn open_runtime(settings: &config::Settings) -> Result<Runtime, model_runtime::RuntimeError> {
     let runtime = Runtime::open(&LibrarySearch::for_process(
         settings.runtime_library.clone(),
-    ))
-    .map_err(|e| {
-        eprintln!("edge-infer: {e}");
-        ExitCode::from(status::NO_RUNTIME)
-    })?;
+    ))?;
     log::info!(
         "runtime library {} ({})",
         runtime.path().display(),
         runtime.flavor().as_str()
     );
-    let models = models::load_all(&settings, &runtime).map_err(|problems| {
+    Ok(runtime)
+}
+
+fn load_models(
+    path: &std::path::Path,
+    settings: &config::Settings,
+    runtime: &Runtime,
+) -> Result<Vec<models::LoadedModel>, ExitCode> {
+    let models = models::load_all(settings, runtime).map_err(|problems| {
         let e = config::ConfigError {
             path: path.to_path_buf(),
             problems,
@@ -227,7 +249,7 @@ fn load(
             m.load_ms
         );
     }
-    Ok((settings, runtime, models))
+    Ok(models)
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
@@ -244,11 +266,108 @@ fn run(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// `check-config`: loads everything and prints a summary. Without a
+/// runtime library it still checks the config and every model file against
+/// the tensor facts the file declares, prints the same summary, then reports
+/// the missing library (exit 3).
 fn check_config(path: &std::path::Path) -> ExitCode {
-    let (settings, runtime, models) = match load(path) {
-        Ok(x) => x,
+    let settings = match load_settings(path) {
+        Ok(s) => s,
         Err(code) => return code,
     };
+    let runtime = match open_runtime(&settings) {
+        Ok(rt) => rt,
+        Err(e) => return check_config_static(path, &settings, &e),
+    };
+    let models = match load_models(path, &settings, &runtime) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    let runtime_line = format!(
+        "{} ({})",
+        runtime.path().display(),
+        runtime.flavor().as_str()
+    );
+    let summaries: Vec<ModelSummary> = models
+        .iter()
+        .map(|m| ModelSummary {
+            settings: &m.settings,
+            sha256: &m.sha256,
+            inputs: &m.inputs,
+            outputs: &m.outputs,
+            labels: m.labels.as_deref(),
+            top_k: m.top_k,
+            loaded: Some((&m.accelerator, m.load_ms)),
+        })
+        .collect();
+    print_summary(path, &settings, &runtime_line, &summaries);
+    println!("ok: {} model(s) ready", models.len());
+    ExitCode::SUCCESS
+}
+
+/// `check-config` when no runtime library loads.
+fn check_config_static(
+    path: &std::path::Path,
+    settings: &config::Settings,
+    no_runtime: &model_runtime::RuntimeError,
+) -> ExitCode {
+    let checked = match models::check_all_static(settings) {
+        Ok(c) => c,
+        Err(problems) => {
+            let e = config::ConfigError {
+                path: path.to_path_buf(),
+                problems,
+            };
+            eprintln!("edge-infer: {e}");
+            eprintln!("edge-infer: also: {no_runtime}");
+            return ExitCode::from(status::BAD_INPUT);
+        }
+    };
+    let summaries: Vec<ModelSummary> = checked
+        .iter()
+        .map(|m| ModelSummary {
+            settings: &m.settings,
+            sha256: &m.sha256,
+            inputs: &m.inputs,
+            outputs: &m.outputs,
+            labels: m.labels.as_deref(),
+            top_k: m.top_k,
+            loaded: None,
+        })
+        .collect();
+    print_summary(
+        path,
+        settings,
+        "none loaded: models checked against their files only (no inference)",
+        &summaries,
+    );
+    println!(
+        "not ready: config and {} model file(s) are valid, but no runtime library could be loaded",
+        checked.len()
+    );
+    eprintln!("edge-infer: {no_runtime}");
+    ExitCode::from(status::NO_RUNTIME)
+}
+
+/// One model's part of the `check-config` summary.
+struct ModelSummary<'a> {
+    settings: &'a config::ModelSettings,
+    sha256: &'a str,
+    inputs: &'a [model_runtime::TensorSpec],
+    outputs: &'a [model_runtime::TensorSpec],
+    labels: Option<&'a [String]>,
+    top_k: Option<usize>,
+    /// What runs it and how long load and warm-up took; `None` when it was
+    /// only checked from its file.
+    loaded: Option<(&'a str, f64)>,
+}
+
+fn print_summary(
+    path: &std::path::Path,
+    settings: &config::Settings,
+    runtime: &str,
+    models: &[ModelSummary],
+) {
     println!("config:    {}", path.display());
     println!("device_id: {}", settings.device_id);
     println!(
@@ -260,18 +379,14 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         settings.mqtt.qos,
         settings.mqtt.clean_session
     );
-    println!(
-        "runtime:   {} ({})",
-        runtime.path().display(),
-        runtime.flavor().as_str()
-    );
+    println!("runtime:   {runtime}");
     println!("errors:    {}", app::errors_topic(&settings.device_id));
     println!(
         "limits:    max_payload_bytes={}",
         settings.max_payload_bytes
     );
-    for m in &models {
-        let s = &m.settings;
+    for m in models {
+        let s = m.settings;
         println!("model {}:", s.name);
         println!("  file:     {} (sha256 {})", s.path.display(), m.sha256);
         println!(
@@ -280,7 +395,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             s.output_topic.as_str()
         );
         println!(
-            "  serving:  payload={} workers={} threads={} queue={} overflow={} on {}",
+            "  serving:  payload={} workers={} threads={} queue={} overflow={}{}",
             match s.payload {
                 config::PayloadFormat::Json => "json",
                 config::PayloadFormat::Raw => "raw",
@@ -289,24 +404,28 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             s.threads,
             s.queue_capacity,
             s.overflow.as_str(),
-            m.accelerator
+            match m.loaded {
+                Some((accelerator, _)) => format!(" on {accelerator}"),
+                None => String::new(),
+            }
         );
-        for t in &m.inputs {
+        for t in m.inputs {
             println!("  input:    {}", describe_tensor(t));
         }
-        for t in &m.outputs {
+        for t in m.outputs {
             println!("  output:   {}", describe_tensor(t));
         }
-        if let Some(labels) = &m.labels {
+        if let Some(labels) = m.labels {
             println!("  labels:   {} ({})", labels.len(), labels.join(", "));
         }
         if let Some(k) = m.top_k {
             println!("  top_k:    {k}");
         }
-        println!("  loaded and warmed in {:.1} ms", m.load_ms);
+        match m.loaded {
+            Some((_, ms)) => println!("  loaded and warmed in {ms:.1} ms"),
+            None => println!("  checked from the file (not loaded: no runtime library)"),
+        }
     }
-    println!("ok: {} model(s) ready", models.len());
-    ExitCode::SUCCESS
 }
 
 fn describe_tensor(t: &model_runtime::TensorSpec) -> String {
@@ -320,9 +439,20 @@ fn describe_tensor(t: &model_runtime::TensorSpec) -> String {
     s
 }
 
+/// `inspect`: the model's inputs and outputs as the runtime sees them.
+/// When no runtime library loads (and `--runtime` was not given), what the
+/// model file itself declares, read without a runtime (exit 0).
 fn inspect(model: &std::path::Path, runtime: Option<PathBuf>, batch: u32) -> ExitCode {
+    let explicit = runtime.is_some();
     let rt = match Runtime::open(&LibrarySearch::for_process(runtime)) {
-        Ok(rt) => rt,
+        Ok(rt) => Some(rt),
+        Err(e) if !explicit => {
+            eprintln!("edge-infer: {e}");
+            eprintln!(
+                "edge-infer: showing what the model file declares instead (read without a runtime library)"
+            );
+            None
+        }
         Err(e) => {
             eprintln!("edge-infer: {e}");
             return ExitCode::from(status::NO_RUNTIME);
@@ -340,29 +470,55 @@ fn inspect(model: &std::path::Path, runtime: Option<PathBuf>, batch: u32) -> Exi
     };
     let sha = models::sha256_hex(&bytes);
     let size = bytes.len();
-    let options = model_runtime::LoadOptions {
-        cpu_threads: 1,
-        dynamic_batch: batch,
-    };
-    let engine = match rt.load(&model.display().to_string(), bytes, &options) {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("edge-infer: {e}");
-            return ExitCode::from(status::BAD_INPUT);
+    let origin = model.display().to_string();
+    let (runtime_line, inputs, outputs) = match rt {
+        Some(rt) => {
+            let options = model_runtime::LoadOptions {
+                cpu_threads: 1,
+                dynamic_batch: batch,
+            };
+            let engine = match rt.load(&origin, bytes, &options) {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("edge-infer: {e}");
+                    return ExitCode::from(status::BAD_INPUT);
+                }
+            };
+            (
+                format!("{} ({})", rt.path().display(), rt.flavor().as_str()),
+                engine.inputs().to_vec(),
+                engine.outputs().to_vec(),
+            )
         }
+        None => match model_runtime::read_model_facts(&origin, &bytes, batch) {
+            Ok(facts) => (
+                format!(
+                    "none loaded: read from the file (signature {}, schema version {}, {} subgraph(s)); not compiled or run",
+                    facts
+                        .signature_key
+                        .as_deref()
+                        .map(|k| format!("'{k}'"))
+                        .unwrap_or_else(|| "none: main subgraph".into()),
+                    facts.schema_version,
+                    facts.subgraphs
+                ),
+                facts.inputs,
+                facts.outputs,
+            ),
+            Err(e) => {
+                eprintln!("edge-infer: {e}");
+                return ExitCode::from(status::BAD_INPUT);
+            }
+        },
     };
     println!("model:   {} ({size} bytes, sha256 {sha})", model.display());
-    println!(
-        "runtime: {} ({})",
-        rt.path().display(),
-        rt.flavor().as_str()
-    );
+    println!("runtime: {runtime_line}");
     println!("inputs:");
-    for (i, t) in engine.inputs().iter().enumerate() {
+    for (i, t) in inputs.iter().enumerate() {
         println!("  [{i}] {}", describe_tensor(t));
     }
     println!("outputs:");
-    for (i, t) in engine.outputs().iter().enumerate() {
+    for (i, t) in outputs.iter().enumerate() {
         println!("  [{i}] {}", describe_tensor(t));
     }
     ExitCode::SUCCESS

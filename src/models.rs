@@ -76,11 +76,97 @@ pub fn load_one(ms: &ModelSettings, runtime: &Runtime) -> Result<LoadedModel, Pr
     let inputs = first.inputs().to_vec();
     let outputs = first.outputs().to_vec();
     let accelerator = first.accelerator();
+    let (labels, top_k) = check_facts(ms, &inputs, &outputs)?;
+    for engine in engines.iter_mut() {
+        engine
+            .invoke()
+            .map_err(|e| problem("path", format!("warm-up inference of {origin} failed: {e}")))?;
+    }
+    Ok(LoadedModel {
+        settings: ms.clone(),
+        sha256,
+        labels,
+        top_k,
+        inputs,
+        outputs,
+        engines,
+        accelerator,
+        load_ms: started.elapsed().as_secs_f64() * 1000.0,
+    })
+}
+
+/// A model checked without a runtime library: the file, its tensor facts as
+/// the file declares them (`model_runtime::read_model_facts`), and the
+/// labels, top_k and payload settings against them. What `check-config`
+/// reports when no runtime library loads.
+pub struct CheckedModel {
+    pub settings: ModelSettings,
+    pub sha256: String,
+    pub labels: Option<Vec<String>>,
+    pub top_k: Option<usize>,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+/// Checks every configured model from its file alone; returns every
+/// problem found, each keyed by the model's config path.
+pub fn check_all_static(settings: &Settings) -> Result<Vec<CheckedModel>, Vec<Problem>> {
+    let mut checked = Vec::new();
+    let mut problems = Vec::new();
+    for ms in &settings.models {
+        match check_static(ms) {
+            Ok(m) => checked.push(m),
+            Err(p) => problems.push(p),
+        }
+    }
+    if problems.is_empty() {
+        Ok(checked)
+    } else {
+        Err(problems)
+    }
+}
+
+pub fn check_static(ms: &ModelSettings) -> Result<CheckedModel, Problem> {
+    let problem = |field: &str, message: String| Problem {
+        key: format!("{}.{field}", ms.key),
+        message,
+    };
+    let origin = ms.path.display().to_string();
+    let bytes = std::fs::read(&ms.path)
+        .map_err(|e| problem("path", format!("cannot read model file {origin}: {e}")))?;
+    let sha256 = sha256_hex(&bytes);
+    let facts = model_runtime::read_model_facts(&origin, &bytes, ms.batch)
+        .map_err(|e| problem("path", e.to_string()))?;
+    let (labels, top_k) = check_facts(ms, &facts.inputs, &facts.outputs)?;
+    Ok(CheckedModel {
+        settings: ms.clone(),
+        sha256,
+        labels,
+        top_k,
+        inputs: facts.inputs,
+        outputs: facts.outputs,
+    })
+}
+
+/// The checks of a model's settings against its tensors, shared by the
+/// runtime load and the static check: at least one input and output, JSON
+/// payloads only for types JSON numbers can fill, labels one per class of
+/// the first output, top_k within the classes.
+fn check_facts(
+    ms: &ModelSettings,
+    inputs: &[TensorSpec],
+    outputs: &[TensorSpec],
+) -> Result<(Option<Vec<String>>, Option<usize>), Problem> {
+    let problem = |field: &str, message: String| Problem {
+        key: format!("{}.{field}", ms.key),
+        message,
+    };
     if inputs.is_empty() || outputs.is_empty() {
         return Err(problem(
             "path",
             format!(
-                "model {origin} has {} inputs and {} outputs; it needs at least one of each",
+                "model {} has {} inputs and {} outputs; it needs at least one of each",
+                ms.path.display(),
                 inputs.len(),
                 outputs.len()
             ),
@@ -131,22 +217,7 @@ pub fn load_one(ms: &ModelSettings, runtime: &Runtime) -> Result<LoadedModel, Pr
         (None, Some(_)) => Some(classes.min(5)),
         (None, None) => None,
     };
-    for engine in engines.iter_mut() {
-        engine
-            .invoke()
-            .map_err(|e| problem("path", format!("warm-up inference of {origin} failed: {e}")))?;
-    }
-    Ok(LoadedModel {
-        settings: ms.clone(),
-        sha256,
-        labels,
-        top_k,
-        inputs,
-        outputs,
-        engines,
-        accelerator,
-        load_ms: started.elapsed().as_secs_f64() * 1000.0,
-    })
+    Ok((labels, top_k))
 }
 
 /// One label per line; a trailing empty line is not a label.

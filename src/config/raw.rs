@@ -159,6 +159,9 @@ pub struct RawModel {
     pub payload: String,
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: i64,
+    /// Payload bytes the queue may hold (queued and in progress).
+    #[serde(default = "default_queue_max_bytes")]
+    pub queue_max_bytes: i64,
     /// "reject_new" (default) or "drop_oldest".
     #[serde(default = "default_overflow")]
     pub overflow: String,
@@ -181,6 +184,9 @@ fn default_payload() -> String {
 }
 fn default_queue_capacity() -> i64 {
     256
+}
+fn default_queue_max_bytes() -> i64 {
+    64 * 1024 * 1024
 }
 fn default_overflow() -> String {
     "reject_new".into()

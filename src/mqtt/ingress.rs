@@ -121,7 +121,9 @@ impl Ingress {
                         i,
                         "this message was the oldest queued and was dropped for a newer one (overflow = \"drop_oldest\")",
                     );
-                    self.reject(acc, i, &old, &f);
+                    for j in &old {
+                        self.reject(acc, i, j, &f);
+                    }
                 }
             }
         }

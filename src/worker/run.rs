@@ -11,7 +11,7 @@ use std::time::Instant;
 use crossbeam_channel::Receiver;
 use model_runtime::Engine;
 
-use super::Job;
+use super::{Job, Queued};
 use crate::codec::decode::{decode_json, decode_raw};
 use crate::codec::encode::{self, Latency, Outputs, ResultMessage};
 use crate::codec::{ErrorCode, Failure, MessageId};
@@ -49,7 +49,7 @@ pub struct Worker {
 pub fn spawn_workers(
     engines: Vec<Box<dyn Engine>>,
     ctx: &Arc<ModelContext>,
-    rx: &Receiver<Job>,
+    rx: &Receiver<Queued>,
     egress: &Egress,
     epoch: Instant,
 ) -> std::io::Result<Vec<Worker>> {
@@ -71,11 +71,14 @@ pub fn spawn_workers(
 fn worker_loop(
     mut engine: Box<dyn Engine>,
     ctx: &ModelContext,
-    rx: &Receiver<Job>,
+    rx: &Receiver<Queued>,
     egress: &Egress,
     beat: &WorkerBeat,
 ) {
-    while let Ok(job) = rx.recv() {
+    while let Ok(queued) = rx.recv() {
+        // `queued` keeps its payload bytes charged to the queue until this
+        // message is answered.
+        let job = &queued.job;
         beat.busy();
         let dequeued = Instant::now();
         // A panic while serving one message must not take the model down:

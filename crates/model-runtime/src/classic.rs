@@ -37,6 +37,10 @@ pub(crate) fn has_classic_api(lib: &Library) -> bool {
 
 pub(crate) struct ClassicEngine {
     interpreter: Interpreter<'static>,
+    /// Owns the flatbuffer the interpreter reads: the C API requires the
+    /// model data to outlive the interpreter, so this field is declared (and
+    /// dropped) after it.
+    _model: Model<'static>,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
     input_host: Vec<Vec<u8>>,
@@ -164,11 +168,11 @@ impl ClassicEngine {
                 });
             }
         }
-        drop(model);
         Ok(ClassicEngine {
             input_host: inputs.iter().map(|s| vec![0u8; s.byte_len()]).collect(),
             output_host: outputs.iter().map(|s| vec![0u8; s.byte_len()]).collect(),
             interpreter,
+            _model: model,
             inputs,
             outputs,
             threads,
