@@ -21,3 +21,51 @@ fi
 # The Debian package starts a system-wide broker on 1883; tests and the
 # demo start their own on free ports and do not need it.
 "$root/scripts/fetch-runtime.sh"
+
+# ARM: cross builds (scripts/build-arm.sh) and their emulated tests
+# (tests/arm.rs, see README "Deploying to ARM"): the rustup targets, Debian's
+# cross linkers with their C libraries, qemu-user 10.x (bookworm's 7.2
+# crashes inside LiteRT's CPU detection; 10.x is in bookworm-backports and in
+# trixie) and the aarch64 libLiteRt.so.
+arm_targets=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
+if command -v rustup >/dev/null 2>&1; then
+  installed_targets="$(rustup target list --installed)"
+  for t in "${arm_targets[@]}"; do
+    grep -qx "$t" <<<"$installed_targets" || rustup target add "$t"
+  done
+else
+  echo "setup-deps: rustup not found; install the Rust targets ${arm_targets[*]} yourself" >&2
+fi
+need_arm=()
+for p in gcc-aarch64-linux-gnu libc6-dev-arm64-cross libstdc++6-arm64-cross \
+         gcc-arm-linux-gnueabihf libc6-dev-armhf-cross; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_arm+=("$p")
+done
+qemu_major() { qemu-aarch64 --version 2>/dev/null | sed -n 's/^qemu-aarch64 version \([0-9]*\)\..*/\1/p'; }
+qemu_ok=false
+[ "$(qemu_major)" -ge 10 ] 2>/dev/null && command -v qemu-arm >/dev/null 2>&1 && qemu_ok=true
+if [ ${#need_arm[@]} -gt 0 ] || [ "$qemu_ok" = false ]; then
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  qemu_release=()
+  if [ "$qemu_ok" = false ] && grep -q '^VERSION_CODENAME=bookworm$' /etc/os-release 2>/dev/null; then
+    qemu_release=(-t bookworm-backports)
+    if ! grep -rqs '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+      echo "setup-deps: adding bookworm-backports to apt sources (for qemu-user 10.x)"
+      echo 'deb http://deb.debian.org/debian bookworm-backports main' |
+        "${sudo_cmd[@]}" tee /etc/apt/sources.list.d/bookworm-backports.list >/dev/null
+    fi
+  fi
+  echo "setup-deps: installing ${need_arm[*]} $([ "$qemu_ok" = true ] || echo qemu-user) with apt-get"
+  "${sudo_cmd[@]}" apt-get update -qq
+  export DEBIAN_FRONTEND=noninteractive
+  [ ${#need_arm[@]} -eq 0 ] || "${sudo_cmd[@]}" apt-get install -y -qq "${need_arm[@]}" >/dev/null
+  if [ "$qemu_ok" = false ]; then
+    "${sudo_cmd[@]}" apt-get install -y -qq "${qemu_release[@]}" qemu-user >/dev/null
+    [ "$(qemu_major)" -ge 10 ] 2>/dev/null || {
+      echo "setup-deps: qemu-user 10.x is needed for the ARM tests, got: $(qemu-aarch64 --version 2>&1 | head -n1)" >&2
+      exit 1
+    }
+  fi
+fi
+"$root/scripts/fetch-runtime.sh" aarch64

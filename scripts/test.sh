@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need (Mosquitto,
-# libLiteRt.so), then runs formatting and lint checks and every test.
+# libLiteRt.so for x86_64 and aarch64, the ARM cross toolchains and
+# qemu-user), then runs formatting and lint checks and every test.
 # Tests start their own brokers on free loopback ports; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -9,6 +10,9 @@ scripts/setup-deps.sh
 # The .deb that tests/service.rs installs with dpkg.
 cargo deb --version 2>/dev/null | grep -q '^cargo-deb 3\.8\.0' || cargo install cargo-deb --locked --version 3.8.0
 scripts/package.sh
+# The stripped aarch64 and armv7 release binaries that tests/arm.rs runs
+# under qemu-user (built here so the tests do not run cargo themselves).
+scripts/build-arm.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

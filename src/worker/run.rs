@@ -84,7 +84,7 @@ fn worker_loop(
         // A panic while serving one message must not take the model down:
         // the message gets an error and the worker goes on.
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            serve(engine.as_mut(), ctx, &job, dequeued)
+            serve(engine.as_mut(), ctx, job, dequeued)
         }));
         let out = match outcome {
             Ok(out) => out,
@@ -101,7 +101,7 @@ fn worker_loop(
                 );
                 error_reply(
                     ctx,
-                    &job,
+                    job,
                     None,
                     &Failure::new(
                         ErrorCode::InferenceFailed,

@@ -8,17 +8,29 @@
 //! - [`litert`]: the LiteRT `CompiledModel` API of `libLiteRt.so` (the default,
 //!   XNNPACK on CPU), driven through edgefirst-tflite's resolved function table
 //!   plus the few symbols that crate does not resolve ([`litert::ext`]).
-//! - [`classic`]: the classic TFLite C API of `libtensorflowlite_c.so`, through
-//!   edgefirst-tflite's `Interpreter`; needed for external delegates and on
-//!   boards (armv7) for which no LiteRT build exists.
+//! - `classic`: the classic TFLite C API of `libtensorflowlite_c.so`, through
+//!   edgefirst-tflite's `Interpreter`; needed for external delegates.
+//! - `classic_abi` (32-bit targets, i.e. armv7, for which no LiteRT build
+//!   exists): the same classic C API through its stable ABI. edgefirst-tflite
+//!   does not build for 32-bit targets, so there it is not used at all.
+//!
+//! [`flatbuffer`] reads a model's tensor facts straight from the file, with
+//! no runtime library at all (`inspect` and `check-config` on a board whose
+//! runtime library is not installed yet).
 
+#[cfg(target_pointer_width = "64")]
 mod classic;
+#[cfg(not(target_pointer_width = "64"))]
+mod classic_abi;
 mod error;
+pub mod flatbuffer;
+#[cfg(target_pointer_width = "64")]
 pub mod litert;
 mod locate;
 mod tensor;
 
 pub use error::RuntimeError;
+pub use flatbuffer::{read_model_facts, ModelFacts};
 pub use locate::{LibraryCandidate, LibrarySearch, ENV_LIBRARY};
 pub use tensor::{DType, Quantization, TensorSpec};
 
@@ -83,12 +95,17 @@ pub trait Engine: Send {
 /// runtime library under live models is undefined behaviour.
 #[derive(Debug)]
 pub struct Runtime {
+    #[cfg(target_pointer_width = "64")]
     lib: &'static edgefirst_tflite::Library,
     path: PathBuf,
     flavor: ApiFlavor,
+    #[cfg(target_pointer_width = "64")]
     ext: Option<litert::ext::ExtFunctions>,
     /// Created on the first LiteRT model load.
+    #[cfg(target_pointer_width = "64")]
     env: std::sync::OnceLock<litert::SharedEnvironment>,
+    #[cfg(not(target_pointer_width = "64"))]
+    classic: classic_abi::ClassicApi,
 }
 
 impl Runtime {
@@ -118,6 +135,26 @@ impl Runtime {
                 reason: "no such file".into(),
             });
         }
+        Self::open_existing(path)
+    }
+
+    /// 32-bit targets: only the classic C API (no LiteRT build exists).
+    #[cfg(not(target_pointer_width = "64"))]
+    fn open_existing(path: &Path) -> Result<Runtime, RuntimeError> {
+        let classic =
+            classic_abi::ClassicApi::load(path).map_err(|reason| RuntimeError::LibraryLoad {
+                path: path.to_path_buf(),
+                reason,
+            })?;
+        Ok(Runtime {
+            path: path.to_path_buf(),
+            flavor: ApiFlavor::Classic,
+            classic,
+        })
+    }
+
+    #[cfg(target_pointer_width = "64")]
+    fn open_existing(path: &Path) -> Result<Runtime, RuntimeError> {
         let lib =
             edgefirst_tflite::Library::from_path(path).map_err(|e| RuntimeError::LibraryLoad {
                 path: path.to_path_buf(),
@@ -172,6 +209,14 @@ impl Runtime {
         options: &LoadOptions,
     ) -> Result<Box<dyn Engine>, RuntimeError> {
         check_flatbuffer(origin, &bytes)?;
+        #[cfg(not(target_pointer_width = "64"))]
+        return Ok(Box::new(classic_abi::ClassicEngine::load(
+            self.classic,
+            origin,
+            bytes,
+            options,
+        )?));
+        #[cfg(target_pointer_width = "64")]
         match (self.flavor, &self.ext, self.lib.litert()) {
             (ApiFlavor::LiteRt, Some(ext), Some(fns)) => {
                 let env = match self.env.get() {

@@ -65,15 +65,22 @@ impl LibrarySearch {
             });
             return out;
         }
+        // armv7 has no LiteRT build: there the places the daemon owns hold
+        // the classic library.
+        let own = if host_arch() == "armv7" {
+            CLASSIC_NAME
+        } else {
+            LITERT_NAME
+        };
         if let Some(dir) = &self.exe_dir {
             out.push(LibraryCandidate {
-                path: dir.join(LITERT_NAME),
+                path: dir.join(own),
                 source: "next to the executable",
             });
             // target/<profile>/edge-infer or target/<triple>/<profile>/edge-infer
             // inside a checkout: the fetch script's runtime/<arch>/ folder.
             for ancestor in dir.ancestors().skip(1).take(4) {
-                let p = ancestor.join("runtime").join(host_arch()).join(LITERT_NAME);
+                let p = ancestor.join("runtime").join(host_arch()).join(own);
                 if p.exists() {
                     out.push(LibraryCandidate {
                         path: p,
@@ -84,7 +91,7 @@ impl LibrarySearch {
             }
         }
         out.push(LibraryCandidate {
-            path: Path::new(PACKAGED_DIR).join(LITERT_NAME),
+            path: Path::new(PACKAGED_DIR).join(own),
             source: "packaged location",
         });
         for name in [LITERT_NAME, CLASSIC_NAME] {
@@ -98,18 +105,25 @@ impl LibrarySearch {
 
     /// What to tell the operator when nothing loaded.
     pub fn hint(&self) -> String {
-        if host_arch() == "armv7" {
-            "no LiteRT build exists for armv7: install the board's TensorFlow Lite C library \
-             (libtensorflowlite_c.so, from the OS or board vendor) and set [runtime] library \
-             to its path (or EDGE_INFER_RUNTIME_LIBRARY)"
-                .to_string()
-        } else {
-            format!(
-                "fetch libLiteRt.so with `scripts/fetch-runtime.sh {}` (from the ai-edge-litert wheel), \
-                 or set [runtime] library (or EDGE_INFER_RUNTIME_LIBRARY) to its path",
-                host_arch()
-            )
-        }
+        hint_for(host_arch())
+    }
+}
+
+/// The hint for a machine of architecture `arch` (as [`host_arch`] names it).
+fn hint_for(arch: &str) -> String {
+    if arch == "armv7" {
+        "no LiteRT build exists for armv7: install the TensorFlow Lite C library \
+         (libtensorflowlite_c.so) that the board's OS or vendor provides, then set \
+         `library = \"/path/to/libtensorflowlite_c.so\"` under [runtime] in the config \
+         (or EDGE_INFER_RUNTIME_LIBRARY=/path/to/libtensorflowlite_c.so), or put it next to \
+         the edge-infer binary or in /usr/lib/edge-infer"
+            .to_string()
+    } else {
+        format!(
+            "fetch libLiteRt.so with `scripts/fetch-runtime.sh {arch}` (from the ai-edge-litert wheel) \
+             and put it next to the edge-infer binary or in {PACKAGED_DIR}, \
+             or set [runtime] library (or EDGE_INFER_RUNTIME_LIBRARY) to its path"
+        )
     }
 }
 
@@ -159,5 +173,25 @@ mod tests {
             Some(PathBuf::from(CLASSIC_NAME))
         );
         assert!(s.hint().contains("libLiteRt.so") || s.hint().contains("armv7"));
+    }
+
+    #[test]
+    fn the_armv7_hint_says_how_to_point_the_config_at_the_classic_library() {
+        let armv7 = hint_for("armv7");
+        assert!(
+            armv7.contains("no LiteRT build exists for armv7"),
+            "{armv7}"
+        );
+        assert!(
+            armv7.contains("library = \"/path/to/libtensorflowlite_c.so\"` under [runtime]"),
+            "{armv7}"
+        );
+        assert!(armv7.contains("EDGE_INFER_RUNTIME_LIBRARY="), "{armv7}");
+        let aarch64 = hint_for("aarch64");
+        assert!(
+            aarch64.contains("scripts/fetch-runtime.sh aarch64"),
+            "{aarch64}"
+        );
+        assert!(aarch64.contains("/usr/lib/edge-infer"), "{aarch64}");
     }
 }
