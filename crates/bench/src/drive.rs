@@ -1,0 +1,537 @@
+//! The driver: starts a target process (edge-infer, the Python baseline or
+//! the echo floor), measures its cold start to readiness, then for each
+//! workload the latency at fixed offered rates, the highest sustained rate
+//! (zero lost, zero errors, p99 within the SLO), CPU seconds per 1,000
+//! messages from /proc/<pid>/stat, and its peak RSS (VmHWM). Writes one
+//! JSON document.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::args::Args;
+use crate::load::{self, fixture_payload, Report, RunSpec, Workload};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+enum Ready {
+    /// sd_notify READY=1 on a socket we listen on.
+    Notify,
+    /// A stdout line containing this text.
+    Line(String),
+}
+
+struct Target {
+    child: Child,
+    _notify: Option<UnixDatagram>,
+    cold_start_ms: f64,
+}
+
+fn clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("cannot read /proc/{pid}/stat: {e}"))?;
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or("unexpected /proc/<pid>/stat format")?;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields after the command: state is field 3, utime 14, stime 15.
+    let num = |i: usize| -> Result<u64, String> {
+        f.get(i)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| "unexpected /proc/<pid>/stat format".to_string())
+    };
+    Ok(num(11)? + num(12)?)
+}
+
+/// A `/proc/<pid>/status` value in kB (VmHWM, VmRSS).
+fn status_kb(pid: u32, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn start(cmd: &[String], ready: &Ready, log: &Path, dir: &Path) -> Result<Target, String> {
+    let (prog, rest) = cmd.split_first().ok_or("no target command after --")?;
+    let mut c = Command::new(prog);
+    c.args(rest).stdin(Stdio::null());
+    let log_file = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("cannot open log {}: {e}", log.display()))?;
+    c.stderr(log_file);
+    let mut notify = None;
+    match ready {
+        Ready::Notify => {
+            let path = dir.join(format!("notify-{}.sock", std::process::id()));
+            let _ = std::fs::remove_file(&path);
+            let sock = UnixDatagram::bind(&path)
+                .map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
+            sock.set_read_timeout(Some(Duration::from_millis(100)))
+                .map_err(|e| e.to_string())?;
+            c.env("NOTIFY_SOCKET", &path).stdout(Stdio::null());
+            notify = Some(sock);
+        }
+        Ready::Line(_) => {
+            c.env_remove("NOTIFY_SOCKET").stdout(Stdio::piped());
+        }
+    }
+    let t0 = Instant::now();
+    let mut child = c.spawn().map_err(|e| format!("cannot start {prog}: {e}"))?;
+    let deadline = t0 + READY_TIMEOUT;
+    match (ready, &notify) {
+        (Ready::Notify, Some(sock)) => {
+            let mut buf = [0u8; 4096];
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!(
+                        "{prog} exited ({status}) before READY; see {}",
+                        log.display()
+                    ));
+                }
+                if Instant::now() > deadline {
+                    stop(&mut child);
+                    return Err(format!("{prog}: no READY=1 within {READY_TIMEOUT:?}"));
+                }
+                if let Ok(n) = sock.recv(&mut buf) {
+                    if buf[..n].split(|&b| b == b'\n').any(|l| l == b"READY=1") {
+                        break;
+                    }
+                }
+            }
+            // Keep reading, as systemd does: the daemon sends STATUS= every
+            // second, and an unread datagram socket fills after
+            // net.unix.max_dgram_qlen (10) messages, after which its
+            // blocking sd_notify call would wedge it.
+            if let Ok(drain) = sock.try_clone() {
+                thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match drain.recv(&mut buf) {
+                            Ok(_) => {}
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                ) => {}
+                            Err(_) => break,
+                        }
+                    }
+                });
+            }
+        }
+        (Ready::Line(text), _) => {
+            let out = child.stdout.take().ok_or("no stdout pipe")?;
+            let (tx, rx) = mpsc::channel();
+            let text = text.clone();
+            thread::spawn(move || {
+                let mut told = false;
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    if !told && line.contains(&text) {
+                        let _ = tx.send(());
+                        told = true;
+                    }
+                }
+            });
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!(
+                        "{prog} exited ({status}) before its ready line; see {}",
+                        log.display()
+                    ));
+                }
+                match rx.recv_timeout(Duration::from_millis(5)) {
+                    Ok(()) => break,
+                    Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+                    Err(_) => {
+                        stop(&mut child);
+                        return Err(format!("{prog}: no ready line within {READY_TIMEOUT:?}"));
+                    }
+                }
+            }
+        }
+        _ => return Err("internal: notify socket missing".into()),
+    }
+    Ok(Target {
+        cold_start_ms: t0.elapsed().as_secs_f64() * 1000.0,
+        child,
+        _notify: notify,
+    })
+}
+
+/// SIGTERM, then SIGKILL after 15 s.
+fn stop(child: &mut Child) -> Option<i32> {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(15) {
+        if let Ok(Some(s)) = child.try_wait() {
+            return s.code();
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait().ok().and_then(|s| s.code())
+}
+
+/// Waits until the target uses (almost) no CPU, so a backlog from the
+/// previous run does not leak into the next one.
+fn wait_idle(pid: u32) -> Result<(), String> {
+    let t = Instant::now();
+    let mut last = cpu_ticks(pid)?;
+    let mut quiet = 0;
+    while t.elapsed() < Duration::from_secs(60) {
+        thread::sleep(Duration::from_millis(200));
+        let now = cpu_ticks(pid)?;
+        if now - last <= 1 {
+            quiet += 1;
+            if quiet >= 2 {
+                return Ok(());
+            }
+        } else {
+            quiet = 0;
+        }
+        last = now;
+    }
+    eprintln!("warning: target still busy after 60 s");
+    Ok(())
+}
+
+struct Ctx {
+    pid: u32,
+    port: u16,
+    tck: f64,
+    grace: Duration,
+    slo: f64,
+}
+
+fn measured(ctx: &Ctx, w: &Workload, rate: f64, seconds: f64) -> Result<Report, String> {
+    wait_idle(ctx.pid)?;
+    let before = cpu_ticks(ctx.pid)?;
+    let spec = RunSpec {
+        port: ctx.port,
+        rate,
+        seconds,
+        grace: ctx.grace,
+    };
+    let mut r = match load::run(w, &spec) {
+        Ok(r) => r,
+        Err(e) => {
+            // One retry: a broken connection of the generator is not a
+            // property of the target.
+            eprintln!("  rate {rate}: run failed ({e}); retrying once");
+            wait_idle(ctx.pid)?;
+            load::run(w, &spec)?
+        }
+    };
+    let after = cpu_ticks(ctx.pid)?;
+    let cpu_s = (after - before) as f64 / ctx.tck;
+    let per_1000 = if r.received > 0 {
+        json!((cpu_s / r.received as f64 * 1000.0 * 10000.0).round() / 10000.0)
+    } else {
+        Value::Null
+    };
+    let ok = r.sustained(ctx.slo);
+    if let Some(o) = r.json.as_object_mut() {
+        o.insert("cpu_s".into(), json!(cpu_s));
+        o.insert("cpu_s_per_1000".into(), per_1000);
+        o.insert("sustained".into(), json!(ok));
+    }
+    eprintln!(
+        "  rate {rate:>8} x {seconds}s: sent {} recv {} err {} lost {} p50 {} p99 {} max {} cpu/1000 {}",
+        r.sent,
+        r.received,
+        r.errors,
+        r.lost,
+        r.json["p50_ms"],
+        r.json["p99_ms"],
+        r.json["max_ms"],
+        r.json["cpu_s_per_1000"]
+    );
+    Ok(r)
+}
+
+fn run_workload(ctx: &Ctx, spec: &Value, a: &Args, repo: &Path) -> Result<Value, String> {
+    let name = spec["name"].as_str().unwrap_or("?").to_string();
+    let s = |k: &str| -> Result<String, String> {
+        spec[k]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("workload {name}: missing string \"{k}\""))
+    };
+    let fixture = repo.join(s("fixture")?);
+    let raw = spec["format"].as_str() == Some("raw");
+    let w = Workload {
+        topic: s("topic")?,
+        seq_topic: raw,
+        results: s("results")?,
+        errors: a.get("errors").map(str::to_string),
+        payload: fixture_payload(&fixture, spec["case"].as_str(), raw)?,
+    };
+    let rates: Vec<f64> = spec["rates"]
+        .as_array()
+        .map(|r| r.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    let search_max = spec["search_max"].as_f64().unwrap_or(200_000.0);
+    let fixed_s: f64 = a.num("fixed-seconds", 10.0)?;
+    let trial_s: f64 = a.num("trial-seconds", 3.0)?;
+    let confirm_s: f64 = a.num("seconds", 30.0)?;
+    eprintln!(
+        "workload {name} ({} bytes {})",
+        w.payload.len(),
+        w.payload.kind()
+    );
+
+    let mut fixed = Vec::new();
+    let mut lo: f64 = 0.0; // highest rate seen sustained
+    let mut hi: f64 = f64::INFINITY; // lowest rate seen failing
+    for &rate in &rates {
+        if rate >= hi * 1.5 {
+            fixed.push(json!({"rate": rate, "skipped": format!("{hi} msg/s already overloaded")}));
+            continue;
+        }
+        let r = measured(ctx, &w, rate, fixed_s)?;
+        if r.sustained(ctx.slo) {
+            lo = lo.max(rate);
+        } else {
+            hi = hi.min(rate);
+        }
+        fixed.push(r.json);
+    }
+    // Search: grow until failure, then bisect, with short trials.
+    let mut trials = Vec::new();
+    if !a.flag("no-search") {
+        if lo == 0.0 && hi.is_infinite() {
+            lo = 0.0;
+            hi = 100.0;
+        }
+        while hi.is_infinite() {
+            let rate = (lo * 2.0).min(search_max);
+            let r = measured(ctx, &w, rate, trial_s)?;
+            let ok = r.sustained(ctx.slo);
+            trials.push(r.json);
+            if ok {
+                lo = rate;
+                if rate >= search_max {
+                    break;
+                }
+            } else {
+                hi = rate;
+            }
+        }
+        while lo == 0.0 && hi > 1.0 {
+            let rate = (hi / 2.0).floor().max(1.0);
+            let r = measured(ctx, &w, rate, trial_s)?;
+            let ok = r.sustained(ctx.slo);
+            trials.push(r.json);
+            if ok {
+                lo = rate;
+            } else {
+                hi = rate;
+            }
+        }
+        let mut steps = 0;
+        while hi.is_finite() && lo > 0.0 && hi / lo > 1.08 && steps < 7 {
+            let rate = ((lo * hi).sqrt()).round();
+            let r = measured(ctx, &w, rate, trial_s)?;
+            let ok = r.sustained(ctx.slo);
+            trials.push(r.json);
+            if ok {
+                lo = rate;
+            } else {
+                hi = rate;
+            }
+            steps += 1;
+        }
+    }
+    // Confirm for the full duration, stepping down 10% on failure.
+    let mut sustained = Value::Null;
+    if lo > 0.0 && !a.flag("no-search") {
+        let mut rate = lo;
+        for _ in 0..4 {
+            let r = measured(ctx, &w, rate, confirm_s)?;
+            if r.sustained(ctx.slo) {
+                sustained = r.json;
+                break;
+            }
+            trials.push(r.json);
+            rate = (rate * 0.9).floor().max(1.0);
+        }
+    }
+    Ok(json!({
+        "name": name,
+        "model": spec["model"],
+        "payload_bytes": w.payload.len(),
+        "payload_kind": w.payload.kind(),
+        "fixed": fixed,
+        "search_trials": trials,
+        "sustained": sustained,
+    }))
+}
+
+pub fn main(a: &Args) -> Result<(), String> {
+    a.check_known(&[
+        "name",
+        "ready",
+        "port",
+        "workloads",
+        "only",
+        "seconds",
+        "trial-seconds",
+        "fixed-seconds",
+        "cold-starts",
+        "out",
+        "log",
+        "errors",
+        "grace",
+        "slo-p99-ms",
+        "repo",
+    ])?;
+    let name = a.required("name")?.to_string();
+    let ready = match a.required("ready")? {
+        "notify" => Ready::Notify,
+        other => match other.strip_prefix("line:") {
+            Some(t) => Ready::Line(t.to_string()),
+            None => return Err("--ready must be notify or line:TEXT".into()),
+        },
+    };
+    let repo = PathBuf::from(a.get("repo").unwrap_or("."));
+    let wl_path = a.required("workloads")?;
+    let wl_text = std::fs::read(wl_path).map_err(|e| format!("cannot read {wl_path}: {e}"))?;
+    let workloads: Value =
+        serde_json::from_slice(&wl_text).map_err(|e| format!("{wl_path} is not JSON: {e}"))?;
+    let only: Vec<String> = a
+        .get("only")
+        .map(|s| s.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    let selected: Vec<&Value> = workloads
+        .as_array()
+        .ok_or_else(|| format!("{wl_path}: expected an array of workloads"))?
+        .iter()
+        .filter(|w| only.is_empty() || only.iter().any(|o| Some(o.as_str()) == w["name"].as_str()))
+        .collect();
+    let out = a.required("out")?;
+    let log = PathBuf::from(a.get("log").unwrap_or("/dev/null"));
+    let dir = std::env::temp_dir();
+    let cold_n: usize = a.num("cold-starts", 5)?;
+
+    eprintln!("== target {name}");
+    let mut cold = Vec::new();
+    let mut target = None;
+    for i in 0..cold_n.max(1) {
+        let mut t = start(&a.rest, &ready, &log, &dir)?;
+        cold.push(t.cold_start_ms);
+        if i + 1 < cold_n.max(1) {
+            stop(&mut t.child);
+        } else {
+            target = Some(t);
+        }
+    }
+    let mut target = target.ok_or("internal: no target")?;
+    let pid = target.child.id();
+    thread::sleep(Duration::from_millis(500));
+    let idle_rss_kb = status_kb(pid, "VmRSS:");
+    let ctx = Ctx {
+        pid,
+        port: a.num("port", 1883)?,
+        tck: clk_tck(),
+        grace: Duration::from_secs_f64(a.num("grace", 3.0)?),
+        slo: a.num("slo-p99-ms", 100.0)?,
+    };
+    let mut results = Vec::new();
+    let mut failure = None;
+    for w in selected {
+        match run_workload(&ctx, w, a, &repo) {
+            Ok(v) => results.push(v),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let peak_rss_kb = status_kb(pid, "VmHWM:");
+    let exit = stop(&mut target.child);
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let mut sorted = cold.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted.get(sorted.len() / 2).copied();
+    let doc = json!({
+        "target": name,
+        "command": a.rest,
+        "cold_start_ms": cold,
+        "cold_start_median_ms": median,
+        "idle_rss_kb": idle_rss_kb,
+        "peak_rss_kb": peak_rss_kb,
+        "exit_status": exit,
+        "slo_p99_ms": ctx.slo,
+        "workloads": results,
+    });
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+    std::fs::write(out, text).map_err(|e| format!("cannot write {out}: {e}"))?;
+    eprintln!("== {name}: cold start median {median:?} ms, peak RSS {peak_rss_kb:?} kB -> {out}");
+    Ok(())
+}
+
+/// `coldstart`: only cold start and idle RSS of a command (e.g. the daemon
+/// with every shipped model), repeated.
+pub fn coldstart(a: &Args) -> Result<(), String> {
+    a.check_known(&["ready", "repeat", "out", "log"])?;
+    let ready = match a.required("ready")? {
+        "notify" => Ready::Notify,
+        other => Ready::Line(other.strip_prefix("line:").unwrap_or(other).to_string()),
+    };
+    let log = PathBuf::from(a.get("log").unwrap_or("/dev/null"));
+    let n: usize = a.num("repeat", 5)?;
+    let mut cold = Vec::new();
+    let mut rss = Vec::new();
+    for _ in 0..n.max(1) {
+        let mut t = start(&a.rest, &ready, &log, &std::env::temp_dir())?;
+        cold.push(t.cold_start_ms);
+        thread::sleep(Duration::from_millis(300));
+        rss.push(status_kb(t.child.id(), "VmHWM:").unwrap_or(0));
+        stop(&mut t.child);
+    }
+    let mut sorted = cold.clone();
+    sorted.sort_by(f64::total_cmp);
+    let doc = json!({
+        "command": a.rest,
+        "cold_start_ms": cold,
+        "cold_start_median_ms": sorted[sorted.len() / 2],
+        "peak_rss_kb": rss.iter().max(),
+    });
+    let out = a.required("out")?;
+    std::fs::write(out, doc.to_string()).map_err(|e| format!("cannot write {out}: {e}"))?;
+    eprintln!(
+        "coldstart: median {} ms, peak RSS {:?} kB",
+        sorted[sorted.len() / 2],
+        rss.iter().max()
+    );
+    Ok(())
+}

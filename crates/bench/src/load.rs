@@ -1,0 +1,521 @@
+//! The open-loop load generator. Send times are fixed in advance
+//! (`start + seq / rate`); every latency is measured from the scheduled send
+//! time to the receipt of the matching result, so a stall anywhere (the
+//! generator, the broker, the target) shows up as latency instead of
+//! silently lowering the offered rate (no coordinated omission).
+//!
+//! Each message carries a run nonce and a sequence number: in the JSON
+//! `"id"` (`nonce * 1e9 + seq`) or, for raw payloads, in the last topic
+//! level (`<topic>/<nonce>_<seq>`), which the target copies into its
+//! output topic through `{1}`.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use rumqttc::{Event, Incoming, QoS, RecvTimeoutError};
+use serde_json::{json, Value};
+
+use crate::args::{self, Args};
+use crate::echo::{find, json_id};
+use crate::mqtt;
+
+const ID_SPAN: u64 = 1_000_000_000;
+
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// A JSON object without `"id"`, serialized; the id is put in front.
+    Json(Vec<u8>),
+    /// Raw tensor bytes, sent as they are.
+    Raw(Vec<u8>),
+}
+
+impl Payload {
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::Json(b) | Payload::Raw(b) => b.len(),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Payload::Json(_) => "json",
+            Payload::Raw(_) => "raw",
+        }
+    }
+
+    fn message(&self, id: u64) -> Vec<u8> {
+        match self {
+            Payload::Raw(b) => b.clone(),
+            Payload::Json(body) => {
+                let mut v = Vec::with_capacity(body.len() + 24);
+                v.extend_from_slice(b"{\"id\":");
+                v.extend_from_slice(id.to_string().as_bytes());
+                let rest = &body[1..];
+                if rest.first() != Some(&b'}') {
+                    v.push(b',');
+                }
+                v.extend_from_slice(rest);
+                v
+            }
+        }
+    }
+}
+
+/// Loads a payload: a JSON file (its `"id"` is replaced per message), a
+/// binary file (raw), or a case of a `tests/fixtures/*.json` reference file.
+pub fn payload_from_args(a: &Args) -> Result<Payload, String> {
+    let raw = a.flag("raw");
+    if let Some(path) = a.get("payload") {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read payload file {path}: {e}"))?;
+        if raw {
+            return Ok(Payload::Raw(bytes));
+        }
+        let mut v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            format!("payload file {path} is not JSON ({e}); pass --raw for raw bytes")
+        })?;
+        let Some(obj) = v.as_object_mut() else {
+            return Err(format!("payload file {path} is not a JSON object"));
+        };
+        obj.remove("id");
+        return serde_json::to_vec(&v)
+            .map(Payload::Json)
+            .map_err(|e| e.to_string());
+    }
+    let fixture = a
+        .get("fixture")
+        .ok_or("give --payload FILE or --fixture FILE --case NAME")?;
+    fixture_payload(Path::new(fixture), a.get("case"), raw)
+}
+
+/// The first input of a fixture case: `{"data": values}` (float domain, as
+/// a device would send it) or the quantized bytes for `raw`.
+pub fn fixture_payload(path: &Path, case: Option<&str>, raw: bool) -> Result<Payload, String> {
+    let shown = path.display();
+    let text = std::fs::read(path).map_err(|e| format!("cannot read fixture {shown}: {e}"))?;
+    let v: Value =
+        serde_json::from_slice(&text).map_err(|e| format!("fixture {shown} is not JSON: {e}"))?;
+    let cases = v
+        .get("cases")
+        .and_then(Value::as_array)
+        .ok_or_else(|| format!("fixture {shown} has no \"cases\" array"))?;
+    let chosen = match case {
+        None => cases.first(),
+        Some(name) => cases
+            .iter()
+            .find(|c| c.get("name").and_then(Value::as_str) == Some(name)),
+    }
+    .ok_or_else(|| format!("fixture {shown} has no case {}", case.unwrap_or("(any)")))?;
+    let input = chosen
+        .get("inputs")
+        .and_then(Value::as_array)
+        .and_then(|i| i.first())
+        .ok_or_else(|| format!("fixture {shown}: case has no inputs"))?;
+    if raw {
+        let dtype = input.get("dtype").and_then(Value::as_str).unwrap_or("");
+        let q = input
+            .get("quantized")
+            .and_then(Value::as_array)
+            .ok_or_else(|| format!("fixture {shown}: input has no \"quantized\" values (raw needs an int8/uint8 input)"))?;
+        let mut bytes = Vec::with_capacity(q.len());
+        for x in q {
+            let n = x
+                .as_i64()
+                .ok_or_else(|| format!("fixture {shown}: quantized value {x} is not an integer"))?;
+            let b = match dtype {
+                "int8" => i8::try_from(n).map(|b| b as u8).ok(),
+                "uint8" => u8::try_from(n).ok(),
+                other => {
+                    return Err(format!(
+                        "fixture {shown}: raw payloads for dtype {other} are not supported"
+                    ))
+                }
+            }
+            .ok_or_else(|| format!("fixture {shown}: {n} does not fit {dtype}"))?;
+            bytes.push(b);
+        }
+        return Ok(Payload::Raw(bytes));
+    }
+    let values = input
+        .get("values")
+        .and_then(Value::as_array)
+        .ok_or_else(|| format!("fixture {shown}: input has no \"values\" array"))?;
+    // Written as float32 numbers (shortest form that round-trips), as a
+    // device with float32 readings would send them: `{"data":[..]}`, flat.
+    let mut body = String::with_capacity(values.len() * 12 + 16);
+    body.push_str("{\"data\":[");
+    for (i, x) in values.iter().enumerate() {
+        let f = x
+            .as_f64()
+            .ok_or_else(|| format!("fixture {shown}: value {x} is not a number"))?;
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&(f as f32).to_string());
+    }
+    body.push_str("]}");
+    Ok(Payload::Json(body.into_bytes()))
+}
+
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// Publish topic; with `seq_topic` a level `<nonce>_<seq>` is appended.
+    pub topic: String,
+    pub seq_topic: bool,
+    /// Where results arrive (a filter).
+    pub results: String,
+    /// Where errors arrive (a filter), if the target has an error topic.
+    pub errors: Option<String>,
+    pub payload: Payload,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub port: u16,
+    pub rate: f64,
+    pub seconds: f64,
+    /// How long to wait for results after the last scheduled send.
+    pub grace: Duration,
+}
+
+/// Microsecond histograms of the target's own stage timings, read from the
+/// `latency_ms` object of its results when present.
+struct Stages {
+    queue: Histogram<u64>,
+    pre: Histogram<u64>,
+    invoke: Histogram<u64>,
+    post: Histogram<u64>,
+    total: Histogram<u64>,
+}
+
+fn hist() -> Histogram<u64> {
+    // 1 us .. 1 hour, 3 significant digits; bounds are constants, so this
+    // cannot fail.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| unreachable!())
+}
+
+impl Stages {
+    fn new() -> Stages {
+        Stages {
+            queue: hist(),
+            pre: hist(),
+            invoke: hist(),
+            post: hist(),
+            total: hist(),
+        }
+    }
+
+    fn record(&mut self, payload: &[u8]) {
+        let Some(pos) = find(payload, b"\"latency_ms\"") else {
+            return;
+        };
+        let Some(colon) = payload[pos..].iter().position(|&b| b == b':') else {
+            return;
+        };
+        let mut it =
+            serde_json::Deserializer::from_slice(&payload[pos + colon + 1..]).into_iter::<Value>();
+        let Some(Ok(v)) = it.next() else { return };
+        for (name, h) in [
+            ("queue", &mut self.queue),
+            ("pre", &mut self.pre),
+            ("invoke", &mut self.invoke),
+            ("post", &mut self.post),
+            ("total", &mut self.total),
+        ] {
+            if let Some(ms) = v.get(name).and_then(Value::as_f64) {
+                let _ = h.record(((ms * 1000.0).round() as u64).max(1));
+            }
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let mut o = serde_json::Map::new();
+        for (name, h) in [
+            ("queue", &self.queue),
+            ("pre", &self.pre),
+            ("invoke", &self.invoke),
+            ("post", &self.post),
+            ("total", &self.total),
+        ] {
+            if !h.is_empty() {
+                o.insert(
+                    name.into(),
+                    json!({"p50_ms": ms(h.value_at_quantile(0.5)), "p99_ms": ms(h.value_at_quantile(0.99))}),
+                );
+            }
+        }
+        Value::Object(o)
+    }
+}
+
+fn ms(us: u64) -> f64 {
+    (us as f64 / 1000.0 * 1000.0).round() / 1000.0
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub sent: u64,
+    pub received: u64,
+    pub errors: u64,
+    pub lost: u64,
+    pub json: Value,
+}
+
+impl Report {
+    /// Zero lost, zero errors (dropped/overloaded) and the p99 within the SLO.
+    pub fn sustained(&self, slo_p99_ms: f64) -> bool {
+        let p99 = self
+            .json
+            .get("p99_ms")
+            .and_then(Value::as_f64)
+            .unwrap_or(f64::MAX);
+        self.sent > 0 && self.lost == 0 && self.errors == 0 && p99 <= slo_p99_ms
+    }
+}
+
+fn nonce() -> u64 {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    1000 + (t ^ u64::from(std::process::id())) % 8000
+}
+
+/// Parses (nonce, seq) out of a result.
+fn key_of(topic: &[u8], payload: &[u8], by_topic: bool) -> Option<(u64, u64)> {
+    if by_topic {
+        let last = topic.rsplit(|&b| b == b'/').next()?;
+        let s = std::str::from_utf8(last).ok()?;
+        let (n, q) = s.split_once('_')?;
+        return Some((n.parse().ok()?, q.parse().ok()?));
+    }
+    let id = json_id(payload)?;
+    let id: u64 = std::str::from_utf8(id).ok()?.parse().ok()?;
+    Some((id / ID_SPAN, id % ID_SPAN))
+}
+
+/// One open-loop run at a fixed rate.
+pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
+    if !(spec.rate > 0.0 && spec.seconds > 0.0) {
+        return Err("rate and seconds must be positive".into());
+    }
+    let n = (spec.rate * spec.seconds).round().max(1.0) as u64;
+    let nonce = nonce();
+    let period_ns = 1e9 / spec.rate;
+    let by_topic = w.seq_topic;
+
+    // Results side first, so nothing is missed.
+    let (sub, mut sub_conn) = mqtt::connect(&format!("bench-load-sub-{nonce}"), spec.port);
+    mqtt::subscribe(&sub, &w.results, "load (results)")?;
+    let mut subs = 1;
+    if let Some(e) = &w.errors {
+        mqtt::subscribe(&sub, e, "load (errors)")?;
+        subs += 1;
+    }
+    mqtt::wait_ready(&mut sub_conn, subs, "load (results)")?;
+    let (publ, mut pub_conn) = mqtt::connect(&format!("bench-load-pub-{nonce}"), spec.port);
+    mqtt::wait_ready(&mut pub_conn, 0, "load (publisher)")?;
+
+    let start = Instant::now() + Duration::from_millis(100);
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+
+    let pub_thread = thread::spawn(move || {
+        let mut failure = None;
+        for ev in pub_conn.iter() {
+            if let Err(e) = ev {
+                failure = Some(e.to_string());
+                break;
+            }
+        }
+        failure
+    });
+
+    let errors_filter = w.errors.clone();
+    let results_filter = w.results.clone();
+    let stop_r = stop.clone();
+    let answered_r = answered.clone();
+    let sub_thread = thread::spawn(move || {
+        let mut lat = hist();
+        let mut stages = Stages::new();
+        let mut seen = vec![false; n as usize];
+        let (mut received, mut errors, mut dups, mut stale, mut unmatched) =
+            (0u64, 0u64, 0u64, 0u64, 0u64);
+        let mut failure = None;
+        while !stop_r.load(Ordering::Relaxed) {
+            let p = match sub_conn.recv_timeout(Duration::from_millis(50)) {
+                Ok(Ok(Event::Incoming(Incoming::Publish(p)))) => p,
+                Ok(Ok(_)) | Err(RecvTimeoutError::Timeout) => continue,
+                Ok(Err(e)) => {
+                    failure = Some(format!("results connection failed: {e}"));
+                    break;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let now = Instant::now();
+            let topic = p.topic.as_str();
+            if mqtt::matches(&results_filter, topic).is_none() {
+                if errors_filter
+                    .as_deref()
+                    .and_then(|e| mqtt::matches(e, topic))
+                    .is_some()
+                {
+                    errors += 1;
+                    answered_r.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    unmatched += 1;
+                }
+                continue;
+            }
+            match key_of(p.topic.as_bytes(), &p.payload, by_topic) {
+                Some((nn, seq)) if nn == nonce && seq < n => {
+                    let i = seq as usize;
+                    if seen[i] {
+                        dups += 1;
+                        continue;
+                    }
+                    seen[i] = true;
+                    received += 1;
+                    answered_r.fetch_add(1, Ordering::Relaxed);
+                    let due = start + Duration::from_nanos((seq as f64 * period_ns) as u64);
+                    let us = now.saturating_duration_since(due).as_micros() as u64;
+                    let _ = lat.record(us.max(1));
+                    stages.record(&p.payload);
+                }
+                Some(_) => stale += 1,
+                None => unmatched += 1,
+            }
+        }
+        (
+            lat, stages, received, errors, dups, stale, unmatched, failure,
+        )
+    });
+
+    // The schedule. Sleeping is coarse (tens of microseconds); a late send
+    // is caught up immediately and its lateness counts as latency.
+    let mut lag = hist();
+    let mut send_errors = 0u64;
+    let mut sent = 0u64;
+    for seq in 0..n {
+        let due = start + Duration::from_nanos((seq as f64 * period_ns) as u64);
+        let now = Instant::now();
+        if due > now {
+            thread::sleep(due - now);
+        }
+        let topic = if w.seq_topic {
+            format!("{}/{nonce}_{seq}", w.topic)
+        } else {
+            w.topic.clone()
+        };
+        match publ.publish(
+            topic,
+            QoS::AtMostOnce,
+            false,
+            w.payload.message(nonce * ID_SPAN + seq),
+        ) {
+            Ok(()) => sent += 1,
+            Err(_) => send_errors += 1,
+        }
+        let _ =
+            lag.record((Instant::now().saturating_duration_since(due).as_micros() as u64).max(1));
+    }
+    let last_due = start + Duration::from_nanos(((n - 1) as f64 * period_ns) as u64);
+    let send_end = Instant::now();
+    while answered.load(Ordering::Relaxed) < sent && last_due.elapsed() < spec.grace {
+        thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = publ.disconnect();
+    let _ = sub.disconnect();
+    let (lat, stages, received, errors, dups, stale, unmatched, sub_failure) = sub_thread
+        .join()
+        .map_err(|_| "results thread panicked".to_string())?;
+    let pub_failure = pub_thread
+        .join()
+        .unwrap_or(Some("publisher thread panicked".into()));
+    if let Some(f) = sub_failure {
+        return Err(f);
+    }
+    if let Some(f) = pub_failure {
+        // The broker closing the socket after our own DISCONNECT is not a
+        // failure; one before every message was handed over is.
+        if sent < n {
+            return Err(format!("publisher connection failed: {f}"));
+        }
+    }
+    let lost = sent.saturating_sub(received + errors);
+    let elapsed = send_end
+        .saturating_duration_since(start)
+        .as_secs_f64()
+        .max(1e-9);
+    let q = |h: &Histogram<u64>, x: f64| {
+        if h.is_empty() {
+            Value::Null
+        } else {
+            json!(ms(h.value_at_quantile(x)))
+        }
+    };
+    let json = json!({
+        "rate": spec.rate,
+        "seconds": spec.seconds,
+        "payload_bytes": w.payload.len(),
+        "payload_kind": w.payload.kind(),
+        "sent": sent,
+        "send_errors": send_errors,
+        "achieved_send_rate": (sent as f64 / elapsed).round(),
+        "received": received,
+        "errors": errors,
+        "lost": lost,
+        "duplicates": dups,
+        "stale": stale,
+        "unmatched": unmatched,
+        "p50_ms": q(&lat, 0.5),
+        "p95_ms": q(&lat, 0.95),
+        "p99_ms": q(&lat, 0.99),
+        "max_ms": if lat.is_empty() { Value::Null } else { json!(ms(lat.max())) },
+        "send_lag_p99_ms": q(&lag, 0.99),
+        "send_lag_max_ms": json!(ms(lag.max())),
+        "stages": stages.to_json(),
+    });
+    Ok(Report {
+        sent,
+        received,
+        errors,
+        lost,
+        json,
+    })
+}
+
+pub fn workload_from_args(a: &Args) -> Result<Workload, String> {
+    Ok(Workload {
+        topic: a.required("topic")?.to_string(),
+        seq_topic: a.flag("seq-topic"),
+        results: a.required("results")?.to_string(),
+        errors: a.get("errors").map(str::to_string),
+        payload: payload_from_args(a)?,
+    })
+}
+
+pub fn main(a: &Args) -> Result<(), String> {
+    a.check_known(&[
+        "port", "topic", "results", "errors", "payload", "fixture", "case", "rate", "seconds",
+        "grace",
+    ])?;
+    let w = workload_from_args(a)?;
+    let rates = args::num_list(a.required("rate")?)?;
+    for rate in rates {
+        let spec = RunSpec {
+            port: a.num("port", 1883)?,
+            rate,
+            seconds: a.num("seconds", 10.0)?,
+            grace: Duration::from_secs_f64(a.num("grace", 3.0)?),
+        };
+        let r = run(&w, &spec)?;
+        println!("{}", r.json);
+    }
+    Ok(())
+}
