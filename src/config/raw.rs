@@ -185,8 +185,9 @@ fn default_payload() -> String {
 fn default_queue_capacity() -> i64 {
     256
 }
+/// 16 MiB: sixteen image-sized JSON payloads, thousands of sensor windows.
 fn default_queue_max_bytes() -> i64 {
-    64 * 1024 * 1024
+    16 * 1024 * 1024
 }
 fn default_overflow() -> String {
     "reject_new".into()
