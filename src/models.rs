@@ -29,16 +29,25 @@ pub struct LoadedModel {
 /// Loads every configured model; returns every problem found, each keyed by
 /// the model's config path.
 pub fn load_all(settings: &Settings, runtime: &Runtime) -> Result<Vec<LoadedModel>, Vec<Problem>> {
-    let mut loaded = Vec::new();
+    each_model(settings, |ms| load_one(ms, runtime))
+}
+
+/// Runs `f` on every configured model, collecting every problem rather than
+/// stopping at the first.
+fn each_model<T>(
+    settings: &Settings,
+    mut f: impl FnMut(&ModelSettings) -> Result<T, Problem>,
+) -> Result<Vec<T>, Vec<Problem>> {
+    let mut done = Vec::new();
     let mut problems = Vec::new();
     for ms in &settings.models {
-        match load_one(ms, runtime) {
-            Ok(m) => loaded.push(m),
+        match f(ms) {
+            Ok(m) => done.push(m),
             Err(p) => problems.push(p),
         }
     }
     if problems.is_empty() {
-        Ok(loaded)
+        Ok(done)
     } else {
         Err(problems)
     }
@@ -111,19 +120,7 @@ pub struct CheckedModel {
 /// Checks every configured model from its file alone; returns every
 /// problem found, each keyed by the model's config path.
 pub fn check_all_static(settings: &Settings) -> Result<Vec<CheckedModel>, Vec<Problem>> {
-    let mut checked = Vec::new();
-    let mut problems = Vec::new();
-    for ms in &settings.models {
-        match check_static(ms) {
-            Ok(m) => checked.push(m),
-            Err(p) => problems.push(p),
-        }
-    }
-    if problems.is_empty() {
-        Ok(checked)
-    } else {
-        Err(problems)
-    }
+    each_model(settings, check_static)
 }
 
 pub fn check_static(ms: &ModelSettings) -> Result<CheckedModel, Problem> {

@@ -156,10 +156,10 @@ fn raw_payload_of_the_wrong_size_is_bad_shape() {
 
 /// Floods a one-slot queue: every message must come back as a result or an
 /// `overloaded` error; none may vanish.
-fn flood(policy: &str) {
+fn flood(policy: &str, bound: &str) {
     let broker = Broker::start();
     let models = format!(
-        "[[models]]\nname = \"img\"\npath = \"{{models}}/mobilenet_v2_int8.tflite\"\ninput_topic = \"in/img\"\noutput_topic = \"out/{{device_id}}/{{model}}\"\npayload = \"raw\"\nqueue_capacity = 1\noverflow = \"{policy}\"\n"
+        "[[models]]\nname = \"img\"\npath = \"{{models}}/mobilenet_v2_int8.tflite\"\ninput_topic = \"in/img\"\noutput_topic = \"out/{{device_id}}/{{model}}\"\npayload = \"raw\"\n{bound}\noverflow = \"{policy}\"\n"
     );
     let _d = Daemon::start(&config(broker.port, "dev1", "", &models));
     let c = TestClient::connect(broker.port);
@@ -195,12 +195,21 @@ fn flood(policy: &str) {
 
 #[test]
 fn overflow_reject_new_answers_every_message() {
-    flood("reject_new");
+    flood("reject_new", "queue_capacity = 1");
+}
+
+#[test]
+fn a_queue_full_of_bytes_overflows_like_a_queue_full_of_messages() {
+    // Room for 1000 messages but only one 150 KB frame at a time.
+    flood(
+        "reject_new",
+        "queue_capacity = 1000\nqueue_max_bytes = 200000",
+    );
 }
 
 #[test]
 fn overflow_drop_oldest_answers_every_message() {
-    flood("drop_oldest");
+    flood("drop_oldest", "queue_capacity = 1");
 }
 
 #[test]

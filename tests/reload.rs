@@ -12,7 +12,7 @@ use common::*;
 use serde_json::{json, Value};
 
 fn model(name: &str, file: &str, topic: &str) -> String {
-    format!("[[models]]\nname = \"{name}\"\npath = \"{{models}}/{file}\"\ninput_topic = \"{topic}\"\noutput_topic = \"out/{{device_id}}/{{model}}\"\nqueue_capacity = 10000\n")
+    format!("[[models]]\nname = \"{name}\"\npath = \"{{models}}/{file}\"\ninput_topic = \"{topic}\"\noutput_topic = \"out/{{device_id}}/{{model}}\"\nqueue_capacity = 10000\nqueue_max_bytes = 268435456\n")
 }
 
 fn window(i: usize) -> Vec<f64> {
