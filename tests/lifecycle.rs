@@ -244,13 +244,13 @@ fn watchdog_stops_when_a_worker_is_wedged() {
         json!({"id": "stuck", "data": [stall]}).to_string(),
     );
     d.wait_for_log("watchdog: worker 0 of model 'spin' has been running one message for");
-    assert!(
+    // Notifications leave in order from the daemon's notify thread: once
+    // the unhealthy STATUS is here, every ping queued before it is too.
+    wait_until("STATUS=unhealthy on the notify socket", WAIT, || {
         sock.lines()
             .iter()
-            .any(|l| l.starts_with("STATUS=unhealthy: worker 0 of model 'spin'")),
-        "{:?}",
-        sock.lines()
-    );
+            .any(|l| l.starts_with("STATUS=unhealthy: worker 0 of model 'spin'"))
+    });
     // No more pings: systemd would restart the service after WatchdogSec.
     let pings = sock.count("WATCHDOG=1");
     let window = std::time::Instant::now();
