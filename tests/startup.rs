@@ -217,12 +217,22 @@ fn no_runtime_anywhere_lists_every_place_tried() {
     let exe = dir.path().join("edge-infer");
     std::fs::copy(daemon_binary(), &exe).unwrap();
     let cfg = write_config(dir.path(), &config(1883, "gw", "", HAR));
-    let out = std::process::Command::new(&exe)
-        .args(["run", "--config", &cfg])
-        .env_remove("EDGE_INFER_RUNTIME_LIBRARY")
-        .env_remove("LD_LIBRARY_PATH")
-        .output()
-        .unwrap();
+    // A test thread that forks while the copy is still open for writing
+    // makes exec fail with ETXTBSY until that child execs; retry that only.
+    let start = std::time::Instant::now();
+    let out = loop {
+        match std::process::Command::new(&exe)
+            .args(["run", "--config", &cfg])
+            .env_remove("EDGE_INFER_RUNTIME_LIBRARY")
+            .env_remove("LD_LIBRARY_PATH")
+            .output()
+        {
+            Err(e) if e.raw_os_error() == Some(26) && start.elapsed() < WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break other.expect("run the copied binary"),
+        }
+    };
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     for want in [
