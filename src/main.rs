@@ -288,18 +288,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         runtime.path().display(),
         runtime.flavor().as_str()
     );
-    let summaries: Vec<ModelSummary> = models
-        .iter()
-        .map(|m| ModelSummary {
-            settings: &m.settings,
-            sha256: &m.sha256,
-            inputs: &m.inputs,
-            outputs: &m.outputs,
-            labels: m.labels.as_deref(),
-            top_k: m.top_k,
-            loaded: Some((&m.accelerator, m.load_ms)),
-        })
-        .collect();
+    let summaries: Vec<ModelSummary> = models.iter().map(ModelSummary::from).collect();
     print_summary(path, &settings, &runtime_line, &summaries);
     println!("ok: {} model(s) ready", models.len());
     ExitCode::SUCCESS
@@ -323,18 +312,7 @@ fn check_config_static(
             return ExitCode::from(status::BAD_INPUT);
         }
     };
-    let summaries: Vec<ModelSummary> = checked
-        .iter()
-        .map(|m| ModelSummary {
-            settings: &m.settings,
-            sha256: &m.sha256,
-            inputs: &m.inputs,
-            outputs: &m.outputs,
-            labels: m.labels.as_deref(),
-            top_k: m.top_k,
-            loaded: None,
-        })
-        .collect();
+    let summaries: Vec<ModelSummary> = checked.iter().map(ModelSummary::from).collect();
     print_summary(
         path,
         settings,
@@ -360,6 +338,34 @@ struct ModelSummary<'a> {
     /// What runs it and how long load and warm-up took; `None` when it was
     /// only checked from its file.
     loaded: Option<(&'a str, f64)>,
+}
+
+impl<'a> From<&'a models::LoadedModel> for ModelSummary<'a> {
+    fn from(m: &'a models::LoadedModel) -> Self {
+        ModelSummary {
+            settings: &m.settings,
+            sha256: &m.sha256,
+            inputs: &m.inputs,
+            outputs: &m.outputs,
+            labels: m.labels.as_deref(),
+            top_k: m.top_k,
+            loaded: Some((&m.accelerator, m.load_ms)),
+        }
+    }
+}
+
+impl<'a> From<&'a models::CheckedModel> for ModelSummary<'a> {
+    fn from(m: &'a models::CheckedModel) -> Self {
+        ModelSummary {
+            settings: &m.settings,
+            sha256: &m.sha256,
+            inputs: &m.inputs,
+            outputs: &m.outputs,
+            labels: m.labels.as_deref(),
+            top_k: m.top_k,
+            loaded: None,
+        }
+    }
 }
 
 fn print_summary(

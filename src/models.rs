@@ -58,16 +58,27 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-pub fn load_one(ms: &ModelSettings, runtime: &Runtime) -> Result<LoadedModel, Problem> {
-    let started = Instant::now();
-    let problem = |field: &str, message: String| Problem {
+/// A problem at `models[i].<field>`.
+fn problem(ms: &ModelSettings, field: &str, message: String) -> Problem {
+    Problem {
         key: format!("{}.{field}", ms.key),
         message,
-    };
+    }
+}
+
+/// The model file's name for messages, its bytes and their sha256.
+fn read_model(ms: &ModelSettings) -> Result<(String, Vec<u8>, String), Problem> {
     let origin = ms.path.display().to_string();
     let bytes = std::fs::read(&ms.path)
-        .map_err(|e| problem("path", format!("cannot read model file {origin}: {e}")))?;
+        .map_err(|e| problem(ms, "path", format!("cannot read model file {origin}: {e}")))?;
     let sha256 = sha256_hex(&bytes);
+    Ok((origin, bytes, sha256))
+}
+
+pub fn load_one(ms: &ModelSettings, runtime: &Runtime) -> Result<LoadedModel, Problem> {
+    let started = Instant::now();
+    let problem = |field: &str, message: String| problem(ms, field, message);
+    let (origin, bytes, sha256) = read_model(ms)?;
     let options = LoadOptions {
         cpu_threads: ms.threads,
         dynamic_batch: ms.batch,
@@ -124,14 +135,8 @@ pub fn check_all_static(settings: &Settings) -> Result<Vec<CheckedModel>, Vec<Pr
 }
 
 pub fn check_static(ms: &ModelSettings) -> Result<CheckedModel, Problem> {
-    let problem = |field: &str, message: String| Problem {
-        key: format!("{}.{field}", ms.key),
-        message,
-    };
-    let origin = ms.path.display().to_string();
-    let bytes = std::fs::read(&ms.path)
-        .map_err(|e| problem("path", format!("cannot read model file {origin}: {e}")))?;
-    let sha256 = sha256_hex(&bytes);
+    let problem = |field: &str, message: String| problem(ms, field, message);
+    let (origin, bytes, sha256) = read_model(ms)?;
     let facts = model_runtime::read_model_facts(&origin, &bytes, ms.batch)
         .map_err(|e| problem("path", e.to_string()))?;
     let (labels, top_k) = check_facts(ms, &facts.inputs, &facts.outputs)?;
@@ -154,10 +159,7 @@ fn check_facts(
     inputs: &[TensorSpec],
     outputs: &[TensorSpec],
 ) -> Result<(Option<Vec<String>>, Option<usize>), Problem> {
-    let problem = |field: &str, message: String| Problem {
-        key: format!("{}.{field}", ms.key),
-        message,
-    };
+    let problem = |field: &str, message: String| problem(ms, field, message);
     if inputs.is_empty() || outputs.is_empty() {
         return Err(problem(
             "path",
