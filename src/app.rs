@@ -27,7 +27,7 @@ use crate::router::Router;
 use crate::systemd::Notifier;
 use crate::telemetry::{DaemonStats, ModelStats};
 use crate::time::unix_now;
-use crate::worker::{spawn_workers, ModelContext, ModelQueue, Queued, Worker};
+use crate::worker::{spawn_workers, Batching, ModelContext, ModelQueue, Queued, Worker};
 use model_runtime::Runtime;
 
 pub fn errors_topic(device_id: &str) -> String {
@@ -199,7 +199,12 @@ impl Supervisor {
             input_topic: ms.input_topic.clone(),
             output_topic: ms.output_topic.clone(),
             payload: ms.payload,
-            inputs: model.inputs.clone(),
+            message_inputs: model.inputs.clone(),
+            message_outputs: model.outputs.clone(),
+            batching: Batching {
+                max_batch: ms.max_batch,
+                max_delay: ms.max_delay,
+            },
             labels: model.labels.clone(),
             top_k: model.top_k,
             stats,

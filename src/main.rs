@@ -401,7 +401,7 @@ fn print_summary(
             s.output_topic.as_str()
         );
         println!(
-            "  serving:  payload={} workers={} threads={} queue={} overflow={}{}",
+            "  serving:  payload={} workers={} threads={} queue={} overflow={}{}{}",
             match s.payload {
                 config::PayloadFormat::Json => "json",
                 config::PayloadFormat::Raw => "raw",
@@ -410,6 +410,15 @@ fn print_summary(
             s.threads,
             s.queue_capacity,
             s.overflow.as_str(),
+            if s.max_batch > 1 {
+                format!(
+                    " max_batch={} max_delay_us={}",
+                    s.max_batch,
+                    s.max_delay.as_micros()
+                )
+            } else {
+                String::new()
+            },
             match m.loaded {
                 Some((accelerator, _)) => format!(" on {accelerator}"),
                 None => String::new(),

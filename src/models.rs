@@ -18,6 +18,10 @@ pub struct LoadedModel {
     pub labels: Option<Vec<String>>,
     /// How many classes to report, when `top_k` applies.
     pub top_k: Option<usize>,
+    /// The tensors as one message fills and one result reports them: the
+    /// engine's own tensors, or with micro-batching (`max_batch` > 1) one
+    /// row of them (batch dimension 1). The engines' tensors are
+    /// `engines[i].inputs()`/`outputs()`.
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
     /// One per worker thread; engines are not shared between threads.
@@ -81,7 +85,7 @@ pub fn load_one(ms: &ModelSettings, runtime: &Runtime) -> Result<LoadedModel, Pr
     let (origin, bytes, sha256) = read_model(ms)?;
     let options = LoadOptions {
         cpu_threads: ms.threads,
-        dynamic_batch: ms.batch,
+        dynamic_batch: ms.engine_batch(),
     };
     let mut engines = Vec::with_capacity(ms.workers);
     for _ in 0..ms.workers {
@@ -93,8 +97,7 @@ pub fn load_one(ms: &ModelSettings, runtime: &Runtime) -> Result<LoadedModel, Pr
     let Some(first) = engines.first() else {
         return Err(problem("workers", "must be at least 1".into()));
     };
-    let inputs = first.inputs().to_vec();
-    let outputs = first.outputs().to_vec();
+    let (inputs, outputs) = message_specs(ms, first.inputs(), first.outputs())?;
     let accelerator = first.accelerator();
     let (labels, top_k) = check_facts(ms, &inputs, &outputs)?;
     for engine in engines.iter_mut() {
@@ -137,17 +140,66 @@ pub fn check_all_static(settings: &Settings) -> Result<Vec<CheckedModel>, Vec<Pr
 pub fn check_static(ms: &ModelSettings) -> Result<CheckedModel, Problem> {
     let problem = |field: &str, message: String| problem(ms, field, message);
     let (origin, bytes, sha256) = read_model(ms)?;
-    let facts = model_runtime::read_model_facts(&origin, &bytes, ms.batch)
+    let facts = model_runtime::read_model_facts(&origin, &bytes, ms.engine_batch())
         .map_err(|e| problem("path", e.to_string()))?;
-    let (labels, top_k) = check_facts(ms, &facts.inputs, &facts.outputs)?;
+    let (inputs, outputs) = message_specs(ms, &facts.inputs, &facts.outputs)?;
+    let (labels, top_k) = check_facts(ms, &inputs, &outputs)?;
     Ok(CheckedModel {
         settings: ms.clone(),
         sha256,
         labels,
         top_k,
-        inputs: facts.inputs,
-        outputs: facts.outputs,
+        inputs,
+        outputs,
     })
+}
+
+/// The tensors as one message sees them, from the tensors of a model
+/// loaded with `ms.engine_batch()`. Without micro-batching they are the
+/// model's own. With `max_batch` > 1 every input must have a dynamic (-1)
+/// batch dimension and every output must come out with `max_batch` rows;
+/// a message then fills, and a result reports, one row (batch dimension 1).
+pub fn message_specs(
+    ms: &ModelSettings,
+    inputs: &[TensorSpec],
+    outputs: &[TensorSpec],
+) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>), Problem> {
+    let n = ms.max_batch;
+    if n <= 1 {
+        return Ok((inputs.to_vec(), outputs.to_vec()));
+    }
+    let problem = |message: String| problem(ms, "max_batch", message);
+    let model = ms.path.display();
+    for spec in inputs {
+        if spec.shape_signature.first() != Some(&-1) {
+            return Err(problem(format!(
+                "is {n}, but input '{}' of model \"{}\" ({model}) has no dynamic batch dimension (shape signature {:?}); micro-batching needs a model whose inputs have -1 at axis 0. Remove max_batch (or set it to 1)",
+                spec.name, ms.name, spec.shape_signature
+            )));
+        }
+    }
+    for spec in outputs {
+        if spec.shape.first() != Some(&n) {
+            return Err(problem(format!(
+                "is {n}, but output '{}' of model \"{}\" ({model}) does not follow the batch dimension (shape {} at batch {n}, shape signature {:?}); micro-batching needs every output batched along axis 0",
+                spec.name,
+                ms.name,
+                spec.shape_string(),
+                spec.shape_signature
+            )));
+        }
+    }
+    let row = |spec: &TensorSpec| {
+        let mut one = spec.clone();
+        if let Some(rows) = one.shape.first_mut() {
+            *rows = 1;
+        }
+        one
+    };
+    Ok((
+        inputs.iter().map(row).collect(),
+        outputs.iter().map(row).collect(),
+    ))
 }
 
 /// The checks of a model's settings against its tensors, shared by the

@@ -174,6 +174,14 @@ pub struct RawModel {
     /// Batch size that fixes a dynamic (-1) batch dimension.
     #[serde(default = "one")]
     pub batch: i64,
+    /// Micro-batching: up to this many messages run as one batch on a model
+    /// with a dynamic batch dimension. 1 (the default) is off.
+    #[serde(default = "one")]
+    pub max_batch: i64,
+    /// Micro-batching: how long the first message of a batch may wait for
+    /// more, in microseconds. 0 takes only what is already queued.
+    #[serde(default = "default_max_delay_us")]
+    pub max_delay_us: i64,
 }
 
 fn default_output_topic() -> String {
@@ -191,6 +199,9 @@ fn default_queue_max_bytes() -> i64 {
 }
 fn default_overflow() -> String {
     "reject_new".into()
+}
+fn default_max_delay_us() -> i64 {
+    500
 }
 fn one() -> i64 {
     1

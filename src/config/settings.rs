@@ -113,8 +113,31 @@ pub struct ModelSettings {
     pub overflow: OverflowPolicy,
     pub workers: usize,
     pub threads: u32,
+    /// Fixes a dynamic (-1) batch dimension at load: one message fills all
+    /// `batch` rows. 1 when `max_batch` > 1.
     pub batch: u32,
+    /// Micro-batching: up to this many messages, one row each, run as one
+    /// invoke. 1 is off.
+    pub max_batch: usize,
+    /// How long the first message of a batch may wait for more.
+    pub max_delay: Duration,
 }
+
+impl ModelSettings {
+    /// The batch size a dynamic batch dimension is fixed to at load.
+    pub fn engine_batch(&self) -> u32 {
+        if self.max_batch > 1 {
+            self.max_batch as u32
+        } else {
+            self.batch
+        }
+    }
+}
+
+/// Highest `max_batch`.
+pub const MAX_BATCH_LIMIT: i64 = 256;
+/// Highest `max_delay_us`: 100 ms.
+pub const MAX_DELAY_US_LIMIT: i64 = 100_000;
 
 /// Collects problems while fields are converted.
 struct Check {
@@ -427,6 +450,18 @@ fn model_settings(
     let workers = c.range(&k("workers"), rm.workers, 1, 64) as usize;
     let threads = c.range(&k("threads"), rm.threads, 1, 64) as u32;
     let batch = c.range(&k("batch"), rm.batch, 1, 4096) as u32;
+    let max_batch = c.range(&k("max_batch"), rm.max_batch, 1, MAX_BATCH_LIMIT) as usize;
+    let max_delay_us = c.range(&k("max_delay_us"), rm.max_delay_us, 0, MAX_DELAY_US_LIMIT) as u64;
+    if max_batch > 1 && batch != 1 {
+        // `batch` makes one message fill every row; `max_batch` gives each
+        // message one row. Both at once would need messages of several rows.
+        c.add(
+            k("max_batch"),
+            format!(
+                "is {max_batch}, but batch is {batch}: batch = N makes one message fill N rows, max_batch gives each message one row of a batch; set one of them (leave batch at 1 to micro-batch)"
+            ),
+        );
+    }
     if c.problems.len() != before {
         return None;
     }
@@ -444,6 +479,8 @@ fn model_settings(
         workers,
         threads,
         batch,
+        max_batch,
+        max_delay: Duration::from_micros(max_delay_us),
         key,
     })
 }
@@ -533,6 +570,37 @@ mod tests {
         "#;
         let problems = Settings::from_raw(raw(text), Path::new("/")).unwrap_err();
         assert!(problems[0].message.contains("loop back"), "{problems:?}");
+    }
+
+    #[test]
+    fn micro_batching_is_off_by_default_and_checked() {
+        let s = Settings::from_raw(raw(GOOD), Path::new("/")).unwrap();
+        assert_eq!(s.models[0].max_batch, 1);
+        assert_eq!(s.models[0].max_delay, Duration::from_micros(500));
+        assert_eq!(s.models[0].engine_batch(), 1);
+
+        let on = GOOD.to_string() + "max_batch = 8\nmax_delay_us = 0\n";
+        let s = Settings::from_raw(raw(&on), Path::new("/")).unwrap();
+        assert_eq!(s.models[0].max_batch, 8);
+        assert_eq!(s.models[0].max_delay, Duration::ZERO);
+        assert_eq!(s.models[0].engine_batch(), 8);
+
+        let bad = GOOD.to_string() + "max_batch = 257\nmax_delay_us = 100001\n";
+        let problems = Settings::from_raw(raw(&bad), Path::new("/")).unwrap_err();
+        let messages: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            messages,
+            [
+                "models[0].max_batch: must be between 1 and 256, got 257",
+                "models[0].max_delay_us: must be between 0 and 100000, got 100001",
+            ]
+        );
+
+        let both = GOOD.to_string() + "max_batch = 8\nbatch = 2\n";
+        let problems = Settings::from_raw(raw(&both), Path::new("/")).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "models[0].max_batch");
+        assert!(problems[0].message.contains("batch is 2"), "{problems:?}");
     }
 
     #[test]

@@ -9,10 +9,11 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_channel::Receiver;
-use model_runtime::Engine;
+use model_runtime::{Engine, TensorSpec};
 
+use super::batch::{self, Batching};
 use super::{Job, Queued};
-use crate::codec::decode::{decode_json, decode_raw};
+use crate::codec::decode::{decode_json, decode_raw, Decoded};
 use crate::codec::encode::{self, Latency, Outputs, ResultMessage};
 use crate::codec::{ErrorCode, Failure, MessageId};
 use crate::config::PayloadFormat;
@@ -29,8 +30,16 @@ pub struct ModelContext {
     pub input_topic: crate::topic::TopicFilter,
     pub output_topic: crate::topic::TopicTemplate,
     pub payload: PayloadFormat,
-    /// The model's input tensors (the same for every engine of the model).
-    pub inputs: Vec<model_runtime::TensorSpec>,
+    /// The input tensors one message fills: the engine's own inputs, or with
+    /// micro-batching one row of them (batch dimension 1). Decoding checks
+    /// payloads against these.
+    pub message_inputs: Vec<TensorSpec>,
+    /// The output tensors one result reports, likewise: one row of the
+    /// engine's outputs when micro-batching, so results look the same with
+    /// batching on or off.
+    pub message_outputs: Vec<TensorSpec>,
+    /// Micro-batching (`max_batch` > 1) or one message per invoke.
+    pub batching: Batching,
     pub labels: Option<Vec<String>>,
     pub top_k: Option<usize>,
     pub stats: Arc<ModelStats>,
@@ -75,6 +84,9 @@ fn worker_loop(
     egress: &Egress,
     beat: &WorkerBeat,
 ) {
+    if ctx.batching.max_batch > 1 {
+        return batch::batch_loop(engine, ctx, rx, egress, beat);
+    }
     while let Ok(queued) = rx.recv() {
         // `queued` keeps its payload bytes charged to the queue until this
         // message is answered.
@@ -89,11 +101,7 @@ fn worker_loop(
         let out = match outcome {
             Ok(out) => out,
             Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
+                let what = panic_message(panic.as_ref());
                 log::error!(
                     "model {}: internal error serving {}: {what}",
                     ctx.name,
@@ -115,6 +123,15 @@ fn worker_loop(
             egress.send_blocking(out);
         }
     }
+}
+
+/// What a caught panic says, for the log and the error message.
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Builds the error message for `job`, counting it. None only if it could
@@ -158,36 +175,85 @@ fn ms_between(a: Instant, b: Instant) -> f64 {
     b.saturating_duration_since(a).as_secs_f64() * 1000.0
 }
 
+/// Decodes `payload` into `buffers`, one per spec of
+/// `ctx.message_inputs`.
+pub(super) fn decode(
+    ctx: &ModelContext,
+    payload: &[u8],
+    buffers: &mut [Vec<u8>],
+) -> Result<Decoded, (Option<MessageId>, Failure)> {
+    match ctx.payload {
+        PayloadFormat::Json => decode_json(payload, &ctx.message_inputs, buffers),
+        PayloadFormat::Raw => decode_raw(payload, &ctx.message_inputs, buffers)
+            .map(|()| Decoded::default())
+            .map_err(|f| (None, f)),
+    }
+}
+
 fn serve(
     engine: &mut dyn Engine,
     ctx: &ModelContext,
     job: &Job,
     dequeued: Instant,
 ) -> Option<Outgoing> {
-    let decoded = match ctx.payload {
-        PayloadFormat::Json => decode_json(&job.payload, &ctx.inputs, engine.input_buffers_mut()),
-        PayloadFormat::Raw => decode_raw(&job.payload, &ctx.inputs, engine.input_buffers_mut())
-            .map(|()| Default::default())
-            .map_err(|f| (None, f)),
-    };
-    let id = match decoded {
+    let id = match decode(ctx, &job.payload, engine.input_buffers_mut()) {
         Ok(d) => d.id,
         Err((id, failure)) => return error_reply(ctx, job, id.as_ref(), &failure),
     };
     let decoded_at = Instant::now();
     if let Err(e) = engine.invoke() {
-        let failure = Failure::new(
-            ErrorCode::InferenceFailed,
-            format!("the runtime failed to run the model: {e}"),
-        );
-        return error_reply(ctx, job, id.as_ref(), &failure);
+        return error_reply(ctx, job, id.as_ref(), &invoke_failure(&e));
     }
     let invoked_at = Instant::now();
     let outputs = engine.outputs();
     let buffers: Vec<&[u8]> = (0..outputs.len()).map(|i| engine.output(i)).collect();
+    result_reply(
+        ctx,
+        job,
+        id.as_ref(),
+        outputs,
+        &buffers,
+        Stages {
+            decode_from: dequeued,
+            decoded_at,
+            invoke_from: decoded_at,
+            invoked_at,
+            post_from: invoked_at,
+        },
+    )
+}
+
+pub(super) fn invoke_failure(e: &model_runtime::RuntimeError) -> Failure {
+    Failure::new(
+        ErrorCode::InferenceFailed,
+        format!("the runtime failed to run the model: {e}"),
+    )
+}
+
+/// When one message's stages began and ended. Its queue time runs from
+/// arrival to `decode_from` (with micro-batching that includes waiting for
+/// the batch to fill); `invoke_*` is the invoke it shared.
+pub(super) struct Stages {
+    pub decode_from: Instant,
+    pub decoded_at: Instant,
+    pub invoke_from: Instant,
+    pub invoked_at: Instant,
+    pub post_from: Instant,
+}
+
+/// Builds the result message for `job` from output `buffers` described by
+/// `specs`, counting it (or its error, if it cannot be serialized).
+pub(super) fn result_reply(
+    ctx: &ModelContext,
+    job: &Job,
+    id: Option<&MessageId>,
+    specs: &[TensorSpec],
+    buffers: &[&[u8]],
+    at: Stages,
+) -> Option<Outgoing> {
     let top = ctx
         .top_k
-        .map(|k| encode::top_k(&outputs[0], buffers[0], k, ctx.labels.as_deref()));
+        .map(|k| encode::top_k(&specs[0], buffers[0], k, ctx.labels.as_deref()));
     let topic = match ctx.input_topic.matches(&job.topic) {
         Some(caps) => ctx.output_topic.render(&ctx.device_id, &ctx.name, &caps),
         None => ctx
@@ -196,7 +262,7 @@ fn serve(
     };
     let done = Instant::now();
     let msg = ResultMessage {
-        id: id.as_ref(),
+        id,
         model: &ctx.name,
         model_sha256: &ctx.sha256,
         device_id: &ctx.device_id,
@@ -204,16 +270,13 @@ fn serve(
         received_at: job.received_at,
         published_at: unix_now(),
         latency_ms: Latency {
-            queue: ms_between(job.received, dequeued),
-            pre: ms_between(dequeued, decoded_at),
-            invoke: ms_between(decoded_at, invoked_at),
-            post: ms_between(invoked_at, done),
+            queue: ms_between(job.received, at.decode_from),
+            pre: ms_between(at.decode_from, at.decoded_at),
+            invoke: ms_between(at.invoke_from, at.invoked_at),
+            post: ms_between(at.post_from, done),
             total: ms_between(job.received, done),
         },
-        outputs: Outputs {
-            specs: outputs,
-            buffers: &buffers,
-        },
+        outputs: Outputs { specs, buffers },
         top_k: top.as_deref(),
     };
     match encode::to_vec(&msg) {
@@ -228,7 +291,7 @@ fn serve(
                 ErrorCode::InferenceFailed,
                 format!("cannot serialize the result: {e}"),
             );
-            error_reply(ctx, job, id.as_ref(), &failure)
+            error_reply(ctx, job, id, &failure)
         }
     }
 }

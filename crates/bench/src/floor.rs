@@ -1,5 +1,9 @@
 //! The runtime floor: raw invoke latency of one model in-process, through
 //! model-runtime with the LoadOptions the daemon uses (threads, batch).
+//!
+//! `--batch N` fixes a dynamic (-1) batch dimension at N, as the daemon
+//! does for `batch` and `max_batch`; the report then adds the time per row
+//! (per invoke / N), what one micro-batched message costs the runtime.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -18,13 +22,17 @@ pub fn main(a: &Args) -> Result<(), String> {
     let model = a
         .positional
         .get(1)
-        .ok_or("usage: edge-infer-bench floor MODEL.tflite [--threads N] [--iters N]")?;
+        .ok_or("usage: edge-infer-bench floor MODEL.tflite [--threads N] [--iters N] [--batch N] [--fixture F.json [--case NAME]]")?;
     let threads: u32 = a.num("threads", 1)?;
     let iters: u64 = a.num("iters", 1000)?;
     let warmup: u64 = a.num("warmup", 20)?;
+    let batch: u32 = a.num("batch", 1)?;
+    if batch == 0 {
+        return Err("--batch must be at least 1".into());
+    }
     let options = LoadOptions {
         cpu_threads: threads,
-        dynamic_batch: a.num("batch", 1)?,
+        dynamic_batch: batch,
     };
     let runtime = Runtime::open(&LibrarySearch::for_process(
         a.get("library").map(PathBuf::from),
@@ -34,6 +42,18 @@ pub fn main(a: &Args) -> Result<(), String> {
     let mut engine = runtime
         .load(model, bytes, &options)
         .map_err(|e| format!("cannot load {model}: {e}"))?;
+    if batch > 1 {
+        if let Some(fixed) = engine
+            .inputs()
+            .iter()
+            .find(|s| s.shape_signature.first() != Some(&-1))
+        {
+            return Err(format!(
+                "--batch {batch}: input '{}' of {model} has no dynamic batch dimension (shape signature {:?})",
+                fixed.name, fixed.shape_signature
+            ));
+        }
+    }
     // Real input bytes when a fixture is given (some kernels' speed depends
     // on the data), zeros otherwise.
     if let Some(f) = a.get("fixture") {
@@ -42,14 +62,17 @@ pub fn main(a: &Args) -> Result<(), String> {
                 .input_buffers_mut()
                 .first_mut()
                 .ok_or("model has no inputs")?;
-            if buf.len() != b.len() {
+            // A batch-1 fixture fills every row of a larger batch.
+            if b.is_empty() || buf.len() % b.len() != 0 {
                 return Err(format!(
                     "fixture input is {} bytes, the model's input is {}",
                     b.len(),
                     buf.len()
                 ));
             }
-            buf.copy_from_slice(&b);
+            for row in buf.chunks_exact_mut(b.len()) {
+                row.copy_from_slice(&b);
+            }
         }
     }
     for _ in 0..warmup {
@@ -65,6 +88,8 @@ pub fn main(a: &Args) -> Result<(), String> {
     }
     let total = started.elapsed().as_secs_f64();
     let us = |ns: u64| (ns as f64 / 1000.0 * 100.0).round() / 100.0;
+    // Per row: one invoke's time shared by its `batch` rows.
+    let row_us = |ns: u64| (ns as f64 / f64::from(batch)).round() / 1000.0;
     let out = json!({
         "model": model,
         "threads": threads,
@@ -76,6 +101,10 @@ pub fn main(a: &Args) -> Result<(), String> {
         "mean_us": us(h.mean() as u64),
         "max_us": us(h.max()),
         "invokes_per_s": (iters as f64 / total).round(),
+        "row_p50_us": row_us(h.value_at_quantile(0.5)),
+        "row_p99_us": row_us(h.value_at_quantile(0.99)),
+        "row_mean_us": row_us(h.mean() as u64),
+        "rows_per_s": (iters as f64 * f64::from(batch) / total).round(),
     });
     println!("{out}");
     Ok(())

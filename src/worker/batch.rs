@@ -1,0 +1,587 @@
+//! Micro-batching (`max_batch` > 1): a worker takes up to `max_batch`
+//! queued messages, or what arrives within `max_delay` of the first one,
+//! decodes each into its own row of the engine's input buffers, runs one
+//! invoke and answers each message from its row of the outputs.
+//!
+//! The engine is loaded with its dynamic batch dimension fixed at
+//! `max_batch` (resizing per call is slow in LiteRT), so rows no message
+//! filled are zeroed. Every message still gets exactly one result or one
+//! error: a payload that does not decode is answered at once and takes no
+//! row; an invoke failure or a panic answers every unanswered message of
+//! the batch with `inference_failed`.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use model_runtime::Engine;
+
+use super::run::{
+    decode, error_reply, invoke_failure, panic_message, result_reply, ModelContext, Stages,
+};
+use super::Queued;
+use crate::codec::{ErrorCode, Failure, MessageId};
+use crate::mqtt::egress::{Egress, Outgoing};
+use crate::telemetry::WorkerBeat;
+
+/// A model's micro-batching settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Messages per invoke at most; 1 is off.
+    pub max_batch: usize,
+    /// How long the first message of a batch may wait for more.
+    pub max_delay: Duration,
+}
+
+/// Fills `out` with `first` and then whatever else `rx` yields, until `out`
+/// holds `max` items or `max_delay` has passed since `started` (the moment
+/// `first` was dequeued). With a zero delay it never waits: it takes only
+/// what is already queued. It also stops when the channel is disconnected
+/// and empty (shutdown).
+pub fn collect<T>(
+    rx: &Receiver<T>,
+    first: T,
+    max: usize,
+    max_delay: Duration,
+    started: Instant,
+    out: &mut Vec<T>,
+) {
+    out.push(first);
+    let deadline = started.checked_add(max_delay);
+    while out.len() < max {
+        match rx.try_recv() {
+            Ok(item) => out.push(item),
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                let Some(deadline) = deadline.filter(|_| !max_delay.is_zero()) else {
+                    break;
+                };
+                match rx.recv_deadline(deadline) {
+                    Ok(item) => out.push(item),
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        }
+    }
+}
+
+/// One message of a batch.
+struct Slot {
+    /// Holds the payload bytes charged to the queue until it is answered.
+    queued: Queued,
+    id: Option<MessageId>,
+    /// Its row, once decoded.
+    row: Option<Row>,
+    answered: bool,
+}
+
+struct Row {
+    index: usize,
+    decode_from: Instant,
+    decoded_at: Instant,
+}
+
+/// A worker's reusable batch state: nothing here is allocated per batch.
+struct Batcher {
+    /// One buffer per input, sized for one row: a message is decoded here
+    /// first so that a bad payload never touches the batch.
+    scratch: Vec<Vec<u8>>,
+    taken: Vec<Queued>,
+    slots: Vec<Slot>,
+    /// Replies are sent once the batch is done and the worker is idle, so
+    /// a slow publisher never reads as a stalled worker.
+    replies: Vec<Outgoing>,
+}
+
+impl Batcher {
+    fn new(ctx: &ModelContext) -> Batcher {
+        let n = ctx.batching.max_batch;
+        Batcher {
+            scratch: ctx
+                .message_inputs
+                .iter()
+                .map(|s| vec![0u8; s.byte_len()])
+                .collect(),
+            taken: Vec::with_capacity(n),
+            slots: Vec::with_capacity(n),
+            replies: Vec::with_capacity(n),
+        }
+    }
+}
+
+/// The worker loop of a micro-batching model.
+pub(super) fn batch_loop(
+    mut engine: Box<dyn Engine>,
+    ctx: &ModelContext,
+    rx: &Receiver<Queued>,
+    egress: &Egress,
+    beat: &WorkerBeat,
+) {
+    let mut b = Batcher::new(ctx);
+    while let Ok(first) = rx.recv() {
+        let dequeued = Instant::now();
+        beat.busy();
+        collect(
+            rx,
+            first,
+            ctx.batching.max_batch,
+            ctx.batching.max_delay,
+            dequeued,
+            &mut b.taken,
+        );
+        b.slots.extend(b.taken.drain(..).map(|queued| Slot {
+            queued,
+            id: None,
+            row: None,
+            answered: false,
+        }));
+        run_batch(engine.as_mut(), ctx, &mut b);
+        beat.idle();
+        for out in b.replies.drain(..) {
+            egress.send_blocking(out);
+        }
+        // Answered: release their payload bytes from the queue.
+        b.slots.clear();
+    }
+}
+
+/// Serves the batch in `b.slots`, leaving exactly one reply per slot in
+/// `b.replies` (fewer only if a reply could not be serialized, which
+/// `error_reply` logs).
+fn run_batch(engine: &mut dyn Engine, ctx: &ModelContext, b: &mut Batcher) {
+    let Batcher {
+        scratch,
+        slots,
+        replies,
+        ..
+    } = b;
+    // A panic must not take the model down: every message of the batch not
+    // yet answered gets an error and the worker goes on.
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        serve_batch(engine, ctx, slots, scratch, replies)
+    }));
+    if let Err(panic) = outcome {
+        let what = panic_message(panic.as_ref());
+        log::error!(
+            "model {}: internal error serving a batch of {}: {what}",
+            ctx.name,
+            slots.len()
+        );
+        let failure = Failure::new(
+            ErrorCode::InferenceFailed,
+            format!("internal error: {what}"),
+        );
+        for slot in slots.iter_mut().filter(|s| !s.answered) {
+            slot.answered = true;
+            replies.extend(error_reply(
+                ctx,
+                &slot.queued.job,
+                slot.id.as_ref(),
+                &failure,
+            ));
+        }
+    }
+}
+
+fn serve_batch(
+    engine: &mut dyn Engine,
+    ctx: &ModelContext,
+    slots: &mut [Slot],
+    scratch: &mut [Vec<u8>],
+    replies: &mut Vec<Outgoing>,
+) {
+    let mut rows = 0;
+    for slot in slots.iter_mut() {
+        let decode_from = Instant::now();
+        match decode(ctx, &slot.queued.job.payload, scratch) {
+            Ok(d) => {
+                slot.id = d.id;
+                for (buf, one) in engine.input_buffers_mut().iter_mut().zip(scratch.iter()) {
+                    let len = one.len();
+                    buf[rows * len..(rows + 1) * len].copy_from_slice(one);
+                }
+                slot.row = Some(Row {
+                    index: rows,
+                    decode_from,
+                    decoded_at: Instant::now(),
+                });
+                rows += 1;
+            }
+            Err((id, failure)) => {
+                slot.id = id;
+                slot.answered = true;
+                replies.extend(error_reply(
+                    ctx,
+                    &slot.queued.job,
+                    slot.id.as_ref(),
+                    &failure,
+                ));
+            }
+        }
+    }
+    if rows == 0 {
+        return;
+    }
+    // Rows no message filled: zeros, not the previous batch's inputs.
+    for (buf, one) in engine.input_buffers_mut().iter_mut().zip(scratch.iter()) {
+        buf[rows * one.len()..].fill(0);
+    }
+    let invoke_from = Instant::now();
+    if let Err(e) = engine.invoke() {
+        let failure = invoke_failure(&e);
+        for slot in slots.iter_mut().filter(|s| !s.answered) {
+            slot.answered = true;
+            replies.extend(error_reply(
+                ctx,
+                &slot.queued.job,
+                slot.id.as_ref(),
+                &failure,
+            ));
+        }
+        return;
+    }
+    let invoked_at = Instant::now();
+    let specs = &ctx.message_outputs;
+    let mut buffers: Vec<&[u8]> = Vec::with_capacity(specs.len());
+    for slot in slots.iter_mut().filter(|s| !s.answered) {
+        let Some(row) = &slot.row else { continue };
+        let post_from = Instant::now();
+        buffers.clear();
+        buffers.extend(specs.iter().enumerate().map(|(i, spec)| {
+            let len = spec.byte_len();
+            &engine.output(i)[row.index * len..(row.index + 1) * len]
+        }));
+        let reply = result_reply(
+            ctx,
+            &slot.queued.job,
+            slot.id.as_ref(),
+            specs,
+            &buffers,
+            Stages {
+                decode_from: row.decode_from,
+                decoded_at: row.decoded_at,
+                invoke_from,
+                invoked_at,
+                post_from,
+            },
+        );
+        slot.answered = true;
+        replies.extend(reply);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use model_runtime::{DType, RuntimeError, TensorSpec};
+    use serde_json::Value;
+
+    use super::*;
+    use crate::config::{OverflowPolicy, PayloadFormat};
+    use crate::telemetry::ModelStats;
+    use crate::topic::{TopicFilter, TopicTemplate};
+    use crate::worker::{Job, ModelQueue, Offer};
+
+    const LONG: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn takes_what_is_queued_up_to_max_without_waiting_when_delay_is_zero() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for i in 1..=5 {
+            tx.send(i).unwrap();
+        }
+        let mut out = Vec::new();
+        let started = Instant::now();
+        collect(&rx, 0, 4, Duration::ZERO, started, &mut out);
+        assert_eq!(out, [0, 1, 2, 3]);
+        out.clear();
+        collect(&rx, 10, 4, Duration::ZERO, Instant::now(), &mut out);
+        assert_eq!(out, [10, 4, 5], "only what was already queued");
+        // The sender is still alive: a zero delay returned without waiting.
+        assert!(started.elapsed() < LONG);
+        drop(tx);
+    }
+
+    #[test]
+    fn waits_for_late_items_but_returns_as_soon_as_the_batch_is_full() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let late = std::thread::spawn(move || {
+            for i in 1..=3 {
+                std::thread::sleep(Duration::from_millis(5));
+                tx.send(i).unwrap();
+            }
+            // Keeps the channel open well past the point the batch is full.
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        let started = Instant::now();
+        let mut out = Vec::new();
+        collect(&rx, 0, 4, LONG, started, &mut out);
+        assert_eq!(out, [0, 1, 2, 3]);
+        assert!(started.elapsed() < LONG / 2, "{:?}", started.elapsed());
+        late.join().unwrap();
+    }
+
+    #[test]
+    fn stops_at_the_deadline_counted_from_the_first_item() {
+        let (tx, rx) = crossbeam_channel::unbounded::<u32>();
+        let delay = Duration::from_millis(30);
+        // The first item was dequeued 20 ms ago: only ~10 ms are left.
+        let started = Instant::now() - Duration::from_millis(20);
+        let mut out = Vec::new();
+        collect(&rx, 7, 8, delay, started, &mut out);
+        assert_eq!(out, [7]);
+        let waited = started.elapsed();
+        assert!(waited >= delay, "returned early: {waited:?}");
+        assert!(waited < LONG, "{waited:?}");
+        drop(tx);
+    }
+
+    #[test]
+    fn stops_when_the_channel_is_closed_and_empty() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        tx.send(1).unwrap();
+        drop(tx);
+        let started = Instant::now();
+        let mut out = Vec::new();
+        collect(&rx, 0, 8, LONG, started, &mut out);
+        assert_eq!(out, [0, 1]);
+        assert!(started.elapsed() < LONG / 2);
+    }
+
+    /// A model with input 'x' [rows, 2] and output 'sum' [rows, 1]: the sum
+    /// of each row. A row starting with 666 panics, 999 fails the invoke.
+    struct Summer {
+        inputs: Vec<TensorSpec>,
+        outputs: Vec<TensorSpec>,
+        input: Vec<Vec<u8>>,
+        output: Vec<Vec<u8>>,
+        invokes: usize,
+    }
+
+    fn spec(name: &str, rows: usize, cols: usize) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            shape: vec![rows, cols],
+            dtype: DType::F32,
+            quantization: None,
+            shape_signature: vec![-1, cols as i64],
+        }
+    }
+
+    fn f32s(bytes: &[u8]) -> Vec<f32> {
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+
+    impl Summer {
+        fn new(rows: usize) -> Summer {
+            Summer {
+                inputs: vec![spec("x", rows, 2)],
+                outputs: vec![spec("sum", rows, 1)],
+                input: vec![vec![0xAA; rows * 8]],
+                output: vec![vec![0; rows * 4]],
+                invokes: 0,
+            }
+        }
+    }
+
+    impl Engine for Summer {
+        fn inputs(&self) -> &[TensorSpec] {
+            &self.inputs
+        }
+        fn outputs(&self) -> &[TensorSpec] {
+            &self.outputs
+        }
+        fn input_buffers_mut(&mut self) -> &mut [Vec<u8>] {
+            &mut self.input
+        }
+        fn invoke(&mut self) -> Result<(), RuntimeError> {
+            self.invokes += 1;
+            let x = f32s(&self.input[0]);
+            for (r, pair) in x.chunks_exact(2).enumerate() {
+                if pair[0] == 666.0 {
+                    panic!("kernel bug");
+                }
+                if pair[0] == 999.0 {
+                    return Err(RuntimeError::Call {
+                        call: "Invoke",
+                        status: "runtime failure".into(),
+                    });
+                }
+                self.output[0][r * 4..r * 4 + 4]
+                    .copy_from_slice(&(pair[0] + pair[1]).to_le_bytes());
+            }
+            Ok(())
+        }
+        fn output(&self, index: usize) -> &[u8] {
+            &self.output[index]
+        }
+        fn accelerator(&self) -> String {
+            "test".into()
+        }
+    }
+
+    fn context(max_batch: usize) -> ModelContext {
+        let filter = TopicFilter::parse("in/m").unwrap();
+        ModelContext {
+            name: "m".into(),
+            sha256: "00".into(),
+            device_id: "dev".into(),
+            errors_topic: "edge-infer/dev/errors".into(),
+            output_topic: TopicTemplate::parse("out/{model}", &filter).unwrap(),
+            input_topic: filter,
+            payload: PayloadFormat::Json,
+            message_inputs: vec![spec("x", 1, 2)],
+            message_outputs: vec![spec("sum", 1, 1)],
+            batching: Batching {
+                max_batch,
+                max_delay: Duration::ZERO,
+            },
+            labels: None,
+            top_k: None,
+            stats: Arc::new(ModelStats::default()),
+        }
+    }
+
+    /// A batcher holding one slot per payload, as the queue hands them out.
+    fn batch_of(ctx: &ModelContext, payloads: &[&str]) -> Batcher {
+        let (q, rx) = ModelQueue::bounded(64, 1 << 20, OverflowPolicy::RejectNew);
+        for p in payloads {
+            let job = Job {
+                topic: "in/m".into(),
+                payload: Bytes::from(p.to_string()),
+                received_at: 0.0,
+                received: Instant::now(),
+            };
+            assert!(matches!(q.offer(job), Offer::Queued));
+        }
+        let mut b = Batcher::new(ctx);
+        b.slots.extend(rx.try_iter().map(|queued| Slot {
+            queued,
+            id: None,
+            row: None,
+            answered: false,
+        }));
+        b
+    }
+
+    fn replies(b: &mut Batcher) -> Vec<(String, Value)> {
+        b.replies
+            .drain(..)
+            .map(|o| (o.topic, serde_json::from_slice(&o.payload).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn each_message_gets_its_own_row_and_bad_ones_take_none() {
+        let ctx = context(4);
+        let mut engine = Summer::new(4);
+        let mut b = batch_of(
+            &ctx,
+            &[
+                r#"{"id": 1, "data": [1, 2]}"#,
+                r#"{"id": 2, "data": [1, 2, 3]}"#,
+                r#"{"id": 3, "data": [10, 20]}"#,
+            ],
+        );
+        run_batch(&mut engine, &ctx, &mut b);
+        assert_eq!(engine.invokes, 1);
+        // Rows 0 and 1 hold messages 1 and 3; the rest are zeroed.
+        assert_eq!(
+            f32s(&engine.input[0]),
+            [1.0, 2.0, 10.0, 20.0, 0.0, 0.0, 0.0, 0.0]
+        );
+        let got = replies(&mut b);
+        assert_eq!(got.len(), 3);
+        let by_id = |id: i64| &got.iter().find(|(_, v)| v["id"] == id).unwrap().1;
+        assert_eq!(by_id(2)["code"], "bad_shape");
+        assert!(
+            by_id(2)["message"].as_str().unwrap().contains("1x2"),
+            "{}",
+            by_id(2)
+        );
+        for (id, sum) in [(1, 3.0), (3, 30.0)] {
+            let r = by_id(id);
+            assert_eq!(r["outputs"][0]["shape"], serde_json::json!([1, 1]), "{r}");
+            assert_eq!(r["outputs"][0]["values"], serde_json::json!([sum]), "{r}");
+        }
+        assert_eq!(ctx.stats.succeeded(), 2);
+        assert_eq!(ctx.stats.errors(ErrorCode::BadShape), 1);
+    }
+
+    #[test]
+    fn a_batch_of_bad_messages_runs_nothing() {
+        let ctx = context(4);
+        let mut engine = Summer::new(4);
+        let mut b = batch_of(&ctx, &["nope", r#"{"id": "x"}"#]);
+        run_batch(&mut engine, &ctx, &mut b);
+        assert_eq!(engine.invokes, 0);
+        let got = replies(&mut b);
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|(t, _)| t == "edge-infer/dev/errors"));
+    }
+
+    #[test]
+    fn an_invoke_failure_answers_every_decoded_message() {
+        let ctx = context(4);
+        let mut engine = Summer::new(4);
+        let mut b = batch_of(
+            &ctx,
+            &[
+                r#"{"id": 1, "data": [1, 2]}"#,
+                r#"{"id": 2, "data": [999, 2]}"#,
+                r#"{"id": 3}"#,
+            ],
+        );
+        run_batch(&mut engine, &ctx, &mut b);
+        let got = replies(&mut b);
+        let codes: Vec<(i64, &str)> = got
+            .iter()
+            .map(|(_, v)| (v["id"].as_i64().unwrap(), v["code"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                (3, "bad_json"),
+                (1, "inference_failed"),
+                (2, "inference_failed")
+            ]
+        );
+        assert_eq!(ctx.stats.succeeded(), 0);
+    }
+
+    #[test]
+    fn a_panic_answers_every_unanswered_message_once() {
+        let ctx = context(4);
+        let mut engine = Summer::new(4);
+        let mut b = batch_of(
+            &ctx,
+            &[
+                r#"{"id": 1, "data": [666, 2]}"#,
+                r#"{"id": 2, "data": "x"}"#,
+                r#"{"id": 3, "data": [1, 2]}"#,
+            ],
+        );
+        run_batch(&mut engine, &ctx, &mut b);
+        let got = replies(&mut b);
+        let mut ids: Vec<i64> = got.iter().map(|(_, v)| v["id"].as_i64().unwrap()).collect();
+        ids.sort();
+        assert_eq!(ids, [1, 2, 3], "{got:?}");
+        for (_, v) in &got {
+            if v["id"] != 2 {
+                assert_eq!(v["code"], "inference_failed", "{v}");
+                assert!(v["message"].as_str().unwrap().contains("kernel bug"));
+            }
+        }
+        // The next batch runs normally and does not see the old rows.
+        let mut b = batch_of(&ctx, &[r#"{"id": 4, "data": [2, 2]}"#]);
+        run_batch(&mut engine, &ctx, &mut b);
+        let got = replies(&mut b);
+        assert_eq!(got[0].1["outputs"][0]["values"], serde_json::json!([4.0]));
+        assert_eq!(f32s(&engine.input[0])[2..], [0.0; 6]);
+    }
+}
