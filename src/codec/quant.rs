@@ -37,11 +37,18 @@ pub fn store(dtype: DType, q: Option<Quantization>, buf: &mut [u8], index: usize
 #[inline]
 fn quantize(value: f32, q: Option<Quantization>, min: i32, max: i32) -> i32 {
     let stepped = match q {
-        Some(q) if q.scale > 0.0 => (value / q.scale).round() as i32 + q.zero_point,
+        Some(q) if q.scale > 0.0 => round_to_i32(value / q.scale).saturating_add(q.zero_point),
         // An integer tensor without quantization takes integers as they are.
-        _ => value.round() as i32,
+        _ => round_to_i32(value),
     };
     stepped.clamp(min, max)
+}
+
+/// `x.round() as i32`: half away from zero, saturating at the i32 range
+/// (so the zero point is added with saturation too).
+#[inline]
+fn round_to_i32(x: f32) -> i32 {
+    x.round() as i32
 }
 
 /// Reads element `index` of a tensor buffer back as a real value.
@@ -99,6 +106,18 @@ mod tests {
         store(DType::I8, Q, &mut b, 2, 1000.0); // clamps to 127
         store(DType::I8, Q, &mut b, 3, -1000.0); // clamps to -128
         assert_eq!(b.map(|x| x as i8), [0, -6, 127, -128]);
+    }
+
+    #[test]
+    fn huge_values_saturate_to_the_right_end() {
+        let q = Some(Quantization {
+            scale: 1e-6,
+            zero_point: 5,
+        });
+        let mut b = [0u8; 2];
+        store(DType::I8, q, &mut b, 0, 1e30);
+        store(DType::I8, q, &mut b, 1, -1e30);
+        assert_eq!(b.map(|x| x as i8), [127, -128]);
     }
 
     #[test]
