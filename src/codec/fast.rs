@@ -11,7 +11,7 @@
 //! precise error. So the two paths never disagree on what is accepted, and
 //! every error message comes from one place.
 
-use model_runtime::TensorSpec;
+use model_runtime::{DType, TensorSpec};
 use serde::de::IgnoredAny;
 
 use super::{quant, MessageId, MAX_ID_LEN};
@@ -92,12 +92,23 @@ fn input(
     buf: &mut [u8],
     max_depth: u32,
 ) -> Option<usize> {
-    let (dtype, q, n) = (spec.dtype, spec.quantization, spec.element_count());
-    let (count, end) = fill(payload, at, max_depth, |i, x| {
-        if i < n {
-            quant::store(dtype, q, buf, i, x);
-        }
-    })?;
+    let (q, n) = (spec.quantization, spec.element_count());
+    // One loop per common type, so the per-value store has no type switch.
+    macro_rules! fill_as {
+        ($dtype:expr) => {
+            fill(payload, at, max_depth, |i, x| {
+                if i < n {
+                    quant::store($dtype, q, buf, i, x);
+                }
+            })
+        };
+    }
+    let (count, end) = match spec.dtype {
+        DType::I8 => fill_as!(DType::I8),
+        DType::U8 => fill_as!(DType::U8),
+        DType::F32 => fill_as!(DType::F32),
+        other => fill_as!(other),
+    }?;
     (count == n).then_some(end)
 }
 
