@@ -5,5 +5,5 @@
 pub mod queue;
 mod run;
 
-pub use queue::{Job, ModelQueue, Offer, Queued};
+pub use queue::{Job, JobReceiver, ModelQueue, Offer, Queued};
 pub use run::{spawn_workers, ModelContext, Worker};

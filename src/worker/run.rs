@@ -8,10 +8,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crossbeam_channel::Receiver;
 use model_runtime::Engine;
 
-use super::{Job, Queued};
+use super::{Job, JobReceiver};
 use crate::codec::decode::{decode_json, decode_raw};
 use crate::codec::encode::{self, Latency, Outputs, ResultMessage};
 use crate::codec::{ErrorCode, Failure, MessageId};
@@ -49,7 +48,7 @@ pub struct Worker {
 pub fn spawn_workers(
     engines: Vec<Box<dyn Engine>>,
     ctx: &Arc<ModelContext>,
-    rx: &Receiver<Queued>,
+    rx: &JobReceiver,
     egress: &Egress,
     epoch: Instant,
 ) -> std::io::Result<Vec<Worker>> {
@@ -71,11 +70,11 @@ pub fn spawn_workers(
 fn worker_loop(
     mut engine: Box<dyn Engine>,
     ctx: &ModelContext,
-    rx: &Receiver<Queued>,
+    rx: &JobReceiver,
     egress: &Egress,
     beat: &WorkerBeat,
 ) {
-    while let Ok(queued) = rx.recv() {
+    while let Some(queued) = rx.recv() {
         // `queued` keeps its payload bytes charged to the queue until this
         // message is answered.
         let job = &queued.job;
