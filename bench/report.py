@@ -81,7 +81,9 @@ def main():
           f"- broker: {meta.get('mosquitto', '?')}, own instance on a free loopback port, config as in tests/common/mod.rs plus `set_tcp_nodelay true`",
           f"- durations: fixed rates {meta.get('fixed_seconds')} s each, search trials {meta.get('trial_seconds')} s, "
           f"sustained rate confirmed for {meta.get('confirm_seconds')} s; cold start median of {meta.get('cold_starts')} starts",
-          f"- XNNPACK threads: {meta.get('threads', 1)} for both edge-infer and the baseline; one worker per model; QoS 0 everywhere; TCP_NODELAY on every client",
+          f"- XNNPACK threads: {meta.get('threads', 1)} for both edge-infer and the baseline; edge-infer workers per model: {meta.get('workers', 1)}; "
+          + (f"edge-infer and the baseline pinned to CPU(s) {meta['cpus']} (taskset); " if meta.get('cpus') else "")
+          + "QoS 0 everywhere; TCP_NODELAY on every client",
           "- load: open loop, send times scheduled in advance, latency from the *scheduled* send time to the result's receipt "
           "(no coordinated omission); lost = not answered within 3 s after the last send; errors = messages on the error topic "
           "(e.g. `overloaded`); \"sustained\" = zero lost, zero errors and p99 <= the SLO "

@@ -11,7 +11,9 @@
 #
 # Options: --quick, --only W1,W2 (workloads from bench/workloads.json),
 # --targets echo,edge-infer,baseline, --threads N (XNNPACK threads, both
-# targets), --seconds S (sustained confirmation), --out FILE (default
+# targets), --workers N (edge-infer workers per model), --cpus LIST (pin
+# edge-infer and the baseline with taskset, e.g. 1 for "the daemon has one
+# core"), --seconds S (sustained confirmation), --out FILE (default
 # BENCHMARKS.md), --no-build.
 set -euo pipefail
 
@@ -22,6 +24,8 @@ QUICK=0
 ONLY=""
 TARGETS="echo,edge-infer,baseline"
 THREADS=1
+WORKERS=1
+CPUS=""
 SECONDS_CONFIRM=""
 OUT="BENCHMARKS.md"
 BUILD=1
@@ -32,10 +36,12 @@ while [[ $# -gt 0 ]]; do
     --only) ONLY="$2"; shift ;;
     --targets) TARGETS="$2"; shift ;;
     --threads) THREADS="$2"; shift ;;
+    --workers) WORKERS="$2"; shift ;;
+    --cpus) CPUS="$2"; shift ;;
     --seconds) SECONDS_CONFIRM="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --no-build) BUILD=0 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -132,6 +138,7 @@ labels = "$REPO/models/har_accel.labels"
 input_topic = "bench/har/in"
 output_topic = "bench/har/out"
 threads = $THREADS
+workers = $WORKERS
 
 [[models]]
 name = "mnv2raw"
@@ -140,6 +147,7 @@ input_topic = "bench/mnv2raw/in/+"
 output_topic = "bench/mnv2raw/out/{1}"
 payload = "raw"
 threads = $THREADS
+workers = $WORKERS
 
 [[models]]
 name = "mnv2json"
@@ -147,6 +155,7 @@ path = "$REPO/models/mobilenet_v2_int8.tflite"
 input_topic = "bench/mnv2json/in"
 output_topic = "bench/mnv2json/out"
 threads = $THREADS
+workers = $WORKERS
 EOF
 
 # The demo config (every shipped model) on our broker: cold start and RSS.
@@ -171,6 +180,9 @@ echo "== cold start and RSS with every shipped model (config/demo.toml)"
 "$BENCH" coldstart --ready notify --repeat "$COLD" --out "$RES/coldstart_all_models.json" \
   --log "$WORK/all-models.log" -- "$DAEMON" run --config "$WORK/all-models.toml"
 
+PIN=()
+[[ -n $CPUS ]] && PIN=(taskset -c "$CPUS")
+
 IFS=, read -ra TLIST <<< "$TARGETS"
 for target in "${TLIST[@]}"; do
   case "$target" in
@@ -182,10 +194,10 @@ for target in "${TLIST[@]}"; do
         --in bench/mnv2json/in --out bench/mnv2json/out ;;
     edge-infer)
       "$BENCH" drive --name edge-infer --ready notify "${DRIVE[@]}" --out "$RES/edge-infer.json" \
-        --log "$WORK/edge-infer.log" -- "$DAEMON" run --config "$WORK/edge-infer.toml" ;;
+        --log "$WORK/edge-infer.log" -- "${PIN[@]}" "$DAEMON" run --config "$WORK/edge-infer.toml" ;;
     baseline)
       "$BENCH" drive --name baseline --ready line:READY "${DRIVE[@]}" --out "$RES/baseline.json" \
-        --log "$WORK/baseline.log" -- "$VENV/bin/python" bench/baseline.py --port "$PORT" \
+        --log "$WORK/baseline.log" -- "${PIN[@]}" "$VENV/bin/python" bench/baseline.py --port "$PORT" \
         --device-id bench --threads "$THREADS" \
         --model "name=har,path=models/har_accel_int8.tflite,input=bench/har/in,output=bench/har/out,payload=json,labels=models/har_accel.labels" \
         --model "name=mnv2raw,path=models/mobilenet_v2_int8.tflite,input=bench/mnv2raw/in/+,output=bench/mnv2raw/out/{1},payload=raw" \
@@ -206,6 +218,7 @@ json.dump({
     "commit": sh("git", "rev-parse", "HEAD"),
     "dirty": sh("git", "status", "--porcelain", "--untracked-files=no"),
     "command": """$CMDLINE""", "quick": $QUICK == 1, "threads": $THREADS,
+    "workers": $WORKERS, "cpus": "$CPUS",
     "fixed_seconds": $FIXED, "trial_seconds": $TRIAL, "confirm_seconds": $CONFIRM, "cold_starts": $COLD,
     "mosquitto": sh("$MOSQUITTO", "-h").splitlines()[0] if sh("$MOSQUITTO", "-h") else "?",
     "loadavg": open("/proc/loadavg").read().split()[:3],

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use crossbeam_channel::Receiver;
 use rumqttc::AsyncClient;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Notify};
@@ -27,7 +26,9 @@ use crate::router::Router;
 use crate::systemd::Notifier;
 use crate::telemetry::{DaemonStats, ModelStats};
 use crate::time::unix_now;
-use crate::worker::{spawn_workers, Batching, ModelContext, ModelQueue, Queued, Worker};
+use crate::worker::{
+    spawn_workers, Batching, JobReceiver, ModelContext, ModelQueue, Queued, Worker,
+};
 use model_runtime::Runtime;
 
 pub fn errors_topic(device_id: &str) -> String {
@@ -43,7 +44,7 @@ struct Running {
     /// A consumer handle on the model's queue: its depth for health, and
     /// what is left in it when a drain times out. Holding it does not keep
     /// workers alive; only senders do.
-    queue: Receiver<Queued>,
+    queue: JobReceiver,
     workers: Vec<Worker>,
 }
 
@@ -641,7 +642,7 @@ impl Supervisor {
         {
             let mut abandoned = 0;
             for m in &all {
-                for Queued { job, .. } in m.queue.try_iter() {
+                for Queued { job, .. } in m.queue.take_all() {
                     abandoned += 1;
                     m.ctx.stats.error(ErrorCode::ShuttingDown);
                     let f = Failure::new(

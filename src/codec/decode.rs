@@ -1,7 +1,9 @@
 //! Payload -> input tensor bytes.
 //!
-//! JSON is walked once with serde's visitor API: numbers go straight into
-//! the model's input buffers (quantized on the way), nothing else is built.
+//! Well-formed messages take the one-pass fast path (`fast`). Everything
+//! else is walked with serde's visitor API, which words the precise error:
+//! numbers go straight into the model's input buffers (quantized on the
+//! way), nothing else is built.
 //! Accepted shapes (see README "Message formats"):
 //!
 //! - `{"id": .., "data": [..]}` for a single-input model,
@@ -16,7 +18,7 @@ use std::fmt;
 use model_runtime::TensorSpec;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::quant;
+use super::{fast, quant};
 use super::{ErrorCode, Failure, MessageId, MAX_ID_LEN};
 
 /// What a successful decode leaves besides the filled buffers.
@@ -29,6 +31,18 @@ pub struct Decoded {
 /// On failure the id is still returned when it could be read, so the error
 /// can be correlated.
 pub fn decode_json(
+    payload: &[u8],
+    specs: &[TensorSpec],
+    buffers: &mut [Vec<u8>],
+) -> Result<Decoded, (Option<MessageId>, Failure)> {
+    match fast::decode(payload, specs, buffers, MAX_DEPTH) {
+        Some(id) => Ok(Decoded { id }),
+        None => decode_json_full(payload, specs, buffers),
+    }
+}
+
+/// The visitor walk: every shape, every error worded.
+fn decode_json_full(
     payload: &[u8],
     specs: &[TensorSpec],
     buffers: &mut [Vec<u8>],
@@ -764,6 +778,131 @@ mod tests {
             matches!(f.code, ErrorCode::BadShape | ErrorCode::BadJson),
             "{f:?}"
         );
+    }
+
+    /// The fast path must take the common messages, and whatever it takes
+    /// it must decode exactly as the full decoder does.
+    #[test]
+    fn fast_path_agrees_with_the_full_decoder() {
+        let q = Some(Quantization {
+            scale: 0.0078,
+            zero_point: -1,
+        });
+        let single = [spec("x", &[1, 2, 3], DType::I8, q)];
+        let multi = [
+            spec("a", &[2], DType::F32, None),
+            spec("b", &[1, 1], DType::U8, q),
+        ];
+        let taken: &[(&[TensorSpec], &str)] = &[
+            (&single, r#"{"id":"a-1","data":[0.5,-0.25,1,-1,0,0.0078]}"#),
+            (
+                &single,
+                r#" { "data" : [[0.5, -0.25, 1], [-1, 0, 3e-3]] , "id" : 17 } "#,
+            ),
+            (&single, r#"{"data":[1,2,3,4,5,6]}"#),
+            (&single, "{\"id\":-2.5e3,\n\"data\":[1,2,3,4,5,6]}"),
+            (
+                &single,
+                r#"{"ts":1.7e9,"meta":{"s":"a\"]}","l":[1,{"x":null}],"t":true},"data":[6,5,4,3,2,1],"id":"z"}"#,
+            ),
+            (&single, r#"{"data":[1.00000000000000000001,2,3,4,5,6]}"#),
+            (&multi, r#"{"inputs":[[1.5,2],[0.3]],"id":"m"}"#),
+            (&multi, r#"{"inputs":{"b":[[0.3]],"a":[1.5,-2]}}"#),
+        ];
+        for (specs, payload) in taken {
+            let mut fast_bufs = bufs(specs);
+            let id = fast::decode(payload.as_bytes(), specs, &mut fast_bufs, MAX_DEPTH);
+            let Some(id) = id else {
+                panic!("the fast path declined {payload}");
+            };
+            let mut full_bufs = bufs(specs);
+            let full = decode_json_full(payload.as_bytes(), specs, &mut full_bufs).unwrap();
+            assert_eq!(id, full.id, "{payload}");
+            assert_eq!(fast_bufs, full_bufs, "{payload}");
+        }
+        // Declined: left to the full decoder, which accepts some of these
+        // (escaped keys or ids, a repeated id) and words the errors for
+        // the rest.
+        let declined: &[(&[TensorSpec], &str)] = &[
+            (&single, r#"{"d\u0061ta":[1,2,3,4,5,6]}"#),
+            (&single, r#"{"id":"\u0041","data":[1,2,3,4,5,6]}"#),
+            (&single, r#"{"id":1,"id":2,"data":[1,2,3,4,5,6]}"#),
+            (&single, r#"{"data":[1,2,3,4,5]}"#),
+            (&single, r#"{"data":[1,2,3,4,5,6,7]}"#),
+            (&single, r#"{"data":[1,2,3,4,5,"6"]}"#),
+            (&single, r#"{"data":[1,2,3,4,5,6],"data":[1,2,3,4,5,6]}"#),
+            (&single, r#"{"data":[1,2,3,4,5,6],"x":[1,}"#),
+            (&single, r#"{"data":[1,2,3,4,5,6],"x":tru}"#),
+            (&single, r#"{"data":[1,2,3,4,5,6]} x"#),
+            (&single, r#"{"data":[1,2,3,4,5,1e39]}"#),
+            (&single, r#"{"id":[1],"data":[1,2,3,4,5,6]}"#),
+            (&single, "{}"),
+            (&multi, r#"{"inputs":[[1.5,2]]}"#),
+            (&multi, r#"{"inputs":{"a":[1,2],"a":[1,2],"b":[1]}}"#),
+            (&multi, r#"{"data":[1,2,3]}"#),
+        ];
+        for (specs, payload) in declined {
+            let mut b = bufs(specs);
+            assert_eq!(
+                fast::decode(payload.as_bytes(), specs, &mut b, MAX_DEPTH),
+                None,
+                "{payload}"
+            );
+        }
+    }
+
+    /// Mutated messages (bytes flipped, dropped, duplicated): whenever the
+    /// fast path takes one, the full decoder must take it identically.
+    #[test]
+    fn fast_path_never_accepts_what_the_full_decoder_refuses() {
+        let q = Some(Quantization {
+            scale: 0.0078,
+            zero_point: -1,
+        });
+        let single = [spec("x", &[4], DType::I8, q)];
+        let seeds = [
+            r#"{"id":"a-1","data":[0.5,-0.25,1e-2,-1]}"#,
+            r#"{"ts":12,"meta":{"s":"q\"","l":[1,null]},"data":[[1,2],[3,4]],"id":7}"#,
+            r#"{"inputs":{"x":[0.125,2,3,4]}}"#,
+        ];
+        let alphabet = b"{}[]\",:-+.eE0123456789 \\ntrulfasx";
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut taken = 0;
+        for round in 0..30_000 {
+            let mut p = seeds[round % seeds.len()].as_bytes().to_vec();
+            for _ in 0..1 + next() % 3 {
+                let at = (next() as usize) % p.len();
+                match next() % 3 {
+                    0 => p[at] = alphabet[(next() as usize) % alphabet.len()],
+                    1 => {
+                        p.remove(at);
+                    }
+                    _ => p.insert(at, p[at]),
+                }
+                if p.is_empty() {
+                    break;
+                }
+            }
+            let mut fast_bufs = bufs(&single);
+            if let Some(id) = fast::decode(&p, &single, &mut fast_bufs, MAX_DEPTH) {
+                taken += 1;
+                let mut full_bufs = bufs(&single);
+                let shown = String::from_utf8_lossy(&p);
+                let full = decode_json_full(&p, &single, &mut full_bufs)
+                    .unwrap_or_else(|e| panic!("fast took, full refused {shown}: {e:?}"));
+                assert_eq!(id, full.id, "{shown}");
+                assert_eq!(fast_bufs, full_bufs, "{shown}");
+            }
+        }
+        // Plenty of mutants stay valid (a digit for a digit): the check
+        // above must have run.
+        assert!(taken > 1000, "only {taken} mutants taken");
     }
 
     #[test]

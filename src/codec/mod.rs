@@ -8,6 +8,7 @@
 
 pub mod decode;
 pub mod encode;
+mod fast;
 pub mod quant;
 
 use serde::Serialize;

@@ -5,8 +5,9 @@
 use model_runtime::{DType, Quantization};
 
 /// Writes one real value into element `index` of a tensor buffer of `dtype`.
-/// The caller has checked `value` is finite.
-#[inline]
+/// The caller has checked `value` is finite. Inlined into loops that pass
+/// a constant `dtype`, so the match folds away.
+#[inline(always)]
 pub fn store(dtype: DType, q: Option<Quantization>, buf: &mut [u8], index: usize, value: f32) {
     match dtype {
         DType::F32 => {
@@ -34,14 +35,31 @@ pub fn store(dtype: DType, q: Option<Quantization>, buf: &mut [u8], index: usize
     }
 }
 
-#[inline]
+#[inline(always)]
 fn quantize(value: f32, q: Option<Quantization>, min: i32, max: i32) -> i32 {
     let stepped = match q {
-        Some(q) if q.scale > 0.0 => (value / q.scale).round() as i32 + q.zero_point,
+        Some(q) if q.scale > 0.0 => round_to_i32(value / q.scale).saturating_add(q.zero_point),
         // An integer tensor without quantization takes integers as they are.
-        _ => value.round() as i32,
+        _ => round_to_i32(value),
     };
     stepped.clamp(min, max)
+}
+
+/// `x.round() as i32` (half away from zero, saturating), without the libm
+/// call `f32::round` compiles to on baseline x86_64: profiling showed that
+/// call once per input value (2% of the daemon's CPU on 384-value
+/// messages). `x - trunc(x)` is exact in f32, so the comparison is exact.
+#[inline(always)]
+fn round_to_i32(x: f32) -> i32 {
+    let t = x as i32; // toward zero, saturating; NaN never gets here
+    let frac = x - t as f32;
+    if frac >= 0.5 {
+        t.saturating_add(1)
+    } else if frac <= -0.5 {
+        t.saturating_sub(1)
+    } else {
+        t
+    }
 }
 
 /// Reads element `index` of a tensor buffer back as a real value.
@@ -99,6 +117,57 @@ mod tests {
         store(DType::I8, Q, &mut b, 2, 1000.0); // clamps to 127
         store(DType::I8, Q, &mut b, 3, -1000.0); // clamps to -128
         assert_eq!(b.map(|x| x as i8), [0, -6, 127, -128]);
+    }
+
+    #[test]
+    fn rounding_is_f32_round() {
+        let specials = [
+            0.0f32,
+            -0.0,
+            0.5,
+            -0.5,
+            1.5,
+            -1.5,
+            2.5,
+            -2.5,
+            0.499_999_97,
+            -0.499_999_97,
+            8_388_607.5,
+            -8_388_607.5,
+            8_388_609.0,
+            2.1e9,
+            -2.1e9,
+            3e9,
+            -3e9,
+            1e30,
+            -1e30,
+            f32::MAX,
+            f32::MIN,
+        ];
+        for x in specials {
+            assert_eq!(round_to_i32(x), x.round() as i32, "{x}");
+        }
+        // Every float32 between -70,000 and 70,000 at a stride that walks
+        // all exponents and hits halves.
+        let mut bits = 0u32;
+        while bits < 0x4789_0000 {
+            for x in [f32::from_bits(bits), -f32::from_bits(bits)] {
+                assert_eq!(round_to_i32(x), x.round() as i32, "{x}");
+            }
+            bits += 97;
+        }
+    }
+
+    #[test]
+    fn huge_values_saturate_to_the_right_end() {
+        let q = Some(Quantization {
+            scale: 1e-6,
+            zero_point: 5,
+        });
+        let mut b = [0u8; 2];
+        store(DType::I8, q, &mut b, 0, 1e30);
+        store(DType::I8, q, &mut b, 1, -1e30);
+        assert_eq!(b.map(|x| x as i8), [127, -128]);
     }
 
     #[test]

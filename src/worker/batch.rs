@@ -13,13 +13,12 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use model_runtime::Engine;
 
 use super::run::{
     decode, error_reply, invoke_failure, panic_message, result_reply, ModelContext, Stages,
 };
-use super::Queued;
+use super::{JobReceiver, Queued};
 use crate::codec::{ErrorCode, Failure, MessageId};
 use crate::mqtt::egress::{Egress, Outgoing};
 use crate::telemetry::WorkerBeat;
@@ -34,33 +33,28 @@ pub struct Batching {
 }
 
 /// Fills `out` with `first` and then whatever else `rx` yields, until `out`
-/// holds `max` items or `max_delay` has passed since `started` (the moment
+/// holds `max` jobs or `max_delay` has passed since `started` (the moment
 /// `first` was dequeued). With a zero delay it never waits: it takes only
-/// what is already queued. It also stops when the channel is disconnected
-/// and empty (shutdown).
-pub fn collect<T>(
-    rx: &Receiver<T>,
-    first: T,
+/// what is already queued. It also stops when the queue is closed and
+/// empty (shutdown).
+pub fn collect(
+    rx: &JobReceiver,
+    first: Queued,
     max: usize,
     max_delay: Duration,
     started: Instant,
-    out: &mut Vec<T>,
+    out: &mut Vec<Queued>,
 ) {
     out.push(first);
     let deadline = started.checked_add(max_delay);
     while out.len() < max {
-        match rx.try_recv() {
-            Ok(item) => out.push(item),
-            Err(TryRecvError::Disconnected) => break,
-            Err(TryRecvError::Empty) => {
-                let Some(deadline) = deadline.filter(|_| !max_delay.is_zero()) else {
-                    break;
-                };
-                match rx.recv_deadline(deadline) {
-                    Ok(item) => out.push(item),
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-                }
-            }
+        let next = match deadline.filter(|_| !max_delay.is_zero()) {
+            Some(deadline) => rx.recv_deadline(deadline),
+            None => rx.try_recv(),
+        };
+        match next {
+            Some(job) => out.push(job),
+            None => break,
         }
     }
 }
@@ -113,12 +107,12 @@ impl Batcher {
 pub(super) fn batch_loop(
     mut engine: Box<dyn Engine>,
     ctx: &ModelContext,
-    rx: &Receiver<Queued>,
+    rx: &JobReceiver,
     egress: &Egress,
     beat: &WorkerBeat,
 ) {
     let mut b = Batcher::new(ctx);
-    while let Ok(first) = rx.recv() {
+    while let Some(first) = rx.recv() {
         let dequeued = Instant::now();
         beat.busy();
         collect(
@@ -286,67 +280,92 @@ mod tests {
 
     const LONG: Duration = Duration::from_secs(30);
 
+    /// A queue of jobs named by number, and the numbers of collected jobs.
+    fn queue() -> (ModelQueue, JobReceiver) {
+        ModelQueue::bounded(64, 1 << 20, OverflowPolicy::RejectNew)
+    }
+
+    fn put(q: &ModelQueue, n: u32) {
+        let job = Job {
+            topic: n.to_string(),
+            payload: Bytes::from_static(b"x"),
+            received_at: 0.0,
+            received: Instant::now(),
+        };
+        assert!(matches!(q.offer(job), Offer::Queued));
+    }
+
+    fn numbers(out: &[Queued]) -> Vec<u32> {
+        out.iter().map(|q| q.job.topic.parse().unwrap()).collect()
+    }
+
+    /// Collects after taking `first` off the queue, as the worker does.
+    fn collect_from(rx: &JobReceiver, max: usize, delay: Duration, started: Instant) -> Vec<u32> {
+        let first = rx.recv().unwrap();
+        let mut out = Vec::new();
+        collect(rx, first, max, delay, started, &mut out);
+        numbers(&out)
+    }
+
     #[test]
     fn takes_what_is_queued_up_to_max_without_waiting_when_delay_is_zero() {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        for i in 1..=5 {
-            tx.send(i).unwrap();
+        let (q, rx) = queue();
+        for i in 0..=5 {
+            put(&q, i);
         }
-        let mut out = Vec::new();
         let started = Instant::now();
-        collect(&rx, 0, 4, Duration::ZERO, started, &mut out);
-        assert_eq!(out, [0, 1, 2, 3]);
-        out.clear();
-        collect(&rx, 10, 4, Duration::ZERO, Instant::now(), &mut out);
-        assert_eq!(out, [10, 4, 5], "only what was already queued");
-        // The sender is still alive: a zero delay returned without waiting.
+        assert_eq!(collect_from(&rx, 4, Duration::ZERO, started), [0, 1, 2, 3]);
+        put(&q, 10);
+        assert_eq!(
+            collect_from(&rx, 4, Duration::ZERO, Instant::now()),
+            [4, 5, 10],
+            "only what was already queued"
+        );
+        // The producer is still alive: a zero delay returned without waiting.
         assert!(started.elapsed() < LONG);
-        drop(tx);
+        drop(q);
     }
 
     #[test]
     fn waits_for_late_items_but_returns_as_soon_as_the_batch_is_full() {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (q, rx) = queue();
+        put(&q, 0);
         let late = std::thread::spawn(move || {
             for i in 1..=3 {
                 std::thread::sleep(Duration::from_millis(5));
-                tx.send(i).unwrap();
+                put(&q, i);
             }
-            // Keeps the channel open well past the point the batch is full.
+            // Keeps the queue open well past the point the batch is full.
             std::thread::sleep(Duration::from_millis(200));
         });
         let started = Instant::now();
-        let mut out = Vec::new();
-        collect(&rx, 0, 4, LONG, started, &mut out);
-        assert_eq!(out, [0, 1, 2, 3]);
+        assert_eq!(collect_from(&rx, 4, LONG, started), [0, 1, 2, 3]);
         assert!(started.elapsed() < LONG / 2, "{:?}", started.elapsed());
         late.join().unwrap();
     }
 
     #[test]
     fn stops_at_the_deadline_counted_from_the_first_item() {
-        let (tx, rx) = crossbeam_channel::unbounded::<u32>();
+        let (q, rx) = queue();
+        put(&q, 7);
         let delay = Duration::from_millis(30);
         // The first item was dequeued 20 ms ago: only ~10 ms are left.
         let started = Instant::now() - Duration::from_millis(20);
-        let mut out = Vec::new();
-        collect(&rx, 7, 8, delay, started, &mut out);
-        assert_eq!(out, [7]);
+        assert_eq!(collect_from(&rx, 8, delay, started), [7]);
         let waited = started.elapsed();
         assert!(waited >= delay, "returned early: {waited:?}");
         assert!(waited < LONG, "{waited:?}");
-        drop(tx);
+        drop(q);
     }
 
     #[test]
-    fn stops_when_the_channel_is_closed_and_empty() {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        tx.send(1).unwrap();
-        drop(tx);
+    fn stops_when_the_queue_is_closed_and_empty() {
+        let (q, rx) = queue();
+        put(&q, 0);
+        put(&q, 1);
+        drop(q);
         let started = Instant::now();
-        let mut out = Vec::new();
-        collect(&rx, 0, 8, LONG, started, &mut out);
-        assert_eq!(out, [0, 1]);
+        assert_eq!(collect_from(&rx, 8, LONG, started), [0, 1]);
         assert!(started.elapsed() < LONG / 2);
     }
 
@@ -460,7 +479,7 @@ mod tests {
             assert!(matches!(q.offer(job), Offer::Queued));
         }
         let mut b = Batcher::new(ctx);
-        b.slots.extend(rx.try_iter().map(|queued| Slot {
+        b.slots.extend(rx.take_all().into_iter().map(|queued| Slot {
             queued,
             id: None,
             row: None,

@@ -9,5 +9,5 @@ pub mod queue;
 mod run;
 
 pub use batch::Batching;
-pub use queue::{Job, ModelQueue, Offer, Queued};
+pub use queue::{Job, JobReceiver, ModelQueue, Offer, Queued};
 pub use run::{spawn_workers, ModelContext, Worker};

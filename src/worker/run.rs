@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crossbeam_channel::Receiver;
 use model_runtime::{Engine, TensorSpec};
 
 use super::batch::{self, Batching};
-use super::{Job, Queued};
+use super::{Job, JobReceiver};
 use crate::codec::decode::{decode_json, decode_raw, Decoded};
 use crate::codec::encode::{self, Latency, Outputs, ResultMessage};
 use crate::codec::{ErrorCode, Failure, MessageId};
@@ -58,7 +57,7 @@ pub struct Worker {
 pub fn spawn_workers(
     engines: Vec<Box<dyn Engine>>,
     ctx: &Arc<ModelContext>,
-    rx: &Receiver<Queued>,
+    rx: &JobReceiver,
     egress: &Egress,
     epoch: Instant,
 ) -> std::io::Result<Vec<Worker>> {
@@ -80,14 +79,14 @@ pub fn spawn_workers(
 fn worker_loop(
     mut engine: Box<dyn Engine>,
     ctx: &ModelContext,
-    rx: &Receiver<Queued>,
+    rx: &JobReceiver,
     egress: &Egress,
     beat: &WorkerBeat,
 ) {
     if ctx.batching.max_batch > 1 {
         return batch::batch_loop(engine, ctx, rx, egress, beat);
     }
-    while let Ok(queued) = rx.recv() {
+    while let Some(queued) = rx.recv() {
         // `queued` keeps its payload bytes charged to the queue until this
         // message is answered.
         let job = &queued.job;
