@@ -9,6 +9,7 @@ Outputs (all written next to this script):
   dynamic_batch_f32.tflite
   lookup_int32.tflite   (GATHER from a constant table; fails at invoke on out-of-range indices)
   spin_int32.tflite     (a WHILE loop run `iterations` times: invoke time set by the input)
+  mobilenet_v2_dynamic_int8.tflite  (mobilenet_v2_int8 with a dynamic batch dimension)
   models_summary.json   (tensor details as read back by the TF Lite interpreter)
 """
 import os
@@ -198,7 +199,9 @@ def build_har(summary: dict) -> None:
 
 
 # --------------------------------------------------------------------- MobileNetV2
-def build_mobilenet(summary: dict) -> None:
+def mobilenet_int8(batch) -> bytes:
+    """MobileNetV2 alpha=0.35 with the recipe below, full int8, input TensorSpec
+    [batch, 224, 224, 3] (batch 1, or None for a dynamic batch dimension)."""
     seed_all(SEED + 10)
     print("[mobilenet_v2] building MobileNetV2 alpha=0.35, random init")
     model = keras.applications.MobileNetV2(input_shape=(224, 224, 3), alpha=0.35, weights=None,
@@ -221,7 +224,7 @@ def build_mobilenet(summary: dict) -> None:
     print(f"[mobilenet_v2] float top-1 prob on 4 images: {[round(float(v), 3) for v in probe.max(axis=1)]}, "
           f"argmax {probe.argmax(axis=1).tolist()}")
     sm = export_saved_model(lambda image: {"probs": model(image, training=False)},
-                            [tf.TensorSpec([1, 224, 224, 3], tf.float32, name="image")], model)
+                            [tf.TensorSpec([batch, 224, 224, 3], tf.float32, name="image")], model)
     rng = np.random.default_rng(SEED + 11)
     rep_x = rng.uniform(-1.0, 1.0, (32, 1, 224, 224, 3)).astype(np.float32)
 
@@ -231,8 +234,101 @@ def build_mobilenet(summary: dict) -> None:
 
     data = convert(sm, rep_data=rep, io_type=tf.int8)
     shutil.rmtree(sm)
+    return data
+
+
+def build_mobilenet(summary: dict) -> None:
+    data = mobilenet_int8(1)
     write_model("mobilenet_v2_int8.tflite", data)
     summary["mobilenet_v2_int8.tflite"] = describe(data)
+
+
+def reshape_targets(data: bytes) -> list:
+    """For every RESHAPE in subgraph 0: its constant target shape (the `shape` input if it
+    is a constant tensor, else the new_shape option), or None when computed at run time."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    fb = schema.Model.GetRootAsModel(data, 0)
+    sg = fb.Subgraphs(0)
+    out = []
+    for i in range(sg.OperatorsLength()):
+        op = sg.Operators(i)
+        code = fb.OperatorCodes(op.OpcodeIndex())
+        if max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) != schema.BuiltinOperator.RESHAPE:
+            continue
+        target = None
+        if op.InputsLength() > 1 and op.Inputs(1) >= 0:
+            buf = fb.Buffers(sg.Tensors(op.Inputs(1)).Buffer())
+            if buf.DataLength() > 0:
+                target = np.frombuffer(buf.DataAsNumpy().tobytes(), dtype=np.int32).tolist()
+        elif op.BuiltinOptions() is not None:
+            opts = schema.ReshapeOptions()
+            opts.Init(op.BuiltinOptions().Bytes, op.BuiltinOptions().Pos)
+            target = opts.NewShapeAsNumpy().tolist() if opts.NewShapeLength() else None
+        out.append(target)
+    return out
+
+
+def tflite_op_names(data: bytes) -> list:
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    fb = schema.Model.GetRootAsModel(data, 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    return sorted(names[max(fb.OperatorCodes(i).BuiltinCode(), fb.OperatorCodes(i).DeprecatedBuiltinCode())]
+                  for i in range(fb.OperatorCodesLength()))
+
+
+def build_mobilenet_dynamic(summary: dict) -> None:
+    """The same network and weights as mobilenet_v2_int8 (same recipe and seeds), exported
+    with TensorSpec([None, 224, 224, 3]): input [-1,224,224,3], output [-1,1000], for
+    micro-batching (max_batch). Checks that the graph runs at batch 8 and that each row
+    equals a batch-1 run of the same image and, when models/mobilenet_v2_int8.tflite
+    exists, the fixed-batch model's output."""
+    name = "mobilenet_v2_dynamic_int8.tflite"
+    data = mobilenet_int8(None)
+    d = describe(data)
+    assert d["inputs"][0]["shape_signature"] == [-1, 224, 224, 3], d["inputs"][0]
+    assert d["outputs"][0]["shape_signature"] == [-1, 1000], d["outputs"][0]
+
+    # No RESHAPE may have a constant target shape with the batch (1) baked in.
+    targets = reshape_targets(data)
+    for t in targets:
+        assert t is None or (len(t) > 0 and t[0] == -1), f"RESHAPE to constant {t} hard-codes the batch"
+    print(f"[mobilenet_v2_dynamic] ops: {tflite_op_names(data)}; RESHAPE targets: {targets}")
+
+    # Run batch 8 in the TF Lite interpreter: rows must equal batch-1 runs bit for bit.
+    interp = tf.lite.Interpreter(model_content=data, num_threads=1)
+    x = np.random.default_rng(SEED + 13).integers(-128, 128, (8, 224, 224, 3), dtype=np.int8)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+
+    def run(i, batch_x):
+        i.resize_tensor_input(inp["index"], list(batch_x.shape))
+        i.allocate_tensors()
+        i.set_tensor(inp["index"], batch_x)
+        i.invoke()
+        return i.get_tensor(out["index"]).copy()
+
+    y8 = run(interp, x)
+    assert y8.shape == (8, 1000) and y8.dtype == np.int8, (y8.shape, y8.dtype)
+    y1 = np.concatenate([run(interp, x[k:k + 1]) for k in range(8)])
+    assert np.array_equal(y8, y1), f"batch-8 rows differ from batch-1 runs (max |diff| {np.abs(y8.astype(int) - y1).max()})"
+    fixed = HERE / "mobilenet_v2_int8.tflite"
+    if fixed.exists():
+        fi = tf.lite.Interpreter(model_content=fixed.read_bytes(), num_threads=1)
+        fi.allocate_tensors()
+        fin, fout = fi.get_input_details()[0], fi.get_output_details()[0]
+        assert (fin["quantization"], fout["quantization"]) == (inp["quantization"], out["quantization"])
+        yf = []
+        for k in range(8):
+            fi.set_tensor(fin["index"], x[k:k + 1])
+            fi.invoke()
+            yf.append(fi.get_tensor(fout["index"]).copy())
+        assert np.array_equal(np.concatenate(yf), y1), "outputs differ from mobilenet_v2_int8.tflite"
+        print("[mobilenet_v2_dynamic] batch 8 = 8 x batch 1 = mobilenet_v2_int8.tflite, bit for bit")
+    else:
+        print("[mobilenet_v2_dynamic] batch 8 = 8 x batch 1, bit for bit (no mobilenet_v2_int8.tflite to compare)")
+    write_model(name, data)
+    summary[name] = d
 
 
 # -------------------------------------------------------------------------- multi IO
@@ -416,14 +512,25 @@ def main() -> None:
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, numpy {np.__version__}")
     only = set(sys.argv[1:])
     summary: dict = {"tensorflow": tf.__version__, "keras": keras.__version__}
+    # mobilenet_dynamic is last so that a partial build, which appends new entries to the
+    # existing models_summary.json, gives the same key order as a full build.
     steps = {"har": build_har, "mobilenet": build_mobilenet, "multi_io": build_multi_io,
-             "dynamic": build_dynamic, "lookup": build_lookup, "spin": build_spin}
+             "dynamic": build_dynamic, "lookup": build_lookup, "spin": build_spin,
+             "mobilenet_dynamic": build_mobilenet_dynamic}
+    unknown = only - steps.keys()
+    if unknown:
+        raise SystemExit(f"unknown step(s) {sorted(unknown)}; steps: {', '.join(steps)}")
     for key, step in steps.items():
         if not only or key in only:
             step(summary)
-    if not only:
-        (HERE / "models_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        print("  wrote models_summary.json")
+    path = HERE / "models_summary.json"
+    if only and path.exists():
+        # Partial build: replace only the entries of the models just built.
+        merged = json.loads(path.read_text())
+        merged.update(summary)
+        summary = merged
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    print("  wrote models_summary.json")
 
 
 if __name__ == "__main__":

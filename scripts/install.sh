@@ -126,7 +126,8 @@ install -D -m 0644 systemd/edge-infer.service "$unit_dir/edge-infer.service"
 install -D -m 0644 "$runtime" "$lib_dir/libLiteRt.so"
 install -d -m 0755 "$model_dir" "$doc_dir"
 # The example models (the .deb ships the same set); lookup_int32 and
-# spin_int32 exist only for tests.
+# spin_int32 exist only for tests, mobilenet_v2_dynamic_int8 for the
+# micro-batching measurement.
 install -m 0644 models/har_accel_int8.tflite models/har_accel_f32.tflite \
   models/mobilenet_v2_int8.tflite models/multi_io_f32.tflite models/multi_io_uint8.tflite \
   models/dynamic_batch_f32.tflite models/har_accel.labels models/README.md "$model_dir/"

@@ -6,11 +6,12 @@
 use std::path::Path;
 use std::time::Instant;
 
-use model_runtime::{Engine, LoadOptions, Runtime, TensorSpec};
+use model_runtime::{LoadOptions, Runtime, TensorSpec};
 use sha2::{Digest, Sha256};
 
 use crate::codec::quant;
 use crate::config::{ModelSettings, PayloadFormat, Problem, Settings};
+use crate::worker::WorkerEngines;
 
 pub struct LoadedModel {
     pub settings: ModelSettings,
@@ -24,8 +25,8 @@ pub struct LoadedModel {
     /// `engines[i].inputs()`/`outputs()`.
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
-    /// One per worker thread; engines are not shared between threads.
-    pub engines: Vec<Box<dyn Engine>>,
+    /// One set per worker thread; engines are not shared between threads.
+    pub engines: Vec<WorkerEngines>,
     pub accelerator: String,
     pub load_ms: f64,
 }
@@ -87,23 +88,36 @@ pub fn load_one(ms: &ModelSettings, runtime: &Runtime) -> Result<LoadedModel, Pr
         cpu_threads: ms.threads,
         dynamic_batch: ms.engine_batch(),
     };
+    // Micro-batching workers also get the model at batch 1, for a message
+    // that arrives alone.
+    let single_options = (ms.max_batch > 1).then(|| LoadOptions {
+        dynamic_batch: 1,
+        ..options.clone()
+    });
+    let load = |options: &LoadOptions| {
+        runtime
+            .load(&origin, bytes.clone(), options)
+            .map_err(|e| problem("path", e.to_string()))
+    };
     let mut engines = Vec::with_capacity(ms.workers);
     for _ in 0..ms.workers {
-        let engine = runtime
-            .load(&origin, bytes.clone(), &options)
-            .map_err(|e| problem("path", e.to_string()))?;
-        engines.push(engine);
+        engines.push(WorkerEngines {
+            main: load(&options)?,
+            single: single_options.as_ref().map(load).transpose()?,
+        });
     }
     let Some(first) = engines.first() else {
         return Err(problem("workers", "must be at least 1".into()));
     };
-    let (inputs, outputs) = message_specs(ms, first.inputs(), first.outputs())?;
-    let accelerator = first.accelerator();
+    let (inputs, outputs) = message_specs(ms, first.main.inputs(), first.main.outputs())?;
+    let accelerator = first.main.accelerator();
     let (labels, top_k) = check_facts(ms, &inputs, &outputs)?;
-    for engine in engines.iter_mut() {
-        engine
-            .invoke()
-            .map_err(|e| problem("path", format!("warm-up inference of {origin} failed: {e}")))?;
+    for set in engines.iter_mut() {
+        for engine in std::iter::once(&mut set.main).chain(set.single.as_mut()) {
+            engine.invoke().map_err(|e| {
+                problem("path", format!("warm-up inference of {origin} failed: {e}"))
+            })?;
+        }
     }
     Ok(LoadedModel {
         settings: ms.clone(),

@@ -185,19 +185,40 @@ fn a_burst_is_served_in_batches_with_the_unbatched_answers() {
         assert_same_outputs(got, &reference[&format!("m-{i}")].1, &format!("raw {i}"));
     }
 
-    // Messages of one batch share one invoke, so they report the very same
-    // invoke time: the burst really was batched.
-    let mut invokes: HashMap<u64, usize> = HashMap::new();
-    for (_, v) in batched.values().filter(|(t, _)| t == "out/dev1/bat") {
-        let ms = v["latency_ms"]["invoke"].as_f64().unwrap();
-        *invokes.entry(ms.to_bits()).or_default() += 1;
-    }
-    let largest = invokes.values().max().copied().unwrap_or(0);
-    assert!(
-        largest > 1,
-        "no invoke served more than one message: {invokes:?}"
+    // Every batched result says how many messages shared its invoke: the
+    // burst really was batched, and never above max_batch. Unbatched
+    // results say nothing about batches.
+    let sizes = |results: &mut dyn Iterator<Item = &Value>| -> Vec<u64> {
+        results
+            .map(|v| {
+                v["batch_size"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("no batch_size in {v}"))
+            })
+            .collect()
+    };
+    let json_sizes = sizes(
+        &mut batched
+            .values()
+            .filter(|(t, _)| t == "out/dev1/bat")
+            .map(|(_, v)| v),
     );
-    assert!(largest <= 8, "a batch above max_batch: {invokes:?}");
+    assert!(
+        json_sizes.iter().any(|&n| n > 1),
+        "no invoke served more than one message: {json_sizes:?}"
+    );
+    assert!(
+        json_sizes.iter().all(|&n| (1..=8).contains(&n)),
+        "a batch size outside 1..=8: {json_sizes:?}"
+    );
+    let raw_sizes = sizes(&mut raw_results.iter());
+    assert!(
+        raw_sizes.iter().all(|&n| (1..=4).contains(&n)),
+        "a raw batch size outside 1..=4: {raw_sizes:?}"
+    );
+    for (_, v) in reference.values() {
+        assert!(v.get("batch_size").is_none(), "unbatched: {v}");
+    }
 
     // Counters count messages, not batches; nothing more arrives.
     c.subscribe("edge-infer/dev1/health");
@@ -235,6 +256,40 @@ fn a_burst_is_served_in_batches_with_the_unbatched_answers() {
     }
     let (code, log) = d.terminate();
     assert_eq!(code, Some(0), "{log}");
+}
+
+/// A message that arrives alone is run by the worker's batch-1 engine, not
+/// as one real row among `max_batch - 1` zero rows, and answered the same.
+#[test]
+fn a_message_alone_is_served_at_batch_one() {
+    let fx = fixture("dynamic_batch_f32.json");
+    let case = fx["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c.get("batch").is_none())
+        .unwrap();
+    let broker = Broker::start();
+    let _d = Daemon::start(&config(
+        broker.port,
+        "dev1",
+        "",
+        "[[models]]\nname = \"bat\"\npath = \"{models}/dynamic_batch_f32.tflite\"\ninput_topic = \"in/bat\"\noutput_topic = \"out/{device_id}/{model}\"\nmax_batch = 8\nmax_delay_us = 0\n",
+    ));
+    let c = TestClient::connect(broker.port);
+    c.subscribe("out/dev1/+");
+    for i in 0..3 {
+        // One at a time: each is alone in the queue.
+        c.publish(
+            "in/bat",
+            json!({"id": format!("alone-{i}"), "data": case_inputs(case)[0]}).to_string(),
+        );
+        let r = c.recv().json();
+        assert_eq!(r["id"], format!("alone-{i}"), "{r}");
+        assert_eq!(r["batch_size"], 1, "{r}");
+        assert_eq!(r["outputs"][0]["shape"], json!([1, 2]), "{r}");
+        assert_outputs(&r, case, Some(1e-5));
+    }
 }
 
 #[test]

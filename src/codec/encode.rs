@@ -32,6 +32,9 @@ pub struct ResultMessage<'a> {
     pub outputs: Outputs<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub top_k: Option<&'a [TopK<'a>]>,
+    /// Micro-batching only: how many messages shared this result's invoke.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use model_runtime::Engine;
 
 use super::run::{
-    decode, error_reply, invoke_failure, panic_message, result_reply, ModelContext, Stages,
+    decode, error_reply, invoke_failure, panic_message, result_reply, serve_one, ModelContext,
+    Stages, WorkerEngines,
 };
 use super::{JobReceiver, Queued};
 use crate::codec::{ErrorCode, Failure, MessageId};
@@ -105,12 +106,13 @@ impl Batcher {
 
 /// The worker loop of a micro-batching model.
 pub(super) fn batch_loop(
-    mut engine: Box<dyn Engine>,
+    engines: WorkerEngines,
     ctx: &ModelContext,
     rx: &JobReceiver,
     egress: &Egress,
     beat: &WorkerBeat,
 ) {
+    let (mut engine, mut single) = (engines.main, engines.single);
     let mut b = Batcher::new(ctx);
     while let Some(first) = rx.recv() {
         let dequeued = Instant::now();
@@ -123,6 +125,18 @@ pub(super) fn batch_loop(
             dequeued,
             &mut b.taken,
         );
+        if let (1, Some(single)) = (b.taken.len(), single.as_mut()) {
+            // Alone: the batch-1 engine, not a batch of zero rows.
+            let alone = b.taken.remove(0);
+            let out = serve_one(single.as_mut(), ctx, &alone.job, dequeued, Some(1));
+            beat.idle();
+            if let Some(out) = out {
+                egress.send_blocking(out);
+            }
+            // Answered: release its payload bytes from the queue.
+            drop(alone);
+            continue;
+        }
         b.slots.extend(b.taken.drain(..).map(|queued| Slot {
             queued,
             id: None,
@@ -257,6 +271,7 @@ fn serve_batch(
                 invoke_from,
                 invoked_at,
                 post_from,
+                batch_size: Some(rows),
             },
         );
         slot.answered = true;
@@ -377,6 +392,8 @@ mod tests {
         input: Vec<Vec<u8>>,
         output: Vec<Vec<u8>>,
         invokes: usize,
+        /// The same count, readable after the engine moved into a loop.
+        counted: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     fn spec(name: &str, rows: usize, cols: usize) -> TensorSpec {
@@ -404,6 +421,7 @@ mod tests {
                 input: vec![vec![0xAA; rows * 8]],
                 output: vec![vec![0; rows * 4]],
                 invokes: 0,
+                counted: Arc::default(),
             }
         }
     }
@@ -420,6 +438,8 @@ mod tests {
         }
         fn invoke(&mut self) -> Result<(), RuntimeError> {
             self.invokes += 1;
+            self.counted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let x = f32s(&self.input[0]);
             for (r, pair) in x.chunks_exact(2).enumerate() {
                 if pair[0] == 666.0 {
@@ -602,5 +622,57 @@ mod tests {
         let got = replies(&mut b);
         assert_eq!(got[0].1["outputs"][0]["values"], serde_json::json!([4.0]));
         assert_eq!(f32s(&engine.input[0])[2..], [0.0; 6]);
+    }
+
+    /// Runs `batch_loop` over `payloads` (all queued before it starts, the
+    /// queue then closed) and says how often each engine ran.
+    fn loop_over(payloads: &[&str]) -> (usize, usize, usize) {
+        let ctx = context(4);
+        let (main, single) = (Summer::new(4), Summer::new(1));
+        let (main_runs, single_runs) = (Arc::clone(&main.counted), Arc::clone(&single.counted));
+        let (q, rx) = queue();
+        for p in payloads {
+            let job = Job {
+                topic: "in/m".into(),
+                payload: Bytes::from(p.to_string()),
+                received_at: 0.0,
+                received: Instant::now(),
+            };
+            assert!(matches!(q.offer(job), Offer::Queued));
+        }
+        drop(q);
+        let stats = Arc::new(crate::telemetry::DaemonStats::default());
+        let (egress, mut replies) = Egress::channel(stats);
+        let engines = WorkerEngines {
+            main: Box::new(main),
+            single: Some(Box::new(single)),
+        };
+        batch_loop(
+            engines,
+            &ctx,
+            &rx,
+            &egress,
+            &WorkerBeat::new(Instant::now()),
+        );
+        let mut answered = 0;
+        while let Ok(out) = replies.try_recv() {
+            let v: Value = serde_json::from_slice(&out.payload).unwrap();
+            assert!(v["outputs"].is_array(), "{v}");
+            answered += 1;
+        }
+        let runs =
+            |c: &Arc<std::sync::atomic::AtomicUsize>| c.load(std::sync::atomic::Ordering::Relaxed);
+        (runs(&main_runs), runs(&single_runs), answered)
+    }
+
+    #[test]
+    fn a_job_alone_runs_at_batch_one_and_a_burst_as_one_batch() {
+        let one = r#"{"id": 1, "data": [1, 2]}"#;
+        // Alone: the batch-1 engine, no batch of zero rows.
+        assert_eq!(loop_over(&[one]), (0, 1, 1));
+        // Three queued together: one invoke of the batched engine.
+        assert_eq!(loop_over(&[one, one, one]), (1, 0, 3));
+        // Five with max_batch 4: a batch of four, then the fifth alone.
+        assert_eq!(loop_over(&[one; 5]), (1, 1, 5));
     }
 }

@@ -10,4 +10,4 @@ mod run;
 
 pub use batch::Batching;
 pub use queue::{Job, JobReceiver, ModelQueue, Offer, Queued};
-pub use run::{spawn_workers, ModelContext, Worker};
+pub use run::{spawn_workers, ModelContext, Worker, WorkerEngines};
