@@ -576,13 +576,13 @@ mod tests {
     fn micro_batching_is_off_by_default_and_checked() {
         let s = Settings::from_raw(raw(GOOD), Path::new("/")).unwrap();
         assert_eq!(s.models[0].max_batch, 1);
-        assert_eq!(s.models[0].max_delay, Duration::from_micros(500));
+        assert_eq!(s.models[0].max_delay, Duration::ZERO);
         assert_eq!(s.models[0].engine_batch(), 1);
 
-        let on = GOOD.to_string() + "max_batch = 8\nmax_delay_us = 0\n";
+        let on = GOOD.to_string() + "max_batch = 8\nmax_delay_us = 700\n";
         let s = Settings::from_raw(raw(&on), Path::new("/")).unwrap();
         assert_eq!(s.models[0].max_batch, 8);
-        assert_eq!(s.models[0].max_delay, Duration::ZERO);
+        assert_eq!(s.models[0].max_delay, Duration::from_micros(700));
         assert_eq!(s.models[0].engine_batch(), 8);
 
         let bad = GOOD.to_string() + "max_batch = 257\nmax_delay_us = 100001\n";
