@@ -78,6 +78,9 @@ def main():
           f"load average at the end {' '.join(meta.get('loadavg', []))} (the cores are shared with other builds)",
           f"- commit: `{meta.get('commit', '?')}`" + (" (with uncommitted changes in tracked files)" if meta.get("dirty") else ""),
           f"- command: `{meta.get('command', '?')}`",
+          (f"- repeats: every target ran {meta['repeat']} times, the targets taking turns; every figure below is the "
+           "median over the runs at that place (bench/median.py), and each workload lists the rate every run sustained"
+           if meta.get("repeat", 1) > 1 else "- repeats: one run per target"),
           f"- broker: {meta.get('mosquitto', '?')}, own instance on a free loopback port, config as in tests/common/mod.rs plus `set_tcp_nodelay true`",
           f"- durations: fixed rates {meta.get('fixed_seconds')} s each, search trials {meta.get('trial_seconds')} s, "
           f"sustained rate confirmed for {meta.get('confirm_seconds')} s; cold start median of {meta.get('cold_starts')} starts",
@@ -131,6 +134,10 @@ def main():
               "|---|---|---|---|---|---|"]
         se, sb, sf = sustained_rate(we), sustained_rate(wb), sustained_rate(wf)
         L.append(f"| **sustained rate, msg/s** | {fmt(sf)} | **{fmt(se)}** | {fmt(sb)} | {ratio(se, sb)} | {ratio(se, sf)} |")
+        if any((w or {}).get("sustained_runs") for w in (we, wb, wf)):
+            def runs(w):
+                return ", ".join(fmt(r) for r in (w or {}).get("sustained_runs", [])) or "–"
+            L.append(f"| sustained rate of each run | {runs(wf)} | {runs(we)} | {runs(wb)} | | |")
         def cpu_at_sustained(w):
             s = (w or {}).get("sustained") or {}
             return s.get("cpu_s_per_1000")
@@ -182,7 +189,7 @@ def main():
 
 def targets_section(ec, ei, bl, floors, allm):
     L = ["## Targets of issue 5", "",
-         "Computed by bench/report.py from the figures above (same run).", "",
+         "Computed by bench/report.py from the figures above (one sitting; medians when runs were repeated).", "",
          "| target | result | figures |", "|---|---|---|"]
 
     def row(what, ok, figures):

@@ -13,7 +13,8 @@
 # --targets echo,edge-infer,baseline, --threads N (XNNPACK threads, both
 # targets), --workers N (edge-infer workers per model), --cpus LIST (pin
 # edge-infer and the baseline with taskset, e.g. 1 for "the daemon has one
-# core"), --seconds S (sustained confirmation), --out FILE (default
+# core"), --repeat N (run each target N times, interleaved, and report
+# medians), --seconds S (sustained confirmation), --out FILE (default
 # BENCHMARKS.md), --no-build.
 set -euo pipefail
 
@@ -26,6 +27,7 @@ TARGETS="echo,edge-infer,baseline"
 THREADS=1
 WORKERS=1
 CPUS=""
+REPEAT=1
 SECONDS_CONFIRM=""
 OUT="BENCHMARKS.md"
 BUILD=1
@@ -38,10 +40,11 @@ while [[ $# -gt 0 ]]; do
     --threads) THREADS="$2"; shift ;;
     --workers) WORKERS="$2"; shift ;;
     --cpus) CPUS="$2"; shift ;;
+    --repeat) REPEAT="$2"; shift ;;
     --seconds) SECONDS_CONFIRM="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --no-build) BUILD=0 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -184,19 +187,25 @@ PIN=()
 [[ -n $CPUS ]] && PIN=(taskset -c "$CPUS")
 
 IFS=, read -ra TLIST <<< "$TARGETS"
+# Targets take turns within each repetition, so slow drifts in the machine's
+# load hit them alike.
+for rep in $(seq "$REPEAT"); do
 for target in "${TLIST[@]}"; do
+  out=$RES/$target.json
+  [[ $REPEAT -gt 1 ]] && out=$RES/$target.rep$rep.json
+  echo "== $target (run $rep of $REPEAT)"
   case "$target" in
     echo)
-      "$BENCH" drive --name echo --ready line:READY "${DRIVE[@]}" --out "$RES/echo.json" \
+      "$BENCH" drive --name echo --ready line:READY "${DRIVE[@]}" --out "$out" \
         --log "$WORK/echo.log" -- "$BENCH" echo --port "$PORT" \
         --in bench/har/in --out bench/har/out \
         --in 'bench/mnv2raw/in/+' --out 'bench/mnv2raw/out/{1}' \
         --in bench/mnv2json/in --out bench/mnv2json/out ;;
     edge-infer)
-      "$BENCH" drive --name edge-infer --ready notify "${DRIVE[@]}" --out "$RES/edge-infer.json" \
+      "$BENCH" drive --name edge-infer --ready notify "${DRIVE[@]}" --out "$out" \
         --log "$WORK/edge-infer.log" -- "${PIN[@]}" "$DAEMON" run --config "$WORK/edge-infer.toml" ;;
     baseline)
-      "$BENCH" drive --name baseline --ready line:READY "${DRIVE[@]}" --out "$RES/baseline.json" \
+      "$BENCH" drive --name baseline --ready line:READY "${DRIVE[@]}" --out "$out" \
         --log "$WORK/baseline.log" -- "${PIN[@]}" "$VENV/bin/python" bench/baseline.py --port "$PORT" \
         --device-id bench --threads "$THREADS" \
         --model "name=har,path=models/har_accel_int8.tflite,input=bench/har/in,output=bench/har/out,payload=json,labels=models/har_accel.labels" \
@@ -205,6 +214,12 @@ for target in "${TLIST[@]}"; do
     *) echo "bench.sh: unknown target $target" >&2; exit 2 ;;
   esac
 done
+done
+if [[ $REPEAT -gt 1 ]]; then
+  for target in "${TLIST[@]}"; do
+    python3 bench/median.py "$RES" "$target" "$REPEAT"
+  done
+fi
 
 # Metadata for the report.
 python3 - "$RES/meta.json" <<EOF
@@ -218,7 +233,7 @@ json.dump({
     "commit": sh("git", "rev-parse", "HEAD"),
     "dirty": sh("git", "status", "--porcelain", "--untracked-files=no"),
     "command": """$CMDLINE""", "quick": $QUICK == 1, "threads": $THREADS,
-    "workers": $WORKERS, "cpus": "$CPUS",
+    "workers": $WORKERS, "cpus": "$CPUS", "repeat": $REPEAT,
     "fixed_seconds": $FIXED, "trial_seconds": $TRIAL, "confirm_seconds": $CONFIRM, "cold_starts": $COLD,
     "mosquitto": sh("$MOSQUITTO", "-h").splitlines()[0] if sh("$MOSQUITTO", "-h") else "?",
     "loadavg": open("/proc/loadavg").read().split()[:3],
