@@ -147,7 +147,7 @@ fn health_reports_system_broker_and_per_model_figures() {
     assert_eq!(m["name"], "dyn");
     assert_eq!(m["received"], N + 1);
     assert_eq!(m["dropped"], 0);
-    assert_eq!(m["queue_capacity"], 256);
+    assert_eq!(m["queue_capacity"], 4096);
     assert!(
         m["accelerator"].as_str().unwrap().contains("xnnpack"),
         "{m}"
