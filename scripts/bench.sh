@@ -69,6 +69,10 @@ fi
 if [[ $BUILD == 1 ]]; then
   cargo build --release -p edge-infer -p bench
 fi
+# What the binaries were built from, read now: the run takes long enough for
+# the tree to change before the report is written.
+COMMIT_AT_START=$(git rev-parse HEAD 2>/dev/null || echo "?")
+DIRTY_AT_START=$(git status --porcelain --untracked-files=no 2>/dev/null | tr '\n' ' ')
 BENCH=$REPO/target/release/edge-infer-bench
 DAEMON=$REPO/target/release/edge-infer
 
@@ -230,8 +234,8 @@ def sh(*c):
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 json.dump({
     "cores": os.cpu_count(), "cpu": cpu, "kernel": sh("uname", "-r"),
-    "commit": sh("git", "rev-parse", "HEAD"),
-    "dirty": sh("git", "status", "--porcelain", "--untracked-files=no"),
+    "commit": "$COMMIT_AT_START",
+    "dirty": "$DIRTY_AT_START".strip(),
     "command": """$CMDLINE""", "quick": $QUICK == 1, "threads": $THREADS,
     "workers": $WORKERS, "cpus": "$CPUS", "repeat": $REPEAT,
     "fixed_seconds": $FIXED, "trial_seconds": $TRIAL, "confirm_seconds": $CONFIRM, "cold_starts": $COLD,
