@@ -14,26 +14,8 @@ REPO=$(pwd)
 REPS=${REPS:-2}
 cargo build --release -p edge-infer -p bench
 WORK=$(mktemp -d /tmp/edge-infer-batching.XXXXXX)
-MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$WORK/mosquitto.conf" <<M
-listener $PORT 127.0.0.1
-allow_anonymous true
-persistence false
-max_inflight_messages 0
-max_queued_messages 100000
-message_size_limit 0
-log_dest stderr
-log_type error
-set_tcp_nodelay true
-M
-"$MOSQUITTO" -c "$WORK/mosquitto.conf" 2>"$WORK/mosquitto.log" &
-MOSQ=$!
-trap 'kill $MOSQ 2>/dev/null || true' EXIT
-for _ in $(seq 50); do
-  (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break
-  sleep 0.1
-done
+source bench/broker.sh
+start_bench_broker "$WORK"
 cat > "$WORK/workloads.json" <<W
 [{"name": "mnv2dyn_raw", "model": "mobilenet_v2_dynamic_int8.tflite", "format": "raw",
   "fixture": "tests/fixtures/mobilenet_v2_int8.json", "case": "noise",

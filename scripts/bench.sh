@@ -61,7 +61,6 @@ for tool in mosquitto python3; do
     echo "bench.sh: $tool is missing: run scripts/setup-deps.sh" >&2; exit 1
   fi
 done
-MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 if [[ ! -f runtime/$(uname -m)/libLiteRt.so ]]; then
   echo "bench.sh: runtime/$(uname -m)/libLiteRt.so is missing: run scripts/setup-deps.sh" >&2; exit 1
 fi
@@ -86,43 +85,8 @@ fi
 WORK=$(mktemp -d /tmp/edge-infer-bench.XXXXXX)
 RES=$WORK/results
 mkdir -p "$RES"
-MOSQ_PID=""
-cleanup() {
-  if [[ -n $MOSQ_PID ]]; then kill "$MOSQ_PID" 2>/dev/null || true; wait "$MOSQ_PID" 2>/dev/null || true; fi
-}
-trap cleanup EXIT
-
-# A broker of our own on a free loopback port, configured like the tests',
-# plus set_tcp_nodelay: without it Mosquitto's Nagle holds small results
-# for up to a delayed-ACK period (measured: p95 32 ms instead of 2 ms at
-# 100 msg/s for edge-infer; see BENCHMARKS.md).
-for _ in 1 2 3 4 5; do
-  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  cat > "$WORK/mosquitto.conf" <<EOF
-listener $PORT 127.0.0.1
-allow_anonymous true
-persistence false
-max_inflight_messages 0
-max_queued_messages 100000
-message_size_limit 0
-log_dest stderr
-log_type error
-log_type warning
-log_type notice
-set_tcp_nodelay true
-EOF
-  "$MOSQUITTO" -c "$WORK/mosquitto.conf" 2>"$WORK/mosquitto.log" &
-  MOSQ_PID=$!
-  ok=0
-  for _ in $(seq 50); do
-    if (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null; then ok=1; break; fi
-    kill -0 "$MOSQ_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  [[ $ok == 1 ]] && break
-  kill "$MOSQ_PID" 2>/dev/null || true; MOSQ_PID=""
-done
-[[ -n $MOSQ_PID ]] || { echo "bench.sh: could not start mosquitto" >&2; exit 1; }
+source bench/broker.sh
+start_bench_broker "$WORK"
 echo "mosquitto on 127.0.0.1:$PORT (work dir $WORK)"
 
 # edge-infer: the benchmarked models, QoS 0 like the load, no session.

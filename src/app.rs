@@ -189,37 +189,47 @@ impl Supervisor {
         model: LoadedModel,
         stats_by_name: &mut HashMap<String, Arc<ModelStats>>,
     ) -> anyhow::Result<(Running, ModelQueue)> {
-        let ms = model.settings.clone();
+        let ms = model.checked.settings.clone();
         let (queue, rx) = ModelQueue::bounded(ms.queue_capacity, ms.queue_max_bytes, ms.overflow);
         let stats = stats_by_name.remove(&ms.name).unwrap_or_default();
         let ctx = Arc::new(ModelContext {
             name: ms.name.clone(),
-            sha256: model.sha256.clone(),
+            sha256: model.checked.sha256.clone(),
             device_id: self.settings.device_id.clone(),
             errors_topic: self.ingress.errors_topic.clone(),
             input_topic: ms.input_topic.clone(),
             output_topic: ms.output_topic.clone(),
             payload: ms.payload,
-            message_inputs: model.inputs.clone(),
-            message_outputs: model.outputs.clone(),
+            message_inputs: model.checked.inputs.clone(),
+            message_outputs: model.checked.outputs.clone(),
             batching: Batching {
                 max_batch: ms.max_batch,
                 max_delay: ms.max_delay,
             },
-            labels: model.labels.clone(),
-            top_k: model.top_k,
+            labels: model.checked.labels.clone(),
+            top_k: model.checked.top_k,
             stats,
         });
         let status = StatusModel {
             name: ms.name.clone(),
             path: ms.path.display().to_string(),
-            sha256: model.sha256.clone(),
+            sha256: model.checked.sha256.clone(),
             input_topic: ms.input_topic.to_string(),
             output_topic: ms.output_topic.as_str().to_string(),
             accelerator: model.accelerator.clone(),
             workers: model.engines.len(),
-            inputs: model.inputs.iter().map(TensorInfo::from_spec).collect(),
-            outputs: model.outputs.iter().map(TensorInfo::from_spec).collect(),
+            inputs: model
+                .checked
+                .inputs
+                .iter()
+                .map(TensorInfo::from_spec)
+                .collect(),
+            outputs: model
+                .checked
+                .outputs
+                .iter()
+                .map(TensorInfo::from_spec)
+                .collect(),
         };
         let egress = self
             .egress
@@ -533,7 +543,7 @@ impl Supervisor {
                     }
                 }
                 Plan::Load(m) => {
-                    let name = m.settings.name.clone();
+                    let name = m.checked.settings.name.clone();
                     match self.launch(*m, &mut stats_by_name) {
                         Ok((running, q)) => {
                             loaded.push(name);

@@ -241,9 +241,9 @@ fn load_models(
     for m in &models {
         log::info!(
             "model {}: {} (sha256 {}) on {}, {} worker(s), loaded and warmed in {:.1} ms",
-            m.settings.name,
-            m.settings.path.display(),
-            &m.sha256[..12],
+            m.checked.settings.name,
+            m.checked.settings.path.display(),
+            &m.checked.sha256[..12],
             m.accelerator,
             m.engines.len(),
             m.load_ms
@@ -343,13 +343,8 @@ struct ModelSummary<'a> {
 impl<'a> From<&'a models::LoadedModel> for ModelSummary<'a> {
     fn from(m: &'a models::LoadedModel) -> Self {
         ModelSummary {
-            settings: &m.settings,
-            sha256: &m.sha256,
-            inputs: &m.inputs,
-            outputs: &m.outputs,
-            labels: m.labels.as_deref(),
-            top_k: m.top_k,
             loaded: Some((&m.accelerator, m.load_ms)),
+            ..ModelSummary::from(&m.checked)
         }
     }
 }

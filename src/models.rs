@@ -13,18 +13,10 @@ use crate::codec::quant;
 use crate::config::{ModelSettings, PayloadFormat, Problem, Settings};
 use crate::worker::WorkerEngines;
 
+/// A model loaded and warmed: what was checked, with the engines' own
+/// tensor facts (rather than the file's), and the engines.
 pub struct LoadedModel {
-    pub settings: ModelSettings,
-    pub sha256: String,
-    pub labels: Option<Vec<String>>,
-    /// How many classes to report, when `top_k` applies.
-    pub top_k: Option<usize>,
-    /// The tensors as one message fills and one result reports them: the
-    /// engine's own tensors, or with micro-batching (`max_batch` > 1) one
-    /// row of them (batch dimension 1). The engines' tensors are
-    /// `engines[i].inputs()`/`outputs()`.
-    pub inputs: Vec<TensorSpec>,
-    pub outputs: Vec<TensorSpec>,
+    pub checked: CheckedModel,
     /// One set per worker thread; engines are not shared between threads.
     pub engines: Vec<WorkerEngines>,
     pub accelerator: String,
@@ -109,9 +101,8 @@ pub fn load_one(ms: &ModelSettings, runtime: &Runtime) -> Result<LoadedModel, Pr
     let Some(first) = engines.first() else {
         return Err(problem("workers", "must be at least 1".into()));
     };
-    let (inputs, outputs) = message_specs(ms, first.main.inputs(), first.main.outputs())?;
+    let checked = checked(ms, sha256, first.main.inputs(), first.main.outputs())?;
     let accelerator = first.main.accelerator();
-    let (labels, top_k) = check_facts(ms, &inputs, &outputs)?;
     for set in engines.iter_mut() {
         for engine in std::iter::once(&mut set.main).chain(set.single.as_mut()) {
             engine.invoke().map_err(|e| {
@@ -120,27 +111,26 @@ pub fn load_one(ms: &ModelSettings, runtime: &Runtime) -> Result<LoadedModel, Pr
         }
     }
     Ok(LoadedModel {
-        settings: ms.clone(),
-        sha256,
-        labels,
-        top_k,
-        inputs,
-        outputs,
+        checked,
         engines,
         accelerator,
         load_ms: started.elapsed().as_secs_f64() * 1000.0,
     })
 }
 
-/// A model checked without a runtime library: the file, its tensor facts as
-/// the file declares them (`model_runtime::read_model_facts`), and the
-/// labels, top_k and payload settings against them. What `check-config`
-/// reports when no runtime library loads.
+/// A model's settings checked against its tensors: the labels, top_k and
+/// payload settings, and the tensors as one message sees them. From the
+/// file alone (`check_static`, what `check-config` reports when no runtime
+/// library loads) or from the loaded engines (`LoadedModel::checked`).
 pub struct CheckedModel {
     pub settings: ModelSettings,
     pub sha256: String,
     pub labels: Option<Vec<String>>,
+    /// How many classes to report, when `top_k` applies.
     pub top_k: Option<usize>,
+    /// The tensors as one message fills and one result reports them: the
+    /// model's own tensors, or with micro-batching (`max_batch` > 1) one
+    /// row of them (batch dimension 1).
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
 }
@@ -156,7 +146,18 @@ pub fn check_static(ms: &ModelSettings) -> Result<CheckedModel, Problem> {
     let (origin, bytes, sha256) = read_model(ms)?;
     let facts = model_runtime::read_model_facts(&origin, &bytes, ms.engine_batch())
         .map_err(|e| problem("path", e.to_string()))?;
-    let (inputs, outputs) = message_specs(ms, &facts.inputs, &facts.outputs)?;
+    checked(ms, sha256, &facts.inputs, &facts.outputs)
+}
+
+/// Checks `ms` against the tensors of the model as loaded with
+/// `ms.engine_batch()`.
+fn checked(
+    ms: &ModelSettings,
+    sha256: String,
+    inputs: &[TensorSpec],
+    outputs: &[TensorSpec],
+) -> Result<CheckedModel, Problem> {
+    let (inputs, outputs) = message_specs(ms, inputs, outputs)?;
     let (labels, top_k) = check_facts(ms, &inputs, &outputs)?;
     Ok(CheckedModel {
         settings: ms.clone(),

@@ -25,8 +25,14 @@ pub fn decode(
     buffers: &mut [Vec<u8>],
     max_depth: u32,
 ) -> Option<Option<MessageId>> {
+    // Which inputs got their values, one bit each: no allocation per
+    // message. Models with more inputs than bits (or none) take the full
+    // decoder.
+    if specs.is_empty() || specs.len() > 64 {
+        return None;
+    }
+    let mut filled = 0u64;
     let mut id = None;
-    let mut filled = vec![false; specs.len()];
     let mut saw_values = false;
     let mut at = skip_ws(payload, 0);
     if payload.get(at) != Some(&b'{') {
@@ -79,9 +85,9 @@ pub fn decode(
         return None;
     }
     if specs.len() == 1 {
-        filled[0] = true;
+        filled = 1;
     }
-    filled.iter().all(|&f| f).then_some(id)
+    (filled == u64::MAX >> (64 - specs.len())).then_some(id)
 }
 
 /// One input's values; they must be exactly as many as the tensor holds.
@@ -118,7 +124,7 @@ fn inputs(
     mut at: usize,
     specs: &[TensorSpec],
     buffers: &mut [Vec<u8>],
-    filled: &mut [bool],
+    filled: &mut u64,
     max_depth: u32,
 ) -> Option<usize> {
     let open = *payload.get(at)?;
@@ -140,10 +146,10 @@ fn inputs(
             at = skip_ws(payload, at + 1);
             specs.iter().position(|s| s.name.as_bytes() == name)?
         };
-        if i >= specs.len() || filled[i] {
+        if i >= specs.len() || *filled & (1 << i) != 0 {
             return None;
         }
-        filled[i] = true;
+        *filled |= 1 << i;
         at = skip_ws(
             payload,
             input(payload, at, &specs[i], &mut buffers[i], max_depth)?,
