@@ -10,18 +10,11 @@ use serde::Serialize;
 use sysinfo::{Components, Disks, Pid, ProcessesToUpdate, System};
 
 use crate::codec::ErrorCode;
+use crate::models::LoadedModel;
 use crate::telemetry::{DaemonStats, LatencySummary, ModelStats};
 use crate::time::unix_now;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-pub fn status_topic(device_id: &str) -> String {
-    format!("edge-infer/{device_id}/status")
-}
-
-pub fn health_topic(device_id: &str) -> String {
-    format!("edge-infer/{device_id}/health")
-}
 
 /// One model as the status record describes it.
 #[derive(Debug, Clone, Serialize)]
@@ -42,6 +35,24 @@ pub struct TensorInfo {
     pub name: String,
     pub shape: Vec<usize>,
     pub dtype: &'static str,
+}
+
+impl StatusModel {
+    pub fn new(model: &LoadedModel) -> StatusModel {
+        let checked = &model.checked;
+        let ms = &checked.settings;
+        StatusModel {
+            name: ms.name.clone(),
+            path: ms.path.display().to_string(),
+            sha256: checked.sha256.clone(),
+            input_topic: ms.input_topic.to_string(),
+            output_topic: ms.output_topic.as_str().to_string(),
+            accelerator: model.accelerator.clone(),
+            workers: model.engines.len(),
+            inputs: checked.inputs.iter().map(TensorInfo::from_spec).collect(),
+            outputs: checked.outputs.iter().map(TensorInfo::from_spec).collect(),
+        }
+    }
 }
 
 impl TensorInfo {

@@ -6,10 +6,12 @@ mod app;
 mod codec;
 mod config;
 mod health;
+mod job;
 mod logging;
 mod models;
 mod mqtt;
-mod router;
+mod replies;
+mod routing;
 mod systemd;
 mod telemetry;
 mod time;
@@ -381,7 +383,7 @@ fn print_summary(
         settings.mqtt.clean_session
     );
     println!("runtime:   {runtime}");
-    println!("errors:    {}", app::errors_topic(&settings.device_id));
+    println!("errors:    {}", replies::errors_topic(&settings.device_id));
     println!(
         "limits:    max_payload_bytes={}",
         settings.max_payload_bytes

@@ -151,10 +151,6 @@ pub struct DaemonStats {
     pub unrouted: AtomicU64,
     /// Results/errors that could not be handed to the MQTT client.
     pub publish_failures: AtomicU64,
-    /// Publishes handed to the MQTT client.
-    pub publishes_requested: AtomicU64,
-    /// Publishes the broker acknowledged (QoS 1) or that were written (QoS 0).
-    pub publishes_done: AtomicU64,
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS, RecvTimeoutError, SubscribeReasonCode};
 use serde_json::Value;
 
-use crate::health::{health_topic, status_topic};
+use crate::replies::{health_topic, status_topic};
 
 /// With every device requested: how long to wait for more records once the
 /// subscriptions are acknowledged and the broker has gone quiet.

@@ -1,13 +1,83 @@
 //! Per-model inference workers: a bounded queue per model (`queue`) feeding
-//! dedicated OS threads (`run`) that decode, quantize, invoke, dequantize and
-//! encode, one message per invoke or, with micro-batching (`batch`), up to
-//! `max_batch` messages per invoke. Inference never runs on the async
-//! runtime's threads.
+//! dedicated OS threads that decode, quantize, invoke, dequantize and
+//! encode (`serve`), one message per invoke or, with micro-batching
+//! (`batch`), up to `max_batch` messages per invoke. Inference never runs
+//! on the async runtime's threads. Every job taken gets exactly one reply,
+//! handed to `replies`.
 
 mod batch;
 pub mod queue;
-mod run;
+mod serve;
 
-pub use batch::Batching;
-pub use queue::{Job, JobReceiver, ModelQueue, Offer, Queued};
-pub use run::{spawn_workers, ModelContext, Worker, WorkerEngines};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+pub use queue::{JobReceiver, ModelQueue, Offer, Queued};
+
+use crate::models::{ModelContext, WorkerEngines};
+use crate::replies::Replies;
+use crate::telemetry::WorkerBeat;
+
+/// A running worker thread and what the watchdog reads of it.
+pub struct Worker {
+    pub handle: JoinHandle<()>,
+    pub beat: Arc<WorkerBeat>,
+}
+
+/// Starts one thread per entry of `engines`, all taking jobs from `rx`.
+/// Each thread exits when the queue's senders are gone and it is empty.
+/// If a thread cannot be started, the ones already started are left to
+/// exit with the queue (the caller drops its sender) and the error is
+/// returned.
+pub fn spawn_workers(
+    engines: Vec<WorkerEngines>,
+    ctx: &Arc<ModelContext>,
+    rx: &JobReceiver,
+    replies: &Replies,
+    epoch: Instant,
+) -> std::io::Result<Vec<Worker>> {
+    let mut workers = Vec::new();
+    for (i, engines) in engines.into_iter().enumerate() {
+        let ctx = Arc::clone(ctx);
+        let rx = rx.clone();
+        let replies = replies.clone();
+        let beat = Arc::new(WorkerBeat::new(epoch));
+        let thread_beat = Arc::clone(&beat);
+        let handle = std::thread::Builder::new()
+            .name(format!("infer-{}-{i}", ctx.name))
+            .spawn(move || worker_loop(engines, &ctx, &rx, &replies, &thread_beat))?;
+        workers.push(Worker { handle, beat });
+    }
+    Ok(workers)
+}
+
+fn worker_loop(
+    engines: WorkerEngines,
+    ctx: &ModelContext,
+    rx: &JobReceiver,
+    replies: &Replies,
+    beat: &WorkerBeat,
+) {
+    if ctx.batching.max_batch > 1 {
+        return batch::batch_loop(engines, ctx, rx, replies, beat);
+    }
+    let mut engine = engines.main;
+    while let Some(queued) = rx.recv() {
+        // `queued` keeps its payload bytes charged to the queue until this
+        // message is answered.
+        beat.busy();
+        let out = serve::serve_one(
+            engine.as_mut(),
+            ctx,
+            replies,
+            &queued.job,
+            Instant::now(),
+            None,
+        );
+        beat.idle();
+        if let Some(out) = out {
+            replies.send_blocking(out);
+        }
+    }
+}

@@ -14,19 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-use bytes::Bytes;
-
 use crate::config::OverflowPolicy;
-
-/// One message on its way to one model.
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub topic: String,
-    pub payload: Bytes,
-    /// Unix time of arrival, seconds.
-    pub received_at: f64,
-    pub received: Instant,
-}
+use crate::job::Job;
 
 /// A job in a model's queue, with the payload bytes it holds charged to
 /// the queue until the worker is done with it.
@@ -270,6 +259,8 @@ impl JobReceiver {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     fn job(n: u8) -> Job {

@@ -1,0 +1,87 @@
+//! Stopping without losing a message (mini-redis's drain): stop taking
+//! messages (from then on they stay unacknowledged with the broker), let
+//! the workers finish what they took (up to the drain timeout, then answer
+//! the rest with `shutting_down`), publish the offline record after every
+//! reply, wait for the broker to confirm them all, disconnect.
+
+use std::time::{Duration, Instant};
+
+use super::{Running, Supervisor};
+use crate::codec::{peek_id, ErrorCode, Failure};
+use crate::health;
+use crate::time::unix_now;
+
+impl Supervisor {
+    pub(super) async fn drain(&mut self, signal_name: &str) {
+        self.notifier.stopping();
+        let drain_timeout = self.settings.drain_timeout;
+        let deadline = Instant::now() + drain_timeout;
+        log::info!(
+            "{signal_name}: draining (up to {drain_timeout:?}); new messages stay with the broker"
+        );
+        // Dropping the routes closes every queue: workers finish and exit.
+        drop(self.switch.take());
+        let mut all: Vec<Running> = std::mem::take(&mut self.models);
+        all.append(&mut self.retired);
+        let handles: Vec<_> = all
+            .iter_mut()
+            .flat_map(|m| m.workers.drain(..).map(|w| w.handle))
+            .collect();
+        let joiner = tokio::task::spawn_blocking(move || {
+            for h in handles {
+                let _ = h.join();
+            }
+        });
+        if tokio::time::timeout_at(deadline.into(), joiner)
+            .await
+            .is_err()
+        {
+            self.abandon(&all);
+        }
+        // The offline record goes last, after every reply; then this
+        // handle goes, so the publisher can finish.
+        if let Some(replies) = self.replies.take() {
+            let offline = health::offline(&self.settings.device_id, "shutdown", Some(unix_now()));
+            replies.try_send(replies.status(offline));
+        }
+        let grace = deadline.max(Instant::now() + Duration::from_secs(2));
+        if let Some(connection) = self.connection.take() {
+            connection.close(grace).await;
+        }
+        // Summaries: one line per model name, counters carried over reloads.
+        let mut seen = Vec::new();
+        for m in &all {
+            if !seen.contains(&m.ctx.name) {
+                seen.push(m.ctx.name.clone());
+                log::info!("model {}: {}", m.ctx.name, m.ctx.stats.summary());
+            }
+        }
+        log::info!("stopped");
+    }
+
+    /// The drain timed out: answers what is still queued with
+    /// `shutting_down`.
+    fn abandon(&self, all: &[Running]) {
+        let Some(replies) = &self.replies else {
+            return;
+        };
+        let mut abandoned = 0;
+        for m in all {
+            let f = Failure::new(
+                ErrorCode::ShuttingDown,
+                format!(
+                    "the daemon stopped before model '{}' got to this message",
+                    m.ctx.name
+                ),
+            );
+            for queued in m.queue.take_all() {
+                abandoned += 1;
+                let id = peek_id(&queued.job.payload);
+                if let Some(reply) = replies.error(Some(&m.ctx), &queued.job, id.as_ref(), &f) {
+                    replies.try_send(reply);
+                }
+            }
+        }
+        log::warn!("drain timed out: {abandoned} queued message(s) answered with shutting_down");
+    }
+}

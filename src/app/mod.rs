@@ -1,0 +1,362 @@
+//! The supervisor of a running daemon: wires the pipeline together, then
+//! runs one loop of events (signals, the health tick, the watchdog tick,
+//! readiness). Its other jobs live beside it: `diff` decides what a reload
+//! changes (pure), `reload` applies it, `drain` stops the daemon without
+//! losing a message.
+
+mod diff;
+mod drain;
+mod reload;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::codec::ErrorCode;
+use crate::config::{ModelSettings, Settings};
+use crate::health::{self, HealthReporter, ModelView, StatusModel};
+use crate::models::{LoadedModel, ModelContext};
+use crate::mqtt::Connection;
+use crate::replies::Replies;
+use crate::routing::{Route, Routes, Switch};
+use crate::systemd::Notifier;
+use crate::telemetry::{DaemonStats, ModelStats};
+use crate::time::unix_now;
+use crate::worker::{spawn_workers, JobReceiver, ModelQueue, Worker};
+use model_runtime::Runtime;
+
+/// One model being served (or, once retired, finishing its queue): the
+/// consumer side of its queue and its workers. Routing holds the producer
+/// side ([`Route`]); both share the model's [`ModelContext`].
+struct Running {
+    settings: ModelSettings,
+    ctx: Arc<ModelContext>,
+    status: StatusModel,
+    accelerator: String,
+    /// A consumer handle on the model's queue: its depth for health, and
+    /// what is left in it when a drain times out. Holding it does not keep
+    /// workers alive; only the route's sender does.
+    queue: JobReceiver,
+    workers: Vec<Worker>,
+}
+
+impl Running {
+    fn stalled_workers(&self, limit: Duration) -> usize {
+        self.workers
+            .iter()
+            .filter(|w| w.beat.busy_for().is_some_and(|d| d > limit))
+            .count()
+    }
+
+    fn finished(&self) -> bool {
+        self.workers.iter().all(|w| w.handle.is_finished())
+    }
+}
+
+/// Starts the workers of a loaded model behind a new queue. If a worker
+/// thread cannot be started, the queue is dropped with the error, so the
+/// threads already started exit at once.
+fn launch(
+    model: LoadedModel,
+    stats: Arc<ModelStats>,
+    replies: &Replies,
+    epoch: Instant,
+) -> std::io::Result<(Running, Route)> {
+    let ms = model.checked.settings.clone();
+    let (queue, rx) = ModelQueue::bounded(ms.queue_capacity, ms.queue_max_bytes, ms.overflow);
+    let ctx = Arc::new(ModelContext::new(&model.checked, stats));
+    let status = StatusModel::new(&model);
+    let workers = spawn_workers(model.engines, &ctx, &rx, replies, epoch)?;
+    let running = Running {
+        settings: ms,
+        ctx: Arc::clone(&ctx),
+        status,
+        accelerator: model.accelerator,
+        queue: rx,
+        workers,
+    };
+    Ok((running, Route { model: ctx, queue }))
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. Models are already loaded and
+/// warmed.
+pub fn run(
+    config_path: PathBuf,
+    settings: Settings,
+    runtime: Runtime,
+    models: Vec<LoadedModel>,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = rt.block_on(async move {
+        let mut sup = Supervisor::start(config_path, settings, runtime, models)?;
+        sup.serve().await
+    });
+    // A wedged worker never returns from its join task; do not wait for
+    // it (the default drop would), the drain has already answered for it.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+struct Supervisor {
+    config_path: PathBuf,
+    settings: Settings,
+    runtime: Arc<Runtime>,
+    stats: Arc<DaemonStats>,
+    /// Dropped by the drain: the publisher ends once every handle is gone.
+    replies: Option<Replies>,
+    switch: Arc<Switch>,
+    /// Taken by the drain to close it.
+    connection: Option<Connection>,
+    /// In config order.
+    models: Vec<Running>,
+    /// Replaced models finishing the messages they had already taken.
+    retired: Vec<Running>,
+    notifier: Notifier,
+    health: HealthReporter,
+    started_at: f64,
+    epoch: Instant,
+}
+
+impl Supervisor {
+    fn start(
+        config_path: PathBuf,
+        settings: Settings,
+        runtime: Runtime,
+        loaded: Vec<LoadedModel>,
+    ) -> anyhow::Result<Supervisor> {
+        let stats = Arc::new(DaemonStats::default());
+        let device = settings.device_id.clone();
+        let (replies, replies_rx) = Replies::channel(&device, Arc::clone(&stats));
+        let epoch = Instant::now();
+        let mut models = Vec::new();
+        let mut routes = Vec::new();
+        for model in loaded {
+            let name = model.checked.settings.name.clone();
+            let (running, route) = launch(model, Arc::default(), &replies, epoch)
+                .with_context(|| format!("cannot start the worker threads of model {name}"))?;
+            models.push(running);
+            routes.push(route);
+        }
+        let switch = Arc::new(Switch::new(Routes::new(
+            routes,
+            settings.max_payload_bytes,
+            replies.clone(),
+        )));
+        let started_at = unix_now();
+        let status: Vec<StatusModel> = models.iter().map(|m| m.status.clone()).collect();
+        let connection = Connection::start(
+            &settings.mqtt,
+            &device,
+            health::online(&device, started_at, &status),
+            health::offline(&device, "connection lost", None),
+            Arc::clone(&switch),
+            replies_rx,
+            Arc::clone(&stats),
+        );
+        Ok(Supervisor {
+            config_path,
+            health: HealthReporter::new(&device, &settings.state_dir),
+            settings,
+            runtime: Arc::new(runtime),
+            stats,
+            replies: Some(replies),
+            switch,
+            connection: Some(connection),
+            models,
+            retired: Vec::new(),
+            notifier: Notifier::from_env(),
+            started_at,
+            epoch,
+        })
+    }
+
+    async fn serve(&mut self) -> anyhow::Result<()> {
+        let mut sigterm =
+            signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+        let mut sigint =
+            signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+        let mut sighup =
+            signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+        let mut subscribed = self
+            .connection
+            .as_ref()
+            .context("the broker connection is gone")?
+            .subscribed();
+        let mut health_tick = tokio::time::interval(self.settings.health_interval);
+        health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Checked every second (or faster if systemd asks for pings more
+        // often); pings go out only while the pipeline is healthy.
+        let watchdog_every = self
+            .notifier
+            .watchdog
+            .map(|w| (w / 2).min(Duration::from_secs(1)))
+            .unwrap_or(Duration::from_secs(1));
+        let mut watchdog_tick = tokio::time::interval(watchdog_every);
+        let mut ready = false;
+        let mut last_status = String::new();
+        let mut unhealthy_reported = false;
+        let signal_name = loop {
+            tokio::select! {
+                _ = sigterm.recv() => break "SIGTERM",
+                _ = sigint.recv() => break "SIGINT",
+                _ = sighup.recv() => {
+                    self.reload().await;
+                    health_tick = tokio::time::interval(self.settings.health_interval);
+                    health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                }
+                changed = subscribed.changed(), if !ready => {
+                    if changed.is_err() || *subscribed.borrow() {
+                        ready = true;
+                        let names: Vec<&str> = self.models.iter().map(|m| m.ctx.name.as_str()).collect();
+                        log::info!("ready: serving {} model(s): {}", names.len(), names.join(", "));
+                        self.notifier.ready(&self.status_line());
+                    }
+                }
+                _ = health_tick.tick() => self.publish_health(),
+                _ = watchdog_tick.tick() => {
+                    self.reap_retired();
+                    match self.unhealthy() {
+                        None => {
+                            unhealthy_reported = false;
+                            self.notifier.watchdog_ping();
+                            let line = self.status_line();
+                            if ready && line != last_status {
+                                self.notifier.status(&line);
+                                last_status = line;
+                            }
+                        }
+                        Some(why) => {
+                            if !unhealthy_reported {
+                                log::error!("watchdog: {why}; no longer telling systemd we are alive");
+                                self.notifier.status(&format!("unhealthy: {why}"));
+                                unhealthy_reported = true;
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        self.drain(signal_name).await;
+        Ok(())
+    }
+
+    /// Why the pipeline cannot make progress, if it cannot.
+    fn unhealthy(&self) -> Option<String> {
+        match &self.connection {
+            None => return Some("the broker connection is closed".into()),
+            Some(c) => {
+                if let Some(why) = c.trouble() {
+                    return Some(why.into());
+                }
+            }
+        }
+        for m in &self.models {
+            if let Some(i) = m.workers.iter().position(|w| w.handle.is_finished()) {
+                return Some(format!("worker {i} of model '{}' has exited", m.ctx.name));
+            }
+        }
+        let limit = self.settings.stall_timeout;
+        // Retired versions count too: a wedged one never frees its model.
+        for m in self.models.iter().chain(self.retired.iter()) {
+            for (i, w) in m.workers.iter().enumerate() {
+                if let Some(busy) = w.beat.busy_for().filter(|d| *d > limit) {
+                    return Some(format!(
+                        "worker {i} of model '{}' has been running one message for {:.1} s (health.stall_timeout_secs = {})",
+                        m.ctx.name,
+                        busy.as_secs_f64(),
+                        limit.as_secs_f64()
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    fn status_line(&self) -> String {
+        let answered: u64 = self.models.iter().map(|m| m.ctx.stats.succeeded()).sum();
+        let errors: u64 = self
+            .models
+            .iter()
+            .map(|m| {
+                ErrorCode::ALL
+                    .iter()
+                    .map(|c| m.ctx.stats.errors(*c))
+                    .sum::<u64>()
+            })
+            .sum();
+        let connected = self.connection.as_ref().is_some_and(Connection::connected);
+        format!(
+            "serving {} model(s); broker {}; {answered} results, {errors} errors",
+            self.models.len(),
+            if connected {
+                "connected"
+            } else {
+                "disconnected"
+            }
+        )
+    }
+
+    fn publish_health(&mut self) {
+        let limit = self.settings.stall_timeout;
+        let views: Vec<ModelView<'_>> = self
+            .models
+            .iter()
+            .map(|m| ModelView {
+                name: &m.ctx.name,
+                sha256: &m.ctx.sha256,
+                accelerator: &m.accelerator,
+                workers: m.workers.len(),
+                stalled_workers: m.stalled_workers(limit),
+                stats: &m.ctx.stats,
+                queue_depth: m.queue.len(),
+                queue_capacity: m.settings.queue_capacity,
+            })
+            .collect();
+        let payload = self.health.tick(&self.stats, &views);
+        if let Some(replies) = &self.replies {
+            replies.try_send(replies.health(payload));
+        }
+    }
+
+    /// The online record of the current model set: published now and on
+    /// every later connect.
+    fn publish_status(&self) {
+        let status: Vec<StatusModel> = self.models.iter().map(|m| m.status.clone()).collect();
+        let payload = health::online(&self.settings.device_id, self.started_at, &status);
+        if let Some(c) = &self.connection {
+            c.set_online(payload.clone());
+        }
+        if let Some(replies) = &self.replies {
+            replies.try_send(replies.status(payload));
+        }
+    }
+
+    fn reap_retired(&mut self) {
+        self.retired.retain(|r| {
+            let done = r.finished();
+            if done {
+                log::info!(
+                    "model {} (sha256 {}): previous version finished its queue and was freed",
+                    r.ctx.name,
+                    &r.ctx.sha256[..12]
+                );
+            }
+            !done
+        });
+    }
+
+    /// The counters of every model by name, to carry over to a new version.
+    fn stats_by_name(&self) -> HashMap<String, Arc<ModelStats>> {
+        self.models
+            .iter()
+            .map(|m| (m.ctx.name.clone(), Arc::clone(&m.ctx.stats)))
+            .collect()
+    }
+}

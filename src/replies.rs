@@ -1,0 +1,264 @@
+//! Every message the daemon publishes is built here: results, errors (about
+//! a message, or about the daemon such as `reload_failed`), and the
+//! retained status and health records, each on its topic. This module owns
+//! the device topics (`edge-infer/{device_id}/errors|status|health`) and
+//! the one channel from the pipeline to `mqtt::egress`, so no other module
+//! spells a topic or assembles a reply.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use model_runtime::TensorSpec;
+use tokio::sync::mpsc;
+
+use crate::codec::encode::{self, Latency, Outputs, ResultMessage};
+use crate::codec::{ErrorCode, Failure, MessageId};
+use crate::job::Job;
+use crate::models::ModelContext;
+use crate::telemetry::DaemonStats;
+use crate::time::unix_now;
+
+/// Capacity of the pipeline -> publisher channel. When the broker is slow
+/// this fills, workers wait, model queues fill, and new messages get
+/// `overloaded` errors: backpressure ends in a visible answer.
+pub const REPLY_CAPACITY: usize = 4096;
+
+pub fn errors_topic(device_id: &str) -> String {
+    format!("edge-infer/{device_id}/errors")
+}
+
+pub fn status_topic(device_id: &str) -> String {
+    format!("edge-infer/{device_id}/status")
+}
+
+pub fn health_topic(device_id: &str) -> String {
+    format!("edge-infer/{device_id}/health")
+}
+
+/// One message to publish.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    /// Status and health records are retained so a fleet tool that
+    /// subscribes later still sees the latest.
+    pub retain: bool,
+}
+
+/// The receiving end, drained by `mqtt::egress` in order.
+pub type ReplyReceiver = mpsc::Receiver<Outgoing>;
+
+/// When one message's stages began and ended. Its queue time runs from
+/// arrival to `decode_from` (with micro-batching that includes waiting for
+/// the batch to fill); `invoke_*` is the invoke it shared.
+pub struct Stages {
+    pub decode_from: Instant,
+    pub decoded_at: Instant,
+    pub invoke_from: Instant,
+    pub invoked_at: Instant,
+    pub post_from: Instant,
+    /// With micro-batching: how many messages shared the invoke.
+    pub batch_size: Option<usize>,
+}
+
+/// Builds replies and hands them to the publisher. Cloned into the event
+/// loop (refusals), every worker (results and errors) and the supervisor
+/// (status, health, `reload_failed`). The publisher ends when the last
+/// clone is dropped and everything sent has been handed to the client.
+#[derive(Clone)]
+pub struct Replies {
+    device_id: Arc<str>,
+    errors_topic: Arc<str>,
+    tx: mpsc::Sender<Outgoing>,
+    stats: Arc<DaemonStats>,
+}
+
+impl Replies {
+    pub fn channel(device_id: &str, stats: Arc<DaemonStats>) -> (Replies, ReplyReceiver) {
+        let (tx, rx) = mpsc::channel(REPLY_CAPACITY);
+        let replies = Replies {
+            device_id: device_id.into(),
+            errors_topic: errors_topic(device_id).into(),
+            tx,
+            stats,
+        };
+        (replies, rx)
+    }
+
+    /// The error answering `job`, counted against `model` (when it got as
+    /// far as one) and logged with structured fields
+    /// (`journalctl MODEL=har ERROR_CODE=bad_shape MSG_ID=...`). None only
+    /// if it could not be serialized, which is logged.
+    pub fn error(
+        &self,
+        model: Option<&ModelContext>,
+        job: &Job,
+        id: Option<&MessageId>,
+        failure: &Failure,
+    ) -> Option<Outgoing> {
+        let name = model.map(|m| m.name.as_str());
+        match model {
+            Some(m) => m.stats.error(failure.code),
+            None => {
+                self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let message_id = id.map(id_text).unwrap_or_default();
+        log::warn!(
+            model = name.unwrap_or(""),
+            topic = job.topic.as_str(),
+            msg_id = message_id.as_str(),
+            error_code = failure.code.as_str();
+            "{}topic {}: {} {}",
+            name.map(|n| format!("model {n} ")).unwrap_or_default(),
+            job.topic,
+            failure.code.as_str(),
+            failure.message
+        );
+        self.error_message(name, Some(&job.topic), job.received_at, id, failure)
+    }
+
+    /// An error about the daemon rather than a message (`reload_failed`).
+    pub fn notice(&self, failure: &Failure) -> Option<Outgoing> {
+        self.error_message(None, None, unix_now(), None, failure)
+    }
+
+    fn error_message(
+        &self,
+        model: Option<&str>,
+        source_topic: Option<&str>,
+        received_at: f64,
+        id: Option<&MessageId>,
+        failure: &Failure,
+    ) -> Option<Outgoing> {
+        let payload = encode::error_json(
+            &self.device_id,
+            model,
+            source_topic,
+            received_at,
+            id,
+            failure,
+        )?;
+        Some(Outgoing {
+            topic: self.errors_topic.to_string(),
+            payload,
+            retain: false,
+        })
+    }
+
+    /// The result answering `job` from output `buffers` described by
+    /// `specs`, counted (or its error, if it cannot be serialized).
+    pub fn result(
+        &self,
+        ctx: &ModelContext,
+        job: &Job,
+        id: Option<&MessageId>,
+        specs: &[TensorSpec],
+        buffers: &[&[u8]],
+        at: Stages,
+    ) -> Option<Outgoing> {
+        let top = ctx
+            .top_k
+            .map(|k| encode::top_k(&specs[0], buffers[0], k, ctx.labels.as_deref()));
+        let topic = match ctx.input_topic.matches(&job.topic) {
+            Some(caps) => ctx.output_topic.render(&self.device_id, &ctx.name, &caps),
+            None => ctx
+                .output_topic
+                .render(&self.device_id, &ctx.name, &Default::default()),
+        };
+        let done = Instant::now();
+        let msg = ResultMessage {
+            id,
+            model: &ctx.name,
+            model_sha256: &ctx.sha256,
+            device_id: &self.device_id,
+            source_topic: &job.topic,
+            received_at: job.received_at,
+            published_at: unix_now(),
+            latency_ms: Latency {
+                queue: ms_between(job.received, at.decode_from),
+                pre: ms_between(at.decode_from, at.decoded_at),
+                invoke: ms_between(at.invoke_from, at.invoked_at),
+                post: ms_between(at.post_from, done),
+                total: ms_between(job.received, done),
+            },
+            outputs: Outputs { specs, buffers },
+            top_k: top.as_deref(),
+            batch_size: at.batch_size,
+        };
+        match encode::to_vec(&msg) {
+            Ok(payload) => {
+                ctx.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+                ctx.stats.record_latency(
+                    done.saturating_duration_since(job.received).as_micros() as u64,
+                );
+                Some(Outgoing {
+                    topic,
+                    payload,
+                    retain: false,
+                })
+            }
+            Err(e) => {
+                let failure = Failure::new(
+                    ErrorCode::InferenceFailed,
+                    format!("cannot serialize the result: {e}"),
+                );
+                self.error(Some(ctx), job, id, &failure)
+            }
+        }
+    }
+
+    /// The retained status record (online or offline).
+    pub fn status(&self, payload: Vec<u8>) -> Outgoing {
+        Outgoing {
+            topic: status_topic(&self.device_id),
+            payload,
+            retain: true,
+        }
+    }
+
+    /// The retained health record.
+    pub fn health(&self, payload: Vec<u8>) -> Outgoing {
+        Outgoing {
+            topic: health_topic(&self.device_id),
+            payload,
+            retain: true,
+        }
+    }
+
+    /// For worker threads: waits for room.
+    pub fn send_blocking(&self, msg: Outgoing) {
+        if self.tx.blocking_send(msg).is_err() {
+            self.lost("publisher stopped");
+        }
+    }
+
+    /// For the event loop and the supervisor, which must never wait.
+    pub fn try_send(&self, msg: Outgoing) {
+        if let Err(e) = self.tx.try_send(msg) {
+            let why = match e {
+                mpsc::error::TrySendError::Full(_) => "publish queue full",
+                mpsc::error::TrySendError::Closed(_) => "publisher stopped",
+            };
+            self.lost(why);
+        }
+    }
+
+    fn lost(&self, why: &str) {
+        self.stats.publish_failures.fetch_add(1, Ordering::Relaxed);
+        log::error!("a reply could not be published: {why}");
+    }
+}
+
+fn ms_between(a: Instant, b: Instant) -> f64 {
+    b.saturating_duration_since(a).as_secs_f64() * 1000.0
+}
+
+/// A message id as the log's `MSG_ID` field shows it.
+fn id_text(id: &MessageId) -> String {
+    match id {
+        MessageId::Text(s) => s.clone(),
+        MessageId::Number(n) => n.to_string(),
+    }
+}

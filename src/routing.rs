@@ -1,0 +1,305 @@
+//! Routing: which models' queues an incoming message goes to, and the
+//! answer when it cannot go anywhere (`too_large`, `overloaded`,
+//! `no_model`). The event loop calls [`Switch::dispatch`] for every
+//! publish; the supervisor swaps the whole routing state in one step on
+//! reload and takes it away on drain. Offers never block: a full queue is
+//! answered, not waited on.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::codec::{ErrorCode, Failure};
+use crate::job::Job;
+use crate::models::ModelContext;
+use crate::replies::Replies;
+use crate::worker::{ModelQueue, Offer};
+
+/// One served model as routing sees it: its record and the producer side
+/// of its queue. Dropping the route (reload retires the model, or drain)
+/// closes the queue, so its workers finish what they took and exit.
+pub struct Route {
+    pub model: Arc<ModelContext>,
+    pub queue: ModelQueue,
+}
+
+/// The routing state of one model set.
+pub struct Routes {
+    /// In config order: a message that several models listen for is
+    /// offered to them in that order.
+    routes: Vec<Route>,
+    max_payload_bytes: usize,
+    replies: Replies,
+}
+
+impl Routes {
+    pub fn new(routes: Vec<Route>, max_payload_bytes: usize, replies: Replies) -> Routes {
+        Routes {
+            routes,
+            max_payload_bytes,
+            replies,
+        }
+    }
+
+    /// The distinct filters to subscribe to, in config order.
+    pub fn filters(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for r in &self.routes {
+            let f = r.model.input_topic.as_str();
+            if !out.iter().any(|s| s == f) {
+                out.push(f.to_string());
+            }
+        }
+        out
+    }
+
+    /// Gives the routes up, for a reload to keep the unchanged ones.
+    pub fn into_routes(self) -> Vec<Route> {
+        self.routes
+    }
+
+    /// Offers `job` to every model listening on its topic; answers it
+    /// where it cannot be queued.
+    pub fn dispatch(&self, job: Job) {
+        let mut routed = false;
+        for r in &self.routes {
+            if r.model.input_topic.matches(&job.topic).is_none() {
+                continue;
+            }
+            routed = true;
+            r.model.stats.received.fetch_add(1, Ordering::Relaxed);
+            if job.payload.len() > self.max_payload_bytes {
+                let f = Failure::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "payload is {} bytes, the limit (limits.max_payload_bytes) is {}",
+                        job.payload.len(),
+                        self.max_payload_bytes
+                    ),
+                );
+                self.refuse(Some(&r.model), &job, &f);
+                continue;
+            }
+            match r.queue.offer(job.clone()) {
+                Offer::Queued => log::debug!("queued {} for model {}", job.topic, r.model.name),
+                Offer::Rejected(j) => {
+                    let f = overloaded(
+                        &r.model,
+                        "the new message was refused (overflow = \"reject_new\")",
+                    );
+                    self.refuse(Some(&r.model), &j, &f);
+                }
+                Offer::Evicted(old) => {
+                    let f = overloaded(
+                        &r.model,
+                        "this message was the oldest queued and was dropped for a newer one (overflow = \"drop_oldest\")",
+                    );
+                    for j in &old {
+                        self.refuse(Some(&r.model), j, &f);
+                    }
+                }
+            }
+        }
+        if !routed {
+            let f = Failure::new(
+                ErrorCode::NoModel,
+                format!(
+                    "no configured model listens on topic \"{}\" (a subscription left in the broker session?)",
+                    job.topic
+                ),
+            );
+            self.refuse(None, &job, &f);
+        }
+    }
+
+    /// Answers a message that was not queued. Its id is looked for only
+    /// here, at the top of the payload, so refusing stays cheap for the
+    /// event loop.
+    fn refuse(&self, model: Option<&ModelContext>, job: &Job, f: &Failure) {
+        let id = crate::codec::peek_id(&job.payload);
+        if let Some(reply) = self.replies.error(model, job, id.as_ref(), f) {
+            self.replies.try_send(reply);
+        }
+    }
+}
+
+fn overloaded(model: &ModelContext, what: &str) -> Failure {
+    Failure::new(
+        ErrorCode::Overloaded,
+        format!("model '{}' queue is full: {what}", model.name),
+    )
+}
+
+/// The routing state the event loop reads: the current [`Routes`], or
+/// none while draining (from then on messages are left unacknowledged
+/// for the broker to redeliver after a restart).
+#[derive(Default)]
+pub struct Switch {
+    current: Mutex<Option<Routes>>,
+}
+
+impl Switch {
+    pub fn new(routes: Routes) -> Switch {
+        Switch {
+            current: Mutex::new(Some(routes)),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Option<Routes>> {
+        // A panic while holding the lock leaves consistent data (the state
+        // is replaced whole), so poisoning is ignored.
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Routes `job`; false while draining (the caller then leaves the
+    /// message unacknowledged).
+    pub fn dispatch(&self, job: Job) -> bool {
+        match self.lock().as_ref() {
+            Some(routes) => {
+                routes.dispatch(job);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The filters to subscribe to; none while draining.
+    pub fn filters(&self) -> Option<Vec<String>> {
+        self.lock().as_ref().map(Routes::filters)
+    }
+
+    /// Stops routing: the returned state (dropped by the caller) holds the
+    /// queue senders, so dropping it lets the workers finish and exit.
+    pub fn take(&self) -> Option<Routes> {
+        self.lock().take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use bytes::Bytes;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::config::OverflowPolicy;
+    use crate::replies::ReplyReceiver;
+    use crate::telemetry::DaemonStats;
+    use crate::worker::JobReceiver;
+
+    struct Fixture {
+        switch: Switch,
+        queues: Vec<JobReceiver>,
+        models: Vec<Arc<ModelContext>>,
+        replies: ReplyReceiver,
+        stats: Arc<DaemonStats>,
+    }
+
+    /// One model per (name, filter), each behind a queue of `capacity`.
+    fn fixture(models: &[(&str, &str)], capacity: usize, max_payload_bytes: usize) -> Fixture {
+        let stats = Arc::new(DaemonStats::default());
+        let (replies, rx) = Replies::channel("dev", Arc::clone(&stats));
+        let mut routes = Vec::new();
+        let mut queues = Vec::new();
+        let mut contexts = Vec::new();
+        for (name, filter) in models {
+            let model = Arc::new(ModelContext::for_tests(name, filter));
+            let (queue, q_rx) = ModelQueue::bounded(capacity, 1 << 20, OverflowPolicy::RejectNew);
+            routes.push(Route {
+                model: Arc::clone(&model),
+                queue,
+            });
+            queues.push(q_rx);
+            contexts.push(model);
+        }
+        Fixture {
+            switch: Switch::new(Routes::new(routes, max_payload_bytes, replies)),
+            queues,
+            models: contexts,
+            replies: rx,
+            stats,
+        }
+    }
+
+    fn job(topic: &str, payload: &str) -> Job {
+        Job {
+            topic: topic.into(),
+            payload: Bytes::from(payload.to_string()),
+            received_at: 1.5,
+            received: Instant::now(),
+        }
+    }
+
+    fn errors(rx: &mut ReplyReceiver) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Ok(o) = rx.try_recv() {
+            assert_eq!(o.topic, "edge-infer/dev/errors");
+            out.push(serde_json::from_slice(&o.payload).unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn a_message_goes_to_every_model_listening_on_its_topic() {
+        let mut f = fixture(
+            &[("a", "sensors/+/accel"), ("b", "sensors/#"), ("c", "other")],
+            8,
+            1024,
+        );
+        assert!(f.switch.dispatch(job("sensors/x/accel", "{}")));
+        assert!(f.switch.dispatch(job("sensors/x/temp", "{}")));
+        let depths: Vec<usize> = f.queues.iter().map(JobReceiver::len).collect();
+        assert_eq!(depths, [1, 2, 0]);
+        let received: Vec<u64> = f
+            .models
+            .iter()
+            .map(|m| m.stats.received.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(received, [1, 2, 0]);
+        assert!(errors(&mut f.replies).is_empty());
+    }
+
+    #[test]
+    fn filters_are_listed_once_in_config_order() {
+        let f = fixture(&[("a", "a/+"), ("b", "b"), ("c", "a/+")], 8, 1024);
+        assert_eq!(f.switch.filters().unwrap(), ["a/+", "b"]);
+    }
+
+    #[test]
+    fn refusals_are_answered_on_the_errors_topic_and_counted() {
+        let mut f = fixture(&[("a", "in/a")], 1, 16);
+        f.switch.dispatch(job("in/a", "0123456789abcdefg"));
+        f.switch.dispatch(job("in/a", "{}"));
+        f.switch.dispatch(job("in/a", "{}"));
+        f.switch.dispatch(job("nowhere", "{}"));
+        let got = errors(&mut f.replies);
+        let codes: Vec<&str> = got.iter().map(|e| e["code"].as_str().unwrap()).collect();
+        assert_eq!(codes, ["too_large", "overloaded", "no_model"]);
+        assert_eq!(got[0]["model"], "a");
+        assert_eq!(got[0]["source_topic"], "in/a");
+        assert_eq!(got[0]["received_at"], 1.5);
+        assert!(
+            got[0]["message"].as_str().unwrap().contains("17 bytes"),
+            "{}",
+            got[0]
+        );
+        assert!(got[2].get("model").is_none(), "{}", got[2]);
+        let stats = &f.models[0].stats;
+        assert_eq!(stats.errors(ErrorCode::TooLarge), 1);
+        assert_eq!(stats.errors(ErrorCode::Overloaded), 1);
+        assert_eq!(f.stats.unrouted.load(Ordering::Relaxed), 1);
+        assert_eq!(f.queues[0].len(), 1);
+    }
+
+    #[test]
+    fn once_taken_nothing_is_routed_and_the_queues_close() {
+        let f = fixture(&[("a", "in/a")], 8, 1024);
+        assert!(f.switch.dispatch(job("in/a", "{}")));
+        drop(f.switch.take());
+        assert!(!f.switch.dispatch(job("in/a", "{}")));
+        assert!(f.switch.filters().is_none());
+        // What was queued is still served, then the queue reports closed.
+        assert!(f.queues[0].recv().is_some());
+        assert!(f.queues[0].recv().is_none());
+    }
+}
