@@ -79,11 +79,7 @@ fn named_paths(code: &str) -> Vec<String> {
 }
 
 /// The longest known module a path from `module` leads into.
-fn resolve(
-    module: &[String],
-    path: &str,
-    known: &BTreeSet<Vec<String>>,
-) -> Option<Vec<String>> {
+fn resolve(module: &[String], path: &str, known: &BTreeSet<Vec<String>>) -> Option<Vec<String>> {
     let mut parts = path.split("::").peekable();
     let mut base: Vec<String> = match parts.peek().copied() {
         Some("crate") => {
@@ -170,7 +166,10 @@ fn no_two_modules_import_each_other() {
             }
         }
     }
-    assert!(mutual.is_empty(), "files that import each other: {mutual:?}");
+    assert!(
+        mutual.is_empty(),
+        "files that import each other: {mutual:?}"
+    );
     // The graph is not empty: the check reads real imports.
     assert!(graph[&vec!["routing".to_string()]].contains(&vec!["replies".to_string()]));
 }

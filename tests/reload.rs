@@ -242,3 +242,207 @@ fn a_failed_reload_keeps_the_running_setup_and_says_why() {
         3
     );
 }
+
+/// The worker threads of a process: thread name -> thread id.
+fn worker_threads(pid: u32) -> std::collections::BTreeMap<String, u32> {
+    let mut out = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap();
+        let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) else {
+            continue; // the thread ended while we looked
+        };
+        let comm = comm.trim();
+        if comm.starts_with("infer-") {
+            let tid = task.file_name().to_string_lossy().parse().unwrap();
+            out.insert(comm.to_string(), tid);
+        }
+    }
+    out
+}
+
+#[test]
+fn inserting_a_model_first_keeps_the_others_workers_and_starts_only_the_new_one() {
+    let broker = Broker::start();
+    let a = model("a", "har_accel_int8.tflite", "in/a");
+    let b = model("b", "har_accel_f32.tflite", "in/b");
+    let c = model("c", "dynamic_batch_f32.tflite", "in/c");
+    let d = Daemon::start(&config(broker.port, "dev1", "", &(a.clone() + &b)));
+    let client = TestClient::connect(broker.port);
+    client.subscribe("out/#");
+    let ask = |topic: &str, id: usize, data: Vec<f64>| {
+        client.publish(topic, json!({"id": id, "data": data}).to_string());
+        let m = client.recv();
+        assert_eq!(
+            m.json()["id"],
+            id,
+            "{}",
+            String::from_utf8_lossy(&m.payload)
+        );
+        m.topic
+    };
+    assert_eq!(ask("in/a", 1, window(1)), "out/dev1/a");
+    assert_eq!(ask("in/b", 2, window(2)), "out/dev1/b");
+    let before = worker_threads(d.pid());
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        ["infer-a-0", "infer-b-0"]
+    );
+
+    d.rewrite_config(&config(broker.port, "dev1", "", &(c + &a + &b)));
+    d.signal("HUP");
+    d.wait_for_log("reload: 2 model(s) kept (a, b), 1 loaded (c), 0 removed ()");
+    // The same threads serve a and b: nothing of theirs was loaded again.
+    let after = worker_threads(d.pid());
+    assert_eq!(after.get("infer-a-0"), before.get("infer-a-0"));
+    assert_eq!(after.get("infer-b-0"), before.get("infer-b-0"));
+    assert!(after.contains_key("infer-c-0"), "{after:?}");
+    assert_eq!(ask("in/a", 3, window(3)), "out/dev1/a");
+    assert_eq!(ask("in/b", 4, window(4)), "out/dev1/b");
+    d.wait_for_log("subscribed to 1 topic filter(s)");
+    assert_eq!(
+        ask("in/c", 5, (1..=8).map(f64::from).collect()),
+        "out/dev1/c"
+    );
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    // Counters went on across the reload: two messages each.
+    assert!(log.contains("model a: received=2 ok=2"), "{log}");
+    assert!(log.contains("model b: received=2 ok=2"), "{log}");
+    assert!(
+        !log.contains("previous version finished its queue"),
+        "a kept model was retired:\n{log}"
+    );
+}
+
+/// Threads of every process whose real uid is `uid`: what RLIMIT_NPROC
+/// counts.
+fn threads_of_user(uid: u32) -> u64 {
+    let mut n = 0;
+    for proc in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(status) = std::fs::read_to_string(proc.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        if field("Uid:") == Some(u64::from(uid)) {
+            n += field("Threads:").unwrap_or(0);
+        }
+    }
+    n
+}
+
+const NOBODY: u32 = 65534;
+
+/// A daemon serving model "a" as the unprivileged user nobody, from a
+/// directory of its own (wherever the checkout is, nobody can read it),
+/// with its threads limited to `max_threads` (RLIMIT_NPROC, set by
+/// `prlimit` on itself before it runs the daemon) when given.
+fn start_as_nobody(broker: &Broker, max_threads: Option<u64>) -> (Daemon, impl Fn(&str) -> String) {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = |from: &std::path::Path, name: &str| {
+        let to = dir.path().join(name);
+        std::fs::copy(from, &to).unwrap();
+        to
+    };
+    let binary = copy(&daemon_binary(), "edge-infer");
+    let library = copy(&repo().join("runtime/x86_64/libLiteRt.so"), "libLiteRt.so");
+    copy(
+        &common::model("har_accel_int8.tflite"),
+        "har_accel_int8.tflite",
+    );
+    copy(
+        &common::model("har_accel_f32.tflite"),
+        "har_accel_f32.tflite",
+    );
+    let models_dir = dir.path().display().to_string();
+    let (port, library) = (broker.port, library.display().to_string());
+    let text = move |models: &str| {
+        config(
+            port,
+            "dev1",
+            &format!("[runtime]\nlibrary = \"{library}\"\n"),
+            "",
+        ) + &models.replace("{models}", &models_dir)
+    };
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(
+        &config_path,
+        text(&model("a", "har_accel_int8.tflite", "in/a")),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut cmd = std::process::Command::new("prlimit");
+    if let Some(n) = max_threads {
+        cmd.arg(format!("--nproc={n}:{n}"));
+    }
+    cmd.arg("--")
+        .arg(&binary)
+        .arg("run")
+        .arg("--config")
+        .arg(&config_path)
+        .uid(NOBODY)
+        .gid(NOBODY);
+    let d = Daemon::spawn_command(dir, cmd);
+    d.wait_for_log("ready:");
+    (d, text)
+}
+
+/// A worker thread that cannot be started is a real failure here: the
+/// daemon runs as an unprivileged user (root is exempt from RLIMIT_NPROC)
+/// allowed one thread more than it needs to serve, and the reload adds a
+/// model with three workers.
+#[test]
+fn a_reload_whose_workers_cannot_start_changes_nothing_and_says_why() {
+    let broker = Broker::start();
+    // What serving takes, measured on a first run.
+    let (d, _) = start_as_nobody(&broker, None);
+    let serving = threads_of_user(NOBODY);
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    wait_until("the first daemon's threads to be gone", WAIT, || {
+        threads_of_user(NOBODY) == 0
+    });
+
+    let (d, text) = start_as_nobody(&broker, Some(serving + 1));
+    let client = TestClient::connect(broker.port);
+    client.subscribe("out/#");
+    client.subscribe("edge-infer/dev1/errors");
+    let serves = |id: usize| {
+        client.publish("in/a", json!({"id": id, "data": window(id)}).to_string());
+        let m = client.recv();
+        assert_eq!(
+            m.topic,
+            "out/dev1/a",
+            "{}",
+            String::from_utf8_lossy(&m.payload)
+        );
+        assert_eq!(m.json()["id"], id);
+    };
+    serves(1);
+    let a = model("a", "har_accel_int8.tflite", "in/a");
+    let c = model("c", "har_accel_f32.tflite", "in/c").replace("\noutput", "\nworkers = 3\noutput");
+    d.rewrite_config(&text(&(c + &a)));
+    d.signal("HUP");
+    let e = expect_reload_failed(&client, "cannot start the worker threads of model c");
+    assert!(
+        e["message"].as_str().unwrap().contains("models[0].workers"),
+        "{e}"
+    );
+    // The old set keeps serving; no thread of the new model is left.
+    serves(2);
+    wait_until("the new model's started workers to exit", WAIT, || {
+        worker_threads(d.pid()).keys().collect::<Vec<_>>() == ["infer-a-0"]
+    });
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("reload: "), "{log}");
+}

@@ -11,6 +11,9 @@ use crate::codec::{peek_id, ErrorCode, Failure};
 use crate::health;
 use crate::time::unix_now;
 
+/// How often the drain looks whether every worker has finished.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
+
 impl Supervisor {
     pub(super) async fn drain(&mut self, signal_name: &str) {
         self.notifier.stopping();
@@ -23,20 +26,14 @@ impl Supervisor {
         drop(self.switch.take());
         let mut all: Vec<Running> = std::mem::take(&mut self.models);
         all.append(&mut self.retired);
-        let handles: Vec<_> = all
-            .iter_mut()
-            .flat_map(|m| m.workers.drain(..).map(|w| w.handle))
-            .collect();
-        let joiner = tokio::task::spawn_blocking(move || {
-            for h in handles {
-                let _ = h.join();
+        // Polled rather than joined on a blocking thread: a drain must work
+        // even when no thread can be started.
+        while !all.iter().all(Running::finished) {
+            if Instant::now() >= deadline {
+                self.abandon(&all);
+                break;
             }
-        });
-        if tokio::time::timeout_at(deadline.into(), joiner)
-            .await
-            .is_err()
-        {
-            self.abandon(&all);
+            tokio::time::sleep(DRAIN_POLL).await;
         }
         // The offline record goes last, after every reply; then this
         // handle goes, so the publisher can finish.

@@ -70,9 +70,26 @@ impl Supervisor {
             .collect();
         let wanted = new.models.clone();
         let runtime = Arc::clone(&self.runtime);
-        let (diff, loaded) = tokio::task::spawn_blocking(move || plan(&runtime, &running, &wanted))
-            .await
-            .map_err(|e| vec![problem("(daemon)", format!("the model loader failed: {e}"))])??;
+        // A thread of its own rather than tokio's blocking pool, whose spawn
+        // panics when the system is out of threads.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("reload".into())
+            .spawn(move || {
+                let _ = tx.send(plan(&runtime, &running, &wanted));
+            })
+            .map_err(|e| {
+                vec![problem(
+                    "(daemon)",
+                    format!("cannot start the model loader thread: {e}"),
+                )]
+            })?;
+        let (diff, loaded) = rx.await.map_err(|_| {
+            vec![problem(
+                "(daemon)",
+                "the model loader stopped without an answer (it panicked; see the log)",
+            )]
+        })??;
 
         // Start the new models' workers. A failure drops what was started
         // (their queues close, their threads exit) and changes nothing.

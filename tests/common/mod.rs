@@ -218,10 +218,17 @@ impl Daemon {
         std::fs::write(&path, config_text).expect("write config");
         let mut cmd = Command::new(daemon_binary());
         cmd.arg("run").arg("--config").arg(&path);
-        cmd.env_remove("JOURNAL_STREAM");
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Daemon::spawn_command(dir, cmd)
+    }
+
+    /// Starts `cmd` (an `edge-infer run` whose config is
+    /// `dir/config.toml`) without waiting; `dir` lives as long as the
+    /// daemon.
+    pub fn spawn_command(dir: tempfile::TempDir, mut cmd: Command) -> Daemon {
+        cmd.env_remove("JOURNAL_STREAM");
         let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
