@@ -22,20 +22,9 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
 use serde_json::Value;
-
-const USAGE: &str = "\
-usage: accel_sim [options]
-  --host HOST        MQTT broker host (default 127.0.0.1)
-  --port N           MQTT broker port (default 1883)
-  --sensors N        number of simulated sensors wrist-1..wrist-N (default 2)
-  --rate R           windows per second, all sensors together (default 2)
-  --seconds S        how long to publish; 0 = until Ctrl-C (default 20)
-  --seed N           PRNG seed (default 20240601)
-  --models A,B       models expected to answer every window
-                     (default: every model that answers at least once)
-  -h, --help         this text";
 
 const LABELS: [&str; 4] = ["idle", "walking", "running", "fall"];
 const N: usize = 128;
@@ -49,75 +38,83 @@ const ERRORS_FILTER: &str = "edge-infer/+/errors";
 // ---------------------------------------------------------------------------
 // Command line
 
+/// Accelerometer simulator for the edge-infer demo
+///
+/// Publishes synthetic 128x3 accelerometer windows (idle, walking, running,
+/// fall) for a few wrist sensors on sensors/wrist-N/accel, prints the
+/// daemon's answers as they arrive, then a summary per model.
+///
+/// Exit status: 0 if every window got an answer from every model that
+/// answered at all (or from each of --models), 1 if some answers are
+/// missing, 2 on usage or connection errors, 130 on a second Ctrl-C.
+#[derive(Debug, Parser)]
+#[command(name = "accel_sim", args_override_self = true, verbatim_doc_comment)]
 struct Args {
+    /// MQTT broker host
+    #[arg(long, value_name = "HOST", default_value = "127.0.0.1")]
     host: String,
+    /// MQTT broker port
+    #[arg(long, value_name = "N", default_value_t = 1883)]
     port: u16,
-    sensors: usize,
+    /// Number of simulated sensors wrist-1..wrist-N (1 to 1000)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 2,
+        value_parser = clap::value_parser!(u16).range(1..=1000)
+    )]
+    sensors: u16,
+    /// Windows per second, all sensors together (above 0, at most 10000)
+    #[arg(long, value_name = "R", default_value_t = 2.0, value_parser = parse_rate)]
     rate: f64,
+    /// How long to publish, in seconds; 0 = until Ctrl-C
+    #[arg(long, value_name = "S", default_value_t = 20.0, value_parser = parse_seconds)]
     seconds: f64,
+    /// PRNG seed
+    #[arg(long, value_name = "N", default_value_t = 20240601)]
     seed: u64,
-    models: Option<Vec<String>>,
+    /// Models expected to answer every window, comma-separated [default:
+    /// every model that answers at least once]
+    #[arg(long, value_name = "A,B", value_parser = parse_models)]
+    models: Option<Models>,
 }
 
-fn parse_args() -> Result<Option<Args>, String> {
-    let mut a = Args {
-        host: "127.0.0.1".into(),
-        port: 1883,
-        sensors: 2,
-        rate: 2.0,
-        seconds: 20.0,
-        seed: 20240601,
-        models: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "-h" || flag == "--help" {
-            return Ok(None);
-        }
-        // Accept both `--flag value` and `--flag=value`.
-        let (name, inline) = match flag.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
-            _ => (flag.clone(), None),
-        };
-        let mut value = || -> Result<String, String> {
-            match inline.clone() {
-                Some(v) => Ok(v),
-                None => it.next().ok_or_else(|| format!("{name} needs a value")),
-            }
-        };
-        fn num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
-            v.parse()
-                .map_err(|_| format!("{name}: not a valid number: {v:?}"))
-        }
-        match name.as_str() {
-            "--host" => a.host = value()?,
-            "--port" => a.port = num(&name, &value()?)?,
-            "--sensors" => a.sensors = num(&name, &value()?)?,
-            "--rate" => a.rate = num(&name, &value()?)?,
-            "--seconds" => a.seconds = num(&name, &value()?)?,
-            "--seed" => a.seed = num(&name, &value()?)?,
-            "--models" => {
-                let list: Vec<String> = value()?
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect();
-                a.models = if list.is_empty() { None } else { Some(list) };
-            }
-            _ => return Err(format!("unknown argument {flag:?}")),
-        }
+/// The `--models` list; empty means the default (every model that answers).
+#[derive(Debug, Clone)]
+struct Models(Vec<String>);
+
+fn parse_models(s: &str) -> Result<Models, String> {
+    Ok(Models(
+        s.split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .map(String::from)
+            .collect(),
+    ))
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|r| r.is_finite() && *r > 0.0 && *r <= 10_000.0)
+        .ok_or_else(|| "must be a number in (0, 10000]".into())
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|secs| secs.is_finite() && *secs >= 0.0)
+        .ok_or_else(|| "must be a number of seconds, 0 or more".into())
+}
+
+impl Args {
+    /// The models named with `--models`, if any were.
+    fn expected(&self) -> Option<Vec<String>> {
+        self.models
+            .as_ref()
+            .map(|m| m.0.clone())
+            .filter(|m| !m.is_empty())
     }
-    if a.sensors == 0 || a.sensors > 1000 {
-        return Err("--sensors must be between 1 and 1000".into());
-    }
-    if !(a.rate.is_finite() && a.rate > 0.0 && a.rate <= 10_000.0) {
-        return Err("--rate must be a number in (0, 10000]".into());
-    }
-    if !(a.seconds.is_finite() && a.seconds >= 0.0) {
-        return Err("--seconds must be >= 0".into());
-    }
-    Ok(Some(a))
 }
 
 // ---------------------------------------------------------------------------
@@ -576,17 +573,15 @@ fn connect_and_subscribe(client: &Client, rx: &Receiver<Ev>, host: &str, port: u
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
+    let args = match Args::try_parse() {
+        Ok(a) => a,
         Err(e) => {
-            eprintln!("accel_sim: {e}\n{USAGE}");
-            return ExitCode::from(2);
+            // --help arrives here too: printed on stdout, success.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    let expected = args.expected();
 
     let mut opts = MqttOptions::new(
         format!("accel-sim-{}", std::process::id()),
@@ -731,9 +726,8 @@ fn main() -> ExitCode {
     // Grace period for the answers still on their way.
     let grace_end = Instant::now() + ANSWER_GRACE;
     loop {
-        let known = !tally.expected_models(&args.models).is_empty();
-        if known && tally.missing(&args.models).is_empty() && tally.puback >= tally.sent_order.len()
-        {
+        let known = !tally.expected_models(&expected).is_empty();
+        if known && tally.missing(&expected).is_empty() && tally.puback >= tally.sent_order.len() {
             break;
         }
         let left = grace_end.saturating_duration_since(Instant::now());
@@ -753,7 +747,7 @@ fn main() -> ExitCode {
     let _ = client.disconnect();
 
     // Summary.
-    let missing = tally.missing(&args.models);
+    let missing = tally.missing(&expected);
     println!();
     println!(
         "summary: sent {} window(s) from {} sensor(s) in {:.1} s ({} acknowledged by the broker)",
@@ -790,7 +784,7 @@ fn main() -> ExitCode {
             st.errors
         );
     }
-    if let Some(fixed) = &args.models {
+    if let Some(fixed) = &expected {
         for m in fixed {
             if !tally.models.contains_key(m) {
                 println!("  {m:<14} {:>7}  (no answer at all)", 0);

@@ -5,6 +5,7 @@
 mod app;
 mod codec;
 mod config;
+mod exit;
 mod health;
 mod job;
 mod logging;
@@ -20,176 +21,183 @@ mod worker;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use clap::{Args, Parser, Subcommand};
 use model_runtime::{LibrarySearch, Runtime};
 
-const USAGE: &str = "\
-edge-infer: MQTT edge inference daemon
+/// The top-level `--help` after the list of subcommands.
+const AFTER_LONG_HELP: &str = "\
+The config defaults to /etc/edge-infer/config.toml. Relative paths in it are
+resolved against its folder. Every key can be overridden from the environment
+as EDGE_INFER__SECTION__KEY (e.g. EDGE_INFER__MQTT__PORT=1884).
 
-USAGE:
-    edge-infer run [--config FILE]            serve the configured models
-    edge-infer check-config [--config FILE]   load everything, print a summary, exit
-                                              (no runtime library: checks the model
-                                              files alone, then exits 3)
-    edge-infer inspect MODEL.tflite [--runtime LIB] [--batch N]
-                                              print a model's inputs and outputs
-                                              (no runtime library and no --runtime:
-                                              as the file declares them)
-    edge-infer status [--config FILE] [--host H] [--port P] [--device ID] [--wait SECS]
-                                              print the latest status and health of
-                                              devices on the broker (retained records)
-    edge-infer --version | --help
+The runtime library (libLiteRt.so, or libtensorflowlite_c.so on armv7) is
+found through [runtime] library, then $EDGE_INFER_RUNTIME_LIBRARY, then next
+to the binary, then runtime/<arch>/ of the checkout the binary was built in,
+then /usr/lib/edge-infer, then the linker path.
 
-The config defaults to /etc/edge-infer/config.toml. Every key can be
-overridden from the environment as EDGE_INFER__SECTION__KEY (e.g.
-EDGE_INFER__MQTT__PORT=1884). The runtime library is found through
-[runtime] library, then $EDGE_INFER_RUNTIME_LIBRARY, then runtime/<arch>/
-next to a checkout's binary, /usr/lib/edge-infer, then the linker path.
+EXIT STATUS, the same for every subcommand:
+  0  ok
+  1  runtime failure (status: broker unreachable, or nothing arrived in time)
+  2  bad usage, config or model
+  3  runtime library not loadable
 
-EXIT STATUS: 0 ok, 1 runtime failure, 2 bad usage, config or model,
-3 runtime library not loadable.";
+'edge-infer help SUBCOMMAND' (or SUBCOMMAND --help) describes each one.";
 
-/// Exit statuses the README documents.
-mod status {
-    pub const FAILURE: u8 = 1;
-    pub const BAD_INPUT: u8 = 2;
-    pub const NO_RUNTIME: u8 = 3;
+/// MQTT edge inference daemon
+///
+/// Keeps TFLite/LiteRT models loaded and warm next to the sensors, subscribes
+/// to their topics on an MQTT broker and answers every reading with a result
+/// or a precise error.
+#[derive(Debug, Parser)]
+#[command(
+    name = "edge-infer",
+    version,
+    verbatim_doc_comment,
+    after_long_help = AFTER_LONG_HELP,
+    subcommand_required = true,
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
+#[derive(Debug, Subcommand)]
 enum Command {
-    Run(PathBuf),
-    CheckConfig(PathBuf),
-    Inspect {
-        model: PathBuf,
-        runtime: Option<PathBuf>,
-        batch: u32,
-    },
-    Status {
-        config: PathBuf,
-        host: Option<String>,
-        port: Option<u16>,
-        device: Option<String>,
-        wait: std::time::Duration,
-    },
-    Help,
+    /// Serve the configured models until SIGTERM or SIGINT
+    ///
+    /// Loads the config, the runtime library and every model (warmed), then
+    /// connects to the broker and answers every reading on the models' input
+    /// topics. SIGTERM or SIGINT drains (every message taken is answered) and
+    /// exits 0; SIGHUP reloads the config and models. Logs "ready: serving N
+    /// model(s)" once the subscriptions are acknowledged.
+    #[command(verbatim_doc_comment)]
+    Run(ConfigArg),
+    /// Load everything, print a summary, exit
+    ///
+    /// Checks the config, opens the runtime library, loads and warms every
+    /// model and prints what `run` would serve. With no runtime library it
+    /// checks the config and every model file alone, prints the same summary
+    /// and exits 3 (2 if it found a problem).
+    #[command(verbatim_doc_comment)]
+    CheckConfig(ConfigArg),
+    /// Print a model's inputs and outputs
+    ///
+    /// Tensor names, shapes, dtypes and quantization as the runtime library
+    /// sees them. With no runtime library (and no --runtime), what the model
+    /// file itself declares, read without one (exit 0).
+    #[command(verbatim_doc_comment)]
+    Inspect(InspectArgs),
+    /// Print the latest status and health of devices on the broker
+    ///
+    /// Reads the retained edge-infer/<device>/status and
+    /// edge-infer/<device>/health records and prints one block per device.
+    /// The broker comes from --host and --port, else from the config file
+    /// when it can be read, else 127.0.0.1:1883. Exits 1 when the broker
+    /// cannot be reached or no record arrived within --wait.
+    #[command(verbatim_doc_comment)]
+    Status(StatusArgs),
+    /// Print the version (as --version does)
+    #[command(hide = true)]
     Version,
 }
 
-fn parse_args(args: &[String]) -> Result<Command, String> {
-    let Some(cmd) = args.first() else {
-        return Err("no command given".into());
-    };
-    let mut config = PathBuf::from(config::DEFAULT_CONFIG_PATH);
-    let mut runtime = None;
-    let mut batch = 1u32;
-    let (mut host, mut port, mut device) = (None, None, None);
-    let mut wait = std::time::Duration::from_secs(5);
-    let mut positional = Vec::new();
-    let mut it = args[1..].iter();
-    while let Some(a) = it.next() {
-        let mut value = |flag: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{flag} needs a value"))
-        };
-        match a.as_str() {
-            "--config" | "-c" => config = PathBuf::from(value(a)?),
-            "--runtime" => runtime = Some(PathBuf::from(value(a)?)),
-            "--batch" => {
-                let v = value(a)?;
-                batch = v.parse().ok().filter(|&b| b >= 1).ok_or_else(|| {
-                    format!("--batch needs a whole number of at least 1, got \"{v}\"")
-                })?;
-            }
-            "--host" => host = Some(value(a)?),
-            "--device" => device = Some(value(a)?),
-            "--port" => {
-                let v = value(a)?;
-                port = Some(
-                    v.parse()
-                        .ok()
-                        .filter(|&p: &u16| p > 0)
-                        .ok_or_else(|| format!("--port needs a port number, got \"{v}\""))?,
-                );
-            }
-            "--wait" => {
-                let v = value(a)?;
-                let secs: f64 = v
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| (0.5..=3600.0).contains(s))
-                    .ok_or_else(|| {
-                        format!("--wait needs seconds between 0.5 and 3600, got \"{v}\"")
-                    })?;
-                wait = std::time::Duration::from_secs_f64(secs);
-            }
-            s if s.starts_with("--config=") => config = PathBuf::from(&s[9..]),
-            s if s.starts_with('-') => return Err(format!("unknown option \"{s}\"")),
-            s => positional.push(s.to_string()),
-        }
-    }
-    let expect_none = |positional: &[String]| match positional.first() {
-        Some(p) => Err(format!("unexpected argument \"{p}\"")),
-        None => Ok(()),
-    };
-    match cmd.as_str() {
-        "run" => expect_none(&positional).map(|()| Command::Run(config)),
-        "check-config" => expect_none(&positional).map(|()| Command::CheckConfig(config)),
-        "inspect" => match positional.as_slice() {
-            [model] => Ok(Command::Inspect {
-                model: PathBuf::from(model),
-                runtime,
-                batch,
-            }),
-            [] => Err("inspect needs a model file".into()),
-            _ => Err("inspect takes one model file".into()),
-        },
-        "status" => expect_none(&positional).map(|()| Command::Status {
-            config,
-            host,
-            port,
-            device,
-            wait,
-        }),
-        "-h" | "--help" | "help" => Ok(Command::Help),
-        "-V" | "--version" | "version" => Ok(Command::Version),
-        other => Err(format!("unknown command \"{other}\"")),
-    }
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// The config file (TOML)
+    #[arg(
+        short = 'c',
+        long,
+        value_name = "FILE",
+        default_value = config::DEFAULT_CONFIG_PATH
+    )]
+    config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct InspectArgs {
+    /// The model file (.tflite)
+    #[arg(value_name = "MODEL")]
+    model: PathBuf,
+    /// Use this runtime library and no other; exit 3 if it does not load
+    #[arg(long, value_name = "LIB")]
+    runtime: Option<PathBuf>,
+    /// Fix a dynamic (-1) batch dimension at N, as a model's `batch` setting
+    /// does
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    batch: u32,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// The config to take the broker's host and port from, unless --host or
+    /// --port is given (ignored when it cannot be read)
+    #[arg(
+        short = 'c',
+        long,
+        value_name = "FILE",
+        default_value = config::DEFAULT_CONFIG_PATH
+    )]
+    config: PathBuf,
+    /// Broker host [default: the config's, else 127.0.0.1]
+    #[arg(long, value_name = "H")]
+    host: Option<String>,
+    /// Broker port [default: the config's, else 1883]
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]
+    port: Option<u16>,
+    /// Only this device (its device_id) [default: every device]
+    #[arg(long, value_name = "ID", value_parser = parse_device)]
+    device: Option<String>,
+    /// How long to wait for the records, in seconds (0.5 to 3600)
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_wait)]
+    wait: Duration,
+}
+
+/// `--device`: one topic level, the rule the config's `device_id` follows.
+fn parse_device(s: &str) -> Result<String, String> {
+    config::check_topic_level(s).map(|()| s.to_string())
+}
+
+/// `--wait`: seconds, 0.5 to 3600, fractions allowed.
+fn parse_wait(s: &str) -> Result<Duration, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|secs| (0.5..=3600.0).contains(secs))
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| "needs seconds between 0.5 and 3600".into())
 }
 
 fn main() -> ExitCode {
     logging::init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = match parse_args(&args) {
-        Ok(c) => c,
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
         Err(e) => {
-            eprintln!("edge-infer: {e}\n\n{USAGE}");
-            return ExitCode::from(status::BAD_INPUT);
+            // --help and --version arrive here too: printed on stdout, success.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(exit::BAD_INPUT)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
-    match command {
-        Command::Help => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
+    match cli.command {
+        Command::Run(a) => run(&a.config),
+        Command::CheckConfig(a) => check_config(&a.config),
+        Command::Inspect(a) => inspect(&a.model, a.runtime, a.batch),
+        Command::Status(a) => status(&a.config, a.host, a.port, a.device, a.wait),
         Command::Version => {
             println!("edge-infer {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Run(path) => run(&path),
-        Command::CheckConfig(path) => check_config(&path),
-        Command::Inspect {
-            model,
-            runtime,
-            batch,
-        } => inspect(&model, runtime, batch),
-        Command::Status {
-            config,
-            host,
-            port,
-            device,
-            wait,
-        } => status(&config, host, port, device, wait),
     }
 }
 
@@ -200,7 +208,7 @@ fn load(
     let settings = load_settings(path)?;
     let runtime = open_runtime(&settings).map_err(|e| {
         eprintln!("edge-infer: {e}");
-        ExitCode::from(status::NO_RUNTIME)
+        ExitCode::from(exit::NO_RUNTIME)
     })?;
     let models = load_models(path, &settings, &runtime)?;
     Ok((settings, runtime, models))
@@ -209,7 +217,7 @@ fn load(
 fn load_settings(path: &std::path::Path) -> Result<config::Settings, ExitCode> {
     let settings = config::load(path).map_err(|e| {
         eprintln!("edge-infer: {e}");
-        ExitCode::from(status::BAD_INPUT)
+        ExitCode::from(exit::BAD_INPUT)
     })?;
     logging::set_level(settings.log_level.to_filter());
     Ok(settings)
@@ -238,7 +246,7 @@ fn load_models(
             problems,
         };
         eprintln!("edge-infer: {e}");
-        ExitCode::from(status::BAD_INPUT)
+        ExitCode::from(exit::BAD_INPUT)
     })?;
     for m in &models {
         log::info!(
@@ -263,7 +271,7 @@ fn run(path: &std::path::Path) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("edge-infer: {e:#}");
-            ExitCode::from(status::FAILURE)
+            ExitCode::from(exit::FAILURE)
         }
     }
 }
@@ -311,7 +319,7 @@ fn check_config_static(
             };
             eprintln!("edge-infer: {e}");
             eprintln!("edge-infer: also: {no_runtime}");
-            return ExitCode::from(status::BAD_INPUT);
+            return ExitCode::from(exit::BAD_INPUT);
         }
     };
     let summaries: Vec<ModelSummary> = checked.iter().map(ModelSummary::from).collect();
@@ -326,7 +334,7 @@ fn check_config_static(
         checked.len()
     );
     eprintln!("edge-infer: {no_runtime}");
-    ExitCode::from(status::NO_RUNTIME)
+    ExitCode::from(exit::NO_RUNTIME)
 }
 
 /// One model's part of the `check-config` summary.
@@ -467,7 +475,7 @@ fn inspect(model: &std::path::Path, runtime: Option<PathBuf>, batch: u32) -> Exi
         }
         Err(e) => {
             eprintln!("edge-infer: {e}");
-            return ExitCode::from(status::NO_RUNTIME);
+            return ExitCode::from(exit::NO_RUNTIME);
         }
     };
     let bytes = match std::fs::read(model) {
@@ -477,7 +485,7 @@ fn inspect(model: &std::path::Path, runtime: Option<PathBuf>, batch: u32) -> Exi
                 "edge-infer: cannot read model file {}: {e}",
                 model.display()
             );
-            return ExitCode::from(status::BAD_INPUT);
+            return ExitCode::from(exit::BAD_INPUT);
         }
     };
     let sha = models::sha256_hex(&bytes);
@@ -493,7 +501,7 @@ fn inspect(model: &std::path::Path, runtime: Option<PathBuf>, batch: u32) -> Exi
                 Ok(e) => e,
                 Err(e) => {
                     eprintln!("edge-infer: {e}");
-                    return ExitCode::from(status::BAD_INPUT);
+                    return ExitCode::from(exit::BAD_INPUT);
                 }
             };
             (
@@ -519,7 +527,7 @@ fn inspect(model: &std::path::Path, runtime: Option<PathBuf>, batch: u32) -> Exi
             ),
             Err(e) => {
                 eprintln!("edge-infer: {e}");
-                return ExitCode::from(status::BAD_INPUT);
+                return ExitCode::from(exit::BAD_INPUT);
             }
         },
     };
@@ -536,14 +544,15 @@ fn inspect(model: &std::path::Path, runtime: Option<PathBuf>, batch: u32) -> Exi
     ExitCode::SUCCESS
 }
 
-/// `status`: broker address and device from the flags, else from the config
-/// file when it can be read, else 127.0.0.1:1883 and every device.
+/// `status`: the broker address from the flags, else from the config file
+/// when it can be read, else 127.0.0.1:1883; the device from `--device`
+/// (already checked), else every device.
 fn status(
     config_path: &std::path::Path,
     host: Option<String>,
     port: Option<u16>,
     device: Option<String>,
-    wait: std::time::Duration,
+    wait: Duration,
 ) -> ExitCode {
     let from_config = config::load(config_path).ok();
     let host = host
@@ -553,4 +562,26 @@ fn status(
         .or_else(|| from_config.as_ref().map(|s| s.mqtt.port))
         .unwrap_or(1883);
     mqtt::status::run(&host, port, device.as_deref(), wait)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+        assert!(AFTER_LONG_HELP.contains(config::DEFAULT_CONFIG_PATH));
+    }
+
+    #[test]
+    fn wait_is_seconds_within_bounds() {
+        assert_eq!(parse_wait("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_wait("3600"), Ok(Duration::from_secs(3600)));
+        for bad in ["0.4", "3600.1", "NaN", "inf", "-1", "", "5s"] {
+            assert!(parse_wait(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -200,7 +200,7 @@ fn status_subcommand_prints_the_latest_health_as_a_table() {
             .any(|l| l.trim_start().starts_with("dyn ") && l.contains("xnnpack")),
         "{out}"
     );
-    // Nobody there: says so and exits 2.
+    // Nobody there: says so and exits 1 (a runtime failure, not bad usage).
     let free = free_port().to_string();
     let (code, _, err) = run_cli(
         &[
@@ -214,7 +214,7 @@ fn status_subcommand_prints_the_latest_health_as_a_table() {
         ],
         &[],
     );
-    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("cannot reach the MQTT broker"), "{err}");
 }
 

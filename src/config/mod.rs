@@ -6,7 +6,9 @@ mod raw;
 mod settings;
 
 pub use raw::RawConfig;
-pub use settings::{ModelSettings, MqttSettings, OverflowPolicy, PayloadFormat, Settings};
+pub use settings::{
+    check_topic_level, ModelSettings, MqttSettings, OverflowPolicy, PayloadFormat, Settings,
+};
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -190,15 +190,25 @@ fn default_device_id() -> String {
         .unwrap_or_else(|| "edge-device".into())
 }
 
-/// A topic level value: no wildcards or separators, not empty.
-fn check_level(check: &mut Check, key: &str, value: &str) {
+/// The rule for a value used as one MQTT topic level (`device_id`, a
+/// model's `name`, `edge-infer status --device`): not empty, no wildcards or
+/// separators. The one place this rule is written; the error says what is
+/// wrong without the key, which the caller adds.
+pub fn check_topic_level(value: &str) -> Result<(), String> {
     if value.is_empty() {
-        check.add(key, "must not be empty");
+        Err("must not be empty".into())
     } else if value.contains(['/', '+', '#', '\0']) {
-        check.add(
-            key,
-            format!("is used as a topic level, so it cannot contain '/', '+', '#' or NUL; got \"{value}\""),
-        );
+        Err(format!(
+            "is used as a topic level, so it cannot contain '/', '+', '#' or NUL; got \"{value}\""
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_level(check: &mut Check, key: &str, value: &str) {
+    if let Err(why) = check_topic_level(value) {
+        check.add(key, why);
     }
 }
 
@@ -617,5 +627,15 @@ mod tests {
         "#;
         let problems = Settings::from_raw(raw(text), Path::new("/")).unwrap_err();
         assert_eq!(problems[0].key, "models[1].name");
+    }
+
+    #[test]
+    fn a_topic_level_has_no_separators_or_wildcards() {
+        assert!(check_topic_level("gw-7").is_ok());
+        assert!(check_topic_level("gw/7").is_err());
+        assert!(check_topic_level("+").is_err());
+        assert!(check_topic_level("a#").is_err());
+        assert!(check_topic_level("a\0").is_err());
+        assert_eq!(check_topic_level(""), Err("must not be empty".into()));
     }
 }

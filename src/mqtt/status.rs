@@ -17,9 +17,11 @@
 //! subscriptions are acknowledged, so it returns once both are acknowledged
 //! and nothing new has come for [`SETTLE`], or when the wait is over.
 //!
-//! Exit status: 0 when at least one device was shown, 1 when nothing arrived
-//! in time, 2 when the broker could not be reached (or the device id cannot
-//! be a topic level).
+//! Exit status (the daemon's, see `crate::exit`): 0 when at least one device
+//! was shown, 1 when the broker could not be reached, the connection was
+//! lost before any record came, or nothing arrived in time. A device id that
+//! cannot be a topic level is bad usage (2), refused by the command line
+//! before this runs.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -30,6 +32,7 @@ use std::time::{Duration, Instant};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS, RecvTimeoutError, SubscribeReasonCode};
 use serde_json::Value;
 
+use crate::exit;
 use crate::replies::{health_topic, status_topic};
 
 /// With every device requested: how long to wait for more records once the
@@ -39,25 +42,18 @@ pub const SETTLE: Duration = Duration::from_millis(500);
 /// Largest record accepted (status records grow with the model list).
 const MAX_PACKET_BYTES: usize = 4 * 1024 * 1024;
 
-const EXIT_NOTHING: u8 = 1;
-const EXIT_UNREACHABLE: u8 = 2;
-
 /// Connects to `host:port`, reads the status and health records of `device`
-/// (every device when None) for at most `wait`, and prints them.
+/// (every device when None) for at most `wait`, and prints them. `device`
+/// has passed [`crate::config::check_topic_level`] (the command line checks
+/// it).
 pub fn run(host: &str, port: u16, device: Option<&str>, wait: Duration) -> ExitCode {
-    if let Some(d) = device {
-        if let Err(why) = check_device_id(d) {
-            eprintln!("edge-infer status: {why}");
-            return ExitCode::from(EXIT_UNREACHABLE);
-        }
-    }
     let level = device.unwrap_or("+");
     let topics = [status_topic(level), health_topic(level)];
     let collected = match collect(host, port, device, &topics, wait) {
         Ok(c) => c,
         Err(why) => {
             eprintln!("edge-infer status: cannot reach the MQTT broker at {host}:{port}: {why}");
-            return ExitCode::from(EXIT_UNREACHABLE);
+            return ExitCode::from(exit::FAILURE);
         }
     };
     let shown: Vec<(&String, &Device)> = collected
@@ -70,7 +66,7 @@ pub fn run(host: &str, port: u16, device: Option<&str>, wait: Duration) -> ExitC
             eprintln!(
                 "edge-infer status: lost the connection to the MQTT broker at {host}:{port} before any record arrived: {why}"
             );
-            return ExitCode::from(EXIT_UNREACHABLE);
+            return ExitCode::from(exit::FAILURE);
         }
         eprintln!(
             "edge-infer status: nothing arrived on {} or {} within {} from {host}:{port} \
@@ -79,7 +75,7 @@ pub fn run(host: &str, port: u16, device: Option<&str>, wait: Duration) -> ExitC
             topics[1],
             human_wait(wait),
         );
-        return ExitCode::from(EXIT_NOTHING);
+        return ExitCode::from(exit::FAILURE);
     }
     if let Some(why) = &collected.lost {
         eprintln!("edge-infer status: the connection to the broker was lost ({why}); showing what arrived");
@@ -95,20 +91,6 @@ pub fn run(host: &str, port: u16, device: Option<&str>, wait: Duration) -> ExitC
     // A closed pipe (`| head`) is not an error worth a panic.
     let _ = std::io::stdout().lock().write_all(out.as_bytes());
     ExitCode::SUCCESS
-}
-
-/// A device id must be one whole topic level.
-fn check_device_id(d: &str) -> Result<(), String> {
-    if d.is_empty() {
-        return Err("the device id is empty".into());
-    }
-    if d.contains(['+', '#', '/', '\0']) {
-        return Err(format!(
-            "device id \"{}\" cannot be a topic level (no '+', '#', '/' or NUL)",
-            clean(d)
-        ));
-    }
-    Ok(())
 }
 
 /// The records of one device, as they arrived.
@@ -673,10 +655,6 @@ mod tests {
         assert_eq!(fixed(1.005e308, 2), "1.00e308");
         assert_eq!(fixed(0.125, 1), "0.1");
         assert_eq!(clean("a\u{1b}[2Jb\n"), "a?[2Jb?");
-        assert!(check_device_id("gw-7").is_ok());
-        assert!(check_device_id("gw/7").is_err());
-        assert!(check_device_id("+").is_err());
-        assert!(check_device_id("").is_err());
     }
 
     #[test]

@@ -16,16 +16,106 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::args::Args;
 use crate::load::{self, fixture_payload, Report, RunSpec, Workload};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
-enum Ready {
+/// How the harness knows the target is ready to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ready {
     /// sd_notify READY=1 on a socket we listen on.
     Notify,
     /// A stdout line containing this text.
     Line(String),
+}
+
+/// `--ready`: `notify` or `line:TEXT`.
+fn parse_ready(s: &str) -> Result<Ready, String> {
+    match s {
+        "notify" => Ok(Ready::Notify),
+        other => match other.strip_prefix("line:") {
+            Some(t) if !t.is_empty() => Ok(Ready::Line(t.to_string())),
+            _ => Err("must be notify or line:TEXT".into()),
+        },
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DriveArgs {
+    /// The target's name in the results
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+    /// How the target says it is ready: `notify` (sd_notify READY=1 on a
+    /// socket given in NOTIFY_SOCKET) or `line:TEXT` (a stdout line with
+    /// TEXT)
+    #[arg(long, value_name = "notify|line:TEXT", value_parser = parse_ready)]
+    pub ready: Ready,
+    /// MQTT broker port on 127.0.0.1
+    #[arg(long, value_name = "P", default_value_t = 1883)]
+    pub port: u16,
+    /// The workloads (JSON array, as bench/workloads.json)
+    #[arg(long, value_name = "FILE")]
+    pub workloads: PathBuf,
+    /// Only these workloads, by name (comma-separated or repeated)
+    /// [default: all]
+    #[arg(long, value_name = "NAME[,NAME..]", value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Where fixture paths of the workloads are relative to
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub repo: PathBuf,
+    /// The filter the target's errors arrive on
+    #[arg(long, value_name = "FILTER")]
+    pub errors: Option<String>,
+    /// Seconds of each run at a workload's fixed rates
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub fixed_seconds: f64,
+    /// Seconds of each trial of the search for the highest sustained rate
+    #[arg(long, value_name = "SECS", default_value_t = 3.0)]
+    pub trial_seconds: f64,
+    /// Seconds of the run that confirms the sustained rate
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub seconds: f64,
+    /// Skip the search for the highest sustained rate (fixed rates only)
+    #[arg(long)]
+    pub no_search: bool,
+    /// How long to wait for results after the last scheduled send
+    #[arg(long, value_name = "SECS", default_value = "3", value_parser = crate::parse_secs)]
+    pub grace: Duration,
+    /// The p99 latency a sustained rate must stay within, in ms
+    #[arg(long, value_name = "MS", default_value_t = 100.0)]
+    pub slo_p99_ms: f64,
+    /// Cold starts to measure (the last start is then measured with the
+    /// workloads)
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub cold_starts: usize,
+    /// Where to write the results (JSON)
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Where the target's stderr goes
+    #[arg(long, value_name = "FILE", default_value = "/dev/null")]
+    pub log: PathBuf,
+    /// The target command and its arguments
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ColdstartArgs {
+    /// How the command says it is ready: `notify` or `line:TEXT`
+    #[arg(long, value_name = "notify|line:TEXT", value_parser = parse_ready)]
+    pub ready: Ready,
+    /// Starts to measure
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub repeat: usize,
+    /// Where to write the results (JSON)
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Where the command's stderr goes
+    #[arg(long, value_name = "FILE", default_value = "/dev/null")]
+    pub log: PathBuf,
+    /// The command and its arguments
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 struct Target {
@@ -276,7 +366,7 @@ fn measured(ctx: &Ctx, w: &Workload, rate: f64, seconds: f64) -> Result<Report, 
     Ok(r)
 }
 
-fn run_workload(ctx: &Ctx, spec: &Value, a: &Args, repo: &Path) -> Result<Value, String> {
+fn run_workload(ctx: &Ctx, spec: &Value, a: &DriveArgs) -> Result<Value, String> {
     let name = spec["name"].as_str().unwrap_or("?").to_string();
     let s = |k: &str| -> Result<String, String> {
         spec[k]
@@ -284,13 +374,13 @@ fn run_workload(ctx: &Ctx, spec: &Value, a: &Args, repo: &Path) -> Result<Value,
             .map(str::to_string)
             .ok_or_else(|| format!("workload {name}: missing string \"{k}\""))
     };
-    let fixture = repo.join(s("fixture")?);
+    let fixture = a.repo.join(s("fixture")?);
     let raw = spec["format"].as_str() == Some("raw");
     let w = Workload {
         topic: s("topic")?,
         seq_topic: raw,
         results: s("results")?,
-        errors: a.get("errors").map(str::to_string),
+        errors: a.errors.clone(),
         payload: fixture_payload(&fixture, spec["case"].as_str(), raw)?,
     };
     let rates: Vec<f64> = spec["rates"]
@@ -298,9 +388,7 @@ fn run_workload(ctx: &Ctx, spec: &Value, a: &Args, repo: &Path) -> Result<Value,
         .map(|r| r.iter().filter_map(Value::as_f64).collect())
         .unwrap_or_default();
     let search_max = spec["search_max"].as_f64().unwrap_or(200_000.0);
-    let fixed_s: f64 = a.num("fixed-seconds", 10.0)?;
-    let trial_s: f64 = a.num("trial-seconds", 3.0)?;
-    let confirm_s: f64 = a.num("seconds", 30.0)?;
+    let (fixed_s, trial_s, confirm_s) = (a.fixed_seconds, a.trial_seconds, a.seconds);
     eprintln!(
         "workload {name} ({} bytes {})",
         w.payload.len(),
@@ -325,7 +413,7 @@ fn run_workload(ctx: &Ctx, spec: &Value, a: &Args, repo: &Path) -> Result<Value,
     }
     // Search: grow until failure, then bisect, with short trials.
     let mut trials = Vec::new();
-    if !a.flag("no-search") {
+    if !a.no_search {
         if lo == 0.0 && hi.is_infinite() {
             lo = 0.0;
             hi = 100.0;
@@ -371,7 +459,7 @@ fn run_workload(ctx: &Ctx, spec: &Value, a: &Args, repo: &Path) -> Result<Value,
     }
     // Confirm for the full duration, stepping down 10% on failure.
     let mut sustained = Value::Null;
-    if lo > 0.0 && !a.flag("no-search") {
+    if lo > 0.0 && !a.no_search {
         let mut rate = lo;
         for _ in 0..4 {
             let r = measured(ctx, &w, rate, confirm_s)?;
@@ -394,57 +482,28 @@ fn run_workload(ctx: &Ctx, spec: &Value, a: &Args, repo: &Path) -> Result<Value,
     }))
 }
 
-pub fn main(a: &Args) -> Result<(), String> {
-    a.check_known(&[
-        "name",
-        "ready",
-        "port",
-        "workloads",
-        "only",
-        "seconds",
-        "trial-seconds",
-        "fixed-seconds",
-        "cold-starts",
-        "out",
-        "log",
-        "errors",
-        "grace",
-        "slo-p99-ms",
-        "repo",
-    ])?;
-    let name = a.required("name")?.to_string();
-    let ready = match a.required("ready")? {
-        "notify" => Ready::Notify,
-        other => match other.strip_prefix("line:") {
-            Some(t) => Ready::Line(t.to_string()),
-            None => return Err("--ready must be notify or line:TEXT".into()),
-        },
-    };
-    let repo = PathBuf::from(a.get("repo").unwrap_or("."));
-    let wl_path = a.required("workloads")?;
-    let wl_text = std::fs::read(wl_path).map_err(|e| format!("cannot read {wl_path}: {e}"))?;
+pub fn main(a: &DriveArgs) -> Result<(), String> {
+    let name = &a.name;
+    let wl_path = a.workloads.display();
+    let wl_text = std::fs::read(&a.workloads).map_err(|e| format!("cannot read {wl_path}: {e}"))?;
     let workloads: Value =
         serde_json::from_slice(&wl_text).map_err(|e| format!("{wl_path} is not JSON: {e}"))?;
-    let only: Vec<String> = a
-        .get("only")
-        .map(|s| s.split(',').map(str::to_string).collect())
-        .unwrap_or_default();
+    let only = &a.only;
     let selected: Vec<&Value> = workloads
         .as_array()
         .ok_or_else(|| format!("{wl_path}: expected an array of workloads"))?
         .iter()
         .filter(|w| only.is_empty() || only.iter().any(|o| Some(o.as_str()) == w["name"].as_str()))
         .collect();
-    let out = a.required("out")?;
-    let log = PathBuf::from(a.get("log").unwrap_or("/dev/null"));
+    let out = a.out.display();
     let dir = std::env::temp_dir();
-    let cold_n: usize = a.num("cold-starts", 5)?;
+    let cold_n = a.cold_starts;
 
     eprintln!("== target {name}");
     let mut cold = Vec::new();
     let mut target = None;
     for i in 0..cold_n.max(1) {
-        let mut t = start(&a.rest, &ready, &log, &dir)?;
+        let mut t = start(&a.command, &a.ready, &a.log, &dir)?;
         cold.push(t.cold_start_ms);
         if i + 1 < cold_n.max(1) {
             stop(&mut t.child);
@@ -458,15 +517,15 @@ pub fn main(a: &Args) -> Result<(), String> {
     let idle_rss_kb = status_kb(pid, "VmRSS:");
     let ctx = Ctx {
         pid,
-        port: a.num("port", 1883)?,
+        port: a.port,
         tck: clk_tck(),
-        grace: Duration::from_secs_f64(a.num("grace", 3.0)?),
-        slo: a.num("slo-p99-ms", 100.0)?,
+        grace: a.grace,
+        slo: a.slo_p99_ms,
     };
     let mut results = Vec::new();
     let mut failure = None;
     for w in selected {
-        match run_workload(&ctx, w, a, &repo) {
+        match run_workload(&ctx, w, a) {
             Ok(v) => results.push(v),
             Err(e) => {
                 failure = Some(e);
@@ -484,7 +543,7 @@ pub fn main(a: &Args) -> Result<(), String> {
     let median = sorted.get(sorted.len() / 2).copied();
     let doc = json!({
         "target": name,
-        "command": a.rest,
+        "command": a.command,
         "cold_start_ms": cold,
         "cold_start_median_ms": median,
         "idle_rss_kb": idle_rss_kb,
@@ -494,25 +553,19 @@ pub fn main(a: &Args) -> Result<(), String> {
         "workloads": results,
     });
     let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
-    std::fs::write(out, text).map_err(|e| format!("cannot write {out}: {e}"))?;
+    std::fs::write(&a.out, text).map_err(|e| format!("cannot write {out}: {e}"))?;
     eprintln!("== {name}: cold start median {median:?} ms, peak RSS {peak_rss_kb:?} kB -> {out}");
     Ok(())
 }
 
 /// `coldstart`: only cold start and idle RSS of a command (e.g. the daemon
 /// with every shipped model), repeated.
-pub fn coldstart(a: &Args) -> Result<(), String> {
-    a.check_known(&["ready", "repeat", "out", "log"])?;
-    let ready = match a.required("ready")? {
-        "notify" => Ready::Notify,
-        other => Ready::Line(other.strip_prefix("line:").unwrap_or(other).to_string()),
-    };
-    let log = PathBuf::from(a.get("log").unwrap_or("/dev/null"));
-    let n: usize = a.num("repeat", 5)?;
+pub fn coldstart(a: &ColdstartArgs) -> Result<(), String> {
+    let n = a.repeat;
     let mut cold = Vec::new();
     let mut rss = Vec::new();
     for _ in 0..n.max(1) {
-        let mut t = start(&a.rest, &ready, &log, &std::env::temp_dir())?;
+        let mut t = start(&a.command, &a.ready, &a.log, &std::env::temp_dir())?;
         cold.push(t.cold_start_ms);
         thread::sleep(Duration::from_millis(300));
         rss.push(status_kb(t.child.id(), "VmHWM:").unwrap_or(0));
@@ -521,13 +574,14 @@ pub fn coldstart(a: &Args) -> Result<(), String> {
     let mut sorted = cold.clone();
     sorted.sort_by(f64::total_cmp);
     let doc = json!({
-        "command": a.rest,
+        "command": a.command,
         "cold_start_ms": cold,
         "cold_start_median_ms": sorted[sorted.len() / 2],
         "peak_rss_kb": rss.iter().max(),
     });
-    let out = a.required("out")?;
-    std::fs::write(out, doc.to_string()).map_err(|e| format!("cannot write {out}: {e}"))?;
+    let out = &a.out;
+    std::fs::write(out, doc.to_string())
+        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
     eprintln!(
         "coldstart: median {} ms, peak RSS {:?} kB",
         sorted[sorted.len() / 2],

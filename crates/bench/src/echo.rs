@@ -8,33 +8,47 @@ use std::time::Duration;
 
 use rumqttc::{Event, Incoming, QoS, RecvTimeoutError};
 
-use crate::args::Args;
 use crate::mqtt;
+
+#[derive(Debug, clap::Args)]
+pub struct EchoArgs {
+    /// MQTT broker port on 127.0.0.1
+    #[arg(long, value_name = "P", default_value_t = 1883)]
+    pub port: u16,
+    /// A topic filter to answer (repeat for more; each with its --out)
+    #[arg(long = "in", value_name = "FILTER", required = true)]
+    pub ins: Vec<String>,
+    /// Where to answer the --in of the same position; `{1}` is the last
+    /// level of the incoming topic
+    #[arg(long = "out", value_name = "TEMPLATE", required = true)]
+    pub outs: Vec<String>,
+    /// MQTT client id [default: bench-echo-<pid>]
+    #[arg(long, value_name = "ID")]
+    pub client_id: Option<String>,
+}
 
 struct Route {
     filter: String,
     out: String,
 }
 
-pub fn main(args: &Args) -> Result<(), String> {
-    args.check_known(&["port", "in", "out", "client-id"])?;
-    let port: u16 = args.num("port", 1883)?;
-    let ins = args.all("in");
-    let outs = args.all("out");
+pub fn main(args: &EchoArgs) -> Result<(), String> {
+    let port = args.port;
+    let (ins, outs) = (&args.ins, &args.outs);
     if ins.is_empty() || ins.len() != outs.len() {
         return Err("echo needs one --out TEMPLATE per --in FILTER (at least one pair)".into());
     }
     let routes: Vec<Route> = ins
         .iter()
-        .zip(&outs)
+        .zip(outs)
         .map(|(i, o)| Route {
             filter: i.to_string(),
             out: o.to_string(),
         })
         .collect();
     let client_id = args
-        .get("client-id")
-        .map(str::to_string)
+        .client_id
+        .clone()
         .unwrap_or_else(|| format!("bench-echo-{}", std::process::id()));
     let (client, mut connection) = mqtt::connect(&client_id, port);
     for r in &routes {

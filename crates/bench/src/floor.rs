@@ -5,39 +5,59 @@
 //! does for `batch` and `max_batch`; the report then adds the time per row
 //! (per invoke / N), what one micro-batched message costs the runtime.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use model_runtime::{LibrarySearch, LoadOptions, Runtime};
 use serde_json::json;
 
-use crate::args::Args;
 use crate::load::{fixture_payload, Payload};
 
-pub fn main(a: &Args) -> Result<(), String> {
-    a.check_known(&[
-        "threads", "iters", "batch", "fixture", "case", "warmup", "library",
-    ])?;
-    let model = a
-        .positional
-        .get(1)
-        .ok_or("usage: edge-infer-bench floor MODEL.tflite [--threads N] [--iters N] [--batch N] [--fixture F.json [--case NAME]]")?;
-    let threads: u32 = a.num("threads", 1)?;
-    let iters: u64 = a.num("iters", 1000)?;
-    let warmup: u64 = a.num("warmup", 20)?;
-    let batch: u32 = a.num("batch", 1)?;
-    if batch == 0 {
-        return Err("--batch must be at least 1".into());
-    }
+#[derive(Debug, clap::Args)]
+pub struct FloorArgs {
+    /// The model file (.tflite)
+    #[arg(value_name = "MODEL")]
+    pub model: String,
+    /// XNNPACK threads, as a model's `threads` setting
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub threads: u32,
+    /// Timed invokes
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub iters: u64,
+    /// Untimed invokes first
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub warmup: u64,
+    /// Fix a dynamic (-1) batch dimension at N (every input must have one
+    /// when N > 1)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub batch: u32,
+    /// Fill the input with a case of this reference file
+    /// (tests/fixtures/*.json) instead of zeros
+    #[arg(long, value_name = "F.json")]
+    pub fixture: Option<PathBuf>,
+    /// The case of --fixture [default: its first]
+    #[arg(long, value_name = "NAME", requires = "fixture")]
+    pub case: Option<String>,
+    /// This runtime library instead of the daemon's search
+    #[arg(long, value_name = "LIB")]
+    pub library: Option<PathBuf>,
+}
+
+pub fn main(a: &FloorArgs) -> Result<(), String> {
+    let model = &a.model;
+    let (threads, iters, warmup, batch) = (a.threads, a.iters, a.warmup, a.batch);
     let options = LoadOptions {
         cpu_threads: threads,
         dynamic_batch: batch,
     };
-    let runtime = Runtime::open(&LibrarySearch::for_process(
-        a.get("library").map(PathBuf::from),
-    ))
-    .map_err(|e| format!("runtime library: {e}"))?;
+    let runtime = Runtime::open(&LibrarySearch::for_process(a.library.clone()))
+        .map_err(|e| format!("runtime library: {e}"))?;
     let bytes = std::fs::read(model).map_err(|e| format!("cannot read model {model}: {e}"))?;
     let mut engine = runtime
         .load(model, bytes, &options)
@@ -56,8 +76,8 @@ pub fn main(a: &Args) -> Result<(), String> {
     }
     // Real input bytes when a fixture is given (some kernels' speed depends
     // on the data), zeros otherwise.
-    if let Some(f) = a.get("fixture") {
-        if let Payload::Raw(b) = fixture_payload(Path::new(f), a.get("case"), true)? {
+    if let Some(f) = &a.fixture {
+        if let Payload::Raw(b) = fixture_payload(f, a.case.as_deref(), true)? {
             let buf = engine
                 .input_buffers_mut()
                 .first_mut()

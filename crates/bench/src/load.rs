@@ -9,7 +9,7 @@
 //! level (`<topic>/<nonce>_<seq>`), which the target copies into its
 //! output topic through `{1}`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -19,7 +19,6 @@ use hdrhistogram::Histogram;
 use rumqttc::{Event, Incoming, QoS, RecvTimeoutError};
 use serde_json::{json, Value};
 
-use crate::args::{self, Args};
 use crate::echo::{find, json_id};
 use crate::mqtt;
 
@@ -65,13 +64,66 @@ impl Payload {
     }
 }
 
+/// What to send: a payload file or a fixture case (one of them).
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["payload", "fixture"])))]
+pub struct PayloadArgs {
+    /// A JSON object to send (its "id" is replaced per message), or with
+    /// --raw the bytes to send as they are
+    #[arg(long, value_name = "FILE")]
+    pub payload: Option<PathBuf>,
+    /// Send a case of this reference file (tests/fixtures/*.json): its first
+    /// input as {"data": values}, or with --raw its quantized bytes
+    #[arg(long, value_name = "F.json")]
+    pub fixture: Option<PathBuf>,
+    /// The case of --fixture [default: its first]
+    #[arg(long, value_name = "NAME", requires = "fixture")]
+    pub case: Option<String>,
+    /// Raw payloads (tensor bytes) instead of JSON
+    #[arg(long)]
+    pub raw: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// MQTT broker port on 127.0.0.1
+    #[arg(long, value_name = "P", default_value_t = 1883)]
+    pub port: u16,
+    /// The topic to publish on
+    #[arg(long, value_name = "TOPIC")]
+    pub topic: String,
+    /// Append a level <nonce>_<seq> to --topic and match results by topic
+    /// (for raw payloads, which carry no id)
+    #[arg(long)]
+    pub seq_topic: bool,
+    /// The filter the results arrive on
+    #[arg(long, value_name = "FILTER")]
+    pub results: String,
+    /// The filter the target's errors arrive on
+    #[arg(long, value_name = "FILTER")]
+    pub errors: Option<String>,
+    #[command(flatten)]
+    pub payload: PayloadArgs,
+    /// Offered rates in messages per second, one run each (comma-separated
+    /// or repeated)
+    #[arg(long, value_name = "R[,R..]", required = true, value_delimiter = ',')]
+    pub rate: Vec<f64>,
+    /// How long each run sends
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub seconds: f64,
+    /// How long to wait for results after the last scheduled send
+    #[arg(long, value_name = "SECS", default_value = "3", value_parser = crate::parse_secs)]
+    pub grace: Duration,
+}
+
 /// Loads a payload: a JSON file (its `"id"` is replaced per message), a
 /// binary file (raw), or a case of a `tests/fixtures/*.json` reference file.
-pub fn payload_from_args(a: &Args) -> Result<Payload, String> {
-    let raw = a.flag("raw");
-    if let Some(path) = a.get("payload") {
+pub fn payload_from_args(a: &PayloadArgs) -> Result<Payload, String> {
+    let raw = a.raw;
+    if let Some(file) = &a.payload {
+        let path = file.display();
         let bytes =
-            std::fs::read(path).map_err(|e| format!("cannot read payload file {path}: {e}"))?;
+            std::fs::read(file).map_err(|e| format!("cannot read payload file {path}: {e}"))?;
         if raw {
             return Ok(Payload::Raw(bytes));
         }
@@ -87,9 +139,10 @@ pub fn payload_from_args(a: &Args) -> Result<Payload, String> {
             .map_err(|e| e.to_string());
     }
     let fixture = a
-        .get("fixture")
+        .fixture
+        .as_deref()
         .ok_or("give --payload FILE or --fixture FILE --case NAME")?;
-    fixture_payload(Path::new(fixture), a.get("case"), raw)
+    fixture_payload(fixture, a.case.as_deref(), raw)
 }
 
 /// The first input of a fixture case: `{"data": values}` (float domain, as
@@ -490,29 +543,24 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
     })
 }
 
-pub fn workload_from_args(a: &Args) -> Result<Workload, String> {
+pub fn workload_from_args(a: &LoadArgs) -> Result<Workload, String> {
     Ok(Workload {
-        topic: a.required("topic")?.to_string(),
-        seq_topic: a.flag("seq-topic"),
-        results: a.required("results")?.to_string(),
-        errors: a.get("errors").map(str::to_string),
-        payload: payload_from_args(a)?,
+        topic: a.topic.clone(),
+        seq_topic: a.seq_topic,
+        results: a.results.clone(),
+        errors: a.errors.clone(),
+        payload: payload_from_args(&a.payload)?,
     })
 }
 
-pub fn main(a: &Args) -> Result<(), String> {
-    a.check_known(&[
-        "port", "topic", "results", "errors", "payload", "fixture", "case", "rate", "seconds",
-        "grace",
-    ])?;
+pub fn main(a: &LoadArgs) -> Result<(), String> {
     let w = workload_from_args(a)?;
-    let rates = args::num_list(a.required("rate")?)?;
-    for rate in rates {
+    for &rate in &a.rate {
         let spec = RunSpec {
-            port: a.num("port", 1883)?,
+            port: a.port,
             rate,
-            seconds: a.num("seconds", 10.0)?,
-            grace: Duration::from_secs_f64(a.num("grace", 3.0)?),
+            seconds: a.seconds,
+            grace: a.grace,
         };
         let r = run(&w, &spec)?;
         println!("{}", r.json);

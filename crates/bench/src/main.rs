@@ -1,14 +1,15 @@
-//! `edge-infer-bench`: the benchmark harness of edge-infer.
+//! `edge-infer-bench`: the benchmark harness of edge-infer. Each subcommand
+//! is one measurement; `scripts/bench.sh` and `bench/*.sh` combine them
+//! (see BENCHMARKS.md for what comes out).
 //!
-//! - `floor MODEL [--threads N] [--iters N]`: raw invoke latency in-process.
-//! - `echo --port P --in FILTER --out TEMPLATE`: the messaging floor.
-//! - `load --port P --topic T --results FILTER (--payload FILE [--raw] | --fixture F [--case C] [--raw]) --rate R[,R..] --seconds S`:
-//!   one open-loop run per rate, a JSON line each.
-//! - `drive --name N --ready notify|line:TEXT --port P --workloads FILE --out FILE [..] -- CMD ARGS..`:
-//!   starts a target and measures everything (see drive.rs).
-//! - `coldstart --ready notify|line:TEXT --out FILE -- CMD ARGS..`: cold start and RSS only.
+//! - `floor`: raw invoke latency of one model in-process (the runtime floor).
+//! - `echo`: the messaging floor, a client that only echoes ids back.
+//! - `load`: one open-loop run per rate, a JSON line each.
+//! - `drive`: starts a target and measures everything (see drive.rs).
+//! - `coldstart`: cold start and RSS of a command only.
+//!
+//! Exit status: 0 ok, 1 a measurement failed, 2 bad usage.
 
-mod args;
 mod drive;
 mod echo;
 mod floor;
@@ -16,34 +17,219 @@ mod load;
 mod mqtt;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
-const USAGE: &str = "usage: edge-infer-bench floor|echo|load|drive|coldstart [options]  (see scripts/bench.sh and BENCHMARKS.md)";
+use clap::{Parser, Subcommand};
+
+/// The benchmark harness of edge-infer: runtime floor, messaging floor,
+/// open-loop load generator and target driver
+///
+/// Results are JSON (stdout or --out); progress goes to stderr. A repeated
+/// option takes its last value, except those that add to a list (echo's --in
+/// and --out, --rate, --only). scripts/bench.sh runs everything in order.
+#[derive(Debug, Parser)]
+#[command(
+    name = "edge-infer-bench",
+    version,
+    verbatim_doc_comment,
+    subcommand_required = true,
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Raw invoke latency of one model in-process (the runtime floor)
+    ///
+    /// Loads MODEL through model-runtime with the LoadOptions the daemon
+    /// uses and times `--iters` invokes after `--warmup` ones; prints one
+    /// JSON object (per invoke and, with --batch, per row).
+    #[command(args_override_self = true, verbatim_doc_comment)]
+    Floor(floor::FloorArgs),
+    /// The messaging floor: echo each message's id back through the broker
+    ///
+    /// Subscribes to every --in filter and answers each message on the
+    /// --out template given with it (`{1}` is the last level of the
+    /// incoming topic). JSON payloads get `{"id":...}`, raw ones an empty
+    /// reply. Prints READY once subscribed.
+    #[command(args_override_self = true, verbatim_doc_comment)]
+    Echo(echo::EchoArgs),
+    /// Open-loop load: one run per rate, a JSON line each
+    ///
+    /// Send times are fixed in advance; latency is measured from the
+    /// scheduled send to the matching result (no coordinated omission).
+    #[command(args_override_self = true, verbatim_doc_comment)]
+    Load(load::LoadArgs),
+    /// Start a target (the command after `--`) and measure everything
+    ///
+    /// Cold start (--cold-starts times), then per workload of --workloads:
+    /// latency at its fixed rates, the highest sustained rate (nothing lost,
+    /// no errors, p99 within --slo-p99-ms), CPU seconds per 1,000 messages,
+    /// and the peak RSS. Writes one JSON document to --out.
+    #[command(args_override_self = true, verbatim_doc_comment)]
+    Drive(drive::DriveArgs),
+    /// Cold start and peak RSS of a command (after `--`) only, repeated
+    #[command(args_override_self = true, verbatim_doc_comment)]
+    Coldstart(drive::ColdstartArgs),
+}
+
+/// Seconds as a duration: a finite number, 0 or more.
+pub fn parse_secs(s: &str) -> Result<Duration, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .ok_or_else(|| "needs a number of seconds, 0 or more".into())
+}
 
 fn main() -> ExitCode {
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    let parsed = match args::Args::parse(&raw, &["raw", "seq-topic", "no-search"]) {
-        Ok(a) => a,
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
         Err(e) => {
-            eprintln!("edge-infer-bench: {e}\n{USAGE}");
-            return ExitCode::from(2);
+            // --help and --version arrive here too (stdout, success); usage
+            // errors exit 2.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    let result = match parsed.positional.first().map(String::as_str) {
-        Some("floor") => floor::main(&parsed),
-        Some("echo") => echo::main(&parsed),
-        Some("load") => load::main(&parsed),
-        Some("drive") => drive::main(&parsed),
-        Some("coldstart") => drive::coldstart(&parsed),
-        _ => {
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
+    let result = match cli.command {
+        Command::Floor(a) => floor::main(&a),
+        Command::Echo(a) => echo::main(&a),
+        Command::Load(a) => load::main(&a),
+        Command::Drive(a) => drive::main(&a),
+        Command::Coldstart(a) => drive::coldstart(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("edge-infer-bench: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_repeated_option_takes_its_last_value_and_lists_add_up() {
+        let cli = Cli::try_parse_from([
+            "edge-infer-bench",
+            "load",
+            "--port",
+            "1",
+            "--topic",
+            "t",
+            "--results",
+            "r",
+            "--fixture",
+            "f.json",
+            "--rate",
+            "100,1000",
+            "--rate=5000",
+            "--port",
+            "2",
+        ])
+        .unwrap();
+        let Command::Load(a) = cli.command else {
+            panic!("not load: {cli:?}");
+        };
+        assert_eq!(a.port, 2);
+        assert_eq!(a.rate, [100.0, 1000.0, 5000.0]);
+        assert_eq!(a.seconds, 10.0);
+        assert_eq!(a.grace, std::time::Duration::from_secs(3));
+    }
+
+    #[test]
+    fn flags_of_other_subcommands_are_refused() {
+        for args in [
+            &["edge-infer-bench", "floor", "m.tflite", "--rate", "1"][..],
+            &[
+                "edge-infer-bench",
+                "echo",
+                "--in",
+                "a",
+                "--out",
+                "b",
+                "--raw",
+            ],
+            &[
+                "edge-infer-bench",
+                "coldstart",
+                "--ready",
+                "notify",
+                "--out",
+                "o",
+                "--no-search",
+                "--",
+                "x",
+            ],
+            &[
+                "edge-infer-bench",
+                "drive",
+                "--name",
+                "n",
+                "--ready",
+                "maybe",
+                "--workloads",
+                "w",
+                "--out",
+                "o",
+                "--",
+                "x",
+            ],
+            &[
+                "edge-infer-bench",
+                "load",
+                "--topic",
+                "t",
+                "--results",
+                "r",
+                "--rate",
+                "1",
+            ],
+            &[
+                "edge-infer-bench",
+                "load",
+                "--topic",
+                "t",
+                "--results",
+                "r",
+                "--rate",
+                "1",
+                "--fixture",
+                "f",
+                "--grace=-1",
+            ],
+            &[
+                "edge-infer-bench",
+                "load",
+                "--topic",
+                "t",
+                "--results",
+                "r",
+                "--rate",
+                "1",
+                "--fixture",
+                "f",
+                "--payload",
+                "p",
+            ],
+        ] {
+            let e = Cli::try_parse_from(args).unwrap_err();
+            assert!(e.use_stderr(), "{args:?}");
+            assert_eq!(e.exit_code(), 2, "{args:?}");
         }
     }
 }

@@ -1,0 +1,216 @@
+//! The command line: each subcommand takes only its own flags, says which
+//! flag was wrong, documents itself in `--help`, and exits with the same
+//! statuses everywhere (0 ok, 1 runtime failure, 2 bad usage, config or
+//! model, 3 runtime library not loadable). Needs neither a broker nor the
+//! runtime library.
+
+mod common;
+
+use common::*;
+
+/// A loopback port nothing listens on (bound, read, released).
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local address").port()
+}
+
+#[test]
+fn a_flag_of_another_subcommand_is_bad_usage_that_names_the_flag() {
+    let (code, out, err) = run_cli(&["run", "--batch", "4"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--batch"), "{err}");
+    assert!(err.contains("Usage: edge-infer run"), "{err}");
+    assert!(out.is_empty(), "{out}");
+
+    for args in [
+        &["check-config", "--runtime", "x.so"][..],
+        &["inspect", "m.tflite", "--config", "c.toml"],
+        &["status", "--batch", "2"],
+        &["run", "--wait", "1"],
+    ] {
+        let (code, _, err) = run_cli(args, &[]);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(args[args.len() - 2]), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn every_subcommand_documents_its_own_flags() {
+    let cases: [(&str, &[&str], &[&str]); 4] = [
+        (
+            "run",
+            &["--config <FILE>", "-c", "/etc/edge-infer/config.toml"],
+            &["--batch", "--wait"],
+        ),
+        (
+            "check-config",
+            &["--config <FILE>", "exits 3"],
+            &["--batch", "--device"],
+        ),
+        (
+            "inspect",
+            &["<MODEL>", "--runtime <LIB>", "--batch <N>"],
+            &["--config", "--wait"],
+        ),
+        (
+            "status",
+            &[
+                "--config <FILE>",
+                "--host <H>",
+                "--port <P>",
+                "--device <ID>",
+                "--wait <SECS>",
+            ],
+            &["--batch", "--runtime"],
+        ),
+    ];
+    for (sub, has, lacks) in cases {
+        for help in [vec![sub, "--help"], vec![sub, "-h"], vec!["help", sub]] {
+            let (code, out, err) = run_cli(&help, &[]);
+            assert_eq!(code, Some(0), "{help:?}: {err}");
+            assert!(
+                out.contains(&format!("Usage: edge-infer {sub}")),
+                "{help:?}:\n{out}"
+            );
+            for want in has
+                .iter()
+                .filter(|w| help[1] != "-h" || w.starts_with('-') || w.starts_with('<'))
+            {
+                assert!(out.contains(want), "{help:?}: missing {want:?} in:\n{out}");
+            }
+            for other in lacks {
+                assert!(!out.contains(other), "{help:?}: {other:?} in:\n{out}");
+            }
+        }
+    }
+}
+
+#[test]
+fn top_level_help_and_version() {
+    let (code, out, err) = run_cli(&["--help"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    for want in [
+        "run",
+        "check-config",
+        "inspect",
+        "status",
+        "/etc/edge-infer/config.toml",
+        "EDGE_INFER__SECTION__KEY",
+        "$EDGE_INFER_RUNTIME_LIBRARY",
+        "/usr/lib/edge-infer",
+        "EXIT STATUS",
+        "3  runtime library not loadable",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    let (code, out, _) = run_cli(&["help"], &[]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("EXIT STATUS"), "{out}");
+
+    let version = format!("edge-infer {}\n", env!("CARGO_PKG_VERSION"));
+    for args in [&["--version"][..], &["-V"], &["version"]] {
+        let (code, out, err) = run_cli(args, &[]);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert_eq!(out, version, "{args:?}");
+    }
+}
+
+#[test]
+fn unknown_or_missing_subcommands_and_arguments_are_bad_usage() {
+    let (code, _, err) = run_cli(&["serve"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("'serve'"), "{err}");
+    // No subcommand: the help, on stderr, as a usage error.
+    let (code, out, err) = run_cli(&[], &[]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(err.contains("Usage: edge-infer"), "{err}");
+    let (code, _, err) = run_cli(&["inspect"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("<MODEL>"), "{err}");
+    let (code, _, err) = run_cli(&["run", "extra.toml"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("'extra.toml'"), "{err}");
+    let (code, _, err) = run_cli(&["inspect", "m.tflite", "--batch", "0"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--batch"), "{err}");
+    for (flag, value) in [
+        ("--port", "0"),
+        ("--port", "65536"),
+        ("--wait", "0.1"),
+        ("--wait", "3601"),
+        ("--wait", "soon"),
+    ] {
+        let (code, _, err) = run_cli(&["status", flag, value], &[]);
+        assert_eq!(code, Some(2), "{flag} {value}: {err}");
+        assert!(err.contains(flag), "{flag} {value}: {err}");
+    }
+}
+
+#[test]
+fn status_with_a_device_id_that_cannot_be_a_topic_level_is_bad_usage() {
+    for device in ["a/b", "+", "gw#", ""] {
+        let (code, _, err) = run_cli(
+            &[
+                "status",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "1",
+                "--device",
+                device,
+            ],
+            &[],
+        );
+        assert_eq!(code, Some(2), "{device:?}: {err}");
+        assert!(err.contains("--device"), "{device:?}: {err}");
+        let rule = if device.is_empty() {
+            "must not be empty"
+        } else {
+            "cannot contain '/', '+', '#' or NUL"
+        };
+        assert!(err.contains(rule), "{device:?}: {err}");
+    }
+}
+
+#[test]
+fn status_without_a_broker_is_a_runtime_failure() {
+    let port = closed_port().to_string();
+    let (code, out, err) = run_cli(
+        &[
+            "status",
+            "--config",
+            "/nonexistent/edge-infer.toml",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--device",
+            "gw-7",
+            "--wait",
+            "1",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot reach the MQTT broker at 127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(out.is_empty(), "{out}");
+}
+
+#[test]
+fn old_spellings_still_parse() {
+    // -c and --config=FILE: past the parser, into the config loader (2 for
+    // a missing file, with its message, not a usage error).
+    for args in [
+        &["run", "-c", "/nonexistent/edge.toml"][..],
+        &["run", "--config=/nonexistent/edge.toml"],
+        &["check-config", "-c", "/nonexistent/edge.toml"],
+    ] {
+        let (code, _, err) = run_cli(args, &[]);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains("no such file"), "{args:?}: {err}");
+        assert!(!err.contains("Usage:"), "{args:?}: {err}");
+    }
+}
