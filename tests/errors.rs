@@ -226,11 +226,43 @@ fn messages_on_a_topic_no_model_serves_get_no_model() {
     c.subscribe("edge-infer/dev1/errors");
     c.publish(
         "in/dyn",
-        json!({"data": [1, 2, 3, 4, 5, 6, 7, 8]}).to_string(),
+        json!({"id": 7, "data": [1, 2, 3, 4, 5, 6, 7, 8]}).to_string(),
     );
     let e = expect_error(&c, "no_model");
     assert_eq!(e["source_topic"], "in/dyn");
+    assert_eq!(e["id"], 7, "{e}");
     assert!(e.get("model").is_none());
+}
+
+/// Refusals happen before decoding, but the sender still learns which
+/// message was refused: the id is read from the top of the payload.
+#[test]
+fn a_refused_message_is_answered_with_its_id() {
+    let broker = Broker::start();
+    let _d = Daemon::start(&config(broker.port, "dev1", "", HAR));
+    let c = TestClient::connect(broker.port);
+    c.subscribe("edge-infer/dev1/errors");
+    let mut big = String::from(r#"{"id": "frame-\u00e9-1", "data": ["#);
+    while big.len() < 2 * 1024 * 1024 {
+        big.push_str("0.123456789,");
+    }
+    big.push_str("0]}");
+    c.publish("in/har", big.clone());
+    let e = expect_error(&c, "too_large");
+    assert_eq!(e["id"], "frame-\u{e9}-1", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("payload is {} bytes", big.len())),
+        "{e}"
+    );
+    // An id that is not at the top level of the first 4 KiB is not looked
+    // for: the error still comes, without an id.
+    let late = big.replacen(r#""id": "frame-\u00e9-1", "#, "", 1).replacen("0]}", r#"0], "id": "late"}"#, 1);
+    c.publish("in/har", late);
+    let e = expect_error(&c, "too_large");
+    assert!(e.get("id").is_none(), "{e}");
 }
 
 #[test]
