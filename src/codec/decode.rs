@@ -19,7 +19,7 @@ use model_runtime::TensorSpec;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::{fast, number_end, quant};
+use super::{fast, number_end, peek, quant};
 use super::{ErrorCode, Failure, MessageId, NumberId, MAX_ID_LEN};
 
 /// What a successful decode leaves besides the filled buffers.
@@ -151,14 +151,9 @@ pub fn decode_raw(
 
 /// On the error path only: the id of a message whose parse stopped before
 /// reaching `"id"` (keys come in any order), so the error can still be
-/// correlated. Needs the payload to be valid JSON.
+/// correlated. The same walk as [`peek::peek_id`], over the whole payload.
 fn recover_id(payload: &[u8]) -> Option<MessageId> {
-    #[derive(serde::Deserialize)]
-    struct IdOnly<'a> {
-        #[serde(borrow)]
-        id: Option<&'a RawValue>,
-    }
-    message_id(serde_json::from_slice::<IdOnly>(payload).ok()?.id?).ok()
+    peek::find_id(payload)
 }
 
 /// An `"id"` value as written (serde_json's raw text): a string, decoded,
@@ -357,7 +352,10 @@ impl<'de> Visitor<'de> for TopLevel<'_, '_> {
         let st = self.0;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             match key.as_ref() {
-                "id" => {
+                // The first "id" counts; a repeated one is ignored like
+                // any other extra field (as peek_id, which stops at the
+                // first, must agree).
+                "id" if st.id.is_none() => {
                     // The raw text: numbers are echoed exactly as written.
                     let raw: &'de RawValue = map.next_value()?;
                     match message_id(raw) {
@@ -943,6 +941,15 @@ mod tests {
                 assert_eq!(d.id, want, "{payload}");
             }
         }
+        // A repeated id: the first counts, the rest are ignored.
+        let mut b = bufs(&specs);
+        let d = decode_json(
+            br#"{"id":1,"id":"two","id":null,"data":[1]}"#,
+            &specs,
+            &mut b,
+        )
+        .unwrap();
+        assert_eq!(d.id, number("1"));
         let mut b = bufs(&specs);
         let full = decode_json_full(
             br#"{"id":1000000000000000000000000000000,"data":[1]}"#,

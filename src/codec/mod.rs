@@ -5,16 +5,25 @@
 //! - `decode`: JSON or raw payload -> the model's input buffers, numbers
 //!   parsed straight into the buffers (no intermediate tree).
 //! - `encode`: result and error messages.
+//! - `peek`: a message's id, found without decoding it (for answers refused
+//!   before decoding).
 
 pub mod decode;
 pub mod encode;
 mod fast;
+mod peek;
 pub mod quant;
 
 use std::fmt;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
+
+#[allow(
+    unused_imports,
+    reason = "mqtt::ingress calls it for messages refused before decoding, once its rework lands"
+)]
+pub use peek::peek_id;
 
 /// Stable error codes published on the errors topic. Fleet tools key on
 /// these strings; never rename one.
