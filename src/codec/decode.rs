@@ -1046,6 +1046,12 @@ mod tests {
                 r#"{"ts":1.7e9,"meta":{"s":"a\"]}","l":[1,{"x":null}],"t":true},"data":[6,5,4,3,2,1],"id":"z"}"#,
             ),
             (&single, r#"{"data":[1.00000000000000000001,2,3,4,5,6]}"#),
+            // Near float32 rounding midpoints: serde_json rounds these
+            // differently unless its float_roundtrip feature is on.
+            (
+                &multi,
+                r#"{"inputs":[[1.626353960117428e-32,8.601462673544976291e-19],[0.3]]}"#,
+            ),
             (&multi, r#"{"inputs":[[1.5,2],[0.3]],"id":"m"}"#),
             (&multi, r#"{"inputs":{"b":[[0.3]],"a":[1.5,-2]}}"#),
         ];
