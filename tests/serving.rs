@@ -407,3 +407,29 @@ fn environment_overrides_the_config_file() {
     let m = c.recv();
     assert_eq!(m.topic, "out/from-env/m");
 }
+
+#[test]
+fn numeric_ids_come_back_exactly_as_written() {
+    let broker = Broker::start();
+    let _d = Daemon::start(&one_model(
+        broker.port,
+        "m",
+        "dynamic_batch_f32.tflite",
+        "in/m",
+        "",
+    ));
+    let c = TestClient::connect(broker.port);
+    c.subscribe("out/dev1/m");
+    // An f64 would print these as 1e30, 1.5 and 12345678901234567000.
+    for id in [
+        "1000000000000000000000000000000",
+        "1.50",
+        "12345678901234567891",
+    ] {
+        c.publish("in/m", format!(r#"{{"id":{id},"data":[1,2,3,4,5,6,7,8]}}"#));
+        let m = c.recv();
+        assert_eq!(m.json()["model"], "m");
+        let text = String::from_utf8_lossy(&m.payload);
+        assert!(text.starts_with(&format!(r#"{{"id":{id},"#)), "{text}");
+    }
+}
