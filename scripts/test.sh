@@ -15,4 +15,11 @@ scripts/package.sh
 scripts/build-arm.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The ARM targets compile different code (armv7: 32-bit, no LiteRT back end;
+# aarch64: c_char is unsigned), so lint them too. Checking needs only the
+# rustup targets, not the cross linkers: tests and benches are type-checked
+# for the target, nothing is linked for it.
+for target in armv7-unknown-linux-gnueabihf aarch64-unknown-linux-gnu; do
+  cargo clippy --workspace --all-targets --locked --target "$target" -- -D warnings
+done
 cargo test --workspace --locked

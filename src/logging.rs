@@ -77,14 +77,20 @@ pub fn set_level(level: LevelFilter) {
     log::set_max_level(level);
 }
 
-/// "2026-11-28T21:30:05.123Z" without a date crate.
+/// The current UTC time as "2026-11-28T21:30:05.123Z".
 fn utc_timestamp() -> String {
-    let now = std::time::SystemTime::now()
+    let since_epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    let secs = now.as_secs() as i64;
+    format_utc(since_epoch)
+}
+
+/// RFC 3339 UTC with milliseconds, for a time given as its distance from
+/// the Unix epoch. Written out (no date crate in the dependency tree for a
+/// dozen lines): Howard Hinnant's `civil_from_days`.
+fn format_utc(since_epoch: std::time::Duration) -> String {
+    let secs = since_epoch.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -99,16 +105,66 @@ fn utc_timestamp() -> String {
         rem / 3600,
         rem % 3600 / 60,
         rem % 60,
-        now.subsec_millis()
+        since_epoch.subsec_millis()
     )
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use super::format_utc;
+
     #[test]
-    fn timestamp_has_iso_shape() {
-        let t = super::utc_timestamp();
-        assert_eq!(t.len(), 24, "{t}");
-        assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
+    fn known_instants_format_exactly() {
+        for (secs, millis, want) in [
+            (0, 0, "1970-01-01T00:00:00.000Z"),
+            (951_782_400, 0, "2000-02-29T00:00:00.000Z"),
+            (951_868_800, 0, "2000-03-01T00:00:00.000Z"),
+            (1_709_208_000, 0, "2024-02-29T12:00:00.000Z"),
+            (1_795_993_805, 123, "2026-11-29T23:10:05.123Z"),
+            (4_102_444_799, 999, "2099-12-31T23:59:59.999Z"),
+            (253_402_300_799, 1, "9999-12-31T23:59:59.001Z"),
+        ] {
+            let t = Duration::from_secs(secs) + Duration::from_millis(millis);
+            assert_eq!(format_utc(t), want, "{secs}");
+        }
+    }
+
+    /// Every day from 1970 through 2400 (three century rules, 2000 a leap year,
+    /// 2100, 2200, 2300 not) against a calendar counted day by day.
+    #[test]
+    fn every_midnight_matches_a_day_by_day_calendar() {
+        let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        let (mut year, mut month, mut day) = (1970i64, 1i64, 1i64);
+        let mut days = 0;
+        while year <= 2400 {
+            let want = format!("{year:04}-{month:02}-{day:02}T00:00:00.000Z");
+            assert_eq!(format_utc(Duration::from_secs(days * 86_400)), want);
+            let month_len = match month {
+                2 if leap(year) => 29,
+                2 => 28,
+                4 | 6 | 9 | 11 => 30,
+                _ => 31,
+            };
+            days += 1;
+            day += 1;
+            if day > month_len {
+                (day, month) = (1, month + 1);
+                if month > 12 {
+                    (month, year) = (1, year + 1);
+                }
+            }
+        }
+        assert_eq!(days, 157_420, "days from 1970-01-01 to 2401-01-01");
+    }
+
+    #[test]
+    fn the_time_of_day_is_exact_to_the_millisecond() {
+        let t = Duration::from_secs(951_782_400 + 13 * 3600 + 7 * 60 + 9)
+            + Duration::from_micros(45_999);
+        assert_eq!(format_utc(t), "2000-02-29T13:07:09.045Z");
+        let last = Duration::from_secs(951_868_800) - Duration::from_nanos(1);
+        assert_eq!(format_utc(last), "2000-02-29T23:59:59.999Z");
     }
 }

@@ -104,7 +104,7 @@ impl Replies {
                 self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let message_id = id.map(id_text).unwrap_or_default();
+        let message_id = id.map(|i| i.to_string()).unwrap_or_default();
         log::warn!(
             model = name.unwrap_or(""),
             topic = job.topic.as_str(),
@@ -255,10 +255,3 @@ fn ms_between(a: Instant, b: Instant) -> f64 {
     b.saturating_duration_since(a).as_secs_f64() * 1000.0
 }
 
-/// A message id as the log's `MSG_ID` field shows it.
-fn id_text(id: &MessageId) -> String {
-    match id {
-        MessageId::Text(s) => s.clone(),
-        MessageId::Number(n) => n.to_string(),
-    }
-}

@@ -9,9 +9,9 @@
 //! If that thread falls behind, STATUS and WATCHDOG lines are dropped (a
 //! stuck service manager would not act on them anyway).
 
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::time::Duration;
 
-use crossbeam_channel::{Sender, TrySendError};
 use sd_notify::NotifyState;
 
 /// Notifications waiting for the sender thread.
@@ -30,15 +30,16 @@ enum Note {
 pub struct Notifier {
     /// How often systemd wants WATCHDOG=1 (WatchdogSec=), if at all.
     pub watchdog: Option<Duration>,
-    /// None when not started by systemd.
-    tx: Option<Sender<Note>>,
+    /// To the sender thread, bounded at QUEUE; None when not started by
+    /// systemd. Dropping it ends the thread.
+    tx: Option<SyncSender<Note>>,
 }
 
 impl Notifier {
     pub fn from_env() -> Notifier {
         let watchdog = sd_notify::watchdog_enabled();
         let tx = std::env::var_os("NOTIFY_SOCKET").and_then(|_| {
-            let (tx, rx) = crossbeam_channel::bounded::<Note>(QUEUE);
+            let (tx, rx) = sync_channel::<Note>(QUEUE);
             std::thread::Builder::new()
                 .name("sd-notify".into())
                 .spawn(move || {

@@ -4,8 +4,88 @@
 
 mod common;
 
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
 use common::*;
 use serde_json::{json, Value};
+
+/// When the test sent its messages: every result's own times must fall
+/// after this and before the test saw the result.
+struct Sent {
+    at: Instant,
+    unix: f64,
+}
+
+impl Sent {
+    fn now() -> Sent {
+        Sent {
+            at: Instant::now(),
+            unix: unix_now(),
+        }
+    }
+
+    /// Checks a result's `latency_ms`, `received_at` and `published_at`
+    /// against each other and against the test's own clocks; call it once
+    /// the result arrived (the later, the looser the bounds).
+    fn check_times(&self, r: &Value) {
+        let waited_ms = self.at.elapsed().as_secs_f64() * 1000.0;
+        let seen_unix = unix_now();
+        let get = |k: &str| {
+            r["latency_ms"][k]
+                .as_f64()
+                .unwrap_or_else(|| panic!("latency_ms.{k} is not a number: {r}"))
+        };
+        let [queue, pre, invoke, post, total] =
+            ["queue", "pre", "invoke", "post", "total"].map(get);
+        for (k, v) in [
+            ("queue", queue),
+            ("pre", pre),
+            ("invoke", invoke),
+            ("post", post),
+            ("total", total),
+        ] {
+            assert!(v.is_finite() && v >= 0.0, "latency_ms.{k} = {v}: {r}");
+        }
+        // A real model run takes time; a 0 would mean the stage was not
+        // timed at all.
+        assert!(invoke > 0.0, "latency_ms.invoke = 0: {r}");
+        // The stages are disjoint intervals inside [received, done] (with
+        // gaps between them); 1 ns of slack for float rounding.
+        assert!(
+            queue + pre + invoke + post <= total + 1e-6,
+            "stages add up to more than the total: {r}"
+        );
+        // The daemon received the message after the test sent it and
+        // finished before the test got the result.
+        assert!(
+            total <= waited_ms,
+            "latency_ms.total {total} > the {waited_ms} ms the test waited: {r}"
+        );
+        let (rx, px) = (
+            r["received_at"].as_f64().unwrap(),
+            r["published_at"].as_f64().unwrap(),
+        );
+        // Unix seconds near 1.8e9 carry about 0.2 us in an f64: 1 ms of
+        // slack between the test's and the daemon's clock reads.
+        assert!(
+            rx >= self.unix - 1e-3 && px <= seen_unix + 1e-3,
+            "received_at {rx} / published_at {px} outside the test's window [{}, {seen_unix}]",
+            self.unix
+        );
+        assert!(
+            (px - rx) * 1000.0 >= total - 1.0,
+            "published_at - received_at = {} ms, less than latency_ms.total {total}: {r}",
+            (px - rx) * 1000.0
+        );
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
 
 fn one_model(port: u16, name: &str, file: &str, topic: &str, extra: &str) -> String {
     config(
@@ -38,6 +118,7 @@ fn serve_fixture_json(
         .iter()
         .filter(|c| c.get("batch").is_none())
         .collect();
+    let sent = Sent::now();
     for (i, case) in cases.iter().enumerate() {
         let inputs = case_inputs(case);
         let payload = if multi {
@@ -48,7 +129,8 @@ fn serve_fixture_json(
         c.publish("in/m", payload.to_string());
     }
     let sha = model_sha256(model_file);
-    for m in c.recv_n(cases.len()) {
+    let msgs = c.recv_n(cases.len());
+    for m in msgs {
         assert_eq!(
             m.topic,
             "out/dev1/m",
@@ -63,17 +145,7 @@ fn serve_fixture_json(
         assert_eq!(r["model_sha256"], sha.as_str());
         assert_eq!(r["device_id"], "dev1");
         assert_eq!(r["source_topic"], "in/m");
-        for k in ["queue", "pre", "invoke", "post", "total"] {
-            assert!(
-                r["latency_ms"][k].as_f64().unwrap() >= 0.0,
-                "latency_ms.{k} in {r}"
-            );
-        }
-        let (rx, px) = (
-            r["received_at"].as_f64().unwrap(),
-            r["published_at"].as_f64().unwrap(),
-        );
-        assert!(rx > 1.7e9 && px >= rx, "timestamps {rx} {px}");
+        sent.check_times(&r);
     }
 }
 
@@ -207,8 +279,10 @@ fn raw_int8_payloads_match_reference_exactly() {
             .map(|v| v.as_i64().unwrap() as i8 as u8)
             .collect();
         assert_eq!(q.len(), 224 * 224 * 3);
+        let sent = Sent::now();
         c.publish("in/m", q);
         let r = c.recv().json();
+        sent.check_times(&r);
         assert!(r.get("id").is_none(), "raw payloads carry no id: {r}");
         assert_outputs(&r, case, None);
     }
@@ -227,11 +301,11 @@ fn image_sized_json_payload_is_parsed_and_quantized() {
     ));
     let c = TestClient::connect(broker.port);
     c.subscribe("out/dev1/m");
-    c.publish(
-        "in/m",
-        json!({"id": "img", "data": case_inputs(case)[0]}).to_string(),
-    );
+    let payload = json!({"id": "img", "data": case_inputs(case)[0]}).to_string();
+    let sent = Sent::now();
+    c.publish("in/m", payload);
     let r = c.recv().json();
+    sent.check_times(&r);
     assert_outputs(&r, case, None);
     // top_k without labels: indexes and scores, best first.
     let top = r["top_k"].as_array().unwrap();
@@ -332,4 +406,30 @@ fn environment_overrides_the_config_file() {
     );
     let m = c.recv();
     assert_eq!(m.topic, "out/from-env/m");
+}
+
+#[test]
+fn numeric_ids_come_back_exactly_as_written() {
+    let broker = Broker::start();
+    let _d = Daemon::start(&one_model(
+        broker.port,
+        "m",
+        "dynamic_batch_f32.tflite",
+        "in/m",
+        "",
+    ));
+    let c = TestClient::connect(broker.port);
+    c.subscribe("out/dev1/m");
+    // An f64 would print these as 1e30, 1.5 and 12345678901234567000.
+    for id in [
+        "1000000000000000000000000000000",
+        "1.50",
+        "12345678901234567891",
+    ] {
+        c.publish("in/m", format!(r#"{{"id":{id},"data":[1,2,3,4,5,6,7,8]}}"#));
+        let m = c.recv();
+        assert_eq!(m.json()["model"], "m");
+        let text = String::from_utf8_lossy(&m.payload);
+        assert!(text.starts_with(&format!(r#"{{"id":{id},"#)), "{text}");
+    }
 }

@@ -17,9 +17,10 @@ use std::fmt;
 
 use model_runtime::TensorSpec;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 
-use super::{fast, quant};
-use super::{ErrorCode, Failure, MessageId, MAX_ID_LEN};
+use super::{fast, number_end, peek, quant};
+use super::{ErrorCode, Failure, MessageId, NumberId, MAX_ID_LEN};
 
 /// What a successful decode leaves besides the filled buffers.
 #[derive(Debug, Default)]
@@ -54,6 +55,7 @@ fn decode_json_full(
         id: None,
         failure: None,
         saw_data: false,
+        element: None,
     };
     let mut de = serde_json::Deserializer::from_slice(payload);
     let parsed = TopLevel(&mut state)
@@ -63,9 +65,10 @@ fn decode_json_full(
         return Err((state.id.or_else(|| recover_id(payload)), f));
     }
     if let Err(e) = parsed {
+        let element = state.element.map(|(input, index)| (&specs[input], index));
         return Err((
             state.id.or_else(|| recover_id(payload)),
-            json_failure(payload, &e),
+            json_failure(payload, &e, element),
         ));
     }
     if !state.saw_data {
@@ -148,17 +151,52 @@ pub fn decode_raw(
 
 /// On the error path only: the id of a message whose parse stopped before
 /// reaching `"id"` (keys come in any order), so the error can still be
-/// correlated. Needs the payload to be valid JSON.
+/// correlated. The same walk as [`peek::peek_id`], over the whole payload.
 fn recover_id(payload: &[u8]) -> Option<MessageId> {
-    #[derive(serde::Deserialize)]
-    struct IdOnly {
-        id: Option<serde_json::Value>,
-    }
-    match serde_json::from_slice::<IdOnly>(payload).ok()?.id? {
-        serde_json::Value::String(s) if s.len() <= MAX_ID_LEN => Some(MessageId::Text(s)),
-        serde_json::Value::Number(n) => Some(MessageId::Number(n)),
-        _ => None,
-    }
+    peek::find_id(payload)
+}
+
+/// An `"id"` value as written (serde_json's raw text): a string, decoded,
+/// or a number, kept verbatim; either at most [`MAX_ID_LEN`] bytes.
+fn message_id(raw: &RawValue) -> Result<MessageId, Failure> {
+    let text = raw.get();
+    let too_long = |len: usize| {
+        Failure::new(
+            ErrorCode::BadJson,
+            format!("\"id\" may be at most {MAX_ID_LEN} bytes, got {len}"),
+        )
+    };
+    let got = match text.as_bytes().first() {
+        Some(b'"') => {
+            // serde_json checked the string's syntax while capturing it;
+            // decoding still refuses what it cannot decode (a lone
+            // surrogate escape).
+            let s: String = serde_json::from_str(text)
+                .map_err(|e| Failure::new(ErrorCode::BadJson, format!("\"id\": {e}")))?;
+            if s.len() > MAX_ID_LEN {
+                return Err(too_long(s.len()));
+            }
+            return Ok(MessageId::Text(s));
+        }
+        Some(b'-' | b'0'..=b'9') => {
+            if text.len() > MAX_ID_LEN {
+                return Err(too_long(text.len()));
+            }
+            match NumberId::parse(text) {
+                Some(n) => return Ok(MessageId::Number(n)),
+                None => "an invalid number",
+            }
+        }
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'[') => "an array",
+        Some(b'{') => "an object",
+        _ => "an invalid value",
+    };
+    Err(Failure::new(
+        ErrorCode::BadJson,
+        format!("\"id\" must be a string or a number, got {got}"),
+    ))
 }
 
 fn input_list(specs: &[TensorSpec]) -> String {
@@ -182,11 +220,34 @@ fn count_failure(spec: &TensorSpec, got: usize) -> Failure {
 }
 
 /// Classifies a serde_json error, recognising the non-JSON NaN/Infinity
-/// literals some encoders (Python's json module) emit.
-fn json_failure(payload: &[u8], e: &serde_json::Error) -> Failure {
+/// literals some encoders (Python's json module) emit and numbers beyond
+/// float64. `element` is the input element being read when the parse
+/// stopped, if it stopped inside an input's values.
+fn json_failure(
+    payload: &[u8],
+    e: &serde_json::Error,
+    element: Option<(&TensorSpec, usize)>,
+) -> Failure {
     if e.is_syntax() || e.is_eof() {
         let (line, col) = (e.line(), e.column());
         if let Some(offset) = byte_offset(payload, line, col) {
+            if let Some(token) = overflowing_number(payload, offset) {
+                return Failure::new(
+                    ErrorCode::BadValue,
+                    match element {
+                        Some((spec, index)) => format!(
+                            "input '{}' element {index} is {token}, outside the float32 range",
+                            spec.name
+                        ),
+                        // serde_json points at the last digit; say where
+                        // the number starts.
+                        None => format!(
+                            "{token} at line {line} column {} is outside the float64 range",
+                            (col + 1).saturating_sub(token.len())
+                        ),
+                    },
+                );
+            }
             // The column points at the offending character or just past it.
             let at = |o: usize| payload.get(o.min(payload.len())..).unwrap_or_default();
             for lit in ["NaN", "Infinity", "-Infinity", "inf", "nan"] {
@@ -213,6 +274,26 @@ fn json_failure(payload: &[u8], e: &serde_json::Error) -> Failure {
     Failure::new(ErrorCode::BadJson, format!("{what}: {e}"))
 }
 
+/// The number whose last byte is `payload[offset]`, if it is a well-formed
+/// JSON number too large for a float64: serde_json refuses those ("number
+/// out of range", reported at the number's last digit) where it would
+/// refuse a merely malformed one as a syntax error.
+fn overflowing_number(payload: &[u8], offset: usize) -> Option<&str> {
+    let in_number = |b: &u8| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E');
+    let len = payload
+        .get(..=offset)?
+        .iter()
+        .rev()
+        .take_while(|b| in_number(b))
+        .count();
+    let start = offset + 1 - len;
+    if len == 0 || number_end(payload, start) != Some(offset + 1) {
+        return None;
+    }
+    let token = std::str::from_utf8(&payload[start..=offset]).ok()?;
+    token.parse::<f64>().ok()?.is_infinite().then_some(token)
+}
+
 fn byte_offset(payload: &[u8], line: usize, col: usize) -> Option<usize> {
     let mut cur_line = 1;
     let mut line_start = 0;
@@ -237,6 +318,9 @@ struct State<'a> {
     /// Set by a visitor that aborts the parse with a classified failure.
     failure: Option<Failure>,
     saw_data: bool,
+    /// (input, element index) being read when serde_json itself stopped
+    /// the parse inside an input's values, for the error message.
+    element: Option<(usize, usize)>,
 }
 
 impl State<'_> {
@@ -268,30 +352,16 @@ impl<'de> Visitor<'de> for TopLevel<'_, '_> {
         let st = self.0;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             match key.as_ref() {
-                "id" => {
-                    let v: serde_json::Value = map.next_value()?;
-                    st.id = Some(match v {
-                        serde_json::Value::String(s) if s.len() <= MAX_ID_LEN => MessageId::Text(s),
-                        serde_json::Value::Number(n) => MessageId::Number(n),
-                        serde_json::Value::String(s) => {
-                            return Err(st.fail(Failure::new(
-                                ErrorCode::BadJson,
-                                format!(
-                                    "\"id\" may be at most {MAX_ID_LEN} bytes, got {}",
-                                    s.len()
-                                ),
-                            )))
-                        }
-                        other => {
-                            return Err(st.fail(Failure::new(
-                                ErrorCode::BadJson,
-                                format!(
-                                    "\"id\" must be a string or a number, got {}",
-                                    kind(&other)
-                                ),
-                            )))
-                        }
-                    });
+                // The first "id" counts; a repeated one is ignored like
+                // any other extra field (as peek_id, which stops at the
+                // first, must agree).
+                "id" if st.id.is_none() => {
+                    // The raw text: numbers are echoed exactly as written.
+                    let raw: &'de RawValue = map.next_value()?;
+                    match message_id(raw) {
+                        Ok(id) => st.id = Some(id),
+                        Err(f) => return Err(st.fail(f)),
+                    }
                 }
                 "data" => {
                     if st.specs.len() != 1 {
@@ -332,17 +402,6 @@ impl<'de> Visitor<'de> for TopLevel<'_, '_> {
             }
         }
         Ok(())
-    }
-}
-
-fn kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
     }
 }
 
@@ -451,7 +510,8 @@ impl<'de> Visitor<'de> for InputValues<'_, '_> {
             count: 0,
             failure: None,
         };
-        let mut depth_guard = 0u32;
+        // The outermost array is level 1.
+        let mut depth_guard = 1u32;
         let result = (|| {
             while seq
                 .next_element_seed(Element {
@@ -465,6 +525,9 @@ impl<'de> Visitor<'de> for InputValues<'_, '_> {
         let count = w.count;
         if let Some(f) = w.failure.take() {
             return Err(st.fail(f));
+        }
+        if result.is_err() {
+            st.element = Some((input, count));
         }
         result?;
         st.counts[input] = Some(count);
@@ -563,8 +626,9 @@ impl Writer<'_> {
     }
 }
 
-/// Nesting deeper than this is refused (a tensor has at most 8 dims; the
-/// margin allows [[..]] wrappers). It also bounds recursion.
+/// An input's values may nest this many arrays deep, the outermost
+/// included; deeper is refused (a tensor has at most 8 dims; the margin
+/// allows [[..]] wrappers). It also bounds recursion.
 const MAX_DEPTH: u32 = 16;
 
 struct Element<'w, 'a> {
@@ -601,8 +665,8 @@ impl<'de> Visitor<'de> for Element<'_, '_> {
             let f = Failure::new(
                 ErrorCode::BadShape,
                 format!(
-                    "input '{}' is nested more than {MAX_DEPTH} arrays deep",
-                    self.w.spec.name
+                    "input '{}' nests arrays more than {MAX_DEPTH} deep (at element {}); at most {MAX_DEPTH} levels, the outermost included",
+                    self.w.spec.name, self.w.count
                 ),
             );
             return Err(self.w.fail(f));
@@ -694,7 +758,7 @@ mod tests {
         let mut b = bufs(&specs);
         let payload = format!(r#"{{"id":7,"data":[{}]}}"#, vec!["0.5"; 383].join(","));
         let (id, f) = decode_json(payload.as_bytes(), &specs, &mut b).unwrap_err();
-        assert_eq!(id, Some(MessageId::Number(7.into())));
+        assert_eq!(id, Some(MessageId::Number(NumberId::parse("7").unwrap())));
         assert_eq!(f.code, ErrorCode::BadShape);
         assert_eq!(
             f.message,
@@ -746,6 +810,10 @@ mod tests {
             (br#"{"data":[1,Infinity]}"#, ErrorCode::BadValue),
             (br#"{"data":[1,-Infinity]}"#, ErrorCode::BadValue),
             (br#"{"data":[1,1e39]}"#, ErrorCode::BadValue),
+            (br#"{"data":[1,1e309]}"#, ErrorCode::BadValue),
+            (br#"{"data":[1e400,1]}"#, ErrorCode::BadValue),
+            (br#"{"data":1e309}"#, ErrorCode::BadValue),
+            (br#"{"data":[1 1e309]}"#, ErrorCode::BadJson),
             (br#"{"data":[1,"2"]}"#, ErrorCode::BadValue),
             (br#"{"data":[1,null]}"#, ErrorCode::BadValue),
             (br#"{"data":[1,2]"#, ErrorCode::BadJson),
@@ -765,6 +833,178 @@ mod tests {
                 String::from_utf8_lossy(payload),
                 f.message
             );
+        }
+    }
+
+    #[test]
+    fn numbers_beyond_float64_are_bad_values_named_by_input_and_element() {
+        let specs = [spec("accel", &[2, 2], DType::F32, None)];
+        let mut b = bufs(&specs);
+        let cases = [
+            (
+                r#"{"id":"o1","data":[[1,2],[3,1e309]]}"#,
+                "input 'accel' element 3 is 1e309, outside the float32 range",
+            ),
+            (
+                "{\"data\":[\n-1E+999,2,3,4]}",
+                "input 'accel' element 0 is -1E+999, outside the float32 range",
+            ),
+            (
+                &format!(r#"{{"data":[1,2,3,1{}]}}"#, "0".repeat(400)),
+                &format!(
+                    "input 'accel' element 3 is 1{}, outside the float32 range",
+                    "0".repeat(400)
+                ),
+            ),
+            (
+                r#"{"data":1e309}"#,
+                "1e309 at line 1 column 9 is outside the float64 range",
+            ),
+        ];
+        for (payload, message) in cases {
+            let mut fast_bufs = bufs(&specs);
+            assert_eq!(
+                fast::decode(payload.as_bytes(), &specs, &mut fast_bufs, MAX_DEPTH),
+                None,
+                "{payload}"
+            );
+            let (_, f) = decode_json(payload.as_bytes(), &specs, &mut b).unwrap_err();
+            assert_eq!(f.code, ErrorCode::BadValue, "{payload}");
+            assert_eq!(f.message, message, "{payload}");
+        }
+        // The id still comes back, and ignored fields may hold any JSON
+        // number: they are never converted.
+        let (id, _) =
+            decode_json(br#"{"id":"o1","data":[1,2,3,1e309]}"#, &specs, &mut b).unwrap_err();
+        assert_eq!(id, Some(MessageId::Text("o1".into())));
+        decode_json(br#"{"ts":1e309,"data":[1,2,3,4]}"#, &specs, &mut b).unwrap();
+    }
+
+    #[test]
+    fn inputs_nest_at_most_sixteen_arrays_deep_in_both_paths() {
+        let specs = [spec("x", &[1], DType::F32, None)];
+        let nested = |n: usize| format!(r#"{{"data":{}1{}}}"#, "[".repeat(n), "]".repeat(n));
+        let mut b = bufs(&specs);
+        let ok = nested(16);
+        assert!(fast::decode(ok.as_bytes(), &specs, &mut b, MAX_DEPTH).is_some());
+        decode_json_full(ok.as_bytes(), &specs, &mut b).unwrap();
+        let deep = nested(17);
+        assert_eq!(
+            fast::decode(deep.as_bytes(), &specs, &mut b, MAX_DEPTH),
+            None
+        );
+        let (_, f) = decode_json(deep.as_bytes(), &specs, &mut b).unwrap_err();
+        assert_eq!(f.code, ErrorCode::BadShape);
+        assert_eq!(
+            f.message,
+            "input 'x' nests arrays more than 16 deep (at element 0); at most 16 levels, the outermost included"
+        );
+        // The "inputs" list is not one of an input's levels.
+        let multi = [
+            spec("a", &[1], DType::F32, None),
+            spec("b", &[1], DType::F32, None),
+        ];
+        let mut b = bufs(&multi);
+        let list = format!(
+            r#"{{"inputs":[{0}1{1},{0}2{1}]}}"#,
+            "[".repeat(16),
+            "]".repeat(16)
+        );
+        assert!(fast::decode(list.as_bytes(), &multi, &mut b, MAX_DEPTH).is_some());
+        decode_json_full(list.as_bytes(), &multi, &mut b).unwrap();
+    }
+
+    #[test]
+    fn ids_are_echoed_exactly_as_written() {
+        let specs = [spec("x", &[1], DType::F32, None)];
+        let number = |t: &str| Some(MessageId::Number(NumberId::parse(t).unwrap()));
+        for (id, want) in [
+            (
+                "1000000000000000000000000000000",
+                number("1000000000000000000000000000000"),
+            ),
+            ("1.50", number("1.50")),
+            ("-0", number("-0")),
+            ("1e309", number("1e309")),
+            ("12345678901234567890123", number("12345678901234567890123")),
+            (r#""\u0041\n""#, Some(MessageId::Text("A\n".into()))),
+            (r#""é""#, Some(MessageId::Text("é".into()))),
+        ] {
+            // The fast path, then the full decoder (an escaped key sends
+            // the message there).
+            for payload in [
+                format!(r#"{{"id":{id},"data":[1]}}"#),
+                format!(r#"{{"id":{id},"d\u0061ta":[1]}}"#),
+            ] {
+                let mut b = bufs(&specs);
+                let d = decode_json(payload.as_bytes(), &specs, &mut b).unwrap();
+                assert_eq!(d.id, want, "{payload}");
+            }
+        }
+        // A repeated id: the first counts, the rest are ignored.
+        let mut b = bufs(&specs);
+        let d = decode_json(
+            br#"{"id":1,"id":"two","id":null,"data":[1]}"#,
+            &specs,
+            &mut b,
+        )
+        .unwrap();
+        assert_eq!(d.id, number("1"));
+        let mut b = bufs(&specs);
+        let full = decode_json_full(
+            br#"{"id":1000000000000000000000000000000,"data":[1]}"#,
+            &specs,
+            &mut b,
+        )
+        .unwrap();
+        let id = full.id.unwrap();
+        assert!(
+            matches!(&id, MessageId::Number(n) if n.to_string() == "1000000000000000000000000000000")
+        );
+        assert_eq!(
+            serde_json::to_string(&id).unwrap(),
+            "1000000000000000000000000000000"
+        );
+    }
+
+    #[test]
+    fn ids_longer_than_the_limit_or_of_another_type_are_refused() {
+        let specs = [spec("x", &[1], DType::F32, None)];
+        let mut b = bufs(&specs);
+        let longest = "9".repeat(MAX_ID_LEN);
+        for payload in [
+            format!(r#"{{"id":{longest},"data":[1]}}"#),
+            format!(r#"{{"id":"{longest}","data":[1]}}"#),
+        ] {
+            decode_json(payload.as_bytes(), &specs, &mut b).unwrap();
+        }
+        let cases = [
+            (
+                format!(r#"{{"id":{longest}9,"data":[1]}}"#),
+                "\"id\" may be at most 256 bytes, got 257".to_string(),
+            ),
+            (
+                format!(r#"{{"id":"{longest}é","data":[1]}}"#),
+                "\"id\" may be at most 256 bytes, got 258".to_string(),
+            ),
+            (
+                r#"{"id":null,"data":[1]}"#.to_string(),
+                "\"id\" must be a string or a number, got null".to_string(),
+            ),
+            (
+                r#"{"id":{"a":1},"data":[1]}"#.to_string(),
+                "\"id\" must be a string or a number, got an object".to_string(),
+            ),
+            (
+                r#"{"id":"\ud83d","data":[1]}"#.to_string(),
+                "\"id\": unexpected end of hex escape at line 1 column 8".to_string(),
+            ),
+        ];
+        for (payload, message) in cases {
+            let (id, f) = decode_json(payload.as_bytes(), &specs, &mut b).unwrap_err();
+            assert_eq!(id, None, "{payload}");
+            assert_eq!(f.code, ErrorCode::BadJson, "{payload}");
+            assert_eq!(f.message, message, "{payload}");
         }
     }
 
@@ -806,6 +1046,12 @@ mod tests {
                 r#"{"ts":1.7e9,"meta":{"s":"a\"]}","l":[1,{"x":null}],"t":true},"data":[6,5,4,3,2,1],"id":"z"}"#,
             ),
             (&single, r#"{"data":[1.00000000000000000001,2,3,4,5,6]}"#),
+            // Near float32 rounding midpoints: serde_json rounds these
+            // differently unless its float_roundtrip feature is on.
+            (
+                &multi,
+                r#"{"inputs":[[1.626353960117428e-32,8.601462673544976291e-19],[0.3]]}"#,
+            ),
             (&multi, r#"{"inputs":[[1.5,2],[0.3]],"id":"m"}"#),
             (&multi, r#"{"inputs":{"b":[[0.3]],"a":[1.5,-2]}}"#),
         ];
@@ -823,6 +1069,7 @@ mod tests {
         // Declined: left to the full decoder, which accepts some of these
         // (escaped keys or ids, a repeated id) and words the errors for
         // the rest.
+        let too_long_id = format!(r#"{{"id":{},"data":[1,2,3,4,5,6]}}"#, "1".repeat(257));
         let declined: &[(&[TensorSpec], &str)] = &[
             (&single, r#"{"d\u0061ta":[1,2,3,4,5,6]}"#),
             (&single, r#"{"id":"\u0041","data":[1,2,3,4,5,6]}"#),
@@ -835,6 +1082,8 @@ mod tests {
             (&single, r#"{"data":[1,2,3,4,5,6],"x":tru}"#),
             (&single, r#"{"data":[1,2,3,4,5,6]} x"#),
             (&single, r#"{"data":[1,2,3,4,5,1e39]}"#),
+            (&single, r#"{"data":[1,2,3,4,5,1e309]}"#),
+            (&single, &too_long_id),
             (&single, r#"{"id":[1],"data":[1,2,3,4,5,6]}"#),
             (&single, "{}"),
             (&multi, r#"{"inputs":[[1.5,2]]}"#),
@@ -864,6 +1113,7 @@ mod tests {
             r#"{"id":"a-1","data":[0.5,-0.25,1e-2,-1]}"#,
             r#"{"ts":12,"meta":{"s":"q\"","l":[1,null]},"data":[[1,2],[3,4]],"id":7}"#,
             r#"{"inputs":{"x":[0.125,2,3,4]}}"#,
+            r#"{"id":-1.50e+30,"data":[1e2,0.5,-1,2]}"#,
         ];
         let alphabet = b"{}[]\",:-+.eE0123456789 \\ntrulfasx";
         let mut state = 0x9e37_79b9_7f4a_7c15u64;

@@ -14,7 +14,7 @@
 use model_runtime::{DType, TensorSpec};
 use serde::de::IgnoredAny;
 
-use super::{quant, MessageId, MAX_ID_LEN};
+use super::{quant, MessageId, NumberId, MAX_ID_LEN};
 
 /// Decodes `payload` into `buffers` if it is a well-formed message this
 /// model accepts; returns its id. None: run the full decoder instead (the
@@ -180,8 +180,8 @@ fn plain_string(payload: &[u8], at: usize) -> Option<(&[u8], usize)> {
     Some((&rest[..len], at + 1 + len + 1))
 }
 
-/// `"id"`: a plain string of at most MAX_ID_LEN bytes, or a number exactly
-/// as serde_json reads it.
+/// `"id"`: a plain string of at most MAX_ID_LEN bytes, or a number's text
+/// (at most MAX_ID_LEN bytes), kept as written.
 fn message_id(payload: &[u8], at: usize) -> Option<(MessageId, usize)> {
     match payload.get(at)? {
         b'"' => {
@@ -194,8 +194,8 @@ fn message_id(payload: &[u8], at: usize) -> Option<(MessageId, usize)> {
         }
         b'-' | b'0'..=b'9' => {
             let (_, end) = number(payload, at)?;
-            let n = serde_json::from_slice::<serde_json::Number>(&payload[at..end]).ok()?;
-            Some((MessageId::Number(n), end))
+            let text = std::str::from_utf8(&payload[at..end]).ok()?;
+            Some((MessageId::Number(NumberId::parse(text)?), end))
         }
         _ => None,
     }
@@ -251,8 +251,8 @@ const EXACT_MANTISSA: u64 = 1 << 53;
 /// Walks the array that starts at `text[start]`, calling `store(index,
 /// value)` for every number in document order. Returns how many numbers
 /// there were and where the array ends, or None if it is anything but
-/// arrays of finite float32 numbers nested at most `max_depth` levels below
-/// the outermost array.
+/// arrays of finite float32 numbers nested at most `max_depth` arrays
+/// deep, the outermost included.
 ///
 /// Each number is converted exactly as serde_json + `as f32` would (to the
 /// nearest f64, then to f32), so the fast and slow paths agree.
@@ -267,6 +267,7 @@ pub fn fill(
         return None;
     }
     at += 1;
+    // Arrays open below the outermost one.
     let mut depth = 0u32;
     let mut count = 0usize;
     // Just after '[': a value or an immediate ']'.
@@ -276,7 +277,7 @@ pub fn fill(
         match *text.get(at)? {
             b'[' => {
                 depth += 1;
-                if depth > max_depth {
+                if depth >= max_depth {
                     return None;
                 }
                 at += 1;
@@ -445,9 +446,9 @@ mod tests {
 
     #[test]
     fn nesting_beyond_the_limit_is_declined() {
-        let ok = format!("{}1{}", "[".repeat(17), "]".repeat(17));
+        let ok = format!("{}1{}", "[".repeat(16), "]".repeat(16));
         assert!(all(&ok).is_some());
-        let deep = format!("{}1{}", "[".repeat(18), "]".repeat(18));
+        let deep = format!("{}1{}", "[".repeat(17), "]".repeat(17));
         assert_eq!(all(&deep), None);
     }
 

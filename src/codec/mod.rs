@@ -5,13 +5,21 @@
 //! - `decode`: JSON or raw payload -> the model's input buffers, numbers
 //!   parsed straight into the buffers (no intermediate tree).
 //! - `encode`: result and error messages.
+//! - `peek`: a message's id, found without decoding it (for answers refused
+//!   before decoding).
 
 pub mod decode;
 pub mod encode;
 mod fast;
+mod peek;
 pub mod quant;
 
+use std::fmt;
+
 use serde::Serialize;
+use serde_json::value::RawValue;
+
+pub use peek::peek_id;
 
 /// Stable error codes published on the errors topic. Fleet tools key on
 /// these strings; never rename one.
@@ -88,18 +96,166 @@ impl Failure {
     }
 }
 
-/// The `id` a sender attached to its message, echoed in the answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The `id` a sender attached to its message, echoed in the answer exactly
+/// as it was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum MessageId {
     Text(String),
-    Number(serde_json::Number),
+    Number(NumberId),
 }
 
-/// Ids longer than this are refused rather than echoed.
+/// As the log's `MSG_ID` field shows it: a string's text, a number as
+/// written.
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MessageId::Text(s) => f.write_str(s),
+            MessageId::Number(n) => n.fmt(f),
+        }
+    }
+}
+
+/// Ids longer than this are refused rather than echoed: a string's decoded
+/// bytes, a number's text.
 pub const MAX_ID_LEN: usize = 256;
 
-/// TEMPORARY until the id scanner lands.
-pub fn peek_id(_payload: &[u8]) -> Option<MessageId> {
-    None
+/// A numeric id as its sender wrote it: the text of one JSON number, at
+/// most [`MAX_ID_LEN`] bytes, serialized back verbatim. Kept as text because
+/// any number type changes some ids: as an f64, `1000000000000000000000000000000`
+/// would come back as `1e+30`; `1.50` as `1.5`.
+#[derive(Clone)]
+pub struct NumberId(Box<RawValue>);
+
+impl NumberId {
+    /// `text` if it is exactly one JSON number (no whitespace around it) of
+    /// at most [`MAX_ID_LEN`] bytes.
+    pub fn parse(text: &str) -> Option<NumberId> {
+        if text.len() > MAX_ID_LEN || number_end(text.as_bytes(), 0) != Some(text.len()) {
+            return None;
+        }
+        RawValue::from_string(text.to_owned()).ok().map(NumberId)
+    }
+
+    /// The number as written, e.g. `"1.50"`.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl fmt::Display for NumberId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for NumberId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NumberId({})", self.as_str())
+    }
+}
+
+impl PartialEq for NumberId {
+    fn eq(&self, other: &NumberId) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for NumberId {}
+
+impl Serialize for NumberId {
+    /// Verbatim, as a JSON number (serde_json's raw value).
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+/// Where the JSON number that starts at `text[at]` ends, by the grammar
+/// alone (`-? (0 | [1-9][0-9]*) (.[0-9]+)? ([eE][+-]?[0-9]+)?`, the value is
+/// not computed); None if no number starts there.
+pub(crate) fn number_end(text: &[u8], mut at: usize) -> Option<usize> {
+    let digits = |at: usize| {
+        at + text
+            .get(at..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count()
+    };
+    if text.get(at) == Some(&b'-') {
+        at += 1;
+    }
+    match text.get(at)? {
+        b'0' => at += 1,
+        b'1'..=b'9' => at = digits(at),
+        _ => return None,
+    }
+    if text.get(at) == Some(&b'.') {
+        let end = digits(at + 1);
+        if end == at + 1 {
+            return None;
+        }
+        at = end;
+    }
+    if let Some(b'e' | b'E') = text.get(at) {
+        at += 1;
+        if let Some(b'+' | b'-') = text.get(at) {
+            at += 1;
+        }
+        let end = digits(at);
+        if end == at {
+            return None;
+        }
+        at = end;
+    }
+    Some(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn number_ids_keep_their_text() {
+        for text in [
+            "1000000000000000000000000000000",
+            "1.50",
+            "-0",
+            "7",
+            "1e309",
+            "2.5E-3",
+        ] {
+            let n = NumberId::parse(text).unwrap();
+            assert_eq!(n.to_string(), text);
+            let json = serde_json::to_string(&MessageId::Number(n)).unwrap();
+            assert_eq!(json, text);
+        }
+        assert_eq!(
+            serde_json::to_string(&MessageId::Text("a\"b".into())).unwrap(),
+            r#""a\"b""#
+        );
+    }
+
+    #[test]
+    fn number_ids_must_be_one_json_number_within_the_limit() {
+        for text in [
+            "", "-", "01", "1.", ".5", "1e", "1e+", "+1", " 1", "1 ", "1x", "0x10", "NaN", "1,2",
+        ] {
+            assert_eq!(NumberId::parse(text), None, "{text:?}");
+        }
+        let longest = "9".repeat(MAX_ID_LEN);
+        assert!(NumberId::parse(&longest).is_some());
+        assert_eq!(NumberId::parse(&format!("{longest}9")), None);
+    }
+
+    #[test]
+    fn number_end_follows_the_json_grammar() {
+        assert_eq!(number_end(b"12,", 0), Some(2));
+        assert_eq!(number_end(b"[-0.5e+3]", 1), Some(8));
+        assert_eq!(number_end(b"0123", 0), Some(1));
+        assert_eq!(number_end(b"-a", 0), None);
+        assert_eq!(number_end(b"", 0), None);
+        assert_eq!(number_end(b"1", 5), None);
+    }
+
 }

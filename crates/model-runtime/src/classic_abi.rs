@@ -1,21 +1,24 @@
-//! The classic TFLite C API back end (`libtensorflowlite_c.so`) for 32-bit
-//! targets (armv7), called through the C API's own stable ABI.
+//! The classic TFLite C API back end (`libtensorflowlite_c.so`), called
+//! through the C API's own stable ABI, on every target.
 //!
-//! Why it exists: edgefirst-tflite-sys 0.10.3 ships bindings generated for
-//! 64-bit targets, with layout assertions that do not compile (and struct
-//! layouts that would be wrong) on a 32-bit target. The classic C API
-//! (`tensorflow/lite/core/c/c_api.h`) needs none of those structs: every
-//! handle is opaque, and the only struct passed by value is
-//! `TfLiteQuantizationParams { float scale; int32_t zero_point; }`, whose
-//! layout is the same everywhere. So on armv7 this file resolves the 23
+//! Why not edgefirst-tflite's `Interpreter`: edgefirst-tflite-sys 0.10.3
+//! ships bindings generated for 64-bit targets, with layout assertions that
+//! do not compile (and struct layouts that would be wrong) on a 32-bit
+//! target, and armv7 boards have only this library (no LiteRT build exists
+//! there). The classic C API (`tensorflow/lite/core/c/c_api.h`) needs none
+//! of those structs: every handle is opaque, and the only struct passed by
+//! value is `TfLiteQuantizationParams { float scale; int32_t zero_point; }`,
+//! whose layout is the same everywhere. So this file resolves the 23
 //! functions it calls with libloading and declares their C signatures
-//! itself. 64-bit targets use `classic.rs` (edgefirst-tflite's
-//! `Interpreter`) and `litert/`.
+//! itself, and one back end serves armv7 and 64-bit machines alike
+//! (checked on x86_64 with the TF 2.2.0 `libtensorflowlite_c.so` of the npm
+//! package `node-tflite@0.0.2`).
 //!
 //! Inputs and outputs are in interpreter (subgraph) order, which is the
 //! order the LiteRT back end reports too; they are named by their signature
 //! names, read from the model file with [`crate::flatbuffer`], so a model
-//! looks the same on every target (`accel`, not `serving_default_accel:0`).
+//! looks the same with either library on every target (`accel`, not
+//! `serving_default_accel:0`).
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::path::Path;

@@ -8,19 +8,15 @@
 //! - [`litert`]: the LiteRT `CompiledModel` API of `libLiteRt.so` (the default,
 //!   XNNPACK on CPU), driven through edgefirst-tflite's resolved function table
 //!   plus the few symbols that crate does not resolve ([`litert::ext`]).
-//! - `classic`: the classic TFLite C API of `libtensorflowlite_c.so`, through
-//!   edgefirst-tflite's `Interpreter`; needed for external delegates.
-//! - `classic_abi` (32-bit targets, i.e. armv7, for which no LiteRT build
-//!   exists): the same classic C API through its stable ABI. edgefirst-tflite
-//!   does not build for 32-bit targets, so there it is not used at all.
+//! - `classic_abi`: the classic TFLite C API of `libtensorflowlite_c.so`
+//!   through its stable ABI, on every target: the only runtime on armv7 (no
+//!   LiteRT build exists there, and edgefirst-tflite does not build for
+//!   32-bit targets) and, later, the way to external delegates.
 //!
 //! [`flatbuffer`] reads a model's tensor facts straight from the file, with
 //! no runtime library at all (`inspect` and `check-config` on a board whose
 //! runtime library is not installed yet).
 
-#[cfg(target_pointer_width = "64")]
-mod classic;
-#[cfg(not(target_pointer_width = "64"))]
 mod classic_abi;
 mod error;
 pub mod flatbuffer;
@@ -95,17 +91,25 @@ pub trait Engine: Send {
 /// runtime library under live models is undefined behaviour.
 #[derive(Debug)]
 pub struct Runtime {
-    #[cfg(target_pointer_width = "64")]
-    lib: &'static edgefirst_tflite::Library,
     path: PathBuf,
-    flavor: ApiFlavor,
+    backend: Backend,
+}
+
+/// The C API of the opened library, with what its models share.
+#[derive(Debug)]
+enum Backend {
+    /// `libLiteRt.so` (64-bit targets only: no LiteRT build exists for
+    /// 32-bit ones, and edgefirst-tflite does not compile there).
     #[cfg(target_pointer_width = "64")]
-    ext: Option<litert::ext::ExtFunctions>,
-    /// Created on the first LiteRT model load.
-    #[cfg(target_pointer_width = "64")]
-    env: std::sync::OnceLock<litert::SharedEnvironment>,
-    #[cfg(not(target_pointer_width = "64"))]
-    classic: classic_abi::ClassicApi,
+    LiteRt {
+        /// edgefirst-tflite's table, in the leaked library.
+        fns: &'static edgefirst_tflite_sys::litert::LiteRtFunctions,
+        ext: litert::ext::ExtFunctions,
+        /// Created on the first model load.
+        env: std::sync::OnceLock<litert::SharedEnvironment>,
+    },
+    /// `libtensorflowlite_c.so`, through its stable ABI on every target.
+    Classic(classic_abi::ClassicApi),
 }
 
 impl Runtime {
@@ -135,58 +139,47 @@ impl Runtime {
                 reason: "no such file".into(),
             });
         }
-        Self::open_existing(path)
+        let backend = Self::open_backend(path).map_err(|reason| RuntimeError::LibraryLoad {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        Ok(Runtime {
+            path: path.to_path_buf(),
+            backend,
+        })
     }
 
     /// 32-bit targets: only the classic C API (no LiteRT build exists).
     #[cfg(not(target_pointer_width = "64"))]
-    fn open_existing(path: &Path) -> Result<Runtime, RuntimeError> {
-        let classic =
-            classic_abi::ClassicApi::load(path).map_err(|reason| RuntimeError::LibraryLoad {
-                path: path.to_path_buf(),
-                reason,
-            })?;
-        Ok(Runtime {
-            path: path.to_path_buf(),
-            flavor: ApiFlavor::Classic,
-            classic,
-        })
+    fn open_backend(path: &Path) -> Result<Backend, String> {
+        classic_abi::ClassicApi::load(path).map(Backend::Classic)
     }
 
+    /// LiteRT when the library exports it, else the classic C API.
     #[cfg(target_pointer_width = "64")]
-    fn open_existing(path: &Path) -> Result<Runtime, RuntimeError> {
-        let lib =
-            edgefirst_tflite::Library::from_path(path).map_err(|e| RuntimeError::LibraryLoad {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        let (flavor, ext) = if lib.has_litert() {
-            // SAFETY: the path was just opened successfully as a LiteRT
-            // library; dlopen of the same path returns the same mapping.
-            let ext = unsafe { litert::ext::ExtFunctions::load(path) }.map_err(|reason| {
-                RuntimeError::LibraryLoad {
-                    path: path.to_path_buf(),
-                    reason,
-                }
-            })?;
-            (ApiFlavor::LiteRt, Some(ext))
-        } else if classic::has_classic_api(&lib) {
-            (ApiFlavor::Classic, None)
-        } else {
-            return Err(RuntimeError::LibraryLoad {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "neither the LiteRT C API ({}) nor the classic TFLite C API is exported",
-                    lib.litert_missing_symbol().unwrap_or("?")
-                ),
-            });
-        };
+    fn open_backend(path: &Path) -> Result<Backend, String> {
+        let lib = edgefirst_tflite::Library::from_path(path).map_err(|e| e.to_string())?;
+        if !lib.has_litert() {
+            let missing = lib.litert_missing_symbol().unwrap_or("?");
+            // Not needed for the classic API: classic_abi opens the same
+            // file through its own handle (dlopen returns the same mapping).
+            drop(lib);
+            return classic_abi::ClassicApi::load(path)
+                .map(Backend::Classic)
+                .map_err(|classic| {
+                    format!("the LiteRT C API is not exported ({missing} missing), and {classic}")
+                });
+        }
+        // SAFETY: the path was just opened successfully as a LiteRT
+        // library; dlopen of the same path returns the same mapping.
+        let ext = unsafe { litert::ext::ExtFunctions::load(path) }?;
         // Leaked on purpose: see the type's doc. One per process.
         let lib: &'static edgefirst_tflite::Library = Box::leak(Box::new(lib));
-        Ok(Runtime {
-            lib,
-            path: path.to_path_buf(),
-            flavor,
+        let fns = lib
+            .litert()
+            .ok_or("the LiteRT function table did not resolve")?;
+        Ok(Backend::LiteRt {
+            fns,
             ext,
             env: std::sync::OnceLock::new(),
         })
@@ -197,7 +190,11 @@ impl Runtime {
     }
 
     pub fn flavor(&self) -> ApiFlavor {
-        self.flavor
+        match self.backend {
+            #[cfg(target_pointer_width = "64")]
+            Backend::LiteRt { .. } => ApiFlavor::LiteRt,
+            Backend::Classic(_) => ApiFlavor::Classic,
+        }
     }
 
     /// Loads, compiles and allocates a model from its `.tflite` bytes.
@@ -209,29 +206,22 @@ impl Runtime {
         options: &LoadOptions,
     ) -> Result<Box<dyn Engine>, RuntimeError> {
         check_flatbuffer(origin, &bytes)?;
-        #[cfg(not(target_pointer_width = "64"))]
-        return Ok(Box::new(classic_abi::ClassicEngine::load(
-            self.classic,
-            origin,
-            bytes,
-            options,
-        )?));
-        #[cfg(target_pointer_width = "64")]
-        match (self.flavor, &self.ext, self.lib.litert()) {
-            (ApiFlavor::LiteRt, Some(ext), Some(fns)) => {
-                let env = match self.env.get() {
+        match &self.backend {
+            #[cfg(target_pointer_width = "64")]
+            Backend::LiteRt { fns, ext, env } => {
+                let env = match env.get() {
                     Some(env) => *env,
                     None => {
-                        let env = litert::SharedEnvironment::create(fns)?;
-                        *self.env.get_or_init(|| env)
+                        let created = litert::SharedEnvironment::create(fns)?;
+                        *env.get_or_init(|| created)
                     }
                 };
                 Ok(Box::new(litert::LiteRtEngine::load(
-                    *fns, *ext, env, origin, bytes, options,
+                    **fns, *ext, env, origin, bytes, options,
                 )?))
             }
-            _ => Ok(Box::new(classic::ClassicEngine::load(
-                self.lib, origin, bytes, options,
+            Backend::Classic(api) => Ok(Box::new(classic_abi::ClassicEngine::load(
+                *api, origin, bytes, options,
             )?)),
         }
     }
