@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
 use serde_json::Value;
 
@@ -466,8 +466,8 @@ impl TestClient {
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(64 << 20, 64 << 20);
         let (client, mut conn) = Client::new(opts, 1024);
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let (sub_tx, subacks) = crossbeam_channel::unbounded();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (sub_tx, subacks) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for ev in conn.iter() {
                 match ev {
