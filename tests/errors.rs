@@ -259,7 +259,11 @@ fn a_refused_message_is_answered_with_its_id() {
     );
     // An id that is not at the top level of the first 4 KiB is not looked
     // for: the error still comes, without an id.
-    let late = big.replacen(r#""id": "frame-\u00e9-1", "#, "", 1).replacen("0]}", r#"0], "id": "late"}"#, 1);
+    let late = big.replacen(r#""id": "frame-\u00e9-1", "#, "", 1).replacen(
+        "0]}",
+        r#"0], "id": "late"}"#,
+        1,
+    );
     c.publish("in/har", late);
     let e = expect_error(&c, "too_large");
     assert!(e.get("id").is_none(), "{e}");

@@ -257,5 +257,4 @@ mod tests {
         assert_eq!(number_end(b"", 0), None);
         assert_eq!(number_end(b"1", 5), None);
     }
-
 }

@@ -11,9 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
 use serde_json::Value;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 
 /// Deadline for things that normally take milliseconds; generous because
 /// CI machines are shared and tests run in parallel.
