@@ -8,6 +8,7 @@ mod config;
 mod exit;
 mod health;
 mod job;
+mod log_limit;
 mod logging;
 mod models;
 mod mqtt;

@@ -10,19 +10,31 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use model_runtime::TensorSpec;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::codec::encode::{self, Latency, Outputs, ResultMessage};
 use crate::codec::{ErrorCode, Failure, MessageId};
 use crate::job::Job;
+use crate::log_limit::RepeatLimiter;
 use crate::models::ModelContext;
 use crate::telemetry::DaemonStats;
 use crate::time::unix_now;
 
-/// Capacity of the pipeline -> publisher channel. When the broker is slow
+/// Capacity of each of the two pipeline -> publisher channels.
+///
+/// Results come from workers, which wait for room: when the broker is slow
 /// this fills, workers wait, model queues fill, and new messages get
-/// `overloaded` errors: backpressure ends in a visible answer.
+/// `overloaded` errors. Refusals and the supervisor's records come from
+/// the event loop, which must never wait: they have a channel of their
+/// own, so workers cannot take its room, and the event loop stops reading
+/// from the broker long before it is full (see [`Replies::pressure`]).
+/// No reply is ever dropped for lack of room.
 pub const REPLY_CAPACITY: usize = 4096;
+
+/// Above this many unsent refusals the event loop pauses reading: one
+/// read hands it at most a few dozen messages, so the rest of the channel
+/// is the reserve that keeps every refusal's answer.
+const URGENT_HIGH_WATER: usize = REPLY_CAPACITY / 4;
 
 pub fn errors_topic(device_id: &str) -> String {
     format!("edge-infer/{device_id}/errors")
@@ -46,8 +58,76 @@ pub struct Outgoing {
     pub retain: bool,
 }
 
-/// The receiving end, drained by `mqtt::egress` in order.
-pub type ReplyReceiver = mpsc::Receiver<Outgoing>;
+/// The receiving end, drained by `mqtt::egress`: refusals and records
+/// first, then results, each channel in order.
+pub struct ReplyReceiver {
+    urgent: mpsc::Receiver<Outgoing>,
+    results: mpsc::Receiver<Outgoing>,
+    drained: Arc<Notify>,
+}
+
+impl ReplyReceiver {
+    /// The next reply; None once every `Replies` is gone and both
+    /// channels are empty.
+    pub async fn recv(&mut self) -> Option<Outgoing> {
+        let next = tokio::select! {
+            biased;
+            Some(m) = self.urgent.recv() => Some(m),
+            Some(m) = self.results.recv() => Some(m),
+            else => None,
+        };
+        self.drained.notify_waiters();
+        next
+    }
+
+    /// The next reply if one is waiting.
+    #[cfg(test)]
+    pub fn try_recv(&mut self) -> Option<Outgoing> {
+        self.urgent
+            .try_recv()
+            .or_else(|_| self.results.try_recv())
+            .ok()
+    }
+}
+
+/// What the event loop reads of the reply channels without keeping the
+/// publisher alive (it holds no sender).
+pub struct PressureGauge {
+    urgent: mpsc::WeakSender<Outgoing>,
+    results: mpsc::WeakSender<Outgoing>,
+    drained: Arc<Notify>,
+}
+
+impl PressureGauge {
+    /// Whether the event loop should pause reading from the broker.
+    pub fn pressure(&self) -> Pressure {
+        let (Some(urgent), Some(results)) = (self.urgent.upgrade(), self.results.upgrade()) else {
+            return Pressure::Normal;
+        };
+        let urgent_waiting = REPLY_CAPACITY - urgent.capacity();
+        if urgent_waiting > URGENT_HIGH_WATER || results.capacity() == 0 {
+            Pressure::High
+        } else {
+            Pressure::Normal
+        }
+    }
+
+    /// Resolves when the publisher takes the next reply.
+    pub async fn drained(&self) {
+        self.drained.notified().await
+    }
+}
+
+/// How full the reply channels are, for the event loop's flow control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pressure {
+    /// Room to spare: keep reading from the broker.
+    Normal,
+    /// Refusals are piling up or workers wait for room: stop reading, so
+    /// the broker holds what comes (and, past its own limits, drops it
+    /// where its statistics count it), until the publisher catches up.
+    High,
+}
 
 /// When one message's stages began and ended. Its queue time runs from
 /// arrival to `decode_from` (with micro-batching that includes waiting for
@@ -70,25 +150,53 @@ pub struct Stages {
 pub struct Replies {
     device_id: Arc<str>,
     errors_topic: Arc<str>,
-    tx: mpsc::Sender<Outgoing>,
+    /// From the event loop and the supervisor (never waits).
+    urgent: mpsc::Sender<Outgoing>,
+    /// From workers (wait for room).
+    results: mpsc::Sender<Outgoing>,
+    /// Signalled by the receiver whenever it takes a reply.
+    drained: Arc<Notify>,
     stats: Arc<DaemonStats>,
+    /// Repeated errors are logged once per interval and summarized.
+    log_limit: Arc<RepeatLimiter>,
 }
 
 impl Replies {
     pub fn channel(device_id: &str, stats: Arc<DaemonStats>) -> (Replies, ReplyReceiver) {
-        let (tx, rx) = mpsc::channel(REPLY_CAPACITY);
+        let (urgent, urgent_rx) = mpsc::channel(REPLY_CAPACITY);
+        let (results, results_rx) = mpsc::channel(REPLY_CAPACITY);
+        let drained = Arc::new(Notify::new());
         let replies = Replies {
             device_id: device_id.into(),
             errors_topic: errors_topic(device_id).into(),
-            tx,
+            urgent,
+            results,
+            drained: Arc::clone(&drained),
             stats,
+            log_limit: Arc::default(),
+        };
+        let rx = ReplyReceiver {
+            urgent: urgent_rx,
+            results: results_rx,
+            drained,
         };
         (replies, rx)
     }
 
+    /// The event loop's view of how full the channels are.
+    pub fn gauge(&self) -> PressureGauge {
+        PressureGauge {
+            urgent: self.urgent.downgrade(),
+            results: self.results.downgrade(),
+            drained: Arc::clone(&self.drained),
+        }
+    }
+
     /// The error answering `job`, counted against `model` (when it got as
-    /// far as one) and logged with structured fields
-    /// (`journalctl MODEL=har ERROR_CODE=bad_shape MSG_ID=...`). None only
+    /// far as one; without one it reached no model and counts as
+    /// unrouted) and logged with structured fields
+    /// (`journalctl MODEL=har ERROR_CODE=bad_shape MSG_ID=...`), the first
+    /// of its kind per interval in full and the rest summarized. None only
     /// if it could not be serialized, which is logged.
     pub fn error(
         &self,
@@ -104,19 +212,34 @@ impl Replies {
                 self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let message_id = id.map(|i| i.to_string()).unwrap_or_default();
-        log::warn!(
-            model = name.unwrap_or(""),
-            topic = job.topic.as_str(),
-            msg_id = message_id.as_str(),
-            error_code = failure.code.as_str();
-            "{}topic {}: {} {}",
-            name.map(|n| format!("model {n} ")).unwrap_or_default(),
-            job.topic,
-            failure.code.as_str(),
-            failure.message
-        );
+        if self
+            .log_limit
+            .admit(name.unwrap_or(""), failure.code.as_str())
+        {
+            let message_id = id.map(|i| i.to_string()).unwrap_or_default();
+            log::warn!(
+                model = name.unwrap_or(""),
+                topic = job.topic.as_str(),
+                msg_id = message_id.as_str(),
+                error_code = failure.code.as_str();
+                "{}topic {}: {} {}",
+                name.map(|n| format!("model {n} ")).unwrap_or_default(),
+                job.topic,
+                failure.code.as_str(),
+                failure.message
+            );
+        }
         self.error_message(name, Some(&job.topic), job.received_at, id, failure)
+    }
+
+    /// Logs the summaries of repeated errors whose interval is over (about
+    /// once a second), or all of them (`at_shutdown`).
+    pub fn flush_log(&self, at_shutdown: bool) {
+        if at_shutdown {
+            self.log_limit.flush_all();
+        } else {
+            self.log_limit.flush();
+        }
     }
 
     /// An error about the daemon rather than a message (`reload_failed`).
@@ -229,14 +352,15 @@ impl Replies {
 
     /// For worker threads: waits for room.
     pub fn send_blocking(&self, msg: Outgoing) {
-        if self.tx.blocking_send(msg).is_err() {
+        if self.results.blocking_send(msg).is_err() {
             self.lost("publisher stopped");
         }
     }
 
-    /// For the event loop and the supervisor, which must never wait.
+    /// For the event loop and the supervisor, which must never wait. The
+    /// event loop keeps this channel far from full (see `pressure`).
     pub fn try_send(&self, msg: Outgoing) {
-        if let Err(e) = self.tx.try_send(msg) {
+        if let Err(e) = self.urgent.try_send(msg) {
             let why = match e {
                 mpsc::error::TrySendError::Full(_) => "publish queue full",
                 mpsc::error::TrySendError::Closed(_) => "publisher stopped",

@@ -151,6 +151,9 @@ pub struct DaemonStats {
     pub unrouted: AtomicU64,
     /// Results/errors that could not be handed to the MQTT client.
     pub publish_failures: AtomicU64,
+    /// Time the input link spent not reading because the publisher was
+    /// behind (the broker held, or past its limits dropped, what came).
+    pub input_paused_us: AtomicU64,
 }
 
 #[cfg(test)]

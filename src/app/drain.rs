@@ -35,15 +35,15 @@ impl Supervisor {
             }
             tokio::time::sleep(DRAIN_POLL).await;
         }
-        // The offline record goes last, after every reply; then this
-        // handle goes, so the publisher can finish.
+        // This handle goes, so the publisher can finish; the connection
+        // publishes the offline record after every reply.
         if let Some(replies) = self.replies.take() {
-            let offline = health::offline(&self.settings.device_id, "shutdown", Some(unix_now()));
-            replies.try_send(replies.status(offline));
+            replies.flush_log(true);
         }
         let grace = deadline.max(Instant::now() + Duration::from_secs(2));
         if let Some(connection) = self.connection.take() {
-            connection.close(grace).await;
+            let offline = health::offline(&self.settings.device_id, "shutdown", Some(unix_now()));
+            connection.close(grace, offline).await;
         }
         // Summaries: one line per model name, counters carried over reloads.
         let mut seen = Vec::new();

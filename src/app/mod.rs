@@ -158,6 +158,7 @@ impl Supervisor {
             health::offline(&device, "connection lost", None),
             Arc::clone(&switch),
             replies_rx,
+            replies.gauge(),
             Arc::clone(&stats),
         );
         Ok(Supervisor {
@@ -222,6 +223,9 @@ impl Supervisor {
                 _ = health_tick.tick() => self.publish_health(),
                 _ = watchdog_tick.tick() => {
                     self.reap_retired();
+                    if let Some(replies) = &self.replies {
+                        replies.flush_log(false);
+                    }
                     match self.unhealthy() {
                         None => {
                             unhealthy_reported = false;

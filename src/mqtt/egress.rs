@@ -1,17 +1,23 @@
-//! The publisher task: feeds what `replies` produced to the MQTT client,
-//! in order, and books each publish in the ledger.
+//! The output link: a connection of its own for everything the daemon
+//! publishes, so replies never queue behind inputs in one event loop (a
+//! rumqttc poll reads up to ten packets but writes one, so one shared
+//! connection under load reads far faster than it can answer). The
+//! publisher task feeds what `replies` produced to it, in order; the link
+//! republishes the online record on every connect and books the broker's
+//! confirmations in the ledger.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use rumqttc::{AsyncClient, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, Outgoing, QoS};
 
 use super::ledger::AckLedger;
+use super::link::{Side, Which};
 use crate::replies::ReplyReceiver;
 use crate::telemetry::DaemonStats;
 
-/// Runs until every `Replies` handle is gone and the channel is empty.
-pub async fn run(
+/// Runs until every `Replies` handle is gone and both channels are empty.
+pub async fn publish(
     mut rx: ReplyReceiver,
     client: AsyncClient,
     qos: QoS,
@@ -28,6 +34,56 @@ pub async fn run(
                 stats.publish_failures.fetch_add(1, Ordering::Relaxed);
                 log::error!("MQTT client refused a publish: {e}");
             }
+        }
+    }
+}
+
+pub struct Egress {
+    pub client: AsyncClient,
+    pub qos: QoS,
+    pub status_topic: String,
+    /// The retained "online" record of the current model set.
+    pub online: Arc<Mutex<Vec<u8>>>,
+    pub stats: Arc<DaemonStats>,
+    pub ledger: Arc<AckLedger>,
+}
+
+impl Side for Egress {
+    const WHICH: Which = Which::Output;
+
+    /// Republishes the online record (the Last Will may have replaced it).
+    fn on_connect(&mut self, n: u64, session_present: bool) {
+        log::debug!("output link connected (connection {n}, session present: {session_present})");
+        let online = match self.online.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        let client = self.client.clone();
+        let (qos, topic) = (self.qos, self.status_topic.clone());
+        let (stats, ledger) = (Arc::clone(&self.stats), Arc::clone(&self.ledger));
+        // In a task: the request can wait for room in the client's channel.
+        tokio::spawn(async move {
+            // Same QoS as every other publish, and counted like them, so the
+            // drain's "every reply confirmed" arithmetic stays exact.
+            match client.publish(topic, qos, true, online).await {
+                Ok(()) => ledger.requested(),
+                Err(e) => {
+                    stats.publish_failures.fetch_add(1, Ordering::Relaxed);
+                    log::error!("could not publish the online status: {e}");
+                }
+            }
+        });
+    }
+
+    fn on_event(&mut self, event: Event, _: &mut EventLoop) {
+        match event {
+            Event::Incoming(Incoming::PubAck(_)) if self.qos == QoS::AtLeastOnce => {
+                self.ledger.confirmed();
+            }
+            Event::Outgoing(Outgoing::Publish(_)) if self.qos == QoS::AtMostOnce => {
+                self.ledger.confirmed();
+            }
+            _ => {}
         }
     }
 }

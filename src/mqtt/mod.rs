@@ -1,16 +1,18 @@
-//! Everything that touches rumqttc. [`Connection`] is the daemon's one
-//! broker connection: `ingress` owns its event loop (connect, subscribe,
-//! receive, hand to routing, acknowledge, reconnect), `egress` publishes
-//! what `replies` produce, `ledger` accounts for the broker's
-//! confirmations. `status` is the `edge-infer status` client. No other
-//! module imports rumqttc.
+//! Everything that touches rumqttc. [`Connection`] is the daemon's link to
+//! its broker: two MQTT connections, `ingress` (subscriptions and inputs:
+//! receive, hand to routing, acknowledge, pause while the publisher is
+//! behind) and `egress` (everything the daemon publishes, with the Last
+//! Will), each driven by `link` (reconnect with backoff); `ledger`
+//! accounts for the broker's confirmations. `status` is the
+//! `edge-infer status` client. No other module imports rumqttc.
 
 mod egress;
 mod ingress;
 mod ledger;
+mod link;
 pub mod status;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,18 +21,28 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::MqttSettings;
-use crate::replies::{self, ReplyReceiver};
+use crate::replies::{self, PressureGauge, ReplyReceiver};
 use crate::routing::Switch;
 use crate::telemetry::DaemonStats;
-use ingress::Ingress;
 use ledger::AckLedger;
+use link::{Links, Which};
 
-/// The running broker connection: its event loop and publisher tasks.
-/// Lives for the whole process (a reload never touches it).
+/// The client id of the output connection: the configured one with this
+/// suffix (a broker allows one connection per client id).
+const OUTPUT_CLIENT_SUFFIX: &str = "-out";
+
+/// The running broker link: its two connections' event loops and the
+/// publisher task. Lives for the whole process (a reload never touches it).
 pub struct Connection {
-    client: AsyncClient,
-    ingress: Arc<Ingress>,
-    events: JoinHandle<()>,
+    input: AsyncClient,
+    output: AsyncClient,
+    qos: QoS,
+    links: Arc<Links>,
+    ledger: Arc<AckLedger>,
+    online: Arc<Mutex<Vec<u8>>>,
+    status_topic: String,
+    input_task: JoinHandle<()>,
+    output_task: JoinHandle<()>,
     /// Taken when the drain waits for it to finish.
     publisher: Option<JoinHandle<()>>,
     stop_tx: watch::Sender<bool>,
@@ -39,10 +51,12 @@ pub struct Connection {
 
 impl Connection {
     /// Starts connecting (in the background, with retries) as
-    /// `settings.client_id`, routing publishes through `switch` and
-    /// publishing what arrives on `replies`. `online` is the retained
-    /// status record sent on every connect, `last_will` the one the
-    /// broker sends when the connection dies. Must run inside tokio.
+    /// `settings.client_id` for inputs and the same id with `-out` for
+    /// outputs, routing publishes through `switch` and publishing what
+    /// arrives on `replies`. `online` is the retained status record sent
+    /// on every connect of the output link, `last_will` the one the broker
+    /// sends when that connection dies. Must run inside tokio.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         settings: &MqttSettings,
         device_id: &str,
@@ -50,48 +64,74 @@ impl Connection {
         last_will: Vec<u8>,
         switch: Arc<Switch>,
         replies: ReplyReceiver,
+        gauge: PressureGauge,
         stats: Arc<DaemonStats>,
     ) -> Connection {
         let status_topic = replies::status_topic(device_id);
-        let (client, eventloop) = connect(settings, &status_topic, last_will);
         let qos = qos(settings.qos);
+        let (input, input_loop) = connect(settings, &settings.client_id, None);
+        let output_id = format!("{}{OUTPUT_CLIENT_SUFFIX}", settings.client_id);
+        let (output, output_loop) = connect(settings, &output_id, Some((&status_topic, last_will)));
+        let links = Arc::new(Links {
+            stats: Arc::clone(&stats),
+            input_up: AtomicBool::new(false),
+            output_up: AtomicBool::new(false),
+            reconnect_min: settings.reconnect_min,
+            reconnect_max: settings.reconnect_max,
+        });
         let ledger = Arc::new(AckLedger::default());
-        let publisher = tokio::spawn(egress::run(
+        let online = Arc::new(Mutex::new(online));
+        let publisher = tokio::spawn(egress::publish(
             replies,
-            client.clone(),
+            output.clone(),
             qos,
             Arc::clone(&stats),
             Arc::clone(&ledger),
         ));
         let (subscribed, subscribed_rx) = watch::channel(false);
-        let ingress = Arc::new(Ingress {
-            switch,
-            online: Mutex::new(online),
-            status_topic,
-            qos,
-            reconnect_min: settings.reconnect_min,
-            reconnect_max: settings.reconnect_max,
-            stats,
-            ledger,
-            subscribed,
-        });
         let (stop_tx, stop_rx) = watch::channel(false);
-        let events = tokio::spawn(ingress::run(
-            eventloop,
-            client.clone(),
-            Arc::clone(&ingress),
+        let input_task = tokio::spawn(link::drive(
+            ingress::Ingress {
+                client: input.clone(),
+                switch,
+                qos,
+                gauge,
+                stats: Arc::clone(&stats),
+                subscribed,
+            },
+            input_loop,
+            Arc::clone(&links),
+            stop_rx.clone(),
+        ));
+        let output_task = tokio::spawn(link::drive(
+            egress::Egress {
+                client: output.clone(),
+                qos,
+                status_topic: status_topic.clone(),
+                online: Arc::clone(&online),
+                stats,
+                ledger: Arc::clone(&ledger),
+            },
+            output_loop,
+            Arc::clone(&links),
             stop_rx,
         ));
         log::info!(
-            "connecting to mqtt://{}:{} as {}",
+            "connecting to mqtt://{}:{} as {} (inputs) and {output_id} (outputs)",
             settings.host,
             settings.port,
             settings.client_id
         );
         Connection {
-            client,
-            ingress,
-            events,
+            input,
+            output,
+            qos,
+            links,
+            ledger,
+            online,
+            status_topic,
+            input_task,
+            output_task,
             publisher: Some(publisher),
             stop_tx,
             subscribed_rx,
@@ -103,14 +143,18 @@ impl Connection {
         self.subscribed_rx.clone()
     }
 
+    /// Both links are up.
     pub fn connected(&self) -> bool {
-        self.ingress.stats.connected.load(Ordering::Relaxed)
+        self.links.is_up(Which::Input) && self.links.is_up(Which::Output)
     }
 
     /// Why the connection cannot make progress, if it cannot.
     pub fn trouble(&self) -> Option<&'static str> {
-        if self.events.is_finished() {
-            return Some("the MQTT event loop has stopped");
+        if self.input_task.is_finished() {
+            return Some("the MQTT input event loop has stopped");
+        }
+        if self.output_task.is_finished() {
+            return Some("the MQTT output event loop has stopped");
         }
         if self.publisher.as_ref().is_none_or(|p| p.is_finished()) {
             return Some("the publisher task has stopped");
@@ -120,7 +164,7 @@ impl Connection {
 
     /// The online record to republish on every later connect.
     pub fn set_online(&self, record: Vec<u8>) {
-        match self.ingress.online.lock() {
+        match self.online.lock() {
             Ok(mut g) => *g = record,
             Err(p) => *p.into_inner() = record,
         }
@@ -132,8 +176,8 @@ impl Connection {
     pub fn resubscribe(&self, old: &[String], new: &[String]) {
         let subscribe: Vec<String> = new.iter().filter(|f| !old.contains(f)).cloned().collect();
         let unsubscribe: Vec<String> = old.iter().filter(|f| !new.contains(f)).cloned().collect();
-        let client = self.client.clone();
-        let qos = self.ingress.qos;
+        let client = self.input.clone();
+        let qos = self.qos;
         tokio::spawn(async move {
             if !subscribe.is_empty() {
                 let subs = subscribe
@@ -152,30 +196,42 @@ impl Connection {
     }
 
     /// The end of a drain, once nothing more will be produced: waits (up
-    /// to `grace`) for the publisher to hand over every reply and for the
-    /// broker to confirm them, then disconnects and stops the event loop.
-    /// The publisher finishes only when every `Replies` handle is gone.
-    pub async fn close(mut self, grace: Instant) {
+    /// to `grace`) for the publisher to hand over every reply (it finishes
+    /// when every `Replies` handle is gone), publishes `offline` (the
+    /// retained status record, last of all), waits for the broker to
+    /// confirm everything, then disconnects both links.
+    pub async fn close(mut self, grace: Instant, offline: Vec<u8>) {
         if let Some(p) = self.publisher.take() {
             let _ = tokio::time::timeout_at(grace.into(), p).await;
         }
-        let stats = Arc::clone(&self.ingress.stats);
+        if self.links.is_up(Which::Output) {
+            match self
+                .output
+                .try_publish(&self.status_topic, self.qos, true, offline)
+            {
+                Ok(()) => self.ledger.requested(),
+                Err(e) => log::warn!("could not publish the offline status: {e}"),
+            }
+        }
+        let links = Arc::clone(&self.links);
         let left = self
-            .ingress
             .ledger
-            .settle(grace, || stats.connected.load(Ordering::Relaxed))
+            .settle(grace, || links.is_up(Which::Output))
             .await;
         if left > 0 {
             log::warn!("{left} reply(ies) not confirmed by the broker at shutdown");
         }
-        let _ = self.client.try_disconnect();
+        let _ = self.input.try_disconnect();
+        let _ = self.output.try_disconnect();
         self.stop_tx.send_replace(true);
-        let _ = tokio::time::timeout(Duration::from_secs(3), self.events).await;
+        for task in [self.input_task, self.output_task] {
+            let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+        }
     }
 }
 
-/// Capacity of rumqttc's request channel (publishes, acks, subscribes
-/// waiting for the event loop).
+/// Capacity of rumqttc's request channel (publishes, subscribes waiting
+/// for the event loop) of each link.
 const REQUEST_CHANNEL_CAPACITY: usize = 4096;
 
 fn qos(level: u8) -> QoS {
@@ -186,27 +242,25 @@ fn qos(level: u8) -> QoS {
     }
 }
 
-/// `last_will` is the retained record the broker publishes on
-/// `status_topic` when it finds the connection dead.
+/// The options of one link. The output link carries the Last Will: the
+/// retained record the broker publishes on the status topic when it finds
+/// that connection dead.
 fn connect(
     settings: &MqttSettings,
-    status_topic: &str,
-    last_will: Vec<u8>,
+    client_id: &str,
+    last_will: Option<(&str, Vec<u8>)>,
 ) -> (AsyncClient, EventLoop) {
-    let mut opts = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
-    opts.set_last_will(LastWill::new(
-        status_topic,
-        last_will,
-        QoS::AtLeastOnce,
-        true,
-    ));
+    let mut opts = MqttOptions::new(client_id, &settings.host, settings.port);
+    if let Some((topic, record)) = last_will {
+        opts.set_last_will(LastWill::new(topic, record, QoS::AtLeastOnce, true));
+    }
     opts.set_keep_alive(settings.keep_alive)
         .set_clean_session(settings.clean_session)
         .set_max_packet_size(settings.max_packet_bytes, settings.max_packet_bytes)
         .set_request_channel_capacity(REQUEST_CHANNEL_CAPACITY)
         .set_inflight(u16::MAX / 2)
-        // Acks are sent once a message is queued for a model, so a message
-        // the daemon never took (shutdown) is redelivered by the broker.
+        // Acks are sent once a message is routed, so a message the daemon
+        // never took (shutdown) is redelivered by the broker.
         .set_manual_acks(true);
     if let Some((user, pass)) = &settings.credentials {
         opts.set_credentials(user, pass);

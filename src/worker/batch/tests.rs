@@ -371,7 +371,7 @@ fn loop_over(payloads: &[&str]) -> (usize, usize, usize) {
     };
     batch_loop(engines, &ctx, &rx, &to, &WorkerBeat::new(Instant::now()));
     let mut answered = 0;
-    while let Ok(out) = replies.try_recv() {
+    while let Some(out) = replies.try_recv() {
         let v: Value = serde_json::from_slice(&out.payload).unwrap();
         assert!(v["outputs"].is_array(), "{v}");
         answered += 1;
