@@ -172,6 +172,9 @@ struct BrokerHealth {
     connection_errors: u64,
     unrouted_messages: u64,
     publish_failures: u64,
+    own_messages_ignored: u64,
+    input_paused_secs: f64,
+    offline_secs: f64,
 }
 
 #[derive(Serialize)]
@@ -326,6 +329,9 @@ impl HealthReporter {
                 connection_errors: broker.connection_errors.load(Relaxed),
                 unrouted_messages: broker.unrouted.load(Relaxed),
                 publish_failures: broker.publish_failures.load(Relaxed),
+                own_messages_ignored: broker.own_ignored.load(Relaxed),
+                input_paused_secs: broker.input_paused_us.load(Relaxed) as f64 / 1e6,
+                offline_secs: broker.offline_us.load(Relaxed) as f64 / 1e6,
             },
             models: model_health,
         })

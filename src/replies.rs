@@ -183,6 +183,28 @@ impl Replies {
         (replies, rx)
     }
 
+    /// Whether `topic` is one of this daemon's own device topics, which it
+    /// must never consume (it would answer its own output).
+    pub fn is_own_topic(&self, topic: &str) -> bool {
+        topic
+            .strip_prefix("edge-infer/")
+            .and_then(|rest| rest.strip_prefix(&*self.device_id))
+            .and_then(|rest| rest.strip_prefix('/'))
+            .is_some_and(|kind| matches!(kind, "errors" | "status" | "health"))
+    }
+
+    /// Counts (and logs, once per interval) a message on an own topic that
+    /// was taken and ignored.
+    pub fn own_topic_ignored(&self, topic: &str) {
+        self.stats.own_ignored.fetch_add(1, Ordering::Relaxed);
+        if self.log_limit.admit("", "own_topic") {
+            log::warn!(
+                topic = topic;
+                "ignored a message on {topic}, one of this daemon's own topics (a subscription left in the broker session?); it is not answered, so the daemon never feeds on its own output"
+            );
+        }
+    }
+
     /// The event loop's view of how full the channels are.
     pub fn gauge(&self) -> PressureGauge {
         PressureGauge {

@@ -60,6 +60,13 @@ impl Routes {
     /// Offers `job` to every model listening on its topic; answers it
     /// where it cannot be queued.
     pub fn dispatch(&self, job: Job) {
+        if self.replies.is_own_topic(&job.topic) {
+            // A filter that matches the daemon's own output (config
+            // validation refuses those, but a broker session can keep an
+            // old subscription): taken, counted, never answered.
+            self.replies.own_topic_ignored(&job.topic);
+            return;
+        }
         let mut routed = false;
         for r in &self.routes {
             if r.model.input_topic.matches(&job.topic).is_none() {
@@ -289,6 +296,20 @@ mod tests {
         assert_eq!(stats.errors(ErrorCode::Overloaded), 1);
         assert_eq!(f.stats.unrouted.load(Ordering::Relaxed), 1);
         assert_eq!(f.queues[0].len(), 1);
+    }
+
+    #[test]
+    fn the_daemons_own_topics_are_never_consumed_or_answered() {
+        let mut f = fixture(&[("all", "#")], 8, 1024);
+        for kind in ["errors", "status", "health"] {
+            assert!(f.switch.dispatch(job(&format!("edge-infer/dev/{kind}"), "{}")));
+        }
+        // Another device's records are ordinary messages.
+        assert!(f.switch.dispatch(job("edge-infer/other/errors", "{}")));
+        assert!(f.switch.dispatch(job("edge-infer/dev/errors/x", "{}")));
+        assert_eq!(f.queues[0].len(), 2);
+        assert_eq!(f.stats.own_ignored.load(Ordering::Relaxed), 3);
+        assert!(errors(&mut f.replies).is_empty());
     }
 
     #[test]

@@ -154,6 +154,11 @@ pub struct DaemonStats {
     /// Time the input link spent not reading because the publisher was
     /// behind (the broker held, or past its limits dropped, what came).
     pub input_paused_us: AtomicU64,
+    /// Messages on the daemon's own device topics, taken and ignored (a
+    /// subscription that matches them; answering would feed on itself).
+    pub own_ignored: AtomicU64,
+    /// Time the input link was down, counted when it is back.
+    pub offline_us: AtomicU64,
 }
 
 #[cfg(test)]

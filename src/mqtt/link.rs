@@ -113,6 +113,12 @@ pub async fn drive<S: Side>(
                 }
                 links.set_up(which, true);
                 if let Some(since) = down_since.take() {
+                    if which == Which::Input {
+                        links
+                            .stats
+                            .offline_us
+                            .fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    }
                     log::info!(
                         "{} link: back after {:.1} s offline",
                         which.name(),
