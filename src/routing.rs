@@ -302,7 +302,9 @@ mod tests {
     fn the_daemons_own_topics_are_never_consumed_or_answered() {
         let mut f = fixture(&[("all", "#")], 8, 1024);
         for kind in ["errors", "status", "health"] {
-            assert!(f.switch.dispatch(job(&format!("edge-infer/dev/{kind}"), "{}")));
+            assert!(f
+                .switch
+                .dispatch(job(&format!("edge-infer/dev/{kind}"), "{}")));
         }
         // Another device's records are ordinary messages.
         assert!(f.switch.dispatch(job("edge-infer/other/errors", "{}")));

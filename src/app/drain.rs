@@ -4,6 +4,7 @@
 //! the rest with `shutting_down`), publish the offline record after every
 //! reply, wait for the broker to confirm them all, disconnect.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::{Running, Supervisor};
@@ -52,6 +53,13 @@ impl Supervisor {
                 seen.push(m.ctx.name.clone());
                 log::info!("model {}: {}", m.ctx.name, m.ctx.stats.summary());
             }
+        }
+        let paused = self.stats.input_paused_us.load(Ordering::Relaxed);
+        if paused > 0 {
+            log::info!(
+                "overload: the input link stopped reading for {:.1} s in total while the publisher caught up",
+                paused as f64 / 1e6
+            );
         }
         log::info!("stopped");
     }

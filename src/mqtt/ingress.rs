@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::{
-    AsyncClient, Event, EventLoop, Incoming, PubAck, PubRec, Publish, QoS, Request,
-    SubscribeReasonCode,
+    AsyncClient, ClientError, Event, EventLoop, Incoming, Publish, QoS, SubscribeReasonCode,
 };
 use tokio::sync::watch;
 
@@ -119,17 +118,16 @@ impl Ingress {
             log::debug!("draining: left {} unacknowledged for redelivery", p.topic);
             return;
         }
-        // Straight into the event loop's own queue, which it serves before
-        // anything new: an acknowledgement is never dropped and never
-        // waits behind the request channel.
-        match p.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => eventloop
-                .pending
-                .push_back(Request::PubAck(PubAck::new(p.pkid))),
-            QoS::ExactlyOnce => eventloop
-                .pending
-                .push_back(Request::PubRec(PubRec::new(p.pkid))),
+        // Through the request channel, which on this link carries only
+        // acknowledgements and subscriptions; should it ever be full, into
+        // the event loop's own queue, which it serves before anything new
+        // (but one timer tick per request, so only as the fallback): an
+        // acknowledgement is never dropped and never waits.
+        if let Err(e) = self.client.try_ack(&p) {
+            let request = match e {
+                ClientError::TryRequest(r) | ClientError::Request(r) => r,
+            };
+            eventloop.pending.push_back(request);
         }
     }
 }

@@ -79,11 +79,25 @@ pub fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool
 pub struct Broker {
     pub port: u16,
     dir: tempfile::TempDir,
+    limits: &'static str,
     child: Option<Child>,
 }
 
+/// The tests' broker limits: generous, so that a burst a test sends on
+/// purpose is never cut by the broker.
+const TEST_BROKER_LIMITS: &str =
+    "max_inflight_messages 0\nmax_queued_messages 100000\nmessage_size_limit 0\n";
+
 impl Broker {
     pub fn start() -> Broker {
+        Broker::start_with(TEST_BROKER_LIMITS)
+    }
+
+    /// A broker with `limits` (mosquitto.conf lines) instead of the tests'
+    /// usual ones: `""` gives Mosquitto's own defaults (at most 20 QoS 1
+    /// messages in flight and 1,000 queued per client), as most installs
+    /// run it.
+    pub fn start_with(limits: &'static str) -> Broker {
         // A free port can be taken by someone else before mosquitto binds
         // it; try a few.
         for _ in 0..5 {
@@ -92,6 +106,7 @@ impl Broker {
             let mut b = Broker {
                 port,
                 dir,
+                limits,
                 child: None,
             };
             if b.try_start() {
@@ -108,6 +123,7 @@ impl Broker {
         let mut b = Broker {
             port,
             dir,
+            limits: TEST_BROKER_LIMITS,
             child: None,
         };
         assert!(b.try_start(), "mosquitto did not start on port {port}");
@@ -119,8 +135,8 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 0\nmax_queued_messages 100000\nmessage_size_limit 0\nlog_dest stderr\nlog_type error\nlog_type warning\n",
-                self.port
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n{}log_dest stderr\nlog_type error\nlog_type warning\n",
+                self.port, self.limits
             ),
         )
         .expect("write mosquitto.conf");

@@ -1,0 +1,344 @@
+//! Overload with default settings: a flood of inputs, as fast as a client
+//! can publish them (several times what the daemon answers), for 30 s with
+//! QoS 0 inputs and again with QoS 1 inputs, while a second model gets a
+//! steady trickle on another topic; then a normal rate. The daemon must
+//! keep its broker connection, answer every input it received (a result
+//! or `overloaded`, checked against its own counters and against what a
+//! subscriber sees), serve the second model throughout, answer at once
+//! again when the flood stops, and keep its log to a few lines a second.
+//!
+//! The flood's answers are counted by topic and code; the first thousand
+//! of them, and every other message, are validated against `schemas/`
+//! (validating a million would take longer than the flood).
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
+use serde_json::{json, Value};
+
+/// One flood at a time: each saturates both cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const FLOOD: Duration = Duration::from_secs(30);
+
+fn models() -> String {
+    "[[models]]\nname = \"har\"\npath = \"{models}/har_accel_int8.tflite\"\ninput_topic = \"in/har/+\"\noutput_topic = \"out/{model}/{1}\"\n\
+     [[models]]\nname = \"side\"\npath = \"{models}/har_accel_f32.tflite\"\ninput_topic = \"in/side\"\noutput_topic = \"out/{model}\"\n"
+        .to_string()
+}
+
+fn window(i: usize) -> Vec<f64> {
+    (0..384).map(|k| ((i + k) % 13) as f64 * 0.07).collect()
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A publisher of its own: `QoS` as given, as fast as the broker takes
+/// them (the client's request channel is the only brake), until `stop`.
+fn flood(port: u16, qos: QoS, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let mut opts = MqttOptions::new(format!("flood-{port}"), "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        let (client, mut conn) = Client::new(opts, 1024);
+        std::thread::spawn(move || for _ in conn.iter() {});
+        let payloads: Vec<String> = (0..64)
+            .map(|k| json!({"id": k, "data": window(k)}).to_string())
+            .collect();
+        let mut sent = 0;
+        while !stop.load(Ordering::Relaxed) {
+            if client
+                .publish("in/har/flood", qos, false, payloads[sent % 64].clone())
+                .is_err()
+            {
+                break;
+            }
+            sent += 1;
+        }
+        let _ = client.disconnect();
+        sent
+    })
+}
+
+/// What one subscriber counted.
+#[derive(Default)]
+struct Tally {
+    har_results: usize,
+    har_overloaded: usize,
+    other_errors: Vec<Value>,
+    /// (id, send time) -> answer, for the side model and the after phase.
+    side: Vec<Value>,
+    after: Vec<Value>,
+    /// After-flood messages refused while the queue was still full.
+    after_overloaded: Vec<Value>,
+    validated: usize,
+}
+
+/// Counts every answer on `filters`, on a client of its own that only
+/// reads. The broker's per-client limits apply to it too: a subscriber of
+/// the flood's answers misses some when it falls behind, so the exact
+/// accounting is the daemon's, and the side model and the after-flood
+/// messages have a subscriber that sees nothing else.
+fn subscriber(port: u16, name: &str, filters: &[&str]) -> (Arc<Mutex<Tally>>, Client) {
+    let mut opts = MqttOptions::new(format!("{name}-{port}"), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut conn) = Client::new(opts, 64);
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let (subscribed_tx, subscribed) = std::sync::mpsc::channel();
+    let sink = Arc::clone(&tally);
+    std::thread::spawn(move || {
+        for ev in conn.iter() {
+            match ev {
+                Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                    let _ = subscribed_tx.send(());
+                }
+                Ok(Event::Incoming(Incoming::Publish(p))) => {
+                    let mut t = sink.lock().unwrap();
+                    let v: Value = serde_json::from_slice(&p.payload).expect("JSON answer");
+                    if t.validated < 1000 || p.topic != "out/har/flood" {
+                        validate(schema_kind(&p.topic), &v).unwrap_or_else(|e| panic!("{e}: {v}"));
+                        t.validated += 1;
+                    }
+                    match (p.topic.as_str(), v["code"].as_str()) {
+                        ("out/side", _) => t.side.push(v),
+                        ("out/har/after", _) => t.after.push(v),
+                        ("out/har/flood", _) => t.har_results += 1,
+                        (_, Some("overloaded")) if v["source_topic"] == "in/har/flood" => {
+                            t.har_overloaded += 1
+                        }
+                        (_, Some("overloaded")) if v["source_topic"] == "in/har/after" => {
+                            t.after_overloaded.push(v)
+                        }
+                        _ => t.other_errors.push(v),
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    });
+    for filter in filters {
+        client.subscribe(*filter, QoS::AtLeastOnce).unwrap();
+        subscribed.recv_timeout(WAIT).expect("SUBACK");
+    }
+    (tally, client)
+}
+
+/// The daemon's own count for `model` from its shutdown summary line
+/// (`model har: received=N ok=M overloaded=K`).
+fn summary(log: &str, model: &str) -> (usize, usize, usize) {
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("model {model}: received=")))
+        .unwrap_or_else(|| panic!("no summary for {model}:\n{log}"));
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .map_or(0, |v| v.parse().unwrap())
+    };
+    (field("received"), field("ok"), field("overloaded"))
+}
+
+/// The daemon as users run it: the release build that `scripts/test.sh`
+/// makes (a debug build under a flood measures the debug build).
+fn start_release(config_text: &str) -> Daemon {
+    let binary = repo().join("target/release/edge-infer");
+    assert!(
+        binary.exists(),
+        "{} is missing: run scripts/test.sh (or cargo build --release) first",
+        binary.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config_text).unwrap();
+    let mut cmd = std::process::Command::new(binary);
+    cmd.arg("run").arg("--config").arg(&path);
+    let d = Daemon::spawn_command(dir, cmd);
+    d.wait_for_log("ready:");
+    d
+}
+
+fn overload(qos: QoS) {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    // Mosquitto's own per-client limits, as most installs run it.
+    let broker = Broker::start_with("");
+    let d = start_release(&config(broker.port, "dev1", "", &models()));
+    let (flood_tally, _flood_sub) = subscriber(
+        broker.port,
+        "flood-tally",
+        &["out/har/flood", "edge-infer/dev1/errors"],
+    );
+    let (tally, _sub) = subscriber(broker.port, "tally", &["out/har/after", "out/side"]);
+    let side = TestClient::connect(broker.port);
+
+    // The side model's trickle: 20 msg/s, QoS 1, through the flood and
+    // after it.
+    let side_stop = Arc::new(AtomicBool::new(false));
+    let side_sent = Arc::new(AtomicUsize::new(0));
+    let side_thread = {
+        let (stop, sent) = (Arc::clone(&side_stop), Arc::clone(&side_sent));
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                side.publish(
+                    "in/side",
+                    json!({"id": i, "data": window(i as usize)}).to_string(),
+                );
+                i += 1;
+                sent.store(i, Ordering::Relaxed);
+                let next = start + Duration::from_millis(50) * i as u32;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+            side
+        })
+    };
+
+    let log_lines_before = d.log.lock().unwrap().len();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooder = flood(broker.port, qos, Arc::clone(&stop));
+    let flood_start = Instant::now();
+    while flood_start.elapsed() < FLOOD {
+        assert!(!d.has_exited(), "the daemon exited:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = flooder.join().unwrap();
+    let flood_secs = flood_start.elapsed().as_secs_f64();
+    let log_lines = d.log.lock().unwrap().len() - log_lines_before;
+    let flood_end = unix_now();
+
+    // A normal rate after the flood: 100 msg/s for 3 s, each stamped with
+    // its send time.
+    let after = TestClient::connect(broker.port);
+    let mut sent_at = Vec::new();
+    let start = Instant::now();
+    for i in 0..300u32 {
+        sent_at.push(unix_now());
+        after.publish(
+            "in/har/after",
+            json!({"id": format!("after-{i}"), "data": window(i as usize)}).to_string(),
+        );
+        let next = start + Duration::from_millis(10) * (i + 1);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    side_stop.store(true, Ordering::Relaxed);
+    let _side = side_thread.join().unwrap();
+    let side_sent = side_sent.load(Ordering::Relaxed);
+    // Everything the quiet subscriber can expect, or a generous deadline
+    // (the broker may have dropped some: checked against the daemon below).
+    let waiting = Instant::now();
+    while waiting.elapsed() < WAIT {
+        let t = tally.lock().unwrap();
+        if t.after.len() == 300 && t.side.len() == side_sent {
+            break;
+        }
+        drop(t);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    let (received, ok, overloaded) = summary(&log, "har");
+    let (side_received, side_ok, _) = summary(&log, "side");
+    let t = tally.lock().unwrap();
+    let f = flood_tally.lock().unwrap();
+    eprintln!(
+        "{qos:?} flood: sent {sent} in {flood_secs:.1} s ({:.0} msg/s); the daemon received {received} \
+         ({ok} results, {overloaded} overloaded, {:.0} results/s), the flood's subscriber saw {} results and {} overloaded; \
+         side model: {side_received} of {side_sent} received, {} answered; after the flood: {} of 300 answered; \
+         {log_lines} log lines during the flood",
+        sent as f64 / flood_secs,
+        ok as f64 / flood_secs,
+        f.har_results,
+        f.har_overloaded,
+        t.side.len(),
+        t.after.len(),
+    );
+
+    // Overloaded for real, and every message taken was answered, once: the
+    // daemon's own counts, every reply handed over and confirmed by the
+    // broker, and no subscriber sees more than that.
+    assert!(
+        overloaded > 0 || log.contains("stopped reading for"),
+        "the flood did not overload the daemon:\n{log}"
+    );
+    assert_eq!(received, ok + overloaded, "{log}");
+    assert!(!log.contains("could not be published"), "{log}");
+    assert!(!log.contains("not confirmed by the broker"), "{log}");
+    assert!(f.har_results + t.after.len() <= ok && f.har_overloaded <= overloaded);
+    assert!(
+        f.other_errors.is_empty() && t.other_errors.is_empty(),
+        "{:?}",
+        &f.other_errors[..f.other_errors.len().min(3)]
+    );
+    // The connection held.
+    assert!(!log.contains("lost the MQTT broker connection"), "{log}");
+    // A readable log: a few lines a second at most.
+    assert!(
+        (log_lines as f64) < 3.0 * flood_secs,
+        "{log_lines} log lines in {flood_secs:.0} s of overload"
+    );
+    // The second model was served throughout: every message of it the
+    // daemon received has its result (none refused), and the broker's
+    // per-client limit, which the flood fills, cost it only a few.
+    let mut side_ids: Vec<u64> = t.side.iter().map(|v| v["id"].as_u64().unwrap()).collect();
+    side_ids.sort_unstable();
+    side_ids.dedup();
+    assert_eq!(side_received, side_ok, "{log}");
+    assert_eq!(
+        side_ids.len(),
+        side_received,
+        "side answers seen vs the daemon's count"
+    );
+    assert!(
+        side_received * 10 >= side_sent * 9,
+        "the side model got {side_received} of {side_sent} messages"
+    );
+    // After the flood: answers at once again. A message sent in the first
+    // second may still find the queue full (`overloaded`); every one sent
+    // later gets its result, published within 1 s of its sending.
+    let answered = t.after.len() + f.after_overloaded.len();
+    assert!(
+        answered >= 290,
+        "{answered} of 300 after-flood messages answered"
+    );
+    let id = |v: &Value| -> usize { v["id"].as_str().unwrap()[6..].parse().unwrap() };
+    for v in &f.after_overloaded {
+        assert!(
+            sent_at[id(v)] <= flood_end + 1.0,
+            "refused {:.2} s after the flood: {v}",
+            sent_at[id(v)] - flood_end
+        );
+    }
+    for v in &t.after {
+        let i = id(v);
+        let waited = v["published_at"].as_f64().unwrap() - sent_at[i];
+        if sent_at[i] > flood_end + 1.0 {
+            assert!(
+                waited < 1.0,
+                "after-flood message {i} answered after {waited:.2} s"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_qos0_flood_is_answered_in_full_and_the_daemon_recovers_at_once() {
+    overload(QoS::AtMostOnce);
+}
+
+#[test]
+fn a_qos1_flood_is_answered_in_full_and_the_daemon_recovers_at_once() {
+    overload(QoS::AtLeastOnce);
+}
