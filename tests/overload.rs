@@ -191,10 +191,7 @@ fn overload(qos: QoS) {
             let start = Instant::now();
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
-                side.publish(
-                    "in/side",
-                    json!({"id": i, "data": window(i as usize)}).to_string(),
-                );
+                side.publish("in/side", json!({"id": i, "data": window(i)}).to_string());
                 i += 1;
                 sent.store(i, Ordering::Relaxed);
                 let next = start + Duration::from_millis(50) * i as u32;
