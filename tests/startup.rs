@@ -259,3 +259,44 @@ fn usage_errors_exit_2() {
         "{err}"
     );
 }
+
+#[test]
+fn an_input_topic_that_takes_the_daemons_own_output_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    for (filter, want) in [
+        (
+            "+/+/+",
+            "models[0].input_topic: \"+/+/+\" matches \"edge-infer/gw-7/errors\", which this daemon publishes (its errors topic; also its status and health topics); the daemon would answer its own output",
+        ),
+        (
+            "edge-infer/#",
+            "models[0].input_topic: \"edge-infer/#\" matches \"edge-infer/gw-7/errors\"",
+        ),
+    ] {
+        let text = config(
+            1883,
+            "gw-7",
+            "",
+            &HAR.replace("sensors/+/accel", filter),
+        );
+        let cfg = write_config(dir.path(), &text);
+        let (code, _, err) = run_cli(&["check-config", "--config", &cfg], &[]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    // A second model fed by the first one's results.
+    let text = config(
+        1883,
+        "gw-7",
+        "",
+        &(HAR.to_string()
+            + "output_topic = \"results/{1}\"\n[[models]]\nname = \"next\"\npath = \"{models}/har_accel_f32.tflite\"\ninput_topic = \"results/+\"\n"),
+    );
+    let cfg = write_config(dir.path(), &text);
+    let (code, _, err) = run_cli(&["check-config", "--config", &cfg], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("models[1].input_topic: \"results/+\" can match what models[0].output_topic (\"results/{1}\") publishes, e.g. \"results/x\""),
+        "{err}"
+    );
+}

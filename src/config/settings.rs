@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::raw::{RawConfig, RawModel};
 use super::Problem;
-use crate::topic::{TopicFilter, TopicTemplate};
+use crate::topic::{self, TopicFilter, TopicTemplate};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -316,7 +316,7 @@ impl Settings {
         }
         let mut models = Vec::new();
         for (i, rm) in raw.models.iter().enumerate() {
-            if let Some(ms) = model_settings(&mut c, i, rm, base, &device_id) {
+            if let Some(ms) = model_settings(&mut c, i, rm, base) {
                 models.push(ms);
             }
         }
@@ -331,6 +331,7 @@ impl Settings {
                 );
             }
         }
+        check_feedback(&mut c, &models, &device_id);
 
         let runtime_library = raw
             .runtime
@@ -375,13 +376,59 @@ impl Settings {
     }
 }
 
-fn model_settings(
-    c: &mut Check,
-    i: usize,
-    rm: &RawModel,
-    base: &Path,
-    device_id: &str,
-) -> Option<ModelSettings> {
+/// Refuses every input topic that can match a topic the daemon itself
+/// publishes: its device topics (errors, status, health) and every model's
+/// results, its own included. The daemon would answer its own output, and
+/// answer that answer: `input_topic = "+/+/+"` once took 196,000 of its
+/// own errors in 10 s. Exact (see `TopicFilter::overlap`), so what cannot
+/// loop passes.
+fn check_feedback(c: &mut Check, models: &[ModelSettings], device_id: &str) {
+    for consumer in models {
+        let filter = &consumer.input_topic;
+        let own: Vec<(&str, String)> = topic::device_topics(device_id)
+            .into_iter()
+            .filter(|(_, t)| filter.matches(t).is_some())
+            .collect();
+        if let Some(((name, first), rest)) = own.split_first() {
+            let also = match rest {
+                [] => String::new(),
+                [(a, _)] => format!("; also its {a} topic"),
+                [(a, _), (b, _)] => format!("; also its {a} and {b} topics"),
+                _ => "; also others of its own".into(),
+            };
+            c.add(
+                format!("{}.input_topic", consumer.key),
+                format!("\"{filter}\" matches \"{first}\", which this daemon publishes (its {name} topic{also}); the daemon would answer its own output"),
+            );
+        }
+        for producer in models {
+            let pattern =
+                producer
+                    .output_topic
+                    .pattern(&producer.input_topic, device_id, &producer.name);
+            let Some(example) = filter.overlap(&pattern) else {
+                continue;
+            };
+            if producer.key == consumer.key {
+                c.add(
+                    format!("{}.output_topic", consumer.key),
+                    format!("results on topics such as \"{example}\" would match input_topic \"{filter}\" and loop back into the model"),
+                );
+            } else {
+                c.add(
+                    format!("{}.input_topic", consumer.key),
+                    format!(
+                        "\"{filter}\" can match what {}.output_topic (\"{}\") publishes, e.g. \"{example}\"; the daemon would consume its own results",
+                        producer.key,
+                        producer.output_topic.as_str()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn model_settings(c: &mut Check, i: usize, rm: &RawModel, base: &Path) -> Option<ModelSettings> {
     let key = format!("models[{i}]");
     let k = |field: &str| format!("{key}.{field}");
     let before = c.problems.len();
@@ -406,24 +453,6 @@ fn model_settings(
                     None
                 }
             });
-    if let (Some(f), Some(t)) = (&input_topic, &output_topic) {
-        // A result published where the model listens would be fed back in
-        // forever.
-        let sample = t.render(
-            device_id,
-            &rm.name,
-            &crate::topic::Captures {
-                singles: vec!["x"; f.single_wildcards()],
-                multi: Some("x"),
-            },
-        );
-        if f.matches(&sample).is_some() {
-            c.add(
-                k("output_topic"),
-                format!("results on \"{sample}\" would match input_topic \"{f}\" and loop back into the model"),
-            );
-        }
-    }
     let top_k = match rm.top_k {
         None => None,
         Some(n) if (1..=1000).contains(&n) => Some(n as usize),
@@ -580,6 +609,90 @@ mod tests {
         "#;
         let problems = Settings::from_raw(raw(text), Path::new("/")).unwrap_err();
         assert!(problems[0].message.contains("loop back"), "{problems:?}");
+    }
+
+    /// The problems of a config on device "gw-7" with one model per
+    /// (input_topic, output_topic) pair (`None`: the default output).
+    fn topic_problems(models: &[(&str, Option<&str>)]) -> Vec<Problem> {
+        let mut text = String::from("device_id = \"gw-7\"\n");
+        for (i, (input, output)) in models.iter().enumerate() {
+            text.push_str(&format!(
+                "[[models]]\nname = \"m{i}\"\npath = \"m.tflite\"\ninput_topic = \"{input}\"\n"
+            ));
+            if let Some(o) = output {
+                text.push_str(&format!("output_topic = \"{o}\"\n"));
+            }
+        }
+        match Settings::from_raw(raw(&text), Path::new("/")) {
+            Ok(_) => Vec::new(),
+            Err(problems) => problems,
+        }
+    }
+
+    #[test]
+    fn input_topics_that_take_the_daemons_own_topics_are_rejected() {
+        let problems = topic_problems(&[("+/+/+", Some("results/{1}"))]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            problems[0].to_string(),
+            "models[0].input_topic: \"+/+/+\" matches \"edge-infer/gw-7/errors\", which this daemon publishes (its errors topic; also its status and health topics); the daemon would answer its own output"
+        );
+        let problems = topic_problems(&[("edge-infer/gw-7/health", Some("results/x"))]);
+        assert!(
+            problems[0].message.contains("(its health topic)"),
+            "{problems:?}"
+        );
+        // "edge-infer/#" also takes its own results: both are said.
+        let problems = topic_problems(&[("edge-infer/#", None)]);
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(text.len(), 2, "{text:?}");
+        assert!(
+            text[0].starts_with(
+                "models[0].input_topic: \"edge-infer/#\" matches \"edge-infer/gw-7/errors\""
+            ),
+            "{text:?}"
+        );
+        assert_eq!(
+            text[1],
+            "models[0].output_topic: results on topics such as \"edge-infer/gw-7/m0/result\" would match input_topic \"edge-infer/#\" and loop back into the model"
+        );
+        assert!(!topic_problems(&[("#", Some("out"))]).is_empty());
+        // Another device's topics are not this daemon's output.
+        assert!(topic_problems(&[("edge-infer/gw-8/errors", None)]).is_empty());
+    }
+
+    #[test]
+    fn input_topics_that_take_another_models_results_are_rejected() {
+        let problems = topic_problems(&[
+            ("sensors/+/accel", Some("out/{1}")),
+            ("out/+", Some("final/{1}")),
+        ]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            problems[0].to_string(),
+            "models[1].input_topic: \"out/+\" can match what models[0].output_topic (\"out/{1}\") publishes, e.g. \"out/x\"; the daemon would consume its own results"
+        );
+        // Each way round.
+        let problems = topic_problems(&[("a/#", Some("b/{#}")), ("b/#", Some("a/{#}"))]);
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["models[0].input_topic", "models[1].input_topic"]);
+    }
+
+    #[test]
+    fn topics_that_cannot_feed_back_pass() {
+        for models in [
+            vec![("sensors/+/accel", Some("results/{1}"))],
+            vec![("sensors/+/accel", None)],
+            vec![("sensors/#", Some("edge-infer/{device_id}/{#}"))],
+            vec![
+                ("sensors/+/accel", Some("results/{1}/accel")),
+                ("sensors/+/gyro", Some("results/{1}/gyro")),
+            ],
+            vec![("edge-infer/gw-7/+/in", None)],
+            vec![("in/+", Some("out/{1}")), ("out/+/x", None)],
+        ] {
+            assert_eq!(topic_problems(&models), [], "{models:?}");
+        }
     }
 
     #[test]
