@@ -446,3 +446,39 @@ fn a_reload_whose_workers_cannot_start_changes_nothing_and_says_why() {
     assert_eq!(code, Some(0), "{log}");
     assert!(!log.contains("reload: "), "{log}");
 }
+
+#[test]
+fn a_reload_with_a_broken_password_line_publishes_where_but_not_the_password() {
+    let broker = Broker::start();
+    let good = config(
+        broker.port,
+        "dev1",
+        "",
+        &model("a", "har_accel_int8.tflite", "in/a"),
+    );
+    let d = Daemon::start(&good);
+    let c = TestClient::connect(broker.port);
+    c.subscribe("edge-infer/dev1/errors");
+    let broken = good.replace(
+        "\n[mqtt]\n",
+        "\n[mqtt]\nusername = \"edge\"\npassword = \"hunter2-secret\n",
+    );
+    let line = broken
+        .lines()
+        .position(|l| l.starts_with("password"))
+        .expect("the password line")
+        + 1;
+    d.rewrite_config(&broken);
+    d.signal("HUP");
+    let e = expect_reload_failed(&c, &format!("at line {line}, column"));
+    let message = e["message"].as_str().unwrap();
+    assert!(!message.contains("hunter2"), "{message}");
+    assert!(
+        message.contains("password = \"***") && message.contains("invalid basic string"),
+        "{message}"
+    );
+    d.wait_for_log("reload failed, keeping the running configuration");
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("hunter2"), "{log}");
+}

@@ -300,3 +300,160 @@ fn an_input_topic_that_takes_the_daemons_own_output_is_rejected() {
         "{err}"
     );
 }
+
+/// Runs the daemon binary to completion like `run_cli`, but it must exit
+/// within `WAIT`, and its address space is capped at 1 GiB (`prlimit`): a
+/// regression that reads a device without end then fails fast instead of
+/// taking the machine's memory.
+fn run_cli_bounded(args: &[&str]) -> (Option<i32>, String, String) {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let start = std::time::Instant::now();
+    let mut child = Command::new("prlimit")
+        .arg("--as=1073741824")
+        .arg("--")
+        .arg(daemon_binary())
+        .args(args)
+        .env_remove("JOURNAL_STREAM")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run edge-infer under prlimit");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for edge-infer") {
+            break status;
+        }
+        if start.elapsed() > WAIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("edge-infer {args:?} did not exit within {WAIT:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    (
+        status.code(),
+        out.join().expect("stdout reader"),
+        err.join().expect("stderr reader"),
+    )
+}
+
+/// The HAR model with broker credentials; `password_line` is the line as
+/// written (possibly broken).
+fn with_password(password_line: &str) -> String {
+    config(
+        1883,
+        "gw",
+        &format!("[mqtt]\nusername = \"edge\"\n{password_line}\n"),
+        HAR,
+    )
+    // `config` writes its own [mqtt] table after `extra`; one is enough.
+    .replacen("\n[mqtt]\nhost", "\nhost", 1)
+}
+
+#[test]
+fn a_syntax_error_on_the_password_line_says_where_without_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    // (the line, what the parser says, whether it reports the line itself:
+    // an unclosed multi-line string runs to the end of the file, which is
+    // then where the error is, and all of it is the secret)
+    for (line, what, on_the_line) in [
+        ("password = \"hunter2-secret", "invalid basic string", true),
+        (
+            "password = hunter2-secret",
+            "string values must be quoted",
+            true,
+        ),
+        (
+            "password = \"hunter2-secret\" x",
+            "unexpected key or value",
+            true,
+        ),
+        (
+            "password = '''hunter2-secret",
+            "invalid multi-line literal string",
+            false,
+        ),
+    ] {
+        let text = with_password(line);
+        let number = if on_the_line {
+            text.lines()
+                .position(|l| l == line)
+                .expect("the password line")
+                + 1
+        } else {
+            text.lines().count()
+        };
+        let cfg = write_config(dir.path(), &text);
+        for cmd in ["check-config", "run"] {
+            let (code, out, err) = run_cli_bounded(&[cmd, "--config", &cfg]);
+            assert_eq!(code, Some(2), "{cmd} {line}: {err}");
+            assert!(
+                !out.contains("hunter2") && !err.contains("hunter2"),
+                "{cmd} {line}: the password is echoed:\n{out}{err}"
+            );
+            let mut wants = vec![format!("at line {number}, column"), what.to_string()];
+            if on_the_line {
+                // The line is quoted, with the password masked.
+                wants.push(format!(
+                    "{number} | {}",
+                    line.replace("hunter2-secret", "***")
+                ));
+            }
+            for want in wants {
+                assert!(
+                    err.contains(&want),
+                    "{cmd} {line}: missing {want:?} in:\n{err}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_password_of_the_wrong_type_names_the_key_without_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &with_password("password = [\"hunter2-secret\"]"),
+    );
+    let (code, _, err) = run_cli_bounded(&["check-config", "--config", &cfg]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(
+        err.contains("mqtt.password: invalid type: sequence, expected a string"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_password_from_the_environment_that_is_not_utf8_is_not_echoed() {
+    use std::os::unix::ffi::OsStringExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &with_password(""));
+    // The config crate refuses a non-Unicode value, quoting it.
+    let out = std::process::Command::new(daemon_binary())
+        .args(["check-config", "--config", &cfg])
+        .env_remove("JOURNAL_STREAM")
+        .env(
+            "EDGE_INFER__MQTT__PASSWORD",
+            std::ffi::OsString::from_vec(b"hunter2-\xff-secret".to_vec()),
+        )
+        .output()
+        .expect("run edge-infer");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(
+        err.contains("mqtt__password\" contains non-Unicode data: \"***\""),
+        "{err}"
+    );
+}

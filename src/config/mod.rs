@@ -1,8 +1,10 @@
 //! Configuration: `raw` is the file as written, `settings` the checked,
 //! typed result every other module uses. Loading collects every problem,
-//! each named by its key path, before giving up.
+//! each named by its key path, before giving up. `secrets` keeps secret
+//! values out of every message.
 
 mod raw;
+mod secrets;
 mod settings;
 
 pub use raw::RawConfig;
@@ -55,8 +57,42 @@ fn list(problems: &[Problem]) -> String {
 }
 
 /// Reads `path`, applies `EDGE_INFER__*` environment overrides, and checks
-/// the result.
+/// the result. No message quotes a secret: see `secrets`.
 pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    // The file as written, for the secret scan only; the config crate reads
+    // it itself, so its messages name the file. A file that cannot be read
+    // here fails below with the crate's own message.
+    let text = if path.is_file() {
+        // Lossy: a stray invalid byte must not hide the password line.
+        String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+    } else {
+        String::new()
+    };
+    // `vars_os`: `vars` panics on a variable that is not UTF-8. The config
+    // crate refuses such a value of ours with a message that quotes it as
+    // `{:?}` does, so that form is a secret too.
+    let env = std::env::vars_os().flat_map(|(k, v)| {
+        let k = k.to_string_lossy().into_owned();
+        let forms = match v.into_string() {
+            Ok(v) => vec![v],
+            Err(v) => vec![
+                v.to_string_lossy().into_owned(),
+                format!("{v:?}").trim_matches('"').to_string(),
+            ],
+        };
+        forms.into_iter().map(move |f| (k.clone(), f))
+    });
+    let secrets = secrets::Secrets::scan(&text, env);
+    load_unmasked(path).map_err(|mut e| {
+        for p in &mut e.problems {
+            p.key = secrets.mask(&p.key);
+            p.message = secrets.mask(&p.message);
+        }
+        e
+    })
+}
+
+fn load_unmasked(path: &Path) -> Result<Settings, ConfigError> {
     let fail = |key: &str, message: String| ConfigError {
         path: path.to_path_buf(),
         problems: vec![Problem {

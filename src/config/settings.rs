@@ -24,7 +24,7 @@ pub struct Settings {
     pub models: Vec<ModelSettings>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct MqttSettings {
     pub host: String,
     pub port: u16,
@@ -36,6 +36,41 @@ pub struct MqttSettings {
     pub reconnect_max: Duration,
     pub max_packet_bytes: usize,
     pub credentials: Option<(String, String)>,
+}
+
+/// Written out so that `{:?}` of the settings never shows the password.
+impl std::fmt::Debug for MqttSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let MqttSettings {
+            host,
+            port,
+            client_id,
+            keep_alive,
+            clean_session,
+            qos,
+            reconnect_min,
+            reconnect_max,
+            max_packet_bytes,
+            credentials,
+        } = self;
+        f.debug_struct("MqttSettings")
+            .field("host", host)
+            .field("port", port)
+            .field("client_id", client_id)
+            .field("keep_alive", keep_alive)
+            .field("clean_session", clean_session)
+            .field("qos", qos)
+            .field("reconnect_min", reconnect_min)
+            .field("reconnect_max", reconnect_max)
+            .field("max_packet_bytes", max_packet_bytes)
+            .field(
+                "credentials",
+                &credentials
+                    .as_ref()
+                    .map(|(user, _)| (user, super::secrets::MASK)),
+            )
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -693,6 +728,23 @@ mod tests {
         ] {
             assert_eq!(topic_problems(&models), [], "{models:?}");
         }
+    }
+
+    #[test]
+    fn the_password_is_not_in_the_debug_output() {
+        let text = format!("{GOOD}\n[mqtt]\nusername = \"u\"\npassword = \"hunter2-secret\"\n");
+        let text = text.replacen("[mqtt]\n        port = 1884\n", "", 1);
+        let s = Settings::from_raw(raw(&text), Path::new("/")).unwrap();
+        assert_eq!(
+            s.mqtt.credentials,
+            Some(("u".to_string(), "hunter2-secret".to_string()))
+        );
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(
+            debug.contains("credentials: Some((\"u\", \"***\"))"),
+            "{debug}"
+        );
     }
 
     #[test]
