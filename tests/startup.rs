@@ -35,6 +35,7 @@ fn check_config_prints_a_summary() {
         "'accel' 1x128x3 int8 scale=0.045965016 zero_point=-1",
         "'probs' 1x4 int8 scale=0.00390625 zero_point=-128",
         "labels:   4 (idle, walking, running, fall)",
+        "limits:    max_payload_bytes=1048576 max_model_bytes=536870912 max_labels_bytes=1048576",
         "ok: 1 model(s) ready",
     ] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
@@ -456,4 +457,110 @@ fn a_password_from_the_environment_that_is_not_utf8_is_not_echoed() {
         err.contains("mqtt__password\" contains non-Unicode data: \"***\""),
         "{err}"
     );
+}
+
+/// The HAR model with its model file (`path`) or labels file (`labels`)
+/// replaced by `file`, and `limits` as the [limits] table's lines.
+fn har_with(field: &str, file: &std::path::Path, limits: &str) -> String {
+    let models = match field {
+        "path" => HAR.replace(
+            "{models}/har_accel_int8.tflite",
+            &file.display().to_string(),
+        ),
+        _ => HAR.replace("{models}/har_accel.labels", &file.display().to_string()),
+    };
+    config(1883, "gw", &format!("[limits]\n{limits}\n"), &models)
+}
+
+#[test]
+fn devices_fifos_and_directories_are_refused_without_reading_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("model.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let zero = std::path::Path::new("/dev/zero");
+    for (field, file, what) in [
+        ("path", zero, "model file /dev/zero is a character device"),
+        (
+            "labels",
+            zero,
+            "labels file /dev/zero is a character device",
+        ),
+        ("path", fifo.as_path(), "is a FIFO (named pipe)"),
+        ("labels", fifo.as_path(), "is a FIFO (named pipe)"),
+        ("path", dir.path(), "is a directory"),
+    ] {
+        let cfg = write_config(dir.path(), &har_with(field, file, ""));
+        for cmd in ["check-config", "run"] {
+            let (code, _, err) = run_cli_bounded(&[cmd, "--config", &cfg]);
+            assert_eq!(code, Some(2), "{cmd} {field}={}: {err}", file.display());
+            let key = format!("models[0].{field}: ");
+            assert!(
+                err.contains(&key) && err.contains(what) && err.contains("not a regular file"),
+                "{cmd}: missing {key:?} and {what:?} in:\n{err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn files_above_their_cap_are_refused_with_both_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    // Sparse: 1 MiB + 1 byte of nothing, never written.
+    let big = dir.path().join("big.tflite");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(1_048_577)
+        .unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &har_with("path", &big, "max_model_bytes = 1048576"),
+    );
+    for cmd in ["check-config", "run"] {
+        let (code, _, err) = run_cli_bounded(&[cmd, "--config", &cfg]);
+        assert_eq!(code, Some(2), "{err}");
+        let want = format!(
+            "models[0].path: model file {} is 1048577 bytes, above limits.max_model_bytes (1048576 bytes)",
+            big.display()
+        );
+        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+    }
+    // The shipped labels are 26 bytes.
+    let cfg = write_config(
+        dir.path(),
+        &har_with(
+            "labels",
+            &model("har_accel.labels"),
+            "max_labels_bytes = 25",
+        ),
+    );
+    let (code, _, err) = run_cli_bounded(&["check-config", "--config", &cfg]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("models[0].labels: labels file")
+            && err.contains("is 26 bytes, above limits.max_labels_bytes (25 bytes)"),
+        "{err}"
+    );
+    // At the cap exactly, both are read.
+    require_runtime();
+    let cfg = write_config(
+        dir.path(),
+        &config(
+            1883,
+            "gw",
+            &format!(
+                "[limits]\nmax_model_bytes = {}\nmax_labels_bytes = 26\n",
+                std::fs::metadata(model("har_accel_int8.tflite"))
+                    .unwrap()
+                    .len()
+            ),
+            HAR,
+        ),
+    );
+    let (code, out, err) = run_cli_bounded(&["check-config", "--config", &cfg]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("ok: 1 model(s) ready"), "{out}");
 }

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::files::{self, FileLimits};
 use super::raw::{RawConfig, RawModel};
 use super::Problem;
 use crate::topic::{self, TopicFilter, TopicTemplate};
@@ -16,6 +17,8 @@ pub struct Settings {
     pub runtime_library: Option<PathBuf>,
     pub mqtt: MqttSettings,
     pub max_payload_bytes: usize,
+    /// Caps on the model and label files (`[limits]`).
+    pub file_limits: FileLimits,
     pub log_level: LogLevel,
     pub drain_timeout: Duration,
     pub health_interval: Duration,
@@ -302,6 +305,20 @@ impl Settings {
                 format!("must be below mqtt.max_packet_bytes ({max_packet_bytes}) so oversize messages get a too_large error instead of a dropped connection"),
             );
         }
+        let file_limits = FileLimits {
+            max_model_bytes: c.range(
+                "limits.max_model_bytes",
+                raw.limits.max_model_bytes,
+                files::MIN_MAX_MODEL_BYTES as i64,
+                files::MAX_MAX_MODEL_BYTES as i64,
+            ) as u64,
+            max_labels_bytes: c.range(
+                "limits.max_labels_bytes",
+                raw.limits.max_labels_bytes,
+                1,
+                files::MAX_MAX_LABELS_BYTES as i64,
+            ) as u64,
+        };
         let log_level = LogLevel::parse(&raw.log.level).unwrap_or_else(|| {
             c.add(
                 "log.level",
@@ -401,6 +418,7 @@ impl Settings {
                 credentials,
             },
             max_payload_bytes,
+            file_limits,
             log_level,
             drain_timeout,
             health_interval,
@@ -728,6 +746,31 @@ mod tests {
         ] {
             assert_eq!(topic_problems(&models), [], "{models:?}");
         }
+    }
+
+    #[test]
+    fn file_limits_have_defaults_and_bounds() {
+        let s = Settings::from_raw(raw(GOOD), Path::new("/")).unwrap();
+        assert_eq!(s.file_limits, FileLimits::default());
+        assert_eq!(s.file_limits.max_model_bytes, 512 * 1024 * 1024);
+        assert_eq!(s.file_limits.max_labels_bytes, 1024 * 1024);
+        let text = format!("{GOOD}\n[limits]\nmax_model_bytes = 1048576\nmax_labels_bytes = 100\n");
+        let s = Settings::from_raw(raw(&text), Path::new("/")).unwrap();
+        assert_eq!(s.file_limits.max_model_bytes, 1048576);
+        assert_eq!(s.file_limits.max_labels_bytes, 100);
+        let text = format!("{GOOD}\n[limits]\nmax_model_bytes = 1000\nmax_labels_bytes = 0\n");
+        let problems: Vec<String> = Settings::from_raw(raw(&text), Path::new("/"))
+            .unwrap_err()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "limits.max_model_bytes: must be between 1024 and 2147483648, got 1000",
+                "limits.max_labels_bytes: must be between 1 and 67108864, got 0",
+            ]
+        );
     }
 
     #[test]
