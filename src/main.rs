@@ -394,8 +394,10 @@ fn print_summary(
     println!("runtime:   {runtime}");
     println!("errors:    {}", replies::errors_topic(&settings.device_id));
     println!(
-        "limits:    max_payload_bytes={}",
-        settings.max_payload_bytes
+        "limits:    max_payload_bytes={} max_model_bytes={} max_labels_bytes={}",
+        settings.max_payload_bytes,
+        settings.file_limits.max_model_bytes,
+        settings.file_limits.max_labels_bytes
     );
     for m in models {
         let s = m.settings;

@@ -12,7 +12,9 @@ use model_runtime::{Engine, LoadOptions, Runtime, TensorSpec};
 use sha2::{Digest, Sha256};
 
 use crate::codec::quant;
-use crate::config::{ModelSettings, PayloadFormat, Problem, Settings};
+use crate::config::{
+    self, FileLimits, ModelSettings, PayloadFormat, Problem, Settings, LABELS_FILE, MODEL_FILE,
+};
 use crate::telemetry::ModelStats;
 use crate::topic::{TopicFilter, TopicTemplate};
 
@@ -121,7 +123,9 @@ pub struct LoadedModel {
 /// Loads every configured model; returns every problem found, each keyed by
 /// the model's config path.
 pub fn load_all(settings: &Settings, runtime: &Runtime) -> Result<Vec<LoadedModel>, Vec<Problem>> {
-    each_model(settings, |ms| load_one(ms, runtime))
+    each_model(settings, |ms| {
+        load_one_limited(ms, &settings.file_limits, runtime)
+    })
 }
 
 /// Runs `f` on every configured model, collecting every problem rather than
@@ -158,19 +162,44 @@ fn problem(ms: &ModelSettings, field: &str, message: String) -> Problem {
     }
 }
 
+/// Reads a model file whole: only a regular file (symlinks followed) of at
+/// most `max_bytes` (`limits.max_model_bytes`), and never more than that
+/// many bytes even if it grows while being read. Every reader of a model
+/// file goes through here: loading, the static check, and a reload's
+/// hashing. The error names the file, what it is or its size, and the
+/// limit; the caller adds the key (`models[i].path`).
+pub fn read_model_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, String> {
+    config::read_file(path, MODEL_FILE, max_bytes).map_err(|e| e.to_string())
+}
+
 /// The model file's name for messages, its bytes and their sha256.
-fn read_model(ms: &ModelSettings) -> Result<(String, Vec<u8>, String), Problem> {
+fn read_model(
+    ms: &ModelSettings,
+    limits: &FileLimits,
+) -> Result<(String, Vec<u8>, String), Problem> {
     let origin = ms.path.display().to_string();
-    let bytes = std::fs::read(&ms.path)
-        .map_err(|e| problem(ms, "path", format!("cannot read model file {origin}: {e}")))?;
+    let bytes =
+        read_model_file(&ms.path, limits.max_model_bytes).map_err(|e| problem(ms, "path", e))?;
     let sha256 = sha256_hex(&bytes);
     Ok((origin, bytes, sha256))
 }
 
+/// [`load_one_limited`] with the default `[limits]`, for callers that do
+/// not have the settings at hand; prefer passing the configured limits.
 pub fn load_one(ms: &ModelSettings, runtime: &Runtime) -> Result<LoadedModel, Problem> {
+    load_one_limited(ms, &FileLimits::default(), runtime)
+}
+
+/// Reads (within `limits`), loads one engine set per worker, checks and
+/// warms the model `ms`.
+pub fn load_one_limited(
+    ms: &ModelSettings,
+    limits: &FileLimits,
+    runtime: &Runtime,
+) -> Result<LoadedModel, Problem> {
     let started = Instant::now();
     let problem = |field: &str, message: String| problem(ms, field, message);
-    let (origin, bytes, sha256) = read_model(ms)?;
+    let (origin, bytes, sha256) = read_model(ms, limits)?;
     let options = LoadOptions {
         cpu_threads: ms.threads,
         dynamic_batch: ms.engine_batch(),
@@ -196,7 +225,13 @@ pub fn load_one(ms: &ModelSettings, runtime: &Runtime) -> Result<LoadedModel, Pr
     let Some(first) = engines.first() else {
         return Err(problem("workers", "must be at least 1".into()));
     };
-    let checked = checked(ms, sha256, first.main.inputs(), first.main.outputs())?;
+    let checked = checked(
+        ms,
+        limits,
+        sha256,
+        first.main.inputs(),
+        first.main.outputs(),
+    )?;
     let accelerator = first.main.accelerator();
     for set in engines.iter_mut() {
         for engine in std::iter::once(&mut set.main).chain(set.single.as_mut()) {
@@ -233,27 +268,28 @@ pub struct CheckedModel {
 /// Checks every configured model from its file alone; returns every
 /// problem found, each keyed by the model's config path.
 pub fn check_all_static(settings: &Settings) -> Result<Vec<CheckedModel>, Vec<Problem>> {
-    each_model(settings, check_static)
+    each_model(settings, |ms| check_static(ms, &settings.file_limits))
 }
 
-pub fn check_static(ms: &ModelSettings) -> Result<CheckedModel, Problem> {
+pub fn check_static(ms: &ModelSettings, limits: &FileLimits) -> Result<CheckedModel, Problem> {
     let problem = |field: &str, message: String| problem(ms, field, message);
-    let (origin, bytes, sha256) = read_model(ms)?;
+    let (origin, bytes, sha256) = read_model(ms, limits)?;
     let facts = model_runtime::read_model_facts(&origin, &bytes, ms.engine_batch())
         .map_err(|e| problem("path", e.to_string()))?;
-    checked(ms, sha256, &facts.inputs, &facts.outputs)
+    checked(ms, limits, sha256, &facts.inputs, &facts.outputs)
 }
 
 /// Checks `ms` against the tensors of the model as loaded with
 /// `ms.engine_batch()`.
 fn checked(
     ms: &ModelSettings,
+    limits: &FileLimits,
     sha256: String,
     inputs: &[TensorSpec],
     outputs: &[TensorSpec],
 ) -> Result<CheckedModel, Problem> {
     let (inputs, outputs) = message_specs(ms, inputs, outputs)?;
-    let (labels, top_k) = check_facts(ms, &inputs, &outputs)?;
+    let (labels, top_k) = check_facts(ms, limits, &inputs, &outputs)?;
     Ok(CheckedModel {
         settings: ms.clone(),
         sha256,
@@ -318,6 +354,7 @@ pub fn message_specs(
 /// the first output, top_k within the classes.
 fn check_facts(
     ms: &ModelSettings,
+    limits: &FileLimits,
     inputs: &[TensorSpec],
     outputs: &[TensorSpec],
 ) -> Result<(Option<Vec<String>>, Option<usize>), Problem> {
@@ -348,7 +385,8 @@ fn check_facts(
     let labels = match &ms.labels {
         None => None,
         Some(path) => {
-            let labels = read_labels(path).map_err(|e| problem("labels", e))?;
+            let labels =
+                read_labels(path, limits.max_labels_bytes).map_err(|e| problem("labels", e))?;
             if labels.len() != classes {
                 return Err(problem(
                     "labels",
@@ -381,10 +419,18 @@ fn check_facts(
     Ok((labels, top_k))
 }
 
-/// One label per line; a trailing empty line is not a label.
-fn read_labels(path: &Path) -> Result<Vec<String>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read labels file {}: {e}", path.display()))?;
+/// One label per line; a trailing empty line is not a label. Read as model
+/// files are: a regular file of at most `max_bytes`
+/// (`limits.max_labels_bytes`).
+fn read_labels(path: &Path, max_bytes: u64) -> Result<Vec<String>, String> {
+    let bytes = config::read_file(path, LABELS_FILE, max_bytes).map_err(|e| e.to_string())?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "cannot read labels file {}: not UTF-8 text (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })?;
     let mut labels: Vec<String> = text.lines().map(|l| l.trim_end().to_string()).collect();
     while labels.last().is_some_and(|l| l.is_empty()) {
         labels.pop();

@@ -446,3 +446,148 @@ fn a_reload_whose_workers_cannot_start_changes_nothing_and_says_why() {
     assert_eq!(code, Some(0), "{log}");
     assert!(!log.contains("reload: "), "{log}");
 }
+
+/// A daemon serving model "a" whose address space is capped at 1 GiB
+/// (`prlimit`, which execs it: same pid), so a regression that reads a
+/// device without end fails fast instead of taking the machine's memory.
+fn start_capped(text: &str) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(&config_path, text).unwrap();
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.arg("--as=1073741824")
+        .arg("--")
+        .arg(daemon_binary())
+        .arg("run")
+        .arg("--config")
+        .arg(&config_path);
+    let d = Daemon::spawn_command(dir, cmd);
+    d.wait_for_log("ready:");
+    d
+}
+
+/// The peak resident memory of a process (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"));
+    kib * 1024
+}
+
+#[test]
+fn a_reload_to_a_device_fifo_or_oversized_file_is_refused_without_reading_it() {
+    let broker = Broker::start();
+    let good = config(
+        broker.port,
+        "dev1",
+        "",
+        &(model("a", "har_accel_int8.tflite", "in/a") + "labels = \"{models}/har_accel.labels\"\n"),
+    );
+    let d = start_capped(&good);
+    let c = TestClient::connect(broker.port);
+    c.subscribe("out/#");
+    c.subscribe("edge-infer/dev1/errors");
+    let serves = |i: usize| {
+        c.publish("in/a", json!({"id": i, "data": window(i)}).to_string());
+        let m = c.recv();
+        assert_eq!(
+            m.topic,
+            "out/dev1/a",
+            "{}",
+            String::from_utf8_lossy(&m.payload)
+        );
+        assert_eq!(m.json()["id"], i);
+    };
+    serves(0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("a.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let big = dir.path().join("big.tflite");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(1_048_577)
+        .unwrap();
+    let model_file = common::model("har_accel_int8.tflite").display().to_string();
+    let labels_file = common::model("har_accel.labels").display().to_string();
+    let fifo = fifo.display().to_string();
+    let big = big.display().to_string();
+    let cases = [
+        (
+            good.replace(&model_file, "/dev/zero"),
+            "models[0].path: model file /dev/zero is a character device, not a regular file",
+        ),
+        (
+            good.replace(&labels_file, "/dev/zero"),
+            "models[0].labels: labels file /dev/zero is a character device, not a regular file",
+        ),
+        (
+            good.replace(&model_file, &fifo),
+            "is a FIFO (named pipe), not a regular file",
+        ),
+        (
+            good.replace(&model_file, &big)
+                .replace("\n[mqtt]", "\n[limits]\nmax_model_bytes = 1048576\n[mqtt]"),
+            "is 1048577 bytes, above limits.max_model_bytes (1048576 bytes)",
+        ),
+    ];
+    for (i, (text, why)) in cases.iter().enumerate() {
+        d.rewrite_config(text);
+        d.signal("HUP");
+        expect_reload_failed(&c, why);
+        serves(i + 1);
+    }
+    // Nothing was read: the daemon's peak memory is what serving takes.
+    let peak = peak_rss(d.pid());
+    assert!(
+        peak < 200 * 1024 * 1024,
+        "peak RSS {} MiB after the refused reloads",
+        peak >> 20
+    );
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[test]
+fn a_reload_with_a_broken_password_line_publishes_where_but_not_the_password() {
+    let broker = Broker::start();
+    let good = config(
+        broker.port,
+        "dev1",
+        "",
+        &model("a", "har_accel_int8.tflite", "in/a"),
+    );
+    let d = Daemon::start(&good);
+    let c = TestClient::connect(broker.port);
+    c.subscribe("edge-infer/dev1/errors");
+    let broken = good.replace(
+        "\n[mqtt]\n",
+        "\n[mqtt]\nusername = \"edge\"\npassword = \"hunter2-secret\n",
+    );
+    let line = broken
+        .lines()
+        .position(|l| l.starts_with("password"))
+        .expect("the password line")
+        + 1;
+    d.rewrite_config(&broken);
+    d.signal("HUP");
+    let e = expect_reload_failed(&c, &format!("at line {line}, column"));
+    let message = e["message"].as_str().unwrap();
+    assert!(!message.contains("hunter2"), "{message}");
+    assert!(
+        message.contains("password = \"***") && message.contains("invalid basic string"),
+        "{message}"
+    );
+    d.wait_for_log("reload failed, keeping the running configuration");
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("hunter2"), "{log}");
+}

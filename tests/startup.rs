@@ -35,6 +35,7 @@ fn check_config_prints_a_summary() {
         "'accel' 1x128x3 int8 scale=0.045965016 zero_point=-1",
         "'probs' 1x4 int8 scale=0.00390625 zero_point=-128",
         "labels:   4 (idle, walking, running, fall)",
+        "limits:    max_payload_bytes=1048576 max_model_bytes=536870912 max_labels_bytes=1048576",
         "ok: 1 model(s) ready",
     ] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
@@ -258,4 +259,308 @@ fn usage_errors_exit_2() {
         err.contains("required arguments were not provided") && err.contains("<MODEL>"),
         "{err}"
     );
+}
+
+#[test]
+fn an_input_topic_that_takes_the_daemons_own_output_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    for (filter, want) in [
+        (
+            "+/+/+",
+            "models[0].input_topic: \"+/+/+\" matches \"edge-infer/gw-7/errors\", which this daemon publishes (its errors topic; also its status and health topics); the daemon would answer its own output",
+        ),
+        (
+            "edge-infer/#",
+            "models[0].input_topic: \"edge-infer/#\" matches \"edge-infer/gw-7/errors\"",
+        ),
+    ] {
+        let text = config(
+            1883,
+            "gw-7",
+            "",
+            &HAR.replace("sensors/+/accel", filter),
+        );
+        let cfg = write_config(dir.path(), &text);
+        let (code, _, err) = run_cli(&["check-config", "--config", &cfg], &[]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    // A second model fed by the first one's results.
+    let text = config(
+        1883,
+        "gw-7",
+        "",
+        &(HAR.to_string()
+            + "output_topic = \"results/{1}\"\n[[models]]\nname = \"next\"\npath = \"{models}/har_accel_f32.tflite\"\ninput_topic = \"results/+\"\n"),
+    );
+    let cfg = write_config(dir.path(), &text);
+    let (code, _, err) = run_cli(&["check-config", "--config", &cfg], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("models[1].input_topic: \"results/+\" can match what models[0].output_topic (\"results/{1}\") publishes, e.g. \"results/x\""),
+        "{err}"
+    );
+}
+
+/// Runs the daemon binary to completion like `run_cli`, but it must exit
+/// within `WAIT`, and its address space is capped at 1 GiB (`prlimit`): a
+/// regression that reads a device without end then fails fast instead of
+/// taking the machine's memory.
+fn run_cli_bounded(args: &[&str]) -> (Option<i32>, String, String) {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let start = std::time::Instant::now();
+    let mut child = Command::new("prlimit")
+        .arg("--as=1073741824")
+        .arg("--")
+        .arg(daemon_binary())
+        .args(args)
+        .env_remove("JOURNAL_STREAM")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run edge-infer under prlimit");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for edge-infer") {
+            break status;
+        }
+        if start.elapsed() > WAIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("edge-infer {args:?} did not exit within {WAIT:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    (
+        status.code(),
+        out.join().expect("stdout reader"),
+        err.join().expect("stderr reader"),
+    )
+}
+
+/// The HAR model with broker credentials; `password_line` is the line as
+/// written (possibly broken).
+fn with_password(password_line: &str) -> String {
+    config(
+        1883,
+        "gw",
+        &format!("[mqtt]\nusername = \"edge\"\n{password_line}\n"),
+        HAR,
+    )
+    // `config` writes its own [mqtt] table after `extra`; one is enough.
+    .replacen("\n[mqtt]\nhost", "\nhost", 1)
+}
+
+#[test]
+fn a_syntax_error_on_the_password_line_says_where_without_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    // (the line, what the parser says, whether it reports the line itself:
+    // an unclosed multi-line string runs to the end of the file, which is
+    // then where the error is, and all of it is the secret)
+    for (line, what, on_the_line) in [
+        ("password = \"hunter2-secret", "invalid basic string", true),
+        (
+            "password = hunter2-secret",
+            "string values must be quoted",
+            true,
+        ),
+        (
+            "password = \"hunter2-secret\" x",
+            "unexpected key or value",
+            true,
+        ),
+        (
+            "password = '''hunter2-secret",
+            "invalid multi-line literal string",
+            false,
+        ),
+    ] {
+        let text = with_password(line);
+        let number = if on_the_line {
+            text.lines()
+                .position(|l| l == line)
+                .expect("the password line")
+                + 1
+        } else {
+            text.lines().count()
+        };
+        let cfg = write_config(dir.path(), &text);
+        for cmd in ["check-config", "run"] {
+            let (code, out, err) = run_cli_bounded(&[cmd, "--config", &cfg]);
+            assert_eq!(code, Some(2), "{cmd} {line}: {err}");
+            assert!(
+                !out.contains("hunter2") && !err.contains("hunter2"),
+                "{cmd} {line}: the password is echoed:\n{out}{err}"
+            );
+            let mut wants = vec![format!("at line {number}, column"), what.to_string()];
+            if on_the_line {
+                // The line is quoted, with the password masked.
+                wants.push(format!(
+                    "{number} | {}",
+                    line.replace("hunter2-secret", "***")
+                ));
+            }
+            for want in wants {
+                assert!(
+                    err.contains(&want),
+                    "{cmd} {line}: missing {want:?} in:\n{err}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_password_of_the_wrong_type_names_the_key_without_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &with_password("password = [\"hunter2-secret\"]"),
+    );
+    let (code, _, err) = run_cli_bounded(&["check-config", "--config", &cfg]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(
+        err.contains("mqtt.password: invalid type: sequence, expected a string"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_password_from_the_environment_that_is_not_utf8_is_not_echoed() {
+    use std::os::unix::ffi::OsStringExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &with_password(""));
+    // The config crate refuses a non-Unicode value, quoting it.
+    let out = std::process::Command::new(daemon_binary())
+        .args(["check-config", "--config", &cfg])
+        .env_remove("JOURNAL_STREAM")
+        .env(
+            "EDGE_INFER__MQTT__PASSWORD",
+            std::ffi::OsString::from_vec(b"hunter2-\xff-secret".to_vec()),
+        )
+        .output()
+        .expect("run edge-infer");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(
+        err.contains("mqtt__password\" contains non-Unicode data: \"***\""),
+        "{err}"
+    );
+}
+
+/// The HAR model with its model file (`path`) or labels file (`labels`)
+/// replaced by `file`, and `limits` as the [limits] table's lines.
+fn har_with(field: &str, file: &std::path::Path, limits: &str) -> String {
+    let models = match field {
+        "path" => HAR.replace(
+            "{models}/har_accel_int8.tflite",
+            &file.display().to_string(),
+        ),
+        _ => HAR.replace("{models}/har_accel.labels", &file.display().to_string()),
+    };
+    config(1883, "gw", &format!("[limits]\n{limits}\n"), &models)
+}
+
+#[test]
+fn devices_fifos_and_directories_are_refused_without_reading_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("model.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let zero = std::path::Path::new("/dev/zero");
+    for (field, file, what) in [
+        ("path", zero, "model file /dev/zero is a character device"),
+        (
+            "labels",
+            zero,
+            "labels file /dev/zero is a character device",
+        ),
+        ("path", fifo.as_path(), "is a FIFO (named pipe)"),
+        ("labels", fifo.as_path(), "is a FIFO (named pipe)"),
+        ("path", dir.path(), "is a directory"),
+    ] {
+        let cfg = write_config(dir.path(), &har_with(field, file, ""));
+        for cmd in ["check-config", "run"] {
+            let (code, _, err) = run_cli_bounded(&[cmd, "--config", &cfg]);
+            assert_eq!(code, Some(2), "{cmd} {field}={}: {err}", file.display());
+            let key = format!("models[0].{field}: ");
+            assert!(
+                err.contains(&key) && err.contains(what) && err.contains("not a regular file"),
+                "{cmd}: missing {key:?} and {what:?} in:\n{err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn files_above_their_cap_are_refused_with_both_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    // Sparse: 1 MiB + 1 byte of nothing, never written.
+    let big = dir.path().join("big.tflite");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(1_048_577)
+        .unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &har_with("path", &big, "max_model_bytes = 1048576"),
+    );
+    for cmd in ["check-config", "run"] {
+        let (code, _, err) = run_cli_bounded(&[cmd, "--config", &cfg]);
+        assert_eq!(code, Some(2), "{err}");
+        let want = format!(
+            "models[0].path: model file {} is 1048577 bytes, above limits.max_model_bytes (1048576 bytes)",
+            big.display()
+        );
+        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+    }
+    // The shipped labels are 26 bytes.
+    let cfg = write_config(
+        dir.path(),
+        &har_with(
+            "labels",
+            &model("har_accel.labels"),
+            "max_labels_bytes = 25",
+        ),
+    );
+    let (code, _, err) = run_cli_bounded(&["check-config", "--config", &cfg]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("models[0].labels: labels file")
+            && err.contains("is 26 bytes, above limits.max_labels_bytes (25 bytes)"),
+        "{err}"
+    );
+    // At the cap exactly, both are read.
+    require_runtime();
+    let cfg = write_config(
+        dir.path(),
+        &config(
+            1883,
+            "gw",
+            &format!(
+                "[limits]\nmax_model_bytes = {}\nmax_labels_bytes = 26\n",
+                std::fs::metadata(model("har_accel_int8.tflite"))
+                    .unwrap()
+                    .len()
+            ),
+            HAR,
+        ),
+    );
+    let (code, out, err) = run_cli_bounded(&["check-config", "--config", &cfg]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("ok: 1 model(s) ready"), "{out}");
 }

@@ -1,10 +1,15 @@
 //! Configuration: `raw` is the file as written, `settings` the checked,
 //! typed result every other module uses. Loading collects every problem,
-//! each named by its key path, before giving up.
+//! each named by its key path, before giving up. `files` reads the files a
+//! config names within their caps; `secrets` keeps secret values out of
+//! every message.
 
+mod files;
 mod raw;
+mod secrets;
 mod settings;
 
+pub use files::{read_file, FileError, FileLimits, LABELS_FILE, MODEL_FILE};
 pub use raw::RawConfig;
 pub use settings::{
     check_topic_level, ModelSettings, MqttSettings, OverflowPolicy, PayloadFormat, Settings,
@@ -55,8 +60,44 @@ fn list(problems: &[Problem]) -> String {
 }
 
 /// Reads `path`, applies `EDGE_INFER__*` environment overrides, and checks
-/// the result.
+/// the result, including that the model and label files it names are
+/// regular files within their caps (from metadata; they are read later).
+/// No message quotes a secret: see `secrets`.
 pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    // The file as written, for the secret scan only; the config crate reads
+    // it itself, so its messages name the file. A file that cannot be read
+    // here fails below with the crate's own message.
+    let text = if path.is_file() {
+        // Lossy: a stray invalid byte must not hide the password line.
+        String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+    } else {
+        String::new()
+    };
+    // `vars_os`: `vars` panics on a variable that is not UTF-8. The config
+    // crate refuses such a value of ours with a message that quotes it as
+    // `{:?}` does, so that form is a secret too.
+    let env = std::env::vars_os().flat_map(|(k, v)| {
+        let k = k.to_string_lossy().into_owned();
+        let forms = match v.into_string() {
+            Ok(v) => vec![v],
+            Err(v) => vec![
+                v.to_string_lossy().into_owned(),
+                format!("{v:?}").trim_matches('"').to_string(),
+            ],
+        };
+        forms.into_iter().map(move |f| (k.clone(), f))
+    });
+    let secrets = secrets::Secrets::scan(&text, env);
+    load_unmasked(path).map_err(|mut e| {
+        for p in &mut e.problems {
+            p.key = secrets.mask(&p.key);
+            p.message = secrets.mask(&p.message);
+        }
+        e
+    })
+}
+
+fn load_unmasked(path: &Path) -> Result<Settings, ConfigError> {
     let fail = |key: &str, message: String| ConfigError {
         path: path.to_path_buf(),
         problems: vec![Problem {
@@ -88,10 +129,51 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         .try_deserialize()
         .map_err(|e| fail(&error_key(&e), e.to_string()))?;
     let base = path.parent().unwrap_or(Path::new("."));
-    Settings::from_raw(raw, base).map_err(|problems| ConfigError {
+    let settings = Settings::from_raw(raw, base).map_err(|problems| ConfigError {
         path: path.to_path_buf(),
         problems,
-    })
+    })?;
+    let problems = check_files(&settings);
+    if problems.is_empty() {
+        Ok(settings)
+    } else {
+        Err(ConfigError {
+            path: path.to_path_buf(),
+            problems,
+        })
+    }
+}
+
+/// Refuses, from metadata alone, model and label files that are not regular
+/// files or are above their caps, so that nothing downstream starts reading
+/// them. A file that cannot be looked at (missing, no permission) is left to
+/// the reader, which reports it when it reads; this is the early, cheap
+/// half of the check `read_file` makes again on the file it opens.
+fn check_files(settings: &Settings) -> Vec<Problem> {
+    let limits = &settings.file_limits;
+    let mut problems = Vec::new();
+    for ms in &settings.models {
+        let files = [
+            (Some(&ms.path), "path", MODEL_FILE, limits.max_model_bytes),
+            (
+                ms.labels.as_ref(),
+                "labels",
+                LABELS_FILE,
+                limits.max_labels_bytes,
+            ),
+        ];
+        for (file, field, role, max) in files {
+            let Some(file) = file else { continue };
+            match files::check_file(file, role, max) {
+                Ok(_) | Err(FileError::Io { .. }) => {}
+                Err(e) => problems.push(Problem {
+                    key: format!("{}.{field}", ms.key),
+                    message: e.to_string(),
+                }),
+            }
+        }
+    }
+    problems
 }
 
 /// The key a `config` error is about, when it names one.

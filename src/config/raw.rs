@@ -118,12 +118,19 @@ impl Default for RawMqtt {
 #[serde(deny_unknown_fields, default)]
 pub struct RawLimits {
     pub max_payload_bytes: i64,
+    /// Model files above this many bytes are refused before they are read
+    /// (see `files::DEFAULT_MAX_MODEL_BYTES` for the default's reasons).
+    pub max_model_bytes: i64,
+    /// Labels files above this many bytes are refused before they are read.
+    pub max_labels_bytes: i64,
 }
 
 impl Default for RawLimits {
     fn default() -> Self {
         RawLimits {
             max_payload_bytes: 1024 * 1024,
+            max_model_bytes: super::files::DEFAULT_MAX_MODEL_BYTES as i64,
+            max_labels_bytes: super::files::DEFAULT_MAX_LABELS_BYTES as i64,
         }
     }
 }

@@ -6,9 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::files::{self, FileLimits};
 use super::raw::{RawConfig, RawModel};
 use super::Problem;
-use crate::topic::{TopicFilter, TopicTemplate};
+use crate::topic::{self, TopicFilter, TopicTemplate};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -16,6 +17,8 @@ pub struct Settings {
     pub runtime_library: Option<PathBuf>,
     pub mqtt: MqttSettings,
     pub max_payload_bytes: usize,
+    /// Caps on the model and label files (`[limits]`).
+    pub file_limits: FileLimits,
     pub log_level: LogLevel,
     pub drain_timeout: Duration,
     pub health_interval: Duration,
@@ -24,7 +27,7 @@ pub struct Settings {
     pub models: Vec<ModelSettings>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct MqttSettings {
     pub host: String,
     pub port: u16,
@@ -36,6 +39,41 @@ pub struct MqttSettings {
     pub reconnect_max: Duration,
     pub max_packet_bytes: usize,
     pub credentials: Option<(String, String)>,
+}
+
+/// Written out so that `{:?}` of the settings never shows the password.
+impl std::fmt::Debug for MqttSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let MqttSettings {
+            host,
+            port,
+            client_id,
+            keep_alive,
+            clean_session,
+            qos,
+            reconnect_min,
+            reconnect_max,
+            max_packet_bytes,
+            credentials,
+        } = self;
+        f.debug_struct("MqttSettings")
+            .field("host", host)
+            .field("port", port)
+            .field("client_id", client_id)
+            .field("keep_alive", keep_alive)
+            .field("clean_session", clean_session)
+            .field("qos", qos)
+            .field("reconnect_min", reconnect_min)
+            .field("reconnect_max", reconnect_max)
+            .field("max_packet_bytes", max_packet_bytes)
+            .field(
+                "credentials",
+                &credentials
+                    .as_ref()
+                    .map(|(user, _)| (user, super::secrets::MASK)),
+            )
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,6 +305,20 @@ impl Settings {
                 format!("must be below mqtt.max_packet_bytes ({max_packet_bytes}) so oversize messages get a too_large error instead of a dropped connection"),
             );
         }
+        let file_limits = FileLimits {
+            max_model_bytes: c.range(
+                "limits.max_model_bytes",
+                raw.limits.max_model_bytes,
+                files::MIN_MAX_MODEL_BYTES as i64,
+                files::MAX_MAX_MODEL_BYTES as i64,
+            ) as u64,
+            max_labels_bytes: c.range(
+                "limits.max_labels_bytes",
+                raw.limits.max_labels_bytes,
+                1,
+                files::MAX_MAX_LABELS_BYTES as i64,
+            ) as u64,
+        };
         let log_level = LogLevel::parse(&raw.log.level).unwrap_or_else(|| {
             c.add(
                 "log.level",
@@ -316,7 +368,7 @@ impl Settings {
         }
         let mut models = Vec::new();
         for (i, rm) in raw.models.iter().enumerate() {
-            if let Some(ms) = model_settings(&mut c, i, rm, base, &device_id) {
+            if let Some(ms) = model_settings(&mut c, i, rm, base) {
                 models.push(ms);
             }
         }
@@ -331,6 +383,7 @@ impl Settings {
                 );
             }
         }
+        check_feedback(&mut c, &models, &device_id);
 
         let runtime_library = raw
             .runtime
@@ -365,6 +418,7 @@ impl Settings {
                 credentials,
             },
             max_payload_bytes,
+            file_limits,
             log_level,
             drain_timeout,
             health_interval,
@@ -375,13 +429,59 @@ impl Settings {
     }
 }
 
-fn model_settings(
-    c: &mut Check,
-    i: usize,
-    rm: &RawModel,
-    base: &Path,
-    device_id: &str,
-) -> Option<ModelSettings> {
+/// Refuses every input topic that can match a topic the daemon itself
+/// publishes: its device topics (errors, status, health) and every model's
+/// results, its own included. The daemon would answer its own output, and
+/// answer that answer: `input_topic = "+/+/+"` once took 196,000 of its
+/// own errors in 10 s. Exact (see `TopicFilter::overlap`), so what cannot
+/// loop passes.
+fn check_feedback(c: &mut Check, models: &[ModelSettings], device_id: &str) {
+    for consumer in models {
+        let filter = &consumer.input_topic;
+        let own: Vec<(&str, String)> = topic::device_topics(device_id)
+            .into_iter()
+            .filter(|(_, t)| filter.matches(t).is_some())
+            .collect();
+        if let Some(((name, first), rest)) = own.split_first() {
+            let also = match rest {
+                [] => String::new(),
+                [(a, _)] => format!("; also its {a} topic"),
+                [(a, _), (b, _)] => format!("; also its {a} and {b} topics"),
+                _ => "; also others of its own".into(),
+            };
+            c.add(
+                format!("{}.input_topic", consumer.key),
+                format!("\"{filter}\" matches \"{first}\", which this daemon publishes (its {name} topic{also}); the daemon would answer its own output"),
+            );
+        }
+        for producer in models {
+            let pattern =
+                producer
+                    .output_topic
+                    .pattern(&producer.input_topic, device_id, &producer.name);
+            let Some(example) = filter.overlap(&pattern) else {
+                continue;
+            };
+            if producer.key == consumer.key {
+                c.add(
+                    format!("{}.output_topic", consumer.key),
+                    format!("results on topics such as \"{example}\" would match input_topic \"{filter}\" and loop back into the model"),
+                );
+            } else {
+                c.add(
+                    format!("{}.input_topic", consumer.key),
+                    format!(
+                        "\"{filter}\" can match what {}.output_topic (\"{}\") publishes, e.g. \"{example}\"; the daemon would consume its own results",
+                        producer.key,
+                        producer.output_topic.as_str()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn model_settings(c: &mut Check, i: usize, rm: &RawModel, base: &Path) -> Option<ModelSettings> {
     let key = format!("models[{i}]");
     let k = |field: &str| format!("{key}.{field}");
     let before = c.problems.len();
@@ -406,24 +506,6 @@ fn model_settings(
                     None
                 }
             });
-    if let (Some(f), Some(t)) = (&input_topic, &output_topic) {
-        // A result published where the model listens would be fed back in
-        // forever.
-        let sample = t.render(
-            device_id,
-            &rm.name,
-            &crate::topic::Captures {
-                singles: vec!["x"; f.single_wildcards()],
-                multi: Some("x"),
-            },
-        );
-        if f.matches(&sample).is_some() {
-            c.add(
-                k("output_topic"),
-                format!("results on \"{sample}\" would match input_topic \"{f}\" and loop back into the model"),
-            );
-        }
-    }
     let top_k = match rm.top_k {
         None => None,
         Some(n) if (1..=1000).contains(&n) => Some(n as usize),
@@ -580,6 +662,132 @@ mod tests {
         "#;
         let problems = Settings::from_raw(raw(text), Path::new("/")).unwrap_err();
         assert!(problems[0].message.contains("loop back"), "{problems:?}");
+    }
+
+    /// The problems of a config on device "gw-7" with one model per
+    /// (input_topic, output_topic) pair (`None`: the default output).
+    fn topic_problems(models: &[(&str, Option<&str>)]) -> Vec<Problem> {
+        let mut text = String::from("device_id = \"gw-7\"\n");
+        for (i, (input, output)) in models.iter().enumerate() {
+            text.push_str(&format!(
+                "[[models]]\nname = \"m{i}\"\npath = \"m.tflite\"\ninput_topic = \"{input}\"\n"
+            ));
+            if let Some(o) = output {
+                text.push_str(&format!("output_topic = \"{o}\"\n"));
+            }
+        }
+        match Settings::from_raw(raw(&text), Path::new("/")) {
+            Ok(_) => Vec::new(),
+            Err(problems) => problems,
+        }
+    }
+
+    #[test]
+    fn input_topics_that_take_the_daemons_own_topics_are_rejected() {
+        let problems = topic_problems(&[("+/+/+", Some("results/{1}"))]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            problems[0].to_string(),
+            "models[0].input_topic: \"+/+/+\" matches \"edge-infer/gw-7/errors\", which this daemon publishes (its errors topic; also its status and health topics); the daemon would answer its own output"
+        );
+        let problems = topic_problems(&[("edge-infer/gw-7/health", Some("results/x"))]);
+        assert!(
+            problems[0].message.contains("(its health topic)"),
+            "{problems:?}"
+        );
+        // "edge-infer/#" also takes its own results: both are said.
+        let problems = topic_problems(&[("edge-infer/#", None)]);
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(text.len(), 2, "{text:?}");
+        assert!(
+            text[0].starts_with(
+                "models[0].input_topic: \"edge-infer/#\" matches \"edge-infer/gw-7/errors\""
+            ),
+            "{text:?}"
+        );
+        assert_eq!(
+            text[1],
+            "models[0].output_topic: results on topics such as \"edge-infer/gw-7/m0/result\" would match input_topic \"edge-infer/#\" and loop back into the model"
+        );
+        assert!(!topic_problems(&[("#", Some("out"))]).is_empty());
+        // Another device's topics are not this daemon's output.
+        assert!(topic_problems(&[("edge-infer/gw-8/errors", None)]).is_empty());
+    }
+
+    #[test]
+    fn input_topics_that_take_another_models_results_are_rejected() {
+        let problems = topic_problems(&[
+            ("sensors/+/accel", Some("out/{1}")),
+            ("out/+", Some("final/{1}")),
+        ]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            problems[0].to_string(),
+            "models[1].input_topic: \"out/+\" can match what models[0].output_topic (\"out/{1}\") publishes, e.g. \"out/x\"; the daemon would consume its own results"
+        );
+        // Each way round.
+        let problems = topic_problems(&[("a/#", Some("b/{#}")), ("b/#", Some("a/{#}"))]);
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["models[0].input_topic", "models[1].input_topic"]);
+    }
+
+    #[test]
+    fn topics_that_cannot_feed_back_pass() {
+        for models in [
+            vec![("sensors/+/accel", Some("results/{1}"))],
+            vec![("sensors/+/accel", None)],
+            vec![("sensors/#", Some("edge-infer/{device_id}/{#}"))],
+            vec![
+                ("sensors/+/accel", Some("results/{1}/accel")),
+                ("sensors/+/gyro", Some("results/{1}/gyro")),
+            ],
+            vec![("edge-infer/gw-7/+/in", None)],
+            vec![("in/+", Some("out/{1}")), ("out/+/x", None)],
+        ] {
+            assert_eq!(topic_problems(&models), [], "{models:?}");
+        }
+    }
+
+    #[test]
+    fn file_limits_have_defaults_and_bounds() {
+        let s = Settings::from_raw(raw(GOOD), Path::new("/")).unwrap();
+        assert_eq!(s.file_limits, FileLimits::default());
+        assert_eq!(s.file_limits.max_model_bytes, 512 * 1024 * 1024);
+        assert_eq!(s.file_limits.max_labels_bytes, 1024 * 1024);
+        let text = format!("{GOOD}\n[limits]\nmax_model_bytes = 1048576\nmax_labels_bytes = 100\n");
+        let s = Settings::from_raw(raw(&text), Path::new("/")).unwrap();
+        assert_eq!(s.file_limits.max_model_bytes, 1048576);
+        assert_eq!(s.file_limits.max_labels_bytes, 100);
+        let text = format!("{GOOD}\n[limits]\nmax_model_bytes = 1000\nmax_labels_bytes = 0\n");
+        let problems: Vec<String> = Settings::from_raw(raw(&text), Path::new("/"))
+            .unwrap_err()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "limits.max_model_bytes: must be between 1024 and 2147483648, got 1000",
+                "limits.max_labels_bytes: must be between 1 and 67108864, got 0",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_password_is_not_in_the_debug_output() {
+        let text = format!("{GOOD}\n[mqtt]\nusername = \"u\"\npassword = \"hunter2-secret\"\n");
+        let text = text.replacen("[mqtt]\n        port = 1884\n", "", 1);
+        let s = Settings::from_raw(raw(&text), Path::new("/")).unwrap();
+        assert_eq!(
+            s.mqtt.credentials,
+            Some(("u".to_string(), "hunter2-secret".to_string()))
+        );
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(
+            debug.contains("credentials: Some((\"u\", \"***\"))"),
+            "{debug}"
+        );
     }
 
     #[test]
