@@ -481,13 +481,12 @@ fn inspect(model: &std::path::Path, runtime: Option<PathBuf>, batch: u32) -> Exi
             return ExitCode::from(exit::NO_RUNTIME);
         }
     };
-    let bytes = match std::fs::read(model) {
+    // The default cap: `inspect` reads no config.
+    let cap = config::FileLimits::default().max_model_bytes;
+    let bytes = match models::read_model_file(model, cap) {
         Ok(b) => b,
         Err(e) => {
-            eprintln!(
-                "edge-infer: cannot read model file {}: {e}",
-                model.display()
-            );
+            eprintln!("edge-infer: {e}");
             return ExitCode::from(exit::BAD_INPUT);
         }
     };

@@ -123,9 +123,7 @@ pub struct LoadedModel {
 /// Loads every configured model; returns every problem found, each keyed by
 /// the model's config path.
 pub fn load_all(settings: &Settings, runtime: &Runtime) -> Result<Vec<LoadedModel>, Vec<Problem>> {
-    each_model(settings, |ms| {
-        load_one_limited(ms, &settings.file_limits, runtime)
-    })
+    each_model(settings, |ms| load_one(ms, &settings.file_limits, runtime))
 }
 
 /// Runs `f` on every configured model, collecting every problem rather than
@@ -184,15 +182,9 @@ fn read_model(
     Ok((origin, bytes, sha256))
 }
 
-/// [`load_one_limited`] with the default `[limits]`, for callers that do
-/// not have the settings at hand; prefer passing the configured limits.
-pub fn load_one(ms: &ModelSettings, runtime: &Runtime) -> Result<LoadedModel, Problem> {
-    load_one_limited(ms, &FileLimits::default(), runtime)
-}
-
 /// Reads (within `limits`), loads one engine set per worker, checks and
 /// warms the model `ms`.
-pub fn load_one_limited(
+pub fn load_one(
     ms: &ModelSettings,
     limits: &FileLimits,
     runtime: &Runtime,

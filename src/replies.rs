@@ -36,17 +36,9 @@ pub const REPLY_CAPACITY: usize = 4096;
 /// is the reserve that keeps every refusal's answer.
 const URGENT_HIGH_WATER: usize = REPLY_CAPACITY / 4;
 
-pub fn errors_topic(device_id: &str) -> String {
-    format!("edge-infer/{device_id}/errors")
-}
-
-pub fn status_topic(device_id: &str) -> String {
-    format!("edge-infer/{device_id}/status")
-}
-
-pub fn health_topic(device_id: &str) -> String {
-    format!("edge-infer/{device_id}/health")
-}
+/// The device topics are spelled once, in `topic` (config validation needs
+/// them too, and must not depend on this module).
+pub use crate::topic::{errors_topic, health_topic, status_topic};
 
 /// One message to publish.
 #[derive(Debug)]
@@ -150,6 +142,8 @@ pub struct Stages {
 pub struct Replies {
     device_id: Arc<str>,
     errors_topic: Arc<str>,
+    /// Every device topic (errors, status, health), never consumed.
+    own_topics: Arc<[String]>,
     /// From the event loop and the supervisor (never waits).
     urgent: mpsc::Sender<Outgoing>,
     /// From workers (wait for room).
@@ -169,6 +163,10 @@ impl Replies {
         let replies = Replies {
             device_id: device_id.into(),
             errors_topic: errors_topic(device_id).into(),
+            own_topics: crate::topic::device_topics(device_id)
+                .into_iter()
+                .map(|(_, t)| t)
+                .collect(),
             urgent,
             results,
             drained: Arc::clone(&drained),
@@ -186,11 +184,7 @@ impl Replies {
     /// Whether `topic` is one of this daemon's own device topics, which it
     /// must never consume (it would answer its own output).
     pub fn is_own_topic(&self, topic: &str) -> bool {
-        topic
-            .strip_prefix("edge-infer/")
-            .and_then(|rest| rest.strip_prefix(&*self.device_id))
-            .and_then(|rest| rest.strip_prefix('/'))
-            .is_some_and(|kind| matches!(kind, "errors" | "status" | "health"))
+        self.own_topics.iter().any(|t| t == topic)
     }
 
     /// Counts (and logs, once per interval) a message on an own topic that

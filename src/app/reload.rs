@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::diff::{Diff, Facts};
 use super::{launch, Running, Supervisor};
 use crate::codec::{ErrorCode, Failure};
-use crate::config::{self, ModelSettings, Problem, Settings};
+use crate::config::{self, FileLimits, ModelSettings, Problem, Settings};
 use crate::models::{self, LoadedModel};
 use crate::routing::{Route, Routes};
 
@@ -69,6 +69,7 @@ impl Supervisor {
             .map(|m| (m.settings.clone(), m.ctx.sha256.clone()))
             .collect();
         let wanted = new.models.clone();
+        let limits = new.file_limits;
         let runtime = Arc::clone(&self.runtime);
         // A thread of its own rather than tokio's blocking pool, whose spawn
         // panics when the system is out of threads.
@@ -76,7 +77,7 @@ impl Supervisor {
         std::thread::Builder::new()
             .name("reload".into())
             .spawn(move || {
-                let _ = tx.send(plan(&runtime, &running, &wanted));
+                let _ = tx.send(plan(&runtime, &limits, &running, &wanted));
             })
             .map_err(|e| {
                 vec![problem(
@@ -211,6 +212,7 @@ impl Supervisor {
 /// problem found.
 fn plan(
     runtime: &model_runtime::Runtime,
+    limits: &FileLimits,
     running: &[(ModelSettings, String)],
     wanted: &[ModelSettings],
 ) -> Result<(Diff, Vec<LoadedModel>), Vec<Problem>> {
@@ -223,7 +225,11 @@ fn plan(
         .collect();
     let shas: Vec<Option<String>> = wanted
         .iter()
-        .map(|ms| std::fs::read(&ms.path).ok().map(|b| models::sha256_hex(&b)))
+        .map(|ms| {
+            models::read_model_file(&ms.path, limits.max_model_bytes)
+                .ok()
+                .map(|b| models::sha256_hex(&b))
+        })
         .collect();
     let wanted_facts: Vec<Facts<'_>> = wanted
         .iter()
@@ -237,7 +243,7 @@ fn plan(
     let mut loaded = Vec::new();
     let mut problems = Vec::new();
     for ms in wanted.iter().filter(|ms| !diff.keeps(&ms.name)) {
-        match models::load_one(ms, runtime) {
+        match models::load_one(ms, limits, runtime) {
             Ok(m) => loaded.push(m),
             Err(p) => problems.push(p),
         }
