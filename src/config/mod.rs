@@ -3,6 +3,8 @@
 //! each named by its key path, before giving up.
 
 mod raw;
+#[cfg(test)]
+mod robustness;
 mod settings;
 
 pub use raw::RawConfig;
