@@ -13,6 +13,8 @@ mod logging;
 mod models;
 mod mqtt;
 mod replies;
+#[cfg(test)]
+mod robustness;
 mod routing;
 mod systemd;
 mod telemetry;

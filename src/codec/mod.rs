@@ -13,6 +13,8 @@ pub mod encode;
 mod fast;
 mod peek;
 pub mod quant;
+#[cfg(test)]
+mod robustness;
 
 use std::fmt;
 

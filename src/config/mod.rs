@@ -6,6 +6,8 @@
 
 mod files;
 mod raw;
+#[cfg(test)]
+mod robustness;
 mod secrets;
 mod settings;
 

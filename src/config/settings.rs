@@ -330,14 +330,15 @@ impl Settings {
             LogLevel::Info
         });
 
-        let drain = raw.shutdown.drain_timeout_secs;
-        if !(0.0..=3600.0).contains(&drain) {
-            c.add(
-                "shutdown.drain_timeout_secs",
-                format!("must be between 0 and 3600 seconds, got {drain}"),
-            );
-        }
-        let drain_timeout = Duration::from_secs_f64(drain.clamp(0.0, 3600.0));
+        // Through `seconds` like the others: clamping kept a NaN, which
+        // Duration::from_secs_f64 panicked on (a config problem became a
+        // crash; found by config::robustness).
+        let drain_timeout = c.seconds(
+            "shutdown.drain_timeout_secs",
+            raw.shutdown.drain_timeout_secs,
+            0.0,
+            3600.0,
+        );
         let health_interval = c.seconds(
             "health.interval_secs",
             raw.health.interval_secs,
