@@ -155,3 +155,48 @@ fn drain_timeout_answers_what_is_left_with_shutting_down() {
     }
     assert!(log.contains("answered with shutting_down"), "{log}");
 }
+
+/// 5,000 QoS 1 messages wait in the broker session while the daemon is
+/// away; on its start the broker sends them all at once. Each is answered
+/// exactly once (its result, or `overloaded` past the queue's capacity), none is left unacknowledged (a third start gets nothing
+/// again), and no acknowledgement fails.
+#[test]
+fn a_backlog_waiting_in_the_session_is_answered_once_and_acknowledged() {
+    const N: usize = 5000;
+    let broker = Broker::start();
+    let text = config(broker.port, "dev1", "", DYN);
+    // The first run leaves the persistent session with its subscription.
+    let (code, log) = Daemon::start(&text).terminate();
+    assert_eq!(code, Some(0), "{log}");
+    let c = TestClient::connect(broker.port);
+    c.subscribe("out/#");
+    c.subscribe("edge-infer/dev1/errors");
+    for i in 0..N {
+        c.publish("in/dyn", features(i));
+    }
+    let d = Daemon::start(&text);
+    // A result, or `overloaded` where the burst overflowed the queue
+    // (4,096 by default).
+    let mut seen = vec![0u32; N];
+    for m in c.recv_n(N) {
+        let v = m.json();
+        if m.topic != "out/dev1/dyn" {
+            assert_eq!(v["code"], "overloaded", "{v}");
+        }
+        seen[v["id"].as_u64().unwrap() as usize] += 1;
+    }
+    assert!(seen.iter().all(|&n| n == 1), "answered more than once");
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("acknowledge"), "{log}");
+    assert_eq!(received_in(&log, "dyn"), N, "{log}");
+    // Every one was acknowledged: the broker has nothing to redeliver.
+    let d = Daemon::start(&text);
+    assert!(
+        c.recv_within(std::time::Duration::from_millis(500)).is_none(),
+        "redelivered after a clean run"
+    );
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(received_in(&log, "dyn"), 0, "{log}");
+}
