@@ -193,7 +193,8 @@ fn a_backlog_waiting_in_the_session_is_answered_once_and_acknowledged() {
     // Every one was acknowledged: the broker has nothing to redeliver.
     let d = Daemon::start(&text);
     assert!(
-        c.recv_within(std::time::Duration::from_millis(500)).is_none(),
+        c.recv_within(std::time::Duration::from_millis(500))
+            .is_none(),
         "redelivered after a clean run"
     );
     let (code, log) = d.terminate();
