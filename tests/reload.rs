@@ -202,16 +202,8 @@ fn a_failed_reload_keeps_the_running_setup_and_says_why() {
     c.subscribe("out/#");
     c.subscribe("edge-infer/dev1/errors");
     let serves = |i: usize| {
-        c.publish("in/a", json!({"id": i, "data": window(i)}).to_string());
-        let m = c.recv();
         assert_eq!(
-            m.topic,
-            "out/dev1/a",
-            "{}",
-            String::from_utf8_lossy(&m.payload)
-        );
-        assert_eq!(
-            m.json()["model_sha256"],
+            serves_a(&c, i)["model_sha256"],
             model_sha256("har_accel_int8.tflite").as_str()
         );
     };
@@ -241,6 +233,22 @@ fn a_failed_reload_keeps_the_running_setup_and_says_why() {
         d.count_log("reload failed, keeping the running configuration"),
         3
     );
+}
+
+/// Model "a" (the int8 accelerometer model on `in/a`) answers message
+/// `id` with its result.
+fn serves_a(c: &TestClient, id: usize) -> Value {
+    c.publish("in/a", json!({"id": id, "data": window(id)}).to_string());
+    let m = c.recv();
+    assert_eq!(
+        m.topic,
+        "out/dev1/a",
+        "{}",
+        String::from_utf8_lossy(&m.payload)
+    );
+    let v = m.json();
+    assert_eq!(v["id"], id);
+    v
 }
 
 /// The worker threads of a process: thread name -> thread id.
@@ -416,17 +424,7 @@ fn a_reload_whose_workers_cannot_start_changes_nothing_and_says_why() {
     let client = TestClient::connect(broker.port);
     client.subscribe("out/#");
     client.subscribe("edge-infer/dev1/errors");
-    let serves = |id: usize| {
-        client.publish("in/a", json!({"id": id, "data": window(id)}).to_string());
-        let m = client.recv();
-        assert_eq!(
-            m.topic,
-            "out/dev1/a",
-            "{}",
-            String::from_utf8_lossy(&m.payload)
-        );
-        assert_eq!(m.json()["id"], id);
-    };
+    let serves = |id: usize| serves_a(&client, id);
     serves(1);
     let a = model("a", "har_accel_int8.tflite", "in/a");
     let c = model("c", "har_accel_f32.tflite", "in/c").replace("\noutput", "\nworkers = 3\noutput");
@@ -491,17 +489,7 @@ fn a_reload_to_a_device_fifo_or_oversized_file_is_refused_without_reading_it() {
     let c = TestClient::connect(broker.port);
     c.subscribe("out/#");
     c.subscribe("edge-infer/dev1/errors");
-    let serves = |i: usize| {
-        c.publish("in/a", json!({"id": i, "data": window(i)}).to_string());
-        let m = c.recv();
-        assert_eq!(
-            m.topic,
-            "out/dev1/a",
-            "{}",
-            String::from_utf8_lossy(&m.payload)
-        );
-        assert_eq!(m.json()["id"], i);
-    };
+    let serves = |i: usize| serves_a(&c, i);
     serves(0);
 
     let dir = tempfile::tempdir().unwrap();

@@ -156,39 +156,6 @@ pub fn check_file(path: &Path, role: FileRole, max: u64) -> Result<u64, FileErro
     check_metadata(&meta, path, role, max)
 }
 
-/// `O_NONBLOCK` from the kernel's `asm-generic/fcntl.h`, the value on every
-/// architecture listed (mips, sparc, alpha and parisc use others; there the
-/// flag is left out). The crate has no libc binding of its own for one
-/// constant. See `read_file`.
-#[cfg(all(
-    target_os = "linux",
-    any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        target_arch = "arm",
-        target_arch = "riscv64",
-        target_arch = "loongarch64",
-        target_arch = "s390x",
-        target_arch = "powerpc64",
-    )
-))]
-const O_NONBLOCK: i32 = 0o4000;
-#[cfg(not(all(
-    target_os = "linux",
-    any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        target_arch = "arm",
-        target_arch = "riscv64",
-        target_arch = "loongarch64",
-        target_arch = "s390x",
-        target_arch = "powerpc64",
-    )
-)))]
-const O_NONBLOCK: i32 = 0;
-
 /// Reads `path` whole, if it is a regular file (after following symlinks) of
 /// at most `max` bytes, and never reads more than `max` bytes in any case:
 /// the size is checked from the path's metadata, again from the file that
@@ -209,7 +176,7 @@ pub fn read_file(path: &Path, role: FileRole, max: u64) -> Result<Vec<u8>, FileE
     // on regular files.
     let file = OpenOptions::new()
         .read(true)
-        .custom_flags(O_NONBLOCK)
+        .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map_err(io)?;
     let size = check_metadata(&file.metadata().map_err(io)?, path, role, max)?;
