@@ -25,15 +25,40 @@ pub async fn publish(
     ledger: Arc<AckLedger>,
 ) {
     while let Some(msg) = rx.recv().await {
-        match client
-            .publish(msg.topic, qos, msg.retain, msg.payload)
-            .await
-        {
-            Ok(()) => ledger.requested(),
-            Err(e) => {
-                stats.publish_failures.fetch_add(1, Ordering::Relaxed);
-                log::error!("MQTT client refused a publish: {e}");
-            }
+        let what = "a reply";
+        publish_booked(
+            &client,
+            msg.topic,
+            qos,
+            msg.retain,
+            msg.payload,
+            &stats,
+            &ledger,
+            what,
+        )
+        .await;
+    }
+}
+
+/// Hands one publish to the client and books it in the ledger, or counts
+/// and logs the failure: every publish of the output link goes through
+/// here, so the drain's "every reply confirmed" arithmetic stays exact.
+#[allow(clippy::too_many_arguments)]
+async fn publish_booked(
+    client: &AsyncClient,
+    topic: String,
+    qos: QoS,
+    retain: bool,
+    payload: Vec<u8>,
+    stats: &DaemonStats,
+    ledger: &AckLedger,
+    what: &str,
+) {
+    match client.publish(topic, qos, retain, payload).await {
+        Ok(()) => ledger.requested(),
+        Err(e) => {
+            stats.publish_failures.fetch_add(1, Ordering::Relaxed);
+            log::error!("the MQTT client refused {what}: {e}");
         }
     }
 }
@@ -63,15 +88,8 @@ impl Side for Egress {
         let (stats, ledger) = (Arc::clone(&self.stats), Arc::clone(&self.ledger));
         // In a task: the request can wait for room in the client's channel.
         tokio::spawn(async move {
-            // Same QoS as every other publish, and counted like them, so the
-            // drain's "every reply confirmed" arithmetic stays exact.
-            match client.publish(topic, qos, true, online).await {
-                Ok(()) => ledger.requested(),
-                Err(e) => {
-                    stats.publish_failures.fetch_add(1, Ordering::Relaxed);
-                    log::error!("could not publish the online status: {e}");
-                }
-            }
+            let what = "the online status";
+            publish_booked(&client, topic, qos, true, online, &stats, &ledger, what).await;
         });
     }
 
