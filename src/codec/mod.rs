@@ -47,10 +47,22 @@ pub enum ErrorCode {
     /// A reload (SIGHUP) failed; the running configuration was kept. Not
     /// about a message: no source_topic.
     ReloadFailed,
+    /// An image payload that is corrupt, truncated, too many pixels or not
+    /// a supported format (JPEG, PNG).
+    BadImage,
+    /// A reading of a stream (windowed model) without a required field, or
+    /// with a field or timestamp that is not a finite number.
+    BadReading,
+    /// The gap between two readings of one stream exceeded `max_gap_ms`:
+    /// the window restarted.
+    StreamGap,
+    /// A reading older than the last reading of its stream: the window
+    /// restarted.
+    OutOfOrder,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::BadJson,
         ErrorCode::BadShape,
         ErrorCode::BadValue,
@@ -60,6 +72,10 @@ impl ErrorCode {
         ErrorCode::NoModel,
         ErrorCode::ShuttingDown,
         ErrorCode::ReloadFailed,
+        ErrorCode::BadImage,
+        ErrorCode::BadReading,
+        ErrorCode::StreamGap,
+        ErrorCode::OutOfOrder,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +89,10 @@ impl ErrorCode {
             ErrorCode::NoModel => "no_model",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::ReloadFailed => "reload_failed",
+            ErrorCode::BadImage => "bad_image",
+            ErrorCode::BadReading => "bad_reading",
+            ErrorCode::StreamGap => "stream_gap",
+            ErrorCode::OutOfOrder => "out_of_order",
         }
     }
 

@@ -5,6 +5,7 @@
 //! every message.
 
 mod files;
+mod preprocess;
 mod raw;
 #[cfg(test)]
 mod robustness;
@@ -12,6 +13,9 @@ mod secrets;
 mod settings;
 
 pub use files::{read_file, FileError, FileLimits, LABELS_FILE, MODEL_FILE};
+pub use preprocess::{
+    FieldPath, ImageSettings, InputSettings, Normalize, Resize, WindowSettings, DEFAULT_MAX_PIXELS,
+};
 pub use raw::RawConfig;
 pub use settings::{
     check_topic_level, ModelSettings, MqttSettings, OverflowPolicy, PayloadFormat, Settings,
