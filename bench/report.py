@@ -105,7 +105,7 @@ def main():
     L += ["## Process: cold start and memory", "",
           "Cold start = process start to READY (edge-infer: sd_notify `READY=1` on a socket the harness listens on; "
           "baseline and echo: their ready line, printed once subscribed), with all models of the set loaded and warmed. "
-          "Model set: har_accel_int8 (JSON), mobilenet_v2_int8 (raw) and mobilenet_v2_int8 (JSON) = 3 model instances.", "",
+          + model_set_text(meta.get("model_set")), "",
           "| figure | echo floor | edge-infer | baseline | edge-infer / baseline |", "|---|---|---|---|---|"]
 
     def g(d, k):
@@ -129,7 +129,12 @@ def main():
     for name in names:
         we, wb, wf = workload(ei, name), workload(bl, name), workload(ec, name)
         any_w = we or wb or wf
-        L += [f"## {name}: {any_w.get('model')} , {any_w['payload_kind']} payloads of {any_w['payload_bytes']:,} bytes", ""]
+        if any_w.get("title"):
+            kind = "messages of" + (" (mean)" if any_w["payload_kind"] == "readings" else "")
+            L += [f"## {name}: {any_w['title']}", "",
+                  f"{any_w.get('model')}, {kind} {any_w['payload_bytes']:,} bytes. {any_w.get('note') or ''}".rstrip(), ""]
+        else:
+            L += [f"## {name}: {any_w.get('model')} , {any_w['payload_kind']} payloads of {any_w['payload_bytes']:,} bytes", ""]
         L += ["| figure | echo floor | edge-infer | baseline | edge-infer / baseline | edge-infer / floor |",
               "|---|---|---|---|---|---|"]
         se, sb, sf = sustained_rate(we), sustained_rate(wb), sustained_rate(wf)
@@ -179,12 +184,58 @@ def main():
         L.append("")
 
     L += targets_section(ec, ei, bl, floors, allm)
+    L += targets_issue11(ec, ei, bl)
     notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notes.md")
     if os.path.exists(notes):
         with open(notes) as f:
             L += [f.read().rstrip()]
     with open(out, "w") as f:
         f.write("\n".join(L) + "\n")
+
+
+def model_set_text(model_set):
+    # Results written before the model set was recorded had these three.
+    model_set = model_set or ["har_accel_int8 (JSON)", "mobilenet_v2_int8 (raw)", "mobilenet_v2_int8 (JSON)"]
+    return f"Model set (the models of the workloads run): {', '.join(model_set)} = {len(model_set)} model instances."
+
+
+def targets_issue11(ec, ei, bl):
+    """The rows of issue 11 (windows of readings, images), when those workloads ran."""
+    if not any(workload(d, n) for d in (ec, ei, bl) for n in ("har_readings", "mnv2_jpeg")):
+        return []
+    L = ["## Targets of issue 11", "",
+         "Computed by bench/report.py from the `har_readings` and `mnv2_jpeg` sections above.", "",
+         "| target | result | figures |", "|---|---|---|"]
+
+    def row(what, ok, figures):
+        status = "not measured" if ok is None else ("**met**" if ok else "**missed**")
+        L.append(f"| {what} | {status} | {figures} |")
+
+    he, hf = workload(ei, "har_readings"), workload(ec, "har_readings")
+    se, sf = sustained_rate(he), sustained_rate(hf)
+    row("HAR readings sustained >= 0.6x echo floor (same-size messages)", None if None in (se, sf) else se >= 0.6 * sf,
+        f"{fmt(se)} vs floor {fmt(sf)} readings/s ({ratio(se, sf)})")
+    je, jb = workload(ei, "mnv2_jpeg"), workload(bl, "mnv2_jpeg")
+    sj, sjb = sustained_rate(je), sustained_rate(jb)
+    row("MobileNetV2 640x480 JPEG sustained >= 3x Python bridge", None if None in (sj, sjb) else sj >= 3 * sjb,
+        f"{fmt(sj)} vs {fmt(sjb)} msg/s ({ratio(sj, sjb)})")
+    # The highest fixed rate the bridge sustained: latency is compared where
+    # both keep up, not where the bridge's queue grows.
+    both = [r["rate"] for r in (jb or {}).get("fixed", [])
+            if "skipped" not in r and r.get("sustained") and fixed(je, r["rate"])]
+    if both:
+        rate = max(both)
+        fe, fb = fixed(je, rate), fixed(jb, rate)
+        ok = None if fe.get("p99_ms") is None else fe["p99_ms"] <= fb["p99_ms"] and fe.get("sustained", False)
+        row(f"MobileNetV2 JPEG p99 at {fmt(rate)} msg/s (the highest fixed rate the bridge sustains): "
+            "edge-infer's <= the bridge's", ok,
+            f"p50 / p95 / p99 {fmt(fe.get('p50_ms'))} / {fmt(fe.get('p95_ms'))} / {fmt(fe.get('p99_ms'))} ms vs "
+            f"{fmt(fb.get('p50_ms'))} / {fmt(fb.get('p95_ms'))} / {fmt(fb.get('p99_ms'))} ms "
+            f"({ratio(fe.get('p99_ms'), fb.get('p99_ms'))} at p99)")
+    else:
+        row("MobileNetV2 JPEG p99 at a rate the bridge sustains", None, "no fixed rate both ran that the bridge sustained")
+    L.append("")
+    return L
 
 
 def targets_section(ec, ei, bl, floors, allm):

@@ -89,7 +89,10 @@ source bench/broker.sh
 start_bench_broker "$WORK"
 echo "mosquitto on 127.0.0.1:$PORT (work dir $WORK)"
 
-# edge-infer: the benchmarked models, QoS 0 like the load, no session.
+# edge-infer: the models of the selected workloads, QoS 0 like the load, no
+# session. Only those, so a workload can be measured before the daemon can
+# load another one's configuration; the baseline gets the same set (RSS and
+# cold start compare like with like).
 cat > "$WORK/edge-infer.toml" <<EOF
 device_id = "bench"
 
@@ -101,6 +104,16 @@ clean_session = true
 
 [log]
 level = "warn"
+EOF
+ALL_WORKLOADS=$(python3 -c 'import json, sys; print(",".join(w["name"] for w in json.load(open(sys.argv[1]))))' bench/workloads.json)
+IFS=, read -ra WLIST <<< "${ONLY:-$ALL_WORKLOADS}"
+BASELINE_MODELS=()
+ECHO_ROUTES=()
+MODEL_SET=()
+for w in "${WLIST[@]}"; do
+  case "$w" in
+    har_json)
+      cat >> "$WORK/edge-infer.toml" <<EOF
 
 [[models]]
 name = "har"
@@ -110,6 +123,12 @@ input_topic = "bench/har/in"
 output_topic = "bench/har/out"
 threads = $THREADS
 workers = $WORKERS
+EOF
+      BASELINE_MODELS+=(--model "name=har,path=models/har_accel_int8.tflite,input=bench/har/in,output=bench/har/out,payload=json,labels=models/har_accel.labels")
+      ECHO_ROUTES+=(--in bench/har/in --out bench/har/out)
+      MODEL_SET+=("har_accel_int8 (JSON)") ;;
+    mnv2_raw)
+      cat >> "$WORK/edge-infer.toml" <<EOF
 
 [[models]]
 name = "mnv2raw"
@@ -119,6 +138,12 @@ output_topic = "bench/mnv2raw/out/{1}"
 payload = "raw"
 threads = $THREADS
 workers = $WORKERS
+EOF
+      BASELINE_MODELS+=(--model "name=mnv2raw,path=models/mobilenet_v2_int8.tflite,input=bench/mnv2raw/in/+,output=bench/mnv2raw/out/{1},payload=raw")
+      ECHO_ROUTES+=(--in 'bench/mnv2raw/in/+' --out 'bench/mnv2raw/out/{1}')
+      MODEL_SET+=("mobilenet_v2_int8 (raw)") ;;
+    mnv2_json)
+      cat >> "$WORK/edge-infer.toml" <<EOF
 
 [[models]]
 name = "mnv2json"
@@ -128,6 +153,59 @@ output_topic = "bench/mnv2json/out"
 threads = $THREADS
 workers = $WORKERS
 EOF
+      BASELINE_MODELS+=(--model "name=mnv2json,path=models/mobilenet_v2_int8.tflite,input=bench/mnv2json/in,output=bench/mnv2json/out,payload=json")
+      ECHO_ROUTES+=(--in bench/mnv2json/in --out bench/mnv2json/out)
+      MODEL_SET+=("mobilenet_v2_int8 (JSON)") ;;
+    har_readings)
+      # Windows of readings (issue 11), otherwise the daemon's defaults; the
+      # fields, size, stride and timestamp match the workload's.
+      cat >> "$WORK/edge-infer.toml" <<EOF
+
+[[models]]
+name = "har_stream"
+path = "$REPO/models/har_accel_int8.tflite"
+labels = "$REPO/models/har_accel.labels"
+input_topic = "bench/imu/+"
+output_topic = "bench/imu-out/{1}"
+threads = $THREADS
+workers = $WORKERS
+
+[models.window]
+fields = ["ax", "ay", "az"]
+size = 128
+stride = 64
+key = "{1}"
+timestamp = "ts"
+EOF
+      BASELINE_MODELS+=(--model "name=har_stream,path=models/har_accel_int8.tflite,input=bench/imu/+,output=bench/imu-out/{1},payload=readings,labels=models/har_accel.labels,fields=ax:ay:az,size=128,stride=64,timestamp=ts")
+      ECHO_ROUTES+=(--in 'bench/imu/+' --out 'bench/imu-out/{1}' --window 'bench/imu/+=128:64')
+      MODEL_SET+=("har_accel_int8 (readings, windows of 128)") ;;
+    mnv2_jpeg)
+      if [[ ! -f models/samples/photo_640x480.jpg ]]; then
+        echo "bench.sh: workload mnv2_jpeg needs models/samples/photo_640x480.jpg" >&2; exit 1
+      fi
+      # The model's input is [-1, 1] quantized to int8 (models/README.md).
+      cat >> "$WORK/edge-infer.toml" <<EOF
+
+[[models]]
+name = "mnv2jpeg"
+path = "$REPO/models/mobilenet_v2_int8.tflite"
+input_topic = "bench/mnv2jpeg/in/+"
+output_topic = "bench/mnv2jpeg/out/{1}"
+payload = "image"
+threads = $THREADS
+workers = $WORKERS
+
+[models.image]
+mean = 127.5
+std = 127.5
+EOF
+      BASELINE_MODELS+=(--model "name=mnv2jpeg,path=models/mobilenet_v2_int8.tflite,input=bench/mnv2jpeg/in/+,output=bench/mnv2jpeg/out/{1},payload=image,mean=127.5,std=127.5")
+      ECHO_ROUTES+=(--in 'bench/mnv2jpeg/in/+' --out 'bench/mnv2jpeg/out/{1}')
+      MODEL_SET+=("mobilenet_v2_int8 (JPEG)") ;;
+    *) echo "bench.sh: unknown workload $w (bench/workloads.json has $ALL_WORKLOADS)" >&2; exit 2 ;;
+  esac
+done
 
 # The demo config (every shipped model) on our broker: cold start and RSS.
 sed -e "s/^port = .*/port = $PORT/" -e 's/^level = .*/level = "warn"/' config/demo.toml > "$WORK/all-models.toml"
@@ -165,20 +243,14 @@ for target in "${TLIST[@]}"; do
   case "$target" in
     echo)
       "$BENCH" drive --name echo --ready line:READY "${DRIVE[@]}" --out "$out" \
-        --log "$WORK/echo.log" -- "$BENCH" echo --port "$PORT" \
-        --in bench/har/in --out bench/har/out \
-        --in 'bench/mnv2raw/in/+' --out 'bench/mnv2raw/out/{1}' \
-        --in bench/mnv2json/in --out bench/mnv2json/out ;;
+        --log "$WORK/echo.log" -- "$BENCH" echo --port "$PORT" "${ECHO_ROUTES[@]}" ;;
     edge-infer)
       "$BENCH" drive --name edge-infer --ready notify "${DRIVE[@]}" --out "$out" \
         --log "$WORK/edge-infer.log" -- "${PIN[@]}" "$DAEMON" run --config "$WORK/edge-infer.toml" ;;
     baseline)
       "$BENCH" drive --name baseline --ready line:READY "${DRIVE[@]}" --out "$out" \
         --log "$WORK/baseline.log" -- "${PIN[@]}" "$VENV/bin/python" bench/baseline.py --port "$PORT" \
-        --device-id bench --threads "$THREADS" \
-        --model "name=har,path=models/har_accel_int8.tflite,input=bench/har/in,output=bench/har/out,payload=json,labels=models/har_accel.labels" \
-        --model "name=mnv2raw,path=models/mobilenet_v2_int8.tflite,input=bench/mnv2raw/in/+,output=bench/mnv2raw/out/{1},payload=raw" \
-        --model "name=mnv2json,path=models/mobilenet_v2_int8.tflite,input=bench/mnv2json/in,output=bench/mnv2json/out,payload=json" ;;
+        --device-id bench --threads "$THREADS" "${BASELINE_MODELS[@]}" ;;
     *) echo "bench.sh: unknown target $target" >&2; exit 2 ;;
   esac
 done
@@ -190,7 +262,7 @@ if [[ $REPEAT -gt 1 ]]; then
 fi
 
 # Metadata for the report.
-python3 - "$RES/meta.json" <<EOF
+python3 - "$RES/meta.json" "${MODEL_SET[@]}" <<EOF
 import json, os, subprocess, sys
 def sh(*c):
     try: return subprocess.run(c, capture_output=True, text=True).stdout.strip()
@@ -203,6 +275,7 @@ json.dump({
     "command": """$CMDLINE""", "quick": $QUICK == 1, "threads": $THREADS,
     "workers": $WORKERS, "cpus": "$CPUS", "repeat": $REPEAT,
     "fixed_seconds": $FIXED, "trial_seconds": $TRIAL, "confirm_seconds": $CONFIRM, "cold_starts": $COLD,
+    "model_set": sys.argv[2:],
     "mosquitto": sh("$MOSQUITTO", "-h").splitlines()[0] if sh("$MOSQUITTO", "-h") else "?",
     "loadavg": open("/proc/loadavg").read().split()[:3],
 }, open(sys.argv[1], "w"), indent=1)

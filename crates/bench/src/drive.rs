@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::load::{self, fixture_payload, Report, RunSpec, Workload};
+use crate::load::{
+    self, fixture_payload, Payload, Readings, ReadingsSpec, Report, RunSpec, Workload,
+};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -321,6 +323,9 @@ struct Ctx {
 }
 
 fn measured(ctx: &Ctx, w: &Workload, rate: f64, seconds: f64) -> Result<Report, String> {
+    // Long enough that every stream of a readings workload completes
+    // windows (a slow rate and a short trial might complete none).
+    let seconds = seconds.max(w.min_seconds(rate));
     wait_idle(ctx.pid)?;
     let before = cpu_ticks(ctx.pid)?;
     let spec = RunSpec {
@@ -341,8 +346,8 @@ fn measured(ctx: &Ctx, w: &Workload, rate: f64, seconds: f64) -> Result<Report, 
     };
     let after = cpu_ticks(ctx.pid)?;
     let cpu_s = (after - before) as f64 / ctx.tck;
-    let per_1000 = if r.received > 0 {
-        json!((cpu_s / r.received as f64 * 1000.0 * 10000.0).round() / 10000.0)
+    let per_1000 = if r.handled > 0 {
+        json!((cpu_s / r.handled as f64 * 1000.0 * 10000.0).round() / 10000.0)
     } else {
         Value::Null
     };
@@ -353,8 +358,9 @@ fn measured(ctx: &Ctx, w: &Workload, rate: f64, seconds: f64) -> Result<Report, 
         o.insert("sustained".into(), json!(ok));
     }
     eprintln!(
-        "  rate {rate:>8} x {seconds}s: sent {} recv {} err {} lost {} p50 {} p99 {} max {} cpu/1000 {}",
+        "  rate {rate:>8} x {seconds}s: sent {} expected {} recv {} err {} lost {} p50 {} p99 {} max {} cpu/1000 {}",
         r.sent,
+        r.expected,
         r.received,
         r.errors,
         r.lost,
@@ -374,14 +380,14 @@ fn run_workload(ctx: &Ctx, spec: &Value, a: &DriveArgs) -> Result<Value, String>
             .map(str::to_string)
             .ok_or_else(|| format!("workload {name}: missing string \"{k}\""))
     };
-    let fixture = a.repo.join(s("fixture")?);
-    let raw = spec["format"].as_str() == Some("raw");
+    let payload = workload_payload(spec, &name, &a.repo)?;
     let w = Workload {
         topic: s("topic")?,
-        seq_topic: raw,
+        // Raw bytes carry no id: the sequence number goes in the topic.
+        seq_topic: matches!(payload, Payload::Raw(_)),
         results: s("results")?,
         errors: a.errors.clone(),
-        payload: fixture_payload(&fixture, spec["case"].as_str(), raw)?,
+        payload,
     };
     let rates: Vec<f64> = spec["rates"]
         .as_array()
@@ -473,6 +479,8 @@ fn run_workload(ctx: &Ctx, spec: &Value, a: &DriveArgs) -> Result<Value, String>
     }
     Ok(json!({
         "name": name,
+        "title": spec["title"],
+        "note": spec["note"],
         "model": spec["model"],
         "payload_bytes": w.payload.len(),
         "payload_kind": w.payload.kind(),
@@ -480,6 +488,63 @@ fn run_workload(ctx: &Ctx, spec: &Value, a: &DriveArgs) -> Result<Value, String>
         "search_trials": trials,
         "sustained": sustained,
     }))
+}
+
+/// What a workload sends, by its `"format"`: `json` or `raw` (a fixture
+/// case), `file` (the bytes of `"payload"`, e.g. a JPEG) or `readings`
+/// (per-reading JSON from fixture cases, see `load::Readings`).
+fn workload_payload(spec: &Value, name: &str, repo: &Path) -> Result<Payload, String> {
+    let s = |k: &str| -> Result<&str, String> {
+        spec[k]
+            .as_str()
+            .ok_or_else(|| format!("workload {name}: missing string \"{k}\""))
+    };
+    let u = |k: &str| -> Result<u64, String> {
+        spec[k]
+            .as_u64()
+            .ok_or_else(|| format!("workload {name}: \"{k}\" must be a positive integer"))
+    };
+    let strings = |k: &str| -> Result<Vec<String>, String> {
+        spec[k]
+            .as_array()
+            .and_then(|a| a.iter().map(|v| v.as_str().map(str::to_string)).collect())
+            .ok_or_else(|| format!("workload {name}: \"{k}\" must be an array of strings"))
+    };
+    match s("format")? {
+        "json" | "raw" => {
+            let raw = s("format")? == "raw";
+            fixture_payload(&repo.join(s("fixture")?), spec["case"].as_str(), raw)
+        }
+        "file" => {
+            let path = repo.join(s("payload")?);
+            std::fs::read(&path).map(Payload::Raw).map_err(|e| {
+                format!(
+                    "workload {name}: cannot read its payload file {}: {e}",
+                    path.display()
+                )
+            })
+        }
+        "readings" => {
+            let (cases, fields) = (strings("cases")?, strings("fields")?);
+            let readings = Readings::from_fixture(
+                &repo.join(s("fixture")?),
+                &ReadingsSpec {
+                    cases: &cases,
+                    fields: &fields,
+                    ts_field: s("timestamp")?,
+                    decimals: usize::try_from(u("decimals")?).map_err(|e| e.to_string())?,
+                    streams: u("streams")?,
+                    size: u("size")?,
+                    stride: u("stride")?,
+                },
+            )
+            .map_err(|e| format!("workload {name}: {e}"))?;
+            Ok(Payload::Readings(readings))
+        }
+        other => Err(format!(
+            "workload {name}: unknown format \"{other}\" (expected json, raw, file or readings)"
+        )),
+    }
 }
 
 pub fn main(a: &DriveArgs) -> Result<(), String> {

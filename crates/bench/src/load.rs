@@ -8,6 +8,13 @@
 //! `"id"` (`nonce * 1e9 + seq`) or, for raw payloads, in the last topic
 //! level (`<topic>/<nonce>_<seq>`), which the target copies into its
 //! output topic through `{1}`.
+//!
+//! Readings (`Payload::Readings`) are the exception: one small JSON object
+//! per reading, like an IMU publishes, round-robin over a few streams
+//! (`<topic>/<nonce>-s<i>`). A reading gets no answer of its own; the
+//! target answers each completed window with `"window": {"key", "seq"}`,
+//! and (key, seq) names the reading that completed it, whose scheduled send
+//! time the latency is measured from.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,14 +35,19 @@ const ID_SPAN: u64 = 1_000_000_000;
 pub enum Payload {
     /// A JSON object without `"id"`, serialized; the id is put in front.
     Json(Vec<u8>),
-    /// Raw tensor bytes, sent as they are.
+    /// Raw bytes (a tensor, an image file), sent as they are.
     Raw(Vec<u8>),
+    /// One JSON object per reading, over several streams, answered per
+    /// completed window.
+    Readings(Readings),
 }
 
 impl Payload {
+    /// Bytes per message (for readings, the mean over the samples).
     pub fn len(&self) -> usize {
         match self {
             Payload::Json(b) | Payload::Raw(b) => b.len(),
+            Payload::Readings(r) => r.mean_len(),
         }
     }
 
@@ -43,12 +55,16 @@ impl Payload {
         match self {
             Payload::Json(_) => "json",
             Payload::Raw(_) => "raw",
+            Payload::Readings(_) => "readings",
         }
     }
 
-    fn message(&self, id: u64) -> Vec<u8> {
+    /// The message of sequence number `seq` (`id` for JSON; `ts`, Unix
+    /// seconds, for readings).
+    fn message(&self, id: u64, seq: u64, ts: f64) -> Vec<u8> {
         match self {
             Payload::Raw(b) => b.clone(),
+            Payload::Readings(r) => r.message(seq, ts),
             Payload::Json(body) => {
                 let mut v = Vec::with_capacity(body.len() + 24);
                 v.extend_from_slice(b"{\"id\":");
@@ -61,6 +77,143 @@ impl Payload {
                 v
             }
         }
+    }
+}
+
+/// Per-reading JSON messages, as an IMU publishes them:
+/// `{"ts":1764620000.120345,"ax":0.092,"ay":0.096,"az":1.171}`. Message
+/// `seq` belongs to stream `seq % streams`; each stream replays the samples
+/// in a loop from its own offset (stream i from sample i * len / streams,
+/// so with four fixture windows and four streams each stream starts in a
+/// different activity). The target windows each stream (`size` readings,
+/// a window every `stride`) and answers per window.
+#[derive(Debug, Clone)]
+pub struct Readings {
+    /// Per sample, the message text after the timestamp's value, e.g.
+    /// `,"ax":0.092,"ay":0.096,"az":1.171}`: formatted once, so a send only
+    /// formats the timestamp.
+    tails: Vec<String>,
+    /// The timestamp's field name.
+    ts_field: String,
+    pub streams: u64,
+    pub size: u64,
+    pub stride: u64,
+}
+
+/// The shape of a readings workload (bench/workloads.json `"window"` and
+/// `"streams"`).
+#[derive(Debug, Clone)]
+pub struct ReadingsSpec<'a> {
+    /// Fixture cases to take the samples from, in order.
+    pub cases: &'a [String],
+    /// One name per innermost element of the fixture's input, in order.
+    pub fields: &'a [String],
+    pub ts_field: &'a str,
+    /// Decimals of each value, as a sensor would round them.
+    pub decimals: usize,
+    pub streams: u64,
+    pub size: u64,
+    pub stride: u64,
+}
+
+impl Readings {
+    /// Builds readings from fixture cases: each case's first input is
+    /// split into samples of `fields.len()` values (the innermost dimension).
+    pub fn from_fixture(path: &Path, spec: &ReadingsSpec) -> Result<Readings, String> {
+        let shown = path.display();
+        if spec.fields.is_empty() || spec.streams == 0 || spec.size == 0 || spec.stride == 0 {
+            return Err(format!(
+                "readings from {shown}: fields, streams, size and stride must not be empty or 0"
+            ));
+        }
+        let mut tails = Vec::new();
+        for case in spec.cases {
+            let values = fixture_values(path, Some(case))?;
+            if values.len() % spec.fields.len() != 0 {
+                return Err(format!(
+                    "fixture {shown} case {case}: {} values do not split into readings of {} fields",
+                    values.len(),
+                    spec.fields.len()
+                ));
+            }
+            for sample in values.chunks_exact(spec.fields.len()) {
+                let mut t = String::new();
+                for (name, v) in spec.fields.iter().zip(sample) {
+                    let quoted = serde_json::to_string(name).map_err(|e| e.to_string())?;
+                    t.push_str(&format!(",{quoted}:{v:.prec$}", prec = spec.decimals));
+                }
+                t.push('}');
+                tails.push(t);
+            }
+        }
+        if tails.is_empty() {
+            return Err(format!("readings from {shown}: no cases given"));
+        }
+        Ok(Readings {
+            tails,
+            ts_field: serde_json::to_string(spec.ts_field).map_err(|e| e.to_string())?,
+            streams: spec.streams,
+            size: spec.size,
+            stride: spec.stride,
+        })
+    }
+
+    fn message(&self, seq: u64, ts: f64) -> Vec<u8> {
+        let stream = seq % self.streams;
+        let k = seq / self.streams;
+        let len = self.tails.len() as u64;
+        let sample = (stream * len / self.streams + k) % len;
+        let tail = &self.tails[sample as usize];
+        // Microseconds, so a stream's timestamps rise even at 10,000+
+        // readings per second per stream (the target refuses readings
+        // earlier than their stream's last one).
+        format!("{{{}:{ts:.6}{tail}", self.ts_field).into_bytes()
+    }
+
+    fn mean_len(&self) -> usize {
+        let ts_len = "1764620000.120345".len() + self.ts_field.len() + 2;
+        let tails: usize = self.tails.iter().map(String::len).sum();
+        ts_len + tails / self.tails.len().max(1)
+    }
+
+    /// The stream level of the topic of stream `i` in run `nonce`.
+    pub fn stream_name(nonce: u64, i: u64) -> String {
+        format!("{nonce}-s{i}")
+    }
+
+    /// Windows the first `n` messages complete, over all streams.
+    pub fn windows(&self, n: u64) -> u64 {
+        (0..self.streams)
+            .map(|i| {
+                // Messages i, i + streams, .. belong to stream i.
+                let k = n / self.streams + u64::from(i < n % self.streams);
+                if k < self.size {
+                    0
+                } else {
+                    1 + (k - self.size) / self.stride
+                }
+            })
+            .sum()
+    }
+
+    /// The sequence number of the message that completes window `wseq`
+    /// (from 1) of stream `stream`.
+    pub fn completing(&self, stream: u64, wseq: u64) -> Option<u64> {
+        if stream >= self.streams || wseq == 0 {
+            return None;
+        }
+        let k = self
+            .size
+            .checked_add((wseq - 1).checked_mul(self.stride)?)?
+            .checked_sub(1)?;
+        k.checked_mul(self.streams)?.checked_add(stream)
+    }
+
+    /// A run short enough to complete no window in some stream measures
+    /// nothing: the shortest run, in seconds at `rate`, that completes two
+    /// windows per stream.
+    pub fn min_seconds(&self, rate: f64) -> f64 {
+        ((self.size + self.stride) * self.streams) as f64 / rate
     }
 }
 
@@ -145,30 +298,53 @@ pub fn payload_from_args(a: &PayloadArgs) -> Result<Payload, String> {
     fixture_payload(fixture, a.case.as_deref(), raw)
 }
 
+/// The first input of a fixture case (`tests/fixtures/*.json`).
+fn fixture_input(path: &Path, case: Option<&str>) -> Result<Value, String> {
+    let shown = path.display();
+    let text = std::fs::read(path).map_err(|e| format!("cannot read fixture {shown}: {e}"))?;
+    let mut v: Value =
+        serde_json::from_slice(&text).map_err(|e| format!("fixture {shown} is not JSON: {e}"))?;
+    let cases = v
+        .get_mut("cases")
+        .and_then(Value::as_array_mut)
+        .ok_or_else(|| format!("fixture {shown} has no \"cases\" array"))?;
+    let chosen = match case {
+        None => cases.first_mut(),
+        Some(name) => cases
+            .iter_mut()
+            .find(|c| c.get("name").and_then(Value::as_str) == Some(name)),
+    }
+    .ok_or_else(|| format!("fixture {shown} has no case {}", case.unwrap_or("(any)")))?;
+    chosen
+        .get_mut("inputs")
+        .and_then(Value::as_array_mut)
+        .and_then(|i| i.first_mut())
+        .map(Value::take)
+        .ok_or_else(|| format!("fixture {shown}: case has no inputs"))
+}
+
+/// The float-domain values of a fixture case's first input, flat.
+fn fixture_values(path: &Path, case: Option<&str>) -> Result<Vec<f64>, String> {
+    let shown = path.display();
+    let input = fixture_input(path, case)?;
+    input
+        .get("values")
+        .and_then(Value::as_array)
+        .ok_or_else(|| format!("fixture {shown}: input has no \"values\" array"))?
+        .iter()
+        .map(|x| {
+            x.as_f64()
+                .ok_or_else(|| format!("fixture {shown}: value {x} is not a number"))
+        })
+        .collect()
+}
+
 /// The first input of a fixture case: `{"data": values}` (float domain, as
 /// a device would send it) or the quantized bytes for `raw`.
 pub fn fixture_payload(path: &Path, case: Option<&str>, raw: bool) -> Result<Payload, String> {
     let shown = path.display();
-    let text = std::fs::read(path).map_err(|e| format!("cannot read fixture {shown}: {e}"))?;
-    let v: Value =
-        serde_json::from_slice(&text).map_err(|e| format!("fixture {shown} is not JSON: {e}"))?;
-    let cases = v
-        .get("cases")
-        .and_then(Value::as_array)
-        .ok_or_else(|| format!("fixture {shown} has no \"cases\" array"))?;
-    let chosen = match case {
-        None => cases.first(),
-        Some(name) => cases
-            .iter()
-            .find(|c| c.get("name").and_then(Value::as_str) == Some(name)),
-    }
-    .ok_or_else(|| format!("fixture {shown} has no case {}", case.unwrap_or("(any)")))?;
-    let input = chosen
-        .get("inputs")
-        .and_then(Value::as_array)
-        .and_then(|i| i.first())
-        .ok_or_else(|| format!("fixture {shown}: case has no inputs"))?;
     if raw {
+        let input = fixture_input(path, case)?;
         let dtype = input.get("dtype").and_then(Value::as_str).unwrap_or("");
         let q = input
             .get("quantized")
@@ -193,22 +369,16 @@ pub fn fixture_payload(path: &Path, case: Option<&str>, raw: bool) -> Result<Pay
         }
         return Ok(Payload::Raw(bytes));
     }
-    let values = input
-        .get("values")
-        .and_then(Value::as_array)
-        .ok_or_else(|| format!("fixture {shown}: input has no \"values\" array"))?;
+    let values = fixture_values(path, case)?;
     // Written as float32 numbers (shortest form that round-trips), as a
     // device with float32 readings would send them: `{"data":[..]}`, flat.
     let mut body = String::with_capacity(values.len() * 12 + 16);
     body.push_str("{\"data\":[");
-    for (i, x) in values.iter().enumerate() {
-        let f = x
-            .as_f64()
-            .ok_or_else(|| format!("fixture {shown}: value {x} is not a number"))?;
+    for (i, f) in values.iter().enumerate() {
         if i > 0 {
             body.push(',');
         }
-        body.push_str(&(f as f32).to_string());
+        body.push_str(&(*f as f32).to_string());
     }
     body.push_str("]}");
     Ok(Payload::Json(body.into_bytes()))
@@ -216,7 +386,8 @@ pub fn fixture_payload(path: &Path, case: Option<&str>, raw: bool) -> Result<Pay
 
 #[derive(Debug, Clone)]
 pub struct Workload {
-    /// Publish topic; with `seq_topic` a level `<nonce>_<seq>` is appended.
+    /// Publish topic; with `seq_topic` a level `<nonce>_<seq>` is appended,
+    /// for readings a level `<nonce>-s<stream>`.
     pub topic: String,
     pub seq_topic: bool,
     /// Where results arrive (a filter).
@@ -224,6 +395,46 @@ pub struct Workload {
     /// Where errors arrive (a filter), if the target has an error topic.
     pub errors: Option<String>,
     pub payload: Payload,
+}
+
+impl Workload {
+    /// How results name the message they answer.
+    fn matching(&self) -> Matching<'_> {
+        match &self.payload {
+            Payload::Readings(r) => Matching::Window(r),
+            _ if self.seq_topic => Matching::Topic,
+            _ => Matching::Id,
+        }
+    }
+
+    /// Results the first `n` messages should bring.
+    pub fn expected(&self, n: u64) -> u64 {
+        match &self.payload {
+            Payload::Readings(r) => r.windows(n),
+            _ => n,
+        }
+    }
+
+    /// The shortest run that measures anything at `rate` (see
+    /// `Readings::min_seconds`); 0 for one answer per message.
+    pub fn min_seconds(&self, rate: f64) -> f64 {
+        match &self.payload {
+            Payload::Readings(r) => r.min_seconds(rate),
+            _ => 0.0,
+        }
+    }
+}
+
+/// How a result names the message it answers.
+#[derive(Debug, Clone, Copy)]
+enum Matching<'a> {
+    /// `"id"`: nonce * ID_SPAN + seq.
+    Id,
+    /// The last topic level: `<nonce>_<seq>`.
+    Topic,
+    /// `"window": {"key": "<nonce>-s<stream>", "seq": n}`: the message that
+    /// completed the window.
+    Window(&'a Readings),
 }
 
 #[derive(Debug, Clone)]
@@ -263,15 +474,9 @@ impl Stages {
     }
 
     fn record(&mut self, payload: &[u8]) {
-        let Some(pos) = find(payload, b"\"latency_ms\"") else {
+        let Some(v) = json_value_at(payload, b"\"latency_ms\"") else {
             return;
         };
-        let Some(colon) = payload[pos..].iter().position(|&b| b == b':') else {
-            return;
-        };
-        let mut it =
-            serde_json::Deserializer::from_slice(&payload[pos + colon + 1..]).into_iter::<Value>();
-        let Some(Ok(v)) = it.next() else { return };
         for (name, h) in [
             ("queue", &mut self.queue),
             ("pre", &mut self.pre),
@@ -312,21 +517,28 @@ fn ms(us: u64) -> f64 {
 #[derive(Debug, Clone, Default)]
 pub struct Report {
     pub sent: u64,
+    /// Results the messages sent should bring (= sent, or the windows the
+    /// readings sent complete).
+    pub expected: u64,
     pub received: u64,
     pub errors: u64,
     pub lost: u64,
+    /// Messages the target handled, for CPU per message: the answered ones,
+    /// or for readings every reading sent (most get no answer of their own).
+    pub handled: u64,
     pub json: Value,
 }
 
 impl Report {
-    /// Zero lost, zero errors (dropped/overloaded) and the p99 within the SLO.
+    /// Something expected, zero lost, zero errors (dropped/overloaded) and
+    /// the p99 within the SLO.
     pub fn sustained(&self, slo_p99_ms: f64) -> bool {
         let p99 = self
             .json
             .get("p99_ms")
             .and_then(Value::as_f64)
             .unwrap_or(f64::MAX);
-        self.sent > 0 && self.lost == 0 && self.errors == 0 && p99 <= slo_p99_ms
+        self.expected > 0 && self.lost == 0 && self.errors == 0 && p99 <= slo_p99_ms
     }
 }
 
@@ -339,16 +551,38 @@ fn nonce() -> u64 {
 }
 
 /// Parses (nonce, seq) out of a result.
-fn key_of(topic: &[u8], payload: &[u8], by_topic: bool) -> Option<(u64, u64)> {
-    if by_topic {
-        let last = topic.rsplit(|&b| b == b'/').next()?;
-        let s = std::str::from_utf8(last).ok()?;
-        let (n, q) = s.split_once('_')?;
-        return Some((n.parse().ok()?, q.parse().ok()?));
+fn key_of(topic: &[u8], payload: &[u8], how: Matching) -> Option<(u64, u64)> {
+    match how {
+        Matching::Topic => {
+            let last = topic.rsplit(|&b| b == b'/').next()?;
+            let s = std::str::from_utf8(last).ok()?;
+            let (n, q) = s.split_once('_')?;
+            Some((n.parse().ok()?, q.parse().ok()?))
+        }
+        Matching::Id => {
+            let id = json_id(payload)?;
+            let id: u64 = std::str::from_utf8(id).ok()?.parse().ok()?;
+            Some((id / ID_SPAN, id % ID_SPAN))
+        }
+        Matching::Window(r) => {
+            let window = json_value_at(payload, b"\"window\"")?;
+            let key = window.get("key")?.as_str()?;
+            let wseq = window.get("seq")?.as_u64()?;
+            let (n, stream) = key.rsplit_once("-s")?;
+            let seq = r.completing(stream.parse().ok()?, wseq)?;
+            Some((n.parse().ok()?, seq))
+        }
     }
-    let id = json_id(payload)?;
-    let id: u64 = std::str::from_utf8(id).ok()?.parse().ok()?;
-    Some((id / ID_SPAN, id % ID_SPAN))
+}
+
+/// The JSON value after the first occurrence of `key` (a quoted name) in
+/// `payload`, found by scanning and parsed alone, not the whole payload.
+fn json_value_at(payload: &[u8], key: &[u8]) -> Option<Value> {
+    let pos = find(payload, key)?;
+    let colon = payload[pos..].iter().position(|&b| b == b':')?;
+    let mut it =
+        serde_json::Deserializer::from_slice(&payload[pos + colon + 1..]).into_iter::<Value>();
+    it.next()?.ok()
 }
 
 /// One open-loop run at a fixed rate.
@@ -359,7 +593,6 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
     let n = (spec.rate * spec.seconds).round().max(1.0) as u64;
     let nonce = nonce();
     let period_ns = 1e9 / spec.rate;
-    let by_topic = w.seq_topic;
 
     // Results side first, so nothing is missed.
     let (sub, mut sub_conn) = mqtt::connect(&format!("bench-load-sub-{nonce}"), spec.port);
@@ -374,6 +607,12 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
     mqtt::wait_ready(&mut pub_conn, 0, "load (publisher)")?;
 
     let start = Instant::now() + Duration::from_millis(100);
+    // Readings carry their scheduled send time as a Unix timestamp.
+    let start_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+        + 0.1;
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
 
@@ -390,6 +629,7 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
 
     let errors_filter = w.errors.clone();
     let results_filter = w.results.clone();
+    let w_sub = w.clone();
     let stop_r = stop.clone();
     let answered_r = answered.clone();
     let sub_thread = thread::spawn(move || {
@@ -424,7 +664,7 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
                 }
                 continue;
             }
-            match key_of(p.topic.as_bytes(), &p.payload, by_topic) {
+            match key_of(p.topic.as_bytes(), &p.payload, w_sub.matching()) {
                 Some((nn, seq)) if nn == nonce && seq < n => {
                     let i = seq as usize;
                     if seen[i] {
@@ -453,22 +693,32 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
     let mut lag = hist();
     let mut send_errors = 0u64;
     let mut sent = 0u64;
+    let stream_topics: Vec<String> = match &w.payload {
+        Payload::Readings(r) => (0..r.streams)
+            .map(|i| format!("{}/{}", w.topic, Readings::stream_name(nonce, i)))
+            .collect(),
+        _ => Vec::new(),
+    };
     for seq in 0..n {
         let due = start + Duration::from_nanos((seq as f64 * period_ns) as u64);
         let now = Instant::now();
         if due > now {
             thread::sleep(due - now);
         }
-        let topic = if w.seq_topic {
+        let topic = if !stream_topics.is_empty() {
+            // In bounds: an index modulo the length.
+            stream_topics[(seq % stream_topics.len() as u64) as usize].clone()
+        } else if w.seq_topic {
             format!("{}/{nonce}_{seq}", w.topic)
         } else {
             w.topic.clone()
         };
+        let ts = start_unix + seq as f64 * period_ns / 1e9;
         match publ.publish(
             topic,
             QoS::AtMostOnce,
             false,
-            w.payload.message(nonce * ID_SPAN + seq),
+            w.payload.message(nonce * ID_SPAN + seq, seq, ts),
         ) {
             Ok(()) => sent += 1,
             Err(_) => send_errors += 1,
@@ -478,7 +728,8 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
     }
     let last_due = start + Duration::from_nanos(((n - 1) as f64 * period_ns) as u64);
     let send_end = Instant::now();
-    while answered.load(Ordering::Relaxed) < sent && last_due.elapsed() < spec.grace {
+    let expected = w.expected(sent);
+    while answered.load(Ordering::Relaxed) < expected && last_due.elapsed() < spec.grace {
         thread::sleep(Duration::from_millis(10));
     }
     stop.store(true, Ordering::Relaxed);
@@ -500,7 +751,7 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
             return Err(format!("publisher connection failed: {f}"));
         }
     }
-    let lost = sent.saturating_sub(received + errors);
+    let lost = expected.saturating_sub(received + errors);
     let elapsed = send_end
         .saturating_duration_since(start)
         .as_secs_f64()
@@ -518,6 +769,7 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
         "payload_bytes": w.payload.len(),
         "payload_kind": w.payload.kind(),
         "sent": sent,
+        "expected": expected,
         "send_errors": send_errors,
         "achieved_send_rate": (sent as f64 / elapsed).round(),
         "received": received,
@@ -534,11 +786,17 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
         "send_lag_max_ms": json!(ms(lag.max())),
         "stages": stages.to_json(),
     });
+    let handled = match &w.payload {
+        Payload::Readings(_) => sent,
+        _ => received,
+    };
     Ok(Report {
         sent,
+        expected,
         received,
         errors,
         lost,
+        handled,
         json,
     })
 }
@@ -566,4 +824,98 @@ pub fn main(a: &LoadArgs) -> Result<(), String> {
         println!("{}", r.json);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::{key_of, Matching, Payload, Readings, ReadingsSpec, Workload};
+
+    fn har_readings(streams: u64) -> Readings {
+        let fixture =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/har_accel_int8.json");
+        let cases: Vec<String> = ["walking", "running", "idle", "fall"]
+            .map(String::from)
+            .to_vec();
+        let fields: Vec<String> = ["ax", "ay", "az"].map(String::from).to_vec();
+        Readings::from_fixture(
+            &fixture,
+            &ReadingsSpec {
+                cases: &cases,
+                fields: &fields,
+                ts_field: "ts",
+                decimals: 3,
+                streams,
+                size: 128,
+                stride: 64,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_reading_is_one_small_json_object_with_the_fixture_values() {
+        let r = har_readings(4);
+        let m = String::from_utf8(r.message(0, 1764620000.12)).unwrap();
+        assert_eq!(
+            m,
+            r#"{"ts":1764620000.120000,"ax":0.092,"ay":0.096,"az":1.171}"#
+        );
+        let v: serde_json::Value = serde_json::from_slice(&r.message(5, 1.5)).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), 4);
+        // Stream 1 starts in the second case (running): 512 samples / 4 streams.
+        let s1: serde_json::Value = serde_json::from_slice(&r.message(1, 1.0)).unwrap();
+        assert_eq!(s1["ax"], -0.342);
+        assert!((50..70).contains(&Payload::Readings(r).len()));
+    }
+
+    #[test]
+    fn windows_expected_count_every_stream_alone() {
+        let r = har_readings(4);
+        assert_eq!(r.windows(0), 0);
+        assert_eq!(r.windows(4 * 128 - 1), 3);
+        assert_eq!(r.windows(4 * 128), 4);
+        assert_eq!(r.windows(4 * 192), 8);
+        assert_eq!(r.windows(4 * 192 + 3), 8);
+        assert_eq!(r.windows(10_000), 4 * (1 + (2500 - 128) / 64));
+        // The window that completes at message m is counted from m + 1 on.
+        for (stream, wseq) in [(0, 1), (3, 1), (2, 7)] {
+            let m = r.completing(stream, wseq).unwrap();
+            assert_eq!(m % 4, stream);
+            assert_eq!(r.windows(m + 1), r.windows(m) + 1);
+        }
+        assert_eq!(r.completing(4, 1), None);
+        assert_eq!(r.completing(0, 0), None);
+        assert_eq!(r.completing(0, u64::MAX), None);
+    }
+
+    #[test]
+    fn a_window_result_names_the_reading_that_completed_it() {
+        let r = har_readings(4);
+        let how = Matching::Window(&r);
+        let result = br#"{"id":null,"model":"har","window":{"key":"1234-s2","seq":3,"start":1.0,"end":2.0,"readings":128},"latency_ms":{}}"#;
+        assert_eq!(
+            key_of(b"bench/imu-out/1234-s2", result, how),
+            Some((1234, (127 + 2 * 64) * 4 + 2))
+        );
+        assert_eq!(
+            key_of(b"t", br#"{"window":{"key":"x","seq":1}}"#, how),
+            None
+        );
+        assert_eq!(
+            key_of(b"t", br#"{"window":{"key":"1-s9","seq":1}}"#, how),
+            None
+        );
+        assert_eq!(key_of(b"t", br#"{"id":5}"#, how), None);
+        let w = Workload {
+            topic: "bench/imu".into(),
+            seq_topic: false,
+            results: "bench/imu-out/+".into(),
+            errors: None,
+            payload: Payload::Readings(r),
+        };
+        assert_eq!(w.expected(4 * 128), 4);
+        assert!(w.min_seconds(100.0) > 7.0);
+    }
 }
