@@ -3,7 +3,9 @@
 //! window runs the model once. The model's workers share its streams; a
 //! worker takes a message and appends its readings under the streams'
 //! lock, so the readings of a stream stay in arrival order whichever
-//! worker takes them. Inference runs outside the lock.
+//! worker takes them. Inference runs outside the lock. The window's shape
+//! is `[models.window]` (`config::WindowSettings`) resolved against the
+//! input tensor by `models::intake`.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
