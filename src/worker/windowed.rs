@@ -20,11 +20,15 @@ use super::window::{sweep_interval, Streams, Window};
 use super::JobReceiver;
 use crate::codec::encode::{Extras, Outputs, WindowInfo};
 use crate::codec::readings::parse_readings;
-use crate::codec::{ErrorCode, MessageId};
+use crate::codec::{ErrorCode, Failure, MessageId};
 use crate::job::Job;
 use crate::models::{ModelContext, WindowIntake};
 use crate::replies::{Outgoing, Replies, Stages};
 use crate::telemetry::WorkerBeat;
+
+/// Longest stream key: far above any sensor's name, small enough that
+/// `max_streams` keys stay a few hundred kilobytes.
+const MAX_KEY_BYTES: usize = 256;
 
 pub(super) fn window_loop(
     mut engine: Box<dyn Engine>,
@@ -116,6 +120,19 @@ fn take(
     out: &mut Vec<Outgoing>,
 ) -> (Option<MessageId>, Vec<Window>) {
     let key = stream_key(ctx, intake, job, replies.device_id());
+    if key.len() > MAX_KEY_BYTES {
+        // Keys are held as long as their stream: bounded like the streams.
+        let failure = Failure::new(
+            ErrorCode::BadReading,
+            format!(
+                "the stream key rendered from topic \"{}\" is {} bytes; at most {MAX_KEY_BYTES} (set [models.window] key to the topic levels that name the sensor)",
+                job.topic.chars().take(64).collect::<String>(),
+                key.len()
+            ),
+        );
+        out.extend(replies.error(Some(ctx), job, None, &failure));
+        return (None, Vec::new());
+    }
     let readings = match parse_readings(&job.payload, &intake.fields, intake.timestamp.as_ref()) {
         Ok(r) => r,
         Err((id, mut failure)) => {
