@@ -29,6 +29,10 @@ impl Readings {
     pub fn len(&self) -> usize {
         self.timestamps.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.timestamps.is_empty()
+    }
 }
 
 /// A message of readings: one reading (an object), an array of readings,

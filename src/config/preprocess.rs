@@ -132,10 +132,12 @@ impl FieldPath {
                 match chars.next() {
                     Some('0') => step.push('~'),
                     Some('1') => step.push('/'),
-                    other => return Err(format!(
+                    other => {
+                        return Err(format!(
                         "\"{text}\" is not a JSON Pointer: '~' must be followed by 0 or 1, got {}",
                         other.map_or("the end".to_string(), |c| format!("'{c}'"))
-                    )),
+                    ))
+                    }
                 }
             }
             steps.push(step);

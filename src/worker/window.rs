@@ -364,4 +364,71 @@ mod tests {
         assert_eq!(s.open(), 0);
         assert!(s.streams.capacity() < 1000, "{}", s.streams.capacity());
     }
+
+    /// Random keys, batch sizes, timestamps (in order, equal, older, gaps)
+    /// and clock steps: streams never exceed the cap, every window has
+    /// `size` readings in time order, and every reading is either in a
+    /// window, still held, or counted as discarded.
+    #[test]
+    fn random_streams_keep_their_invariants() {
+        let mut rng = crate::robustness::Rng::new(0x5eed);
+        for _ in 0..200 {
+            let size = 1 + rng.below(8);
+            let shape = WindowShape {
+                fields: 1 + rng.below(3),
+                size,
+                stride: 1 + rng.below(size),
+                max_gap: rng.one_in(2).then(|| Duration::from_millis(500)),
+                idle_timeout: Duration::from_secs(1 + rng.below(5) as u64),
+                max_streams: 1 + rng.below(6),
+            };
+            let mut now = Instant::now();
+            let mut s = Streams::new(shape.clone(), now);
+            let mut ts = 100.0;
+            let mut refused = 0u64;
+            for _ in 0..300 {
+                let key = format!("k{}", rng.below(10));
+                let n = 1 + rng.below(5);
+                let mut stamps = Vec::new();
+                for _ in 0..n {
+                    ts += match rng.below(10) {
+                        0 => -1.0,
+                        1 => 0.0,
+                        2 => 2.0,
+                        _ => 0.01,
+                    };
+                    stamps.push(ts);
+                }
+                let values: Vec<f32> = (0..n * shape.fields).map(|i| i as f32).collect();
+                now += Duration::from_millis(rng.below(800) as u64);
+                let out = s.push(&key, &values, &stamps, now);
+                assert!(s.open() <= shape.max_streams);
+                for w in &out.windows {
+                    assert_eq!(w.values.len(), size * shape.fields);
+                    assert!(w.start <= w.end, "{w:?}");
+                    assert_eq!(w.readings, size);
+                }
+                if out.failures.iter().any(|f| f.code == ErrorCode::Overloaded) {
+                    refused += n as u64;
+                }
+                if rng.one_in(50) {
+                    s.restart(&key);
+                }
+            }
+            // Every reading taken or refused is held (in no window yet),
+            // discarded, or covered by a window; a window covers `stride`
+            // fresh readings, or `size` when it is its stream's first
+            // since a (re)start.
+            let held: u64 = s.streams.values().map(|st| st.fresh as u64).sum();
+            let covered = (s.readings + refused)
+                .checked_sub(held + s.discarded)
+                .expect("more readings held or discarded than came");
+            let (stride, size) = (shape.stride as u64, size as u64);
+            assert!(
+                (s.windows * stride..=s.windows * size).contains(&covered),
+                "{covered} readings covered by {} windows of {size}, stride {stride}",
+                s.windows
+            );
+        }
+    }
 }
