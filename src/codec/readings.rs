@@ -21,18 +21,9 @@ pub struct Readings {
     pub id: Option<MessageId>,
     /// `fields.len()` values per reading, reading after reading.
     pub values: Vec<f32>,
-    /// Each reading's timestamp field (Unix seconds), when one is configured.
+    /// Each reading's timestamp field (Unix seconds), when one is
+    /// configured; one entry per reading either way.
     pub timestamps: Vec<Option<f64>>,
-}
-
-impl Readings {
-    pub fn len(&self) -> usize {
-        self.timestamps.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.timestamps.is_empty()
-    }
 }
 
 /// A message of readings: one reading (an object), an array of readings,
@@ -343,7 +334,7 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(listed.len(), 1);
+        assert_eq!(listed.timestamps.len(), 1);
         assert_eq!(listed.id.unwrap().to_string(), "1.50");
     }
 

@@ -2029,11 +2029,15 @@ fn robustness_readings_and_fields() {
         run.add_time("readings", t.elapsed());
         match r {
             Ok(r) => {
-                if r.values.len() != r.len() * fields.len() || r.is_empty() {
+                if r.values.len() != r.timestamps.len() * fields.len() || r.timestamps.is_empty() {
                     run.fail(
                         case,
                         &payload,
-                        &format!("{} values for {} readings", r.values.len(), r.len()),
+                        &format!(
+                            "{} values for {} readings",
+                            r.values.len(),
+                            r.timestamps.len()
+                        ),
                     );
                 }
                 if r.values.iter().any(|v| !v.is_finite()) {

@@ -157,7 +157,9 @@ fn take(
         out.extend(replies.error(Some(ctx), job, readings.id.as_ref(), failure));
     }
     let counts = &ctx.stats.window;
-    counts.readings.fetch_add(readings.len() as u64, Relaxed);
+    counts
+        .readings
+        .fetch_add(readings.timestamps.len() as u64, Relaxed);
     counts
         .windows
         .fetch_add(pushed.windows.len() as u64, Relaxed);
