@@ -164,7 +164,8 @@ def main():
                     return "–"
                 if not x:
                     return "skipped (a lower rate was already overloaded)"
-                return f"{x['lost']:,} / {x['errors']:,}"
+                codes = ", ".join(f"{k} {v:,}" for k, v in (x.get("error_codes") or {}).items())
+                return f"{x['lost']:,} / {x['errors']:,}" + (f" ({codes})" if codes else "")
             L.append(f"| @{fmt(rate)}/s lost / errors | {lost(wf, ff)} | {lost(we, fe)} | {lost(wb, fb)} | | |")
         # Where the time goes (the targets' own stage timings, from their results).
         stage_rows = []
@@ -196,7 +197,8 @@ def main():
 def model_set_text(model_set):
     # Results written before the model set was recorded had these three.
     model_set = model_set or ["har_accel_int8 (JSON)", "mobilenet_v2_int8 (raw)", "mobilenet_v2_int8 (JSON)"]
-    return f"Model set (the models of the workloads run): {', '.join(model_set)} = {len(model_set)} model instances."
+    n = len(model_set)
+    return f"Model set (the models of the workloads run): {', '.join(model_set)} = {n} model instance{'s' if n != 1 else ''}."
 
 
 def targets_issue11(ec, ei, bl):
@@ -239,6 +241,8 @@ def targets_issue11(ec, ei, bl):
 
 
 def targets_section(ec, ei, bl, floors, allm):
+    if not any(workload(d, n) for d in (ec, ei, bl) for n in ("har_json", "mnv2_raw", "mnv2_json")):
+        return []
     L = ["## Targets of issue 5", "",
          "Computed by bench/report.py from the figures above (one sitting; medians when runs were repeated).", "",
          "| target | result | figures |", "|---|---|---|"]

@@ -16,6 +16,7 @@
 //! and (key, seq) names the reading that completed it, whose scheduled send
 //! time the latency is measured from.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -209,11 +210,17 @@ impl Readings {
         k.checked_mul(self.streams)?.checked_add(stream)
     }
 
-    /// A run short enough to complete no window in some stream measures
-    /// nothing: the shortest run, in seconds at `rate`, that completes two
-    /// windows per stream.
+    /// The shortest run, in seconds at `rate`, that measures something: it
+    /// completes two windows per stream (a run that completes none in some
+    /// stream measures nothing there) and 100 windows in all, so the p99
+    /// is not simply the slowest window (a run of 1:1 messages at the lowest
+    /// fixed rates has thousands of samples; 3 s of readings at 1,000/s
+    /// would have 40 windows).
     pub fn min_seconds(&self, rate: f64) -> f64 {
-        ((self.size + self.stride) * self.streams) as f64 / rate
+        const MIN_WINDOWS: u64 = 100;
+        let per_stream = MIN_WINDOWS.div_ceil(self.streams).max(2);
+        let readings = (self.size + (per_stream - 1) * self.stride) * self.streams;
+        readings as f64 / rate
     }
 }
 
@@ -636,6 +643,8 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
         let mut lat = hist();
         let mut stages = Stages::new();
         let mut seen = vec![false; n as usize];
+        // Error messages by their "code" (overloaded, bad_reading, ..).
+        let mut error_codes: BTreeMap<String, u64> = BTreeMap::new();
         let (mut received, mut errors, mut dups, mut stale, mut unmatched) =
             (0u64, 0u64, 0u64, 0u64, 0u64);
         let mut failure = None;
@@ -658,6 +667,9 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
                     .is_some()
                 {
                     errors += 1;
+                    let code = json_value_at(&p.payload, b"\"code\"");
+                    let code = code.as_ref().and_then(Value::as_str).unwrap_or("(no code)");
+                    *error_codes.entry(code.to_string()).or_insert(0) += 1;
                     answered_r.fetch_add(1, Ordering::Relaxed);
                 } else {
                     unmatched += 1;
@@ -684,7 +696,15 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
             }
         }
         (
-            lat, stages, received, errors, dups, stale, unmatched, failure,
+            lat,
+            stages,
+            received,
+            errors,
+            error_codes,
+            dups,
+            stale,
+            unmatched,
+            failure,
         )
     });
 
@@ -735,9 +755,10 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
     stop.store(true, Ordering::Relaxed);
     let _ = publ.disconnect();
     let _ = sub.disconnect();
-    let (lat, stages, received, errors, dups, stale, unmatched, sub_failure) = sub_thread
-        .join()
-        .map_err(|_| "results thread panicked".to_string())?;
+    let (lat, stages, received, errors, error_codes, dups, stale, unmatched, sub_failure) =
+        sub_thread
+            .join()
+            .map_err(|_| "results thread panicked".to_string())?;
     let pub_failure = pub_thread
         .join()
         .unwrap_or(Some("publisher thread panicked".into()));
@@ -774,6 +795,7 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
         "achieved_send_rate": (sent as f64 / elapsed).round(),
         "received": received,
         "errors": errors,
+        "error_codes": error_codes,
         "lost": lost,
         "duplicates": dups,
         "stale": stale,
@@ -916,6 +938,7 @@ mod tests {
             payload: Payload::Readings(r),
         };
         assert_eq!(w.expected(4 * 128), 4);
-        assert!(w.min_seconds(100.0) > 7.0);
+        // 100 windows in all: 25 per stream = 128 + 24 * 64 readings each.
+        assert_eq!(w.min_seconds(1000.0), 4.0 * 1664.0 / 1000.0);
     }
 }
