@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# The benchmark of issue 5, in one command: builds release, prepares the
-# Python baseline's venv, starts its own Mosquitto on a free loopback port,
-# measures the runtime floor, the echo floor (messaging floor), edge-infer and
-# the Python baseline on the same broker with the same open-loop generator,
-# and writes BENCHMARKS.md.
+# The benchmark of issues 5 and 11, in one command: builds release, prepares
+# the Python baseline's venv, starts its own Mosquitto on a free loopback
+# port, measures the runtime floor, the echo floor (messaging floor),
+# edge-infer and the Python baseline on the same broker with the same
+# open-loop generator, and writes BENCHMARKS.md. Workloads (bench/workloads.json):
+# har_json, mnv2_raw, mnv2_json (whole tensors), har_readings (one JSON
+# message per reading, windowed by the target) and mnv2_jpeg (a JPEG photo).
+# The daemon and the baseline load the models of the selected workloads.
 #
 #   scripts/bench.sh            # full run: 30 s sustained confirmations (~30-40 min)
 #   scripts/bench.sh --quick    # short runs, to iterate (~8-10 min)
 #   scripts/bench.sh --only har_json --targets edge-infer,baseline --quick
 #
-# Options: --quick, --only W1,W2 (workloads from bench/workloads.json),
+# Options: --quick, --only W1,W2 (workloads from bench/workloads.json, all
+# by default),
 # --targets echo,edge-infer,baseline, --threads N (XNNPACK threads, both
 # targets), --workers N (edge-infer workers per model), --cpus LIST (pin
 # edge-infer and the baseline with taskset, e.g. 1 for "the daemon has one
@@ -44,7 +48,7 @@ while [[ $# -gt 0 ]]; do
     --seconds) SECONDS_CONFIRM="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --no-build) BUILD=0 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
