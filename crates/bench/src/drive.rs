@@ -502,7 +502,7 @@ fn workload_payload(spec: &Value, name: &str, repo: &Path) -> Result<Payload, St
     let u = |k: &str| -> Result<u64, String> {
         spec[k]
             .as_u64()
-            .ok_or_else(|| format!("workload {name}: \"{k}\" must be a positive integer"))
+            .ok_or_else(|| format!("workload {name}: \"{k}\" must be an integer, 0 or more"))
     };
     let strings = |k: &str| -> Result<Vec<String>, String> {
         spec[k]
@@ -511,10 +511,11 @@ fn workload_payload(spec: &Value, name: &str, repo: &Path) -> Result<Payload, St
             .ok_or_else(|| format!("workload {name}: \"{k}\" must be an array of strings"))
     };
     match s("format")? {
-        "json" | "raw" => {
-            let raw = s("format")? == "raw";
-            fixture_payload(&repo.join(s("fixture")?), spec["case"].as_str(), raw)
-        }
+        format @ ("json" | "raw") => fixture_payload(
+            &repo.join(s("fixture")?),
+            spec["case"].as_str(),
+            format == "raw",
+        ),
         "file" => {
             let path = repo.join(s("payload")?);
             std::fs::read(&path).map(Payload::Raw).map_err(|e| {
