@@ -7,10 +7,13 @@
 //! - `encode`: result and error messages.
 //! - `peek`: a message's id, found without decoding it (for answers refused
 //!   before decoding).
+//! - `image`: a JPEG or PNG payload -> an image model's input (decode,
+//!   resize as Pillow does, normalize, quantize).
 
 pub mod decode;
 pub mod encode;
 mod fast;
+pub mod image;
 mod peek;
 pub mod quant;
 #[cfg(test)]
