@@ -38,10 +38,6 @@
 //! not applied, ICC profiles are ignored, only an animated PNG's default
 //! image is read.
 
-// The worker integration (issue 11) is the only caller outside tests;
-// until it lands, the non-test build sees no use.
-#![cfg_attr(not(test), allow(dead_code))]
-
 mod decode;
 mod header;
 #[cfg(test)]
