@@ -11,7 +11,7 @@ use sysinfo::{Components, Disks, Pid, ProcessesToUpdate, System};
 
 use crate::codec::ErrorCode;
 use crate::models::LoadedModel;
-use crate::telemetry::{DaemonStats, LatencySummary, ModelStats};
+use crate::telemetry::{DaemonStats, LatencySummary, ModelStats, WindowCounts};
 use crate::time::unix_now;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -125,6 +125,8 @@ pub struct ModelView<'a> {
     pub stats: &'a ModelStats,
     pub queue_depth: usize,
     pub queue_capacity: usize,
+    /// Whether the model windows readings (its health adds `window`).
+    pub windowed: bool,
 }
 
 #[derive(Serialize)]
@@ -192,6 +194,8 @@ struct ModelHealth<'a> {
     queue_capacity: usize,
     throughput_per_sec: f64,
     latency_ms: LatencySummary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    window: Option<WindowCounts>,
 }
 
 /// Samples the machine; keeps state between ticks (CPU usage is a delta).
@@ -300,6 +304,7 @@ impl HealthReporter {
                 queue_capacity: m.queue_capacity,
                 throughput_per_sec: inferences.saturating_sub(before) as f64 / interval,
                 latency_ms: m.stats.take_latency(),
+                window: m.windowed.then(|| m.stats.window.counts()),
             });
         }
         to_json(&Health {

@@ -348,6 +348,7 @@ struct ModelSummary<'a> {
     outputs: &'a [model_runtime::TensorSpec],
     labels: Option<&'a [String]>,
     top_k: Option<usize>,
+    intake: &'a models::Intake,
     /// What runs it and how long load and warm-up took; `None` when it was
     /// only checked from its file.
     loaded: Option<(&'a str, f64)>,
@@ -371,6 +372,7 @@ impl<'a> From<&'a models::CheckedModel> for ModelSummary<'a> {
             outputs: &m.outputs,
             labels: m.labels.as_deref(),
             top_k: m.top_k,
+            intake: &m.intake,
             loaded: None,
         }
     }
@@ -412,10 +414,7 @@ fn print_summary(
         );
         println!(
             "  serving:  payload={} workers={} threads={} queue={} overflow={}{}{}",
-            match s.payload {
-                config::PayloadFormat::Json => "json",
-                config::PayloadFormat::Raw => "raw",
-            },
+            s.payload.as_str(),
             s.workers,
             s.threads,
             s.queue_capacity,
@@ -436,6 +435,9 @@ fn print_summary(
         );
         for t in m.inputs {
             println!("  input:    {}", describe_tensor(t));
+        }
+        for line in m.intake.describe(s) {
+            println!("  intake:   {line}");
         }
         for t in m.outputs {
             println!("  output:   {}", describe_tensor(t));

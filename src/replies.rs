@@ -9,10 +9,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use model_runtime::TensorSpec;
 use tokio::sync::{mpsc, Notify};
 
-use crate::codec::encode::{self, Latency, Outputs, ResultMessage};
+use crate::codec::encode::{self, Extras, Latency, Outputs, ResultMessage};
 use crate::codec::{ErrorCode, Failure, MessageId};
 use crate::job::Job;
 use crate::log_limit::RepeatLimiter;
@@ -200,6 +199,11 @@ impl Replies {
     }
 
     /// The event loop's view of how full the channels are.
+    /// The device id, for templates rendered outside replies (stream keys).
+    pub fn device_id(&self) -> &str {
+        &self.device_id
+    }
+
     pub fn gauge(&self) -> PressureGauge {
         PressureGauge {
             urgent: self.urgent.downgrade(),
@@ -293,10 +297,11 @@ impl Replies {
         ctx: &ModelContext,
         job: &Job,
         id: Option<&MessageId>,
-        specs: &[TensorSpec],
-        buffers: &[&[u8]],
+        outputs: Outputs<'_>,
         at: Stages,
+        extras: Extras<'_>,
     ) -> Option<Outgoing> {
+        let Outputs { specs, buffers } = outputs;
         let top = ctx
             .top_k
             .map(|k| encode::top_k(&specs[0], buffers[0], k, ctx.labels.as_deref()));
@@ -322,9 +327,11 @@ impl Replies {
                 post: ms_between(at.post_from, done),
                 total: ms_between(job.received, done),
             },
-            outputs: Outputs { specs, buffers },
+            outputs,
             top_k: top.as_deref(),
             batch_size: at.batch_size,
+            window: extras.window,
+            image: extras.image,
         };
         match encode::to_vec(&msg) {
             Ok(payload) => {

@@ -21,6 +21,8 @@ pub struct ModelStats {
     /// health report. A std Mutex: held for one `record` by a worker or one
     /// swap by the health tick, never across an await.
     latency_us: Mutex<Histogram<u64>>,
+    /// Windowed models only.
+    pub window: WindowStats,
 }
 
 impl Default for ModelStats {
@@ -30,6 +32,42 @@ impl Default for ModelStats {
             succeeded: AtomicU64::new(0),
             errors: Default::default(),
             latency_us: Mutex::new(new_histogram()),
+            window: WindowStats::default(),
+        }
+    }
+}
+
+/// A windowed model's streams. For such a model `succeeded` counts
+/// windows served, and a reading that completes no window has no reply of
+/// its own.
+#[derive(Debug, Default)]
+pub struct WindowStats {
+    pub open_streams: AtomicU64,
+    /// Windows completed (each runs the model once).
+    pub windows: AtomicU64,
+    pub readings: AtomicU64,
+    /// Readings dropped before any window included them: a stream
+    /// restarted (gap, out of order, bad reading), forgotten (idle), or
+    /// refused (`max_streams`).
+    pub readings_discarded: AtomicU64,
+}
+
+/// [`WindowStats`] read at one moment, as health reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WindowCounts {
+    pub open_streams: u64,
+    pub windows: u64,
+    pub readings: u64,
+    pub readings_discarded: u64,
+}
+
+impl WindowStats {
+    pub fn counts(&self) -> WindowCounts {
+        WindowCounts {
+            open_streams: self.open_streams.load(Ordering::Relaxed),
+            windows: self.windows.load(Ordering::Relaxed),
+            readings: self.readings.load(Ordering::Relaxed),
+            readings_discarded: self.readings_discarded.load(Ordering::Relaxed),
         }
     }
 }

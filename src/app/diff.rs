@@ -76,6 +76,9 @@ fn same_but_position(a: &ModelSettings, b: &ModelSettings) -> bool {
         batch,
         max_batch,
         max_delay,
+        window,
+        input,
+        image,
     } = a;
     // Destructured, so a new setting cannot be forgotten here.
     *name == b.name
@@ -93,6 +96,9 @@ fn same_but_position(a: &ModelSettings, b: &ModelSettings) -> bool {
         && *batch == b.batch
         && *max_batch == b.max_batch
         && *max_delay == b.max_delay
+        && *window == b.window
+        && *input == b.input
+        && *image == b.image
 }
 
 #[cfg(test)]

@@ -321,6 +321,7 @@ impl Supervisor {
                 stats: &m.ctx.stats,
                 queue_depth: m.queue.len(),
                 queue_capacity: m.settings.queue_capacity,
+                windowed: m.settings.window.is_some(),
             })
             .collect();
         let payload = self.health.tick(&self.stats, &views);

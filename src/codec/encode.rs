@@ -35,6 +35,37 @@ pub struct ResultMessage<'a> {
     /// Micro-batching only: how many messages shared this result's invoke.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
+    /// Windowed models only: which window of which stream this is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowInfo<'a>>,
+    /// Image models only: the image as it came.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageMeta>,
+}
+
+/// What a result says beyond its outputs: the window or the image it is
+/// about.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Extras<'a> {
+    pub window: Option<WindowInfo<'a>>,
+    pub image: Option<ImageMeta>,
+}
+
+#[derive(Debug, Serialize, Clone, Copy, PartialEq)]
+pub struct WindowInfo<'a> {
+    pub key: &'a str,
+    pub seq: u64,
+    /// Timestamps of the first and last reading, Unix seconds.
+    pub start: f64,
+    pub end: f64,
+    pub readings: usize,
+}
+
+#[derive(Debug, Serialize, Clone, Copy, PartialEq)]
+pub struct ImageMeta {
+    pub format: &'static str,
+    pub width: u32,
+    pub height: u32,
 }
 
 #[derive(Debug, Serialize, PartialEq)]

@@ -7,12 +7,20 @@
 //! - `encode`: result and error messages.
 //! - `peek`: a message's id, found without decoding it (for answers refused
 //!   before decoding).
+//! - `readings`: named fields of readings (`[models.window]`) and of one
+//!   object (`[models.input] fields`).
+//! - `normalize`: `(x - mean) / std` before quantization.
+//! - `image`: a JPEG or PNG file -> the input tensor (decode, resize,
+//!   normalize, quantize).
 
 pub mod decode;
 pub mod encode;
 mod fast;
+pub mod image;
+pub mod normalize;
 mod peek;
 pub mod quant;
+pub mod readings;
 #[cfg(test)]
 mod robustness;
 

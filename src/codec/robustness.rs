@@ -48,6 +48,7 @@ use crate::robustness::{Rng, Run};
 const JSON_CASES: u64 = 10_000;
 const RAW_CASES: u64 = 50_000;
 const PEEK_CASES: u64 = 10_000;
+const READINGS_CASES: u64 = 20_000;
 
 /// An error message may be this long plus twice the length of the model's
 /// input list (which some messages spell out): enough for every wording,
@@ -1965,4 +1966,127 @@ fn robustness_peek_id() {
             "{counts:?}"
         );
     }
+}
+
+/// Readings as devices publish them (one, an array, `{"readings": [..]}`,
+/// nested fields, ids, timestamps), mutated or not, through
+/// `parse_readings`, and tabular objects through `decode_fields`: never a
+/// panic; an accepted message has every field of every reading as a finite
+/// float32; a refusal is one of the documented codes with a message.
+#[test]
+fn robustness_readings_and_fields() {
+    use super::readings::{decode_fields, parse_readings};
+    use crate::config::FieldPath;
+
+    let fields: Vec<FieldPath> = ["ax", "/g/y", "/arr/1"]
+        .iter()
+        .map(|f| FieldPath::parse(f).unwrap())
+        .collect();
+    let ts = FieldPath::parse("ts").unwrap();
+    let mut run = Run::new("readings", READINGS_CASES);
+    let mut previous = Vec::new();
+    for case in run.cases() {
+        let mut rng = run.rng(case);
+        let reading = |rng: &mut Rng| {
+            let value = |rng: &mut Rng| {
+                let wild = rng.one_in(8);
+                number(rng, wild)
+            };
+            let mut parts = vec![
+                format!("\"ax\": {}", value(rng)),
+                format!("\"g\": {{\"y\": {}}}", value(rng)),
+                format!("\"arr\": [0, {}]", value(rng)),
+                format!("\"ts\": {}", 1_764_620_000 + rng.below(1000)),
+            ];
+            if rng.one_in(4) {
+                parts.swap(0, 3);
+            }
+            if rng.one_in(10) {
+                parts.remove(rng.below(4));
+            }
+            format!("{{{}}}", parts.join(", "))
+        };
+        let n = 1 + rng.below(12);
+        let items: Vec<String> = (0..n).map(|_| reading(&mut rng)).collect();
+        let text = match rng.below(3) {
+            0 => items[0].clone(),
+            1 => format!("[{}]", items.join(",")),
+            _ => format!(
+                "{{\"id\": {}, \"readings\": [{}]}}",
+                valid_id(&mut rng).0,
+                items.join(",")
+            ),
+        };
+        let mut payload = text.into_bytes();
+        if rng.one_in(2) {
+            mutate(&mut rng, &mut payload, &previous);
+        }
+        let timestamp = rng.one_in(2).then_some(&ts);
+        let t = Instant::now();
+        let r = run.guarded(case, "parse_readings", &payload, || {
+            parse_readings(&payload, &fields, timestamp)
+        });
+        run.add_time("readings", t.elapsed());
+        match r {
+            Ok(r) => {
+                if r.values.len() != r.timestamps.len() * fields.len() || r.timestamps.is_empty() {
+                    run.fail(
+                        case,
+                        &payload,
+                        &format!(
+                            "{} values for {} readings",
+                            r.values.len(),
+                            r.timestamps.len()
+                        ),
+                    );
+                }
+                if r.values.iter().any(|v| !v.is_finite()) {
+                    run.fail(
+                        case,
+                        &payload,
+                        "accepted a value that is not a finite float32",
+                    );
+                }
+                if timestamp.is_some()
+                    && r.timestamps.iter().any(|t| !t.is_some_and(f64::is_finite))
+                {
+                    run.fail(
+                        case,
+                        &payload,
+                        "accepted a reading without a finite timestamp",
+                    );
+                }
+                run.count("readings ok");
+            }
+            Err((_, f)) => {
+                if !matches!(f.code, ErrorCode::BadJson | ErrorCode::BadReading)
+                    || f.message.is_empty()
+                {
+                    run.fail(case, &payload, &format!("wrong refusal: {f:?}"));
+                }
+                run.count(format!("readings {}", f.code.as_str()));
+            }
+        }
+        let mut out = [0f32; 3];
+        let r = run.guarded(case, "decode_fields", &payload, || {
+            decode_fields(&payload, &fields, &mut out)
+        });
+        match r {
+            Ok(_) if out.iter().any(|v| !v.is_finite()) => {
+                run.fail(case, &payload, "fields accepted a value that is not finite")
+            }
+            Ok(_) => run.count("fields ok"),
+            Err((_, f)) => {
+                if !matches!(
+                    f.code,
+                    ErrorCode::BadJson | ErrorCode::BadValue | ErrorCode::BadShape
+                ) {
+                    run.fail(case, &payload, &format!("wrong fields refusal: {f:?}"));
+                }
+                run.count(format!("fields {}", f.code.as_str()));
+            }
+        }
+        previous = payload;
+    }
+    run.finish();
 }

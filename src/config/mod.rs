@@ -4,6 +4,7 @@
 //! config names within their caps; `secrets` keeps secret values out of
 //! every message.
 
+mod check;
 mod files;
 mod preprocess;
 mod raw;
@@ -13,9 +14,7 @@ mod secrets;
 mod settings;
 
 pub use files::{read_file, FileError, FileLimits, LABELS_FILE, MODEL_FILE};
-pub use preprocess::{
-    FieldPath, ImageSettings, InputSettings, Normalize, Resize, WindowSettings, DEFAULT_MAX_PIXELS,
-};
+pub use preprocess::{FieldPath, ImageSettings, Normalize, DEFAULT_MAX_PIXELS};
 pub use raw::RawConfig;
 pub use settings::{
     check_topic_level, ModelSettings, MqttSettings, OverflowPolicy, PayloadFormat, Settings,
@@ -133,7 +132,7 @@ fn load_unmasked(path: &Path) -> Result<Settings, ConfigError> {
         .map_err(|e| fail("(file)", e.to_string()))?;
     let raw: RawConfig = built
         .try_deserialize()
-        .map_err(|e| fail(&error_key(&e), e.to_string()))?;
+        .map_err(|e| fail(&error_key(&e), without_key(&e.to_string())))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let settings = Settings::from_raw(raw, base).map_err(|problems| ConfigError {
         path: path.to_path_buf(),
@@ -180,6 +179,15 @@ fn check_files(settings: &Settings) -> Vec<Problem> {
         }
     }
     problems
+}
+
+/// A `config` error's message without its trailing "for key `models[1]window`"
+/// (the problem is listed under that key already, spelt properly).
+fn without_key(text: &str) -> String {
+    match text.rfind(" for key `") {
+        Some(at) if text.ends_with('`') => text[..at].to_string(),
+        _ => text.to_string(),
+    }
 }
 
 /// The key a `config` error is about, when it names one.

@@ -189,6 +189,102 @@ pub struct RawModel {
     /// more, in microseconds. 0 takes only what is already queued.
     #[serde(default = "default_max_delay_us")]
     pub max_delay_us: i64,
+    /// `[models.window]`: the input is assembled from a stream of readings.
+    #[serde(default)]
+    pub window: Option<RawWindow>,
+    /// `[models.input]`: named fields and normalization.
+    #[serde(default)]
+    pub input: Option<RawInput>,
+    /// `[models.image]`: image payloads.
+    #[serde(default)]
+    pub image: Option<RawImage>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWindow {
+    pub fields: Vec<String>,
+    /// Default: what the input's shape implies.
+    #[serde(default)]
+    pub size: Option<i64>,
+    /// Default: `size` (windows do not overlap).
+    #[serde(default)]
+    pub stride: Option<i64>,
+    /// Default: the whole topic.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Default: the message's arrival time.
+    #[serde(default)]
+    pub timestamp: Option<String>,
+    /// Default: no limit.
+    #[serde(default)]
+    pub max_gap_ms: Option<i64>,
+    #[serde(default = "default_idle_timeout_secs")]
+    pub idle_timeout_secs: f64,
+    #[serde(default = "default_max_streams")]
+    pub max_streams: i64,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawInput {
+    #[serde(default)]
+    pub fields: Vec<String>,
+    #[serde(default)]
+    pub mean: Option<OneOrMany>,
+    #[serde(default)]
+    pub std: Option<OneOrMany>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawImage {
+    /// "stretch" (default), "crop" or "letterbox".
+    pub resize: String,
+    pub mean: OneOrMany,
+    pub std: OneOrMany,
+    pub pad: i64,
+    pub max_pixels: i64,
+}
+
+impl Default for RawImage {
+    fn default() -> Self {
+        RawImage {
+            resize: "stretch".into(),
+            mean: OneOrMany::One(0.0),
+            std: OneOrMany::One(1.0),
+            pad: 0,
+            max_pixels: super::DEFAULT_MAX_PIXELS as i64,
+        }
+    }
+}
+
+/// `mean = 127.5` or `mean = [0.485, 0.456, 0.406]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(f64),
+    Many(Vec<f64>),
+}
+
+impl OneOrMany {
+    pub fn values(&self) -> Vec<f64> {
+        match self {
+            OneOrMany::One(v) => vec![*v],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// Five minutes: a sensor that pauses longer than that has stopped; its
+/// partial window is not worth the memory.
+fn default_idle_timeout_secs() -> f64 {
+    300.0
+}
+/// A gateway rarely serves more than a few hundred sensors per model; 1024
+/// streams of a 128 x 3 window hold about 2.5 MB.
+fn default_max_streams() -> i64 {
+    1024
 }
 
 fn default_output_topic() -> String {

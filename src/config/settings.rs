@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::check::Check;
 use super::files::{self, FileLimits};
+use super::preprocess::{self, ImageSettings, InputSettings, WindowSettings};
 use super::raw::{RawConfig, RawModel};
 use super::Problem;
 use crate::topic::{self, TopicFilter, TopicTemplate};
@@ -114,6 +116,18 @@ pub enum PayloadFormat {
     Json,
     /// The payload is the input tensors' bytes, concatenated in input order.
     Raw,
+    /// The payload is a JPEG or PNG file (`[models.image]`).
+    Image,
+}
+
+impl PayloadFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayloadFormat::Json => "json",
+            PayloadFormat::Raw => "raw",
+            PayloadFormat::Image => "image",
+        }
+    }
 }
 
 /// What happens to a message that arrives when a model's queue is full.
@@ -159,6 +173,12 @@ pub struct ModelSettings {
     pub max_batch: usize,
     /// How long the first message of a batch may wait for more.
     pub max_delay: Duration,
+    /// `[models.window]`: inputs assembled from streams of readings.
+    pub window: Option<WindowSettings>,
+    /// `[models.input]`: named fields, normalization.
+    pub input: InputSettings,
+    /// `[models.image]` (always set for `payload = "image"`).
+    pub image: Option<ImageSettings>,
 }
 
 impl ModelSettings {
@@ -176,40 +196,6 @@ impl ModelSettings {
 pub const MAX_BATCH_LIMIT: i64 = 256;
 /// Highest `max_delay_us`: 100 ms.
 pub const MAX_DELAY_US_LIMIT: i64 = 100_000;
-
-/// Collects problems while fields are converted.
-struct Check {
-    problems: Vec<Problem>,
-}
-
-impl Check {
-    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem {
-            key: key.into(),
-            message: message.into(),
-        });
-    }
-
-    fn seconds(&mut self, key: &str, value: f64, min: f64, max: f64) -> Duration {
-        if !(min..=max).contains(&value) {
-            self.add(
-                key,
-                format!("must be between {min} and {max} seconds, got {value}"),
-            );
-            return Duration::from_secs_f64(min);
-        }
-        Duration::from_secs_f64(value)
-    }
-
-    fn range(&mut self, key: &str, value: i64, min: i64, max: i64) -> i64 {
-        if value < min || value > max {
-            self.add(key, format!("must be between {min} and {max}, got {value}"));
-            min
-        } else {
-            value
-        }
-    }
-}
 
 fn resolve(base: &Path, p: &str) -> PathBuf {
     let path = PathBuf::from(p);
@@ -518,10 +504,11 @@ fn model_settings(c: &mut Check, i: usize, rm: &RawModel, base: &Path) -> Option
     let payload = match rm.payload.as_str() {
         "json" => PayloadFormat::Json,
         "raw" => PayloadFormat::Raw,
+        "image" => PayloadFormat::Image,
         other => {
             c.add(
                 k("payload"),
-                format!("expected \"json\" or \"raw\", got \"{other}\""),
+                format!("expected \"json\", \"raw\" or \"image\", got \"{other}\""),
             );
             PayloadFormat::Json
         }
@@ -555,6 +542,8 @@ fn model_settings(c: &mut Check, i: usize, rm: &RawModel, base: &Path) -> Option
             ),
         );
     }
+    let (window, input, image) =
+        preprocessing(c, &key, rm, payload, max_batch, input_topic.as_ref());
     if c.problems.len() != before {
         return None;
     }
@@ -574,8 +563,92 @@ fn model_settings(c: &mut Check, i: usize, rm: &RawModel, base: &Path) -> Option
         batch,
         max_batch,
         max_delay: Duration::from_micros(max_delay_us),
+        window,
+        input,
+        image,
         key,
     })
+}
+
+/// `[models.window]`, `[models.input]` and `[models.image]`, and which of
+/// them go together (what fits the input's shape is checked at load).
+fn preprocessing(
+    c: &mut Check,
+    key: &str,
+    rm: &RawModel,
+    payload: PayloadFormat,
+    max_batch: usize,
+    filter: Option<&TopicFilter>,
+) -> (Option<WindowSettings>, InputSettings, Option<ImageSettings>) {
+    let window = rm
+        .window
+        .as_ref()
+        .and_then(|w| preprocess::window_settings(c, &format!("{key}.window"), w, filter));
+    let input = rm.input.as_ref().map_or_else(InputSettings::default, |i| {
+        preprocess::input_settings(c, &format!("{key}.input"), i)
+    });
+    let image = match (&rm.image, payload) {
+        (Some(i), _) => Some(preprocess::image_settings(c, &format!("{key}.image"), i)),
+        (None, PayloadFormat::Image) => Some(ImageSettings::default()),
+        (None, _) => None,
+    };
+    let payload_name = payload.as_str();
+    if rm.window.is_some() {
+        if payload != PayloadFormat::Json {
+            c.add(
+                format!("{key}.window"),
+                format!("readings are JSON: a windowed model needs payload = \"json\", got \"{payload_name}\""),
+            );
+        }
+        if max_batch > 1 {
+            c.add(
+                format!("{key}.max_batch"),
+                format!("is {max_batch}, but the model has [models.window]: windows complete one at a time; remove max_batch"),
+            );
+        }
+        if !input.fields.is_empty() {
+            c.add(
+                format!("{key}.input.fields"),
+                "a windowed model takes the fields of each reading from [models.window] fields; remove input.fields",
+            );
+        }
+        if rm.image.is_some() {
+            c.add(
+                format!("{key}.image"),
+                "a model takes either readings ([models.window]) or images ([models.image]), not both",
+            );
+        }
+    }
+    if payload != PayloadFormat::Json && !input.fields.is_empty() {
+        c.add(
+            format!("{key}.input.fields"),
+            format!("named fields are JSON: they need payload = \"json\", got \"{payload_name}\""),
+        );
+    }
+    if payload == PayloadFormat::Raw && (input.normalize.is_some() || rm.image.is_some()) {
+        let what = if rm.image.is_some() {
+            "image"
+        } else {
+            "input.mean"
+        };
+        c.add(
+            format!("{key}.{what}"),
+            "raw payloads are the input tensors' bytes, already quantized: there is nothing to normalize or decode; use payload = \"json\" or \"image\"",
+        );
+    }
+    if image.is_some() && input.normalize.is_some() {
+        c.add(
+            format!("{key}.input.mean"),
+            "an image model normalizes pixels with [models.image] mean and std; remove [models.input] mean/std",
+        );
+    }
+    if image.is_some() && !input.fields.is_empty() && rm.window.is_none() {
+        c.add(
+            format!("{key}.input.fields"),
+            "an image model takes its input from the image; remove input.fields",
+        );
+    }
+    (window, input, image)
 }
 
 #[cfg(test)]

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use model_runtime::Engine;
 
-use super::serve::{decode, internal_error, invoke_failure, panic_message, serve_one};
+use super::serve::{decode, internal_error, invoke_failure, panic_message, serve_one, Scratch};
 use super::{JobReceiver, Queued};
+use crate::codec::encode::{Extras, Outputs};
 use crate::codec::MessageId;
 use crate::models::{ModelContext, WorkerEngines};
 use crate::replies::{Outgoing, Replies, Stages};
@@ -54,6 +55,8 @@ struct Slot {
     /// Holds the payload bytes charged to the queue until it is answered.
     queued: Queued,
     id: Option<MessageId>,
+    /// What its result says besides the outputs (the image it was).
+    extras: Extras<'static>,
     /// Its row, once decoded.
     row: Option<Row>,
     answered: bool,
@@ -70,6 +73,8 @@ struct Batcher {
     /// One buffer per input, sized for one row: a message is decoded here
     /// first so that a bad payload never touches the batch.
     scratch: Vec<Vec<u8>>,
+    /// Decoding buffers (images, normalization).
+    decoding: Scratch,
     taken: Vec<Queued>,
     slots: Vec<Slot>,
     /// Replies are sent once the batch is done and the worker is idle, so
@@ -86,6 +91,7 @@ impl Batcher {
                 .iter()
                 .map(|s| vec![0u8; s.byte_len()])
                 .collect(),
+            decoding: Scratch::default(),
             taken: Vec::with_capacity(n),
             slots: Vec::with_capacity(n),
             replies: Vec::with_capacity(n),
@@ -117,7 +123,15 @@ pub(super) fn batch_loop(
         if let (1, Some(single)) = (b.taken.len(), single.as_mut()) {
             // Alone: the batch-1 engine, not a batch of zero rows.
             let alone = b.taken.remove(0);
-            let out = serve_one(single.as_mut(), ctx, replies, &alone.job, dequeued, Some(1));
+            let out = serve_one(
+                single.as_mut(),
+                ctx,
+                replies,
+                &alone.job,
+                dequeued,
+                Some(1),
+                &mut b.decoding,
+            );
             beat.idle();
             if let Some(out) = out {
                 replies.send_blocking(out);
@@ -129,6 +143,7 @@ pub(super) fn batch_loop(
         b.slots.extend(b.taken.drain(..).map(|queued| Slot {
             queued,
             id: None,
+            extras: Extras::default(),
             row: None,
             answered: false,
         }));
@@ -148,6 +163,7 @@ pub(super) fn batch_loop(
 fn run_batch(engine: &mut dyn Engine, ctx: &ModelContext, to: &Replies, b: &mut Batcher) {
     let Batcher {
         scratch,
+        decoding,
         slots,
         replies,
         ..
@@ -155,7 +171,7 @@ fn run_batch(engine: &mut dyn Engine, ctx: &ModelContext, to: &Replies, b: &mut 
     // A panic must not take the model down: every message of the batch not
     // yet answered gets an error and the worker goes on.
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        serve_batch(engine, ctx, to, slots, scratch, replies)
+        serve_batch(engine, ctx, to, slots, scratch, decoding, replies)
     }));
     if let Err(panic) = outcome {
         let what = panic_message(panic.as_ref());
@@ -178,13 +194,15 @@ fn serve_batch(
     to: &Replies,
     slots: &mut [Slot],
     scratch: &mut [Vec<u8>],
+    decoding: &mut Scratch,
     replies: &mut Vec<Outgoing>,
 ) {
     let mut rows = 0;
     for slot in slots.iter_mut() {
         let decode_from = Instant::now();
-        match decode(ctx, &slot.queued.job.payload, scratch) {
+        match decode(ctx, &slot.queued.job.payload, scratch, decoding) {
             Ok(d) => {
+                slot.extras = d.extras();
                 slot.id = d.id;
                 for (buf, one) in engine.input_buffers_mut().iter_mut().zip(scratch.iter()) {
                     let len = one.len();
@@ -235,8 +253,10 @@ fn serve_batch(
             ctx,
             &slot.queued.job,
             slot.id.as_ref(),
-            specs,
-            &buffers,
+            Outputs {
+                specs,
+                buffers: &buffers,
+            },
             Stages {
                 decode_from: row.decode_from,
                 decoded_at: row.decoded_at,
@@ -245,6 +265,7 @@ fn serve_batch(
                 post_from,
                 batch_size: Some(rows),
             },
+            slot.extras,
         );
         slot.answered = true;
         replies.extend(reply);

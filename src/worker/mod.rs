@@ -1,21 +1,26 @@
 //! Per-model inference workers: a bounded queue per model (`queue`) feeding
 //! dedicated OS threads that decode, quantize, invoke, dequantize and
 //! encode (`serve`), one message per invoke or, with micro-batching
-//! (`batch`), up to `max_batch` messages per invoke. Inference never runs
-//! on the async runtime's threads. Every job taken gets exactly one reply,
-//! handed to `replies`.
+//! (`batch`), up to `max_batch` messages per invoke; windowed models
+//! (`windowed`) append each message's readings to its stream (`window`)
+//! and invoke once per completed window. Inference never runs on the async
+//! runtime's threads. Every job taken gets exactly one reply, handed to
+//! `replies`; for windowed models, every completed window gets its result
+//! and every refused reading its error.
 
 mod batch;
 pub mod queue;
 mod serve;
+mod window;
+mod windowed;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 pub use queue::{JobReceiver, ModelQueue, Offer, Queued};
 
-use crate::models::{ModelContext, WorkerEngines};
+use crate::models::{IntakeKind, ModelContext, WorkerEngines};
 use crate::replies::Replies;
 use crate::telemetry::WorkerBeat;
 
@@ -38,15 +43,33 @@ pub fn spawn_workers(
     epoch: Instant,
 ) -> std::io::Result<Vec<Worker>> {
     let mut workers = Vec::new();
+    // A windowed model's workers share its streams.
+    let streams = match &ctx.intake.kind {
+        IntakeKind::Window(w) => Some(Arc::new(Mutex::new(window::Streams::new(
+            w.shape.clone(),
+            Instant::now(),
+        )))),
+        _ => None,
+    };
     for (i, engines) in engines.into_iter().enumerate() {
         let ctx = Arc::clone(ctx);
         let rx = rx.clone();
         let replies = replies.clone();
         let beat = Arc::new(WorkerBeat::new(epoch));
         let thread_beat = Arc::clone(&beat);
+        let streams = streams.clone();
         let handle = std::thread::Builder::new()
             .name(format!("infer-{}-{i}", ctx.name))
-            .spawn(move || worker_loop(engines, &ctx, &rx, &replies, &thread_beat))?;
+            .spawn(move || {
+                worker_loop(
+                    engines,
+                    &ctx,
+                    &rx,
+                    &replies,
+                    &thread_beat,
+                    streams.as_deref(),
+                )
+            })?;
         workers.push(Worker { handle, beat });
     }
     Ok(workers)
@@ -58,11 +81,16 @@ fn worker_loop(
     rx: &JobReceiver,
     replies: &Replies,
     beat: &WorkerBeat,
+    streams: Option<&Mutex<window::Streams>>,
 ) {
+    if let (IntakeKind::Window(intake), Some(streams)) = (&ctx.intake.kind, streams) {
+        return windowed::window_loop(engines.main, ctx, intake, streams, rx, replies, beat);
+    }
     if ctx.batching.max_batch > 1 {
         return batch::batch_loop(engines, ctx, rx, replies, beat);
     }
     let mut engine = engines.main;
+    let mut scratch = serve::Scratch::default();
     while let Some(queued) = rx.recv() {
         // `queued` keeps its payload bytes charged to the queue until this
         // message is answered.
@@ -74,6 +102,7 @@ fn worker_loop(
             &queued.job,
             Instant::now(),
             None,
+            &mut scratch,
         );
         beat.idle();
         if let Some(out) = out {

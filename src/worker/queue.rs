@@ -17,6 +17,13 @@ use std::time::Instant;
 use crate::config::OverflowPolicy;
 use crate::job::Job;
 
+/// What [`JobReceiver::recv_until`] got.
+pub enum Recv {
+    Job(Queued),
+    Timeout,
+    Closed,
+}
+
 /// A job in a model's queue, with the payload bytes it holds charged to
 /// the queue until the worker is done with it.
 #[derive(Debug)]
@@ -243,6 +250,22 @@ impl JobReceiver {
                 Err(p) => p.into_inner().0,
             };
             st.sleeping -= 1;
+        }
+    }
+
+    /// The next job, waiting no later than `deadline`; tells a timeout
+    /// from a queue that is closed and empty.
+    pub fn recv_until(&self, deadline: Instant) -> Recv {
+        match self.recv_deadline(deadline) {
+            Some(q) => Recv::Job(q),
+            None => {
+                let st = self.shared.lock();
+                if st.closed && st.jobs.is_empty() {
+                    Recv::Closed
+                } else {
+                    Recv::Timeout
+                }
+            }
         }
     }
 

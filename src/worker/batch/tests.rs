@@ -221,6 +221,7 @@ fn batch_of(ctx: &ModelContext, payloads: &[&str]) -> Batcher {
     b.slots.extend(rx.take_all().into_iter().map(|queued| Slot {
         queued,
         id: None,
+        extras: Extras::default(),
         row: None,
         answered: false,
     }));

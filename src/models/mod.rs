@@ -4,6 +4,8 @@
 //! allocation cost. Serving: [`ModelContext`], the one record of a model
 //! that routing, workers and replies share.
 
+mod intake;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +19,8 @@ use crate::config::{
 };
 use crate::telemetry::ModelStats;
 use crate::topic::{TopicFilter, TopicTemplate};
+
+pub use intake::{Intake, IntakeKind, WindowIntake, WindowShape};
 
 /// One served model as every stage of the message path sees it (read-only,
 /// shared): routing matches `input_topic`, workers decode against
@@ -39,6 +43,8 @@ pub struct ModelContext {
     pub batching: Batching,
     pub labels: Option<Vec<String>>,
     pub top_k: Option<usize>,
+    /// How a message becomes the input: tensors, fields, windows, images.
+    pub intake: Arc<Intake>,
     /// Counters of this model name; carried over when a reload replaces
     /// the model with a new version.
     pub stats: Arc<ModelStats>,
@@ -61,6 +67,7 @@ impl ModelContext {
             },
             labels: checked.labels.clone(),
             top_k: checked.top_k,
+            intake: Arc::clone(&checked.intake),
             stats,
         }
     }
@@ -86,6 +93,11 @@ impl ModelContext {
             },
             labels: None,
             top_k: None,
+            intake: Arc::new(Intake {
+                kind: IntakeKind::Tensors,
+                normalize: None,
+                float_input: None,
+            }),
             stats: Arc::default(),
         }
     }
@@ -255,6 +267,8 @@ pub struct CheckedModel {
     /// row of them (batch dimension 1).
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
+    /// How a message becomes `inputs`.
+    pub intake: Arc<Intake>,
 }
 
 /// Checks every configured model from its file alone; returns every
@@ -282,6 +296,8 @@ fn checked(
 ) -> Result<CheckedModel, Problem> {
     let (inputs, outputs) = message_specs(ms, inputs, outputs)?;
     let (labels, top_k) = check_facts(ms, limits, &inputs, &outputs)?;
+    let intake =
+        intake::plan(ms, &inputs).map_err(|(field, message)| problem(ms, &field, message))?;
     Ok(CheckedModel {
         settings: ms.clone(),
         sha256,
@@ -289,6 +305,7 @@ fn checked(
         top_k,
         inputs,
         outputs,
+        intake: Arc::new(intake),
     })
 }
 
@@ -362,7 +379,7 @@ fn check_facts(
             ),
         ));
     }
-    if ms.payload == PayloadFormat::Json {
+    if ms.payload == PayloadFormat::Json && ms.image.is_none() {
         if let Some(bad) = inputs.iter().find(|s| !quant::decodable(s.dtype)) {
             return Err(problem(
                 "payload",
