@@ -3,8 +3,9 @@
 //! letterbox), normalize, quantize, invoke. References from Pillow's
 //! decode and BILINEAR resize and the Python interpreter
 //! (tests/fixtures/preprocess/images.json, made by
-//! tests/fixtures/make_preprocess.py): PNGs must match exactly, JPEGs
-//! within the tolerance recorded with each case (decoders round
+//! tests/fixtures/make_preprocess.py): PNGs fitted by a copy or an exact
+//! upscale must match exactly; a general resize and JPEGs within the
+//! tolerance recorded with each case (resamplers and decoders round
 //! differently). Malformed, oversized and unsupported images are
 //! answered with `bad_image` and the daemon keeps serving.
 
@@ -109,6 +110,7 @@ fn images_match_their_references() {
         ("cam/d/letterbox", "png_letterbox"),
         ("cam/e/frame", "jpeg_stretch"),
         ("cam/f/frame", "jpeg_flat_stretch"),
+        ("cam/h/frame", "png_stretch_320x240"),
     ];
     for (topic, name) in sends {
         c.publish(topic, file(case(&fx, name)["file"].as_str().expect("file")));
@@ -244,8 +246,11 @@ fn bad_images_are_refused_with_bad_image_and_the_daemon_keeps_serving() {
         c.publish("cam/x/tiny", bytes);
         let e = expect_bad_image(&c, what, "tiny", "cam/x/tiny");
         assert!(
-            e["message"].as_str().unwrap_or_default().contains("1000"),
-            "{what}: the message gives the limit: {e}"
+            e["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("max_pixels"),
+            "{what}: the message names the limit: {e}"
         );
     }
     // The JSON form: a GIF, and text that is not base64.
