@@ -268,11 +268,16 @@ fn health_client(port: u16) -> TestClient {
 const HEALTH: &str = "[health]\ninterval_secs = 0.2";
 
 /// Every model's windows, per device exactly seq 1..=5 with the
-/// reference results, then the health counters.
-fn serve_streams(packing: Packing) {
+/// reference results, then the health counters. `workers`: worker
+/// threads per model (they share the model's streams).
+fn serve_streams(packing: Packing, workers: usize) {
     let fx = streams();
     let broker = Broker::start();
-    let _d = Daemon::start(&config(broker.port, "dev1", HEALTH, &stream_models(&fx)));
+    let models = stream_models(&fx).replace(
+        "[models.window]\n",
+        &format!("workers = {workers}\n[models.window]\n"),
+    );
+    let _d = Daemon::start(&config(broker.port, "dev1", HEALTH, &models));
     let c = TestClient::connect(broker.port);
     for (_, prefix, _, _) in STREAM_MODELS {
         c.subscribe(&format!("{prefix}/#"));
@@ -327,17 +332,24 @@ fn serve_streams(packing: Packing) {
 
 #[test]
 fn one_reading_per_message_gives_exactly_the_reference_windows() {
-    serve_streams(Packing::One);
+    serve_streams(Packing::One, 1);
+}
+
+/// Two workers per model take the messages in turn; a stream's readings
+/// must still be appended in arrival order.
+#[test]
+fn two_workers_share_the_streams_in_arrival_order() {
+    serve_streams(Packing::One, 2);
 }
 
 #[test]
 fn readings_objects_of_ten_give_exactly_the_reference_windows() {
-    serve_streams(Packing::Readings);
+    serve_streams(Packing::Readings, 1);
 }
 
 #[test]
 fn bare_arrays_of_ten_give_exactly_the_reference_windows() {
-    serve_streams(Packing::Array);
+    serve_streams(Packing::Array, 1);
 }
 
 const GAP_MODEL: &str = "\
