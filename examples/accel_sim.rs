@@ -1,52 +1,113 @@
-//! Accelerometer simulator for the demo: publishes synthetic 128x3 windows
-//! (idle / walking / running / fall) for a few wrist sensors and prints the
-//! daemon's answers as they arrive, then a per-model summary.
+//! Sensor and camera simulator for the demo. Wrist accelerometers publish a
+//! stream of readings, one per message (`{"ts": .., "ax": .., "ay": .., "az": ..}`
+//! on sensors/wrist-N/imu; every 10th message is a batch
+//! `{"id": .., "readings": [10 readings]}`), which the daemon assembles into
+//! overlapping 128-reading windows for the activity models; cameras publish
+//! the sample pictures of models/samples/ (JPEG and PNG files, as they are) on
+//! cameras/cam-N/frame for the shapes model. Each answer is printed as it
+//! arrives, next to what was sent, then a summary per model.
 //!
 //! ```text
-//! cargo run --release --example accel_sim -- --port 1883 --sensors 2 --rate 2 --seconds 20
+//! cargo run --release --example accel_sim -- --port 1883 --sensors 2 --rate 1 --seconds 20
 //! ```
 //!
-//! The windows follow the generator specification in models/accel_synth.py
+//! The readings follow the generator specification in models/accel_synth.py
 //! (the one the HAR models were trained on), with a small self-contained
 //! PRNG (splitmix64 + Box-Muller) instead of numpy's: same distributions,
-//! not the same numbers.
+//! not the same numbers. Each sensor goes through the activities idle,
+//! walking, running, fall in turn (sensors offset by one), one *segment*
+//! each: 256 readings (4 strides: 3 windows entirely inside it) for idle,
+//! walking and running, 192 for a fall (the impact at reading 96, so both
+//! windows inside it see it where the training windows had it). Segments
+//! start on a stride boundary, so one window in 3 or 4 overlaps two
+//! activities: it is printed as `walking>running` and not judged.
 //!
 //! Exit status: 0 if every window got an answer from every model that
-//! answered at all (or from each model named with `--models`), 1 if some
-//! answers are missing, 2 on usage or connection errors, 130 on a second
-//! Ctrl-C.
+//! answered windows at all (or from each model named with `--models`) and
+//! every frame got an answer, 1 if some answers are missing, 2 on usage or
+//! connection errors, 130 on a second Ctrl-C.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::ExitCode;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
 use serde_json::Value;
 
 const LABELS: [&str; 4] = ["idle", "walking", "running", "fall"];
-const N: usize = 128;
+/// The generator's sample rate: the shape of the signal. The publishing
+/// rate (`--rate`) only sets how fast the readings go out.
 const FS: f64 = 50.0;
 const CLAMP_G: f64 = 8.0;
+/// `[models.window]` of the activity models in config/demo.toml.
+const WINDOW: u64 = 128;
+const STRIDE: u64 = 64;
+/// Segment lengths in readings, multiples of STRIDE (see the file doc).
+const SEGMENT: usize = 4 * STRIDE as usize;
+const FALL_SEGMENT: usize = 3 * STRIDE as usize;
+/// Every BATCH_EVERY-th message of a sensor carries BATCH_LEN readings.
+const BATCH_EVERY: u64 = 10;
+const BATCH_LEN: usize = 10;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const ANSWER_GRACE: Duration = Duration::from_secs(5);
 const RESULTS_FILTER: &str = "results/+/+/+";
 const ERRORS_FILTER: &str = "edge-infer/+/errors";
 
+/// The pictures the cameras send in turn: file, what it shows, bytes. Made
+/// by models/samples/make.py; the shapes model must name each one.
+const SAMPLES: [(&str, &str, &[u8]); 5] = [
+    (
+        "circle.jpg",
+        "circle",
+        include_bytes!("../models/samples/circle.jpg"),
+    ),
+    (
+        "square.jpg",
+        "square",
+        include_bytes!("../models/samples/square.jpg"),
+    ),
+    (
+        "triangle.jpg",
+        "triangle",
+        include_bytes!("../models/samples/triangle.jpg"),
+    ),
+    (
+        "none.jpg",
+        "none",
+        include_bytes!("../models/samples/none.jpg"),
+    ),
+    (
+        "square_96.png",
+        "square",
+        include_bytes!("../models/samples/square_96.png"),
+    ),
+];
+
 // ---------------------------------------------------------------------------
 // Command line
 
-/// Accelerometer simulator for the edge-infer demo
+/// Sensor and camera simulator for the edge-infer demo
 ///
-/// Publishes synthetic 128x3 accelerometer windows (idle, walking, running,
-/// fall) for a few wrist sensors on sensors/wrist-N/accel, prints the
-/// daemon's answers as they arrive, then a summary per model.
+/// Wrist accelerometers wrist-1..N publish one reading per message
+/// ({"ts", "ax", "ay", "az"}; every 10th message a batch {"id", "readings"}
+/// of 10) on sensors/wrist-N/imu, an activity pattern at a time (idle,
+/// walking, running, fall); the daemon answers each 128-reading window
+/// (stride 64). Cameras cam-1..N publish the sample pictures (JPEG, PNG) on
+/// cameras/cam-N/frame. The daemon's answers are printed as they arrive,
+/// then a summary per model.
+///
+/// --rate is in windows per second per sensor: each sensor publishes
+/// rate x 64 readings per second (--rate 1: 64 readings/s, a little faster
+/// than the 50 Hz of the signal; the timestamps follow the publishing
+/// schedule).
 ///
 /// Exit status: 0 if every window got an answer from every model that
-/// answered at all (or from each of --models), 1 if some answers are
-/// missing, 2 on usage or connection errors, 130 on a second Ctrl-C.
+/// answered windows at all (or from each of --models) and every frame got
+/// an answer, 1 if some answers are missing, 2 on usage or connection
+/// errors, 130 on a second Ctrl-C.
 #[derive(Debug, Parser)]
 #[command(name = "accel_sim", args_override_self = true, verbatim_doc_comment)]
 struct Args {
@@ -56,17 +117,29 @@ struct Args {
     /// MQTT broker port
     #[arg(long, value_name = "N", default_value_t = 1883)]
     port: u16,
-    /// Number of simulated sensors wrist-1..wrist-N (1 to 1000)
+    /// Number of simulated sensors wrist-1..wrist-N (0 to 1000)
     #[arg(
         long,
         value_name = "N",
         default_value_t = 2,
-        value_parser = clap::value_parser!(u16).range(1..=1000)
+        value_parser = clap::value_parser!(u16).range(0..=1000)
     )]
     sensors: u16,
-    /// Windows per second, all sensors together (above 0, at most 10000)
-    #[arg(long, value_name = "R", default_value_t = 2.0, value_parser = parse_rate)]
+    /// Windows per second per sensor: rate x 64 readings per second
+    /// (0.02 to 100)
+    #[arg(long, value_name = "R", default_value_t = 1.0, value_parser = parse_rate)]
     rate: f64,
+    /// Number of simulated cameras cam-1..cam-N (0 to 100)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(0..=100)
+    )]
+    cameras: u16,
+    /// Seconds between two frames of a camera (0.01 to 3600)
+    #[arg(long, value_name = "S", default_value_t = 1.0, value_parser = parse_frame_interval)]
+    frame_interval: f64,
     /// How long to publish, in seconds; 0 = until Ctrl-C
     #[arg(long, value_name = "S", default_value_t = 20.0, value_parser = parse_seconds)]
     seconds: f64,
@@ -74,7 +147,7 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 20240601)]
     seed: u64,
     /// Models expected to answer every window, comma-separated [default:
-    /// every model that answers at least once]
+    /// every model that answers a window at least once]
     #[arg(long, value_name = "A,B", value_parser = parse_models)]
     models: Option<Models>,
 }
@@ -93,11 +166,20 @@ fn parse_models(s: &str) -> Result<Models, String> {
     ))
 }
 
+/// At least 0.02 windows/s (1.28 readings/s): config/demo.toml's
+/// `max_gap_ms = 5000` would otherwise restart every window.
 fn parse_rate(s: &str) -> Result<f64, String> {
     s.parse::<f64>()
         .ok()
-        .filter(|r| r.is_finite() && *r > 0.0 && *r <= 10_000.0)
-        .ok_or_else(|| "must be a number in (0, 10000]".into())
+        .filter(|r| r.is_finite() && (0.02..=100.0).contains(r))
+        .ok_or_else(|| "must be a number of windows per second from 0.02 to 100".into())
+}
+
+fn parse_frame_interval(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|r| r.is_finite() && (0.01..=3600.0).contains(r))
+        .ok_or_else(|| "must be a number of seconds from 0.01 to 3600".into())
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -152,12 +234,6 @@ impl Rng {
         a + (b - a) * self.unit()
     }
 
-    /// Uniform integer in [lo, hi] (inclusive).
-    fn integer(&mut self, lo: i64, hi: i64) -> i64 {
-        let span = (hi - lo + 1) as f64;
-        lo + ((self.unit() * span) as i64).min(hi - lo)
-    }
-
     /// N(0, s) by Box-Muller (both values of a pair are used).
     fn normal(&mut self, s: f64) -> f64 {
         if let Some(z) = self.spare_normal.take() {
@@ -171,16 +247,18 @@ impl Rng {
         s * r * t.cos()
     }
 
-    fn noise(&mut self, s: f64) -> Vec<[f64; 3]> {
-        (0..N)
+    fn noise(&mut self, n: usize, s: f64) -> Vec<[f64; 3]> {
+        (0..n)
             .map(|_| [self.normal(s), self.normal(s), self.normal(s)])
             .collect()
     }
 }
 
-/// One [128, 3] window in g for `label` (index into LABELS), per the spec in
-/// models/accel_synth.py, draws in the same order as there.
-fn gen_window(label: usize, rng: &mut Rng) -> Vec<[f32; 3]> {
+/// `n` readings [x, y, z] in g of one activity (index into LABELS), per the
+/// spec in models/accel_synth.py stretched from one 128-reading window to
+/// `n` readings: the same parameters all along (frequency, amplitude,
+/// phase, sensor offset), and for a fall the impact at reading n / 2.
+fn gen_segment(label: usize, n: usize, rng: &mut Rng) -> Vec<[f32; 3]> {
     let t = |i: usize| i as f64 / FS;
     let a: Vec<[f64; 3]> = match label {
         0 => {
@@ -189,9 +267,10 @@ fn gen_window(label: usize, rng: &mut Rng) -> Vec<[f32; 3]> {
                 rng.uniform(-0.05, 0.05),
                 rng.uniform(-0.05, 0.05),
             ];
-            let n = rng.noise(0.02);
-            n.iter()
-                .map(|n| [b[0] + n[0], b[1] + n[1], 1.0 + b[2] + n[2]])
+            let noise = rng.noise(n, 0.02);
+            noise
+                .iter()
+                .map(|e| [b[0] + e[0], b[1] + e[1], 1.0 + b[2] + e[2]])
                 .collect()
         }
         1 | 2 => {
@@ -209,30 +288,32 @@ fn gen_window(label: usize, rng: &mut Rng) -> Vec<[f32; 3]> {
                 rng.uniform(-0.05, 0.05),
                 rng.uniform(-0.05, 0.05),
             ];
-            let n = rng.noise(sigma);
+            let noise = rng.noise(n, sigma);
             let w = 2.0 * std::f64::consts::PI * f;
-            n.iter()
+            noise
+                .iter()
                 .enumerate()
-                .map(|(i, n)| {
+                .map(|(i, e)| {
                     let theta = w * t(i) + phi;
                     [
-                        0.40 * amp * theta.cos() + b[0] + n[0],
-                        0.25 * amp * (theta / 2.0).sin() + b[1] + n[1],
-                        1.0 + amp * theta.sin() + b[2] + n[2],
+                        0.40 * amp * theta.cos() + b[0] + e[0],
+                        0.25 * amp * (theta / 2.0).sin() + b[1] + e[1],
+                        1.0 + amp * theta.sin() + b[2] + e[2],
                     ]
                 })
                 .collect()
         }
         _ => {
-            let k = rng.integer(32, 96);
+            let k = (n / 2) as i64;
             let peak = rng.uniform(3.5, 6.0);
             let tilt = rng.uniform(60.0, 120.0).to_radians();
             let az = rng.uniform(0.0, 360.0).to_radians();
-            let n = rng.noise(0.03);
+            let noise = rng.noise(n, 0.03);
             let u = [tilt.sin() * az.cos(), tilt.sin() * az.sin(), tilt.cos()];
-            n.iter()
+            noise
+                .iter()
                 .enumerate()
-                .map(|(i, n)| {
+                .map(|(i, e)| {
                     let i = i as i64;
                     let base = if i < k - 2 {
                         [0.0, 0.0, 1.0]
@@ -242,7 +323,7 @@ fn gen_window(label: usize, rng: &mut Rng) -> Vec<[f32; 3]> {
                     } else {
                         u
                     };
-                    [base[0] + n[0], base[1] + n[1], base[2] + n[2]]
+                    [base[0] + e[0], base[1] + e[1], base[2] + e[2]]
                 })
                 .collect()
         }
@@ -250,6 +331,132 @@ fn gen_window(label: usize, rng: &mut Rng) -> Vec<[f32; 3]> {
     a.iter()
         .map(|r| r.map(|v| v.clamp(-CLAMP_G, CLAMP_G) as f32))
         .collect()
+}
+
+// ---------------------------------------------------------------------------
+// One sensor's stream of readings
+
+/// What a window held: one activity, or the end of one and the start of
+/// the next (not judged).
+#[derive(Clone, Copy)]
+enum Truth {
+    Activity(usize),
+    Transition(usize, usize),
+}
+
+impl Truth {
+    fn text(self) -> String {
+        match self {
+            Truth::Activity(l) => LABELS[l].to_string(),
+            Truth::Transition(a, b) => format!("{}>{}", LABELS[a], LABELS[b]),
+        }
+    }
+}
+
+struct Stream {
+    sensor: String,
+    topic: String,
+    /// Index into LABELS of this sensor's first activity.
+    first_label: usize,
+    /// Generated, not yet sent (reading, index of the reading).
+    pending: std::collections::VecDeque<[f32; 3]>,
+    /// Readings generated so far (sent + pending).
+    generated: u64,
+    /// (first reading, activity) of every segment generated, in order.
+    segments: Vec<(u64, usize)>,
+    /// Readings published (a batch counts once sent).
+    published: u64,
+    /// Messages published (singles and batches).
+    messages: u64,
+    batches: u64,
+    /// The readings of the batch being gathered, as JSON objects.
+    batch: Vec<String>,
+    /// `ts` of every reading that can start a window (multiples of STRIDE).
+    window_start_ts: Vec<f64>,
+}
+
+impl Stream {
+    fn new(index: usize) -> Stream {
+        let sensor = format!("wrist-{}", index + 1);
+        Stream {
+            topic: format!("sensors/{sensor}/imu"),
+            sensor,
+            first_label: index % LABELS.len(),
+            pending: Default::default(),
+            generated: 0,
+            segments: Vec::new(),
+            published: 0,
+            messages: 0,
+            batches: 0,
+            batch: Vec::new(),
+            window_start_ts: Vec::new(),
+        }
+    }
+
+    fn next_reading(&mut self, rng: &mut Rng) -> [f32; 3] {
+        if self.pending.is_empty() {
+            let label = (self.first_label + self.segments.len()) % LABELS.len();
+            let n = if label == 3 { FALL_SEGMENT } else { SEGMENT };
+            self.segments.push((self.generated, label));
+            self.generated += n as u64;
+            self.pending.extend(gen_segment(label, n, rng));
+        }
+        self.pending.pop_front().unwrap_or([0.0, 0.0, 1.0])
+    }
+
+    fn activity_at(&self, reading: u64) -> usize {
+        let i = self.segments.partition_point(|s| s.0 <= reading);
+        self.segments.get(i.saturating_sub(1)).map_or(0, |s| s.1)
+    }
+
+    /// What the window starting at reading `first` held.
+    fn truth(&self, first: u64) -> Truth {
+        let a = self.activity_at(first);
+        let b = self.activity_at(first + WINDOW - 1);
+        if a == b {
+            Truth::Activity(a)
+        } else {
+            Truth::Transition(a, b)
+        }
+    }
+
+    /// Windows the daemon must have completed from the readings published.
+    fn expected_windows(&self) -> u64 {
+        if self.published < WINDOW {
+            0
+        } else {
+            (self.published - WINDOW) / STRIDE + 1
+        }
+    }
+
+    /// The window (number from 1) whose first reading has this `ts`, if the
+    /// window starts on one of ours (tolerance: a quarter reading).
+    fn window_of(&self, start: f64, reading_interval: f64) -> Option<u64> {
+        let i = self.window_start_ts.partition_point(|t| *t < start);
+        let tol = 0.25 * reading_interval;
+        [i.checked_sub(1), Some(i)]
+            .into_iter()
+            .flatten()
+            .find(|&j| {
+                self.window_start_ts
+                    .get(j)
+                    .is_some_and(|t| (t - start).abs() <= tol)
+            })
+            .map(|j| j as u64 + 1)
+    }
+}
+
+fn reading_json(ts: f64, r: [f32; 3]) -> String {
+    // serde_json writes the shortest text that parses back to the same
+    // f64 / f32, so the daemon sees exactly these values.
+    let num = |v: f64| serde_json::Number::from_f64(v).map_or("0".to_string(), |n| n.to_string());
+    format!(
+        "{{\"ts\":{},\"ax\":{},\"ay\":{},\"az\":{}}}",
+        num(ts),
+        serde_json::Value::from(r[0]),
+        serde_json::Value::from(r[1]),
+        serde_json::Value::from(r[2])
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -314,31 +521,46 @@ fn spawn_ctrl_c(tx: Sender<Ev>) {
 // ---------------------------------------------------------------------------
 // Bookkeeping of what was sent and what came back
 
-struct Sent {
-    sensor: String,
-    label: usize,
-}
-
 #[derive(Default)]
 struct ModelStats {
+    /// "windows" or "frames": what the model answered.
+    kind: &'static str,
     results: usize,
+    /// Results that can be judged (not transition windows), and of those
+    /// the ones whose top label is what was sent.
+    judged: usize,
     matched: usize,
     errors: usize,
     totals_ms: Vec<f64>,
 }
 
-#[derive(Default)]
+struct Camera {
+    name: String,
+    topic: String,
+    /// Index into SAMPLES of every frame sent, in order.
+    sent: Vec<usize>,
+}
+
 struct Tally {
-    sent: HashMap<String, Sent>,
-    sent_order: Vec<String>,
-    /// (id, model) pairs answered; model "" = an error not tied to a model,
-    /// which answers the id for every model.
-    answered: BTreeSet<(String, String)>,
+    streams: Vec<Stream>,
+    cameras: Vec<Camera>,
+    /// Seconds between two readings of a sensor.
+    reading_interval: f64,
+    /// `ts` of the first reading, to print window times from the start.
+    t0: f64,
+    /// (sensor index, window number, model) answered, by a result or an
+    /// error.
+    windows_answered: BTreeSet<(usize, u64, String)>,
+    /// Per (camera index, model): frames answered so far. Raw frames carry
+    /// no id: answers are taken in the order the frames were sent.
+    frames_answered: HashMap<(usize, String), usize>,
     models: BTreeMap<String, ModelStats>,
     foreign: usize,
-    unmatched_errors: usize,
+    unaligned: usize,
+    reading_errors: usize,
     duplicates: usize,
-    puback: usize,
+    puback: u64,
+    published: u64,
 }
 
 fn f64_at(v: &Value, path: &[&str]) -> Option<f64> {
@@ -349,12 +571,33 @@ fn f64_at(v: &Value, path: &[&str]) -> Option<f64> {
     cur.as_f64()
 }
 
-fn id_string(v: &Value) -> Option<String> {
-    match v.get("id")? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
+/// The top label (or `#index`), its score, and whether it equals `want`.
+fn top(v: &Value, want: Option<&str>) -> (String, bool) {
+    let best = v
+        .get("top_k")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first());
+    let label = best.and_then(|b| b.get("label")).and_then(Value::as_str);
+    let index = best.and_then(|b| b.get("index")).and_then(Value::as_u64);
+    let score = best.and_then(|b| b.get("score")).and_then(Value::as_f64);
+    let name = label
+        .map(String::from)
+        .or_else(|| index.map(|i| format!("#{i}")));
+    let text = match (name, score) {
+        (Some(l), Some(s)) => format!("{l:<8} {s:.2}"),
+        (Some(l), None) => format!("{l:<8}     "),
+        _ => "(no top_k)   ".to_string(),
+    };
+    (text, want.is_some() && label == want)
+}
+
+fn latency(v: &Value) -> String {
+    let ms = |x: Option<f64>| x.map_or("?".to_string(), |x| format!("{x:.2}"));
+    format!(
+        "(invoke {} ms, total {} ms)",
+        ms(f64_at(v, &["latency_ms", "invoke"])),
+        ms(f64_at(v, &["latency_ms", "total"]))
+    )
 }
 
 impl Tally {
@@ -366,134 +609,207 @@ impl Tally {
                 return;
             }
         };
-        if topic.starts_with("edge-infer/") {
-            self.on_error(topic, &v);
-        } else {
-            self.on_result(topic, &v);
+        let source = v
+            .get("source_topic")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let stream = self.streams.iter().position(|s| s.topic == source);
+        let camera = self.cameras.iter().position(|c| c.topic == source);
+        let is_error = topic.starts_with("edge-infer/");
+        match (stream, camera, is_error) {
+            (Some(s), _, false) => self.on_window(topic, s, &v),
+            (Some(s), _, true) => self.on_reading_error(s, &v),
+            (None, Some(c), _) => self.on_frame(topic, c, &v, is_error),
+            (None, None, _) => self.foreign += 1,
         }
     }
 
-    fn on_result(&mut self, topic: &str, v: &Value) {
-        let model = v
-            .get("model")
+    fn model_of(v: &Value) -> String {
+        v.get("model")
             .and_then(Value::as_str)
             .unwrap_or("?")
-            .to_string();
-        let Some(id) = id_string(v) else {
+            .to_string()
+    }
+
+    fn on_window(&mut self, topic: &str, s: usize, v: &Value) {
+        let model = Tally::model_of(v);
+        let stream = &self.streams[s];
+        let win = v.get("window");
+        let seq = win.and_then(|w| w.get("seq")).and_then(Value::as_u64);
+        let start = win.and_then(|w| w.get("start")).and_then(Value::as_f64);
+        let end = win.and_then(|w| w.get("end")).and_then(Value::as_f64);
+        let (Some(seq), Some(start), Some(end)) = (seq, start, end) else {
+            println!(
+                "{topic}: result for {} without window seq/start/end",
+                stream.topic
+            );
             self.foreign += 1;
             return;
         };
-        let Some(sent) = self.sent.get(&id) else {
-            // Someone else's message (or an earlier run's) on the same broker.
-            self.foreign += 1;
+        let Some(n) = stream.window_of(start, self.reading_interval) else {
+            // Started before this run (a daemon that kept an earlier run's
+            // partial window) or not on a stride boundary.
+            self.unaligned += 1;
+            println!("{topic}: window #{seq} starts at {start}, not on a window start of this run",);
             return;
         };
-        if !self.answered.insert((id.clone(), model.clone())) {
+        if !self.windows_answered.insert((s, n, model.clone())) {
             self.duplicates += 1;
-            println!("{topic}: duplicate answer for {id} from {model}");
+            println!(
+                "{topic}: duplicate answer for window {n} of {} from {model}",
+                stream.sensor
+            );
             return;
         }
-        let best = v
-            .get("top_k")
-            .and_then(Value::as_array)
-            .and_then(|a| a.first());
-        let best_index = best.and_then(|b| b.get("index")).and_then(Value::as_u64);
-        let best_label = best
-            .and_then(|b| b.get("label"))
-            .and_then(Value::as_str)
-            .map(String::from)
-            .or_else(|| best_index.map(|i| format!("#{i}")));
-        let score = best.and_then(|b| b.get("score")).and_then(Value::as_f64);
-        let matched = match best.and_then(|b| b.get("label")).and_then(Value::as_str) {
-            Some(l) => l == LABELS[sent.label],
-            None => best_index == Some(sent.label as u64),
+        let truth = stream.truth((n - 1) * STRIDE);
+        let want = match truth {
+            Truth::Activity(l) => Some(LABELS[l]),
+            Truth::Transition(..) => None,
         };
-        let invoke = f64_at(v, &["latency_ms", "invoke"]);
-        let total = f64_at(v, &["latency_ms", "total"]);
+        let (pred, matched) = top(v, want);
         let st = self.models.entry(model.clone()).or_default();
+        st.kind = "windows";
         st.results += 1;
-        if matched {
-            st.matched += 1;
+        if want.is_some() {
+            st.judged += 1;
+            st.matched += usize::from(matched);
         }
-        if let Some(t) = total {
+        if let Some(t) = f64_at(v, &["latency_ms", "total"]) {
             st.totals_ms.push(t);
         }
-        let pred = match (best_label, score) {
-            (Some(l), Some(s)) => format!("{l:<8} {s:.2}"),
-            (Some(l), None) => format!("{l:<8}     "),
-            _ => "(no top_k)   ".to_string(),
-        };
-        let ms = |x: Option<f64>| x.map_or("?".to_string(), |x| format!("{x:.2}"));
         println!(
-            "{:<8} #{:<4} sent={:<8} {:>8}: {}  (invoke {} ms, total {} ms){}",
-            sent.sensor,
-            id.rsplit('-').next().unwrap_or(""),
-            LABELS[sent.label],
-            model,
-            pred,
-            ms(invoke),
-            ms(total),
+            "{topic:<28} window #{seq:<3} {:>6.2}..{:<6.2}s sent={:<16} {model:>8}: {pred}  {}{}",
+            start - self.t0,
+            end - self.t0,
+            truth.text(),
+            latency(v),
+            if want.is_some() && !matched {
+                "  <- mismatch"
+            } else {
+                ""
+            }
+        );
+    }
+
+    fn on_reading_error(&mut self, s: usize, v: &Value) {
+        let code = v.get("code").and_then(Value::as_str).unwrap_or("?");
+        let message = v.get("message").and_then(Value::as_str).unwrap_or("");
+        let model = Tally::model_of(v);
+        self.reading_errors += 1;
+        if let Some(st) = self.models.get_mut(&model) {
+            st.errors += 1;
+        }
+        println!(
+            "{:<28} ERROR {code} from {model}: {message}",
+            self.streams[s].topic
+        );
+    }
+
+    fn on_frame(&mut self, topic: &str, c: usize, v: &Value, is_error: bool) {
+        let model = Tally::model_of(v);
+        let cam = &self.cameras[c];
+        let answered = self.frames_answered.entry((c, model.clone())).or_default();
+        let Some(&sample) = cam.sent.get(*answered) else {
+            self.duplicates += 1;
+            println!(
+                "{topic}: more answers from {model} than frames sent by {}",
+                cam.name
+            );
+            return;
+        };
+        *answered += 1;
+        let frame = *answered;
+        let (file, want, _) = SAMPLES[sample];
+        let st = self.models.entry(model.clone()).or_default();
+        st.kind = "frames";
+        if is_error {
+            st.errors += 1;
+            let code = v.get("code").and_then(Value::as_str).unwrap_or("?");
+            let message = v.get("message").and_then(Value::as_str).unwrap_or("");
+            println!(
+                "{:<28} frame  #{frame:<3} sent={file:<16} {model:>8}: ERROR {code}: {message}",
+                cam.topic
+            );
+            return;
+        }
+        let (pred, matched) = top(v, Some(want));
+        st.results += 1;
+        st.judged += 1;
+        st.matched += usize::from(matched);
+        if let Some(t) = f64_at(v, &["latency_ms", "total"]) {
+            st.totals_ms.push(t);
+        }
+        let image = v.get("image").map_or(String::new(), |i| {
+            format!(
+                " [{} {}x{}]",
+                i.get("format").and_then(Value::as_str).unwrap_or("?"),
+                i.get("width").and_then(Value::as_u64).unwrap_or(0),
+                i.get("height").and_then(Value::as_u64).unwrap_or(0)
+            )
+        });
+        println!(
+            "{topic:<28} frame  #{frame:<3}{image} sent={file:<16} {model:>8}: {pred}  {}{}",
+            latency(v),
             if matched { "" } else { "  <- mismatch" }
         );
     }
 
-    fn on_error(&mut self, topic: &str, v: &Value) {
-        let code = v.get("code").and_then(Value::as_str).unwrap_or("?");
-        let message = v.get("message").and_then(Value::as_str).unwrap_or("");
-        let model = v.get("model").and_then(Value::as_str).map(String::from);
-        let source = v.get("source_topic").and_then(Value::as_str).unwrap_or("?");
-        let id = id_string(v);
-        let ours = id.as_ref().and_then(|i| self.sent.get(i));
-        if let (Some(id), Some(sent)) = (&id, ours) {
-            let who = model.clone().unwrap_or_default();
-            if !self.answered.insert((id.clone(), who)) {
-                self.duplicates += 1;
-            } else if let Some(m) = &model {
-                self.models.entry(m.clone()).or_default().errors += 1;
-            }
-            println!(
-                "{:<8} #{:<4} sent={:<8} {:>8}: ERROR {code}: {message}",
-                sent.sensor,
-                id.rsplit('-').next().unwrap_or(""),
-                LABELS[sent.label],
-                model.as_deref().unwrap_or("-"),
-            );
-        } else if id.is_none() && source.starts_with("sensors/wrist-") {
-            // An error we cannot tie to one window (e.g. overload without id).
-            self.unmatched_errors += 1;
-            println!(
-                "{topic}: ERROR {code} for {source} ({}): {message}",
-                model.as_deref().unwrap_or("no model")
-            );
-        } else {
-            self.foreign += 1;
-        }
-    }
-
-    /// The models every window should be answered by.
-    fn expected_models(&self, fixed: &Option<Vec<String>>) -> Vec<String> {
+    /// The models that must answer every window.
+    fn window_models(&self, fixed: &Option<Vec<String>>) -> Vec<String> {
         match fixed {
             Some(m) => m.clone(),
-            None => self.models.keys().cloned().collect(),
+            None => self
+                .models
+                .iter()
+                .filter(|(_, st)| st.kind == "windows")
+                .map(|(m, _)| m.clone())
+                .collect(),
         }
     }
 
-    /// Unanswered (id, model) pairs. With no model known yet, every window
-    /// counts as missing once.
-    fn missing(&self, fixed: &Option<Vec<String>>) -> Vec<(String, String)> {
-        let models = self.expected_models(fixed);
+    /// Windows expected from every stream (from the readings published).
+    fn windows_expected(&self) -> u64 {
+        self.streams.iter().map(Stream::expected_windows).sum()
+    }
+
+    fn frames_sent(&self) -> usize {
+        self.cameras.iter().map(|c| c.sent.len()).sum()
+    }
+
+    /// Unanswered windows (per model) and frames, as text. With no window
+    /// model known yet, every window counts as missing once.
+    fn missing(&self, fixed: &Option<Vec<String>>) -> Vec<String> {
+        let models = self.window_models(fixed);
         let mut out = Vec::new();
-        for id in &self.sent_order {
-            if self.answered.contains(&(id.clone(), String::new())) {
-                continue;
-            }
-            if models.is_empty() {
-                out.push((id.clone(), "(any model)".to_string()));
-            }
-            for m in &models {
-                if !self.answered.contains(&(id.clone(), m.clone())) {
-                    out.push((id.clone(), m.clone()));
+        for (s, stream) in self.streams.iter().enumerate() {
+            for n in 1..=stream.expected_windows() {
+                if models.is_empty() {
+                    out.push(format!("{} window {n} (any model)", stream.sensor));
                 }
+                for m in &models {
+                    if !self.windows_answered.contains(&(s, n, m.clone())) {
+                        out.push(format!("{} window {n} ({m})", stream.sensor));
+                    }
+                }
+            }
+        }
+        for (c, cam) in self.cameras.iter().enumerate() {
+            // Frames are answered in order: the model that answered most.
+            let answered = self
+                .frames_answered
+                .iter()
+                .filter(|((ci, _), _)| *ci == c)
+                .map(|(_, n)| *n)
+                .max()
+                .unwrap_or(0);
+            for k in answered..cam.sent.len() {
+                out.push(format!(
+                    "{} frame {} ({})",
+                    cam.name,
+                    k + 1,
+                    SAMPLES[cam.sent[k]].0
+                ));
             }
         }
         out
@@ -572,6 +888,61 @@ fn connect_and_subscribe(client: &Client, rx: &Receiver<Ev>, host: &str, port: u
     }
 }
 
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Publishes reading `i` of every sensor: a message of its own, or the
+/// last reading of a batch (then the whole batch). Err: the client is gone.
+fn publish_readings(
+    client: &Client,
+    tally: &mut Tally,
+    rng: &mut Rng,
+    i: u64,
+    ts: f64,
+) -> Result<(), String> {
+    let mut out = Vec::new();
+    for stream in &mut tally.streams {
+        let r = stream.next_reading(rng);
+        if i.is_multiple_of(STRIDE) {
+            stream.window_start_ts.push(ts);
+        }
+        let reading = reading_json(ts, r);
+        // Messages 1..9 of every 10 carry one reading, the 10th gathers
+        // BATCH_LEN readings published together when the last one is due.
+        let in_batch = stream.messages % BATCH_EVERY == BATCH_EVERY - 1;
+        if !in_batch {
+            out.push((stream.topic.clone(), reading));
+            stream.messages += 1;
+            stream.published += 1;
+            continue;
+        }
+        stream.batch.push(reading);
+        if stream.batch.len() == BATCH_LEN {
+            stream.batches += 1;
+            let payload = format!(
+                "{{\"id\":\"{}-b{}\",\"readings\":[{}]}}",
+                stream.sensor,
+                stream.batches,
+                stream.batch.join(",")
+            );
+            stream.batch.clear();
+            out.push((stream.topic.clone(), payload));
+            stream.messages += 1;
+            stream.published += BATCH_LEN as u64;
+        }
+    }
+    for (topic, payload) in out {
+        client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into_bytes())
+            .map_err(|e| e.to_string())?;
+        tally.published += 1;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
@@ -581,6 +952,10 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    if args.sensors == 0 && args.cameras == 0 {
+        eprintln!("accel_sim: nothing to simulate: --sensors and --cameras are both 0");
+        return ExitCode::from(2);
+    }
     let expected = args.expected();
 
     let mut opts = MqttOptions::new(
@@ -590,8 +965,8 @@ fn main() -> ExitCode {
     );
     opts.set_keep_alive(Duration::from_secs(10));
     opts.set_clean_session(true);
-    // Results of image models can be large; windows are ~5 kB.
-    opts.set_max_packet_size(4 << 20, 1 << 20);
+    // Frames are up to ~60 kB; results of image models can be large.
+    opts.set_max_packet_size(4 << 20, 4 << 20);
     let (client, connection) = Client::new(opts, 256);
     let (tx, rx) = mpsc::channel();
     spawn_connection(connection, tx.clone());
@@ -606,12 +981,46 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let sensors: Vec<String> = (1..=args.sensors).map(|i| format!("wrist-{i}")).collect();
+    let readings_per_sec = args.rate * STRIDE as f64;
+    let reading_interval = 1.0 / readings_per_sec;
+    let frame_step = args.frame_interval / f64::from(args.cameras.max(1));
+    let mut tally = Tally {
+        streams: (0..usize::from(args.sensors)).map(Stream::new).collect(),
+        cameras: (1..=args.cameras)
+            .map(|i| Camera {
+                name: format!("cam-{i}"),
+                topic: format!("cameras/cam-{i}/frame"),
+                sent: Vec::new(),
+            })
+            .collect(),
+        reading_interval,
+        t0: unix_now(),
+        windows_answered: BTreeSet::new(),
+        frames_answered: HashMap::new(),
+        models: BTreeMap::new(),
+        foreign: 0,
+        unaligned: 0,
+        reading_errors: 0,
+        duplicates: 0,
+        puback: 0,
+        published: 0,
+    };
+    let names = |v: Vec<&str>| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
     println!(
-        "accel_sim: connected; {} sensor(s) ({}), {} window(s)/s, {}; answers on {RESULTS_FILTER} and {ERRORS_FILTER}",
-        sensors.len(),
-        sensors.join(", "),
+        "accel_sim: connected; sensors: {} ({} window(s)/s each: {} readings/s on sensors/<sensor>/imu, every {}th message a batch of {}); cameras: {} (a frame every {} s on cameras/<cam>/frame); {}; answers on {RESULTS_FILTER} and {ERRORS_FILTER}",
+        names(tally.streams.iter().map(|s| s.sensor.as_str()).collect()),
         args.rate,
+        readings_per_sec,
+        BATCH_EVERY,
+        BATCH_LEN,
+        names(tally.cameras.iter().map(|c| c.name.as_str()).collect()),
+        args.frame_interval,
         if args.seconds > 0.0 {
             format!("for {} s", args.seconds)
         } else {
@@ -620,13 +1029,15 @@ fn main() -> ExitCode {
     );
 
     let mut rng = Rng::new(args.seed);
-    let mut tally = Tally::default();
-    let interval = Duration::from_secs_f64(1.0 / args.rate);
     let start = Instant::now();
     let stop_at = (args.seconds > 0.0).then(|| start + Duration::from_secs_f64(args.seconds));
-    let mut next_send = start;
-    let mut n: u64 = 0;
-    let mut seq = vec![0u64; sensors.len()];
+    // Reading i of every sensor is due at start + i * reading_interval and
+    // carries ts = t0 + i * reading_interval: evenly spaced timestamps even
+    // when publishing falls behind (it then catches up as fast as the
+    // broker takes it), so the daemon sees no gap.
+    let mut reading: u64 = 0;
+    let mut frame: u64 = 0;
+    let due = |k: u64, step: f64| start + Duration::from_secs_f64(k as f64 * step);
     let mut interrupted = false;
     let mut connected = true;
 
@@ -668,47 +1079,40 @@ fn main() -> ExitCode {
 
     // Publishing phase.
     loop {
-        if interrupted || stop_at.is_some_and(|s| next_send >= s) {
+        let next_reading = (!tally.streams.is_empty()).then(|| due(reading, reading_interval));
+        let next_frame = (!tally.cameras.is_empty()).then(|| due(frame, frame_step));
+        let Some(next) = next_reading.into_iter().chain(next_frame).min() else {
+            break;
+        };
+        if interrupted || stop_at.is_some_and(|s| next >= s) {
             break;
         }
         let now = Instant::now();
-        if now >= next_send {
-            let si = (n % sensors.len() as u64) as usize;
-            let sensor = &sensors[si];
-            seq[si] += 1;
-            // Each sensor walks through the four patterns, sensors offset by one.
-            let label = ((seq[si] - 1 + si as u64) % LABELS.len() as u64) as usize;
-            let id = format!("{sensor}-{}", seq[si]);
-            let window = gen_window(label, &mut rng);
-            let payload = match (serde_json::to_string(&id), serde_json::to_string(&window)) {
-                (Ok(i), Ok(d)) => format!("{{\"id\":{i},\"data\":{d}}}"),
-                (Err(e), _) | (_, Err(e)) => {
-                    eprintln!("accel_sim: cannot serialize a window: {e}");
+        if now >= next {
+            if next_reading == Some(next) {
+                let ts = tally.t0 + reading as f64 * reading_interval;
+                if let Err(e) = publish_readings(&client, &mut tally, &mut rng, reading, ts) {
+                    eprintln!("accel_sim: cannot publish: {e}");
                     return ExitCode::from(2);
                 }
-            };
-            tally.sent.insert(
-                id.clone(),
-                Sent {
-                    sensor: sensor.clone(),
-                    label,
-                },
-            );
-            tally.sent_order.push(id);
-            let topic = format!("sensors/{sensor}/accel");
-            if let Err(e) = client.publish(topic, QoS::AtLeastOnce, false, payload.into_bytes()) {
-                eprintln!("accel_sim: cannot publish: {e}");
-                return ExitCode::from(2);
-            }
-            n += 1;
-            next_send += interval;
-            // Fell far behind (e.g. a long stall)? Don't burst to catch up.
-            if Instant::now() > next_send + 4 * interval {
-                next_send = Instant::now();
+                reading += 1;
+            } else {
+                let c = (frame % tally.cameras.len() as u64) as usize;
+                let cam = &mut tally.cameras[c];
+                // Each camera goes through the samples, cameras offset by one.
+                let sample = (cam.sent.len() + c) % SAMPLES.len();
+                cam.sent.push(sample);
+                let topic = cam.topic.clone();
+                if let Err(e) = client.publish(topic, QoS::AtLeastOnce, false, SAMPLES[sample].2) {
+                    eprintln!("accel_sim: cannot publish: {e}");
+                    return ExitCode::from(2);
+                }
+                tally.published += 1;
+                frame += 1;
             }
             continue;
         }
-        match rx.recv_timeout(next_send - now) {
+        match rx.recv_timeout(next - now) {
             Ok(ev) => {
                 if !handle(ev, &mut tally, &mut interrupted, &mut connected) {
                     return ExitCode::from(130);
@@ -726,8 +1130,7 @@ fn main() -> ExitCode {
     // Grace period for the answers still on their way.
     let grace_end = Instant::now() + ANSWER_GRACE;
     loop {
-        let known = !tally.expected_models(&expected).is_empty();
-        if known && tally.missing(&expected).is_empty() && tally.puback >= tally.sent_order.len() {
+        if tally.missing(&expected).is_empty() && tally.puback >= tally.published {
             break;
         }
         let left = grace_end.saturating_duration_since(Instant::now());
@@ -748,35 +1151,42 @@ fn main() -> ExitCode {
 
     // Summary.
     let missing = tally.missing(&expected);
+    let readings: u64 = tally.streams.iter().map(|s| s.published).sum();
+    let messages: u64 = tally.streams.iter().map(|s| s.messages).sum();
+    let batches: u64 = tally.streams.iter().map(|s| s.batches).sum();
     println!();
     println!(
-        "summary: sent {} window(s) from {} sensor(s) in {:.1} s ({} acknowledged by the broker)",
-        tally.sent_order.len(),
-        sensors.len(),
+        "summary: in {:.1} s, {} sensor(s) sent {readings} readings in {messages} messages ({batches} batches): {} window(s) expected per model; {} camera(s) sent {} frame(s); {} of {} messages acknowledged by the broker",
         sent_for.as_secs_f64(),
-        tally.puback
+        tally.streams.len(),
+        tally.windows_expected(),
+        tally.cameras.len(),
+        tally.frames_sent(),
+        tally.puback,
+        tally.published,
     );
     println!(
-        "  {:<14} {:>7} {:>18} {:>9} {:>9} {:>7}",
-        "model", "results", "matched", "p50 ms", "p99 ms", "errors"
+        "  {:<14} {:<8} {:>7} {:>18} {:>9} {:>9} {:>7}",
+        "model", "answers", "results", "matched", "p50 ms", "p99 ms", "errors"
     );
     for (name, st) in &mut tally.models {
         st.totals_ms.sort_by(f64::total_cmp);
         let pct =
             |p: f64| percentile(&st.totals_ms, p).map_or("-".to_string(), |v| format!("{v:.2}"));
-        let matched = if st.results > 0 {
+        let matched = if st.judged > 0 {
             format!(
                 "{}/{} ({:.0}%)",
                 st.matched,
-                st.results,
-                100.0 * st.matched as f64 / st.results as f64
+                st.judged,
+                100.0 * st.matched as f64 / st.judged as f64
             )
         } else {
             "-".to_string()
         };
         println!(
-            "  {:<14} {:>7} {:>18} {:>9} {:>9} {:>7}",
+            "  {:<14} {:<8} {:>7} {:>18} {:>9} {:>9} {:>7}",
             name,
+            st.kind,
             st.results,
             matched,
             pct(50.0),
@@ -787,12 +1197,19 @@ fn main() -> ExitCode {
     if let Some(fixed) = &expected {
         for m in fixed {
             if !tally.models.contains_key(m) {
-                println!("  {m:<14} {:>7}  (no answer at all)", 0);
+                println!("  {m:<14} {:<8} {:>7}  (no answer at all)", "windows", 0);
             }
         }
     }
-    if tally.unmatched_errors > 0 {
-        println!("  errors without a window id: {}", tally.unmatched_errors);
+    println!("  (windows that overlap two activities are not judged: matched counts the others)");
+    if tally.reading_errors > 0 {
+        println!("  errors about readings: {}", tally.reading_errors);
+    }
+    if tally.unaligned > 0 {
+        println!(
+            "  windows not starting on a window start of this run: {}",
+            tally.unaligned
+        );
     }
     if tally.duplicates > 0 {
         println!("  duplicate answers: {}", tally.duplicates);
@@ -801,14 +1218,10 @@ fn main() -> ExitCode {
         println!("  ignored messages not from this run: {}", tally.foreign);
     }
     if missing.is_empty() {
-        println!("every window answered");
+        println!("every window and every frame answered");
         ExitCode::SUCCESS
     } else {
-        let examples: Vec<String> = missing
-            .iter()
-            .take(5)
-            .map(|(id, m)| format!("{id} ({m})"))
-            .collect();
+        let examples: Vec<String> = missing.iter().take(5).cloned().collect();
         println!(
             "MISSING: {} answer(s) did not arrive within {} s, e.g. {}",
             missing.len(),

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Rebuilds every models/*.tflite (+ har_accel.labels, models_summary.json) reproducibly.
+# Rebuilds every models/*.tflite (+ har_accel.labels, shapes.labels, models_summary.json)
+# reproducibly.
 #
 #   models/build.sh                 # all models
 #   models/build.sh har dynamic     # only some: har, mobilenet, multi_io, dynamic, lookup, spin,
-#                                   # mobilenet_dynamic
+#                                   # mobilenet_dynamic, shapes (25-30 min: trains a CNN)
 #
 # Creates a git-ignored venv at .venv-models/ (override with VENV=...) from
 # models/requirements.txt. Needs CPython 3.9-3.12 (TensorFlow 2.19); PYTHON=... to choose.

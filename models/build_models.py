@@ -10,6 +10,7 @@ Outputs (all written next to this script):
   lookup_int32.tflite   (GATHER from a constant table; fails at invoke on out-of-range indices)
   spin_int32.tflite     (a WHILE loop run `iterations` times: invoke time set by the input)
   mobilenet_v2_dynamic_int8.tflite  (mobilenet_v2_int8 with a dynamic batch dimension)
+  shapes_int8.tflite, shapes.labels  (circle / square / triangle / none on 96x96 RGB pictures)
   models_summary.json   (tensor details as read back by the TF Lite interpreter)
 """
 import os
@@ -37,6 +38,7 @@ import keras
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from accel_synth import LABELS, gen_dataset  # noqa: E402
+import shapes_synth  # noqa: E402  (numpy + Pillow)
 
 SEED = 20240601
 MAX_BYTES = 5 * 1024 * 1024
@@ -508,15 +510,114 @@ def build_spin(summary: dict) -> None:
     summary["spin_int32.tflite"] = d
 
 
+# ------------------------------------------------------------------------ shapes
+def build_shapes(summary: dict) -> None:
+    """A small CNN that tells a circle, a square, a triangle or no shape on a 96x96 RGB
+    picture (models/shapes_synth.py). The input is raw pixel values 0..255: a Rescaling
+    layer inside the model divides by 255, so a user needs no mean/std. Full-integer int8
+    with int8 input and output; the representative set includes an all-0 and an all-255
+    picture so that the input range is exactly [0, 255] (scale 1, zero point -128: every
+    pixel value is exact)."""
+    labels = shapes_synth.LABELS
+    print("[shapes] generating synthetic pictures")
+    x_train, y_train = shapes_synth.gen_dataset(3000, seed=SEED + 41)
+    x_val, y_val = shapes_synth.gen_dataset(300, seed=SEED + 42)
+    x_test, y_test = shapes_synth.gen_dataset(1000, seed=SEED + 43)
+    rep_x, _ = shapes_synth.gen_dataset(25, seed=SEED + 44)
+
+    seed_all(SEED + 40)
+    inp = keras.Input(shape=(96, 96, 3), name="image")
+    h = keras.layers.Rescaling(1.0 / 255.0, name="scale")(inp)
+    for i, (ch, stride) in enumerate(SHAPES_CONVS):
+        h = keras.layers.Conv2D(ch, 3, strides=stride, padding="same", use_bias=False, name=f"conv{i + 1}")(h)
+        h = keras.layers.BatchNormalization(name=f"bn{i + 1}")(h)
+        h = keras.layers.ReLU(name=f"relu{i + 1}")(h)
+    h = keras.layers.Concatenate(name="pool")(
+        [keras.layers.GlobalAveragePooling2D()(h), keras.layers.GlobalMaxPooling2D()(h)]
+    )
+    out = keras.layers.Dense(len(labels), activation="softmax", name="probs")(h)
+    model = keras.Model(inp, out, name="shapes")
+    batch = 64
+    steps = SHAPES_EPOCHS * -(-len(y_train) // batch)
+    model.compile(
+        optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(3e-3, steps, alpha=0.02)),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    print(f"[shapes] params: {model.count_params()}")
+    # The classes do not change under the 8 rotations/flips of the square: every epoch
+    # sees each training picture under one of them, drawn anew.
+    aug_rng = np.random.default_rng(SEED + 45)
+    x_val_f = x_val.astype(np.float32)
+    for epoch in range(SHAPES_EPOCHS):
+        print(f"[shapes] epoch {epoch + 1}/{SHAPES_EPOCHS}")
+        model.fit(dihedral(x_train, aug_rng).astype(np.float32), y_train, validation_data=(x_val_f, y_val),
+                  epochs=1, batch_size=batch, shuffle=True, verbose=2)
+    keras_acc = float(np.mean(np.argmax(model.predict(x_test.astype(np.float32), verbose=0), axis=1) == y_test))
+    print(f"[shapes] keras held-out accuracy: {keras_acc:.4f} on {len(y_test)} pictures")
+
+    sm = export_saved_model(lambda image: {"probs": model(image, training=False)},
+                            [tf.TensorSpec([1, 96, 96, 3], tf.float32, name="image")], model)
+    rep_all = np.concatenate([np.zeros((1, 96, 96, 3), np.uint8), np.full((1, 96, 96, 3), 255, np.uint8),
+                              rep_x])
+
+    def rep():
+        for x in rep_all:
+            yield {"image": x[None].astype(np.float32)}
+
+    data = convert(sm, rep_data=rep, io_type=tf.int8)
+    shutil.rmtree(sm)
+    name = "shapes_int8.tflite"
+    d = describe(data)
+    (s_in, z_in), (s_out, z_out) = ((d[k][0]["scale"], d[k][0]["zero_point"]) for k in ("inputs", "outputs"))
+    assert d["inputs"][0]["shape"] == [1, 96, 96, 3] and d["inputs"][0]["dtype"] == "int8", d["inputs"]
+    assert d["outputs"][0]["shape"] == [1, len(labels)] and d["outputs"][0]["dtype"] == "int8", d["outputs"]
+    print(f"[shapes] input scale {s_in} zero point {z_in}; output scale {s_out} zero point {z_out}; "
+          f"ops {tflite_op_names(data)}")
+    pred = np.array([np.argmax(tflite_eval(data, {"image": x[None].astype(np.float32)})["probs"])
+                     for x in x_test])
+    acc = float(np.mean(pred == y_test))
+    per_class = {lab: float(np.mean(pred[y_test == i] == i)) for i, lab in enumerate(labels)}
+    print(f"[shapes] {name} held-out accuracy: {acc:.4f} on {len(y_test)} pictures; per class {per_class}")
+    if acc < 0.95:
+        raise SystemExit(f"{name}: held-out accuracy {acc:.4f} is below 0.95")
+    write_model(name, data)
+    d["params"] = int(model.count_params())
+    d["ops"] = tflite_op_names(data)
+    d["heldout_accuracy"] = acc
+    d["heldout_accuracy_per_class"] = per_class
+    d["keras_heldout_accuracy"] = keras_acc
+    summary[name] = d
+    (HERE / "shapes.labels").write_text("\n".join(labels) + "\n")
+    print("  wrote shapes.labels")
+
+
+SHAPES_EPOCHS = 20
+# (channels, stride) of the 3x3 convolutions.
+SHAPES_CONVS = ((12, 2), (24, 2), (40, 2), (40, 1), (56, 2))
+
+
+def dihedral(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each picture of x [N, H, W, C] rotated by k x 90 degrees and, for k' >= 4,
+    mirrored: one of the 8 symmetries of the square, drawn per picture."""
+    out = np.empty_like(x)
+    t = rng.integers(0, 8, len(x))
+    for k in range(8):
+        sel = t == k
+        a = np.rot90(x[sel], k % 4, axes=(1, 2))
+        out[sel] = a[:, :, ::-1] if k >= 4 else a
+    return out
+
+
 def main() -> None:
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, numpy {np.__version__}")
     only = set(sys.argv[1:])
     summary: dict = {"tensorflow": tf.__version__, "keras": keras.__version__}
-    # mobilenet_dynamic is last so that a partial build, which appends new entries to the
-    # existing models_summary.json, gives the same key order as a full build.
+    # mobilenet_dynamic and shapes come last so that a partial build, which appends new
+    # entries to the existing models_summary.json, gives the same key order as a full build.
     steps = {"har": build_har, "mobilenet": build_mobilenet, "multi_io": build_multi_io,
              "dynamic": build_dynamic, "lookup": build_lookup, "spin": build_spin,
-             "mobilenet_dynamic": build_mobilenet_dynamic}
+             "mobilenet_dynamic": build_mobilenet_dynamic, "shapes": build_shapes}
     unknown = only - steps.keys()
     if unknown:
         raise SystemExit(f"unknown step(s) {sorted(unknown)}; steps: {', '.join(steps)}")

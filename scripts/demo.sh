@@ -1,17 +1,29 @@
 #!/usr/bin/env bash
 # The one-command demo: installs what is missing, builds, starts a private
 # Mosquitto broker on a free loopback port and the daemon with
-# config/demo.toml, then runs the accelerometer simulator against them and
-# prints the answers as they arrive.
+# config/demo.toml, then runs the simulator against them and prints the
+# answers as they arrive.
 #
-#   scripts/demo.sh                    # 20 s, 2 sensors, 2 windows/s
-#   scripts/demo.sh --seconds 60 --sensors 4 --rate 10
+# The simulator (examples/accel_sim.rs): wrist sensors publish one
+# accelerometer reading per message ({"ts", "ax", "ay", "az"} on
+# sensors/wrist-N/imu; every 10th message a batch {"readings": [10]}); the
+# daemon assembles 128-reading windows, a new one every 64 readings, and
+# answers each. Cameras publish the sample pictures of models/samples/
+# (circle, square, triangle, none as JPEG, a square as PNG) on
+# cameras/cam-N/frame, for the shapes model.
+#
+#   scripts/demo.sh                    # 20 s, 2 sensors at 1 window/s, 1 camera at 1 frame/s
+#   scripts/demo.sh --seconds 60 --sensors 4 --rate 10 --cameras 2 --frame-interval 0.5
 #   scripts/demo.sh --seconds 0        # until Ctrl-C
 #
-# Arguments are passed to the simulator (examples/accel_sim.rs; --help lists
-# them). The exit status is the simulator's: 0 when every window was
-# answered. Logs of the daemon and the broker stay in a temporary folder
-# whose path is printed.
+# --rate is in windows per second per sensor: each sensor publishes
+# rate x 64 readings per second (the default 1: 64 readings/s). --sensors 0
+# or --cameras 0 leaves that part out.
+#
+# Arguments are passed to the simulator (--help lists them). The exit status
+# is the simulator's: 0 when every window (counted from the readings each
+# sensor sent) and every frame was answered. Logs of the daemon and the
+# broker stay in a temporary folder whose path is printed.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

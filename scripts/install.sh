@@ -130,7 +130,12 @@ install -d -m 0755 "$model_dir" "$doc_dir"
 # micro-batching measurement.
 install -m 0644 models/har_accel_int8.tflite models/har_accel_f32.tflite \
   models/mobilenet_v2_int8.tflite models/multi_io_f32.tflite models/multi_io_uint8.tflite \
-  models/dynamic_batch_f32.tflite models/har_accel.labels models/README.md "$model_dir/"
+  models/dynamic_batch_f32.tflite models/har_accel.labels models/shapes_int8.tflite \
+  models/shapes.labels models/README.md "$model_dir/"
+install -d -m 0755 "$model_dir/samples"
+install -m 0644 models/samples/circle.jpg models/samples/square.jpg models/samples/triangle.jpg \
+  models/samples/none.jpg models/samples/square_96.png models/samples/photo_640x480.jpg \
+  models/samples/README.md "$model_dir/samples/"
 install -m 0644 README.md ARCHITECTURE.md docs/operators.md "$doc_dir/"
 install -d -m 0755 "$conf_dir"
 if [ -e "$conf_dir/config.toml" ]; then

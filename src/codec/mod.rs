@@ -10,8 +10,8 @@
 //! - `readings`: named fields of readings (`[models.window]`) and of one
 //!   object (`[models.input] fields`).
 //! - `normalize`: `(x - mean) / std` before quantization.
-//! - `image`: a JPEG or PNG file -> the input tensor (decode, resize,
-//!   normalize, quantize).
+//! - `image`: a JPEG or PNG payload -> an image model's input (decode,
+//!   resize as Pillow does, normalize, quantize).
 
 pub mod decode;
 pub mod encode;

@@ -14,7 +14,7 @@ mod secrets;
 mod settings;
 
 pub use files::{read_file, FileError, FileLimits, LABELS_FILE, MODEL_FILE};
-pub use preprocess::{FieldPath, ImageSettings, Normalize, DEFAULT_MAX_PIXELS};
+pub use preprocess::{FieldPath, ImageSettings, Normalize, Resize, DEFAULT_MAX_PIXELS};
 pub use raw::RawConfig;
 pub use settings::{
     check_topic_level, ModelSettings, MqttSettings, OverflowPolicy, PayloadFormat, Settings,

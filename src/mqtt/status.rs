@@ -309,7 +309,7 @@ fn render_device(id: &str, d: &Device, now: f64) -> String {
         ));
     }
     for n in notes {
-        let _ = writeln!(out, "  warning: {n}");
+        let _ = writeln!(out, "  {n}");
     }
     out
 }
@@ -469,8 +469,19 @@ fn model_rows(status: Option<&Value>, health: Option<&Value>) -> (Vec<Vec<String
             };
             if let (Some(s), Some(w)) = (uint(m, "/stalled_workers"), uint(m, "/workers")) {
                 if s > 0 {
-                    notes.push(format!("model {name}: {s} of {w} worker(s) stalled"));
+                    notes.push(format!(
+                        "warning: model {name}: {s} of {w} worker(s) stalled"
+                    ));
                 }
+            }
+            if m.pointer("/window").is_some() {
+                notes.push(format!(
+                    "model {name}: {} open stream(s), {} window(s) from {} reading(s), {} reading(s) discarded",
+                    n("/window/open_streams"),
+                    n("/window/windows"),
+                    n("/window/readings"),
+                    n("/window/readings_discarded")
+                ));
             }
             rows.push(vec![
                 name,
@@ -680,7 +691,8 @@ mod tests {
           "stalled_workers":1,"received":110,"inferences":100,
           "errors":{"bad_json":4,"bad_shape":0,"overloaded":6},"dropped":6,
           "queue_depth":3,"queue_capacity":64,"throughput_per_sec":3.3333,
-          "latency_ms":{"count":100,"p50":0.4,"p95":1.25,"p99":2.5,"max":7.0}},
+          "latency_ms":{"count":100,"p50":0.4,"p95":1.25,"p99":2.5,"max":7.0},
+          "window":{"open_streams":2,"windows":100,"readings":6450,"readings_discarded":50}},
           {"name":"idle","latency_ms":{"count":0,"p50":0.0,"p95":0.0,"p99":0.0,"max":0.0}}]}"#;
 
     #[test]
@@ -711,6 +723,7 @@ gw-7  offline (shutdown, 5.4s ago)
   har    cpu/xnnpack         100  10 (bad_json=4 overloaded=6)        6   3/64     3.3    0.40    1.25    2.50    7.00
   idle   -                     -  -                                   -      -       -       -       -       -       -
   warning: model har: 1 of 2 worker(s) stalled
+  model har: 2 open stream(s), 100 window(s) from 6450 reading(s), 50 reading(s) discarded
 ";
         assert_eq!(out, expected);
     }
