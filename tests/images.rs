@@ -288,3 +288,75 @@ fn bad_images_are_refused_with_bad_image_and_the_daemon_keeps_serving() {
     check_image_result(&m.json(), case(&fx, "png_exact_size"));
     assert!(!d.has_exited());
 }
+
+/// The shapes model (a confident classifier on raw pixels, no
+/// `[models.image]` table: stretch, mean 0, std 1) on the samples of
+/// models/samples/: references in tests/fixtures/shapes_int8.json, JPEG
+/// tolerances in images.json (`shapes_int8`). Unlike MobileNet's, these
+/// tolerances are far below the gaps between classes.
+#[test]
+fn shapes_samples_match_their_references_and_labels() {
+    let reference = fixture("shapes_int8.json");
+    let tolerances = &images()["shapes_int8"];
+    let labels: Vec<&str> = reference["labels"]
+        .as_array()
+        .expect("labels")
+        .iter()
+        .map(|l| l.as_str().expect("label"))
+        .collect();
+    let broker = Broker::start();
+    let models = "[[models]]\nname = \"shapes\"\npath = \"{models}/shapes_int8.tflite\"\ninput_topic = \"cameras/+/frame\"\noutput_topic = \"shapes/{1}\"\npayload = \"image\"\nlabels = \"{models}/shapes.labels\"\n";
+    let _d = Daemon::start(&config(broker.port, "dev1", "", models));
+    let c = TestClient::connect(broker.port);
+    c.subscribe("shapes/#");
+    c.subscribe("edge-infer/dev1/errors");
+
+    let cases: Vec<&Value> = reference["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .filter(|c| c.get("image").is_some())
+        .collect();
+    assert_eq!(cases.len(), 6, "the shapes fixture's image cases");
+    for (i, case) in cases.iter().enumerate() {
+        let path = repo().join(case["image"]["file"].as_str().expect("file"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        c.publish(&format!("cameras/cam-{i}/frame"), bytes);
+    }
+    let mut got = c.recv_n(cases.len());
+    for (i, case) in cases.iter().enumerate() {
+        let name = case["name"].as_str().expect("name");
+        let topic = format!("shapes/cam-{i}");
+        let at = got
+            .iter()
+            .position(|m| m.topic == topic)
+            .unwrap_or_else(|| panic!("no result on {topic} for {name}"));
+        let r = got.remove(at).json();
+        let tol = &tolerances[name];
+        assert!(tol.is_object(), "no tolerance for {name} in images.json");
+        let image = &case["image"];
+        assert_eq!(
+            r["image"],
+            json!({"format": image["format"], "width": image["width"], "height": image["height"]}),
+            "{name}: {r}"
+        );
+        let diff = max_abs_diff(&r, case);
+        if tol["exact"] == true {
+            assert_outputs(&r, case, None);
+        } else {
+            let max = tol["max_abs_diff"].as_f64().expect("max_abs_diff");
+            println!("{name}: largest output difference from Pillow's reference {diff} (tolerance {max})");
+            assert!(
+                diff <= max,
+                "{name}: differs by {diff}, tolerance {max}: {r}"
+            );
+        }
+        // The class, wherever the tolerance cannot reorder the top two.
+        let top1 = tol["top1"].as_u64().expect("top1") as usize;
+        let margin = tol["top1_margin"].as_f64().unwrap_or(1.0);
+        let max = tol["max_abs_diff"].as_f64().unwrap_or(0.0);
+        if margin > 2.0 * max {
+            assert_eq!(r["top_k"][0]["label"], labels[top1], "{name}: {r}");
+        }
+    }
+}
