@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use model_runtime::{DType, TensorSpec};
 
-use crate::codec::image::ImagePlan;
+use crate::codec::image::{ImagePlan, PlanSetting};
 use crate::config::{FieldPath, ModelSettings, Normalize, PayloadFormat};
 use crate::topic::TopicTemplate;
 
@@ -82,7 +82,15 @@ pub fn plan(ms: &ModelSettings, inputs: &[TensorSpec]) -> Result<Intake, FieldPr
     };
     if let Some(image) = &ms.image {
         let input = single()?;
-        let plan = ImagePlan::new(image, input).map_err(|e| ("image".to_string(), e))?;
+        let plan = ImagePlan::new(image, input).map_err(|e| {
+            let key = match e.setting {
+                // Not an image model: what asked for images is at fault.
+                PlanSetting::Input if rm_has_no_table(ms) => "payload".to_string(),
+                PlanSetting::Input => "image".to_string(),
+                setting => format!("image.{}", setting.as_str()),
+            };
+            (key, e.message)
+        })?;
         return Ok(Intake {
             kind: IntakeKind::Image {
                 plan: Arc::new(plan),
@@ -266,6 +274,12 @@ impl Intake {
         }
         lines
     }
+}
+
+/// `payload = "image"` with the defaults: no `[models.image]` table to
+/// blame. (Settings give such a model the default image settings.)
+fn rm_has_no_table(ms: &ModelSettings) -> bool {
+    ms.payload == PayloadFormat::Image && ms.image.as_ref() == Some(&Default::default())
 }
 
 /// The setting that asked for a single-input model, for the problem's key.

@@ -144,7 +144,8 @@ fn plans_check_the_input_tensor_and_the_settings() {
         ),
     ];
     for (input, want) in cases {
-        assert_eq!(ImagePlan::new(&s, &input).unwrap_err(), want);
+        let e = ImagePlan::new(&s, &input).unwrap_err();
+        assert_eq!((e.setting, e.message.as_str()), (PlanSetting::Input, want));
     }
     // [H, W, C] is accepted too.
     let p = ImagePlan::new(&s, &spec(&[96, 64, 1], DType::I8, Some((0.5, 3)))).unwrap();
@@ -156,27 +157,45 @@ fn plans_check_the_input_tensor_and_the_settings() {
     let rgb = spec(&[1, 8, 8, 3], DType::F32, None);
     let gray = spec(&[1, 8, 8, 1], DType::F32, None);
     let bad = |mean: &[f32], std: &[f32], input: &TensorSpec| {
-        ImagePlan::new(&settings(Resize::Stretch, mean, std, 0), input).unwrap_err()
+        let e = ImagePlan::new(&settings(Resize::Stretch, mean, std, 0), input).unwrap_err();
+        (e.setting, e.message)
     };
     assert_eq!(
         bad(&[1.0, 2.0], &[1.0], &rgb),
-        "[models.image] mean has 2 values; input 'image' has 3 channels: give 1 or 3"
+        (
+            PlanSetting::Mean,
+            "[models.image] mean has 2 values; input 'image' has 3 channels: give 1 or 3"
+                .to_string()
+        )
     );
     assert_eq!(
         bad(&[0.0], &[1.0, 2.0, 3.0], &gray),
-        "[models.image] std has 3 values; input 'image' has 1 channel: give 1"
+        (
+            PlanSetting::Std,
+            "[models.image] std has 3 values; input 'image' has 1 channel: give 1".to_string()
+        )
     );
     assert_eq!(
         bad(&[0.0], &[1.0, 0.0, 1.0], &rgb),
-        "[models.image] std 0 (channel 1) must be a finite number other than 0"
+        (
+            PlanSetting::Std,
+            "[models.image] std 0 (channel 1) must be a finite number other than 0".to_string()
+        )
     );
     assert_eq!(
         bad(&[f32::NAN], &[1.0], &rgb),
-        "[models.image] mean NaN (channel 0) is not a finite number"
+        (
+            PlanSetting::Mean,
+            "[models.image] mean NaN (channel 0) is not a finite number".to_string()
+        )
     );
     assert_eq!(
         bad(&[0.0], &[1e-45], &rgb),
-        "[models.image] mean 0.0 and std 1e-45 make pixel value 1 inf, not a finite number"
+        (
+            PlanSetting::Std,
+            "[models.image] mean 0.0 and std 1e-45 make pixel value 1 inf, not a finite number"
+                .to_string()
+        )
     );
     let s = ImageSettings {
         max_pixels: 0,
@@ -184,7 +203,10 @@ fn plans_check_the_input_tensor_and_the_settings() {
     };
     assert_eq!(
         ImagePlan::new(&s, &rgb).unwrap_err(),
-        "[models.image] max_pixels is 0; it must be at least 1"
+        PlanError {
+            setting: PlanSetting::MaxPixels,
+            message: "[models.image] max_pixels is 0; it must be at least 1".into()
+        }
     );
 }
 
