@@ -80,12 +80,12 @@ pub fn plan(ms: &ModelSettings, inputs: &[TensorSpec]) -> Result<Intake, FieldPr
             )),
         }
     };
-    if let Some(image) = &ms.image {
+    if let Some(image) = ms.image_settings() {
         let input = single()?;
-        let plan = ImagePlan::new(image, input).map_err(|e| {
+        let plan = ImagePlan::new(&image, input).map_err(|e| {
             let key = match e.setting {
                 // Not an image model: what asked for images is at fault.
-                PlanSetting::Input if rm_has_no_table(ms) => "payload".to_string(),
+                PlanSetting::Input if ms.image.is_none() => "payload".to_string(),
                 PlanSetting::Input => "image".to_string(),
                 setting => format!("image.{}", setting.as_str()),
             };
@@ -249,7 +249,7 @@ impl Intake {
                 ));
             }
             IntakeKind::Image { .. } => {
-                if let Some(i) = &ms.image {
+                if let Some(i) = ms.image_settings() {
                     lines.push(format!(
                         "image (JPEG, PNG{}): resize={} mean={:?} std={:?} pad={} max_pixels={}",
                         if ms.payload == PayloadFormat::Json {
@@ -274,12 +274,6 @@ impl Intake {
         }
         lines
     }
-}
-
-/// `payload = "image"` with the defaults: no `[models.image]` table to
-/// blame. (Settings give such a model the default image settings.)
-fn rm_has_no_table(ms: &ModelSettings) -> bool {
-    ms.payload == PayloadFormat::Image && ms.image.as_ref() == Some(&Default::default())
 }
 
 /// The setting that asked for a single-input model, for the problem's key.
