@@ -209,7 +209,10 @@ impl ImagePlan {
         );
         let what = format!("input '{}' is {shape} {}", input.name, input.dtype);
         let (height, width, channels) = match input.shape[..] {
-            [1, h, w, c] | [h, w, c] if h > 0 && w > 0 && (c == 1 || c == 3) => (h, w, c),
+            [1, h, w, c] if h > 0 && w > 0 && (c == 1 || c == 3) => (h, w, c),
+            // Without a batch dimension, [1, 128, 3] is a window of 128
+            // readings of 3 axes far more often than a 1-pixel-high image.
+            [h, w, c] if h > 1 && w > 0 && (c == 1 || c == 3) => (h, w, c),
             _ => {
                 return Err((
                     PlanSetting::Input,

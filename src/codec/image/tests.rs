@@ -117,7 +117,7 @@ fn refused(plan: &ImagePlan, bytes: &[u8]) -> String {
 #[test]
 fn plans_check_the_input_tensor_and_the_settings() {
     let s = ImageSettings::default();
-    let cases: [(TensorSpec, &str); 6] = [
+    let cases: [(TensorSpec, &str); 7] = [
         (
             spec(&[1, 10], DType::F32, None),
             "input 'image' is [1,10] float32; an image model needs [1, height, width, 1 or 3]",
@@ -129,6 +129,10 @@ fn plans_check_the_input_tensor_and_the_settings() {
         (
             spec(&[2, 224, 224, 3], DType::U8, None),
             "input 'image' is [2,224,224,3] uint8; an image model needs [1, height, width, 1 or 3]",
+        ),
+        (
+            spec(&[1, 128, 3], DType::I8, Some((0.05, 0))),
+            "input 'image' is [1,128,3] int8; an image model needs [1, height, width, 1 or 3]",
         ),
         (
             spec(&[1, 0, 224, 3], DType::U8, None),
