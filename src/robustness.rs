@@ -1,8 +1,10 @@
 //! The harness of the randomized robustness tests (issue 10): a seeded
 //! PRNG, the case count, panics caught per input and reported with the
 //! input that caused them, and the outcome counts each test prints.
-//! The tests themselves are `codec::robustness` (every payload decoder)
-//! and `config::robustness` (the config loader).
+//! The tests themselves are `codec::robustness` (every payload decoder,
+//! readings and named fields included), `codec::image::robustness`
+//! (mutated JPEG and PNG files through the whole image preparation) and
+//! `config::robustness` (the config loader).
 //!
 //! Nightly Rust (and so cargo-fuzz) is not available here: inputs come
 //! from structure-aware generators and from byte-level mutation of valid

@@ -177,11 +177,22 @@ pub struct ModelSettings {
     pub window: Option<WindowSettings>,
     /// `[models.input]`: named fields, normalization.
     pub input: InputSettings,
-    /// `[models.image]` (always set for `payload = "image"`).
+    /// `[models.image]` as written; a `payload = "image"` model without
+    /// the table takes the defaults (`image_settings`).
     pub image: Option<ImageSettings>,
 }
 
 impl ModelSettings {
+    /// How images become this model's input: `[models.image]`, or the
+    /// defaults for `payload = "image"`; None for a model without images.
+    pub fn image_settings(&self) -> Option<ImageSettings> {
+        match (&self.image, self.payload) {
+            (Some(i), _) => Some(i.clone()),
+            (None, PayloadFormat::Image) => Some(ImageSettings::default()),
+            (None, _) => None,
+        }
+    }
+
     /// The batch size a dynamic batch dimension is fixed to at load.
     pub fn engine_batch(&self) -> u32 {
         if self.max_batch > 1 {
@@ -587,11 +598,11 @@ fn preprocessing(
     let input = rm.input.as_ref().map_or_else(InputSettings::default, |i| {
         preprocess::input_settings(c, &format!("{key}.input"), i)
     });
-    let image = match (&rm.image, payload) {
-        (Some(i), _) => Some(preprocess::image_settings(c, &format!("{key}.image"), i)),
-        (None, PayloadFormat::Image) => Some(ImageSettings::default()),
-        (None, _) => None,
-    };
+    let image = rm
+        .image
+        .as_ref()
+        .map(|i| preprocess::image_settings(c, &format!("{key}.image"), i));
+    let takes_images = image.is_some() || payload == PayloadFormat::Image;
     let payload_name = payload.as_str();
     if rm.window.is_some() {
         if payload != PayloadFormat::Json {
@@ -636,13 +647,13 @@ fn preprocessing(
             "raw payloads are the input tensors' bytes, already quantized: there is nothing to normalize or decode; use payload = \"json\" or \"image\"",
         );
     }
-    if image.is_some() && input.normalize.is_some() {
+    if takes_images && input.normalize.is_some() {
         c.add(
             format!("{key}.input.mean"),
             "an image model normalizes pixels with [models.image] mean and std; remove [models.input] mean/std",
         );
     }
-    if image.is_some() && !input.fields.is_empty() && rm.window.is_none() {
+    if takes_images && !input.fields.is_empty() && rm.window.is_none() {
         c.add(
             format!("{key}.input.fields"),
             "an image model takes its input from the image; remove input.fields",

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use model_runtime::{DType, TensorSpec};
 
-use crate::codec::image::ImagePlan;
+use crate::codec::image::{ImagePlan, PlanSetting};
 use crate::config::{FieldPath, ModelSettings, Normalize, PayloadFormat};
 use crate::topic::TopicTemplate;
 
@@ -80,9 +80,17 @@ pub fn plan(ms: &ModelSettings, inputs: &[TensorSpec]) -> Result<Intake, FieldPr
             )),
         }
     };
-    if let Some(image) = &ms.image {
+    if let Some(image) = ms.image_settings() {
         let input = single()?;
-        let plan = ImagePlan::new(image, input).map_err(|e| ("image".to_string(), e))?;
+        let plan = ImagePlan::new(&image, input).map_err(|e| {
+            let key = match e.setting {
+                // Not an image model: what asked for images is at fault.
+                PlanSetting::Input if ms.image.is_none() => "payload".to_string(),
+                PlanSetting::Input => "image".to_string(),
+                setting => format!("image.{}", setting.as_str()),
+            };
+            (key, e.message)
+        })?;
         return Ok(Intake {
             kind: IntakeKind::Image {
                 plan: Arc::new(plan),
@@ -241,7 +249,7 @@ impl Intake {
                 ));
             }
             IntakeKind::Image { .. } => {
-                if let Some(i) = &ms.image {
+                if let Some(i) = ms.image_settings() {
                     lines.push(format!(
                         "image (JPEG, PNG{}): resize={} mean={:?} std={:?} pad={} max_pixels={}",
                         if ms.payload == PayloadFormat::Json {

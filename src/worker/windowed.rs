@@ -51,7 +51,7 @@ pub(super) fn window_loop(
                 // No message for a while: silent streams are still forgotten.
                 let now = Instant::now();
                 if guard.sweep_due(now) {
-                    let before = guard.discarded;
+                    let before = Counts::of(&guard);
                     guard.sweep(now);
                     publish_counts(ctx, &guard, before);
                 }
@@ -59,7 +59,7 @@ pub(super) fn window_loop(
             }
         };
         beat.busy();
-        let before = guard.discarded;
+        let before = Counts::of(&guard);
         let taken = catch_unwind(AssertUnwindSafe(|| {
             take(ctx, intake, &mut guard, &queued.job, replies, &mut out)
         }));
@@ -233,11 +233,35 @@ fn serve_window(
     )
 }
 
-fn publish_counts(ctx: &ModelContext, streams: &Streams, discarded_before: u64) {
+/// The streams' cumulative counters at one moment. Health gets what
+/// changed since, so its counts carry on when a reload replaces the model
+/// (and its streams) under the same name.
+struct Counts {
+    windows: u64,
+    readings: u64,
+    discarded: u64,
+}
+
+impl Counts {
+    fn of(streams: &Streams) -> Counts {
+        Counts {
+            windows: streams.windows,
+            readings: streams.readings,
+            discarded: streams.discarded,
+        }
+    }
+}
+
+fn publish_counts(ctx: &ModelContext, streams: &Streams, before: Counts) {
     let w = &ctx.stats.window;
+    let now = Counts::of(streams);
     w.open_streams.store(streams.open() as u64, Relaxed);
+    w.windows
+        .fetch_add(now.windows.saturating_sub(before.windows), Relaxed);
+    w.readings
+        .fetch_add(now.readings.saturating_sub(before.readings), Relaxed);
     w.readings_discarded
-        .fetch_add(streams.discarded.saturating_sub(discarded_before), Relaxed);
+        .fetch_add(now.discarded.saturating_sub(before.discarded), Relaxed);
 }
 
 fn lock(streams: &Mutex<Streams>) -> MutexGuard<'_, Streams> {

@@ -103,10 +103,12 @@ fn jpeg(header: &Header, bytes: &[u8], gray: bool, buf: &mut Vec<u8>) -> Result<
     let out_channels = if luma && !convert { 1 } else { 3 };
     let len = header.width as usize * header.height as usize * out_channels;
     if decoder.output_buffer_size() != Some(len) {
+        let space = decoder
+            .input_colorspace()
+            .map_or_else(|| "unknown".to_string(), |c| format!("{c:?}"));
         return Err(format!(
-            "unsupported JPEG: {} colour components in a {:?} image",
-            header.components,
-            decoder.input_colorspace()
+            "unsupported JPEG: {} colour components in a {space} image",
+            header.components
         ));
     }
     buf.clear();

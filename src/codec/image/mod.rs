@@ -149,12 +149,55 @@ impl ImageScratch {
     }
 }
 
+/// Why an image model cannot be planned: the setting at fault and what is
+/// wrong with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanError {
+    pub setting: PlanSetting,
+    pub message: String,
+}
+
+/// The setting an image plan refused: the input tensor itself (the model
+/// is not an image model), or one key of `[models.image]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanSetting {
+    Input,
+    Mean,
+    Std,
+    MaxPixels,
+}
+
+impl PlanSetting {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlanSetting::Input => "input",
+            PlanSetting::Mean => "mean",
+            PlanSetting::Std => "std",
+            PlanSetting::MaxPixels => "max_pixels",
+        }
+    }
+}
+
+impl std::fmt::Display for PlanError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 impl ImagePlan {
     /// Checks the input tensor: shape [1,H,W,C] or [H,W,C], C 1 or 3,
     /// dtype f32/i8/u8; mean/std lengths 1 or C, std != 0.
-    /// Err: a sentence for check-config, e.g. "input 'image' is [1,10]
-    /// float32; an image model needs [1, height, width, 1 or 3]".
-    pub fn new(settings: &ImageSettings, input: &TensorSpec) -> Result<ImagePlan, String> {
+    /// Err: which setting is wrong and a sentence for check-config, e.g.
+    /// "input 'image' is [1,10] float32; an image model needs [1, height,
+    /// width, 1 or 3]".
+    pub fn new(settings: &ImageSettings, input: &TensorSpec) -> Result<ImagePlan, PlanError> {
+        Self::plan(settings, input).map_err(|(setting, message)| PlanError { setting, message })
+    }
+
+    fn plan(
+        settings: &ImageSettings,
+        input: &TensorSpec,
+    ) -> Result<ImagePlan, (PlanSetting, String)> {
         let shape = format!(
             "[{}]",
             input
@@ -166,53 +209,71 @@ impl ImagePlan {
         );
         let what = format!("input '{}' is {shape} {}", input.name, input.dtype);
         let (height, width, channels) = match input.shape[..] {
-            [1, h, w, c] | [h, w, c] if h > 0 && w > 0 && (c == 1 || c == 3) => (h, w, c),
+            [1, h, w, c] if h > 0 && w > 0 && (c == 1 || c == 3) => (h, w, c),
+            // Without a batch dimension, [1, 128, 3] is a window of 128
+            // readings of 3 axes far more often than a 1-pixel-high image.
+            [h, w, c] if h > 1 && w > 0 && (c == 1 || c == 3) => (h, w, c),
             _ => {
-                return Err(format!(
-                    "{what}; an image model needs [1, height, width, 1 or 3]"
+                return Err((
+                    PlanSetting::Input,
+                    format!("{what}; an image model needs [1, height, width, 1 or 3]"),
                 ))
             }
         };
         let (Ok(height), Ok(width)) = (u32::try_from(height), u32::try_from(width)) else {
-            return Err(format!("{what}; its height and width must fit in 32 bits"));
+            return Err((
+                PlanSetting::Input,
+                format!("{what}; its height and width must fit in 32 bits"),
+            ));
         };
         let elem = match input.dtype {
             DType::F32 => 4,
             DType::I8 | DType::U8 => 1,
             _ => {
-                return Err(format!(
-                    "{what}; an image model's input must be float32, int8 or uint8"
+                return Err((
+                    PlanSetting::Input,
+                    format!("{what}; an image model's input must be float32, int8 or uint8"),
                 ))
             }
         };
-        let per_channel = |key: &str, values: &[f32]| -> Result<Vec<f32>, String> {
+        let per_channel = |key: PlanSetting,
+                           values: &[f32]|
+         -> Result<Vec<f32>, (PlanSetting, String)> {
             match values.len() {
                 1 => Ok(vec![values[0]; channels]),
                 n if n == channels => Ok(values.to_vec()),
-                n => Err(format!(
-                    "[models.image] {key} has {n} values; input '{}' has {channels} channel{}: give 1{}",
+                n => Err((key, format!(
+                    "[models.image] {} has {n} values; input '{}' has {channels} channel{}: give 1{}",
+                    key.as_str(),
                     input.name,
                     if channels == 1 { "" } else { "s" },
                     if channels == 1 { String::new() } else { format!(" or {channels}") },
-                )),
+                ))),
             }
         };
-        let mean = per_channel("mean", &settings.mean)?;
-        let std = per_channel("std", &settings.std)?;
+        let mean = per_channel(PlanSetting::Mean, &settings.mean)?;
+        let std = per_channel(PlanSetting::Std, &settings.std)?;
         for (i, (&m, &s)) in mean.iter().zip(&std).enumerate() {
             if !m.is_finite() {
-                return Err(format!(
-                    "[models.image] mean {m} (channel {i}) is not a finite number"
+                return Err((
+                    PlanSetting::Mean,
+                    format!("[models.image] mean {m} (channel {i}) is not a finite number"),
                 ));
             }
             if !s.is_finite() || s == 0.0 {
-                return Err(format!(
-                    "[models.image] std {s} (channel {i}) must be a finite number other than 0"
+                return Err((
+                    PlanSetting::Std,
+                    format!(
+                        "[models.image] std {s} (channel {i}) must be a finite number other than 0"
+                    ),
                 ));
             }
         }
         if settings.max_pixels == 0 {
-            return Err("[models.image] max_pixels is 0; it must be at least 1".into());
+            return Err((
+                PlanSetting::MaxPixels,
+                "[models.image] max_pixels is 0; it must be at least 1".into(),
+            ));
         }
 
         let q = input.quantization;
@@ -222,9 +283,12 @@ impl ImagePlan {
             for v in 0..=255u8 {
                 let x = value(c, v);
                 if !x.is_finite() {
-                    return Err(format!(
-                        "[models.image] mean {:?} and std {:?} make pixel value {v} {x}, not a finite number",
-                        mean[c], std[c]
+                    return Err((
+                        PlanSetting::Std,
+                        format!(
+                            "[models.image] mean {:?} and std {:?} make pixel value {v} {x}, not a finite number",
+                            mean[c], std[c]
+                        ),
                     ));
                 }
                 quant::store(input.dtype, q, &mut table, c * 256 + usize::from(v), x);

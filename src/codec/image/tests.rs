@@ -117,7 +117,7 @@ fn refused(plan: &ImagePlan, bytes: &[u8]) -> String {
 #[test]
 fn plans_check_the_input_tensor_and_the_settings() {
     let s = ImageSettings::default();
-    let cases: [(TensorSpec, &str); 6] = [
+    let cases: [(TensorSpec, &str); 7] = [
         (
             spec(&[1, 10], DType::F32, None),
             "input 'image' is [1,10] float32; an image model needs [1, height, width, 1 or 3]",
@@ -129,6 +129,10 @@ fn plans_check_the_input_tensor_and_the_settings() {
         (
             spec(&[2, 224, 224, 3], DType::U8, None),
             "input 'image' is [2,224,224,3] uint8; an image model needs [1, height, width, 1 or 3]",
+        ),
+        (
+            spec(&[1, 128, 3], DType::I8, Some((0.05, 0))),
+            "input 'image' is [1,128,3] int8; an image model needs [1, height, width, 1 or 3]",
         ),
         (
             spec(&[1, 0, 224, 3], DType::U8, None),
@@ -144,7 +148,8 @@ fn plans_check_the_input_tensor_and_the_settings() {
         ),
     ];
     for (input, want) in cases {
-        assert_eq!(ImagePlan::new(&s, &input).unwrap_err(), want);
+        let e = ImagePlan::new(&s, &input).unwrap_err();
+        assert_eq!((e.setting, e.message.as_str()), (PlanSetting::Input, want));
     }
     // [H, W, C] is accepted too.
     let p = ImagePlan::new(&s, &spec(&[96, 64, 1], DType::I8, Some((0.5, 3)))).unwrap();
@@ -156,27 +161,45 @@ fn plans_check_the_input_tensor_and_the_settings() {
     let rgb = spec(&[1, 8, 8, 3], DType::F32, None);
     let gray = spec(&[1, 8, 8, 1], DType::F32, None);
     let bad = |mean: &[f32], std: &[f32], input: &TensorSpec| {
-        ImagePlan::new(&settings(Resize::Stretch, mean, std, 0), input).unwrap_err()
+        let e = ImagePlan::new(&settings(Resize::Stretch, mean, std, 0), input).unwrap_err();
+        (e.setting, e.message)
     };
     assert_eq!(
         bad(&[1.0, 2.0], &[1.0], &rgb),
-        "[models.image] mean has 2 values; input 'image' has 3 channels: give 1 or 3"
+        (
+            PlanSetting::Mean,
+            "[models.image] mean has 2 values; input 'image' has 3 channels: give 1 or 3"
+                .to_string()
+        )
     );
     assert_eq!(
         bad(&[0.0], &[1.0, 2.0, 3.0], &gray),
-        "[models.image] std has 3 values; input 'image' has 1 channel: give 1"
+        (
+            PlanSetting::Std,
+            "[models.image] std has 3 values; input 'image' has 1 channel: give 1".to_string()
+        )
     );
     assert_eq!(
         bad(&[0.0], &[1.0, 0.0, 1.0], &rgb),
-        "[models.image] std 0 (channel 1) must be a finite number other than 0"
+        (
+            PlanSetting::Std,
+            "[models.image] std 0 (channel 1) must be a finite number other than 0".to_string()
+        )
     );
     assert_eq!(
         bad(&[f32::NAN], &[1.0], &rgb),
-        "[models.image] mean NaN (channel 0) is not a finite number"
+        (
+            PlanSetting::Mean,
+            "[models.image] mean NaN (channel 0) is not a finite number".to_string()
+        )
     );
     assert_eq!(
         bad(&[0.0], &[1e-45], &rgb),
-        "[models.image] mean 0.0 and std 1e-45 make pixel value 1 inf, not a finite number"
+        (
+            PlanSetting::Std,
+            "[models.image] mean 0.0 and std 1e-45 make pixel value 1 inf, not a finite number"
+                .to_string()
+        )
     );
     let s = ImageSettings {
         max_pixels: 0,
@@ -184,7 +207,10 @@ fn plans_check_the_input_tensor_and_the_settings() {
     };
     assert_eq!(
         ImagePlan::new(&s, &rgb).unwrap_err(),
-        "[models.image] max_pixels is 0; it must be at least 1"
+        PlanError {
+            setting: PlanSetting::MaxPixels,
+            message: "[models.image] max_pixels is 0; it must be at least 1".into()
+        }
     );
 }
 
@@ -204,13 +230,41 @@ fn what_is_not_a_jpeg_or_png_is_a_bad_image() {
 
 /// Headers claiming 60000x60000 (3.6 gigapixels, 10.8 GB of RGB) are
 /// refused from the header alone. The test runs itself again in a child
-/// process whose address space is limited to 1 GiB (`ulimit -v`): had any
-/// decoder or buffer been sized from those headers first, the child would
-/// die of a failed allocation instead of printing its verdict.
+/// process whose address space is limited to 1 GiB (`ulimit -v`), and the
+/// images are served only there: had any decoder or buffer been sized
+/// from those headers first, the child would die of a failed allocation
+/// (rather than this process filling 10.8 GB) instead of printing its
+/// verdict.
 #[test]
 fn huge_headers_are_refused_before_any_allocation() {
     const CHILD: &str = "EDGE_INFER_IMAGE_TEST_CHILD";
     const VERDICT: &str = "huge headers refused within a 1 GiB address space";
+    if std::env::var_os(CHILD).is_none() {
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -v 1048576 && exec \"$0\" \"$@\"")
+            .arg(exe)
+            .args([
+                "codec::image::tests::huge_headers_are_refused_before_any_allocation",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains(VERDICT),
+            "child: {}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    // The child. The limit is in force: 2 GiB cannot be had.
+    assert!(Vec::<u8>::new().try_reserve_exact(2 << 30).is_err());
     let png_header = {
         let mut b = png(
             1,
@@ -240,34 +294,7 @@ fn huge_headers_are_refused_before_any_allocation() {
         refused(&plan, &jpeg_header),
         "JPEG is 60000x60000 = 3,600,000,000 pixels, above [models.image] max_pixels 16,000,000"
     );
-
-    if std::env::var_os(CHILD).is_some() {
-        // The limit is in force: 2 GiB cannot be had.
-        assert!(Vec::<u8>::new().try_reserve_exact(2 << 30).is_err());
-        println!("{VERDICT}");
-        return;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -v 1048576 && exec \"$0\" \"$@\"")
-        .arg(exe)
-        .args([
-            "codec::image::tests::huge_headers_are_refused_before_any_allocation",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains(VERDICT),
-        "child: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    println!("{VERDICT}");
 }
 
 #[test]
