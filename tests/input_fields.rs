@@ -101,14 +101,6 @@ fn named_fields_and_normalization_match_the_reference() {
     }
 }
 
-/// Whether an error message names `field` (quoted in any usual way).
-fn names_field(e: &Value, field: &str) -> bool {
-    let msg = e["message"].as_str().unwrap_or_default();
-    ["'", "\"", "`"]
-        .iter()
-        .any(|q| msg.contains(&format!("{q}{field}{q}")))
-}
-
 #[test]
 fn a_missing_or_malformed_field_is_an_error_that_names_it() {
     let fx = input_fields();

@@ -156,13 +156,6 @@ fn take(
     for failure in &pushed.failures {
         out.extend(replies.error(Some(ctx), job, readings.id.as_ref(), failure));
     }
-    let counts = &ctx.stats.window;
-    counts
-        .readings
-        .fetch_add(readings.timestamps.len() as u64, Relaxed);
-    counts
-        .windows
-        .fetch_add(pushed.windows.len() as u64, Relaxed);
     (readings.id, pushed.windows)
 }
 

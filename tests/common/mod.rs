@@ -705,3 +705,11 @@ pub fn model_sha256(file: &str) -> String {
         .expect("sha256sum output")
         .to_string()
 }
+
+/// Whether an error message names `field` (quoted in any usual way).
+pub fn names_field(e: &Value, field: &str) -> bool {
+    let msg = e["message"].as_str().unwrap_or_default();
+    ["'", "\"", "`"]
+        .iter()
+        .any(|q| msg.contains(&format!("{q}{field}{q}")))
+}
