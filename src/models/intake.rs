@@ -48,7 +48,7 @@ pub struct WindowIntake {
 }
 
 /// The shape of a model's windows, resolved against its input.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WindowShape {
     pub fields: usize,
     pub size: usize,

@@ -46,7 +46,7 @@ pub fn spawn_workers(
     // A windowed model's workers share its streams.
     let streams = match &ctx.intake.kind {
         IntakeKind::Window(w) => Some(Arc::new(Mutex::new(window::Streams::new(
-            w.shape.clone(),
+            w.shape,
             Instant::now(),
         )))),
         _ => None,

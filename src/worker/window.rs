@@ -94,7 +94,7 @@ impl Streams {
     /// reading, Unix seconds) to the stream `key`.
     pub fn push(&mut self, key: &str, values: &[f32], stamps: &[f64], now: Instant) -> Pushed {
         let mut out = Pushed::default();
-        let shape = self.shape.clone();
+        let shape = self.shape;
         if !self.streams.contains_key(key) {
             if self.streams.len() >= shape.max_streams {
                 self.sweep(now);
@@ -383,7 +383,7 @@ mod tests {
                 max_streams: 1 + rng.below(6),
             };
             let mut now = Instant::now();
-            let mut s = Streams::new(shape.clone(), now);
+            let mut s = Streams::new(shape, now);
             let mut ts = 100.0;
             let mut refused = 0u64;
             for _ in 0..300 {
