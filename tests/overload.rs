@@ -415,8 +415,11 @@ fn overload(qos: QoS, main: Main) {
         let i = id(v);
         let waited = v["published_at"].as_f64().unwrap() - sent_at[i];
         if sent_at[i] > flood_end + 1.0 {
+            // Generous: on 2 cores shared with the test's own build and
+            // client, a scheduling stall once took 1.03 s; a daemon still
+            // working off the flood would take tens of seconds.
             assert!(
-                waited < 1.0,
+                waited < 3.0,
                 "after-flood message {i} answered after {waited:.2} s"
             );
         }
