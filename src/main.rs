@@ -12,6 +12,10 @@ mod log_limit;
 mod logging;
 mod models;
 mod mqtt;
+// Wired into the publisher by the outbox actor (issue 12); until then only
+// its tests use it.
+#[allow(dead_code)]
+mod outbox;
 mod replies;
 #[cfg(test)]
 mod robustness;
@@ -402,6 +406,20 @@ fn print_summary(
         settings.max_payload_bytes,
         settings.file_limits.max_model_bytes,
         settings.file_limits.max_labels_bytes
+    );
+    println!(
+        "outbox:    {}",
+        if settings.outbox.enabled() {
+            format!(
+                "{} max_bytes={} max_age_secs={} on_full={}",
+                config::OutboxSettings::dir(&settings.state_dir).display(),
+                settings.outbox.max_bytes,
+                settings.outbox.max_age.as_secs(),
+                settings.outbox.on_full.as_str()
+            )
+        } else {
+            "off (max_bytes = 0)".into()
+        }
     );
     for m in models {
         let s = m.settings;

@@ -29,6 +29,30 @@ pub struct RawConfig {
     pub state_dir: Option<String>,
     #[serde(default)]
     pub models: Vec<RawModel>,
+    #[serde(default)]
+    pub outbox: RawOutbox,
+}
+
+/// `[outbox]`: results that cannot be published wait on disk.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawOutbox {
+    /// Bytes the outbox may take on disk; 0 disables it.
+    pub max_bytes: i64,
+    /// Older records are dropped unsent.
+    pub max_age_secs: i64,
+    /// "drop_oldest" (default) or "reject_new".
+    pub on_full: String,
+}
+
+impl Default for RawOutbox {
+    fn default() -> Self {
+        RawOutbox {
+            max_bytes: 256 * 1024 * 1024,
+            max_age_secs: 7 * 24 * 3600,
+            on_full: "drop_oldest".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::check::Check;
 use super::files::{self, FileLimits};
 use super::preprocess::{self, ImageSettings, InputSettings, WindowSettings};
-use super::raw::{RawConfig, RawModel};
+use super::raw::{RawConfig, RawModel, RawOutbox};
 use super::Problem;
 use crate::topic::{self, TopicFilter, TopicTemplate};
 
@@ -27,6 +27,8 @@ pub struct Settings {
     pub stall_timeout: Duration,
     pub state_dir: PathBuf,
     pub models: Vec<ModelSettings>,
+    /// `[outbox]`, kept in `state_dir/outbox`.
+    pub outbox: OutboxSettings,
 }
 
 #[derive(Clone, PartialEq)]
@@ -361,6 +363,8 @@ impl Settings {
                 .unwrap_or_else(|| PathBuf::from("/var/lib/edge-infer")),
         };
 
+        let outbox = outbox_settings(&mut c, &raw.outbox);
+
         if raw.models.is_empty() {
             c.add("models", "no [[models]] configured: nothing to serve");
         }
@@ -423,7 +427,86 @@ impl Settings {
             stall_timeout,
             state_dir,
             models,
+            outbox,
         })
+    }
+}
+
+/// `[outbox]`: where results that cannot be published wait, on disk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxSettings {
+    /// Bytes all segment files may take together; 0: no outbox (results
+    /// that cannot be published wait in memory only).
+    pub max_bytes: u64,
+    /// Records older than this (by their creation time) are dropped unsent.
+    pub max_age: Duration,
+    pub on_full: OnFull,
+}
+
+impl OutboxSettings {
+    pub fn enabled(&self) -> bool {
+        self.max_bytes > 0
+    }
+
+    /// The outbox directory inside the state directory.
+    pub fn dir(state_dir: &Path) -> PathBuf {
+        state_dir.join("outbox")
+    }
+}
+
+/// What a full outbox does with a new record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFull {
+    /// Whole oldest segments are deleted until the new record fits: fresh
+    /// results win.
+    DropOldest,
+    /// The new record is refused; what is stored stays.
+    RejectNew,
+}
+
+impl OnFull {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnFull::DropOldest => "drop_oldest",
+            OnFull::RejectNew => "reject_new",
+        }
+    }
+}
+
+/// Smallest non-zero `outbox.max_bytes`: 16 segments of the smallest size
+/// (64 KiB), so dropping the oldest segment never costs more than 1/16.
+pub const OUTBOX_MIN_BYTES: i64 = 1024 * 1024;
+/// Largest `outbox.max_bytes`: 1 TiB.
+const OUTBOX_MAX_BYTES: i64 = 1 << 40;
+
+fn outbox_settings(c: &mut Check, raw: &RawOutbox) -> OutboxSettings {
+    let max_bytes = match raw.max_bytes {
+        0 => 0,
+        n if (OUTBOX_MIN_BYTES..=OUTBOX_MAX_BYTES).contains(&n) => n as u64,
+        n => {
+            c.add(
+                "outbox.max_bytes",
+                format!("must be 0 (no outbox) or between {OUTBOX_MIN_BYTES} (1 MiB) and {OUTBOX_MAX_BYTES} (1 TiB), got {n}"),
+            );
+            0
+        }
+    };
+    let max_age_secs = c.range("outbox.max_age_secs", raw.max_age_secs, 1, 315_360_000) as u64;
+    let on_full = match raw.on_full.as_str() {
+        "drop_oldest" => OnFull::DropOldest,
+        "reject_new" => OnFull::RejectNew,
+        other => {
+            c.add(
+                "outbox.on_full",
+                format!("expected \"drop_oldest\" or \"reject_new\", got \"{other}\""),
+            );
+            OnFull::DropOldest
+        }
+    };
+    OutboxSettings {
+        max_bytes,
+        max_age: Duration::from_secs(max_age_secs),
+        on_full,
     }
 }
 
@@ -930,5 +1013,41 @@ mod tests {
         assert!(check_topic_level("a#").is_err());
         assert!(check_topic_level("a\0").is_err());
         assert_eq!(check_topic_level(""), Err("must not be empty".into()));
+    }
+
+    #[test]
+    fn outbox_has_defaults_and_bounds() {
+        let s = Settings::from_raw(raw(GOOD), Path::new("/")).unwrap();
+        assert_eq!(
+            s.outbox,
+            OutboxSettings {
+                max_bytes: 256 * 1024 * 1024,
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                on_full: OnFull::DropOldest,
+            }
+        );
+        assert!(s.outbox.enabled());
+        let text = format!(
+            "{GOOD}\n[outbox]\nmax_bytes = 0\nmax_age_secs = 60\non_full = \"reject_new\"\n"
+        );
+        let s = Settings::from_raw(raw(&text), Path::new("/")).unwrap();
+        assert!(!s.outbox.enabled());
+        assert_eq!(s.outbox.max_age, Duration::from_secs(60));
+        assert_eq!(s.outbox.on_full, OnFull::RejectNew);
+        let text =
+            format!("{GOOD}\n[outbox]\nmax_bytes = 1000\nmax_age_secs = 0\non_full = \"block\"\n");
+        let problems: Vec<String> = Settings::from_raw(raw(&text), Path::new("/"))
+            .unwrap_err()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "outbox.max_bytes: must be 0 (no outbox) or between 1048576 (1 MiB) and 1099511627776 (1 TiB), got 1000",
+                "outbox.max_age_secs: must be between 1 and 315360000, got 0",
+                "outbox.on_full: expected \"drop_oldest\" or \"reject_new\", got \"block\"",
+            ]
+        );
     }
 }
