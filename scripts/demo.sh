@@ -147,7 +147,7 @@ say "mosquitto listening on 127.0.0.1:$port (pid $broker_pid)"
 
 # --- daemon -------------------------------------------------------------------
 say "starting edge-infer (log: $tmp/edge-infer.log)"
-EDGE_INFER__MQTT__PORT="$port" "${detach[@]}" env -u JOURNAL_STREAM \
+EDGE_INFER__MQTT__PORT="$port" STATE_DIRECTORY="$tmp/state" "${detach[@]}" env -u JOURNAL_STREAM \
   "$daemon_bin" run --config "$root/config/demo.toml" >"$tmp/edge-infer.log" 2>&1 </dev/null &
 daemon_pid=$!
 ready=""

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -11,7 +12,7 @@ use sysinfo::{Components, Disks, Pid, ProcessesToUpdate, System};
 
 use crate::codec::ErrorCode;
 use crate::models::LoadedModel;
-use crate::telemetry::{DaemonStats, LatencySummary, ModelStats, WindowCounts};
+use crate::telemetry::{DaemonStats, LatencySummary, ModelStats, OutboxGauge, WindowCounts};
 use crate::time::unix_now;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -139,7 +140,58 @@ struct Health<'a> {
     system: SystemHealth,
     process: ProcessHealth,
     broker: BrokerHealth,
+    delivery: DeliveryHealth,
     models: Vec<ModelHealth<'a>>,
+}
+
+/// How answers reach the broker and when inputs are acknowledged.
+#[derive(Serialize)]
+struct DeliveryHealth {
+    /// "answered" (at-least-once) or "queued".
+    ack: &'static str,
+    answers_confirmed: u64,
+    /// Acknowledgements not sent because the message came on an earlier
+    /// connection (the broker redelivers it).
+    acks_stale: u64,
+    /// None without an outbox.
+    outbox: Option<OutboxHealth>,
+}
+
+#[derive(Serialize)]
+struct OutboxHealth {
+    records: u64,
+    bytes: u64,
+    oldest_age_secs: Option<f64>,
+    stored: u64,
+    replayed: u64,
+    dropped_full: u64,
+    rejected_full: u64,
+    expired: u64,
+    write_errors: u64,
+    last_loss: Option<String>,
+}
+
+fn outbox_health(g: &OutboxGauge, now: f64) -> Option<OutboxHealth> {
+    if !g.enabled.load(Relaxed) {
+        return None;
+    }
+    let oldest_ms = g.oldest_ms.load(Relaxed);
+    Some(OutboxHealth {
+        records: g.records.load(Relaxed),
+        bytes: g.bytes.load(Relaxed),
+        oldest_age_secs: (oldest_ms > 0).then(|| (now - oldest_ms as f64 / 1000.0).max(0.0)),
+        stored: g.stored.load(Relaxed),
+        replayed: g.replayed.load(Relaxed),
+        dropped_full: g.dropped_full.load(Relaxed),
+        rejected_full: g.rejected_full.load(Relaxed),
+        expired: g.expired.load(Relaxed),
+        write_errors: g.write_errors.load(Relaxed),
+        last_loss: g
+            .last_loss
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
+    })
 }
 
 #[derive(Serialize)]
@@ -210,6 +262,8 @@ pub struct HealthReporter {
     pid: Option<Pid>,
     /// Inferences per model at the last tick, for throughput.
     last_inferences: HashMap<String, u64>,
+    /// `[delivery] ack`, as written.
+    pub ack_policy: &'static str,
 }
 
 impl HealthReporter {
@@ -229,6 +283,7 @@ impl HealthReporter {
             disks: Disks::new_with_refreshed_list().ok(),
             pid: sysinfo::get_current_pid().ok(),
             last_inferences: HashMap::new(),
+            ack_policy: "answered",
         }
     }
 
@@ -238,7 +293,6 @@ impl HealthReporter {
 
     /// Builds one health record and starts the next interval.
     pub fn tick(&mut self, broker: &DaemonStats, models: &[ModelView<'_>]) -> Vec<u8> {
-        use std::sync::atomic::Ordering::Relaxed;
         let interval = self.last_tick.elapsed().as_secs_f64().max(1e-9);
         self.last_tick = Instant::now();
 
@@ -307,10 +361,11 @@ impl HealthReporter {
                 window: m.windowed.then(|| m.stats.window.counts()),
             });
         }
+        let now = unix_now();
         to_json(&Health {
             device_id: &self.device_id,
             version: VERSION,
-            timestamp: unix_now(),
+            timestamp: now,
             uptime_secs: self.started.elapsed().as_secs_f64(),
             interval_secs: interval,
             system: SystemHealth {
@@ -337,6 +392,12 @@ impl HealthReporter {
                 own_messages_ignored: broker.own_ignored.load(Relaxed),
                 input_paused_secs: broker.input_paused_us.load(Relaxed) as f64 / 1e6,
                 offline_secs: broker.offline_us.load(Relaxed) as f64 / 1e6,
+            },
+            delivery: DeliveryHealth {
+                ack: self.ack_policy,
+                answers_confirmed: broker.answers_confirmed.load(Relaxed),
+                acks_stale: broker.acks_stale.load(Relaxed),
+                outbox: outbox_health(&broker.outbox, now),
             },
             models: model_health,
         })

@@ -5,6 +5,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::delivery::AckHandle;
+
 /// One message on its way to one model. Cloning shares the payload bytes.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -14,4 +16,7 @@ pub struct Job {
     pub received_at: f64,
     /// Monotonic arrival time, for latencies.
     pub received: Instant,
+    /// For a QoS 1 input: its acknowledgement, sent once every answer is
+    /// safe (`delivery`). Every reply built from the job holds a clone.
+    pub ack: Option<AckHandle>,
 }

@@ -5,6 +5,7 @@
 mod app;
 mod codec;
 mod config;
+mod delivery;
 mod exit;
 mod health;
 mod job;
@@ -12,9 +13,6 @@ mod log_limit;
 mod logging;
 mod models;
 mod mqtt;
-// Wired into the publisher by the outbox actor (issue 12); until then only
-// its tests use it.
-#[allow(dead_code)]
 mod outbox;
 mod replies;
 #[cfg(test)]

@@ -9,10 +9,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 
 use crate::codec::encode::{self, Extras, Latency, Outputs, ResultMessage};
 use crate::codec::{ErrorCode, Failure, MessageId};
+use crate::delivery::AckHandle;
 use crate::job::Job;
 use crate::log_limit::RepeatLimiter;
 use crate::models::ModelContext;
@@ -43,10 +45,23 @@ pub use crate::topic::{errors_topic, health_topic, status_topic};
 #[derive(Debug)]
 pub struct Outgoing {
     pub topic: String,
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
     /// Status and health records are retained so a fleet tool that
-    /// subscribes later still sees the latest.
+    /// subscribes later still sees the latest. They are never kept in the
+    /// outbox: a later one supersedes them.
     pub retain: bool,
+    /// The acknowledgement of the input this answers (QoS 1 inputs): held
+    /// until this is confirmed or committed to the outbox.
+    pub ack: Option<AckHandle>,
+}
+
+impl Outgoing {
+    /// This answer is lost: the input it answers must not be acknowledged.
+    pub fn lost(&self) {
+        if let Some(ack) = &self.ack {
+            ack.withhold();
+        }
+    }
 }
 
 /// The receiving end, drained by `mqtt::egress`: refusals and records
@@ -249,7 +264,9 @@ impl Replies {
                 failure.message
             );
         }
-        self.error_message(name, Some(&job.topic), job.received_at, id, failure)
+        let mut reply = self.error_message(name, Some(&job.topic), job.received_at, id, failure)?;
+        reply.ack = job.ack.clone();
+        Some(reply)
     }
 
     /// Logs the summaries of repeated errors whose interval is over (about
@@ -285,8 +302,9 @@ impl Replies {
         )?;
         Some(Outgoing {
             topic: self.errors_topic.to_string(),
-            payload,
+            payload: payload.into(),
             retain: false,
+            ack: None,
         })
     }
 
@@ -341,8 +359,9 @@ impl Replies {
                 );
                 Some(Outgoing {
                     topic,
-                    payload,
+                    payload: payload.into(),
                     retain: false,
+                    ack: job.ack.clone(),
                 })
             }
             Err(e) => {
@@ -359,8 +378,9 @@ impl Replies {
     pub fn status(&self, payload: Vec<u8>) -> Outgoing {
         Outgoing {
             topic: status_topic(&self.device_id),
-            payload,
+            payload: payload.into(),
             retain: true,
+            ack: None,
         }
     }
 
@@ -368,15 +388,16 @@ impl Replies {
     pub fn health(&self, payload: Vec<u8>) -> Outgoing {
         Outgoing {
             topic: health_topic(&self.device_id),
-            payload,
+            payload: payload.into(),
             retain: true,
+            ack: None,
         }
     }
 
     /// For worker threads: waits for room.
     pub fn send_blocking(&self, msg: Outgoing) {
-        if self.results.blocking_send(msg).is_err() {
-            self.lost("publisher stopped");
+        if let Err(mpsc::error::SendError(msg)) = self.results.blocking_send(msg) {
+            self.lost(&msg, "publisher stopped");
         }
     }
 
@@ -384,15 +405,16 @@ impl Replies {
     /// event loop keeps this channel far from full (see `pressure`).
     pub fn try_send(&self, msg: Outgoing) {
         if let Err(e) = self.urgent.try_send(msg) {
-            let why = match e {
-                mpsc::error::TrySendError::Full(_) => "publish queue full",
-                mpsc::error::TrySendError::Closed(_) => "publisher stopped",
+            let (msg, why) = match e {
+                mpsc::error::TrySendError::Full(m) => (m, "publish queue full"),
+                mpsc::error::TrySendError::Closed(m) => (m, "publisher stopped"),
             };
-            self.lost(why);
+            self.lost(&msg, why);
         }
     }
 
-    fn lost(&self, why: &str) {
+    fn lost(&self, msg: &Outgoing, why: &str) {
+        msg.lost();
         self.stats.publish_failures.fetch_add(1, Ordering::Relaxed);
         log::error!("a reply could not be published: {why}");
     }

@@ -234,6 +234,7 @@ mod tests {
             payload: Bytes::from(payload.to_string()),
             received_at: 1.5,
             received: Instant::now(),
+            ack: None,
         }
     }
 

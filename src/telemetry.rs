@@ -197,6 +197,37 @@ pub struct DaemonStats {
     pub own_ignored: AtomicU64,
     /// Time the input link was down, counted when it is back.
     pub offline_us: AtomicU64,
+    /// Acknowledgements not sent because their message came on an earlier
+    /// connection (the broker redelivers it).
+    pub acks_stale: AtomicU64,
+    /// Answers confirmed by the broker that receives them.
+    pub answers_confirmed: AtomicU64,
+    pub outbox: OutboxGauge,
+}
+
+/// The outbox as the health record shows it, written by its thread after
+/// every operation.
+#[derive(Debug, Default)]
+pub struct OutboxGauge {
+    /// False without an outbox (`[outbox] max_bytes = 0`).
+    pub enabled: AtomicBool,
+    /// Records waiting, and their bytes on disk.
+    pub records: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Unix milliseconds of the oldest record waiting; 0 when empty.
+    pub oldest_ms: AtomicU64,
+    /// Since start: records committed, replayed and confirmed, dropped to
+    /// make room (`drop_oldest`), refused for lack of room
+    /// (`reject_new`), dropped as older than `max_age_secs`, and answers
+    /// that could not be written (their inputs are not acknowledged).
+    pub stored: AtomicU64,
+    pub replayed: AtomicU64,
+    pub dropped_full: AtomicU64,
+    pub rejected_full: AtomicU64,
+    pub expired: AtomicU64,
+    pub write_errors: AtomicU64,
+    /// Why the last record was lost, if one was.
+    pub last_loss: Mutex<Option<String>>,
 }
 
 #[cfg(test)]

@@ -17,10 +17,11 @@ use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::codec::ErrorCode;
-use crate::config::{ModelSettings, Settings};
+use crate::config::{ModelSettings, OutboxSettings, Settings};
 use crate::health::{self, HealthReporter, ModelView, StatusModel};
 use crate::models::{LoadedModel, ModelContext};
 use crate::mqtt::Connection;
+use crate::outbox::OutboxService;
 use crate::replies::Replies;
 use crate::routing::{Route, Routes, Switch};
 use crate::systemd::Notifier;
@@ -80,6 +81,29 @@ fn launch(
         workers,
     };
     Ok((running, Route { model: ctx, queue }))
+}
+
+/// Opens the outbox in the state dir (recovering what a crash left) and
+/// starts its thread; none with `[outbox] max_bytes = 0`.
+fn open_outbox(
+    settings: &Settings,
+    stats: &Arc<DaemonStats>,
+) -> anyhow::Result<Option<OutboxService>> {
+    let o = &settings.outbox;
+    if !o.enabled() {
+        log::info!(
+            "no outbox (outbox.max_bytes = 0): answers that cannot be published wait in memory"
+        );
+        return Ok(None);
+    }
+    let dir = OutboxSettings::dir(&settings.state_dir);
+    let service = OutboxService::start(&dir, o, Arc::clone(stats)).with_context(|| {
+        format!(
+            "cannot open the outbox in {} (set state_dir to a writable directory, or [outbox] max_bytes = 0 to run without one)",
+            dir.display()
+        )
+    })?;
+    Ok(Some(service))
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. Models are already loaded and
@@ -151,6 +175,7 @@ impl Supervisor {
         )));
         let started_at = unix_now();
         let status: Vec<StatusModel> = models.iter().map(|m| m.status.clone()).collect();
+        let outbox = open_outbox(&settings, &stats)?;
         let connection = Connection::start(
             &settings.mqtt,
             &device,
@@ -160,10 +185,14 @@ impl Supervisor {
             replies_rx,
             replies.gauge(),
             Arc::clone(&stats),
+            settings.ack,
+            outbox,
         );
+        let mut health = HealthReporter::new(&device, &settings.state_dir);
+        health.ack_policy = settings.ack.as_str();
         Ok(Supervisor {
             config_path,
-            health: HealthReporter::new(&device, &settings.state_dir),
+            health,
             settings,
             runtime: Arc::new(runtime),
             stats,

@@ -17,8 +17,8 @@ pub use files::{read_file, FileError, FileLimits, LABELS_FILE, MODEL_FILE};
 pub use preprocess::{FieldPath, ImageSettings, Normalize, Resize, DEFAULT_MAX_PIXELS};
 pub use raw::RawConfig;
 pub use settings::{
-    check_topic_level, ModelSettings, MqttSettings, OnFull, OutboxSettings, OverflowPolicy,
-    PayloadFormat, Settings,
+    check_topic_level, AckPolicy, ModelSettings, MqttSettings, OnFull, OutboxSettings,
+    OverflowPolicy, PayloadFormat, Settings,
 };
 
 use std::fmt;

@@ -23,6 +23,8 @@ pub struct RawConfig {
     pub shutdown: RawShutdown,
     #[serde(default)]
     pub health: RawHealth,
+    #[serde(default)]
+    pub delivery: RawDelivery,
     /// Where the daemon keeps state; defaults to $STATE_DIRECTORY (set by
     /// systemd's StateDirectory=) or /var/lib/edge-infer.
     #[serde(default)]
@@ -70,6 +72,22 @@ impl Default for RawHealth {
         RawHealth {
             interval_secs: 30.0,
             stall_timeout_secs: 60.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDelivery {
+    /// When a QoS 1 input is acknowledged to its broker: "answered" (once
+    /// every answer to it is confirmed or in the outbox) or "queued".
+    pub ack: String,
+}
+
+impl Default for RawDelivery {
+    fn default() -> Self {
+        RawDelivery {
+            ack: "answered".into(),
         }
     }
 }

@@ -25,10 +25,32 @@ pub struct Settings {
     pub drain_timeout: Duration,
     pub health_interval: Duration,
     pub stall_timeout: Duration,
+    /// When QoS 1 inputs are acknowledged (`[delivery] ack`).
+    pub ack: AckPolicy,
     pub state_dir: PathBuf,
     pub models: Vec<ModelSettings>,
     /// `[outbox]`, kept in `state_dir/outbox`.
     pub outbox: OutboxSettings,
+}
+
+/// When a QoS 1 input is acknowledged to its broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckPolicy {
+    /// Once every answer to it is confirmed by the broker that receives
+    /// answers, or committed to the outbox: at-least-once across crashes.
+    Answered,
+    /// As soon as it is queued (or refused): one round trip less, but an
+    /// answer still in flight is lost if the daemon dies.
+    Queued,
+}
+
+impl AckPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckPolicy::Answered => "answered",
+            AckPolicy::Queued => "queued",
+        }
+    }
 }
 
 #[derive(Clone, PartialEq)]
@@ -350,6 +372,17 @@ impl Settings {
             0.05,
             86_400.0,
         );
+        let ack = match raw.delivery.ack.as_str() {
+            "answered" => AckPolicy::Answered,
+            "queued" => AckPolicy::Queued,
+            other => {
+                c.add(
+                    "delivery.ack",
+                    format!("expected \"answered\" or \"queued\", got \"{other}\""),
+                );
+                AckPolicy::Answered
+            }
+        };
         let state_dir = match raw.state_dir.as_deref().filter(|s| !s.is_empty()) {
             Some(p) => resolve(base, p),
             None => std::env::var_os("STATE_DIRECTORY")
@@ -425,6 +458,7 @@ impl Settings {
             drain_timeout,
             health_interval,
             stall_timeout,
+            ack,
             state_dir,
             models,
             outbox,

@@ -6,24 +6,85 @@
 //! the publisher is behind it stops reading, so the broker holds what
 //! comes instead of the daemon taking messages it cannot answer.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rumqttc::{
-    AsyncClient, ClientError, Event, EventLoop, Incoming, Publish, QoS, SubscribeReasonCode,
+    AsyncClient, ClientError, Event, EventLoop, Incoming, PubAck, Publish, QoS, Request,
+    SubscribeReasonCode,
 };
 use tokio::sync::watch;
 
 use super::link::{Side, Which};
+use crate::config::AckPolicy;
+use crate::delivery::{Acknowledge, InputAck};
 use crate::job::Job;
 use crate::replies::{Pressure, PressureGauge};
 use crate::routing::Switch;
 use crate::telemetry::DaemonStats;
 use crate::time::unix_now;
 
+/// Sends the input link's acknowledgements, from whichever thread the
+/// last holder of one drops it on (a worker, the publisher, the outbox).
+pub struct Acker {
+    client: AsyncClient,
+    /// The current connection's number; acknowledgements of messages from
+    /// an earlier one are not sent (the broker redelivers those).
+    session: AtomicU64,
+    /// Acknowledgements that found the request channel full, moved into
+    /// the event loop's own queue on its next turn.
+    overflow: Mutex<VecDeque<u16>>,
+    stats: Arc<DaemonStats>,
+}
+
+impl Acker {
+    pub fn new(client: AsyncClient, stats: Arc<DaemonStats>) -> Acker {
+        Acker {
+            client,
+            session: AtomicU64::new(0),
+            overflow: Mutex::default(),
+            stats,
+        }
+    }
+
+    /// Moves acknowledgements that found no room into the event loop's
+    /// queue, which it serves before anything new.
+    fn flush(&self, eventloop: &mut EventLoop) {
+        let mut overflow = self.overflow.lock().unwrap_or_else(|p| p.into_inner());
+        for pkid in overflow.drain(..) {
+            eventloop
+                .pending
+                .push_back(Request::PubAck(PubAck::new(pkid)));
+        }
+    }
+}
+
+impl Acknowledge for Acker {
+    fn acknowledge(&self, session: u64, packet_id: u16) {
+        if session != self.session.load(Ordering::Relaxed) {
+            // Taken on an earlier connection: the broker redelivers it
+            // (its answer may then be published twice, never lost).
+            self.stats.acks_stale.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut publish = Publish::new("", QoS::AtLeastOnce, Vec::new());
+        publish.pkid = packet_id;
+        if self.client.try_ack(&publish).is_err() {
+            self.overflow
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back(packet_id);
+        }
+    }
+}
+
 pub struct Ingress {
     pub client: AsyncClient,
+    pub acker: Arc<Acker>,
+    /// When QoS 1 inputs are acknowledged.
+    pub ack_policy: AckPolicy,
     /// Where publishes go; none while draining.
     pub switch: Arc<Switch>,
     pub qos: QoS,
@@ -56,6 +117,7 @@ impl Side for Ingress {
     }
 
     fn on_connect(&mut self, n: u64, session_present: bool) {
+        self.acker.session.store(n, Ordering::Relaxed);
         let Some(filters) = self.switch.filters() else {
             return;
         };
@@ -79,6 +141,7 @@ impl Side for Ingress {
     }
 
     fn on_event(&mut self, event: Event, eventloop: &mut EventLoop) {
+        self.acker.flush(eventloop);
         match event {
             Event::Incoming(Incoming::Publish(p)) => self.on_publish(p, eventloop),
             Event::Incoming(Incoming::SubAck(ack)) => {
@@ -107,15 +170,29 @@ impl Side for Ingress {
 
 impl Ingress {
     fn on_publish(&self, p: Publish, eventloop: &mut EventLoop) {
+        // At-least-once: the acknowledgement travels with the job and goes
+        // out once every answer is safe (`delivery`).
+        let ack =
+            (p.qos == QoS::AtLeastOnce && self.ack_policy == AckPolicy::Answered).then(|| {
+                let by: Arc<dyn Acknowledge> = self.acker.clone();
+                InputAck::new(by, self.acker.session.load(Ordering::Relaxed), p.pkid)
+            });
         let job = Job {
             topic: p.topic.clone(),
             payload: p.payload.clone(),
             received_at: unix_now(),
             received: Instant::now(),
+            ack: ack.clone(),
         };
         if !self.switch.dispatch(job) {
             // Draining: not acked, so the broker keeps it for next time.
+            if let Some(ack) = &ack {
+                ack.withhold();
+            }
             log::debug!("draining: left {} unacknowledged for redelivery", p.topic);
+            return;
+        }
+        if ack.is_some() {
             return;
         }
         // Through the request channel, which on this link carries only

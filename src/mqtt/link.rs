@@ -75,6 +75,11 @@ pub trait Side {
     /// Every other event. `eventloop` lets the input link queue its
     /// acknowledgements directly (they never wait for channel room).
     fn on_event(&mut self, event: Event, eventloop: &mut EventLoop);
+
+    /// The connection failed; called before the next reconnect attempt,
+    /// with nothing in between (one tokio thread), so the output link can
+    /// take back what rumqttc was holding.
+    fn on_down(&mut self, _eventloop: &mut EventLoop) {}
 }
 
 /// Runs until the client has sent DISCONNECT or `stop` turns true while
@@ -136,6 +141,7 @@ pub async fn drive<S: Side>(
             }
             Ok(event) => side.on_event(event, &mut eventloop),
             Err(e) => {
+                side.on_down(&mut eventloop);
                 let was_up = links.set_up(which, false);
                 links
                     .stats

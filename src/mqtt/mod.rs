@@ -2,13 +2,14 @@
 //! its broker: two MQTT connections, `ingress` (subscriptions and inputs:
 //! receive, hand to routing, acknowledge, pause while the publisher is
 //! behind) and `egress` (everything the daemon publishes, with the Last
-//! Will), each driven by `link` (reconnect with backoff); `ledger`
-//! accounts for the broker's confirmations. `status` is the
-//! `edge-infer status` client. No other module imports rumqttc.
+//! Will), each driven by `link` (reconnect with backoff); `inflight`
+//! holds what the output link published until the broker confirms it.
+//! `status` is the `edge-infer status` client. No other module imports
+//! rumqttc.
 
 mod egress;
+mod inflight;
 mod ingress;
-mod ledger;
 mod link;
 pub mod status;
 
@@ -20,11 +21,14 @@ use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, QoS};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::MqttSettings;
-use crate::replies::{self, PressureGauge, ReplyReceiver};
+use crate::config::{AckPolicy, MqttSettings};
+use crate::outbox::OutboxService;
+use crate::replies::{self, Outgoing, PressureGauge, ReplyReceiver};
 use crate::routing::Switch;
 use crate::telemetry::DaemonStats;
-use ledger::AckLedger;
+use egress::Backlog;
+use inflight::{Entry, Inflight, Offer, Origin};
+use ingress::Acker;
 use link::{Links, Which};
 
 /// The client id of the output connection: the configured one with this
@@ -38,13 +42,15 @@ pub struct Connection {
     output: AsyncClient,
     qos: QoS,
     links: Arc<Links>,
-    ledger: Arc<AckLedger>,
+    inflight: Arc<Inflight>,
+    backlog: Arc<Backlog>,
     online: Arc<Mutex<Vec<u8>>>,
     status_topic: String,
     input_task: JoinHandle<()>,
     output_task: JoinHandle<()>,
     /// Taken when the drain waits for it to finish.
     publisher: Option<JoinHandle<()>>,
+    replayer: JoinHandle<()>,
     stop_tx: watch::Sender<bool>,
     subscribed_rx: watch::Receiver<bool>,
 }
@@ -55,7 +61,9 @@ impl Connection {
     /// outputs, routing publishes through `switch` and publishing what
     /// arrives on `replies`. `online` is the retained status record sent
     /// on every connect of the output link, `last_will` the one the broker
-    /// sends when that connection dies. Must run inside tokio.
+    /// sends when that connection dies. Answers that cannot be published
+    /// go to `outbox` (or, without one, wait in memory); QoS 1 inputs are
+    /// acknowledged as `ack_policy` says. Must run inside tokio.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         settings: &MqttSettings,
@@ -66,6 +74,8 @@ impl Connection {
         replies: ReplyReceiver,
         gauge: PressureGauge,
         stats: Arc<DaemonStats>,
+        ack_policy: AckPolicy,
+        outbox: Option<OutboxService>,
     ) -> Connection {
         let status_topic = replies::status_topic(device_id);
         let qos = qos(settings.qos);
@@ -79,20 +89,29 @@ impl Connection {
             reconnect_min: settings.reconnect_min,
             reconnect_max: settings.reconnect_max,
         });
-        let ledger = Arc::new(AckLedger::default());
+        let inflight = Arc::new(Inflight::new(output.clone(), qos, Arc::clone(&stats)));
+        let backlog = Arc::new(Backlog {
+            outbox,
+            memory: Mutex::default(),
+        });
         let online = Arc::new(Mutex::new(online));
         let publisher = tokio::spawn(egress::publish(
             replies,
-            output.clone(),
-            qos,
+            Arc::clone(&inflight),
+            Arc::clone(&backlog),
+        ));
+        let replayer = tokio::spawn(egress::replay(
+            Arc::clone(&inflight),
+            Arc::clone(&backlog),
             Arc::clone(&stats),
-            Arc::clone(&ledger),
         ));
         let (subscribed, subscribed_rx) = watch::channel(false);
         let (stop_tx, stop_rx) = watch::channel(false);
         let input_task = tokio::spawn(link::drive(
             ingress::Ingress {
                 client: input.clone(),
+                acker: Arc::new(Acker::new(input.clone(), Arc::clone(&stats))),
+                ack_policy,
                 switch,
                 qos,
                 gauge,
@@ -105,12 +124,10 @@ impl Connection {
         ));
         let output_task = tokio::spawn(link::drive(
             egress::Egress {
-                client: output.clone(),
-                qos,
+                inflight: Arc::clone(&inflight),
+                backlog: Arc::clone(&backlog),
                 status_topic: status_topic.clone(),
                 online: Arc::clone(&online),
-                stats,
-                ledger: Arc::clone(&ledger),
             },
             output_loop,
             Arc::clone(&links),
@@ -127,12 +144,14 @@ impl Connection {
             output,
             qos,
             links,
-            ledger,
+            inflight,
+            backlog,
             online,
             status_topic,
             input_task,
             output_task,
             publisher: Some(publisher),
+            replayer,
             stop_tx,
             subscribed_rx,
         }
@@ -158,6 +177,9 @@ impl Connection {
         }
         if self.publisher.as_ref().is_none_or(|p| p.is_finished()) {
             return Some("the publisher task has stopped");
+        }
+        if self.replayer.is_finished() {
+            return Some("the outbox replay task has stopped");
         }
         None
     }
@@ -199,27 +221,59 @@ impl Connection {
     /// to `grace`) for the publisher to hand over every reply (it finishes
     /// when every `Replies` handle is gone), publishes `offline` (the
     /// retained status record, last of all), waits for the broker to
-    /// confirm everything, then disconnects both links.
+    /// confirm everything; what it has not confirmed by then goes to the
+    /// outbox, so its inputs can still be acknowledged; then disconnects
+    /// both links.
     pub async fn close(mut self, grace: Instant, offline: Vec<u8>) {
         if let Some(p) = self.publisher.take() {
             let _ = tokio::time::timeout_at(grace.into(), p).await;
         }
-        if self.links.is_up(Which::Output) {
-            match self
-                .output
-                .try_publish(&self.status_topic, self.qos, true, offline)
-            {
-                Ok(()) => self.ledger.requested(),
-                Err(e) => log::warn!("could not publish the offline status: {e}"),
-            }
+        self.replayer.abort();
+        let offline = Outgoing {
+            topic: self.status_topic.clone(),
+            payload: offline.into(),
+            retain: true,
+            ack: None,
+        };
+        let origin = Origin::Record;
+        if !matches!(
+            self.inflight.offer(Entry {
+                msg: offline,
+                origin
+            }),
+            Offer::Sent
+        ) {
+            log::warn!("could not publish the offline status: the output link is down");
         }
-        let links = Arc::clone(&self.links);
-        let left = self
-            .ledger
-            .settle(grace, || links.is_up(Which::Output))
-            .await;
-        if left > 0 {
-            log::warn!("{left} reply(ies) not confirmed by the broker at shutdown");
+        let left = self.inflight.settle(grace).await;
+        let mut answers = self.inflight.take_answers();
+        answers.extend(
+            self.backlog
+                .memory
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain(..),
+        );
+        if !answers.is_empty() {
+            let n = answers.len();
+            match &self.backlog.outbox {
+                Some(outbox) => {
+                    outbox.keep(answers);
+                    if outbox.flush(Duration::from_secs(5)).await {
+                        log::info!("{n} answer(s) not confirmed by the broker at shutdown are in the outbox");
+                    } else {
+                        log::warn!("{n} answer(s) not confirmed by the broker at shutdown could not be committed to the outbox in time; their inputs stay unacknowledged for redelivery");
+                    }
+                }
+                None => {
+                    for a in &answers {
+                        a.lost();
+                    }
+                    log::warn!("{n} answer(s) not confirmed by the broker at shutdown (no outbox); their inputs stay unacknowledged for redelivery");
+                }
+            }
+        } else if left > 0 {
+            log::warn!("the offline status was not confirmed by the broker at shutdown");
         }
         let _ = self.input.try_disconnect();
         let _ = self.output.try_disconnect();

@@ -41,10 +41,12 @@
 mod frame;
 mod ranges;
 mod segment;
+mod service;
 #[cfg(test)]
 mod tests;
 
 pub use frame::Record;
+pub use service::OutboxService;
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -902,11 +904,8 @@ impl Outbox {
 
     /// The lowest sequence number not yet released, dropped or expired;
     /// where a replay starts.
+    #[cfg(test)]
     pub fn first_seq(&self) -> u64 {
         self.first_seq
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }

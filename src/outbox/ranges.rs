@@ -9,6 +9,7 @@ pub struct SeqRanges {
 }
 
 impl SeqRanges {
+    #[cfg(test)]
     pub fn contains(&self, seq: u64) -> bool {
         let i = self.ranges.partition_point(|&(_, end)| end <= seq);
         self.ranges.get(i).is_some_and(|&(start, _)| start <= seq)

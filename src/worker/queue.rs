@@ -296,6 +296,7 @@ mod tests {
             payload: Bytes::from(vec![n; len]),
             received_at: 0.0,
             received: Instant::now(),
+            ack: None,
         }
     }
 

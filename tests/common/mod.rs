@@ -80,6 +80,9 @@ pub struct Broker {
     pub port: u16,
     dir: tempfile::TempDir,
     limits: &'static str,
+    /// Keeps sessions, subscriptions and queued messages across restarts
+    /// (saved in its dir on a graceful stop).
+    persistent: bool,
     child: Option<Child>,
 }
 
@@ -107,6 +110,7 @@ impl Broker {
                 port,
                 dir,
                 limits,
+                persistent: false,
                 child: None,
             };
             if b.try_start() {
@@ -124,18 +128,80 @@ impl Broker {
             port,
             dir,
             limits: TEST_BROKER_LIMITS,
+            persistent: false,
             child: None,
         };
         assert!(b.try_start(), "mosquitto did not start on port {port}");
         b
     }
 
+    /// A broker with persistence on: what it holds survives
+    /// [`Broker::stop_gracefully`] and [`Broker::start_again`].
+    pub fn start_persistent() -> Broker {
+        for _ in 0..5 {
+            let mut b = Broker {
+                port: free_port(),
+                dir: tempfile::tempdir().expect("tempdir"),
+                limits: TEST_BROKER_LIMITS,
+                persistent: true,
+                child: None,
+            };
+            if b.try_start() {
+                return b;
+            }
+        }
+        panic!("could not start mosquitto on a free port after 5 tries");
+    }
+
+    /// SIGTERM: a persistent broker saves its state before it exits.
+    pub fn stop_gracefully(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let start = Instant::now();
+            while !matches!(c.try_wait(), Ok(Some(_))) {
+                if start.elapsed() > WAIT {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        wait_until("the broker port to close", WAIT, || {
+            TcpStream::connect(("127.0.0.1", self.port)).is_err()
+        });
+    }
+
+    /// Starts a stopped broker again on its port, with what it saved.
+    pub fn start_again(&mut self) {
+        let start = Instant::now();
+        while !self.try_start() {
+            assert!(
+                start.elapsed() < WAIT,
+                "mosquitto did not start again on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn try_start(&mut self) -> bool {
         let conf = self.dir.path().join("mosquitto.conf");
+        let persistence = if self.persistent {
+            format!(
+                "persistence true\npersistence_location {}/\n",
+                self.dir.path().display()
+            )
+        } else {
+            "persistence false\n".to_string()
+        };
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n{}log_dest stderr\nlog_type error\nlog_type warning\n",
+                "listener {} 127.0.0.1\nallow_anonymous true\n{persistence}{}log_dest stderr\nlog_type error\nlog_type warning\n",
                 self.port, self.limits
             ),
         )
@@ -245,6 +311,12 @@ impl Daemon {
     /// daemon.
     pub fn spawn_command(dir: tempfile::TempDir, mut cmd: Command) -> Daemon {
         cmd.env_remove("JOURNAL_STREAM");
+        // The state dir (the outbox) in the test's own dir, unless the
+        // config names one: the default, /var/lib/edge-infer, is the
+        // service's.
+        if !cmd.get_envs().any(|(k, _)| k == "STATE_DIRECTORY") {
+            cmd.env("STATE_DIRECTORY", dir.path().join("state"));
+        }
         let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -478,7 +550,18 @@ pub struct TestClient {
 impl TestClient {
     pub fn connect(port: u16) -> TestClient {
         let id = format!("test-{}-{}", std::process::id(), free_port());
+        TestClient::connect_as(port, &id, true)
+    }
+
+    /// A client whose session (subscriptions, queued QoS 1 messages) the
+    /// broker keeps while it is away; it reconnects by itself.
+    pub fn connect_persistent(port: u16, id: &str) -> TestClient {
+        TestClient::connect_as(port, id, false)
+    }
+
+    fn connect_as(port: u16, id: &str, clean_session: bool) -> TestClient {
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_clean_session(clean_session);
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(64 << 20, 64 << 20);
         let (client, mut conn) = Client::new(opts, 1024);

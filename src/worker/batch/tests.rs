@@ -30,6 +30,7 @@ fn put(q: &ModelQueue, n: u32) {
         payload: Bytes::from_static(b"x"),
         received_at: 0.0,
         received: Instant::now(),
+        ack: None,
     };
     assert!(matches!(q.offer(job), Offer::Queued));
 }
@@ -214,6 +215,7 @@ fn batch_of(ctx: &ModelContext, payloads: &[&str]) -> Batcher {
             payload: Bytes::from(p.to_string()),
             received_at: 0.0,
             received: Instant::now(),
+            ack: None,
         };
         assert!(matches!(q.offer(job), Offer::Queued));
     }
@@ -361,6 +363,7 @@ fn loop_over(payloads: &[&str]) -> (usize, usize, usize) {
             payload: Bytes::from(p.to_string()),
             received_at: 0.0,
             received: Instant::now(),
+            ack: None,
         };
         assert!(matches!(q.offer(job), Offer::Queued));
     }

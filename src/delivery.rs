@@ -1,0 +1,116 @@
+//! At-least-once delivery, end to end: a QoS 1 input is acknowledged to
+//! its broker only once every answer to it is safe (confirmed by the
+//! broker that receives the answers, or committed to the outbox).
+//!
+//! The input link gives each such message an [`InputAck`]; the job
+//! carries it through routing, the queue and the worker, and every reply
+//! built from the job carries a clone. When the last clone is dropped
+//! (the job is done and every reply confirmed or committed), the PUBACK
+//! goes out. Dropping is the normal end; a path that loses an answer
+//! instead (the publisher gone, the outbox unwritable, the drain not
+//! taking a message) calls [`InputAck::withhold`] first, so the broker
+//! keeps the message and redelivers it.
+//!
+//! A message fanned out to several models is acknowledged after all of
+//! their answers; a reading appended to a window stream is acknowledged
+//! once it is in the stream (a window needs many messages, and brokers
+//! hold few unacknowledged ones per client: Mosquitto's default is 20).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Sends the acknowledgement of one input message; implemented by the
+/// input link, which knows its connection.
+pub trait Acknowledge: Send + Sync {
+    /// `session` is the connection the message came on: a packet id means
+    /// nothing on a later connection (the broker redelivers what was not
+    /// acknowledged, and may reuse the id for another message).
+    fn acknowledge(&self, session: u64, packet_id: u16);
+}
+
+/// The pending acknowledgement of one input message.
+pub struct InputAck {
+    by: Arc<dyn Acknowledge>,
+    session: u64,
+    packet_id: u16,
+    withheld: AtomicBool,
+}
+
+/// Shared by the job and every reply built from it.
+pub type AckHandle = Arc<InputAck>;
+
+impl InputAck {
+    pub fn new(by: Arc<dyn Acknowledge>, session: u64, packet_id: u16) -> AckHandle {
+        Arc::new(InputAck {
+            by,
+            session,
+            packet_id,
+            withheld: AtomicBool::new(false),
+        })
+    }
+
+    /// An answer to this message was lost: never acknowledge it, so the
+    /// broker redelivers it (to this run after a reconnect, or the next).
+    pub fn withhold(&self) {
+        self.withheld.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for InputAck {
+    fn drop(&mut self) {
+        if !self.withheld.load(Ordering::Relaxed) {
+            self.by.acknowledge(self.session, self.packet_id);
+        }
+    }
+}
+
+impl std::fmt::Debug for InputAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InputAck")
+            .field("session", &self.session)
+            .field("packet_id", &self.packet_id)
+            .field("withheld", &self.withheld.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(u64, u16)>>);
+
+    impl Acknowledge for Recorder {
+        fn acknowledge(&self, session: u64, packet_id: u16) {
+            self.0.lock().unwrap().push((session, packet_id));
+        }
+    }
+
+    #[test]
+    fn acknowledges_once_the_last_holder_is_gone() {
+        let rec = Arc::new(Recorder::default());
+        let ack = InputAck::new(rec.clone(), 3, 17);
+        let answers = [Arc::clone(&ack), Arc::clone(&ack)];
+        drop(ack);
+        assert!(rec.0.lock().unwrap().is_empty());
+        let [a, b] = answers;
+        drop(a);
+        assert!(rec.0.lock().unwrap().is_empty());
+        drop(b);
+        assert_eq!(*rec.0.lock().unwrap(), vec![(3, 17)]);
+    }
+
+    #[test]
+    fn a_withheld_message_is_never_acknowledged() {
+        let rec = Arc::new(Recorder::default());
+        let ack = InputAck::new(rec.clone(), 1, 5);
+        let answer = Arc::clone(&ack);
+        drop(ack);
+        answer.withhold();
+        drop(answer);
+        assert!(rec.0.lock().unwrap().is_empty());
+    }
+}

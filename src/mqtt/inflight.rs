@@ -1,0 +1,284 @@
+//! The publishes of the output link that the broker has not confirmed
+//! yet, each with what it carries: the acknowledgement of the input it
+//! answers, or the outbox record it replays. Nothing is acknowledged and
+//! no outbox record released before the broker's PUBACK (QoS 1) or the
+//! write to the socket (QoS 0).
+//!
+//! rumqttc assigns packet ids itself, in the order publishes leave its
+//! request channel, and reports each as `Outgoing::Publish(pkid)`; so the
+//! publishes handed over wait here in that order until their id is known.
+//! Both sides run on the one tokio thread, under one lock, and the window
+//! of unconfirmed publishes is far below the request channel's capacity,
+//! so a hand-over never fails for lack of room and the order holds.
+//!
+//! When the link drops, rumqttc would keep what it had (and drop it all
+//! if the next session is not resumed); instead everything unconfirmed is
+//! taken back here ([`Inflight::link_down`]) and rumqttc's copy cleared,
+//! so each answer lives in exactly one place: here, the outbox, or the
+//! memory backlog until the link returns.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use rumqttc::{AsyncClient, EventLoop, QoS};
+use tokio::sync::Notify;
+
+use crate::replies::Outgoing;
+use crate::telemetry::DaemonStats;
+
+/// At most this many publishes unconfirmed at once (far below the
+/// request channel's capacity, see `mqtt::REQUEST_CHANNEL_CAPACITY`).
+/// Also keeps rumqttc's packet ids (65,535) from colliding: an id is
+/// reused only after 65,535 later publishes.
+pub const WINDOW: usize = 1024;
+
+/// Of the window, at most this many replays of the outbox, so fresh
+/// answers always find room while a backlog drains.
+pub const REPLAY_WINDOW: usize = 256;
+
+/// Why a publish is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A result or an error, possibly holding its input's acknowledgement.
+    Answer,
+    /// A retained status or health record: superseded by the next one, so
+    /// never kept once the link drops.
+    Record,
+    /// The outbox record with this sequence number.
+    Replay(u64),
+}
+
+#[derive(Debug)]
+pub struct Entry {
+    pub msg: Outgoing,
+    pub origin: Origin,
+}
+
+/// What became of an offered publish.
+pub enum Offer {
+    /// Handed to the client.
+    Sent,
+    /// The window is full; wait for [`Inflight::progress`] and offer again.
+    Full(Entry),
+    /// The link is down.
+    Down(Entry),
+}
+
+#[derive(Default)]
+struct State {
+    up: bool,
+    /// Handed to the client, not yet written (no packet id yet).
+    unsent: VecDeque<Entry>,
+    /// Written, waiting for the broker's PUBACK.
+    sent: HashMap<u16, Entry>,
+    replays: usize,
+    /// Outbox records confirmed, for the replayer to release.
+    replayed: Vec<u64>,
+}
+
+impl State {
+    fn len(&self) -> usize {
+        self.unsent.len() + self.sent.len()
+    }
+}
+
+pub struct Inflight {
+    client: AsyncClient,
+    qos: QoS,
+    state: Mutex<State>,
+    /// Signalled on every confirmation and whenever the link comes or goes.
+    progress: Notify,
+    /// Signalled only when the link comes or goes.
+    link: Notify,
+    stats: Arc<DaemonStats>,
+}
+
+impl Inflight {
+    pub fn new(client: AsyncClient, qos: QoS, stats: Arc<DaemonStats>) -> Inflight {
+        Inflight {
+            client,
+            qos,
+            state: Mutex::new(State::default()),
+            progress: Notify::new(),
+            link: Notify::new(),
+            stats,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Nothing under this lock can panic halfway through a change.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands `entry` to the client, unless the link is down or the window
+    /// is full.
+    pub fn offer(&self, entry: Entry) -> Offer {
+        let mut s = self.state();
+        if !s.up {
+            return Offer::Down(entry);
+        }
+        let replay = matches!(entry.origin, Origin::Replay(_));
+        if s.len() >= WINDOW || (replay && s.replays >= REPLAY_WINDOW) {
+            return Offer::Full(entry);
+        }
+        let m = &entry.msg;
+        match self
+            .client
+            .try_publish(m.topic.as_str(), self.qos, m.retain, m.payload.to_vec())
+        {
+            Ok(()) => {
+                if replay {
+                    s.replays += 1;
+                }
+                s.unsent.push_back(entry);
+                Offer::Sent
+            }
+            Err(e) => {
+                // The event loop is gone (the window keeps the channel
+                // from filling): nothing more goes out on this link.
+                log::error!("the MQTT client refused a publish on {}: {e}", m.topic);
+                Offer::Down(entry)
+            }
+        }
+    }
+
+    /// Resolves at the next confirmation or link change. Create it before
+    /// looking at the state, so a change in between is not missed.
+    pub fn progress(&self) -> tokio::sync::futures::Notified<'_> {
+        self.progress.notified()
+    }
+
+    /// Resolves when the link next comes or goes.
+    pub fn link_change(&self) -> tokio::sync::futures::Notified<'_> {
+        self.link.notified()
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.state().up
+    }
+
+    /// Unconfirmed answers and records (not replays, which the outbox
+    /// still holds).
+    pub fn pending(&self) -> usize {
+        let s = self.state();
+        s.len() - s.replays
+    }
+
+    /// Outbox records confirmed since the last call.
+    pub fn take_replayed(&self) -> Vec<u64> {
+        std::mem::take(&mut self.state().replayed)
+    }
+
+    /// The link is up (ConnAck).
+    pub fn link_up(&self) {
+        self.state().up = true;
+        self.progress.notify_waiters();
+        self.link.notify_waiters();
+    }
+
+    /// rumqttc wrote the next publish with packet id `pkid` (0 at QoS 0).
+    pub fn written(&self, pkid: u16) {
+        let mut s = self.state();
+        let Some(entry) = s.unsent.pop_front() else {
+            // Only this module publishes on the output link.
+            log::warn!("output link: a publish (packet id {pkid}) that was not handed over here");
+            return;
+        };
+        if self.qos == QoS::AtMostOnce || pkid == 0 {
+            self.confirm(&mut s, entry);
+        } else if let Some(old) = s.sent.insert(pkid, entry) {
+            // rumqttc holds a publish back while its id is in use, so this
+            // means the broker confirmed out of order and the id wrapped.
+            log::warn!("output link: packet id {pkid} reused before it was confirmed");
+            self.confirm(&mut s, old);
+        }
+    }
+
+    /// The broker confirmed packet id `pkid`.
+    pub fn acknowledged(&self, pkid: u16) {
+        let mut s = self.state();
+        match s.sent.remove(&pkid) {
+            Some(entry) => self.confirm(&mut s, entry),
+            None => log::debug!("output link: PUBACK for packet id {pkid}, not ours"),
+        }
+    }
+
+    fn confirm(&self, s: &mut State, entry: Entry) {
+        match entry.origin {
+            Origin::Answer => {
+                self.stats.answers_confirmed.fetch_add(1, Ordering::Relaxed);
+            }
+            Origin::Record => {}
+            Origin::Replay(seq) => {
+                s.replays -= 1;
+                s.replayed.push(seq);
+            }
+        }
+        // Dropping the answer releases its input's acknowledgement.
+        drop(entry);
+        self.progress.notify_waiters();
+    }
+
+    /// The link dropped: takes back every unconfirmed answer (the caller
+    /// keeps them in the outbox or in memory), forgets records and
+    /// replays (the outbox still has those), and clears rumqttc's own
+    /// copies, which it would otherwise publish again after reconnecting.
+    pub fn link_down(&self, eventloop: &mut EventLoop) -> Vec<Outgoing> {
+        let mut s = self.state();
+        s.up = false;
+        // rumqttc has already moved what it had into `pending`; clean()
+        // again collects anything that reached its channel since.
+        eventloop.clean();
+        eventloop.pending.clear();
+        let mut answers = Vec::new();
+        let sent = std::mem::take(&mut s.sent);
+        let mut all: Vec<(u16, Entry)> = sent.into_iter().collect();
+        // The written ones first, in packet id order (ids increase with
+        // time, wrapping rarely), then those never written.
+        all.sort_by_key(|(pkid, _)| *pkid);
+        let unsent = std::mem::take(&mut s.unsent);
+        for entry in all.into_iter().map(|(_, e)| e).chain(unsent) {
+            if entry.origin == Origin::Answer {
+                answers.push(entry.msg);
+            }
+        }
+        s.replays = 0;
+        drop(s);
+        self.progress.notify_waiters();
+        self.link.notify_waiters();
+        answers
+    }
+
+    /// Waits until every answer and record is confirmed, `until` passes,
+    /// or the link is down. Returns how many are left.
+    pub async fn settle(&self, until: Instant) -> usize {
+        loop {
+            let notified = self.progress();
+            let left = self.pending();
+            if left == 0 || !self.is_up() {
+                return left;
+            }
+            if tokio::time::timeout_at(until.into(), notified)
+                .await
+                .is_err()
+            {
+                return self.pending();
+            }
+        }
+    }
+
+    /// At shutdown: every answer still unconfirmed, for the outbox.
+    pub fn take_answers(&self) -> Vec<Outgoing> {
+        let mut s = self.state();
+        let sent = std::mem::take(&mut s.sent);
+        let unsent = std::mem::take(&mut s.unsent);
+        s.replays = 0;
+        sent.into_values()
+            .chain(unsent)
+            .filter(|e| e.origin == Origin::Answer)
+            .map(|e| e.msg)
+            .collect()
+    }
+}

@@ -1,0 +1,213 @@
+//! The disk outbox with the daemon around it: while the uplink broker is
+//! down, answers go to `state_dir/outbox`; a full outbox honours
+//! `max_bytes` with `drop_oldest` or `reject_new` and counts what it
+//! dropped in health; a torn write at the end of the store is recovered at
+//! start without losing what was committed before it; what waits is
+//! replayed oldest first, with its original timestamps, once the uplink
+//! is back.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// Bytes of the outbox's files on disk.
+fn outbox_bytes(state: &Path) -> u64 {
+    segments(state)
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum()
+}
+
+/// The outbox's segment files, oldest first.
+fn segments(state: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(state.join("outbox"))
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+fn text(inputs: u16, uplink: u16, state: &Path, outbox: &str) -> String {
+    let extra = format!("state_dir = \"{}\"\n", state.display());
+    // debug: every message the daemon takes is logged ("queued ...").
+    let tables = format!(
+        "[log]\nlevel = \"debug\"\n\n[uplink]\nhost = \"127.0.0.1\"\nport = {uplink}\nreconnect_min_ms = 50\nreconnect_max_secs = 1\n\n[outbox]\n{outbox}\n\n{DYN}"
+    );
+    config(inputs, "ob", &extra, &tables)
+}
+
+/// Sends `n` inputs and waits until the daemon has answered them all into
+/// the outbox: a clean stop drains and commits everything.
+fn fill_while_uplink_down(d: Daemon, inputs: u16, n: usize) {
+    let c = TestClient::connect(inputs);
+    for i in 0..n {
+        c.publish("in/dyn", features(i));
+    }
+    wait_until("the daemon to take every input", WAIT, || {
+        d.count_log("queued in/dyn for model dyn") >= n
+    });
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
+
+/// Results that reach the uplink once it is up, until `n` have come or
+/// nothing more comes for 3 s; their ids.
+fn results_after_uplink(uplink: u16, inputs: u16, state: &Path, outbox: &str) -> (Vec<u64>, Value) {
+    let c = TestClient::connect(uplink);
+    c.subscribe("out/ob/dyn");
+    c.subscribe("edge-infer/ob/health");
+    let d = Daemon::start(&text(inputs, uplink, state, outbox));
+    let mut ids = Vec::new();
+    let mut health = Value::Null;
+    while let Some(m) = c.recv_within(Duration::from_secs(3)) {
+        let v = m.json();
+        if m.topic.ends_with("/health") {
+            health = v;
+        } else {
+            ids.push(v["id"].as_u64().expect("id"));
+        }
+    }
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    (ids, health)
+}
+
+#[test]
+fn full_outbox_drops_the_oldest_within_max_bytes_and_counts_them() {
+    let inputs = Broker::start();
+    let uplink_port = free_port();
+    let state = tempfile::tempdir().expect("tempdir");
+    let outbox = "max_bytes = 1048576\non_full = \"drop_oldest\"";
+    let d = Daemon::start(&text(inputs.port, uplink_port, state.path(), outbox));
+    fill_while_uplink_down(d, inputs.port, 600);
+    let on_disk = outbox_bytes(state.path());
+    assert!(on_disk > 0 && on_disk <= 1048576, "{on_disk} bytes on disk");
+    let uplink = Broker::on_port(uplink_port);
+    let (ids, _) = results_after_uplink(uplink.port, inputs.port, state.path(), outbox);
+    assert!(!ids.is_empty());
+    // The newest survive: what arrives is a run ending with the last one.
+    assert_eq!(*ids.last().unwrap(), 599, "{ids:?}");
+    let first = ids[0];
+    assert!(first > 0, "nothing was dropped: {ids:?}");
+    assert_eq!(
+        ids,
+        (first..600).collect::<Vec<_>>(),
+        "oldest first, no gaps"
+    );
+}
+
+#[test]
+fn full_outbox_rejects_new_records_within_max_bytes_and_counts_them() {
+    let inputs = Broker::start();
+    let uplink_port = free_port();
+    let state = tempfile::tempdir().expect("tempdir");
+    let outbox = "max_bytes = 1048576\non_full = \"reject_new\"";
+    let d = Daemon::start(&text(inputs.port, uplink_port, state.path(), outbox));
+    fill_while_uplink_down(d, inputs.port, 600);
+    let on_disk = outbox_bytes(state.path());
+    assert!(on_disk > 0 && on_disk <= 1048576, "{on_disk} bytes on disk");
+    let uplink = Broker::on_port(uplink_port);
+    let (ids, _) = results_after_uplink(uplink.port, inputs.port, state.path(), outbox);
+    // The oldest survive: the first ones, in order, and not all.
+    let kept = ids.len() as u64;
+    assert!(kept > 0 && kept < 600, "{kept} kept");
+    assert_eq!(ids, (0..kept).collect::<Vec<_>>());
+}
+
+#[test]
+fn drops_are_counted_in_health_and_logged() {
+    let inputs = Broker::start();
+    let mut uplink = Broker::start_persistent();
+    let state = tempfile::tempdir().expect("tempdir");
+    let outbox = "max_bytes = 1048576\non_full = \"reject_new\"";
+    let config_text = format!(
+        "{}\n[health]\ninterval_secs = 0.2\n",
+        text(inputs.port, uplink.port, state.path(), outbox)
+    );
+    let watcher = TestClient::connect_persistent(uplink.port, "ob-watcher");
+    watcher.subscribe("edge-infer/ob/health");
+    let d = Daemon::start(&config_text);
+    uplink.stop_gracefully();
+    let c = TestClient::connect(inputs.port);
+    for i in 0..600 {
+        c.publish("in/dyn", features(i));
+    }
+    d.wait_for_log("the outbox was full");
+    uplink.start_again();
+    // The health record counts every refused record, once the uplink is
+    // back to carry it.
+    let mut seen = Value::Null;
+    wait_until("a health record after the outage", WAIT, || {
+        while let Some(m) = watcher.recv_within(Duration::from_millis(50)) {
+            seen = m.json();
+        }
+        seen["delivery"]["outbox"]["rejected_full"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+            && seen["delivery"]["outbox"]["records"].as_u64() == Some(0)
+    });
+    let o = &seen["delivery"]["outbox"];
+    let stored = o["stored"].as_u64().unwrap();
+    let rejected = o["rejected_full"].as_u64().unwrap();
+    assert_eq!(stored + rejected, 600, "{o}");
+    assert_eq!(o["replayed"].as_u64(), Some(stored), "{o}");
+    assert!(
+        o["last_loss"].as_str().unwrap_or("").contains("reject_new"),
+        "{o}"
+    );
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[test]
+fn a_torn_write_at_the_end_is_recovered_without_losing_what_came_before() {
+    let inputs = Broker::start();
+    let uplink_port = free_port();
+    let state = tempfile::tempdir().expect("tempdir");
+    let d = Daemon::start(&text(inputs.port, uplink_port, state.path(), ""));
+    fill_while_uplink_down(d, inputs.port, 100);
+    // A crash in the middle of writing the last record: its tail never
+    // reached the disk, and the block held garbage after it.
+    let segs = segments(state.path());
+    let last = segs.last().expect("a segment");
+    let len = std::fs::metadata(last).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(last).unwrap();
+    file.set_len(len - 7).unwrap();
+    drop(file);
+    let mut bytes = std::fs::read(last).unwrap();
+    bytes.extend_from_slice(&[0xAB; 13]);
+    std::fs::write(last, bytes).unwrap();
+
+    let uplink = Broker::on_port(uplink_port);
+    let c = TestClient::connect(uplink.port);
+    c.subscribe("out/ob/dyn");
+    let d = Daemon::start(&text(inputs.port, uplink_port, state.path(), ""));
+    let mut ids: Vec<u64> = c
+        .recv_n(99)
+        .iter()
+        .map(|m| m.json()["id"].as_u64().unwrap())
+        .collect();
+    // Oldest first, with the times they were answered (not replayed).
+    let sorted = {
+        let mut s = ids.clone();
+        s.sort();
+        s
+    };
+    assert_eq!(ids, sorted);
+    ids.dedup();
+    assert_eq!(ids, (0..99).collect::<Vec<_>>());
+    assert!(c.recv_within(Duration::from_millis(500)).is_none());
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("torn"), "the recovery is reported:\n{log}");
+}
