@@ -153,6 +153,7 @@ impl Supervisor {
         let status: Vec<StatusModel> = models.iter().map(|m| m.status.clone()).collect();
         let connection = Connection::start(
             &settings.mqtt,
+            settings.uplink.as_ref(),
             &device,
             health::online(&device, started_at, &status),
             health::offline(&device, "connection lost", None),

@@ -16,7 +16,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, QoS};
+use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -25,18 +25,22 @@ use crate::replies::{self, PressureGauge, ReplyReceiver};
 use crate::routing::Switch;
 use crate::telemetry::DaemonStats;
 use ledger::AckLedger;
-use link::{Links, Which};
+use link::{Endpoint, Links, Which};
 
-/// The client id of the output connection: the configured one with this
-/// suffix (a broker allows one connection per client id).
-const OUTPUT_CLIENT_SUFFIX: &str = "-out";
+/// The client id of the output connection without `[uplink]`: the
+/// configured one with this suffix (a broker allows one connection per
+/// client id); `[uplink]`'s client id defaults to the same.
+const OUTPUT_CLIENT_SUFFIX: &str = crate::config::UPLINK_CLIENT_SUFFIX;
 
 /// The running broker link: its two connections' event loops and the
 /// publisher task. Lives for the whole process (a reload never touches it).
 pub struct Connection {
     input: AsyncClient,
     output: AsyncClient,
+    /// Of the subscriptions (`[mqtt]`).
     qos: QoS,
+    /// Of what the output link publishes (`[uplink]`, else `[mqtt]`).
+    output_qos: QoS,
     links: Arc<Links>,
     ledger: Arc<AckLedger>,
     online: Arc<Mutex<Vec<u8>>>,
@@ -51,14 +55,16 @@ pub struct Connection {
 
 impl Connection {
     /// Starts connecting (in the background, with retries) as
-    /// `settings.client_id` for inputs and the same id with `-out` for
-    /// outputs, routing publishes through `switch` and publishing what
-    /// arrives on `replies`. `online` is the retained status record sent
+    /// `settings.client_id` for inputs and, for outputs, to `uplink` when
+    /// set, else to the same broker with the same id + `-out`, routing
+    /// publishes through `switch` and publishing what arrives on
+    /// `replies`. `online` is the retained status record sent
     /// on every connect of the output link, `last_will` the one the broker
     /// sends when that connection dies. Must run inside tokio.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         settings: &MqttSettings,
+        uplink: Option<&MqttSettings>,
         device_id: &str,
         online: Vec<u8>,
         last_will: Vec<u8>,
@@ -70,21 +76,22 @@ impl Connection {
         let status_topic = replies::status_topic(device_id);
         let qos = qos(settings.qos);
         let (input, input_loop) = connect(settings, &settings.client_id, None);
-        let output_id = format!("{}{OUTPUT_CLIENT_SUFFIX}", settings.client_id);
-        let (output, output_loop) = connect(settings, &output_id, Some((&status_topic, last_will)));
+        let (out, output_id) = output_link(settings, uplink);
+        let output_qos = self::qos(out.qos);
+        let (output, output_loop) = connect(out, &output_id, Some((&status_topic, last_will)));
         let links = Arc::new(Links {
             stats: Arc::clone(&stats),
             input_up: AtomicBool::new(false),
             output_up: AtomicBool::new(false),
-            reconnect_min: settings.reconnect_min,
-            reconnect_max: settings.reconnect_max,
+            input: Endpoint::of(settings),
+            output: Endpoint::of(out),
         });
         let ledger = Arc::new(AckLedger::default());
         let online = Arc::new(Mutex::new(online));
         let publisher = tokio::spawn(egress::publish(
             replies,
             output.clone(),
-            qos,
+            output_qos,
             Arc::clone(&stats),
             Arc::clone(&ledger),
         ));
@@ -106,7 +113,7 @@ impl Connection {
         let output_task = tokio::spawn(link::drive(
             egress::Egress {
                 client: output.clone(),
-                qos,
+                qos: output_qos,
                 status_topic: status_topic.clone(),
                 online: Arc::clone(&online),
                 stats,
@@ -116,16 +123,12 @@ impl Connection {
             Arc::clone(&links),
             stop_rx,
         ));
-        log::info!(
-            "connecting to mqtt://{}:{} as {} (inputs) and {output_id} (outputs)",
-            settings.host,
-            settings.port,
-            settings.client_id
-        );
+        log_connecting(settings, uplink, &output_id);
         Connection {
             input,
             output,
             qos,
+            output_qos,
             links,
             ledger,
             online,
@@ -207,7 +210,7 @@ impl Connection {
         if self.links.is_up(Which::Output) {
             match self
                 .output
-                .try_publish(&self.status_topic, self.qos, true, offline)
+                .try_publish(&self.status_topic, self.output_qos, true, offline)
             {
                 Ok(()) => self.ledger.requested(),
                 Err(e) => log::warn!("could not publish the offline status: {e}"),
@@ -233,6 +236,53 @@ impl Connection {
 /// Capacity of rumqttc's request channel (publishes, subscribes waiting
 /// for the event loop) of each link.
 const REQUEST_CHANNEL_CAPACITY: usize = 4096;
+
+/// Where the output link connects and as whom: `[uplink]` when set, else
+/// the `[mqtt]` broker as its client id + `-out`.
+fn output_link<'a>(
+    settings: &'a MqttSettings,
+    uplink: Option<&'a MqttSettings>,
+) -> (&'a MqttSettings, String) {
+    match uplink {
+        Some(u) => (u, u.client_id.clone()),
+        None => (
+            settings,
+            format!("{}{OUTPUT_CLIENT_SUFFIX}", settings.client_id),
+        ),
+    }
+}
+
+fn log_connecting(settings: &MqttSettings, uplink: Option<&MqttSettings>, output_id: &str) {
+    match uplink {
+        None => log::info!(
+            "connecting to {} as {} (inputs) and {output_id} (outputs){}",
+            settings.url(),
+            settings.client_id,
+            tls_note(settings)
+        ),
+        Some(u) => {
+            log::info!(
+                "connecting to {} as {} (inputs){}",
+                settings.url(),
+                settings.client_id,
+                tls_note(settings)
+            );
+            log::info!(
+                "connecting to the uplink {} as {output_id} (results, errors, status, health){}",
+                u.url(),
+                tls_note(u)
+            );
+        }
+    }
+}
+
+/// ", TLS verified against ..." for the connect log line.
+fn tls_note(s: &MqttSettings) -> String {
+    s.tls
+        .as_ref()
+        .map(|t| format!(", TLS {}", t.describe()))
+        .unwrap_or_default()
+}
 
 fn qos(level: u8) -> QoS {
     if level == 0 {
@@ -264,6 +314,11 @@ fn connect(
         .set_manual_acks(true);
     if let Some((user, pass)) = &settings.credentials {
         opts.set_credentials(user, pass);
+    }
+    if let Some(tls) = &settings.tls {
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::clone(&tls.client_config),
+        )));
     }
     let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_CHANNEL_CAPACITY);
     let mut net = eventloop.network_options();
