@@ -12,7 +12,9 @@ use sysinfo::{Components, Disks, Pid, ProcessesToUpdate, System};
 
 use crate::codec::ErrorCode;
 use crate::models::LoadedModel;
-use crate::telemetry::{DaemonStats, LatencySummary, ModelStats, OutboxGauge, WindowCounts};
+use crate::telemetry::{
+    DaemonStats, LatencySummary, LinkStats, ModelStats, OutboxGauge, WindowCounts,
+};
 use crate::time::unix_now;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -229,6 +231,32 @@ struct BrokerHealth {
     own_messages_ignored: u64,
     input_paused_secs: f64,
     offline_secs: f64,
+    links: LinksHealth,
+}
+
+#[derive(Serialize)]
+struct LinksHealth {
+    input: LinkHealth,
+    output: LinkHealth,
+}
+
+/// One broker connection: where, whether up, and why it last failed.
+#[derive(Serialize)]
+struct LinkHealth {
+    broker: String,
+    connected: bool,
+    /// None (null) when nothing failed since it last connected.
+    last_error: Option<String>,
+}
+
+impl LinkHealth {
+    fn of(link: &LinkStats) -> LinkHealth {
+        LinkHealth {
+            broker: link.broker(),
+            connected: link.connected.load(std::sync::atomic::Ordering::Relaxed),
+            last_error: link.last_error(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -392,6 +420,10 @@ impl HealthReporter {
                 own_messages_ignored: broker.own_ignored.load(Relaxed),
                 input_paused_secs: broker.input_paused_us.load(Relaxed) as f64 / 1e6,
                 offline_secs: broker.offline_us.load(Relaxed) as f64 / 1e6,
+                links: LinksHealth {
+                    input: LinkHealth::of(&broker.input_link),
+                    output: LinkHealth::of(&broker.output_link),
+                },
             },
             delivery: DeliveryHealth {
                 ack: self.ack_policy,

@@ -99,8 +99,10 @@ enum Command {
     ///
     /// Reads the retained edge-infer/<device>/status and
     /// edge-infer/<device>/health records and prints one block per device.
-    /// The broker comes from --host and --port, else from the config file
-    /// when it can be read, else 127.0.0.1:1883. Exits 1 when the broker
+    /// The broker is the one the daemon publishes to, from the config file
+    /// when it can be read ([uplink] if set, else [mqtt]: address, TLS and
+    /// credentials), else 127.0.0.1:1883; --host and --port replace the
+    /// address. Exits 1 when the broker
     /// cannot be reached or no record arrived within --wait.
     #[command(verbatim_doc_comment)]
     Status(StatusArgs),
@@ -182,6 +184,11 @@ fn parse_wait(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     logging::init();
+    // The broker connections build their rustls configs on ring
+    // explicitly (config/tls.rs); installing it as the process default too
+    // means no other rustls path can find the default missing. Fails only
+    // if one is installed already, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -225,6 +232,9 @@ fn load_settings(path: &std::path::Path) -> Result<config::Settings, ExitCode> {
         ExitCode::from(exit::BAD_INPUT)
     })?;
     logging::set_level(settings.log_level.to_filter());
+    for warning in config::exposure_warnings(path, &settings) {
+        log::warn!("{warning}");
+    }
     Ok(settings)
 }
 
@@ -388,15 +398,13 @@ fn print_summary(
 ) {
     println!("config:    {}", path.display());
     println!("device_id: {}", settings.device_id);
-    println!(
-        "broker:    mqtt://{}:{} client_id={} keep_alive={}s qos={} clean_session={}",
-        settings.mqtt.host,
-        settings.mqtt.port,
-        settings.mqtt.client_id,
-        settings.mqtt.keep_alive.as_secs(),
-        settings.mqtt.qos,
-        settings.mqtt.clean_session
-    );
+    println!("broker:    {}", describe_broker(&settings.mqtt));
+    if let Some(uplink) = &settings.uplink {
+        println!(
+            "uplink:    {} (results, errors, status, health)",
+            describe_broker(uplink)
+        );
+    }
     println!("runtime:   {runtime}");
     println!("errors:    {}", replies::errors_topic(&settings.device_id));
     println!(
@@ -469,6 +477,26 @@ fn print_summary(
             None => println!("  checked from the file (not loaded: no runtime library)"),
         }
     }
+}
+
+/// One broker connection for the `check-config` summary (never the
+/// password).
+fn describe_broker(m: &config::MqttSettings) -> String {
+    let mut s = format!(
+        "{} client_id={} keep_alive={}s qos={} clean_session={}",
+        m.url(),
+        m.client_id,
+        m.keep_alive.as_secs(),
+        m.qos,
+        m.clean_session
+    );
+    if let Some((user, _)) = &m.credentials {
+        s.push_str(&format!(" username={user}"));
+    }
+    if let Some(tls) = &m.tls {
+        s.push_str(&format!("; TLS {}", tls.describe()));
+    }
+    s
 }
 
 fn describe_tensor(t: &model_runtime::TensorSpec) -> String {
@@ -566,9 +594,11 @@ fn inspect(model: &std::path::Path, runtime: Option<PathBuf>, batch: u32) -> Exi
     ExitCode::SUCCESS
 }
 
-/// `status`: the broker address from the flags, else from the config file
-/// when it can be read, else 127.0.0.1:1883; the device from `--device`
-/// (already checked), else every device.
+/// `status`: the broker the daemon publishes its records to, from the
+/// config file when it can be read (`[uplink]` when set, else `[mqtt]`:
+/// address, TLS, credentials), else 127.0.0.1:1883; `--host` and `--port`
+/// replace the address only. The device from `--device` (already checked),
+/// else every device.
 fn status(
     config_path: &std::path::Path,
     host: Option<String>,
@@ -576,14 +606,20 @@ fn status(
     device: Option<String>,
     wait: Duration,
 ) -> ExitCode {
-    let from_config = config::load(config_path).ok();
-    let host = host
-        .or_else(|| from_config.as_ref().map(|s| s.mqtt.host.clone()))
-        .unwrap_or_else(|| "127.0.0.1".into());
-    let port = port
-        .or_else(|| from_config.as_ref().map(|s| s.mqtt.port))
-        .unwrap_or(1883);
-    mqtt::status::run(&host, port, device.as_deref(), wait)
+    let link = config::load(config_path)
+        .ok()
+        .map(|s| s.uplink.unwrap_or(s.mqtt));
+    let broker = mqtt::status::Broker {
+        host: host
+            .or_else(|| link.as_ref().map(|l| l.host.clone()))
+            .unwrap_or_else(|| "127.0.0.1".into()),
+        port: port
+            .or_else(|| link.as_ref().map(|l| l.port))
+            .unwrap_or(1883),
+        tls: link.as_ref().and_then(|l| l.tls.clone()),
+        credentials: link.and_then(|l| l.credentials),
+    };
+    mqtt::status::run(&broker, device.as_deref(), wait)
 }
 
 #[cfg(test)]

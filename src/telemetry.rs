@@ -203,6 +203,10 @@ pub struct DaemonStats {
     /// Answers confirmed by the broker that receives them.
     pub answers_confirmed: AtomicU64,
     pub outbox: OutboxGauge,
+    /// The input link (subscriptions, inputs).
+    pub input_link: LinkStats,
+    /// The output link (results, errors, status, health).
+    pub output_link: LinkStats,
 }
 
 /// The outbox as the health record shows it, written by its thread after
@@ -228,6 +232,50 @@ pub struct OutboxGauge {
     pub write_errors: AtomicU64,
     /// Why the last record was lost, if one was.
     pub last_loss: Mutex<Option<String>>,
+}
+
+/// One broker connection as health reports it. Written by `mqtt`, read by
+/// `health`; here so that neither imports the other.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// "mqtt://host:port" or "mqtts://host:port", set when the link starts.
+    broker: Mutex<String>,
+    pub connected: AtomicBool,
+    /// Why the last connection attempt failed or the connection was lost;
+    /// None from the next successful connect on. A std Mutex: set and
+    /// read once per event, never held across an await.
+    last_error: Mutex<Option<String>>,
+}
+
+impl LinkStats {
+    pub fn set_broker(&self, url: String) {
+        match self.broker.lock() {
+            Ok(mut g) => *g = url,
+            Err(p) => *p.into_inner() = url,
+        }
+    }
+
+    pub fn broker(&self) -> String {
+        match self.broker.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// `Some(why)` when a connection fails, None once one succeeds.
+    pub fn set_last_error(&self, why: Option<String>) {
+        match self.last_error.lock() {
+            Ok(mut g) => *g = why,
+            Err(p) => *p.into_inner() = why,
+        }
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        match self.last_error.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -193,7 +193,9 @@ fn status_without_a_broker_is_a_runtime_failure() {
     );
     assert_eq!(code, Some(1), "{err}");
     assert!(
-        err.contains(&format!("cannot reach the MQTT broker at 127.0.0.1:{port}")),
+        err.contains(&format!(
+            "cannot reach the MQTT broker at mqtt://127.0.0.1:{port}"
+        )),
         "{err}"
     );
     assert!(out.is_empty(), "{out}");

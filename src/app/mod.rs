@@ -178,6 +178,7 @@ impl Supervisor {
         let outbox = open_outbox(&settings, &stats)?;
         let connection = Connection::start(
             &settings.mqtt,
+            settings.uplink.as_ref(),
             &device,
             health::online(&device, started_at, &status),
             health::offline(&device, "connection lost", None),

@@ -193,6 +193,12 @@ impl Supervisor {
                 "broker settings cannot change on reload; restart the service",
             ));
         }
+        if new.uplink != self.settings.uplink {
+            problems.push(problem(
+                "uplink",
+                "broker settings cannot change on reload; restart the service",
+            ));
+        }
         if new.runtime_library != self.settings.runtime_library {
             problems.push(problem("runtime.library", restart));
         }

@@ -9,6 +9,17 @@ use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+/// A path from the config: relative ones are relative to `base`, the
+/// config file's folder.
+pub fn resolve(base: &Path, p: &str) -> PathBuf {
+    let path = PathBuf::from(p);
+    if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
+    }
+}
+
 /// Caps on the files the config names (`[limits]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileLimits {

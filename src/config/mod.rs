@@ -12,14 +12,16 @@ mod raw;
 mod robustness;
 mod secrets;
 mod settings;
+mod tls;
 
 pub use files::{read_file, FileError, FileLimits, LABELS_FILE, MODEL_FILE};
 pub use preprocess::{FieldPath, ImageSettings, Normalize, Resize, DEFAULT_MAX_PIXELS};
 pub use raw::RawConfig;
 pub use settings::{
     check_topic_level, AckPolicy, ModelSettings, MqttSettings, OnFull, OutboxSettings,
-    OverflowPolicy, PayloadFormat, Settings,
+    OverflowPolicy, PayloadFormat, Settings, UPLINK_CLIENT_SUFFIX,
 };
+pub use tls::TlsSettings;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -101,6 +103,59 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         }
         e
     })
+}
+
+/// Warnings about who else can read the secrets of a loaded config: the
+/// config file when it holds a password or names a client key and is
+/// readable by group or others, and each client key file that is. Logged
+/// at startup; nothing is refused (the operator may have reasons, such as
+/// a group the service runs in).
+pub fn exposure_warnings(path: &Path, settings: &Settings) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| m.permissions().mode() & 0o777)
+    };
+    let fix = |p: &Path| {
+        format!(
+            "chmod 600 {} (or 640 with the group the service runs as)",
+            p.display()
+        )
+    };
+    let mut warnings = Vec::new();
+    let links = std::iter::once(&settings.mqtt).chain(settings.uplink.as_ref());
+    let key_files: Vec<&Path> = links
+        .filter_map(|m| m.tls.as_ref()?.client_auth.as_ref())
+        .map(|(_, key)| key.as_path())
+        .collect();
+    if let Some(m) = mode(path).filter(|m| m & 0o044 != 0) {
+        let text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
+        let password = secrets::Secrets::scan(&text, Vec::new()).in_file();
+        let holds = match (password, !key_files.is_empty()) {
+            (true, true) => Some("a password and the path of a client key"),
+            (true, false) => Some("a password"),
+            (false, true) => Some("the path of a client key"),
+            (false, false) => None,
+        };
+        if let Some(holds) = holds {
+            warnings.push(format!(
+                "config file {} is mode {m:04o}, readable by group or others, and holds {holds}; {}, or keep the password in the environment (EDGE_INFER__MQTT__PASSWORD; under systemd in /etc/edge-infer/environment, mode 0600)",
+                path.display(),
+                fix(path)
+            ));
+        }
+    }
+    for key in key_files {
+        if let Some(m) = mode(key).filter(|m| m & 0o044 != 0) {
+            warnings.push(format!(
+                "client key file {} is mode {m:04o}, readable by group or others; {}",
+                key.display(),
+                fix(key)
+            ));
+        }
+    }
+    warnings
 }
 
 fn load_unmasked(path: &Path) -> Result<Settings, ConfigError> {

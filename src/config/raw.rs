@@ -15,6 +15,10 @@ pub struct RawConfig {
     pub runtime: RawRuntime,
     #[serde(default)]
     pub mqtt: RawMqtt,
+    /// `[uplink]`: the broker that results, errors, status and health go
+    /// to, when not the `[mqtt]` one. Same keys as `[mqtt]`.
+    #[serde(default)]
+    pub uplink: Option<RawMqtt>,
     #[serde(default)]
     pub limits: RawLimits,
     #[serde(default)]
@@ -115,12 +119,16 @@ pub struct RawRuntime {
     pub library: Option<String>,
 }
 
+/// `[mqtt]` and `[uplink]`: one broker connection.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawMqtt {
-    pub host: String,
-    pub port: i64,
-    /// Defaults to "edge-infer-{device_id}".
+    /// `[mqtt]`: defaults to 127.0.0.1; `[uplink]`: required.
+    pub host: Option<String>,
+    /// Defaults to 1883, or 8883 with `tls = true`.
+    pub port: Option<i64>,
+    /// `[mqtt]`: defaults to "edge-infer-{device_id}"; `[uplink]`: to the
+    /// `[mqtt]` one + "-out".
     pub client_id: Option<String>,
     pub keep_alive_secs: i64,
     /// false keeps the broker session (and its queued QoS 1 messages) across
@@ -136,13 +144,21 @@ pub struct RawMqtt {
     pub max_packet_bytes: i64,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// TLS with the broker's certificate verified (always).
+    pub tls: bool,
+    /// PEM certificates the broker's must chain to; default: the system's
+    /// root certificates.
+    pub ca_file: Option<String>,
+    /// Mutual TLS: this device's certificate (PEM, chain allowed) and key.
+    pub client_cert_file: Option<String>,
+    pub client_key_file: Option<String>,
 }
 
 impl Default for RawMqtt {
     fn default() -> Self {
         RawMqtt {
-            host: "127.0.0.1".into(),
-            port: 1883,
+            host: None,
+            port: None,
             client_id: None,
             keep_alive_secs: 30,
             clean_session: false,
@@ -152,6 +168,10 @@ impl Default for RawMqtt {
             max_packet_bytes: 64 * 1024 * 1024,
             username: None,
             password: None,
+            tls: false,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
         }
     }
 }

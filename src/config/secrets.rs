@@ -9,9 +9,15 @@
 pub const MASK: &str = "***";
 
 /// Whether a key holds a secret: `password` today, and any future key
-/// named like one (`*password*`, `*secret*`, `*_key*`, `*token*`).
+/// named like one (`*password*`, `*secret*`, `*_key*`, `*token*`). A key
+/// ending in `_file` (`client_key_file`) holds where a secret is kept, not
+/// the secret: its path must stay in messages, which say which file is
+/// wrong.
 pub fn is_secret_key(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
+    if name.ends_with("_file") {
+        return false;
+    }
     ["password", "secret", "_key", "token"]
         .iter()
         .any(|s| name.contains(s))
@@ -78,6 +84,12 @@ impl Secrets {
         s.values.sort_by_key(|v| std::cmp::Reverse(v.len()));
         s.values.dedup();
         s
+    }
+
+    /// Whether the config file itself holds a secret value (not only the
+    /// environment).
+    pub fn in_file(&self) -> bool {
+        !self.lines.is_empty()
     }
 
     fn add_value(&mut self, value: &str) {
@@ -215,13 +227,21 @@ mod tests {
             "mqtt_password",
             "client_secret",
             "api_key",
-            "private_key_file",
+            "private_key",
             "token",
             "access_token",
         ] {
             assert!(is_secret_key(key), "{key}");
         }
-        for key in ["username", "host", "keys", "max_payload_bytes", "key"] {
+        for key in [
+            "username",
+            "host",
+            "keys",
+            "max_payload_bytes",
+            "key",
+            "client_key_file",
+            "ca_file",
+        ] {
             assert!(!is_secret_key(key), "{key}");
         }
     }

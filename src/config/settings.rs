@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::check::Check;
-use super::files::{self, FileLimits};
+use super::files::{self, resolve, FileLimits};
 use super::preprocess::{self, ImageSettings, InputSettings, WindowSettings};
-use super::raw::{RawConfig, RawModel, RawOutbox};
+use super::raw::{RawConfig, RawModel, RawMqtt, RawOutbox};
+use super::tls::{self, TlsSettings};
 use super::Problem;
 use crate::topic::{self, TopicFilter, TopicTemplate};
 
@@ -17,7 +18,11 @@ use crate::topic::{self, TopicFilter, TopicTemplate};
 pub struct Settings {
     pub device_id: String,
     pub runtime_library: Option<PathBuf>,
+    /// `[mqtt]`: the broker of the inputs, and of everything else too
+    /// unless `uplink` is set.
     pub mqtt: MqttSettings,
+    /// `[uplink]`: the broker results, errors, status and health go to.
+    pub uplink: Option<MqttSettings>,
     pub max_payload_bytes: usize,
     /// Caps on the model and label files (`[limits]`).
     pub file_limits: FileLimits,
@@ -65,6 +70,16 @@ pub struct MqttSettings {
     pub reconnect_max: Duration,
     pub max_packet_bytes: usize,
     pub credentials: Option<(String, String)>,
+    /// `tls = true`: the checked certificates and the rustls config.
+    pub tls: Option<TlsSettings>,
+}
+
+impl MqttSettings {
+    /// `mqtt://host:port` or `mqtts://host:port`, for messages.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "mqtts" } else { "mqtt" };
+        format!("{scheme}://{}:{}", self.host, self.port)
+    }
 }
 
 /// Written out so that `{:?}` of the settings never shows the password.
@@ -81,6 +96,7 @@ impl std::fmt::Debug for MqttSettings {
             reconnect_max,
             max_packet_bytes,
             credentials,
+            tls,
         } = self;
         f.debug_struct("MqttSettings")
             .field("host", host)
@@ -98,6 +114,7 @@ impl std::fmt::Debug for MqttSettings {
                     .as_ref()
                     .map(|(user, _)| (user, super::secrets::MASK)),
             )
+            .field("tls", tls)
             .finish()
     }
 }
@@ -232,15 +249,6 @@ pub const MAX_BATCH_LIMIT: i64 = 256;
 /// Highest `max_delay_us`: 100 ms.
 pub const MAX_DELAY_US_LIMIT: i64 = 100_000;
 
-fn resolve(base: &Path, p: &str) -> PathBuf {
-    let path = PathBuf::from(p);
-    if path.is_absolute() {
-        path
-    } else {
-        base.join(path)
-    }
-}
-
 fn default_device_id() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()
@@ -281,39 +289,18 @@ impl Settings {
         let device_id = raw.device_id.clone().unwrap_or_else(default_device_id);
         check_level(&mut c, "device_id", &device_id);
 
-        let m = &raw.mqtt;
-        if m.host.trim().is_empty() {
-            c.add("mqtt.host", "must not be empty");
-        }
-        let port = c.range("mqtt.port", m.port, 1, 65535) as u16;
-        let client_id = m
-            .client_id
-            .clone()
-            .unwrap_or_else(|| format!("edge-infer-{device_id}"));
-        if client_id.is_empty() || client_id.len() > 65535 {
-            c.add("mqtt.client_id", "must be 1 to 65535 bytes");
-        }
-        let keep_alive = c.range("mqtt.keep_alive_secs", m.keep_alive_secs, 5, 65535) as u64;
-        let qos = c.range("mqtt.qos", m.qos, 0, 1) as u8;
-        let reconnect_min =
-            c.range("mqtt.reconnect_min_ms", m.reconnect_min_ms, 10, 600_000) as u64;
-        let reconnect_max =
-            c.range("mqtt.reconnect_max_secs", m.reconnect_max_secs, 1, 3600) as u64;
-        let max_packet_bytes = c.range(
-            "mqtt.max_packet_bytes",
-            m.max_packet_bytes,
-            1024,
-            268_435_455,
-        ) as usize;
-        let credentials = match (&m.username, &m.password) {
-            (Some(u), Some(p)) => Some((u.clone(), p.clone())),
-            (Some(u), None) => Some((u.clone(), String::new())),
-            (None, Some(_)) => {
-                c.add("mqtt.password", "is set but mqtt.username is not");
-                None
-            }
-            (None, None) => None,
-        };
+        let mqtt = mqtt_settings(
+            &mut c,
+            "mqtt",
+            &raw.mqtt,
+            base,
+            format!("edge-infer-{device_id}"),
+        );
+        let uplink = raw.uplink.as_ref().map(|u| {
+            let client_id = format!("{}{}", mqtt.client_id, UPLINK_CLIENT_SUFFIX);
+            mqtt_settings(&mut c, "uplink", u, base, client_id)
+        });
+        let max_packet_bytes = mqtt.max_packet_bytes;
         let max_payload_bytes = c.range(
             "limits.max_payload_bytes",
             raw.limits.max_payload_bytes,
@@ -440,18 +427,8 @@ impl Settings {
         Ok(Settings {
             device_id,
             runtime_library,
-            mqtt: MqttSettings {
-                host: m.host.trim().to_string(),
-                port,
-                client_id,
-                keep_alive: Duration::from_secs(keep_alive),
-                clean_session: m.clean_session,
-                qos,
-                reconnect_min: Duration::from_millis(reconnect_min),
-                reconnect_max: Duration::from_secs(reconnect_max),
-                max_packet_bytes,
-                credentials,
-            },
+            mqtt,
+            uplink,
             max_payload_bytes,
             file_limits,
             log_level,
@@ -541,6 +518,82 @@ fn outbox_settings(c: &mut Check, raw: &RawOutbox) -> OutboxSettings {
         max_bytes,
         max_age: Duration::from_secs(max_age_secs),
         on_full,
+    }
+}
+
+/// The client id `[uplink]` defaults to: the `[mqtt]` one with this suffix
+/// (what the output connection used before `[uplink]` existed).
+pub const UPLINK_CLIENT_SUFFIX: &str = "-out";
+
+/// One broker connection's table (`table` is "mqtt" or "uplink"): both are
+/// checked by this one function, so they cannot drift apart. `[mqtt]` host
+/// defaults to 127.0.0.1; `[uplink]` must name its broker.
+fn mqtt_settings(
+    c: &mut Check,
+    table: &str,
+    m: &RawMqtt,
+    base: &Path,
+    default_client_id: String,
+) -> MqttSettings {
+    let key = |k: &str| format!("{table}.{k}");
+    let host = match (m.host.as_deref().map(str::trim), table) {
+        (Some(""), _) => {
+            c.add(key("host"), "must not be empty");
+            String::new()
+        }
+        (Some(h), _) => h.to_string(),
+        (None, "mqtt") => "127.0.0.1".to_string(),
+        (None, _) => {
+            c.add(
+                key("host"),
+                format!("is required: [{table}] names the broker results go to"),
+            );
+            String::new()
+        }
+    };
+    // 8883 is MQTT over TLS's registered port: a TLS client should not
+    // default to the plaintext one.
+    let default_port = if m.tls { 8883 } else { 1883 };
+    let port = c.range(&key("port"), m.port.unwrap_or(default_port), 1, 65535) as u16;
+    let client_id = m.client_id.clone().unwrap_or(default_client_id);
+    if client_id.is_empty() || client_id.len() > 65535 {
+        c.add(key("client_id"), "must be 1 to 65535 bytes");
+    }
+    let keep_alive = c.range(&key("keep_alive_secs"), m.keep_alive_secs, 5, 65535) as u64;
+    let qos = c.range(&key("qos"), m.qos, 0, 1) as u8;
+    let reconnect_min = c.range(&key("reconnect_min_ms"), m.reconnect_min_ms, 10, 600_000) as u64;
+    let reconnect_max = c.range(&key("reconnect_max_secs"), m.reconnect_max_secs, 1, 3600) as u64;
+    let max_packet_bytes = c.range(
+        &key("max_packet_bytes"),
+        m.max_packet_bytes,
+        1024,
+        268_435_455,
+    ) as usize;
+    let credentials = match (&m.username, &m.password) {
+        (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+        (Some(u), None) => Some((u.clone(), String::new())),
+        (None, Some(_)) => {
+            c.add(
+                key("password"),
+                format!("is set but {table}.username is not"),
+            );
+            None
+        }
+        (None, None) => None,
+    };
+    let tls = tls::tls_settings(c, table, m, base);
+    MqttSettings {
+        host,
+        port,
+        client_id,
+        keep_alive: Duration::from_secs(keep_alive),
+        clean_session: m.clean_session,
+        qos,
+        reconnect_min: Duration::from_millis(reconnect_min),
+        reconnect_max: Duration::from_secs(reconnect_max),
+        max_packet_bytes,
+        credentials,
+        tls,
     }
 }
 
@@ -990,6 +1043,94 @@ mod tests {
             debug.contains("credentials: Some((\"u\", \"***\"))"),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn the_uplink_is_optional_and_checked_like_mqtt() {
+        let s = Settings::from_raw(raw(GOOD), Path::new("/")).unwrap();
+        assert!(s.uplink.is_none());
+        assert_eq!(s.mqtt.url(), "mqtt://127.0.0.1:1884");
+
+        let text = format!("{GOOD}\n[uplink]\nhost = \"cloud.example\"\nusername = \"u\"\npassword = \"uplink-secret\"\n");
+        let s = Settings::from_raw(raw(&text), Path::new("/")).unwrap();
+        let u = s.uplink.as_ref().unwrap();
+        assert_eq!(u.url(), "mqtt://cloud.example:1883");
+        assert_eq!(u.client_id, "edge-infer-gw1-out");
+        assert!(!format!("{s:?}").contains("uplink-secret"));
+
+        let text = format!("{GOOD}\n[uplink]\nport = 0\nqos = 3\npassword = \"p\"\n");
+        let problems: Vec<String> = Settings::from_raw(raw(&text), Path::new("/"))
+            .unwrap_err()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "uplink.host: is required: [uplink] names the broker results go to",
+                "uplink.port: must be between 1 and 65535, got 0",
+                "uplink.qos: must be between 0 and 1, got 3",
+                "uplink.password: is set but uplink.username is not",
+            ]
+        );
+    }
+
+    #[test]
+    fn certificate_files_need_tls() {
+        let text = GOOD.replace(
+            "port = 1884\n",
+            "port = 1884\nca_file = \"ca.pem\"\nclient_key_file = \"k.pem\"\n",
+        );
+        let problems: Vec<String> = Settings::from_raw(raw(&text), Path::new("/"))
+            .unwrap_err()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "mqtt.ca_file: is set, but [mqtt] tls is not: certificates are only used over TLS; add `tls = true` to [mqtt]",
+                "mqtt.client_key_file: is set, but [mqtt] tls is not: certificates are only used over TLS; add `tls = true` to [mqtt]",
+            ]
+        );
+    }
+
+    /// A CA certificate in PEM, made here.
+    fn ca_pem(name: &str) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn tls_defaults_to_port_8883_and_a_replaced_ca_file_is_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca_pem("one")).unwrap();
+        let text = GOOD.replace("port = 1884\n", "tls = true\nca_file = \"ca.pem\"\n");
+        let a = Settings::from_raw(raw(&text), dir.path()).unwrap();
+        assert_eq!(a.mqtt.url(), "mqtts://127.0.0.1:8883");
+        let tls = a.mqtt.tls.as_ref().unwrap();
+        assert_eq!(
+            tls.describe(),
+            format!(
+                "verified against ca_file {} (1 certificate), no client certificate",
+                dir.path().join("ca.pem").display()
+            )
+        );
+        let again = Settings::from_raw(raw(&text), dir.path()).unwrap();
+        assert_eq!(a.mqtt, again.mqtt);
+        // Same path, another CA: a reload must see a broker change.
+        std::fs::write(dir.path().join("ca.pem"), ca_pem("two")).unwrap();
+        let replaced = Settings::from_raw(raw(&text), dir.path()).unwrap();
+        assert_ne!(a.mqtt, replaced.mqtt);
+        // An explicit port stays.
+        let text = text.replace("tls = true\n", "tls = true\nport = 1884\n");
+        let s = Settings::from_raw(raw(&text), dir.path()).unwrap();
+        assert_eq!(s.mqtt.port, 1884);
     }
 
     #[test]

@@ -10,25 +10,71 @@ use std::time::{Duration, Instant};
 use rumqttc::{ConnectionError, Event, EventLoop, Incoming, Outgoing};
 use tokio::sync::watch;
 
-use crate::telemetry::DaemonStats;
+use crate::config::MqttSettings;
+use crate::telemetry::{DaemonStats, LinkStats};
 
 /// What both links share: the daemon's broker counters, whether each link
-/// is up (the daemon counts as connected only while both are), and the
-/// backoff limits.
+/// is up (the daemon counts as connected only while both are), and where
+/// each one connects.
 pub struct Links {
     pub stats: Arc<DaemonStats>,
     pub input_up: AtomicBool,
     pub output_up: AtomicBool,
+    pub input: Endpoint,
+    pub output: Endpoint,
+}
+
+/// Where one link connects, its backoff, and what its errors are said
+/// against.
+pub struct Endpoint {
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub url: String,
+    pub port: u16,
+    /// With TLS: what the broker's certificate must chain to, in words
+    /// ("ca_file /etc/edge-infer/ca.pem").
+    pub trust: Option<String>,
+    /// With TLS: whether a client certificate is configured.
+    pub client_cert: bool,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+}
+
+impl Endpoint {
+    pub fn of(s: &MqttSettings) -> Endpoint {
+        Endpoint {
+            url: s.url(),
+            port: s.port,
+            trust: s.tls.as_ref().map(|t| t.trust.to_string()),
+            client_cert: s.tls.as_ref().is_some_and(|t| t.client_auth.is_some()),
+            reconnect_min: s.reconnect_min,
+            reconnect_max: s.reconnect_max,
+        }
+    }
 }
 
 impl Links {
     fn set_up(&self, which: Which, up: bool) -> bool {
         let was = self.flag(which).swap(up, Ordering::Relaxed);
+        self.link_stats(which)
+            .connected
+            .store(up, Ordering::Relaxed);
         let both = self.input_up.load(Ordering::Relaxed) && self.output_up.load(Ordering::Relaxed);
         self.stats.connected.store(both, Ordering::Relaxed);
         was
+    }
+
+    fn endpoint(&self, which: Which) -> &Endpoint {
+        match which {
+            Which::Input => &self.input,
+            Which::Output => &self.output,
+        }
+    }
+
+    fn link_stats(&self, which: Which) -> &LinkStats {
+        match which {
+            Which::Input => &self.stats.input_link,
+            Which::Output => &self.stats.output_link,
+        }
     }
 
     fn flag(&self, which: Which) -> &AtomicBool {
@@ -91,8 +137,10 @@ pub async fn drive<S: Side>(
     mut stop: watch::Receiver<bool>,
 ) {
     let which = S::WHICH;
+    let endpoint = links.endpoint(which);
+    links.link_stats(which).set_broker(endpoint.url.clone());
     let keep_alive = eventloop.mqtt_options.keep_alive();
-    let mut backoff = links.reconnect_min;
+    let mut backoff = endpoint.reconnect_min;
     let mut failures_in_row = 0u32;
     let mut connections = 0u64;
     let mut down_since: Option<Instant> = None;
@@ -117,6 +165,7 @@ pub async fn drive<S: Side>(
                     links.stats.connections.fetch_add(1, Ordering::Relaxed);
                 }
                 links.set_up(which, true);
+                links.link_stats(which).set_last_error(None);
                 if let Some(since) = down_since.take() {
                     if which == Which::Input {
                         links
@@ -130,7 +179,7 @@ pub async fn drive<S: Side>(
                         since.elapsed().as_secs_f64()
                     );
                 }
-                backoff = links.reconnect_min;
+                backoff = endpoint.reconnect_min;
                 failures_in_row = 0;
                 side.on_connect(connections, ack.session_present);
             }
@@ -152,23 +201,26 @@ pub async fn drive<S: Side>(
                 }
                 down_since.get_or_insert_with(Instant::now);
                 failures_in_row += 1;
-                let msg = describe(&e);
+                let msg = describe(&e, endpoint, !was_up);
+                links.link_stats(which).set_last_error(Some(msg.clone()));
                 if was_up {
                     log::warn!(
-                        "{} link: lost the MQTT broker connection: {msg}; reconnecting in {backoff:?}",
-                        which.name()
+                        "{} link: lost the MQTT broker connection to {}: {msg}; reconnecting in {backoff:?}",
+                        which.name(),
+                        endpoint.url
                     );
                 } else if failures_in_row <= 3 || failures_in_row.is_multiple_of(10) {
                     log::warn!(
-                        "{} link: cannot reach the MQTT broker ({msg}); retry {failures_in_row} in {backoff:?}",
-                        which.name()
+                        "{} link: cannot reach the MQTT broker at {} ({msg}); retry {failures_in_row} in {backoff:?}",
+                        which.name(),
+                        endpoint.url
                     );
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stopped(&mut stop) => return,
                 }
-                backoff = (backoff * 2).min(links.reconnect_max);
+                backoff = (backoff * 2).min(endpoint.reconnect_max);
             }
         }
     }
@@ -179,11 +231,232 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-fn describe(e: &ConnectionError) -> String {
-    match e {
-        ConnectionError::ConnectionRefused(code) => {
-            format!("broker refused the connection: {code:?}")
+/// Why a connection failed, in words an operator can act on. TLS failures
+/// are read from rustls's typed errors wherever rumqttc wrapped them (see
+/// [`rustls_error`]); the rest is rumqttc's own text.
+pub(super) fn describe(e: &ConnectionError, to: &Endpoint, connecting: bool) -> String {
+    if let ConnectionError::ConnectionRefused(code) = e {
+        return format!("broker refused the connection: {code:?}");
+    }
+    if let Some(tls) = rustls_error(e) {
+        return describe_tls(tls, to);
+    }
+    let closed = io_error(e).is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+        )
+    });
+    // A closed connection is no proof, so these are questions; but they
+    // are what a wrong port looks like. Mosquitto resets a plaintext
+    // CONNECT on a TLS listener, and closes on a TLS ClientHello on a
+    // plaintext one.
+    match (closed, connecting, to.trust.is_some(), e) {
+        (true, _, true, ConnectionError::Tls(_)) => format!(
+            "no TLS handshake: the broker closed the connection during it ({e}); is port {} a plaintext MQTT listener?",
+            to.port
+        ),
+        (true, true, false, _) => format!(
+            "the broker closed the connection before answering CONNECT ({e}); is port {} a TLS listener? set tls = true",
+            to.port
+        ),
+        _ => e.to_string(),
+    }
+}
+
+/// The first I/O error in a connection error's chain.
+fn io_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io);
         }
-        other => other.to_string(),
+        next = err.source();
+    }
+    None
+}
+
+/// A certificate's subject name as webpki shows it (`DnsName("a.b")`,
+/// `IpAddress(10.0.0.1)`), as written in a config (`a.b`, `10.0.0.1`).
+fn plain_name(shown: &str) -> &str {
+    for (open, close) in [
+        ("DnsName(\"", "\")"),
+        ("IpAddress(", ")"),
+        ("UniformResourceIdentifier(\"", "\")"),
+    ] {
+        if let Some(inner) = shown.strip_prefix(open).and_then(|s| s.strip_suffix(close)) {
+            return inner;
+        }
+    }
+    shown
+}
+
+/// The rustls error behind a connection error, if any: rumqttc returns
+/// it inside `Tls(Io(io::Error))` when the handshake fails, and inside an
+/// I/O error of the first read when the broker's verdict on the client's
+/// certificate arrives after the client's side of the handshake is done
+/// (TLS 1.3). `io::Error::source` skips the error it wraps, so each I/O
+/// error is opened with `get_ref`.
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            return rustls_error(inner);
+        }
+        next = err.source();
+    }
+    None
+}
+
+/// A rustls failure in words, with what to check.
+fn describe_tls(e: &rustls::Error, to: &Endpoint) -> String {
+    use rustls::{AlertDescription as Alert, CertificateError as Cert, Error};
+    let trust = to.trust.as_deref().unwrap_or("the configured CA");
+    match e {
+        Error::InvalidCertificate(cert) => match cert {
+            Cert::Expired => "the broker's certificate has expired (is this device's clock right?)".into(),
+            Cert::ExpiredContext { time, not_after } => format!(
+                "the broker's certificate expired {} ago, at {} (this device's clock reads {})",
+                crate::time::human_secs(time.as_secs().saturating_sub(not_after.as_secs())),
+                crate::time::utc(not_after.as_secs()),
+                crate::time::utc(time.as_secs())
+            ),
+            Cert::NotValidYet => "the broker's certificate is not valid yet: is this device's clock right?".into(),
+            Cert::NotValidYetContext { time, not_before } => format!(
+                "the broker's certificate is valid only from {}, and this device's clock reads {}: is the clock right?",
+                crate::time::utc(not_before.as_secs()),
+                crate::time::utc(time.as_secs())
+            ),
+            Cert::UnknownIssuer => format!(
+                "the broker's certificate is not signed by {trust} (unknown issuer): give ca_file the CA that issued the broker's certificate"
+            ),
+            Cert::BadSignature => format!(
+                "the broker's certificate chain has a bad signature (checked against {trust})"
+            ),
+            Cert::NotValidForName => {
+                "the broker's certificate is not for this host name or address (host)".into()
+            }
+            Cert::NotValidForNameContext { expected, presented } => format!(
+                "the broker's certificate is for {}, not host {}: set host to a name the certificate holds, or reissue it with this one",
+                if presented.is_empty() {
+                    "no name at all".to_string()
+                } else {
+                    presented
+                        .iter()
+                        .map(|n| plain_name(n))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+                expected.to_str()
+            ),
+            other => format!("the broker's certificate was refused: {other}"),
+        },
+        Error::AlertReceived(alert) => match (alert, to.client_cert) {
+            (Alert::CertificateRequired, false)
+            | (Alert::HandshakeFailure, false)
+            | (Alert::BadCertificate, false) => format!(
+                "the broker asked for a client certificate and none is configured (TLS alert {alert:?}): set client_cert_file and client_key_file"
+            ),
+            (
+                Alert::BadCertificate
+                | Alert::UnknownCA
+                | Alert::CertificateUnknown
+                | Alert::CertificateExpired
+                | Alert::CertificateRevoked
+                | Alert::UnsupportedCertificate
+                | Alert::DecryptError
+                | Alert::AccessDenied
+                | Alert::CertificateRequired,
+                true,
+            ) => format!(
+                "the broker refused our client certificate (TLS alert {alert:?}): is client_cert_file signed by a CA the broker trusts, and still valid?"
+            ),
+            (Alert::ProtocolVersion, _) => {
+                "the broker speaks neither TLS 1.2 nor TLS 1.3 (TLS alert ProtocolVersion)".into()
+            }
+            _ => format!("the broker ended the TLS handshake (TLS alert {alert:?})"),
+        },
+        Error::InvalidMessage(_) | Error::InappropriateMessage { .. } | Error::PeerSentOversizedRecord => {
+            format!(
+                "no TLS handshake: what came back is not TLS ({e}); is port {} a plaintext MQTT listener?",
+                to.port
+            )
+        }
+        other => format!("TLS: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(trust: Option<&str>, client_cert: bool) -> Endpoint {
+        Endpoint {
+            url: "mqtts://broker:8883".into(),
+            port: 8883,
+            trust: trust.map(str::to_string),
+            client_cert,
+            reconnect_min: Duration::from_millis(10),
+            reconnect_max: Duration::from_secs(1),
+        }
+    }
+
+    /// As rumqttc returns a failed handshake: the rustls error inside an
+    /// I/O error inside its TLS error.
+    fn handshake(e: rustls::Error) -> ConnectionError {
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        ConnectionError::Tls(rumqttc::TlsError::Io(io))
+    }
+
+    #[test]
+    fn tls_failures_are_read_from_rustls_errors_wherever_they_are_wrapped() {
+        use rustls::{AlertDescription, CertificateError};
+        let to = endpoint(Some("ca_file /etc/edge-infer/ca.pem"), false);
+        let e = handshake(CertificateError::UnknownIssuer.into());
+        assert_eq!(
+            describe(&e, &to, true),
+            "the broker's certificate is not signed by ca_file /etc/edge-infer/ca.pem (unknown issuer): give ca_file the CA that issued the broker's certificate"
+        );
+        // The broker's verdict on the client arrives with the first read
+        // (TLS 1.3): an I/O error of the MQTT layer.
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(AlertDescription::CertificateRequired),
+        );
+        let e = ConnectionError::MqttState(rumqttc::StateError::Io(io));
+        assert!(
+            describe(&e, &to, true)
+                .starts_with("the broker asked for a client certificate and none is configured"),
+            "{}",
+            describe(&e, &to, true)
+        );
+        let with_cert = endpoint(Some("ca_file x"), true);
+        let e = handshake(rustls::Error::AlertReceived(AlertDescription::UnknownCA));
+        assert!(describe(&e, &with_cert, true)
+            .starts_with("the broker refused our client certificate (TLS alert UnknownCA)"));
+    }
+
+    #[test]
+    fn names_read_as_written_in_a_config() {
+        assert_eq!(plain_name("DnsName(\"broker.example\")"), "broker.example");
+        assert_eq!(plain_name("IpAddress(10.0.0.1)"), "10.0.0.1");
+        assert_eq!(plain_name("DirectoryName"), "DirectoryName");
+    }
+
+    #[test]
+    fn other_errors_keep_rumqttc_s_words() {
+        let e = ConnectionError::NetworkTimeout;
+        assert_eq!(
+            describe(&e, &endpoint(None, false), true),
+            "Network timeout"
+        );
     }
 }

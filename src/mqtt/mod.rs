@@ -17,7 +17,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, QoS};
+use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -29,17 +29,19 @@ use crate::telemetry::DaemonStats;
 use egress::Backlog;
 use inflight::{Entry, Inflight, Offer, Origin};
 use ingress::Acker;
-use link::{Links, Which};
+use link::{Endpoint, Links, Which};
 
-/// The client id of the output connection: the configured one with this
-/// suffix (a broker allows one connection per client id).
-const OUTPUT_CLIENT_SUFFIX: &str = "-out";
+/// The client id of the output connection without `[uplink]`: the
+/// configured one with this suffix (a broker allows one connection per
+/// client id); `[uplink]`'s client id defaults to the same.
+const OUTPUT_CLIENT_SUFFIX: &str = crate::config::UPLINK_CLIENT_SUFFIX;
 
 /// The running broker link: its two connections' event loops and the
 /// publisher task. Lives for the whole process (a reload never touches it).
 pub struct Connection {
     input: AsyncClient,
     output: AsyncClient,
+    /// Of the subscriptions (`[mqtt]`).
     qos: QoS,
     links: Arc<Links>,
     inflight: Arc<Inflight>,
@@ -57,9 +59,10 @@ pub struct Connection {
 
 impl Connection {
     /// Starts connecting (in the background, with retries) as
-    /// `settings.client_id` for inputs and the same id with `-out` for
-    /// outputs, routing publishes through `switch` and publishing what
-    /// arrives on `replies`. `online` is the retained status record sent
+    /// `settings.client_id` for inputs and, for outputs, to `uplink` when
+    /// set, else to the same broker with the same id + `-out`, routing
+    /// publishes through `switch` and publishing what arrives on
+    /// `replies`. `online` is the retained status record sent
     /// on every connect of the output link, `last_will` the one the broker
     /// sends when that connection dies. Answers that cannot be published
     /// go to `outbox` (or, without one, wait in memory); QoS 1 inputs are
@@ -67,6 +70,7 @@ impl Connection {
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         settings: &MqttSettings,
+        uplink: Option<&MqttSettings>,
         device_id: &str,
         online: Vec<u8>,
         last_will: Vec<u8>,
@@ -80,16 +84,21 @@ impl Connection {
         let status_topic = replies::status_topic(device_id);
         let qos = qos(settings.qos);
         let (input, input_loop) = connect(settings, &settings.client_id, None);
-        let output_id = format!("{}{OUTPUT_CLIENT_SUFFIX}", settings.client_id);
-        let (output, output_loop) = connect(settings, &output_id, Some((&status_topic, last_will)));
+        let (out, output_id) = output_link(settings, uplink);
+        let output_qos = self::qos(out.qos);
+        let (output, output_loop) = connect(out, &output_id, Some((&status_topic, last_will)));
         let links = Arc::new(Links {
             stats: Arc::clone(&stats),
             input_up: AtomicBool::new(false),
             output_up: AtomicBool::new(false),
-            reconnect_min: settings.reconnect_min,
-            reconnect_max: settings.reconnect_max,
+            input: Endpoint::of(settings),
+            output: Endpoint::of(out),
         });
-        let inflight = Arc::new(Inflight::new(output.clone(), qos, Arc::clone(&stats)));
+        let inflight = Arc::new(Inflight::new(
+            output.clone(),
+            output_qos,
+            Arc::clone(&stats),
+        ));
         let backlog = Arc::new(Backlog {
             outbox,
             memory: Mutex::default(),
@@ -133,12 +142,7 @@ impl Connection {
             Arc::clone(&links),
             stop_rx,
         ));
-        log::info!(
-            "connecting to mqtt://{}:{} as {} (inputs) and {output_id} (outputs)",
-            settings.host,
-            settings.port,
-            settings.client_id
-        );
+        log_connecting(settings, uplink, &output_id);
         Connection {
             input,
             output,
@@ -288,6 +292,53 @@ impl Connection {
 /// for the event loop) of each link.
 const REQUEST_CHANNEL_CAPACITY: usize = 4096;
 
+/// Where the output link connects and as whom: `[uplink]` when set, else
+/// the `[mqtt]` broker as its client id + `-out`.
+fn output_link<'a>(
+    settings: &'a MqttSettings,
+    uplink: Option<&'a MqttSettings>,
+) -> (&'a MqttSettings, String) {
+    match uplink {
+        Some(u) => (u, u.client_id.clone()),
+        None => (
+            settings,
+            format!("{}{OUTPUT_CLIENT_SUFFIX}", settings.client_id),
+        ),
+    }
+}
+
+fn log_connecting(settings: &MqttSettings, uplink: Option<&MqttSettings>, output_id: &str) {
+    match uplink {
+        None => log::info!(
+            "connecting to {} as {} (inputs) and {output_id} (outputs){}",
+            settings.url(),
+            settings.client_id,
+            tls_note(settings)
+        ),
+        Some(u) => {
+            log::info!(
+                "connecting to {} as {} (inputs){}",
+                settings.url(),
+                settings.client_id,
+                tls_note(settings)
+            );
+            log::info!(
+                "connecting to the uplink {} as {output_id} (results, errors, status, health){}",
+                u.url(),
+                tls_note(u)
+            );
+        }
+    }
+}
+
+/// ", TLS verified against ..." for the connect log line.
+fn tls_note(s: &MqttSettings) -> String {
+    s.tls
+        .as_ref()
+        .map(|t| format!(", TLS {}", t.describe()))
+        .unwrap_or_default()
+}
+
 fn qos(level: u8) -> QoS {
     if level == 0 {
         QoS::AtMostOnce
@@ -318,6 +369,11 @@ fn connect(
         .set_manual_acks(true);
     if let Some((user, pass)) = &settings.credentials {
         opts.set_credentials(user, pass);
+    }
+    if let Some(tls) = &settings.tls {
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::clone(&tls.client_config),
+        )));
     }
     let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_CHANNEL_CAPACITY);
     let mut net = eventloop.network_options();

@@ -29,11 +29,44 @@ use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS, RecvTimeoutError, SubscribeReasonCode};
+use rumqttc::{
+    Client, Event, MqttOptions, Packet, QoS, RecvTimeoutError, SubscribeReasonCode,
+    TlsConfiguration, Transport,
+};
 use serde_json::Value;
 
+use crate::config::TlsSettings;
 use crate::exit;
 use crate::replies::{health_topic, status_topic};
+
+/// The broker `status` reads from.
+pub struct Broker {
+    pub host: String,
+    pub port: u16,
+    /// The TLS of the daemon's output link, when the config loads.
+    pub tls: Option<TlsSettings>,
+    /// Its username and password, likewise.
+    pub credentials: Option<(String, String)>,
+}
+
+impl Broker {
+    fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "mqtts" } else { "mqtt" };
+        format!("{scheme}://{}:{}", self.host, self.port)
+    }
+
+    /// What connection errors are said against.
+    fn endpoint(&self) -> super::link::Endpoint {
+        super::link::Endpoint {
+            url: self.url(),
+            port: self.port,
+            trust: self.tls.as_ref().map(|t| t.trust.to_string()),
+            client_cert: self.tls.as_ref().is_some_and(|t| t.client_auth.is_some()),
+            reconnect_min: Duration::ZERO,
+            reconnect_max: Duration::ZERO,
+        }
+    }
+}
 
 /// With every device requested: how long to wait for more records once the
 /// subscriptions are acknowledged and the broker has gone quiet.
@@ -42,17 +75,18 @@ pub const SETTLE: Duration = Duration::from_millis(500);
 /// Largest record accepted (status records grow with the model list).
 const MAX_PACKET_BYTES: usize = 4 * 1024 * 1024;
 
-/// Connects to `host:port`, reads the status and health records of `device`
+/// Connects to `broker`, reads the status and health records of `device`
 /// (every device when None) for at most `wait`, and prints them. `device`
 /// has passed [`crate::config::check_topic_level`] (the command line checks
 /// it).
-pub fn run(host: &str, port: u16, device: Option<&str>, wait: Duration) -> ExitCode {
+pub fn run(broker: &Broker, device: Option<&str>, wait: Duration) -> ExitCode {
     let level = device.unwrap_or("+");
     let topics = [status_topic(level), health_topic(level)];
-    let collected = match collect(host, port, device, &topics, wait) {
+    let at = broker.url();
+    let collected = match collect(broker, device, &topics, wait) {
         Ok(c) => c,
         Err(why) => {
-            eprintln!("edge-infer status: cannot reach the MQTT broker at {host}:{port}: {why}");
+            eprintln!("edge-infer status: cannot reach the MQTT broker at {at}: {why}");
             return ExitCode::from(exit::FAILURE);
         }
     };
@@ -64,12 +98,12 @@ pub fn run(host: &str, port: u16, device: Option<&str>, wait: Duration) -> ExitC
     if shown.is_empty() {
         if let Some(why) = collected.lost {
             eprintln!(
-                "edge-infer status: lost the connection to the MQTT broker at {host}:{port} before any record arrived: {why}"
+                "edge-infer status: lost the connection to the MQTT broker at {at} before any record arrived: {why}"
             );
             return ExitCode::from(exit::FAILURE);
         }
         eprintln!(
-            "edge-infer status: nothing arrived on {} or {} within {} from {host}:{port} \
+            "edge-infer status: nothing arrived on {} or {} within {} from {at} \
              (is the device id right, and has a daemon ever connected to this broker?)",
             topics[0],
             topics[1],
@@ -117,20 +151,28 @@ struct Collected {
 
 /// Err: the broker could not be reached (no ConnAck).
 fn collect(
-    host: &str,
-    port: u16,
+    broker: &Broker,
     device: Option<&str>,
     topics: &[String; 2],
     wait: Duration,
 ) -> Result<Collected, String> {
     let mut opts = MqttOptions::new(
         format!("edge-infer-status-{}", std::process::id()),
-        host,
-        port,
+        &broker.host,
+        broker.port,
     );
     opts.set_keep_alive(Duration::from_secs(30))
         .set_clean_session(true)
         .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+    if let Some((user, pass)) = &broker.credentials {
+        opts.set_credentials(user, pass);
+    }
+    if let Some(tls) = &broker.tls {
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            std::sync::Arc::clone(&tls.client_config),
+        )));
+    }
+    let endpoint = broker.endpoint();
     let (client, mut connection) = Client::new(opts, 16);
     let mut net = connection.eventloop.network_options();
     net.set_connection_timeout(wait.as_secs().clamp(1, 30));
@@ -163,10 +205,11 @@ fn collect(
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
             Ok(Err(e)) => {
+                let why = super::link::describe(&e, &endpoint, !connected);
                 if !connected {
-                    return Err(e.to_string());
+                    return Err(why);
                 }
-                collected.lost = Some(e.to_string());
+                collected.lost = Some(why);
                 break;
             }
             Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => connected = true,
@@ -439,6 +482,17 @@ fn health_fields(h: &Value, offline: bool, now: f64, fields: &mut Vec<(&'static 
             count("/broker/publish_failures"),
         ),
     ));
+    // Only a link in trouble gets a line: why it last failed (TLS
+    // certificates, refusals) is what an operator at a terminal needs.
+    for (label, link) in [("input link", "input"), ("output link", "output")] {
+        let pointer = format!("/broker/links/{link}");
+        if let Some(why) = text(h, &format!("{pointer}/last_error")) {
+            let broker = text(h, &format!("{pointer}/broker"))
+                .map(clean)
+                .unwrap_or_else(dash);
+            fields.push((label, format!("{broker}: {}", clean(why))));
+        }
+    }
 }
 
 /// The model table's rows (from health, or from the status record's model
@@ -686,7 +740,10 @@ mod tests {
           "state_dir":"/var/lib/edge-infer","state_dir_free_bytes":5368709120},
         "process":{"pid":42,"rss_bytes":31457280,"cpu_percent":3.0},
         "broker":{"connected":true,"connections":3,"reconnects":2,"connection_errors":1,
-          "unrouted_messages":0,"publish_failures":0},
+          "unrouted_messages":0,"publish_failures":0,
+          "links":{"input":{"broker":"mqtts://hub:8883","connected":false,
+            "last_error":"the broker's certificate has expired"},
+            "output":{"broker":"mqtts://cloud:8883","connected":true,"last_error":null}}},
         "models":[{"name":"har","sha256":"ab","accelerator":"cpu/xnnpack","workers":2,
           "stalled_workers":1,"received":110,"inferences":100,
           "errors":{"bad_json":4,"bad_shape":0,"overloaded":6},"dropped":6,
@@ -718,6 +775,7 @@ gw-7  offline (shutdown, 5.4s ago)
   temperatures  cpu-thermal 48.3 °C
   state dir     /var/lib/edge-infer (free 5.0 GiB)
   broker        connected, 2 reconnects, 1 connection errors, 0 unrouted, 0 publish failures
+  input link    mqtts://hub:8883: the broker's certificate has expired
 
   MODEL  ACCELERATOR  INFERENCES  ERRORS                        DROPPED  QUEUE  THRU/S  P50 MS  P95 MS  P99 MS  MAX MS
   har    cpu/xnnpack         100  10 (bad_json=4 overloaded=6)        6   3/64     3.3    0.40    1.25    2.50    7.00

@@ -83,6 +83,10 @@ pub struct Broker {
     /// Keeps sessions, subscriptions and queued messages across restarts
     /// (saved in its dir on a graceful stop).
     persistent: bool,
+    /// mosquitto.conf lines that belong to the listener (TLS: `cafile`,
+    /// `certfile`, `keyfile`, `require_certificate true`); empty for a
+    /// plaintext listener.
+    listener: String,
     child: Option<Child>,
 }
 
@@ -101,6 +105,19 @@ impl Broker {
     /// messages in flight and 1,000 queued per client), as most installs
     /// run it.
     pub fn start_with(limits: &'static str) -> Broker {
+        Broker::start_listener(limits, "")
+    }
+
+    /// A broker whose listener has `listener` (mosquitto.conf lines, e.g.
+    /// a TLS setup) and the tests' usual limits. `user root`: started as
+    /// root, Mosquitto drops to the `mosquitto` user, which cannot read a
+    /// test's key files (mode 0600 in a 0700 temp dir); not root, the line
+    /// has no effect.
+    pub fn start_tls(listener: &str) -> Broker {
+        Broker::start_listener(TEST_BROKER_LIMITS, &format!("{listener}\nuser root"))
+    }
+
+    fn start_listener(limits: &'static str, listener: &str) -> Broker {
         // A free port can be taken by someone else before mosquitto binds
         // it; try a few.
         for _ in 0..5 {
@@ -111,6 +128,7 @@ impl Broker {
                 dir,
                 limits,
                 persistent: false,
+                listener: listener.to_string(),
                 child: None,
             };
             if b.try_start() {
@@ -129,6 +147,7 @@ impl Broker {
             dir,
             limits: TEST_BROKER_LIMITS,
             persistent: false,
+            listener: String::new(),
             child: None,
         };
         assert!(b.try_start(), "mosquitto did not start on port {port}");
@@ -144,6 +163,7 @@ impl Broker {
                 dir: tempfile::tempdir().expect("tempdir"),
                 limits: TEST_BROKER_LIMITS,
                 persistent: true,
+                listener: String::new(),
                 child: None,
             };
             if b.try_start() {
@@ -201,8 +221,8 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\n{persistence}{}log_dest stderr\nlog_type error\nlog_type warning\n",
-                self.port, self.limits
+                "listener {} 127.0.0.1\n{}\nallow_anonymous true\n{persistence}{}log_dest stderr\nlog_type error\nlog_type warning\n",
+                self.port, self.listener, self.limits
             ),
         )
         .expect("write mosquitto.conf");
@@ -238,6 +258,13 @@ impl Broker {
         wait_until("the broker port to close", WAIT, || {
             TcpStream::connect(("127.0.0.1", self.port)).is_err()
         });
+    }
+
+    /// Restarts on the same port with another listener setup (a TLS test
+    /// fixing the broker's certificate).
+    pub fn restart_with_listener(&mut self, listener: &str) {
+        self.listener = format!("{listener}\nuser root");
+        self.restart();
     }
 
     pub fn restart(&mut self) {
@@ -549,21 +576,34 @@ pub struct TestClient {
 
 impl TestClient {
     pub fn connect(port: u16) -> TestClient {
+        TestClient::connect_over(port, None)
+    }
+
+    /// Over TLS with `tls` (rumqttc's rustls transport), or plaintext.
+    pub fn connect_over(port: u16, tls: Option<rumqttc::Transport>) -> TestClient {
         let id = format!("test-{}-{}", std::process::id(), free_port());
-        TestClient::connect_as(port, &id, true)
+        TestClient::connect_as(port, &id, true, tls)
     }
 
     /// A client whose session (subscriptions, queued QoS 1 messages) the
     /// broker keeps while it is away; it reconnects by itself.
     pub fn connect_persistent(port: u16, id: &str) -> TestClient {
-        TestClient::connect_as(port, id, false)
+        TestClient::connect_as(port, id, false, None)
     }
 
-    fn connect_as(port: u16, id: &str, clean_session: bool) -> TestClient {
+    fn connect_as(
+        port: u16,
+        id: &str,
+        clean_session: bool,
+        tls: Option<rumqttc::Transport>,
+    ) -> TestClient {
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_clean_session(clean_session);
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(64 << 20, 64 << 20);
+        if let Some(t) = tls {
+            opts.set_transport(t);
+        }
         let (client, mut conn) = Client::new(opts, 1024);
         let (tx, rx) = std::sync::mpsc::channel();
         let (sub_tx, subacks) = std::sync::mpsc::channel();
