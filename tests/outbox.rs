@@ -88,19 +88,19 @@ fn full_outbox_drops_the_oldest_within_max_bytes_and_counts_them() {
     let state = tempfile::tempdir().expect("tempdir");
     let outbox = "max_bytes = 1048576\non_full = \"drop_oldest\"";
     let d = Daemon::start(&text(inputs.port, uplink_port, state.path(), outbox));
-    fill_while_uplink_down(d, inputs.port, 600);
+    fill_while_uplink_down(d, inputs.port, 4000);
     let on_disk = outbox_bytes(state.path());
     assert!(on_disk > 0 && on_disk <= 1048576, "{on_disk} bytes on disk");
     let uplink = Broker::on_port(uplink_port);
     let (ids, _) = results_after_uplink(uplink.port, inputs.port, state.path(), outbox);
     assert!(!ids.is_empty());
     // The newest survive: what arrives is a run ending with the last one.
-    assert_eq!(*ids.last().unwrap(), 599, "{ids:?}");
+    assert_eq!(*ids.last().unwrap(), 3999, "{ids:?}");
     let first = ids[0];
     assert!(first > 0, "nothing was dropped: {ids:?}");
     assert_eq!(
         ids,
-        (first..600).collect::<Vec<_>>(),
+        (first..4000).collect::<Vec<_>>(),
         "oldest first, no gaps"
     );
 }
@@ -112,14 +112,14 @@ fn full_outbox_rejects_new_records_within_max_bytes_and_counts_them() {
     let state = tempfile::tempdir().expect("tempdir");
     let outbox = "max_bytes = 1048576\non_full = \"reject_new\"";
     let d = Daemon::start(&text(inputs.port, uplink_port, state.path(), outbox));
-    fill_while_uplink_down(d, inputs.port, 600);
+    fill_while_uplink_down(d, inputs.port, 4000);
     let on_disk = outbox_bytes(state.path());
     assert!(on_disk > 0 && on_disk <= 1048576, "{on_disk} bytes on disk");
     let uplink = Broker::on_port(uplink_port);
     let (ids, _) = results_after_uplink(uplink.port, inputs.port, state.path(), outbox);
     // The oldest survive: the first ones, in order, and not all.
     let kept = ids.len() as u64;
-    assert!(kept > 0 && kept < 600, "{kept} kept");
+    assert!(kept > 0 && kept < 4000, "{kept} kept");
     assert_eq!(ids, (0..kept).collect::<Vec<_>>());
 }
 
@@ -138,7 +138,7 @@ fn drops_are_counted_in_health_and_logged() {
     let d = Daemon::start(&config_text);
     uplink.stop_gracefully();
     let c = TestClient::connect(inputs.port);
-    for i in 0..600 {
+    for i in 0..4000 {
         c.publish("in/dyn", features(i));
     }
     d.wait_for_log("the outbox was full");
@@ -159,7 +159,7 @@ fn drops_are_counted_in_health_and_logged() {
     let o = &seen["delivery"]["outbox"];
     let stored = o["stored"].as_u64().unwrap();
     let rejected = o["rejected_full"].as_u64().unwrap();
-    assert_eq!(stored + rejected, 600, "{o}");
+    assert_eq!(stored + rejected, 4000, "{o}");
     assert_eq!(o["replayed"].as_u64(), Some(stored), "{o}");
     assert!(
         o["last_loss"].as_str().unwrap_or("").contains("reject_new"),

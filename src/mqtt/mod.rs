@@ -258,25 +258,33 @@ impl Connection {
                 .unwrap_or_else(|p| p.into_inner())
                 .drain(..),
         );
-        if !answers.is_empty() {
-            let n = answers.len();
-            match &self.backlog.outbox {
-                Some(outbox) => {
-                    outbox.keep(answers);
-                    if outbox.flush(Duration::from_secs(5)).await {
-                        log::info!("{n} answer(s) not confirmed by the broker at shutdown are in the outbox");
-                    } else {
-                        log::warn!("{n} answer(s) not confirmed by the broker at shutdown could not be committed to the outbox in time; their inputs stay unacknowledged for redelivery");
-                    }
-                }
-                None => {
-                    for a in &answers {
-                        a.lost();
-                    }
-                    log::warn!("{n} answer(s) not confirmed by the broker at shutdown (no outbox); their inputs stay unacknowledged for redelivery");
+        let n = answers.len();
+        match &self.backlog.outbox {
+            Some(outbox) => {
+                outbox.keep(answers);
+                // Everything handed over (during the drain too) committed,
+                // so the acknowledgements go out before the input link
+                // disconnects.
+                let committed = outbox.flush(OUTBOX_FLUSH_LIMIT).await;
+                match (n, committed) {
+                    (0, true) => {}
+                    (_, true) => log::info!(
+                        "{n} answer(s) not confirmed by the broker at shutdown are in the outbox"
+                    ),
+                    (_, false) => log::warn!(
+                        "the outbox did not commit within {OUTBOX_FLUSH_LIMIT:?} at shutdown; answers not yet written stay unacknowledged for redelivery"
+                    ),
                 }
             }
-        } else if left > 0 {
+            None if n > 0 => {
+                for a in &answers {
+                    a.lost();
+                }
+                log::warn!("{n} answer(s) not confirmed by the broker at shutdown (no outbox); their inputs stay unacknowledged for redelivery");
+            }
+            None => {}
+        }
+        if left > 0 && n == 0 {
             log::warn!("the offline status was not confirmed by the broker at shutdown");
         }
         let _ = self.input.try_disconnect();
@@ -287,6 +295,9 @@ impl Connection {
         }
     }
 }
+
+/// How long a shutdown waits for the outbox to commit what it was given.
+const OUTBOX_FLUSH_LIMIT: Duration = Duration::from_secs(5);
 
 /// Capacity of rumqttc's request channel (publishes, subscribes waiting
 /// for the event loop) of each link.

@@ -212,7 +212,9 @@ impl Broker {
         let conf = self.dir.path().join("mosquitto.conf");
         let persistence = if self.persistent {
             format!(
-                "persistence true\npersistence_location {}/\n",
+                // `user root`: Mosquitto started as root otherwise drops to
+                // its own user, which cannot write the test's directory.
+                "persistence true\npersistence_location {}/\nuser root\n",
                 self.dir.path().display()
             )
         } else {
