@@ -427,6 +427,16 @@ fn print_summary(
             "off (max_bytes = 0)".into()
         }
     );
+    println!(
+        "delivery:  ack={} ({})",
+        settings.ack.as_str(),
+        match settings.ack {
+            config::AckPolicy::Answered => {
+                "a QoS 1 input is acknowledged once every answer is confirmed or in the outbox"
+            }
+            config::AckPolicy::Queued => "a QoS 1 input is acknowledged once queued",
+        }
+    );
     for m in models {
         let s = m.settings;
         println!("model {}:", s.name);

@@ -229,9 +229,22 @@ fn a_failed_reload_keeps_the_running_setup_and_says_why() {
     d.signal("HUP");
     expect_reload_failed(&c, "restart the service");
     serves(3);
+
+    // The outbox and the acknowledgement policy belong to the broker
+    // connection too.
+    d.rewrite_config(&format!(
+        "{good}\n[outbox]\nmax_bytes = 0\n[delivery]\nack = \"queued\"\n"
+    ));
+    d.signal("HUP");
+    let e = expect_reload_failed(&c, "outbox");
+    assert!(
+        e["message"].as_str().unwrap().contains("delivery.ack"),
+        "{e}"
+    );
+    serves(4);
     assert_eq!(
         d.count_log("reload failed, keeping the running configuration"),
-        3
+        4
     );
 }
 

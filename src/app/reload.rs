@@ -205,6 +205,14 @@ impl Supervisor {
         if new.state_dir != self.settings.state_dir {
             problems.push(problem("state_dir", restart));
         }
+        // The outbox's thread and the acknowledgement policy belong to the
+        // broker connection, which lives as long as the process.
+        if new.outbox != self.settings.outbox {
+            problems.push(problem("outbox", restart));
+        }
+        if new.ack != self.settings.ack {
+            problems.push(problem("delivery.ack", restart));
+        }
         if problems.is_empty() {
             Ok(())
         } else {

@@ -493,6 +493,48 @@ fn health_fields(h: &Value, offline: bool, now: f64, fields: &mut Vec<(&'static 
             fields.push((label, format!("{broker}: {}", clean(why))));
         }
     }
+    if let Some(ack) = text(h, "/delivery/ack") {
+        fields.push((
+            "delivery",
+            format!(
+                "ack {}, {} answers confirmed",
+                clean(ack),
+                count("/delivery/answers_confirmed")
+            ),
+        ));
+        fields.push(("outbox", outbox_line(h)));
+    }
+}
+
+/// The outbox's depth and what it lost, from the health record.
+fn outbox_line(h: &Value) -> String {
+    let Some(o) = h.pointer("/delivery/outbox").filter(|o| !o.is_null()) else {
+        return "off".into();
+    };
+    let n = |p: &str| uint(o, p).unwrap_or(0);
+    let mut line = format!("{} record(s), {}", n("/records"), human_bytes(n("/bytes")));
+    if let Some(age) = num(o, "/oldest_age_secs") {
+        line.push_str(&format!(", oldest {}", human_duration(age)));
+    }
+    line.push_str(&format!(", {} replayed", n("/replayed")));
+    let lost = [
+        ("dropped (full)", n("/dropped_full")),
+        ("refused (full)", n("/rejected_full")),
+        ("expired", n("/expired")),
+        ("write errors", n("/write_errors")),
+    ];
+    let lost: Vec<String> = lost
+        .iter()
+        .filter(|(_, v)| *v > 0)
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
+    if !lost.is_empty() {
+        line.push_str(&format!("; LOST {}", lost.join(", ")));
+        if let Some(why) = text(o, "/last_loss") {
+            line.push_str(&format!(" (last: {})", clean(why)));
+        }
+    }
+    line
 }
 
 /// The model table's rows (from health, or from the status record's model
@@ -744,6 +786,10 @@ mod tests {
           "links":{"input":{"broker":"mqtts://hub:8883","connected":false,
             "last_error":"the broker's certificate has expired"},
             "output":{"broker":"mqtts://cloud:8883","connected":true,"last_error":null}}},
+        "delivery":{"ack":"answered","answers_confirmed":98,"acks_stale":0,
+          "outbox":{"records":12,"bytes":5400,"oldest_age_secs":190.0,"stored":40,"replayed":28,
+            "dropped_full":0,"rejected_full":3,"expired":0,"write_errors":0,
+            "last_loss":"the outbox was full"}},
         "models":[{"name":"har","sha256":"ab","accelerator":"cpu/xnnpack","workers":2,
           "stalled_workers":1,"received":110,"inferences":100,
           "errors":{"bad_json":4,"bad_shape":0,"overloaded":6},"dropped":6,
@@ -776,6 +822,8 @@ gw-7  offline (shutdown, 5.4s ago)
   state dir     /var/lib/edge-infer (free 5.0 GiB)
   broker        connected, 2 reconnects, 1 connection errors, 0 unrouted, 0 publish failures
   input link    mqtts://hub:8883: the broker's certificate has expired
+  delivery      ack answered, 98 answers confirmed
+  outbox        12 record(s), 5.3 KiB, oldest 3m 10s, 28 replayed; LOST 3 refused (full) (last: the outbox was full)
 
   MODEL  ACCELERATOR  INFERENCES  ERRORS                        DROPPED  QUEUE  THRU/S  P50 MS  P95 MS  P99 MS  MAX MS
   har    cpu/xnnpack         100  10 (bad_json=4 overloaded=6)        6   3/64     3.3    0.40    1.25    2.50    7.00
