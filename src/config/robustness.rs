@@ -384,6 +384,41 @@ impl Gen<'_> {
             86_400.0,
         );
         tables.push(("health", health));
+        let mut delivery = Vec::new();
+        self.string(
+            &mut delivery,
+            "ack",
+            "delivery.ack",
+            &["answered", "queued"],
+            &["always", ""],
+        );
+        tables.push(("delivery", delivery));
+        let mut outbox = Vec::new();
+        if self.fault_here() {
+            let v = *self.rng.pick(&["1", "1048575", "-1", "1099511627777"]);
+            outbox.push(("max_bytes".into(), v.into()));
+            self.faults.push(Some("outbox.max_bytes".into()));
+        } else if self.rng.one_in(2) {
+            let v = *self
+                .rng
+                .pick(&["0", "1048576", "268435456", "1099511627776"]);
+            outbox.push(("max_bytes".into(), v.into()));
+        }
+        self.int(
+            &mut outbox,
+            "max_age_secs",
+            "outbox.max_age_secs",
+            1,
+            315_360_000,
+        );
+        self.string(
+            &mut outbox,
+            "on_full",
+            "outbox.on_full",
+            &["drop_oldest", "reject_new"],
+            &["block", "DROP_OLDEST"],
+        );
+        tables.push(("outbox", outbox));
         if self.fault_here() {
             // An unknown key, somewhere (the key a problem names is the
             // config crate's to choose).
