@@ -81,22 +81,27 @@ fn results_after_uplink(uplink: u16, inputs: u16, state: &Path, outbox: &str) ->
     (ids, health)
 }
 
-#[test]
-fn full_outbox_drops_the_oldest_within_max_bytes_and_counts_them() {
+/// Fills a 1 MiB outbox with 4,000 answers while the uplink is down
+/// (`on_full` decides which survive), checks the bytes on disk stay within
+/// it, then brings the uplink up and returns the ids replayed, in order.
+fn overfill(on_full: &str) -> Vec<u64> {
     let inputs = Broker::start();
     let uplink_port = free_port();
     let state = tempfile::tempdir().expect("tempdir");
-    let outbox = "max_bytes = 1048576\non_full = \"drop_oldest\"";
-    let d = Daemon::start(&text(inputs.port, uplink_port, state.path(), outbox));
+    let outbox = format!("max_bytes = 1048576\non_full = \"{on_full}\"");
+    let d = Daemon::start(&text(inputs.port, uplink_port, state.path(), &outbox));
     fill_while_uplink_down(d, inputs.port, 4000);
     let on_disk = outbox_bytes(state.path());
     assert!(on_disk > 0 && on_disk <= 1048576, "{on_disk} bytes on disk");
     let uplink = Broker::on_port(uplink_port);
-    let (ids, _) = results_after_uplink(uplink.port, inputs.port, state.path(), outbox);
-    assert!(!ids.is_empty());
-    // The newest survive: what arrives is a run ending with the last one.
-    assert_eq!(*ids.last().unwrap(), 3999, "{ids:?}");
-    let first = ids[0];
+    results_after_uplink(uplink.port, inputs.port, state.path(), &outbox).0
+}
+
+#[test]
+fn full_outbox_drops_the_oldest_within_max_bytes() {
+    let ids = overfill("drop_oldest");
+    // The newest survive: a run ending with the last one, oldest first.
+    let first = *ids.first().expect("some results");
     assert!(first > 0, "nothing was dropped: {ids:?}");
     assert_eq!(
         ids,
@@ -106,17 +111,8 @@ fn full_outbox_drops_the_oldest_within_max_bytes_and_counts_them() {
 }
 
 #[test]
-fn full_outbox_rejects_new_records_within_max_bytes_and_counts_them() {
-    let inputs = Broker::start();
-    let uplink_port = free_port();
-    let state = tempfile::tempdir().expect("tempdir");
-    let outbox = "max_bytes = 1048576\non_full = \"reject_new\"";
-    let d = Daemon::start(&text(inputs.port, uplink_port, state.path(), outbox));
-    fill_while_uplink_down(d, inputs.port, 4000);
-    let on_disk = outbox_bytes(state.path());
-    assert!(on_disk > 0 && on_disk <= 1048576, "{on_disk} bytes on disk");
-    let uplink = Broker::on_port(uplink_port);
-    let (ids, _) = results_after_uplink(uplink.port, inputs.port, state.path(), outbox);
+fn full_outbox_rejects_new_records_within_max_bytes() {
+    let ids = overfill("reject_new");
     // The oldest survive: the first ones, in order, and not all.
     let kept = ids.len() as u64;
     assert!(kept > 0 && kept < 4000, "{kept} kept");

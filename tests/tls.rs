@@ -322,20 +322,7 @@ fn server_authenticated_tls_serves_results() {
         assert_eq!(h["broker"]["links"][link]["last_error"], Value::Null, "{h}");
     }
     // `status` takes the TLS setup from the config too.
-    let cfg = d.dir.path().join("config.toml");
-    let (code, out, err) = run_cli(
-        &[
-            "status",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--device",
-            "gw",
-            "--wait",
-            "20",
-        ],
-        &[],
-    );
-    assert_eq!(code, Some(0), "{out}{err}");
+    let out = status_of(&d);
     assert!(out.starts_with("gw  online\n"), "{out}");
     assert!(!out.contains("input link"), "{out}");
     let (code, log) = d.terminate();
@@ -390,20 +377,7 @@ fn a_broker_certificate_from_another_ca_is_refused_until_the_broker_is_fixed() {
         ),
     );
     // `status` (reading the uplink, where the records are) says why.
-    let cfg = d.dir.path().join("config.toml");
-    let (code, out, err) = run_cli(
-        &[
-            "status",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--device",
-            "gw",
-            "--wait",
-            "20",
-        ],
-        &[],
-    );
-    assert_eq!(code, Some(0), "{out}{err}");
+    let out = status_of(&d);
     assert!(
         out.contains(&format!(
             "  input link    mqtts://127.0.0.1:{}: the broker's certificate is not signed by ca_file {}",
@@ -828,4 +802,22 @@ fn results_status_and_health_go_to_the_uplink_and_inputs_stay_on_mqtt() {
     }
     let (code, log) = d.terminate();
     assert_eq!(code, Some(0), "{log}");
+}
+
+/// `edge-infer status` for device "gw", with the daemon's own config (so
+/// its TLS setup and uplink); must succeed.
+fn status_of(d: &Daemon) -> String {
+    let cfg = d.dir.path().join("config.toml");
+    let args = [
+        "status",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--device",
+        "gw",
+        "--wait",
+        "20",
+    ];
+    let (code, out, err) = run_cli(&args, &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    out
 }
