@@ -26,6 +26,9 @@ pub trait Acknowledge: Send + Sync {
     /// nothing on a later connection (the broker redelivers what was not
     /// acknowledged, and may reuse the id for another message).
     fn acknowledge(&self, session: u64, packet_id: u16);
+
+    /// One message will not be acknowledged (counted for health).
+    fn withheld(&self) {}
 }
 
 /// The pending acknowledgement of one input message.
@@ -52,7 +55,9 @@ impl InputAck {
     /// An answer to this message was lost: never acknowledge it, so the
     /// broker redelivers it (to this run after a reconnect, or the next).
     pub fn withhold(&self) {
-        self.withheld.store(true, Ordering::Relaxed);
+        if !self.withheld.swap(true, Ordering::Relaxed) {
+            self.by.withheld();
+        }
     }
 }
 

@@ -155,6 +155,8 @@ struct DeliveryHealth {
     /// Acknowledgements not sent because the message came on an earlier
     /// connection (the broker redelivers it).
     acks_stale: u64,
+    /// Inputs left unacknowledged because an answer to them was lost.
+    acks_withheld: u64,
     /// None without an outbox.
     outbox: Option<OutboxHealth>,
 }
@@ -429,6 +431,7 @@ impl HealthReporter {
                 ack: self.ack_policy,
                 answers_confirmed: broker.answers_confirmed.load(Relaxed),
                 acks_stale: broker.acks_stale.load(Relaxed),
+                acks_withheld: broker.acks_withheld.load(Relaxed),
                 outbox: outbox_health(&broker.outbox, now),
             },
             models: model_health,

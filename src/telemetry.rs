@@ -200,6 +200,9 @@ pub struct DaemonStats {
     /// Acknowledgements not sent because their message came on an earlier
     /// connection (the broker redelivers it).
     pub acks_stale: AtomicU64,
+    /// Inputs left unacknowledged because an answer to them was lost (the
+    /// broker redelivers them after the input link reconnects).
+    pub acks_withheld: AtomicU64,
     /// Answers confirmed by the broker that receives them.
     pub answers_confirmed: AtomicU64,
     pub outbox: OutboxGauge,

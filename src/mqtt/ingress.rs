@@ -78,6 +78,10 @@ impl Acknowledge for Acker {
                 .push_back(packet_id);
         }
     }
+
+    fn withheld(&self) {
+        self.stats.acks_withheld.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 pub struct Ingress {

@@ -494,14 +494,17 @@ fn health_fields(h: &Value, offline: bool, now: f64, fields: &mut Vec<(&'static 
         }
     }
     if let Some(ack) = text(h, "/delivery/ack") {
-        fields.push((
-            "delivery",
-            format!(
-                "ack {}, {} answers confirmed",
-                clean(ack),
-                count("/delivery/answers_confirmed")
-            ),
-        ));
+        let mut line = format!(
+            "ack {}, {} answers confirmed",
+            clean(ack),
+            count("/delivery/answers_confirmed")
+        );
+        if let Some(n) = uint(h, "/delivery/acks_withheld").filter(|n| *n > 0) {
+            line.push_str(&format!(
+                "; {n} input(s) left unacknowledged (an answer was lost; redelivered on reconnect)"
+            ));
+        }
+        fields.push(("delivery", line));
         fields.push(("outbox", outbox_line(h)));
     }
 }
