@@ -119,18 +119,22 @@ fn full_outbox_rejects_new_records_within_max_bytes() {
     assert_eq!(ids, (0..kept).collect::<Vec<_>>());
 }
 
-#[test]
-fn drops_are_counted_in_health_and_logged() {
+/// With the uplink down mid-run, 4,000 answers overfill a 1 MiB outbox;
+/// once it is back, health counts every answer lost to `on_full` (under
+/// `counter`), and every other input has its result.
+fn losses_counted_in_health(on_full: &str, counter: &str) {
     let inputs = Broker::start();
     let mut uplink = Broker::start_persistent();
     let state = tempfile::tempdir().expect("tempdir");
-    let outbox = "max_bytes = 1048576\non_full = \"reject_new\"";
+    let outbox = format!("max_bytes = 1048576\non_full = \"{on_full}\"");
     let config_text = format!(
         "{}\n[health]\ninterval_secs = 0.2\n",
-        text(inputs.port, uplink.port, state.path(), outbox)
+        text(inputs.port, uplink.port, state.path(), &outbox)
     );
-    let watcher = TestClient::connect_persistent(uplink.port, "ob-watcher");
+    // A persistent session: what is published while it is away waits.
+    let watcher = TestClient::connect_persistent(uplink.port, &format!("ob-{on_full}"));
     watcher.subscribe("edge-infer/ob/health");
+    watcher.subscribe("out/ob/dyn");
     let d = Daemon::start(&config_text);
     uplink.stop_gracefully();
     let c = TestClient::connect(inputs.port);
@@ -139,30 +143,44 @@ fn drops_are_counted_in_health_and_logged() {
     }
     d.wait_for_log("the outbox was full");
     uplink.start_again();
-    // The health record counts every refused record, once the uplink is
-    // back to carry it.
-    let mut seen = Value::Null;
-    wait_until("a health record after the outage", WAIT, || {
+    let mut health = Value::Null;
+    let mut answered = std::collections::BTreeSet::new();
+    wait_until("every input answered or counted as lost", WAIT, || {
         while let Some(m) = watcher.recv_within(Duration::from_millis(50)) {
-            seen = m.json();
+            let v = m.json();
+            if m.topic.ends_with("/health") {
+                health = v;
+            } else {
+                answered.insert(v["id"].as_u64().expect("id"));
+            }
         }
-        seen["delivery"]["outbox"]["rejected_full"]
-            .as_u64()
-            .unwrap_or(0)
-            > 0
-            && seen["delivery"]["outbox"]["records"].as_u64() == Some(0)
+        let o = &health["delivery"]["outbox"];
+        let n = |k: &str| o[k].as_u64().unwrap_or(0);
+        let lost = n(counter);
+        // Everything stored was replayed or dropped for room, nothing
+        // waits, and every input was answered or is counted as lost.
+        lost > 0
+            && lost + answered.len() as u64 == 4000
+            && n("replayed") + n("dropped_full") == n("stored")
+            && o["records"] == 0
     });
-    let o = &seen["delivery"]["outbox"];
-    let stored = o["stored"].as_u64().unwrap();
-    let rejected = o["rejected_full"].as_u64().unwrap();
-    assert_eq!(stored + rejected, 4000, "{o}");
-    assert_eq!(o["replayed"].as_u64(), Some(stored), "{o}");
+    let o = &health["delivery"]["outbox"];
     assert!(
-        o["last_loss"].as_str().unwrap_or("").contains("reject_new"),
+        o["last_loss"].as_str().unwrap_or("").contains(on_full),
         "{o}"
     );
     let (code, log) = d.terminate();
     assert_eq!(code, Some(0), "{log}");
+}
+
+#[test]
+fn answers_dropped_for_room_are_counted_in_health() {
+    losses_counted_in_health("drop_oldest", "dropped_full");
+}
+
+#[test]
+fn answers_refused_for_room_are_counted_in_health() {
+    losses_counted_in_health("reject_new", "rejected_full");
 }
 
 #[test]
