@@ -167,10 +167,20 @@ pub struct Replies {
     stats: Arc<DaemonStats>,
     /// Repeated errors are logged once per interval and summarized.
     log_limit: Arc<RepeatLimiter>,
+    /// The largest MQTT packet the output link may send, and the key that
+    /// sets it: a bigger result could never be published (the client would
+    /// drop the connection over it, again at every retry), so it is
+    /// answered with an error instead.
+    max_packet: (usize, &'static str),
 }
 
 impl Replies {
-    pub fn channel(device_id: &str, stats: Arc<DaemonStats>) -> (Replies, ReplyReceiver) {
+    /// `max_packet`: the output link's `max_packet_bytes` and its key.
+    pub fn channel(
+        device_id: &str,
+        stats: Arc<DaemonStats>,
+        max_packet: (usize, &'static str),
+    ) -> (Replies, ReplyReceiver) {
         let (urgent, urgent_rx) = mpsc::channel(REPLY_CAPACITY);
         let (results, results_rx) = mpsc::channel(REPLY_CAPACITY);
         let drained = Arc::new(Notify::new());
@@ -186,6 +196,7 @@ impl Replies {
             drained: Arc::clone(&drained),
             stats,
             log_limit: Arc::default(),
+            max_packet,
         };
         let rx = ReplyReceiver {
             urgent: urgent_rx,
@@ -352,6 +363,17 @@ impl Replies {
             image: extras.image,
         };
         match encode::to_vec(&msg) {
+            Ok(payload) if !self.fits(&topic, &payload) => {
+                let (max, key) = self.max_packet;
+                let failure = Failure::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "the result is {} bytes on topic {topic}, more than one MQTT packet to the broker may hold ({key} = {max}); lower top_k or raise {key} (and the broker's limit)",
+                        payload.len()
+                    ),
+                );
+                self.error(Some(ctx), job, id, &failure)
+            }
             Ok(payload) => {
                 ctx.stats.succeeded.fetch_add(1, Ordering::Relaxed);
                 ctx.stats.record_latency(
@@ -372,6 +394,13 @@ impl Replies {
                 self.error(Some(ctx), job, id, &failure)
             }
         }
+    }
+
+    /// Whether a publish of `payload` on `topic` fits in one packet of the
+    /// output link (fixed header of up to 5 bytes, topic length, packet
+    /// id).
+    fn fits(&self, topic: &str, payload: &[u8]) -> bool {
+        topic.len() + payload.len() + 9 <= self.max_packet.0
     }
 
     /// The retained status record (online or offline).

@@ -205,7 +205,11 @@ mod tests {
     /// One model per (name, filter), each behind a queue of `capacity`.
     fn fixture(models: &[(&str, &str)], capacity: usize, max_payload_bytes: usize) -> Fixture {
         let stats = Arc::new(DaemonStats::default());
-        let (replies, rx) = Replies::channel("dev", Arc::clone(&stats));
+        let (replies, rx) = Replies::channel(
+            "dev",
+            Arc::clone(&stats),
+            (usize::MAX, "mqtt.max_packet_bytes"),
+        );
         let mut routes = Vec::new();
         let mut queues = Vec::new();
         let mut contexts = Vec::new();

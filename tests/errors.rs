@@ -305,3 +305,38 @@ fn a_failing_invoke_is_inference_failed_and_the_model_recovers() {
         assert_outputs(&m.json(), case, None);
     }
 }
+
+/// A result bigger than one MQTT packet to the broker may hold could never
+/// be published (the client would drop the connection over it, and again
+/// at every retry): it is answered with `too_large` instead, and the link
+/// keeps serving.
+#[test]
+fn a_result_too_large_for_the_output_link_is_too_large() {
+    let inputs = Broker::start();
+    let uplink = Broker::start();
+    let models = format!(
+        "[uplink]\nhost = \"127.0.0.1\"\nport = {}\nmax_packet_bytes = 1024\n\n{HAR}\n[[models]]\nname = \"img\"\npath = \"{{models}}/mobilenet_v2_int8.tflite\"\ninput_topic = \"in/img\"\noutput_topic = \"out/{{device_id}}/{{model}}\"\npayload = \"raw\"\n",
+        uplink.port
+    );
+    let d = Daemon::start(&config(inputs.port, "dev1", "", &models));
+    let c = TestClient::connect(uplink.port);
+    c.subscribe("out/#");
+    c.subscribe("edge-infer/dev1/errors");
+    let sender = TestClient::connect(inputs.port);
+    // 1,001 class scores do not fit in 1 KiB.
+    sender.publish("in/img", vec![0u8; 224 * 224 * 3]);
+    let e = expect_error(&c, "too_large");
+    assert_eq!(e["model"], "img");
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.contains("uplink.max_packet_bytes = 1024"),
+        "{message}"
+    );
+    sender.publish("in/har", json!({"id": 7, "data": window(384)}).to_string());
+    let m = c.recv();
+    assert_eq!(m.topic, "out/dev1/har");
+    assert_eq!(m.json()["id"], 7);
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("lost the MQTT broker connection"), "{log}");
+}

@@ -157,7 +157,11 @@ impl Supervisor {
     ) -> anyhow::Result<Supervisor> {
         let stats = Arc::new(DaemonStats::default());
         let device = settings.device_id.clone();
-        let (replies, replies_rx) = Replies::channel(&device, Arc::clone(&stats));
+        let max_packet = match &settings.uplink {
+            Some(u) => (u.max_packet_bytes, "uplink.max_packet_bytes"),
+            None => (settings.mqtt.max_packet_bytes, "mqtt.max_packet_bytes"),
+        };
+        let (replies, replies_rx) = Replies::channel(&device, Arc::clone(&stats), max_packet);
         let epoch = Instant::now();
         let mut models = Vec::new();
         let mut routes = Vec::new();

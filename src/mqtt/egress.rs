@@ -234,6 +234,13 @@ impl Side for Egress {
     }
 
     fn on_down(&mut self, eventloop: &mut EventLoop) {
+        // Events rumqttc had buffered before the failure (it returns them
+        // one per poll, and keeps them across a reconnect): confirmations
+        // among them count, and a stale packet id must not meet the next
+        // connection's publishes.
+        for event in std::mem::take(&mut eventloop.state.events) {
+            self.on_event(event, eventloop);
+        }
         let answers = self.inflight.link_down(eventloop);
         if !answers.is_empty() {
             log::info!(

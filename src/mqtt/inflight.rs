@@ -87,6 +87,9 @@ impl State {
 pub struct Inflight {
     client: AsyncClient,
     qos: QoS,
+    /// The largest packet the link may send: a bigger one would make
+    /// rumqttc drop the connection, again at every retry.
+    max_packet: usize,
     state: Mutex<State>,
     /// Signalled on every confirmation and whenever the link comes or goes.
     progress: Notify,
@@ -96,10 +99,16 @@ pub struct Inflight {
 }
 
 impl Inflight {
-    pub fn new(client: AsyncClient, qos: QoS, stats: Arc<DaemonStats>) -> Inflight {
+    pub fn new(
+        client: AsyncClient,
+        qos: QoS,
+        max_packet: usize,
+        stats: Arc<DaemonStats>,
+    ) -> Inflight {
         Inflight {
             client,
             qos,
+            max_packet,
             state: Mutex::new(State::default()),
             progress: Notify::new(),
             link: Notify::new(),
@@ -124,6 +133,26 @@ impl Inflight {
             return Offer::Full(entry);
         }
         let m = &entry.msg;
+        // Fixed header (up to 5 bytes), topic length, packet id.
+        let size = m.topic.len() + m.payload.len() + 9;
+        if size > self.max_packet {
+            // `replies` answers too-large results with an error, so this
+            // is a status or health record (many models) or a replay
+            // written under a larger limit. Dropped, not retried forever.
+            self.stats.publish_failures.fetch_add(1, Ordering::Relaxed);
+            log::error!(
+                "not publishing {} bytes on {}: more than the output link's max_packet_bytes ({})",
+                size,
+                m.topic,
+                self.max_packet
+            );
+            entry.msg.lost();
+            if let Origin::Replay(seq) = entry.origin {
+                // Released with the others, as if confirmed.
+                s.replayed.push(seq);
+            }
+            return Offer::Sent;
+        }
         match self
             .client
             .try_publish(m.topic.as_str(), self.qos, m.retain, m.payload.to_vec())

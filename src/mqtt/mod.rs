@@ -97,6 +97,7 @@ impl Connection {
         let inflight = Arc::new(Inflight::new(
             output.clone(),
             output_qos,
+            out.max_packet_bytes,
             Arc::clone(&stats),
         ));
         let backlog = Arc::new(Backlog {

@@ -203,7 +203,11 @@ fn context(max_batch: usize) -> ModelContext {
 /// Where the replies of a test go; the receiver must live as long as the
 /// replies are sent.
 fn to() -> (Replies, ReplyReceiver) {
-    Replies::channel("dev", Arc::new(DaemonStats::default()))
+    Replies::channel(
+        "dev",
+        Arc::new(DaemonStats::default()),
+        (usize::MAX, "mqtt.max_packet_bytes"),
+    )
 }
 
 /// A batcher holding one slot per payload, as the queue hands them out.
