@@ -114,6 +114,9 @@ pub async fn replay(inflight: Arc<Inflight>, backlog: Arc<Backlog>, stats: Arc<D
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push_front(back);
+                if inflight.is_up() {
+                    link_change.await;
+                }
             }
             continue;
         }
@@ -160,11 +163,17 @@ pub async fn replay(inflight: Arc<Inflight>, backlog: Arc<Backlog>, stats: Arc<D
                 retain: record.retain,
                 ack: None,
             };
+            let change = inflight.link_change();
             if offer_until_sent(&inflight, msg, Origin::Replay(seq))
                 .await
                 .is_some()
             {
-                // The link dropped: start again from the first unconfirmed.
+                // The link dropped: start again from the first unconfirmed,
+                // once it is back. (Refused while up means the event loop
+                // is gone; waiting keeps this from spinning.)
+                if inflight.is_up() {
+                    change.await;
+                }
                 break;
             }
             outstanding.insert(seq);
