@@ -311,3 +311,136 @@ impl Inflight {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use rumqttc::MqttOptions;
+
+    use super::*;
+    use crate::delivery::{Acknowledge, InputAck};
+
+    #[derive(Default)]
+    struct Acks(StdMutex<Vec<u16>>);
+
+    impl Acknowledge for Acks {
+        fn acknowledge(&self, _session: u64, packet_id: u16) {
+            self.0.lock().unwrap().push(packet_id);
+        }
+    }
+
+    fn inflight(max_packet: usize) -> (Inflight, EventLoop) {
+        let (client, eventloop) = AsyncClient::new(MqttOptions::new("t", "127.0.0.1", 1), 4096);
+        let stats = Arc::new(DaemonStats::default());
+        (
+            Inflight::new(client, QoS::AtLeastOnce, max_packet, stats),
+            eventloop,
+        )
+    }
+
+    fn answer(acks: &Arc<Acks>, input: u16) -> Entry {
+        let by: Arc<dyn Acknowledge> = acks.clone();
+        Entry {
+            msg: Outgoing {
+                topic: "out/x".into(),
+                payload: format!("answer to {input}").into_bytes().into(),
+                retain: false,
+                ack: Some(InputAck::new(by, 0, input)),
+            },
+            origin: Origin::Answer,
+        }
+    }
+
+    #[test]
+    fn an_input_is_acknowledged_when_its_answer_is_confirmed() {
+        let (f, _el) = inflight(1 << 20);
+        let acks = Arc::new(Acks::default());
+        let Offer::Down(first) = f.offer(answer(&acks, 10)) else {
+            panic!("offered while down")
+        };
+        f.link_up();
+        assert!(matches!(f.offer(first), Offer::Sent));
+        for input in [11, 12] {
+            assert!(matches!(f.offer(answer(&acks, input)), Offer::Sent));
+        }
+        // rumqttc numbers them in order; the broker confirms out of order.
+        f.written(1);
+        f.written(2);
+        f.written(3);
+        f.acknowledged(2);
+        assert_eq!(*acks.0.lock().unwrap(), vec![11]);
+        f.acknowledged(3);
+        f.acknowledged(1);
+        assert_eq!(*acks.0.lock().unwrap(), vec![11, 12, 10]);
+        assert_eq!(f.pending(), 0);
+        assert_eq!(f.stats.answers_confirmed.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_dropped_link_gives_back_every_unconfirmed_answer_oldest_first() {
+        let (f, mut el) = inflight(1 << 20);
+        let acks = Arc::new(Acks::default());
+        f.link_up();
+        for input in [1, 2, 3, 4] {
+            assert!(matches!(f.offer(answer(&acks, input)), Offer::Sent));
+        }
+        let record = Entry {
+            msg: Outgoing {
+                topic: "edge-infer/d/health".into(),
+                payload: b"{}".to_vec().into(),
+                retain: true,
+                ack: None,
+            },
+            origin: Origin::Record,
+        };
+        assert!(matches!(f.offer(record), Offer::Sent));
+        f.written(7);
+        f.written(8);
+        f.acknowledged(7);
+        let back = f.link_down(&mut el);
+        // Confirmed: 1. Written, unconfirmed: 2. Never written: 3, 4. The
+        // health record is not kept: the next one supersedes it.
+        let payloads: Vec<_> = back.iter().map(|m| m.payload.clone()).collect();
+        assert_eq!(
+            payloads,
+            ["answer to 2", "answer to 3", "answer to 4"].map(|s| bytes::Bytes::from(s))
+        );
+        assert_eq!(*acks.0.lock().unwrap(), vec![1]);
+        let Offer::Down(refused) = f.offer(answer(&acks, 5)) else {
+            panic!("offered while down")
+        };
+        refused.msg.lost();
+        assert_eq!(f.pending(), 0);
+        // Kept elsewhere, the answers still hold their inputs' acks.
+        drop((back, refused));
+        assert_eq!(*acks.0.lock().unwrap(), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn the_window_bounds_what_is_unconfirmed() {
+        let (f, _el) = inflight(1 << 20);
+        let acks = Arc::new(Acks::default());
+        f.link_up();
+        for i in 0..WINDOW {
+            assert!(matches!(f.offer(answer(&acks, i as u16)), Offer::Sent));
+        }
+        assert!(matches!(f.offer(answer(&acks, 0)), Offer::Full(_)));
+        f.written(1);
+        f.acknowledged(1);
+        assert!(matches!(f.offer(answer(&acks, 0)), Offer::Sent));
+    }
+
+    #[test]
+    fn a_publish_larger_than_a_packet_is_not_sent_and_its_input_not_acknowledged() {
+        let (f, _el) = inflight(64);
+        let acks = Arc::new(Acks::default());
+        f.link_up();
+        let mut big = answer(&acks, 9);
+        big.msg.payload = vec![b'x'; 100].into();
+        assert!(matches!(f.offer(big), Offer::Sent));
+        assert_eq!(f.pending(), 0);
+        assert!(acks.0.lock().unwrap().is_empty());
+        assert_eq!(f.stats.publish_failures.load(Ordering::Relaxed), 1);
+    }
+}
