@@ -404,7 +404,7 @@ mod tests {
         let payloads: Vec<_> = back.iter().map(|m| m.payload.clone()).collect();
         assert_eq!(
             payloads,
-            ["answer to 2", "answer to 3", "answer to 4"].map(|s| bytes::Bytes::from(s))
+            ["answer to 2", "answer to 3", "answer to 4"].map(bytes::Bytes::from)
         );
         assert_eq!(*acks.0.lock().unwrap(), vec![1]);
         let Offer::Down(refused) = f.offer(answer(&acks, 5)) else {
