@@ -4,12 +4,24 @@
 //! `{"id": .., "readings": [10 readings]}`), which the daemon assembles into
 //! overlapping 128-reading windows for the activity models; cameras publish
 //! the sample pictures of models/samples/ (JPEG and PNG files, as they are) on
-//! cameras/cam-N/frame for the shapes model. Each answer is printed as it
-//! arrives, next to what was sent, then a summary per model.
+//! cameras/cam-N/frame/K (K the frame's number: a picture carries no id, so
+//! the topic names the frame its answer is for) for the shapes model. Each
+//! answer is printed as it arrives, next to what was sent, then a summary
+//! per model.
 //!
 //! ```text
 //! cargo run --release --example accel_sim -- --port 1883 --sensors 2 --rate 1 --seconds 20
 //! ```
+//!
+//! Answers are read from the broker the daemon publishes to: the one the
+//! readings go to, or `--results-host`/`--results-port` (its `[uplink]`),
+//! over TLS with `--results-ca-file`. That connection keeps its session
+//! (clean session off, one client id for the run), so answers published
+//! while it is away, or while that broker restarts (with persistence), are
+//! delivered when it is back; the session is ended on exit. Answers are
+//! counted by the window or frame they are for, so a late one (replayed
+//! from the daemon's outbox) counts and a second copy is reported as a
+//! duplicate.
 //!
 //! The readings follow the generator specification in models/accel_synth.py
 //! (the one the HAR models were trained on), with a small self-contained
@@ -27,14 +39,17 @@
 //! every frame got an answer, 1 if some answers are missing, 2 on usage or
 //! connection errors, 130 on a second Ctrl-C.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
+use rumqttc::{
+    Client, Event, MqttOptions, Outgoing, Packet, QoS, SubscribeReasonCode, TlsConfiguration,
+    Transport,
+};
 use serde_json::Value;
 
 const LABELS: [&str; 4] = ["idle", "walking", "running", "fall"];
@@ -52,7 +67,11 @@ const FALL_SEGMENT: usize = 3 * STRIDE as usize;
 const BATCH_EVERY: u64 = 10;
 const BATCH_LEN: usize = 10;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the last message is sent, answers are waited for until this long
+/// passes without one while the results broker is connected ...
 const ANSWER_GRACE: Duration = Duration::from_secs(5);
+/// ... and at most this long.
+const MAX_WAIT: Duration = Duration::from_secs(60);
 const RESULTS_FILTER: &str = "results/+/+/+";
 const ERRORS_FILTER: &str = "edge-infer/+/errors";
 
@@ -96,8 +115,15 @@ const SAMPLES: [(&str, &str, &[u8]); 5] = [
 /// of 10) on sensors/wrist-N/imu, an activity pattern at a time (idle,
 /// walking, running, fall); the daemon answers each 128-reading window
 /// (stride 64). Cameras cam-1..N publish the sample pictures (JPEG, PNG) on
-/// cameras/cam-N/frame. The daemon's answers are printed as they arrive,
-/// then a summary per model.
+/// cameras/cam-N/frame/K (K: the frame's number). The daemon's answers are
+/// printed as they arrive, then a summary per model.
+///
+/// Answers are read from --results-host/--results-port (the daemon's
+/// [uplink]; default: the broker the readings go to), over TLS with
+/// --results-ca-file, in a session the broker keeps while that connection
+/// is away: answers published meanwhile arrive when it is back. After the
+/// last message is sent, answers are waited for until 5 s pass without
+/// one while that connection is up (at most 60 s).
 ///
 /// --rate is in windows per second per sensor: each sensor publishes
 /// rate x 64 readings per second (--rate 1: 64 readings/s, a little faster
@@ -111,12 +137,22 @@ const SAMPLES: [(&str, &str, &[u8]); 5] = [
 #[derive(Debug, Parser)]
 #[command(name = "accel_sim", args_override_self = true, verbatim_doc_comment)]
 struct Args {
-    /// MQTT broker host
+    /// MQTT broker host (readings and frames go there)
     #[arg(long, value_name = "HOST", default_value = "127.0.0.1")]
     host: String,
     /// MQTT broker port
     #[arg(long, value_name = "N", default_value_t = 1883)]
     port: u16,
+    /// Host of the broker the answers are read from [default: --host]
+    #[arg(long, value_name = "HOST")]
+    results_host: Option<String>,
+    /// Its port [default: --port, or 8883 with --results-ca-file]
+    #[arg(long, value_name = "N")]
+    results_port: Option<u16>,
+    /// Read the answers over TLS, trusting the CA certificates (PEM) in
+    /// this file
+    #[arg(long, value_name = "FILE")]
+    results_ca_file: Option<std::path::PathBuf>,
     /// Number of simulated sensors wrist-1..wrist-N (0 to 1000)
     #[arg(
         long,
@@ -463,26 +499,43 @@ fn reading_json(ts: f64, r: [f32; 3]) -> String {
 // MQTT plumbing: the connection runs on its own thread and forwards what
 // matters here through a channel, together with Ctrl-C.
 
+/// The two connections: readings and frames go out on one, answers come
+/// in on the other (from the daemon's uplink, which can be elsewhere and
+/// come and go).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Link {
+    Inputs,
+    Results,
+}
+
 enum Ev {
-    Connected,
-    ConnError(String),
+    Connected(Link),
+    ConnError(Link, String),
+    /// The link sent its DISCONNECT: its thread has stopped.
+    Closed(Link),
     SubAck(Vec<SubscribeReasonCode>),
     PubAck,
     Message(String, Vec<u8>),
     Interrupt,
 }
 
-fn spawn_connection(mut connection: rumqttc::Connection, tx: Sender<Ev>) {
+fn spawn_connection(mut connection: rumqttc::Connection, link: Link, tx: Sender<Ev>) {
     thread::spawn(move || {
         for event in connection.iter() {
             let ev = match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => Ev::Connected,
+                Ok(Event::Incoming(Packet::ConnAck(_))) => Ev::Connected(link),
                 Ok(Event::Incoming(Packet::SubAck(s))) => Ev::SubAck(s.return_codes),
                 Ok(Event::Incoming(Packet::PubAck(_))) => Ev::PubAck,
                 Ok(Event::Incoming(Packet::Publish(p))) => Ev::Message(p.topic, p.payload.to_vec()),
+                // Polling on would reconnect, and with a kept session bring
+                // the session back.
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                    let _ = tx.send(Ev::Closed(link));
+                    break;
+                }
                 Ok(_) => continue,
                 Err(e) => {
-                    let sent = tx.send(Ev::ConnError(e.to_string()));
+                    let sent = tx.send(Ev::ConnError(link, e.to_string()));
                     if sent.is_err() {
                         break;
                     }
@@ -536,9 +589,21 @@ struct ModelStats {
 
 struct Camera {
     name: String,
+    /// Frame K goes to `{topic}/K`.
     topic: String,
-    /// Index into SAMPLES of every frame sent, in order.
+    /// Index into SAMPLES of every frame sent, in order (frame K at K - 1).
     sent: Vec<usize>,
+}
+
+impl Camera {
+    /// The frame number in a topic of this camera's.
+    fn frame_of(&self, topic: &str) -> Option<usize> {
+        topic
+            .strip_prefix(self.topic.as_str())?
+            .strip_prefix('/')?
+            .parse()
+            .ok()
+    }
 }
 
 struct Tally {
@@ -551,10 +616,15 @@ struct Tally {
     /// (sensor index, window number, model) answered, by a result or an
     /// error.
     windows_answered: BTreeSet<(usize, u64, String)>,
-    /// Per (camera index, model): frames answered so far. Raw frames carry
-    /// no id: answers are taken in the order the frames were sent.
-    frames_answered: HashMap<(usize, String), usize>,
+    /// (camera index, frame number, model) answered, by a result or an
+    /// error.
+    frames_answered: BTreeSet<(usize, usize, String)>,
     models: BTreeMap<String, ModelStats>,
+    /// Answers that arrived more than WAITED after the daemon received
+    /// their input (kept in its outbox while the results broker was away),
+    /// and the longest such wait in seconds.
+    waited: usize,
+    longest_wait: f64,
     foreign: usize,
     unaligned: usize,
     reading_errors: usize,
@@ -600,6 +670,11 @@ fn latency(v: &Value) -> String {
     )
 }
 
+/// An answer is late when it arrives this long after the daemon received
+/// its input: it waited (in the daemon's outbox, or in the broker's
+/// session) for the results broker or this connection to it.
+const WAITED: f64 = 1.0;
+
 impl Tally {
     fn on_message(&mut self, topic: &str, payload: &[u8]) {
         let v: Value = match serde_json::from_slice(payload) {
@@ -615,14 +690,33 @@ impl Tally {
             .unwrap_or("")
             .to_string();
         let stream = self.streams.iter().position(|s| s.topic == source);
-        let camera = self.cameras.iter().position(|c| c.topic == source);
+        let frame = self
+            .cameras
+            .iter()
+            .enumerate()
+            .find_map(|(c, cam)| cam.frame_of(&source).map(|k| (c, k)))
+            .filter(|&(c, k)| (1..=self.cameras[c].sent.len()).contains(&k));
         let is_error = topic.starts_with("edge-infer/");
-        match (stream, camera, is_error) {
+        match (stream, frame, is_error) {
             (Some(s), _, false) => self.on_window(topic, s, &v),
             (Some(s), _, true) => self.on_reading_error(s, &v),
-            (None, Some(c), _) => self.on_frame(topic, c, &v, is_error),
+            (None, Some((c, k)), _) => self.on_frame(topic, c, k, &v, is_error),
             (None, None, _) => self.foreign += 1,
         }
+    }
+
+    /// " (waited 3.2 s)" for a late answer (and counts it), else "".
+    fn wait_note(&mut self, v: &Value) -> String {
+        let Some(received) = f64_at(v, &["received_at"]) else {
+            return String::new();
+        };
+        let waited = unix_now() - received;
+        if waited <= WAITED {
+            return String::new();
+        }
+        self.waited += 1;
+        self.longest_wait = self.longest_wait.max(waited);
+        format!("  (waited {waited:.1} s)")
     }
 
     fn model_of(v: &Value) -> String {
@@ -663,11 +757,13 @@ impl Tally {
             return;
         }
         let truth = stream.truth((n - 1) * STRIDE);
+        let sensor_text = truth.text();
         let want = match truth {
             Truth::Activity(l) => Some(LABELS[l]),
             Truth::Transition(..) => None,
         };
         let (pred, matched) = top(v, want);
+        let waited = self.wait_note(v);
         let st = self.models.entry(model.clone()).or_default();
         st.kind = "windows";
         st.results += 1;
@@ -679,10 +775,9 @@ impl Tally {
             st.totals_ms.push(t);
         }
         println!(
-            "{topic:<28} window #{seq:<3} {:>6.2}..{:<6.2}s sent={:<16} {model:>8}: {pred}  {}{}",
+            "{topic:<28} window #{seq:<3} {:>6.2}..{:<6.2}s sent={sensor_text:<16} {model:>8}: {pred}  {}{}{waited}",
             start - self.t0,
             end - self.t0,
-            truth.text(),
             latency(v),
             if want.is_some() && !matched {
                 "  <- mismatch"
@@ -705,21 +800,21 @@ impl Tally {
         );
     }
 
-    fn on_frame(&mut self, topic: &str, c: usize, v: &Value, is_error: bool) {
+    /// Frame `frame` (from 1, at most the frames sent) of camera `c`.
+    fn on_frame(&mut self, topic: &str, c: usize, frame: usize, v: &Value, is_error: bool) {
         let model = Tally::model_of(v);
         let cam = &self.cameras[c];
-        let answered = self.frames_answered.entry((c, model.clone())).or_default();
-        let Some(&sample) = cam.sent.get(*answered) else {
+        if !self.frames_answered.insert((c, frame, model.clone())) {
             self.duplicates += 1;
             println!(
-                "{topic}: more answers from {model} than frames sent by {}",
+                "{topic}: duplicate answer for frame {frame} of {} from {model}",
                 cam.name
             );
             return;
-        };
-        *answered += 1;
-        let frame = *answered;
-        let (file, want, _) = SAMPLES[sample];
+        }
+        let (file, want, _) = SAMPLES[cam.sent[frame - 1]];
+        let cam_topic = cam.topic.clone();
+        let waited = self.wait_note(v);
         let st = self.models.entry(model.clone()).or_default();
         st.kind = "frames";
         if is_error {
@@ -727,8 +822,7 @@ impl Tally {
             let code = v.get("code").and_then(Value::as_str).unwrap_or("?");
             let message = v.get("message").and_then(Value::as_str).unwrap_or("");
             println!(
-                "{:<28} frame  #{frame:<3} sent={file:<16} {model:>8}: ERROR {code}: {message}",
-                cam.topic
+                "{cam_topic:<28} frame  #{frame:<3} sent={file:<16} {model:>8}: ERROR {code}: {message}{waited}"
             );
             return;
         }
@@ -748,7 +842,7 @@ impl Tally {
             )
         });
         println!(
-            "{topic:<28} frame  #{frame:<3}{image} sent={file:<16} {model:>8}: {pred}  {}{}",
+            "{topic:<28} frame  #{frame:<3}{image} sent={file:<16} {model:>8}: {pred}  {}{}{waited}",
             latency(v),
             if matched { "" } else { "  <- mismatch" }
         );
@@ -793,22 +887,24 @@ impl Tally {
                 }
             }
         }
+        // Every frame from every model that answered frames at all.
+        let frame_models: Vec<&String> = self
+            .models
+            .iter()
+            .filter(|(_, st)| st.kind == "frames")
+            .map(|(m, _)| m)
+            .collect();
         for (c, cam) in self.cameras.iter().enumerate() {
-            // Frames are answered in order: the model that answered most.
-            let answered = self
-                .frames_answered
-                .iter()
-                .filter(|((ci, _), _)| *ci == c)
-                .map(|(_, n)| *n)
-                .max()
-                .unwrap_or(0);
-            for k in answered..cam.sent.len() {
-                out.push(format!(
-                    "{} frame {} ({})",
-                    cam.name,
-                    k + 1,
-                    SAMPLES[cam.sent[k]].0
-                ));
+            for (i, &sample) in cam.sent.iter().enumerate() {
+                let (k, file) = (i + 1, SAMPLES[sample].0);
+                if frame_models.is_empty() {
+                    out.push(format!("{} frame {k} ({file}, any model)", cam.name));
+                }
+                for m in &frame_models {
+                    if !self.frames_answered.contains(&(c, k, m.to_string())) {
+                        out.push(format!("{} frame {k} ({file}, {m})", cam.name));
+                    }
+                }
             }
         }
         out
@@ -832,57 +928,199 @@ enum Wait {
     Failed(String),
 }
 
-/// Waits for ConnAck, then subscribes and waits for both SubAcks.
-fn connect_and_subscribe(client: &Client, rx: &Receiver<Ev>, host: &str, port: u16) -> Wait {
+/// A broker connection as the messages name it, and its outages.
+struct LinkState {
+    /// "broker" or "results broker".
+    what: &'static str,
+    /// mqtt://host:port or mqtts://host:port
+    url: String,
+    up: bool,
+    down_since: Option<Instant>,
+    outages: u32,
+    offline: Duration,
+    last_error: String,
+}
+
+impl LinkState {
+    fn new(what: &'static str, host: &str, port: u16, tls: bool) -> LinkState {
+        let scheme = if tls { "mqtts" } else { "mqtt" };
+        LinkState {
+            what,
+            url: format!("{scheme}://{host}:{port}"),
+            up: false,
+            down_since: None,
+            outages: 0,
+            offline: Duration::ZERO,
+            last_error: "no answer".into(),
+        }
+    }
+
+    /// One line when an established connection is lost; the retries after
+    /// it stay quiet.
+    fn lost(&mut self, error: String) {
+        if self.up {
+            println!(
+                "accel_sim: lost the {} at {} ({error}); reconnecting",
+                self.what, self.url
+            );
+            self.outages += 1;
+            self.down_since = Some(Instant::now());
+        }
+        self.up = false;
+        self.last_error = error;
+    }
+
+    /// A ConnAck; one line if it ends an outage.
+    fn connected(&mut self) {
+        self.up = true;
+        if let Some(since) = self.down_since.take() {
+            let off = since.elapsed();
+            self.offline += off;
+            println!(
+                "accel_sim: {} {} back after {:.1} s",
+                self.what,
+                self.url,
+                off.as_secs_f64()
+            );
+        }
+    }
+}
+
+/// The rustls transport for `--results-ca-file`: the broker's certificate
+/// must chain to a certificate in `path` and name the host.
+fn tls_transport(path: &std::path::Path) -> Result<Transport, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let shown = path.display();
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("--results-ca-file {shown}: cannot read it: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| {
+            format!("--results-ca-file {shown}: expected PEM certificates, the file is not: {e}")
+        })?;
+        roots.add(cert).map_err(|e| {
+            format!("--results-ca-file {shown}: a certificate that cannot be a trust anchor: {e}")
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "--results-ca-file {shown}: expected PEM certificates (-----BEGIN CERTIFICATE-----), found none"
+        ));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS setup: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Transport::tls_with_config(TlsConfiguration::Rustls(
+        std::sync::Arc::new(config),
+    )))
+}
+
+/// Waits until both connections are up and the results connection's two
+/// subscriptions are acknowledged.
+fn connect_and_subscribe(results: &Client, rx: &Receiver<Ev>, links: &mut [LinkState; 2]) -> Wait {
     let deadline = Instant::now() + CONNECT_TIMEOUT;
-    let mut last_error = String::from("no answer");
-    let mut connected = false;
     let mut acks = 0;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            let what = if connected {
-                "no subscription acknowledgement"
+            let down: Vec<String> = links
+                .iter()
+                .filter(|l| !l.up)
+                .map(|l| format!("cannot reach the {} at {}: {}", l.what, l.url, l.last_error))
+                .collect();
+            let why = if down.is_empty() {
+                format!(
+                    "no subscription acknowledgement from the {} at {}",
+                    links[1].what, links[1].url
+                )
             } else {
-                last_error.as_str()
+                down.join("; ")
             };
-            return Wait::Failed(format!(
-                "cannot reach the MQTT broker at {host}:{port} within {} s: {what}",
-                CONNECT_TIMEOUT.as_secs()
-            ));
+            return Wait::Failed(format!("{why} (waited {} s)", CONNECT_TIMEOUT.as_secs()));
         }
         match rx.recv_timeout(left) {
-            Ok(Ev::Connected) => {
-                connected = true;
-                acks = 0;
-                for filter in [RESULTS_FILTER, ERRORS_FILTER] {
-                    if let Err(e) = client.subscribe(filter, QoS::AtLeastOnce) {
-                        return Wait::Failed(format!("cannot subscribe to {filter}: {e}"));
+            Ok(Ev::Connected(link)) => {
+                links[link as usize].up = true;
+                if link == Link::Results {
+                    acks = 0;
+                    for filter in [RESULTS_FILTER, ERRORS_FILTER] {
+                        if let Err(e) = results.subscribe(filter, QoS::AtLeastOnce) {
+                            return Wait::Failed(format!("cannot subscribe to {filter}: {e}"));
+                        }
                     }
                 }
             }
-            Ok(Ev::ConnError(e)) => {
-                connected = false;
-                last_error = e;
+            Ok(Ev::ConnError(link, e)) => {
+                let l = &mut links[link as usize];
+                l.up = false;
+                l.last_error = e;
             }
             Ok(Ev::SubAck(codes)) => {
                 if codes
                     .iter()
                     .any(|c| matches!(c, SubscribeReasonCode::Failure))
                 {
-                    return Wait::Failed("the broker refused a subscription".into());
+                    return Wait::Failed(format!(
+                        "the {} at {} refused a subscription",
+                        links[1].what, links[1].url
+                    ));
                 }
                 acks += 1;
-                if acks >= 2 {
-                    return Wait::Ok;
-                }
             }
             Ok(Ev::Interrupt) => return Wait::Interrupted,
             Ok(_) => {}
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                return Wait::Failed("the MQTT connection thread stopped".into())
+                return Wait::Failed("the MQTT connection threads stopped".into())
             }
+        }
+        if acks >= 2 && links.iter().all(|l| l.up) {
+            return Wait::Ok;
+        }
+    }
+}
+
+/// Ends the session the results connection kept (it was kept for
+/// reconnects during this run, not for later runs): its DISCONNECT first,
+/// so its thread stops instead of reconnecting, then a clean-session
+/// connect with the same client id, which makes the broker drop the
+/// session. Best effort, a few seconds at most.
+fn end_results_session(results: &Client, rx: &Receiver<Ev>, mut opts: MqttOptions) {
+    if results.disconnect().is_err() {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Ev::Closed(Link::Results)) => break,
+            Ok(_) => {}
+            // Still away (its broker is down): it keeps its session.
+            Err(_) => return,
+        }
+    }
+    opts.set_clean_session(true);
+    let (client, mut connection) = Client::new(opts, 4);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        match connection.recv_timeout(left) {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                if client.disconnect().is_err() {
+                    return;
+                }
+            }
+            Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => return,
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => return,
         }
     }
 }
@@ -942,6 +1180,63 @@ fn publish_readings(
     Ok(())
 }
 
+/// What the main loop handles besides sending: answers, acknowledgements,
+/// the two links, Ctrl-C.
+struct Run {
+    tally: Tally,
+    /// Indexed by `Link`: inputs, results.
+    links: [LinkState; 2],
+    results: Client,
+    interrupted: bool,
+    /// The last answer, or the results connection's last reconnect.
+    last_progress: Instant,
+}
+
+impl Run {
+    /// Handles one event; false on a second Ctrl-C (exit now).
+    fn handle(&mut self, ev: Ev) -> bool {
+        match ev {
+            Ev::Message(topic, payload) => {
+                self.last_progress = Instant::now();
+                self.tally.on_message(&topic, &payload);
+            }
+            Ev::PubAck => self.tally.puback += 1,
+            Ev::Interrupt => {
+                if self.interrupted {
+                    return false;
+                }
+                self.interrupted = true;
+                println!("accel_sim: interrupted; waiting for outstanding answers (Ctrl-C again to quit now)");
+            }
+            Ev::ConnError(link, e) => self.links[link as usize].lost(e),
+            Ev::Connected(link) => {
+                self.links[link as usize].connected();
+                if link == Link::Results {
+                    self.last_progress = Instant::now();
+                    // The session (and its subscriptions) survives a
+                    // reconnect only if the broker kept it; subscribing
+                    // again is harmless either way.
+                    for filter in [RESULTS_FILTER, ERRORS_FILTER] {
+                        if let Err(e) = self.results.subscribe(filter, QoS::AtLeastOnce) {
+                            eprintln!("accel_sim: cannot subscribe to {filter}: {e}");
+                        }
+                    }
+                }
+            }
+            Ev::SubAck(_) | Ev::Closed(_) => {}
+        }
+        true
+    }
+}
+
+/// How the wait for the last answers ended.
+enum Ended {
+    AllAnswered,
+    Quiet,
+    ResultsDown,
+    ThreadsStopped,
+}
+
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
@@ -956,23 +1251,58 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let expected = args.expected();
+    let transport = match args.results_ca_file.as_deref().map(tls_transport) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            eprintln!("accel_sim: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let results_host = args.results_host.clone().unwrap_or(args.host.clone());
+    let results_port =
+        args.results_port
+            .unwrap_or(if transport.is_some() { 8883 } else { args.port });
 
-    let mut opts = MqttOptions::new(
-        format!("accel-sim-{}", std::process::id()),
-        &args.host,
-        args.port,
-    );
+    let pid = std::process::id();
+    let mut opts = MqttOptions::new(format!("accel-sim-{pid}"), &args.host, args.port);
     opts.set_keep_alive(Duration::from_secs(10));
     opts.set_clean_session(true);
     // Frames are up to ~60 kB; results of image models can be large.
     opts.set_max_packet_size(4 << 20, 4 << 20);
     let (client, connection) = Client::new(opts, 256);
+    // Answers: a session the broker keeps while this connection is away.
+    let mut results_opts = MqttOptions::new(
+        format!("accel-sim-results-{pid}"),
+        &results_host,
+        results_port,
+    );
+    results_opts.set_keep_alive(Duration::from_secs(10));
+    results_opts.set_clean_session(false);
+    results_opts.set_max_packet_size(4 << 20, 4 << 20);
+    if let Some(t) = transport.clone() {
+        results_opts.set_transport(t);
+    }
+    let (results, results_connection) = Client::new(results_opts.clone(), 256);
     let (tx, rx) = mpsc::channel();
-    spawn_connection(connection, tx.clone());
+    spawn_connection(connection, Link::Inputs, tx.clone());
+    spawn_connection(results_connection, Link::Results, tx.clone());
     spawn_ctrl_c(tx);
 
-    println!("accel_sim: connecting to {}:{} ...", args.host, args.port);
-    match connect_and_subscribe(&client, &rx, &args.host, args.port) {
+    let mut links = [
+        LinkState::new("broker", &args.host, args.port, false),
+        LinkState::new(
+            "results broker",
+            &results_host,
+            results_port,
+            transport.is_some(),
+        ),
+    ];
+    println!(
+        "accel_sim: connecting to {} (readings, frames) and {} (answers) ...",
+        links[0].url, links[1].url
+    );
+    match connect_and_subscribe(&results, &rx, &mut links) {
         Wait::Ok => {}
         Wait::Interrupted => return ExitCode::from(130),
         Wait::Failed(e) => {
@@ -983,7 +1313,7 @@ fn main() -> ExitCode {
     let readings_per_sec = args.rate * STRIDE as f64;
     let reading_interval = 1.0 / readings_per_sec;
     let frame_step = args.frame_interval / f64::from(args.cameras.max(1));
-    let mut tally = Tally {
+    let tally = Tally {
         streams: (0..usize::from(args.sensors)).map(Stream::new).collect(),
         cameras: (1..=args.cameras)
             .map(|i| Camera {
@@ -995,8 +1325,10 @@ fn main() -> ExitCode {
         reading_interval,
         t0: unix_now(),
         windows_answered: BTreeSet::new(),
-        frames_answered: HashMap::new(),
+        frames_answered: BTreeSet::new(),
         models: BTreeMap::new(),
+        waited: 0,
+        longest_wait: 0.0,
         foreign: 0,
         unaligned: 0,
         reading_errors: 0,
@@ -1012,7 +1344,7 @@ fn main() -> ExitCode {
         }
     };
     println!(
-        "accel_sim: connected; sensors: {} ({} window(s)/s each: {} readings/s on sensors/<sensor>/imu, every {}th message a batch of {}); cameras: {} (a frame every {} s on cameras/<cam>/frame); {}; answers on {RESULTS_FILTER} and {ERRORS_FILTER}",
+        "accel_sim: connected; sensors: {} ({} window(s)/s each: {} readings/s on sensors/<sensor>/imu, every {}th message a batch of {}); cameras: {} (a frame every {} s on cameras/<cam>/frame/<n>); {}; answers on {RESULTS_FILTER} and {ERRORS_FILTER} from {}",
         names(tally.streams.iter().map(|s| s.sensor.as_str()).collect()),
         args.rate,
         readings_per_sec,
@@ -1024,8 +1356,16 @@ fn main() -> ExitCode {
             format!("for {} s", args.seconds)
         } else {
             "until Ctrl-C".to_string()
-        }
+        },
+        links[1].url
     );
+    let mut run = Run {
+        tally,
+        links,
+        results,
+        interrupted: false,
+        last_progress: Instant::now(),
+    };
 
     let mut rng = Rng::new(args.seed);
     let start = Instant::now();
@@ -1037,60 +1377,23 @@ fn main() -> ExitCode {
     let mut reading: u64 = 0;
     let mut frame: u64 = 0;
     let due = |k: u64, step: f64| start + Duration::from_secs_f64(k as f64 * step);
-    let mut interrupted = false;
-    let mut connected = true;
-
-    // Handles one event; false on a second Ctrl-C (exit now).
-    let handle = |ev: Ev,
-                  tally: &mut Tally,
-                  interrupted: &mut bool,
-                  connected: &mut bool|
-     -> bool {
-        match ev {
-            Ev::Message(topic, payload) => tally.on_message(&topic, &payload),
-            Ev::PubAck => tally.puback += 1,
-            Ev::Interrupt => {
-                if *interrupted {
-                    return false;
-                }
-                *interrupted = true;
-                println!("accel_sim: interrupted; waiting for outstanding answers (Ctrl-C again to quit now)");
-            }
-            Ev::ConnError(e) => {
-                if *connected {
-                    eprintln!("accel_sim: connection to the broker lost: {e}; reconnecting");
-                }
-                *connected = false;
-            }
-            Ev::Connected => {
-                *connected = true;
-                eprintln!("accel_sim: reconnected");
-                for filter in [RESULTS_FILTER, ERRORS_FILTER] {
-                    if let Err(e) = client.subscribe(filter, QoS::AtLeastOnce) {
-                        eprintln!("accel_sim: cannot subscribe to {filter}: {e}");
-                    }
-                }
-            }
-            Ev::SubAck(_) => {}
-        }
-        true
-    };
 
     // Publishing phase.
     loop {
+        let tally = &mut run.tally;
         let next_reading = (!tally.streams.is_empty()).then(|| due(reading, reading_interval));
         let next_frame = (!tally.cameras.is_empty()).then(|| due(frame, frame_step));
         let Some(next) = next_reading.into_iter().chain(next_frame).min() else {
             break;
         };
-        if interrupted || stop_at.is_some_and(|s| next >= s) {
+        if run.interrupted || stop_at.is_some_and(|s| next >= s) {
             break;
         }
         let now = Instant::now();
         if now >= next {
             if next_reading == Some(next) {
                 let ts = tally.t0 + reading as f64 * reading_interval;
-                if let Err(e) = publish_readings(&client, &mut tally, &mut rng, reading, ts) {
+                if let Err(e) = publish_readings(&client, tally, &mut rng, reading, ts) {
                     eprintln!("accel_sim: cannot publish: {e}");
                     return ExitCode::from(2);
                 }
@@ -1101,7 +1404,7 @@ fn main() -> ExitCode {
                 // Each camera goes through the samples, cameras offset by one.
                 let sample = (cam.sent.len() + c) % SAMPLES.len();
                 cam.sent.push(sample);
-                let topic = cam.topic.clone();
+                let topic = format!("{}/{}", cam.topic, cam.sent.len());
                 if let Err(e) = client.publish(topic, QoS::AtLeastOnce, false, SAMPLES[sample].2) {
                     eprintln!("accel_sim: cannot publish: {e}");
                     return ExitCode::from(2);
@@ -1113,42 +1416,60 @@ fn main() -> ExitCode {
         }
         match rx.recv_timeout(next - now) {
             Ok(ev) => {
-                if !handle(ev, &mut tally, &mut interrupted, &mut connected) {
+                if !run.handle(ev) {
                     return ExitCode::from(130);
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                eprintln!("accel_sim: the MQTT connection thread stopped");
+                eprintln!("accel_sim: the MQTT connection threads stopped");
                 break;
             }
         }
     }
     let sent_for = start.elapsed();
 
-    // Grace period for the answers still on their way.
-    let grace_end = Instant::now() + ANSWER_GRACE;
-    loop {
-        if tally.missing(&expected).is_empty() && tally.puback >= tally.published {
-            break;
+    // The answers still on their way: until ANSWER_GRACE passes without
+    // one while the results broker is connected (answers kept while it was
+    // away come after it is back), at most MAX_WAIT.
+    let sent_at = Instant::now();
+    run.last_progress = run.last_progress.max(sent_at);
+    let ended = loop {
+        if run.tally.missing(&expected).is_empty() && run.tally.puback >= run.tally.published {
+            break Ended::AllAnswered;
         }
-        let left = grace_end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
+        let now = Instant::now();
+        let hard_end = sent_at + MAX_WAIT;
+        let results_up = run.links[Link::Results as usize].up;
+        let end = if results_up {
+            (run.last_progress + ANSWER_GRACE).min(hard_end)
+        } else {
+            hard_end
+        };
+        if now >= end {
+            break if results_up {
+                Ended::Quiet
+            } else {
+                Ended::ResultsDown
+            };
         }
-        match rx.recv_timeout(left) {
+        match rx.recv_timeout(end - now) {
             Ok(ev) => {
-                if !handle(ev, &mut tally, &mut interrupted, &mut connected) {
+                if !run.handle(ev) {
                     return ExitCode::from(130);
                 }
             }
-            Err(RecvTimeoutError::Timeout) => break,
-            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break Ended::ThreadsStopped,
         }
-    }
+    };
+    end_results_session(&run.results, &rx, results_opts);
     let _ = client.disconnect();
 
     // Summary.
+    let Run {
+        mut tally, links, ..
+    } = run;
     let missing = tally.missing(&expected);
     let readings: u64 = tally.streams.iter().map(|s| s.published).sum();
     let messages: u64 = tally.streams.iter().map(|s| s.messages).sum();
@@ -1201,6 +1522,28 @@ fn main() -> ExitCode {
         }
     }
     println!("  (windows that overlap two activities are not judged: matched counts the others)");
+    for l in &links {
+        if l.outages > 0 {
+            println!(
+                "  the {} {} was lost {} time(s), {:.1} s in all{}",
+                l.what,
+                l.url,
+                l.outages,
+                (l.offline + l.down_since.map_or(Duration::ZERO, |d| d.elapsed())).as_secs_f64(),
+                if l.down_since.is_some() {
+                    " (still down)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    if tally.waited > 0 {
+        println!(
+            "  answers that arrived more than {WAITED:.0} s after the daemon received their input: {} (the longest {:.1} s): they waited in the daemon's outbox or the broker's session",
+            tally.waited, tally.longest_wait
+        );
+    }
     if tally.reading_errors > 0 {
         println!("  errors about readings: {}", tally.reading_errors);
     }
@@ -1211,7 +1554,10 @@ fn main() -> ExitCode {
         );
     }
     if tally.duplicates > 0 {
-        println!("  duplicate answers: {}", tally.duplicates);
+        println!(
+            "  duplicate answers: {} (at-least-once delivery: an answer whose confirmation was lost is published again)",
+            tally.duplicates
+        );
     }
     if tally.foreign > 0 {
         println!("  ignored messages not from this run: {}", tally.foreign);
@@ -1234,10 +1580,19 @@ fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         let examples: Vec<String> = missing.iter().take(5).cloned().collect();
+        let why = match ended {
+            Ended::Quiet => format!("no answer came for {} s", ANSWER_GRACE.as_secs()),
+            Ended::ResultsDown => format!(
+                "the results broker was still unreachable {} s after the last message was sent",
+                MAX_WAIT.as_secs()
+            ),
+            Ended::ThreadsStopped | Ended::AllAnswered => {
+                "the MQTT connection threads stopped".to_string()
+            }
+        };
         println!(
-            "MISSING: {} answer(s) did not arrive within {} s, e.g. {}",
+            "MISSING: {} answer(s) did not arrive ({why}), e.g. {}",
             missing.len(),
-            ANSWER_GRACE.as_secs(),
             examples.join(", ")
         );
         ExitCode::FAILURE

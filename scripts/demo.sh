@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The one-command demo: installs what is missing, builds, starts a private
-# Mosquitto broker on a free loopback port and the daemon with
-# config/demo.toml, then runs the simulator against them and prints the
-# answers as they arrive.
+# The one-command demo: installs what is missing, builds, starts two private
+# Mosquitto brokers on free loopback ports (the local one the sensors
+# publish to, and an "uplink" with a TLS listener, where the daemon sends
+# its answers) and the daemon with config/demo.toml, then runs the
+# simulator against them and prints the answers as they arrive.
 #
 # The simulator (examples/accel_sim.rs): wrist sensors publish one
 # accelerometer reading per message ({"ts", "ax", "ay", "az"} on
@@ -10,7 +11,20 @@
 # daemon assembles 128-reading windows, a new one every 64 readings, and
 # answers each. Cameras publish the sample pictures of models/samples/
 # (circle, square, triangle, none as JPEG, a square as PNG) on
-# cameras/cam-N/frame, for the shapes model.
+# cameras/cam-N/frame/K (K: the frame's number), for the shapes model. The
+# simulator reads the answers from the uplink over TLS (trusting only a CA
+# this script makes with openssl), in a session the uplink keeps.
+#
+# The uplink outage: at 40% of the run the script stops the uplink
+# (SIGTERM, so it saves its sessions), at 60% it starts it again (the
+# default 20 s run: down from 8 s to 12 s). Meanwhile the daemon keeps
+# answering into its disk outbox (state_dir/outbox, in the temporary
+# folder) and replays it once the uplink is back; the simulator counts each
+# answer by its window or frame, so the late ones count. With --seconds 0
+# (until Ctrl-C) the outage comes once, 10 s in, for 5 s. At the end the
+# script prints the daemon's delivery and outbox figures (edge-infer
+# status: its health record on the uplink) and its log lines about the
+# outage.
 #
 #   scripts/demo.sh                    # 20 s, 2 sensors at 1 window/s, 1 camera at 1 frame/s
 #   scripts/demo.sh --seconds 60 --sensors 4 --rate 10 --cameras 2 --frame-interval 0.5
@@ -22,23 +36,38 @@
 #
 # Arguments are passed to the simulator (--help lists them). The exit status
 # is the simulator's: 0 when every window (counted from the readings each
-# sensor sent) and every frame was answered. Logs of the daemon and the
-# broker stay in a temporary folder whose path is printed.
+# sensor sent) and every frame was answered, outage or not. Logs of the
+# daemon and the brokers stay in a temporary folder whose path is printed
+# (the keys made for the uplink are deleted). Builds into $CARGO_TARGET_DIR
+# when it is set.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 say() { printf 'demo: %s\n' "$*" >&2; }
 
+# The run's length, for the outage's schedule: the simulator's --seconds
+# (the last one given, as the simulator reads them; default 20).
+seconds=20
+prev=""
 for a in "$@"; do
   case "$a" in
-    --host|--host=*|--port|--port=*)
-      say "the demo chooses the broker itself; don't pass $a"; exit 2 ;;
+    --host|--host=*|--port|--port=*|--results-*)
+      say "the demo chooses the brokers itself; don't pass $a"; exit 2 ;;
+    --seconds=*) seconds="${a#--seconds=}" ;;
   esac
+  [ "$prev" != "--seconds" ] || seconds="$a"
+  prev="$a"
 done
+# Milliseconds after the simulator starts: uplink down, uplink back. (A
+# --seconds the simulator refuses ends the demo before either.)
+read -r down_ms up_ms < <(awk -v s="$seconds" 'BEGIN {
+  if (s + 0 > 0) printf "%d %d\n", s * 400, s * 600; else print "10000 15000" }')
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/edge-infer-demo.XXXXXX")"
+tls="$tmp/tls"
 broker_pid=""
+uplink_pid=""
 daemon_pid=""
 sim_pid=""
 
@@ -50,7 +79,7 @@ stop() {
   kill -TERM "$pid" 2>/dev/null || true
   for ((i = 0; i < grace * 10; i++)); do
     kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
+    sleep 0.1 || true
   done
   if kill -0 "$pid" 2>/dev/null; then
     say "$name did not stop within ${grace} s; killing it"
@@ -67,8 +96,9 @@ cleanup() {
   # The daemon drains its queues for up to 10 s on SIGTERM.
   stop "$daemon_pid" 15 "edge-infer"
   stop "$broker_pid" 5 "mosquitto"
-  rm -f "$tmp/mosquitto.conf"
-  say "logs: $tmp/edge-infer.log, $tmp/mosquitto.log"
+  stop "$uplink_pid" 5 "the uplink mosquitto"
+  rm -rf "$tmp/mosquitto.conf" "$tmp/uplink.conf" "$tls" "$tmp/uplink"
+  say "logs: $tmp/edge-infer.log, $tmp/mosquitto.log, $tmp/uplink.log"
   exit "$rc"
 }
 # shellcheck disable=SC2329  # invoked by trap
@@ -84,8 +114,8 @@ trap cleanup EXIT
 trap on_int INT
 trap 'exit 143' TERM
 
-# Broker and daemon run in their own session, so that Ctrl-C in the terminal
-# reaches only the simulator, which then still gets its answers.
+# Brokers and daemon run in their own session, so that Ctrl-C in the
+# terminal reaches only the simulator, which then still gets its answers.
 detach=()
 command -v setsid >/dev/null 2>&1 && detach=(setsid)
 
@@ -94,14 +124,16 @@ say "installing dependencies (scripts/setup-deps.sh)"
 "$root/scripts/setup-deps.sh"
 say "building edge-infer and the simulator"
 cargo build --release --bin edge-infer --example accel_sim
-daemon_bin="$root/target/release/edge-infer"
-sim_bin="$root/target/release/examples/accel_sim"
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
+daemon_bin="$target_dir/release/edge-infer"
+sim_bin="$target_dir/release/examples/accel_sim"
 
 mosquitto_bin="$(command -v mosquitto || true)"
 [ -n "$mosquitto_bin" ] || mosquitto_bin=/usr/sbin/mosquitto
 [ -x "$mosquitto_bin" ] || { say "mosquitto not found (scripts/setup-deps.sh should have installed it)"; exit 1; }
+command -v openssl >/dev/null 2>&1 || { say "openssl not found (scripts/setup-deps.sh should have installed it)"; exit 1; }
 
-# --- broker -------------------------------------------------------------------
+# --- brokers ------------------------------------------------------------------
 free_port() {
   if command -v python3 >/dev/null 2>&1; then
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -121,40 +153,103 @@ free_port() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-port=""
-for attempt in 1 2 3 4 5; do
-  candidate="$(free_port)" || { say "cannot find a free TCP port on 127.0.0.1"; exit 1; }
-  cat >"$tmp/mosquitto.conf" <<EOF
-listener $candidate 127.0.0.1
-allow_anonymous true
-persistence false
-EOF
-  "${detach[@]}" "$mosquitto_bin" -c "$tmp/mosquitto.conf" >"$tmp/mosquitto.log" 2>&1 </dev/null &
-  broker_pid=$!
+# Starts mosquitto with config file $1, its output appended to $2, and
+# waits up to 10 s for port $3 to answer; sets started_pid. Status 1, the
+# process stopped, if it exits or does not listen.
+start_broker() {
+  local conf="$1" log="$2" p="$3" i
+  "${detach[@]}" "$mosquitto_bin" -c "$conf" >>"$log" 2>&1 </dev/null &
+  started_pid=$!
   for ((i = 0; i < 100; i++)); do
-    kill -0 "$broker_pid" 2>/dev/null || break
-    if port_open "$candidate"; then port="$candidate"; break; fi
-    sleep 0.1
+    kill -0 "$started_pid" 2>/dev/null || break
+    if port_open "$p"; then return 0; fi
+    sleep 0.1 || true
   done
-  [ -n "$port" ] && break
-  say "mosquitto did not start on port $candidate (attempt $attempt):"
-  sed 's/^/  | /' "$tmp/mosquitto.log" >&2 || true
-  stop "$broker_pid" 2 "mosquitto"
-  broker_pid=""
-done
-[ -n "$port" ] || { say "giving up on starting mosquitto"; exit 1; }
+  stop "$started_pid" 2 "mosquitto"
+  started_pid=""
+  return 1
+}
+
+# Starts the broker named $1 on a free port, its config file $3 written by
+# the function $2 (given the port), its log $4; sets started_pid and
+# started_port.
+start_on_free_port() {
+  local name="$1" write_conf="$2" conf="$3" log="$4" candidate attempt
+  for attempt in 1 2 3 4 5; do
+    candidate="$(free_port)" || { say "cannot find a free TCP port on 127.0.0.1"; return 1; }
+    "$write_conf" "$candidate" >"$conf"
+    if start_broker "$conf" "$log" "$candidate"; then
+      started_port="$candidate"
+      return 0
+    fi
+    say "$name did not start on port $candidate (attempt $attempt):"
+    sed 's/^/  | /' "$log" >&2 || true
+  done
+  say "giving up on starting $name"
+  return 1
+}
+
+local_conf() {
+  printf '%s\n' "listener $1 127.0.0.1" "allow_anonymous true" "persistence false"
+}
+start_on_free_port mosquitto local_conf "$tmp/mosquitto.conf" "$tmp/mosquitto.log" || exit 1
+broker_pid="$started_pid"
+port="$started_port"
 say "mosquitto listening on 127.0.0.1:$port (pid $broker_pid)"
+
+# The uplink's certificate (for 127.0.0.1 and localhost), signed by a CA
+# made here: the daemon and the simulator trust that CA only.
+make_certs() {
+  cd "$tls" &&
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ca.key &&
+    openssl req -new -x509 -key ca.key -subj "/CN=edge-infer demo CA" -days 2 -out ca.crt \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" &&
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out server.key &&
+    openssl req -new -key server.key -subj "/CN=localhost" -out server.csr &&
+    printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
+      "extendedKeyUsage=serverAuth" "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+      "authorityKeyIdentifier=keyid" >server.ext &&
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -days 2 \
+      -set_serial "0x$(openssl rand -hex 8)" -extfile server.ext -out server.crt
+}
+mkdir -p "$tls" "$tmp/uplink"
+if ! (make_certs) >"$tmp/openssl.log" 2>&1; then
+  say "openssl could not make the uplink's certificates:"
+  sed 's/^/  | /' "$tmp/openssl.log" >&2 || true
+  exit 1
+fi
+# Persistence on, so that the simulator's session (its subscriptions and
+# the answers queued for it) survives the restart. Started as root,
+# mosquitto switches to user mosquitto unless told otherwise, and then can
+# read neither the 0600 key nor this folder.
+run_as=()
+[ "$(id -u)" -ne 0 ] || run_as=("user root")
+uplink_conf() {
+  printf '%s\n' "listener $1 127.0.0.1" "cafile $tls/ca.crt" "certfile $tls/server.crt" \
+    "keyfile $tls/server.key" "allow_anonymous true" "persistence true" \
+    "persistence_location $tmp/uplink/" ${run_as[@]+"${run_as[@]}"}
+}
+start_on_free_port "the uplink mosquitto" uplink_conf "$tmp/uplink.conf" "$tmp/uplink.log" || exit 1
+uplink_pid="$started_pid"
+uplink_port="$started_port"
+say "uplink mosquitto listening on 127.0.0.1:$uplink_port with TLS (pid $uplink_pid)"
 
 # --- daemon -------------------------------------------------------------------
 say "starting edge-infer (log: $tmp/edge-infer.log)"
-EDGE_INFER__MQTT__PORT="$port" STATE_DIRECTORY="$tmp/state" "${detach[@]}" env -u JOURNAL_STREAM \
+# The brokers' ports and the CA are known only now: they replace the
+# placeholders of config/demo.toml's [mqtt] and [uplink]. A health record
+# every 2 s, so that the one read at the end is recent.
+export EDGE_INFER__MQTT__PORT="$port" EDGE_INFER__UPLINK__PORT="$uplink_port" \
+  EDGE_INFER__UPLINK__TLS=true EDGE_INFER__UPLINK__CA_FILE="$tls/ca.crt" \
+  EDGE_INFER__HEALTH__INTERVAL_SECS=2
+STATE_DIRECTORY="$tmp/state" "${detach[@]}" env -u JOURNAL_STREAM \
   "$daemon_bin" run --config "$root/config/demo.toml" >"$tmp/edge-infer.log" 2>&1 </dev/null &
 daemon_pid=$!
 ready=""
 for ((i = 0; i < 300; i++)); do
   if grep -q 'ready:' "$tmp/edge-infer.log" 2>/dev/null; then ready=1; break; fi
   kill -0 "$daemon_pid" 2>/dev/null || break
-  sleep 0.1
+  sleep 0.1 || true
 done
 if [ -z "$ready" ]; then
   if kill -0 "$daemon_pid" 2>/dev/null; then
@@ -169,16 +264,50 @@ if [ -z "$ready" ]; then
 fi
 say "$(grep -m1 'ready:' "$tmp/edge-infer.log" | sed 's/^.*ready:/edge-infer ready:/')"
 
-# --- simulator ----------------------------------------------------------------
-# In the background and waited for, so that a TERM to this script is handled
-# at once; Ctrl-C from the terminal reaches the simulator directly.
-"$sim_bin" --host 127.0.0.1 --port "$port" "$@" &
+# --- simulator and the outage -------------------------------------------------
+# In the background and polled, so that a TERM to this script is handled
+# within 0.1 s and the outage comes on time; Ctrl-C from the terminal
+# reaches the simulator directly.
+"$sim_bin" --host 127.0.0.1 --port "$port" --results-host 127.0.0.1 \
+  --results-port "$uplink_port" --results-ca-file "$tls/ca.crt" "$@" &
 sim_pid=$!
-status=0
-while :; do
-  wait "$sim_pid" && status=0 || status=$?
-  # A trapped signal interrupts `wait`; keep waiting while the simulator runs.
-  kill -0 "$sim_pid" 2>/dev/null || break
+now_ms() { local us="${EPOCHREALTIME//[!0-9]/}"; echo $((us / 1000)); }
+started_ms="$(now_ms)"
+outage=before
+while kill -0 "$sim_pid" 2>/dev/null; do
+  elapsed=$(($(now_ms) - started_ms))
+  if [ "$outage" = before ] && [ "$elapsed" -ge "$down_ms" ]; then
+    say "uplink down: answers now wait in the outbox ($tmp/state/outbox)"
+    stop "$uplink_pid" 5 "the uplink mosquitto"
+    uplink_pid=""
+    outage=during
+  elif [ "$outage" = during ] && [ "$elapsed" -ge "$up_ms" ]; then
+    outage=after
+    for attempt in 1 2 3; do
+      if start_broker "$tmp/uplink.conf" "$tmp/uplink.log" "$uplink_port"; then
+        uplink_pid="$started_pid"
+        say "uplink back: replaying the outbox"
+        break
+      fi
+      say "the uplink mosquitto did not start again on port $uplink_port (attempt $attempt); see $tmp/uplink.log"
+    done
+  fi
+  # Ctrl-C kills the sleep; on_int, not errexit, decides what follows.
+  sleep 0.1 || true
 done
+wait "$sim_pid" && status=0 || status=$?
 sim_pid=""
+
+# --- the daemon's side of it ----------------------------------------------------
+if [ "$outage" = after ] && [ -n "$uplink_pid" ]; then
+  # The retained health record comes first, then the next one: recent
+  # enough to count everything replayed.
+  mosquitto_sub -h localhost -p "$uplink_port" --cafile "$tls/ca.crt" \
+    -t edge-infer/demo/health -C 2 -W 5 >/dev/null 2>&1 || true
+  say "the daemon's delivery figures (edge-infer status: its health record on the uplink):"
+  { "$daemon_bin" status --config "$root/config/demo.toml" --device demo --wait 5 2>&1 || true; } |
+    grep -E '^[^ ]|^  (health|broker|output link|delivery|outbox) ' | sed 's/^/  | /' >&2 || true
+  say "the daemon's log about the uplink:"
+  grep -E 'output link(: lost| down:|: back)' "$tmp/edge-infer.log" | sed 's/^/  | /' >&2 || true
+fi
 exit "$status"

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building, testing and the demo need on a fresh Debian/Ubuntu
-# machine: the Mosquitto broker and clients, and libLiteRt.so (via pip, from
-# the ai-edge-litert wheel). Idempotent; needs root (or sudo) for apt.
+# machine: the Mosquitto broker and clients, openssl, and libLiteRt.so (via
+# pip, from the ai-edge-litert wheel). Idempotent; needs root (or sudo) for apt.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+# The demo makes its uplink broker's certificates with it.
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # systemd-analyze (unit hardening check), systemd-journald, journalctl and
 # systemd-cat (journal logging test); systemd does not need to be running.
 [ -x /lib/systemd/systemd-journald ] && command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
