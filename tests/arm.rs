@@ -494,6 +494,8 @@ impl ArmDaemon {
         std::fs::write(&path, config_text).expect("write config");
         let mut cmd = arm.command(cpu);
         cmd.arg("run").arg("--config").arg(&path);
+        // Its own state dir (the outbox), not the service's.
+        cmd.env("STATE_DIRECTORY", dir.path().join("state"));
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())

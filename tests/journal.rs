@@ -75,7 +75,8 @@ fn errors_reach_the_journal_with_filterable_fields() {
     // systemd-cat connects stdout/stderr to the journal; JOURNAL_STREAM
     // (device:inode of that stream) is what systemd itself would set.
     let script = format!(
-        "export JOURNAL_STREAM=$(stat -L -c '%d:%i' /proc/self/fd/2); exec {} run --config {}",
+        "export JOURNAL_STREAM=$(stat -L -c '%d:%i' /proc/self/fd/2); export STATE_DIRECTORY={}; exec {} run --config {}",
+        dir.path().join("state").display(),
         daemon_binary().display(),
         cfg.display()
     );

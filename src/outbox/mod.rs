@@ -67,6 +67,35 @@ const MAX_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 /// An append flushes its buffer to the file past this many bytes, so a huge
 /// batch does not sit in memory twice.
 const WRITE_BUFFER_BYTES: usize = 1024 * 1024;
+/// Held while a process has the outbox open.
+const LOCK_FILE: &str = "lock";
+
+/// Takes the outbox's lock, or says who may hold it.
+fn lock(dir: &Path) -> Result<File, OutboxError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_error("create", &path))?;
+    // SAFETY: flock on a descriptor this function owns; no memory involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(if e.kind() == io::ErrorKind::WouldBlock {
+            OutboxError::InUse {
+                dir: dir.to_path_buf(),
+                lock: path,
+            }
+        } else {
+            io_error("lock", &path)(e)
+        });
+    }
+    Ok(file)
+}
+
 /// The first sequence number of a new outbox.
 const FIRST_SEQ: u64 = 1;
 
@@ -81,6 +110,8 @@ pub enum OutboxError {
     },
     #[error("{} is not a directory; the outbox needs one there", .path.display())]
     NotADirectory { path: PathBuf },
+    #[error("{} is in use by another edge-infer process (its lock file {} is held): two daemons must not share a state_dir", .dir.display(), .lock.display())]
+    InUse { dir: PathBuf, lock: PathBuf },
 }
 
 fn io_error<'a>(
@@ -233,6 +264,9 @@ enum Got {
 /// The outbox. One owner; every call is synchronous and does its own I/O.
 pub struct Outbox {
     dir: PathBuf,
+    /// Held (flock) for as long as the outbox is open: a second daemon on
+    /// the same state_dir would interleave its writes with ours.
+    _lock: File,
     settings: OutboxSettings,
     /// `max_bytes / 16` within [64 KiB, 16 MiB]: a segment is closed when
     /// the next record would take it past this.
@@ -286,6 +320,7 @@ impl Outbox {
                 .map_err(io_error("create", dir))?,
             Err(e) => return Err(io_error("read", dir)(e)),
         }
+        let lock = lock(dir)?;
         let mut recovered = Recovered::default();
         let mut found = Vec::new();
         for entry in fs::read_dir(dir).map_err(io_error("read", dir))? {
@@ -293,6 +328,7 @@ impl Outbox {
             let is_file = entry.file_type().is_ok_and(|t| t.is_file());
             match segment::parse_name(&entry.file_name()) {
                 Some(seq) if is_file => found.push((seq, entry.path())),
+                _ if entry.file_name() == LOCK_FILE => {}
                 _ => recovered.ignored.push(entry.path()),
             }
         }
@@ -314,6 +350,7 @@ impl Outbox {
 
         let mut outbox = Outbox {
             dir: dir.to_path_buf(),
+            _lock: lock,
             segment_bytes: (settings.max_bytes / 16).clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES),
             settings,
             segments: VecDeque::new(),

@@ -741,3 +741,22 @@ fn a_segment_running_into_the_next_ones_numbers_keeps_only_those_below_it() {
     assert_eq!(got[199].1.topic, "r/00218");
     assert_eq!(ob.stats().corrupt_skipped_bytes, 19 * FRAME);
 }
+
+#[test]
+fn a_second_process_cannot_open_the_same_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox");
+    let (first, _) = Outbox::open(&path, settings(1 << 20, OnFull::DropOldest)).unwrap();
+    match Outbox::open(&path, settings(1 << 20, OnFull::DropOldest)) {
+        Err(e @ OutboxError::InUse { .. }) => {
+            assert!(
+                e.to_string().contains("in use by another edge-infer"),
+                "{e}"
+            )
+        }
+        other => panic!("expected InUse, got {:?}", other.map(|_| ())),
+    }
+    drop(first);
+    let (_again, recovered) = Outbox::open(&path, settings(1 << 20, OnFull::DropOldest)).unwrap();
+    assert!(recovered.ignored.is_empty(), "{:?}", recovered.ignored);
+}
