@@ -161,7 +161,7 @@ cat > "$WORK/workloads.json" <<EOF
 [{"name": "har_json", "model": "har_accel_int8.tflite", "format": "json",
   "fixture": "tests/fixtures/har_accel_int8.json", "case": "walking",
   "topic": "bench/har/in", "results": "bench/har/out",
-  "rates": [1000], "search_max": 100000}]
+  "rates": [1000, 12000], "search_max": 100000}]
 EOF
 
 # The daemon keeps its broker session (clean_session = false, the default):
