@@ -10,6 +10,7 @@ edge-infer / baseline and edge-infer / echo floor beside it.
 import glob
 import json
 import os
+import re
 import sys
 
 TARGETS = ["echo", "edge-infer", "baseline"]
@@ -186,12 +187,25 @@ def main():
 
     L += targets_section(ec, ei, bl, floors, allm)
     L += targets_issue11(ec, ei, bl)
+    L += kept_sections(out)
     notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notes.md")
     if os.path.exists(notes):
         with open(notes) as f:
             L += [f.read().rstrip()]
     with open(out, "w") as f:
         f.write("\n".join(L) + "\n")
+
+
+def kept_sections(out):
+    """The section bench/delivery.sh writes into the same file (issue 12),
+    carried over when this run rewrites it."""
+    try:
+        with open(out) as f:
+            old = f.read()
+    except OSError:
+        return []
+    m = re.search(r"^## Issue 12: .*?(?=^## |\Z)", old, re.M | re.S)
+    return [m.group(0).rstrip(), ""] if m else []
 
 
 def model_set_text(model_set):

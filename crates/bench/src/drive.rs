@@ -14,6 +14,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use rumqttc::QoS;
 use serde_json::{json, Value};
 
 use crate::load::{
@@ -68,6 +69,10 @@ pub struct DriveArgs {
     /// The filter the target's errors arrive on
     #[arg(long, value_name = "FILTER")]
     pub errors: Option<String>,
+    /// QoS of the messages sent (0 or 1); at 1 the broker's
+    /// acknowledgements are timed too (`ack_*` in the results)
+    #[arg(long, value_name = "0|1", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub qos: u8,
     /// Seconds of each run at a workload's fixed rates
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     pub fixed_seconds: f64,
@@ -317,6 +322,7 @@ fn wait_idle(pid: u32) -> Result<(), String> {
 struct Ctx {
     pid: u32,
     port: u16,
+    qos: QoS,
     tck: f64,
     grace: Duration,
     slo: f64,
@@ -330,6 +336,8 @@ fn measured(ctx: &Ctx, w: &Workload, rate: f64, seconds: f64) -> Result<Report, 
     let before = cpu_ticks(ctx.pid)?;
     let spec = RunSpec {
         port: ctx.port,
+        results_port: ctx.port,
+        qos: ctx.qos,
         rate,
         seconds,
         grace: ctx.grace,
@@ -357,8 +365,12 @@ fn measured(ctx: &Ctx, w: &Workload, rate: f64, seconds: f64) -> Result<Report, 
         o.insert("cpu_s_per_1000".into(), per_1000);
         o.insert("sustained".into(), json!(ok));
     }
+    let acks = match r.json.get("ack_p99_ms") {
+        Some(p99) => format!(" unacked {} ack p99 {p99}", r.json["unacked"]),
+        None => String::new(),
+    };
     eprintln!(
-        "  rate {rate:>8} x {seconds}s: sent {} expected {} recv {} err {} lost {} p50 {} p99 {} max {} cpu/1000 {}",
+        "  rate {rate:>8} x {seconds}s: sent {} expected {} recv {} err {} lost {} p50 {} p99 {} max {} cpu/1000 {}{acks}",
         r.sent,
         r.expected,
         r.received,
@@ -584,6 +596,11 @@ pub fn main(a: &DriveArgs) -> Result<(), String> {
     let ctx = Ctx {
         pid,
         port: a.port,
+        qos: if a.qos == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        },
         tck: clk_tck(),
         grace: a.grace,
         slo: a.slo_p99_ms,

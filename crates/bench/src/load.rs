@@ -15,6 +15,11 @@
 //! target answers each completed window with `"window": {"key", "seq"}`,
 //! and (key, seq) names the reading that completed it, whose scheduled send
 //! time the latency is measured from.
+//!
+//! At `--qos 1` the broker acknowledges every message (PUBACK); those are
+//! counted and timed from the scheduled send too (`ack_*`). A broker
+//! acknowledges a publish on receipt, so they time the generator and the
+//! broker, not the target's own acknowledgement to the broker.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,7 +29,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use rumqttc::{Event, Incoming, QoS, RecvTimeoutError};
+use rumqttc::{Connection, Event, Incoming, Outgoing, QoS, RecvTimeoutError};
 use serde_json::{json, Value};
 
 use crate::echo::{find, json_id};
@@ -259,6 +264,13 @@ pub struct LoadArgs {
     /// The filter the results arrive on
     #[arg(long, value_name = "FILTER")]
     pub results: String,
+    /// The broker port the results and errors arrive on [default: --port]
+    #[arg(long, value_name = "P")]
+    pub results_port: Option<u16>,
+    /// QoS of the messages sent (0 or 1); at 1 the broker's
+    /// acknowledgements are counted and timed too
+    #[arg(long, value_name = "0|1", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub qos: u8,
     /// The filter the target's errors arrive on
     #[arg(long, value_name = "FILTER")]
     pub errors: Option<String>,
@@ -406,7 +418,7 @@ pub struct Workload {
 
 impl Workload {
     /// How results name the message they answer.
-    fn matching(&self) -> Matching<'_> {
+    pub(crate) fn matching(&self) -> Matching<'_> {
         match &self.payload {
             Payload::Readings(r) => Matching::Window(r),
             _ if self.seq_topic => Matching::Topic,
@@ -434,7 +446,7 @@ impl Workload {
 
 /// How a result names the message it answers.
 #[derive(Debug, Clone, Copy)]
-enum Matching<'a> {
+pub(crate) enum Matching<'a> {
     /// `"id"`: nonce * ID_SPAN + seq.
     Id,
     /// The last topic level: `<nonce>_<seq>`.
@@ -447,6 +459,10 @@ enum Matching<'a> {
 #[derive(Debug, Clone)]
 pub struct RunSpec {
     pub port: u16,
+    /// Where the results and errors arrive (the target's uplink, or `port`).
+    pub results_port: u16,
+    /// QoS of the messages sent.
+    pub qos: QoS,
     pub rate: f64,
     pub seconds: f64,
     /// How long to wait for results after the last scheduled send.
@@ -463,7 +479,7 @@ struct Stages {
     total: Histogram<u64>,
 }
 
-fn hist() -> Histogram<u64> {
+pub fn hist() -> Histogram<u64> {
     // 1 us .. 1 hour, 3 significant digits; bounds are constants, so this
     // cannot fail.
     Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| unreachable!())
@@ -517,7 +533,7 @@ impl Stages {
     }
 }
 
-fn ms(us: u64) -> f64 {
+pub fn ms(us: u64) -> f64 {
     (us as f64 / 1000.0 * 1000.0).round() / 1000.0
 }
 
@@ -549,7 +565,7 @@ impl Report {
     }
 }
 
-fn nonce() -> u64 {
+pub fn nonce() -> u64 {
     let t = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
@@ -558,7 +574,7 @@ fn nonce() -> u64 {
 }
 
 /// Parses (nonce, seq) out of a result.
-fn key_of(topic: &[u8], payload: &[u8], how: Matching) -> Option<(u64, u64)> {
+pub(crate) fn key_of(topic: &[u8], payload: &[u8], how: Matching) -> Option<(u64, u64)> {
     match how {
         Matching::Topic => {
             let last = topic.rsplit(|&b| b == b'/').next()?;
@@ -584,12 +600,180 @@ fn key_of(topic: &[u8], payload: &[u8], how: Matching) -> Option<(u64, u64)> {
 
 /// The JSON value after the first occurrence of `key` (a quoted name) in
 /// `payload`, found by scanning and parsed alone, not the whole payload.
-fn json_value_at(payload: &[u8], key: &[u8]) -> Option<Value> {
+pub(crate) fn json_value_at(payload: &[u8], key: &[u8]) -> Option<Value> {
     let pos = find(payload, key)?;
     let colon = payload[pos..].iter().position(|&b| b == b':')?;
     let mut it =
         serde_json::Deserializer::from_slice(&payload[pos + colon + 1..]).into_iter::<Value>();
     it.next()?.ok()
+}
+
+/// When each message of a run is due: `start + seq * period`.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    pub start: Instant,
+    /// `start` as Unix seconds (readings carry their send time).
+    pub start_unix: f64,
+    pub period_ns: f64,
+    /// Messages in the run.
+    pub n: u64,
+    pub nonce: u64,
+}
+
+impl Schedule {
+    /// `n` messages at `rate` from `lead` from now.
+    pub fn new(rate: f64, n: u64, nonce: u64, lead: Duration) -> Schedule {
+        let start_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
+            + lead.as_secs_f64();
+        Schedule {
+            start: Instant::now() + lead,
+            start_unix,
+            period_ns: 1e9 / rate,
+            n,
+            nonce,
+        }
+    }
+
+    pub fn due(&self, seq: u64) -> Instant {
+        self.start + Duration::from_nanos((seq as f64 * self.period_ns) as u64)
+    }
+}
+
+/// The broker's acknowledgements (PUBACK) of the messages sent at QoS 1,
+/// timed from each message's scheduled send.
+pub struct Acks {
+    pub latency: Histogram<u64>,
+    pub count: u64,
+    pub last: Option<Instant>,
+}
+
+/// Drives the publisher's connection until it closes: its failure (if
+/// any) and the acknowledgements, counted into `acked` as they come.
+/// rumqttc assigns packet ids in the order it writes publishes and reports
+/// each (`Outgoing::Publish`), so the n-th id written is message n (a
+/// message the client refused is counted in `send_errors` and would shift
+/// the rest; runs that have any are not trusted anyway).
+pub fn drive_publisher(
+    mut conn: Connection,
+    sched: Schedule,
+    acked: Arc<AtomicU64>,
+) -> (Option<String>, Acks) {
+    let mut seq_of = vec![u64::MAX; usize::from(u16::MAX) + 1];
+    let mut written = 0u64;
+    let mut acks = Acks {
+        latency: hist(),
+        count: 0,
+        last: None,
+    };
+    let mut failure = None;
+    for ev in conn.iter() {
+        match ev {
+            Err(e) => {
+                failure = Some(e.to_string());
+                break;
+            }
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                if pkid != 0 {
+                    seq_of[usize::from(pkid)] = written;
+                }
+                written += 1;
+            }
+            Ok(Event::Incoming(Incoming::PubAck(ack))) => {
+                let seq = std::mem::replace(&mut seq_of[usize::from(ack.pkid)], u64::MAX);
+                if seq == u64::MAX {
+                    continue;
+                }
+                let now = Instant::now();
+                let us = now.saturating_duration_since(sched.due(seq)).as_micros() as u64;
+                let _ = acks.latency.record(us.max(1));
+                acks.count += 1;
+                acks.last = Some(now);
+                acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+        }
+    }
+    (failure, acks)
+}
+
+/// What sending a schedule took.
+pub struct Sent {
+    pub sent: u64,
+    pub send_errors: u64,
+    /// How late each send left (the generator's own lag).
+    pub lag: Histogram<u64>,
+    pub end: Instant,
+}
+
+/// Publishes the messages of `sched` on time. Sleeping is coarse (tens of
+/// microseconds); a late send is caught up immediately and its lateness
+/// counts as latency.
+pub fn send_schedule(publ: &rumqttc::Client, w: &Workload, sched: &Schedule, qos: QoS) -> Sent {
+    let mut lag = hist();
+    let mut send_errors = 0u64;
+    let mut sent = 0u64;
+    let nonce = sched.nonce;
+    let stream_topics: Vec<String> = match &w.payload {
+        Payload::Readings(r) => (0..r.streams)
+            .map(|i| format!("{}/{}", w.topic, Readings::stream_name(nonce, i)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    for seq in 0..sched.n {
+        let due = sched.due(seq);
+        let now = Instant::now();
+        if due > now {
+            thread::sleep(due - now);
+        }
+        let topic = if !stream_topics.is_empty() {
+            // In bounds: an index modulo the length.
+            stream_topics[(seq % stream_topics.len() as u64) as usize].clone()
+        } else if w.seq_topic {
+            format!("{}/{nonce}_{seq}", w.topic)
+        } else {
+            w.topic.clone()
+        };
+        let ts = sched.start_unix + seq as f64 * sched.period_ns / 1e9;
+        match publ.publish(
+            topic,
+            qos,
+            false,
+            w.payload.message(nonce * ID_SPAN + seq, seq, ts),
+        ) {
+            Ok(()) => sent += 1,
+            Err(_) => send_errors += 1,
+        }
+        let _ =
+            lag.record((Instant::now().saturating_duration_since(due).as_micros() as u64).max(1));
+    }
+    Sent {
+        sent,
+        send_errors,
+        lag,
+        end: Instant::now(),
+    }
+}
+
+/// `{prefix}p50_ms`, `p95`, `p99` and `max` of a histogram (null when
+/// empty) into `o`.
+pub fn put_quantiles(o: &mut serde_json::Map<String, Value>, prefix: &str, h: &Histogram<u64>) {
+    for (name, q) in [("p50", 0.5), ("p95", 0.95), ("p99", 0.99)] {
+        let v = if h.is_empty() {
+            Value::Null
+        } else {
+            json!(ms(h.value_at_quantile(q)))
+        };
+        o.insert(format!("{prefix}{name}_ms"), v);
+    }
+    let max = if h.is_empty() {
+        Value::Null
+    } else {
+        json!(ms(h.max()))
+    };
+    o.insert(format!("{prefix}max_ms"), max);
 }
 
 /// One open-loop run at a fixed rate.
@@ -599,10 +783,9 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
     }
     let n = (spec.rate * spec.seconds).round().max(1.0) as u64;
     let nonce = nonce();
-    let period_ns = 1e9 / spec.rate;
 
     // Results side first, so nothing is missed.
-    let (sub, mut sub_conn) = mqtt::connect(&format!("bench-load-sub-{nonce}"), spec.port);
+    let (sub, mut sub_conn) = mqtt::connect(&format!("bench-load-sub-{nonce}"), spec.results_port);
     mqtt::subscribe(&sub, &w.results, "load (results)")?;
     let mut subs = 1;
     if let Some(e) = &w.errors {
@@ -613,26 +796,14 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
     let (publ, mut pub_conn) = mqtt::connect(&format!("bench-load-pub-{nonce}"), spec.port);
     mqtt::wait_ready(&mut pub_conn, 0, "load (publisher)")?;
 
-    let start = Instant::now() + Duration::from_millis(100);
-    // Readings carry their scheduled send time as a Unix timestamp.
-    let start_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-        + 0.1;
+    let sched = Schedule::new(spec.rate, n, nonce, Duration::from_millis(100));
+    let start = sched.start;
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new(AtomicU64::new(0));
 
-    let pub_thread = thread::spawn(move || {
-        let mut failure = None;
-        for ev in pub_conn.iter() {
-            if let Err(e) = ev {
-                failure = Some(e.to_string());
-                break;
-            }
-        }
-        failure
-    });
+    let acked_p = acked.clone();
+    let pub_thread = thread::spawn(move || drive_publisher(pub_conn, sched, acked_p));
 
     let errors_filter = w.errors.clone();
     let results_filter = w.results.clone();
@@ -686,8 +857,7 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
                     seen[i] = true;
                     received += 1;
                     answered_r.fetch_add(1, Ordering::Relaxed);
-                    let due = start + Duration::from_nanos((seq as f64 * period_ns) as u64);
-                    let us = now.saturating_duration_since(due).as_micros() as u64;
+                    let us = now.saturating_duration_since(sched.due(seq)).as_micros() as u64;
                     let _ = lat.record(us.max(1));
                     stages.record(&p.payload);
                 }
@@ -708,48 +878,15 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
         )
     });
 
-    // The schedule. Sleeping is coarse (tens of microseconds); a late send
-    // is caught up immediately and its lateness counts as latency.
-    let mut lag = hist();
-    let mut send_errors = 0u64;
-    let mut sent = 0u64;
-    let stream_topics: Vec<String> = match &w.payload {
-        Payload::Readings(r) => (0..r.streams)
-            .map(|i| format!("{}/{}", w.topic, Readings::stream_name(nonce, i)))
-            .collect(),
-        _ => Vec::new(),
-    };
-    for seq in 0..n {
-        let due = start + Duration::from_nanos((seq as f64 * period_ns) as u64);
-        let now = Instant::now();
-        if due > now {
-            thread::sleep(due - now);
-        }
-        let topic = if !stream_topics.is_empty() {
-            // In bounds: an index modulo the length.
-            stream_topics[(seq % stream_topics.len() as u64) as usize].clone()
-        } else if w.seq_topic {
-            format!("{}/{nonce}_{seq}", w.topic)
-        } else {
-            w.topic.clone()
-        };
-        let ts = start_unix + seq as f64 * period_ns / 1e9;
-        match publ.publish(
-            topic,
-            QoS::AtMostOnce,
-            false,
-            w.payload.message(nonce * ID_SPAN + seq, seq, ts),
-        ) {
-            Ok(()) => sent += 1,
-            Err(_) => send_errors += 1,
-        }
-        let _ =
-            lag.record((Instant::now().saturating_duration_since(due).as_micros() as u64).max(1));
-    }
-    let last_due = start + Duration::from_nanos(((n - 1) as f64 * period_ns) as u64);
-    let send_end = Instant::now();
+    let out = send_schedule(&publ, w, &sched, spec.qos);
+    let sent = out.sent;
+    let last_due = sched.due(n - 1);
     let expected = w.expected(sent);
-    while answered.load(Ordering::Relaxed) < expected && last_due.elapsed() < spec.grace {
+    let qos1 = spec.qos != QoS::AtMostOnce;
+    while (answered.load(Ordering::Relaxed) < expected
+        || (qos1 && acked.load(Ordering::Relaxed) < sent))
+        && last_due.elapsed() < spec.grace
+    {
         thread::sleep(Duration::from_millis(10));
     }
     stop.store(true, Ordering::Relaxed);
@@ -759,9 +896,9 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
         sub_thread
             .join()
             .map_err(|_| "results thread panicked".to_string())?;
-    let pub_failure = pub_thread
+    let (pub_failure, acks) = pub_thread
         .join()
-        .unwrap_or(Some("publisher thread panicked".into()));
+        .unwrap_or_else(|_| (Some("publisher thread panicked".into()), no_acks()));
     if let Some(f) = sub_failure {
         return Err(f);
     }
@@ -773,41 +910,46 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
         }
     }
     let lost = expected.saturating_sub(received + errors);
-    let elapsed = send_end
+    let elapsed = out
+        .end
         .saturating_duration_since(start)
         .as_secs_f64()
         .max(1e-9);
-    let q = |h: &Histogram<u64>, x: f64| {
-        if h.is_empty() {
-            Value::Null
-        } else {
-            json!(ms(h.value_at_quantile(x)))
-        }
-    };
-    let json = json!({
-        "rate": spec.rate,
-        "seconds": spec.seconds,
-        "payload_bytes": w.payload.len(),
-        "payload_kind": w.payload.kind(),
-        "sent": sent,
-        "expected": expected,
-        "send_errors": send_errors,
-        "achieved_send_rate": (sent as f64 / elapsed).round(),
-        "received": received,
-        "errors": errors,
-        "error_codes": error_codes,
-        "lost": lost,
-        "duplicates": dups,
-        "stale": stale,
-        "unmatched": unmatched,
-        "p50_ms": q(&lat, 0.5),
-        "p95_ms": q(&lat, 0.95),
-        "p99_ms": q(&lat, 0.99),
-        "max_ms": if lat.is_empty() { Value::Null } else { json!(ms(lat.max())) },
-        "send_lag_p99_ms": q(&lag, 0.99),
-        "send_lag_max_ms": json!(ms(lag.max())),
-        "stages": stages.to_json(),
-    });
+    let mut o = serde_json::Map::new();
+    o.insert("rate".into(), json!(spec.rate));
+    o.insert("seconds".into(), json!(spec.seconds));
+    o.insert("qos".into(), json!(u8::from(qos1)));
+    o.insert("nonce".into(), json!(nonce));
+    o.insert("payload_bytes".into(), json!(w.payload.len()));
+    o.insert("payload_kind".into(), json!(w.payload.kind()));
+    o.insert("sent".into(), json!(sent));
+    o.insert("expected".into(), json!(expected));
+    o.insert("send_errors".into(), json!(out.send_errors));
+    o.insert(
+        "achieved_send_rate".into(),
+        json!((sent as f64 / elapsed).round()),
+    );
+    o.insert("received".into(), json!(received));
+    o.insert("errors".into(), json!(errors));
+    o.insert("error_codes".into(), json!(error_codes));
+    o.insert("lost".into(), json!(lost));
+    o.insert("duplicates".into(), json!(dups));
+    o.insert("stale".into(), json!(stale));
+    o.insert("unmatched".into(), json!(unmatched));
+    put_quantiles(&mut o, "", &lat);
+    if qos1 {
+        o.insert("acked".into(), json!(acks.count));
+        o.insert("unacked".into(), json!(sent.saturating_sub(acks.count)));
+        put_quantiles(&mut o, "ack_", &acks.latency);
+    }
+    let lag = &out.lag;
+    o.insert(
+        "send_lag_p99_ms".into(),
+        json!(ms(lag.value_at_quantile(0.99))),
+    );
+    o.insert("send_lag_max_ms".into(), json!(ms(lag.max())));
+    o.insert("stages".into(), stages.to_json());
+    let json = Value::Object(o);
     let handled = match &w.payload {
         Payload::Readings(_) => sent,
         _ => received,
@@ -821,6 +963,14 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
         handled,
         json,
     })
+}
+
+pub fn no_acks() -> Acks {
+    Acks {
+        latency: hist(),
+        count: 0,
+        last: None,
+    }
 }
 
 pub fn workload_from_args(a: &LoadArgs) -> Result<Workload, String> {
@@ -838,6 +988,12 @@ pub fn main(a: &LoadArgs) -> Result<(), String> {
     for &rate in &a.rate {
         let spec = RunSpec {
             port: a.port,
+            results_port: a.results_port.unwrap_or(a.port),
+            qos: if a.qos == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            },
             rate,
             seconds: a.seconds,
             grace: a.grace,

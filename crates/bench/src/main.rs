@@ -7,6 +7,8 @@
 //! - `load`: one open-loop run per rate, a JSON line each.
 //! - `drive`: starts a target and measures everything (see drive.rs).
 //! - `coldstart`: cold start and RSS of a command only.
+//! - `outage`: the outbox's fill and replay while the target's uplink is
+//!   down and after it returns (see outage.rs).
 //!
 //! Exit status: 0 ok, 1 a measurement failed, 2 bad usage.
 
@@ -15,6 +17,7 @@ mod echo;
 mod floor;
 mod load;
 mod mqtt;
+mod outage;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -74,6 +77,16 @@ enum Command {
     /// Cold start and peak RSS of a command (after `--`) only, repeated
     #[command(args_override_self = true, verbatim_doc_comment)]
     Coldstart(drive::ColdstartArgs),
+    /// The outbox: fill while the target's uplink is down, replay after
+    ///
+    /// Sends --count messages (QoS 1) while the uplink broker is down,
+    /// times their acknowledgements, writes --filled and waits for the
+    /// uplink (the caller starts it), then times the replay of every
+    /// stored result and, with --live-rate, fresh messages meanwhile. The
+    /// results' subscriber needs a persistent session at the uplink,
+    /// created first with --prepare. Prints one JSON object.
+    #[command(args_override_self = true, verbatim_doc_comment)]
+    Outage(outage::OutageArgs),
 }
 
 /// Seconds as a duration: a finite number, 0 or more.
@@ -101,6 +114,7 @@ fn main() -> ExitCode {
         Command::Load(a) => load::main(&a),
         Command::Drive(a) => drive::main(&a),
         Command::Coldstart(a) => drive::coldstart(&a),
+        Command::Outage(a) => outage::main(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -149,6 +163,52 @@ mod tests {
         assert_eq!(a.rate, [100.0, 1000.0, 5000.0]);
         assert_eq!(a.seconds, 10.0);
         assert_eq!(a.grace, std::time::Duration::from_secs(3));
+    }
+
+    #[test]
+    fn qos_is_0_or_1_and_the_outage_run_has_its_defaults() {
+        let load = |qos: &str| {
+            Cli::try_parse_from([
+                "edge-infer-bench",
+                "load",
+                "--topic",
+                "t",
+                "--results",
+                "r",
+                "--fixture",
+                "f.json",
+                "--rate",
+                "1",
+                "--qos",
+                qos,
+            ])
+        };
+        let Command::Load(a) = load("1").unwrap().command else {
+            panic!("not load");
+        };
+        assert_eq!((a.qos, a.results_port), (1, None));
+        assert_eq!(load("2").unwrap_err().exit_code(), 2);
+        let cli = Cli::try_parse_from([
+            "edge-infer-bench",
+            "outage",
+            "--port",
+            "1",
+            "--uplink-port",
+            "2",
+            "--topic",
+            "t",
+            "--results",
+            "r",
+            "--fixture",
+            "f.json",
+        ])
+        .unwrap();
+        let Command::Outage(a) = cli.command else {
+            panic!("not outage: {cli:?}");
+        };
+        assert_eq!((a.count, a.rate, a.live_rate), (20_000, 2000.0, 0.0));
+        assert_eq!(a.client_id, "bench-outage-sub");
+        assert!(!a.prepare);
     }
 
     #[test]
