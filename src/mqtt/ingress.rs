@@ -200,10 +200,11 @@ impl Ingress {
             return;
         }
         // Through the request channel, which on this link carries only
-        // acknowledgements and subscriptions; should it ever be full, into
-        // the event loop's own queue, which it serves before anything new
-        // (but one timer tick per request, so only as the fallback): an
-        // acknowledgement is never dropped and never waits.
+        // acknowledgements and subscriptions and is larger than the packet
+        // id space (see `INPUT_REQUEST_CHANNEL_CAPACITY`); were it ever full,
+        // into the event loop's own queue (one request per timer tick, so
+        // only as the fallback): an acknowledgement is never dropped and
+        // never waits.
         if let Err(e) = self.client.try_ack(&p) {
             let request = match e {
                 ClientError::TryRequest(r) | ClientError::Request(r) => r,

@@ -83,10 +83,20 @@ impl Connection {
     ) -> Connection {
         let status_topic = replies::status_topic(device_id);
         let qos = qos(settings.qos);
-        let (input, input_loop) = connect(settings, &settings.client_id, None);
+        let (input, input_loop) = connect(
+            settings,
+            &settings.client_id,
+            None,
+            INPUT_REQUEST_CHANNEL_CAPACITY,
+        );
         let (out, output_id) = output_link(settings, uplink);
         let output_qos = self::qos(out.qos);
-        let (output, output_loop) = connect(out, &output_id, Some((&status_topic, last_will)));
+        let (output, output_loop) = connect(
+            out,
+            &output_id,
+            Some((&status_topic, last_will)),
+            REQUEST_CHANNEL_CAPACITY,
+        );
         let links = Arc::new(Links {
             stats: Arc::clone(&stats),
             input_up: AtomicBool::new(false),
@@ -301,8 +311,18 @@ impl Connection {
 const OUTBOX_FLUSH_LIMIT: Duration = Duration::from_secs(5);
 
 /// Capacity of rumqttc's request channel (publishes, subscribes waiting
-/// for the event loop) of each link.
+/// for the event loop) of the output link; `inflight::WINDOW` keeps it
+/// from filling.
 const REQUEST_CHANNEL_CAPACITY: usize = 4096;
+
+/// The input link's: its acknowledgements must never find it full. One
+/// that does goes to rumqttc's `pending` queue, which it serves one request
+/// per timer tick (1 ms) before reading its channel again, so after a burst
+/// the channel stayed full and acknowledgements crawled out at ~1,000/s
+/// (bench/notes.md, issue 12). A broker has at most 65,535 messages
+/// unacknowledged per client (packet ids), so more than that always has
+/// room; the channel allocates only as it fills.
+const INPUT_REQUEST_CHANNEL_CAPACITY: usize = 70_000;
 
 /// Where the output link connects and as whom: `[uplink]` when set, else
 /// the `[mqtt]` broker as its client id + `-out`.
@@ -366,6 +386,7 @@ fn connect(
     settings: &MqttSettings,
     client_id: &str,
     last_will: Option<(&str, Vec<u8>)>,
+    channel_capacity: usize,
 ) -> (AsyncClient, EventLoop) {
     let mut opts = MqttOptions::new(client_id, &settings.host, settings.port);
     if let Some((topic, record)) = last_will {
@@ -374,10 +395,10 @@ fn connect(
     opts.set_keep_alive(settings.keep_alive)
         .set_clean_session(settings.clean_session)
         .set_max_packet_size(settings.max_packet_bytes, settings.max_packet_bytes)
-        .set_request_channel_capacity(REQUEST_CHANNEL_CAPACITY)
+        .set_request_channel_capacity(channel_capacity)
         .set_inflight(u16::MAX / 2)
-        // Acks are sent once a message is routed, so a message the daemon
-        // never took (shutdown) is redelivered by the broker.
+        // Acks are sent once a message is answered (`delivery`), so one
+        // the daemon never answered is redelivered by the broker.
         .set_manual_acks(true);
     if let Some((user, pass)) = &settings.credentials {
         opts.set_credentials(user, pass);
@@ -387,7 +408,7 @@ fn connect(
             Arc::clone(&tls.client_config),
         )));
     }
-    let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_CHANNEL_CAPACITY);
+    let (client, mut eventloop) = AsyncClient::new(opts, channel_capacity);
     let mut net = eventloop.network_options();
     // Nagle would hold small results back for up to ~40 ms.
     net.set_tcp_nodelay(true);
