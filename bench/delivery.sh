@@ -181,7 +181,7 @@ for rep in $(seq "$REPS"); do
     reset_sessions "$PORT"
     echo "== $cfg (turn $rep of $REPS; load $(cut -d' ' -f1-3 /proc/loadavg))"
     "$BENCH" drive --name "$cfg" --ready notify --port "$PORT" --workloads "$WORK/workloads.json" \
-      --repo "$REPO" --errors 'edge-infer/bench/errors' --qos 1 --fixed-seconds "$FIXED" \
+      --repo "$REPO" --errors 'edge-infer/bench/errors' --qos 1 --cpu-of "broker=$MOSQ_PID" --fixed-seconds "$FIXED" \
       --trial-seconds "$TRIAL" --seconds "$CONFIRM" --cold-starts 1 \
       --out "$RES/$cfg.rep$rep.json" --log "$WORK/$cfg.log" \
       -- "$DAEMON" run --config "$WORK/$cfg.toml"
@@ -224,7 +224,7 @@ run_outage() {
   "$DAEMON" run --config "$dir/daemon.toml" 2> "$dir/daemon.log" &
   DAEMON_PID=$!
   for _ in $(seq 100); do
-    grep -q "ready: serving" "$dir/daemon.log" && break
+    grep -qs "ready: serving" "$dir/daemon.log" && break
     sleep 0.1
   done
   grep -q "ready: serving" "$dir/daemon.log" || { echo "the daemon did not get ready: $dir/daemon.log" >&2; exit 1; }

@@ -116,7 +116,7 @@ def compare_rows(a, b, res, names, how):
         rows.append(f"| {label} | {num(va)} | {num(vb)} | {rel} |")
 
     ra, rb = median_rate(res, names[0]), median_rate(res, names[1])
-    row("**sustained rate, msg/s** (median of the turns)", ra, rb, ratio(rb, ra))
+    row("**sustained rate, msg/s** (median of the turns; a turn without one counts as 0)", ra, rb, ratio(rb, ra))
     rows.append(f"| sustained rate of each turn | {runs(res, names[0])} | {runs(res, names[1])} | |")
     ca, cb = (turn_median(res, n, lambda d: sustained(d).get("cpu_s_per_1000")) for n in names)
     row("CPU s / 1,000 msg at the sustained rate", ca, cb, ratio(cb, ca))
@@ -130,6 +130,9 @@ def compare_rows(a, b, res, names, how):
             row(label, fa.get(f"{q}_ms"), fb.get(f"{q}_ms"), diff_ms(fb.get(f"{q}_ms"), fa.get(f"{q}_ms")))
         row(f"{at} CPU s / 1,000 msg", fa.get("cpu_s_per_1000"), fb.get("cpu_s_per_1000"),
             ratio(fb.get("cpu_s_per_1000"), fa.get("cpu_s_per_1000")))
+        ba, bb = fa.get("cpu_s_per_1000_broker"), fb.get("cpu_s_per_1000_broker")
+        if ba is not None or bb is not None:
+            row(f"{at} the broker's CPU s / 1,000 msg", ba, bb, ratio(bb, ba))
         rows.append(f"| {at} lost / errors | {fa.get('lost', '–')} / {fa.get('errors', '–')} | "
                     f"{fb.get('lost', '–')} / {fb.get('errors', '–')} | |")
         rows.append(f"| {at} daemon's own total p50 / p99 ms (queue to encoded) | "
@@ -278,7 +281,8 @@ def targets(res, queued, answered, tls, fast, slow):
     if sq and sa:
         ok = sa >= SUSTAINED_MIN_RATIO * sq
         L.append(f"| QoS 1 HAR sustained, `answered` >= 90% of `queued` | **{'met' if ok else 'missed'}** | "
-                 f"{num(sa)} vs {num(sq)} msg/s ({sa / sq:.2f}x) |")
+                 f"{num(sa)} vs {num(sq)} msg/s ({sa / sq:.2f}x; turns {runs(res, 'answered')} vs "
+                 f"{runs(res, 'queued')}) |")
     elif sq or sa:
         L.append(f"| QoS 1 HAR sustained, `answered` >= 90% of `queued` | **not measured** | "
                  f"answered {num(sa)}, queued {num(sq)} |")

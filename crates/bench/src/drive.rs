@@ -32,6 +32,17 @@ pub enum Ready {
     Line(String),
 }
 
+/// `--cpu-of NAME=PID`.
+fn parse_cpu_of(s: &str) -> Result<(String, u32), String> {
+    let expected = "expected NAME=PID";
+    let (name, pid) = s.split_once('=').ok_or(expected)?;
+    let pid = pid.parse().map_err(|_| expected)?;
+    if name.is_empty() {
+        return Err(expected.into());
+    }
+    Ok((name.to_string(), pid))
+}
+
 /// `--ready`: `notify` or `line:TEXT`.
 fn parse_ready(s: &str) -> Result<Ready, String> {
     match s {
@@ -73,6 +84,10 @@ pub struct DriveArgs {
     /// acknowledgements are timed too (`ack_*` in the results)
     #[arg(long, value_name = "0|1", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub qos: u8,
+    /// Also report the CPU of this process per 1,000 messages
+    /// (`cpu_s_per_1000_NAME`), e.g. the broker's (repeatable)
+    #[arg(long = "cpu-of", value_name = "NAME=PID", value_parser = parse_cpu_of)]
+    pub cpu_of: Vec<(String, u32)>,
     /// Seconds of each run at a workload's fixed rates
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     pub fixed_seconds: f64,
@@ -321,6 +336,8 @@ fn wait_idle(pid: u32) -> Result<(), String> {
 
 struct Ctx {
     pid: u32,
+    /// Other processes whose CPU per message is reported.
+    cpu_of: Vec<(String, u32)>,
     port: u16,
     qos: QoS,
     tck: f64,
@@ -334,6 +351,8 @@ fn measured(ctx: &Ctx, w: &Workload, rate: f64, seconds: f64) -> Result<Report, 
     let seconds = seconds.max(w.min_seconds(rate));
     wait_idle(ctx.pid)?;
     let before = cpu_ticks(ctx.pid)?;
+    let others_before: Vec<Option<u64>> =
+        ctx.cpu_of.iter().map(|(_, p)| cpu_ticks(*p).ok()).collect();
     let spec = RunSpec {
         port: ctx.port,
         results_port: ctx.port,
@@ -360,10 +379,22 @@ fn measured(ctx: &Ctx, w: &Workload, rate: f64, seconds: f64) -> Result<Report, 
         Value::Null
     };
     let ok = r.sustained(ctx.slo);
+    let handled = r.handled;
     if let Some(o) = r.json.as_object_mut() {
         o.insert("cpu_s".into(), json!(cpu_s));
         o.insert("cpu_s_per_1000".into(), per_1000);
         o.insert("sustained".into(), json!(ok));
+        for ((name, pid), b) in ctx.cpu_of.iter().zip(&others_before) {
+            let used = b.and_then(|b| Some(cpu_ticks(*pid).ok()?.saturating_sub(b)));
+            let v = match used {
+                Some(t) if handled > 0 => {
+                    let s = t as f64 / ctx.tck;
+                    json!((s / handled as f64 * 1000.0 * 10000.0).round() / 10000.0)
+                }
+                _ => Value::Null,
+            };
+            o.insert(format!("cpu_s_per_1000_{name}"), v);
+        }
     }
     let acks = match r.json.get("ack_p99_ms") {
         Some(p99) => format!(" unacked {} ack p99 {p99}", r.json["unacked"]),
@@ -595,6 +626,7 @@ pub fn main(a: &DriveArgs) -> Result<(), String> {
     let idle_rss_kb = status_kb(pid, "VmRSS:");
     let ctx = Ctx {
         pid,
+        cpu_of: a.cpu_of.clone(),
         port: a.port,
         qos: if a.qos == 0 {
             QoS::AtMostOnce
