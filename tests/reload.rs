@@ -394,6 +394,10 @@ fn start_as_nobody(broker: &Broker, max_threads: Option<u64>) -> (Daemon, impl F
             "",
         ) + &models.replace("{models}", &models_dir)
     };
+    // Its state dir (the outbox) must be nobody's to write.
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::os::unix::fs::chown(&state, Some(NOBODY), Some(NOBODY)).unwrap();
     let config_path = dir.path().join("config.toml");
     std::fs::write(
         &config_path,

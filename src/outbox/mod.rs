@@ -101,12 +101,14 @@ const FIRST_SEQ: u64 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
-    #[error("cannot {action} {}: {source}", .path.display())]
+    // `error`, not `source`: the message already says it, and a source
+    // would be said again by every error chain that prints causes.
+    #[error("cannot {action} {}: {error}", .path.display())]
     Io {
         /// e.g. "write", "create", "read", "delete", "sync".
         action: &'static str,
         path: PathBuf,
-        source: io::Error,
+        error: io::Error,
     },
     #[error("{} is not a directory; the outbox needs one there", .path.display())]
     NotADirectory { path: PathBuf },
@@ -118,10 +120,10 @@ fn io_error<'a>(
     action: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(io::Error) -> OutboxError + 'a {
-    move |source| OutboxError::Io {
+    move |error| OutboxError::Io {
         action,
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 

@@ -80,10 +80,10 @@ impl OutboxService {
         std::thread::Builder::new()
             .name("outbox".into())
             .spawn(move || worker.run())
-            .map_err(|source| OutboxError::Io {
+            .map_err(|error| OutboxError::Io {
                 action: "start the thread of",
                 path: dir.to_path_buf(),
-                source,
+                error,
             })?;
         // Whatever the last run left is there to replay.
         stored.notify_one();
