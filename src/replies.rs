@@ -400,7 +400,7 @@ impl Replies {
     /// output link (fixed header of up to 5 bytes, topic length, packet
     /// id).
     fn fits(&self, topic: &str, payload: &[u8]) -> bool {
-        topic.len() + payload.len() + 9 <= self.max_packet.0
+        packet_size(topic, payload) <= self.max_packet.0
     }
 
     /// The retained status record (online or offline).
@@ -447,6 +447,12 @@ impl Replies {
         self.stats.publish_failures.fetch_add(1, Ordering::Relaxed);
         log::error!("a reply could not be published: {why}");
     }
+}
+
+/// The most bytes an MQTT PUBLISH of `payload` on `topic` takes: fixed
+/// header (up to 5 bytes), topic length (2), packet id (2).
+pub fn packet_size(topic: &str, payload: &[u8]) -> usize {
+    topic.len() + payload.len() + 9
 }
 
 fn ms_between(a: Instant, b: Instant) -> f64 {

@@ -133,8 +133,7 @@ impl Inflight {
             return Offer::Full(entry);
         }
         let m = &entry.msg;
-        // Fixed header (up to 5 bytes), topic length, packet id.
-        let size = m.topic.len() + m.payload.len() + 9;
+        let size = crate::replies::packet_size(&m.topic, &m.payload);
         if size > self.max_packet {
             // `replies` answers too-large results with an error, so this
             // is a status or health record (many models) or a replay
