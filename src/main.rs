@@ -556,6 +556,7 @@ fn inspect(model: &std::path::Path, runtime: Option<PathBuf>, batch: u32) -> Exi
             let options = model_runtime::LoadOptions {
                 cpu_threads: 1,
                 dynamic_batch: batch,
+                ..Default::default()
             };
             let engine = match rt.load(&origin, bytes, &options) {
                 Ok(e) => e,

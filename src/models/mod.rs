@@ -207,6 +207,7 @@ pub fn load_one(
     let options = LoadOptions {
         cpu_threads: ms.threads,
         dynamic_batch: ms.engine_batch(),
+        accelerator: model_runtime::Accelerator::Cpu,
     };
     // Micro-batching workers also get the model at batch 1, for a message
     // that arrives alone.

@@ -55,6 +55,7 @@ pub fn main(a: &FloorArgs) -> Result<(), String> {
     let options = LoadOptions {
         cpu_threads: threads,
         dynamic_batch: batch,
+        ..Default::default()
     };
     let runtime = Runtime::open(&LibrarySearch::for_process(a.library.clone()))
         .map_err(|e| format!("runtime library: {e}"))?;

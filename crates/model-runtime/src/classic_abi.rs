@@ -23,7 +23,7 @@
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::path::Path;
 
-use crate::{DType, Engine, LoadOptions, Quantization, RuntimeError, TensorSpec};
+use crate::{DType, Delegation, Engine, LoadOptions, Quantization, RuntimeError, TensorSpec};
 
 #[repr(C)]
 struct Opaque {
@@ -404,6 +404,10 @@ impl Engine for ClassicEngine {
 
     fn output(&self, index: usize) -> &[u8] {
         &self.output_host[index]
+    }
+
+    fn delegation(&self) -> Delegation {
+        Delegation::Cpu
     }
 
     fn accelerator(&self) -> String {

@@ -18,6 +18,11 @@ pub enum RuntimeError {
     BadModel { origin: String, reason: String },
     #[error("model {origin}: unsupported: {reason}")]
     Unsupported { origin: String, reason: String },
+    /// The model is fine, but this accelerator cannot run it here (no
+    /// device, no driver, a delegate that declined, a compile failure).
+    /// The daemon moves on to the next accelerator in the model's list.
+    #[error("{accelerator}: {reason}")]
+    Accelerator { accelerator: String, reason: String },
     #[error("{call} failed: {status}")]
     Call { call: &'static str, status: String },
 }

@@ -50,22 +50,79 @@ impl ApiFlavor {
     }
 }
 
-/// Per-model knobs the daemon passes when it loads a model.
-#[derive(Debug, Clone)]
-pub struct LoadOptions {
-    /// Intra-op CPU threads (XNNPACK). 1 is the LiteRT default.
-    pub cpu_threads: u32,
-    /// The batch size used to fix a dynamic (-1) leading dimension.
-    pub dynamic_batch: u32,
+/// Where a model's graph runs. The daemon's config names these `cpu`,
+/// `gpu`, `npu`, or the name of a `[delegates.NAME]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Accelerator {
+    /// XNNPACK (LiteRT) or the interpreter's own CPU kernels (classic).
+    #[default]
+    Cpu,
+    /// LiteRT's GPU accelerator (WebGPU over Vulkan); ops it cannot run
+    /// stay on the CPU. `allow_fp16`: let it compute in half precision
+    /// (faster on real GPUs, results drift further from the CPU's).
+    Gpu { allow_fp16: bool },
+    /// LiteRT's NPU dispatch (where the vendor's dispatch library is
+    /// present); ops it cannot run stay on the CPU.
+    Npu,
+    /// An external delegate plugin: the `tflite_plugin_create_delegate`
+    /// ABI that libedgetpu and other vendor delegates implement.
+    Delegate(DelegateSpec),
 }
 
-impl Default for LoadOptions {
-    fn default() -> Self {
-        LoadOptions {
-            cpu_threads: 1,
-            dynamic_batch: 1,
+impl Accelerator {
+    /// The name the config uses for it.
+    pub fn name(&self) -> &str {
+        match self {
+            Accelerator::Cpu => "cpu",
+            Accelerator::Gpu { .. } => "gpu",
+            Accelerator::Npu => "npu",
+            Accelerator::Delegate(d) => &d.name,
         }
     }
+}
+
+/// An external delegate plugin and the options it is created with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DelegateSpec {
+    /// The config's name for it (`edgetpu`), used in messages.
+    pub name: String,
+    /// The plugin library: a path, or a bare file name that the dynamic
+    /// linker searches for (`libedgetpu.so.1`).
+    pub library: PathBuf,
+    /// Handed to `tflite_plugin_create_delegate` as keys and values, in
+    /// this order.
+    pub options: Vec<(String, String)>,
+}
+
+/// How much of a model's graph its accelerator took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delegation {
+    /// Runs on the CPU: nothing was to be delegated.
+    Cpu,
+    /// Every node runs on the accelerator.
+    Full,
+    /// Some nodes stayed on the CPU. The node counts, when the back end
+    /// can tell them.
+    Partial {
+        delegated: Option<usize>,
+        total: Option<usize>,
+    },
+    /// The accelerator took none of the nodes (everything runs on the
+    /// CPU kernels, e.g. a delegate that supports none of the model's ops).
+    None,
+}
+
+/// Per-model knobs the daemon passes when it loads a model.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Intra-op CPU threads (XNNPACK). 0 and 1 both mean one thread, the
+    /// LiteRT default.
+    pub cpu_threads: u32,
+    /// The batch size used to fix a dynamic (-1) leading dimension (0 is
+    /// taken as 1).
+    pub dynamic_batch: u32,
+    /// Where the graph runs.
+    pub accelerator: Accelerator,
 }
 
 /// A loaded model, ready to run on the thread that owns it.
@@ -82,8 +139,11 @@ pub trait Engine: Send {
     fn invoke(&mut self) -> Result<(), RuntimeError>;
     /// The bytes of output `index` from the last successful `invoke`.
     fn output(&self, index: usize) -> &[u8];
-    /// What executes the graph, e.g. "cpu/xnnpack (litert)".
+    /// What executes the graph, for people: e.g. "cpu/xnnpack (2 threads,
+    /// litert)".
     fn accelerator(&self) -> String;
+    /// How much of the graph the accelerator took.
+    fn delegation(&self) -> Delegation;
 }
 
 /// The opened runtime library. Opened once per process and kept for its
@@ -206,6 +266,12 @@ impl Runtime {
         options: &LoadOptions,
     ) -> Result<Box<dyn Engine>, RuntimeError> {
         check_flatbuffer(origin, &bytes)?;
+        if options.accelerator != Accelerator::Cpu {
+            return Err(RuntimeError::Accelerator {
+                accelerator: options.accelerator.name().to_string(),
+                reason: "not supported by this build yet".into(),
+            });
+        }
         match &self.backend {
             #[cfg(target_pointer_width = "64")]
             Backend::LiteRt { fns, ext, env } => {

@@ -16,7 +16,7 @@ use edgefirst_tflite_sys::litert::{
     kLiteRtTensorBufferLockModeWrite, LiteRtFunctions, RankedTensorType, Status,
 };
 
-use crate::{DType, Engine, LoadOptions, Quantization, RuntimeError, TensorSpec};
+use crate::{DType, Delegation, Engine, LoadOptions, Quantization, RuntimeError, TensorSpec};
 use ext::ExtFunctions;
 
 const SIGNATURE: usize = 0;
@@ -611,6 +611,10 @@ impl Engine for LiteRtEngine {
 
     fn output(&self, index: usize) -> &[u8] {
         &self.output_host[index]
+    }
+
+    fn delegation(&self) -> Delegation {
+        Delegation::Cpu
     }
 
     fn accelerator(&self) -> String {
