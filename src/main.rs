@@ -29,6 +29,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use std::sync::Arc;
+
 use model_runtime::{LibrarySearch, Runtime};
 
 /// The top-level `--help` after the list of subcommands.
@@ -216,7 +218,7 @@ fn main() -> ExitCode {
 /// Everything `run` and `check-config` share: config, runtime, models.
 fn load(
     path: &std::path::Path,
-) -> Result<(config::Settings, Runtime, Vec<models::LoadedModel>), ExitCode> {
+) -> Result<(config::Settings, Arc<Runtime>, Vec<models::LoadedModel>), ExitCode> {
     let settings = load_settings(path)?;
     let runtime = open_runtime(&settings).map_err(|e| {
         eprintln!("edge-infer: {e}");
@@ -238,7 +240,7 @@ fn load_settings(path: &std::path::Path) -> Result<config::Settings, ExitCode> {
     Ok(settings)
 }
 
-fn open_runtime(settings: &config::Settings) -> Result<Runtime, model_runtime::RuntimeError> {
+fn open_runtime(settings: &config::Settings) -> Result<Arc<Runtime>, model_runtime::RuntimeError> {
     let runtime = Runtime::open(&LibrarySearch::for_process(
         settings.runtime_library.clone(),
     ))?;
@@ -247,13 +249,15 @@ fn open_runtime(settings: &config::Settings) -> Result<Runtime, model_runtime::R
         runtime.path().display(),
         runtime.flavor().as_str()
     );
-    Ok(runtime)
+    // Shared by every model's engines for the life of the process: a
+    // model that falls back to another accelerator loads it again.
+    Ok(Arc::new(runtime))
 }
 
 fn load_models(
     path: &std::path::Path,
     settings: &config::Settings,
-    runtime: &Runtime,
+    runtime: &Arc<Runtime>,
 ) -> Result<Vec<models::LoadedModel>, ExitCode> {
     let models = models::load_all(settings, runtime).map_err(|problems| {
         let e = config::ConfigError {
@@ -364,12 +368,15 @@ struct ModelSummary<'a> {
     /// What runs it and how long load and warm-up took; `None` when it was
     /// only checked from its file.
     loaded: Option<(&'a str, f64)>,
+    /// Which of its accelerators serves it and why not a better one.
+    acceleration: Option<models::AccelReport>,
 }
 
 impl<'a> From<&'a models::LoadedModel> for ModelSummary<'a> {
     fn from(m: &'a models::LoadedModel) -> Self {
         ModelSummary {
             loaded: Some((&m.accelerator, m.load_ms)),
+            acceleration: Some(m.chain.report()),
             ..ModelSummary::from(&m.checked)
         }
     }
@@ -386,6 +393,7 @@ impl<'a> From<&'a models::CheckedModel> for ModelSummary<'a> {
             top_k: m.top_k,
             intake: &m.intake,
             loaded: None,
+            acceleration: None,
         }
     }
 }
@@ -467,6 +475,9 @@ fn print_summary(
                 None => String::new(),
             }
         );
+        if let Some(line) = describe_accelerators(s, m.acceleration.as_ref()) {
+            println!("  accel:    {line}");
+        }
         for t in m.inputs {
             println!("  input:    {}", describe_tensor(t));
         }
@@ -487,6 +498,39 @@ fn print_summary(
             None => println!("  checked from the file (not loaded: no runtime library)"),
         }
     }
+}
+
+/// The model's accelerators and, once loaded, which one serves and why
+/// not a more preferred one; None for a model on the cpu alone.
+fn describe_accelerators(
+    s: &config::ModelSettings,
+    report: Option<&models::AccelReport>,
+) -> Option<String> {
+    let names: Vec<&str> = s.accel.accelerators.iter().map(|a| a.name()).collect();
+    let partial = report.is_some_and(|r| r.delegation == "partial" || r.delegation == "none");
+    if names == ["cpu"] && !partial {
+        return None;
+    }
+    let mut line = names.join(" > ");
+    if let Some(cpu) = &s.accel.cpu_path {
+        line.push_str(&format!(" (cpu runs {})", cpu.display()));
+    }
+    if let Some(r) = report {
+        line.push_str(&format!("; serving on {}", r.serving));
+        match (r.delegation, r.delegated_nodes, r.total_nodes) {
+            ("partial", Some(d), Some(t)) => {
+                line.push_str(&format!(", partly delegated ({d} of {t} nodes)"))
+            }
+            ("partial", _, _) => line.push_str(", partly delegated"),
+            ("none", _, _) => line.push_str(", which took no node"),
+            ("full", _, _) => line.push_str(", fully delegated"),
+            _ => {}
+        }
+        if let Some(why) = &r.fallback_reason {
+            line.push_str(&format!(" (not {}: {why})", r.preferred));
+        }
+    }
+    Some(line)
 }
 
 /// One broker connection for the `check-config` summary (never the

@@ -4,13 +4,14 @@
 //! allocation cost. Serving: [`ModelContext`], the one record of a model
 //! that routing, workers and replies share.
 
+mod accel;
 mod intake;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use model_runtime::{Engine, LoadOptions, Runtime, TensorSpec};
+use model_runtime::{Accelerator, Engine, LoadOptions, Runtime, TensorSpec};
 use sha2::{Digest, Sha256};
 
 use crate::codec::quant;
@@ -20,6 +21,7 @@ use crate::config::{
 use crate::telemetry::ModelStats;
 use crate::topic::{TopicFilter, TopicTemplate};
 
+pub use accel::{AccelReport, AcceleratedEngine, Chain, Choice, NoAccelerator};
 pub use intake::{Intake, IntakeKind, WindowIntake, WindowShape};
 
 /// One served model as every stage of the message path sees it (read-only,
@@ -128,13 +130,19 @@ pub struct LoadedModel {
     pub checked: CheckedModel,
     /// One set per worker thread; engines are not shared between threads.
     pub engines: Vec<WorkerEngines>,
+    /// What the first engine runs on, for people.
     pub accelerator: String,
+    /// The model's accelerators and their state, shared by its engines.
+    pub chain: Arc<Chain>,
     pub load_ms: f64,
 }
 
 /// Loads every configured model; returns every problem found, each keyed by
 /// the model's config path.
-pub fn load_all(settings: &Settings, runtime: &Runtime) -> Result<Vec<LoadedModel>, Vec<Problem>> {
+pub fn load_all(
+    settings: &Settings,
+    runtime: &Arc<Runtime>,
+) -> Result<Vec<LoadedModel>, Vec<Problem>> {
     each_model(settings, |ms| load_one(ms, &settings.file_limits, runtime))
 }
 
@@ -194,20 +202,49 @@ fn read_model(
     Ok((origin, bytes, sha256))
 }
 
-/// Reads (within `limits`), loads one engine set per worker, checks and
-/// warms the model `ms`.
+/// Reads (within `limits`), loads one engine set per worker on the first
+/// of the model's accelerators that works, checks and warms the model
+/// `ms`.
 pub fn load_one(
     ms: &ModelSettings,
     limits: &FileLimits,
-    runtime: &Runtime,
+    runtime: &Arc<Runtime>,
 ) -> Result<LoadedModel, Problem> {
     let started = Instant::now();
     let problem = |field: &str, message: String| problem(ms, field, message);
     let (origin, bytes, sha256) = read_model(ms, limits)?;
+    let bytes = Arc::new(bytes);
+    let cpu_file = match &ms.accel.cpu_path {
+        Some(path) => Some((
+            path.display().to_string(),
+            Arc::new(
+                read_model_file(path, limits.max_model_bytes)
+                    .map_err(|e| problem("cpu_path", e))?,
+            ),
+        )),
+        None => None,
+    };
+    let choices = ms
+        .accel
+        .accelerators
+        .iter()
+        .map(|a| match (a, &cpu_file) {
+            (Accelerator::Cpu, Some((cpu_origin, cpu_bytes))) => {
+                Choice::new(a.clone(), cpu_origin.clone(), Arc::clone(cpu_bytes))
+            }
+            _ => Choice::new(a.clone(), origin.clone(), Arc::clone(&bytes)),
+        })
+        .collect();
+    let chain = Arc::new(Chain::new(
+        &ms.name,
+        choices,
+        Arc::clone(runtime),
+        ms.accel.retry,
+    ));
     let options = LoadOptions {
         cpu_threads: ms.threads,
         dynamic_batch: ms.engine_batch(),
-        accelerator: model_runtime::Accelerator::Cpu,
+        accelerator: Accelerator::Cpu,
     };
     // Micro-batching workers also get the model at batch 1, for a message
     // that arrives alone.
@@ -215,40 +252,57 @@ pub fn load_one(
         dynamic_batch: 1,
         ..options.clone()
     });
-    let load = |options: &LoadOptions| {
-        runtime
-            .load(&origin, bytes.clone(), options)
-            .map_err(|e| problem("path", e.to_string()))
+    let failed = |e: NoAccelerator| {
+        let field = if ms.accel.accelerators.len() > 1 {
+            "accelerators"
+        } else {
+            "path"
+        };
+        problem(field, e.to_string())
     };
+    // The first engine finds the accelerator that works; the others start
+    // there, and every one must have the first one's tensors.
     let mut engines = Vec::with_capacity(ms.workers);
+    let mut specs = None;
+    let mut single_specs = None;
     for _ in 0..ms.workers {
-        engines.push(WorkerEngines {
-            main: load(&options)?,
-            single: single_options.as_ref().map(load).transpose()?,
-        });
+        let from = engines
+            .first()
+            .map_or(0, |e: &(AcceleratedEngine, _)| e.0.on());
+        let main = chain
+            .start(from, &options, specs.as_ref())
+            .map_err(failed)?;
+        specs.get_or_insert_with(|| (main.inputs().to_vec(), main.outputs().to_vec()));
+        let single = match &single_options {
+            Some(o) => {
+                let single = chain
+                    .start(main.on(), o, single_specs.as_ref())
+                    .map_err(failed)?;
+                single_specs
+                    .get_or_insert_with(|| (single.inputs().to_vec(), single.outputs().to_vec()));
+                Some(single)
+            }
+            None => None,
+        };
+        engines.push((main, single));
     }
-    let Some(first) = engines.first() else {
+    let Some((first, _)) = engines.first() else {
         return Err(problem("workers", "must be at least 1".into()));
     };
-    let checked = checked(
-        ms,
-        limits,
-        sha256,
-        first.main.inputs(),
-        first.main.outputs(),
-    )?;
-    let accelerator = first.main.accelerator();
-    for set in engines.iter_mut() {
-        for engine in std::iter::once(&mut set.main).chain(set.single.as_mut()) {
-            engine.invoke().map_err(|e| {
-                problem("path", format!("warm-up inference of {origin} failed: {e}"))
-            })?;
-        }
-    }
+    let checked = checked(ms, limits, sha256, first.inputs(), first.outputs())?;
+    let accelerator = first.accelerator();
+    let engines = engines
+        .into_iter()
+        .map(|(main, single)| WorkerEngines {
+            main: Box::new(main),
+            single: single.map(|s| Box::new(s) as Box<dyn Engine>),
+        })
+        .collect();
     Ok(LoadedModel {
         checked,
         engines,
         accelerator,
+        chain,
         load_ms: started.elapsed().as_secs_f64() * 1000.0,
     })
 }

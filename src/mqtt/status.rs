@@ -573,6 +573,35 @@ fn model_rows(status: Option<&Value>, health: Option<&Value>) -> (Vec<Vec<String
                     ));
                 }
             }
+            if let Some(a) = m.pointer("/acceleration") {
+                let serving = text(a, "/serving").map(clean).unwrap_or_else(dash);
+                let delegation = match text(a, "/delegation") {
+                    Some("partial") => match (uint(a, "/delegated_nodes"), uint(a, "/total_nodes"))
+                    {
+                        (Some(d), Some(t)) => format!(", partly delegated ({d} of {t} nodes)"),
+                        _ => ", partly delegated (the rest on the cpu)".into(),
+                    },
+                    Some("none") => ", but it took no node (all on the cpu kernels)".into(),
+                    _ => String::new(),
+                };
+                if let Some(reason) = text(a, "/fallback_reason") {
+                    let retry = num(a, "/retry_in_secs").map_or_else(String::new, |s| {
+                        format!("; tried again in {}", fixed(s, 0) + " s")
+                    });
+                    notes.push(format!(
+                        "model {name}: on {serving}{delegation}, not {}: {}{retry}",
+                        text(a, "/preferred").map(clean).unwrap_or_else(dash),
+                        clean(reason)
+                    ));
+                } else if !delegation.is_empty() {
+                    notes.push(format!("model {name}: on {serving}{delegation}"));
+                }
+                if let Some(n) = uint(a, "/switches").filter(|n| *n > 0) {
+                    notes.push(format!(
+                        "model {name}: {n} accelerator switch(es) after failed inferences"
+                    ));
+                }
+            }
             if m.pointer("/window").is_some() {
                 notes.push(format!(
                     "model {name}: {} open stream(s), {} window(s) from {} reading(s), {} reading(s) discarded",

@@ -129,6 +129,8 @@ pub(crate) struct ClassicEngine {
     input_host: Vec<Vec<u8>>,
     output_host: Vec<Vec<u8>>,
     threads: u32,
+    /// `LoadOptions::accelerator`'s name.
+    accelerator_name: String,
     /// The flatbuffer the model was created from: `TfLiteModelCreate` does
     /// not copy it, so it must outlive the model and interpreter (dropped
     /// after them, in `Drop`).
@@ -200,6 +202,7 @@ impl ClassicEngine {
             input_host: Vec::new(),
             output_host: Vec::new(),
             threads,
+            accelerator_name: options.accelerator.name().to_string(),
             _bytes: bytes,
         };
         // SAFETY (block): every handle is checked for null before use and
@@ -408,6 +411,10 @@ impl Engine for ClassicEngine {
 
     fn delegation(&self) -> Delegation {
         Delegation::Cpu
+    }
+
+    fn accelerator_name(&self) -> &str {
+        self.accelerator_name.as_str()
     }
 
     fn accelerator(&self) -> String {

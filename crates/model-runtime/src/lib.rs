@@ -142,6 +142,9 @@ pub trait Engine: Send {
     /// What executes the graph, for people: e.g. "cpu/xnnpack (2 threads,
     /// litert)".
     fn accelerator(&self) -> String;
+    /// The config's name of the accelerator it runs on (`cpu`, `gpu`,
+    /// `npu`, a delegate's name): results carry it.
+    fn accelerator_name(&self) -> &str;
     /// How much of the graph the accelerator took.
     fn delegation(&self) -> Delegation;
 }

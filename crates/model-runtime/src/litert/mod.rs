@@ -69,6 +69,8 @@ pub struct LiteRtEngine {
     input_host: Vec<Vec<u8>>,
     output_host: Vec<Vec<u8>>,
     threads: u32,
+    /// `LoadOptions::accelerator`'s name.
+    accelerator_name: String,
     /// The flatbuffer the model was created from; LiteRT reads it for the
     /// model's whole life, so it is dropped last.
     _bytes: Vec<u8>,
@@ -169,6 +171,7 @@ impl LiteRtEngine {
             input_host: Vec::new(),
             output_host: Vec::new(),
             threads: options.cpu_threads.max(1),
+            accelerator_name: options.accelerator.name().to_string(),
             _bytes: bytes,
         };
         // Every handle is stored in `engine` as soon as it exists, so an early
@@ -615,6 +618,10 @@ impl Engine for LiteRtEngine {
 
     fn delegation(&self) -> Delegation {
         Delegation::Cpu
+    }
+
+    fn accelerator_name(&self) -> &str {
+        self.accelerator_name.as_str()
     }
 
     fn accelerator(&self) -> String {
