@@ -186,3 +186,110 @@ fn list(names: &[String]) -> String {
     let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
     format!("[{}]", quoted.join(", "))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use model_runtime::Accelerator;
+
+    use crate::config::{RawConfig, Settings};
+
+    fn load(extra_model: &str, tables: &str) -> Result<Settings, Vec<String>> {
+        let text = format!(
+            "device_id = \"d\"\n[[models]]\nname = \"m\"\npath = \"m_edgetpu.tflite\"\ninput_topic = \"in/#\"\n{extra_model}\n{tables}\n"
+        );
+        let raw: RawConfig = ::config::Config::builder()
+            .add_source(::config::File::from_str(&text, ::config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .unwrap();
+        Settings::from_raw(raw, Path::new("/etc/edge-infer")).map_err(|ps| {
+            ps.iter()
+                .map(|p| format!("{}: {}", p.key, p.message))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn the_default_is_the_cpu_alone() {
+        let s = load("", "").unwrap();
+        assert_eq!(s.models[0].accel.accelerators, vec![Accelerator::Cpu]);
+        assert_eq!(s.models[0].accel.retry.as_secs(), 60);
+        assert!(s.delegates.is_empty());
+    }
+
+    #[test]
+    fn a_delegate_with_cpu_fallback_resolves_names_paths_and_options() {
+        let s = load(
+            "accelerators = [\"edgetpu\", \"gpu\", \"cpu\"]\ncpu_path = \"m.tflite\"\nretry_secs = 5\ngpu_allow_fp16 = true",
+            "[delegates.edgetpu]\nlibrary = \"libedgetpu.so.1\"\noptions = { device = \"usb\", verbosity = 2, fast = true }\n[delegates.local]\nlibrary = \"plugins/libx.so\"",
+        )
+        .unwrap();
+        let accel = &s.models[0].accel;
+        let Accelerator::Delegate(d) = &accel.accelerators[0] else {
+            panic!("expected a delegate, got {:?}", accel.accelerators[0]);
+        };
+        assert_eq!(d.name, "edgetpu");
+        // A bare file name is left for the dynamic linker.
+        assert_eq!(d.library, Path::new("libedgetpu.so.1"));
+        assert_eq!(
+            d.options,
+            vec![
+                ("device".to_string(), "usb".to_string()),
+                ("fast".to_string(), "true".to_string()),
+                ("verbosity".to_string(), "2".to_string()),
+            ]
+        );
+        assert_eq!(accel.accelerators[1], Accelerator::Gpu { allow_fp16: true });
+        assert_eq!(accel.accelerators[2], Accelerator::Cpu);
+        assert_eq!(
+            accel.cpu_path.as_deref(),
+            Some(Path::new("/etc/edge-infer/m.tflite"))
+        );
+        assert_eq!(accel.retry.as_secs(), 5);
+        assert_eq!(
+            s.delegates["local"].library,
+            Path::new("/etc/edge-infer/plugins/libx.so")
+        );
+    }
+
+    #[test]
+    fn every_accelerator_problem_names_its_key() {
+        let problems = load(
+            "accelerators = [\"edgtpu\", \"cpu\", \"cpu\"]\ncpu_path = \"\"\nretry_secs = 0",
+            "[delegates.edgetpu]\nlibrary = \"libedgetpu.so.1\"\n[delegates.gpu]\nlibrary = \"x.so\"\n[delegates.\"bad name\"]\nlibrary = \"y.so\"\n[delegates.empty]\nlibrary = \"\"",
+        )
+        .unwrap_err();
+        let expect = [
+            "delegates.gpu: \"gpu\" is a built-in accelerator",
+            "delegates.bad name: a delegate name is letters, digits",
+            "delegates.empty.library: must not be empty",
+            "models[0].accelerators[0]: expected \"cpu\", \"gpu\", \"npu\" or the name of a [delegates.NAME] table (defined: \"edgetpu\"), got \"edgtpu\"",
+            "models[0].accelerators[2]: \"cpu\" is listed twice",
+            "models[0].cpu_path: must not be empty",
+            "models[0].retry_secs: must be between 1 and 86400 seconds, got 0",
+        ];
+        for e in expect {
+            assert!(
+                problems.iter().any(|p| p.starts_with(e)),
+                "missing {e:?} in {problems:#?}"
+            );
+        }
+        assert_eq!(problems.len(), expect.len(), "{problems:#?}");
+    }
+
+    #[test]
+    fn cpu_path_needs_the_cpu_in_the_list_and_the_list_an_entry() {
+        let problems = load("accelerators = [\"gpu\"]\ncpu_path = \"m.tflite\"", "").unwrap_err();
+        assert_eq!(
+            problems,
+            ["models[0].cpu_path: is set, but accelerators ([\"gpu\"]) has no \"cpu\" to run it; add \"cpu\" (usually last) or remove cpu_path"]
+        );
+        let problems = load("accelerators = []", "").unwrap_err();
+        assert_eq!(
+            problems,
+            ["models[0].accelerators: must name at least one accelerator, e.g. [\"cpu\"]"]
+        );
+    }
+}

@@ -215,13 +215,12 @@ pub fn load_one(
     let (origin, bytes, sha256) = read_model(ms, limits)?;
     let bytes = Arc::new(bytes);
     let cpu_file = match &ms.accel.cpu_path {
-        Some(path) => Some((
-            path.display().to_string(),
-            Arc::new(
-                read_model_file(path, limits.max_model_bytes)
-                    .map_err(|e| problem("cpu_path", e))?,
-            ),
-        )),
+        Some(path) => {
+            let cpu_bytes = read_model_file(path, limits.max_model_bytes)
+                .map_err(|e| problem("cpu_path", e))?;
+            check_cpu_twin(ms, &origin, &bytes, &cpu_bytes)?;
+            Some((path.display().to_string(), Arc::new(cpu_bytes)))
+        }
         None => None,
     };
     let choices = ms
@@ -335,9 +334,71 @@ pub fn check_all_static(settings: &Settings) -> Result<Vec<CheckedModel>, Vec<Pr
 pub fn check_static(ms: &ModelSettings, limits: &FileLimits) -> Result<CheckedModel, Problem> {
     let problem = |field: &str, message: String| problem(ms, field, message);
     let (origin, bytes, sha256) = read_model(ms, limits)?;
+    if let Some(path) = &ms.accel.cpu_path {
+        let cpu_bytes =
+            read_model_file(path, limits.max_model_bytes).map_err(|e| problem("cpu_path", e))?;
+        check_cpu_twin(ms, &origin, &bytes, &cpu_bytes)?;
+    }
     let facts = model_runtime::read_model_facts(&origin, &bytes, ms.engine_batch())
         .map_err(|e| problem("path", e.to_string()))?;
     checked(ms, limits, sha256, &facts.inputs, &facts.outputs)
+}
+
+/// `cpu_path` must be the same model for the CPU: the same inputs and
+/// outputs as `path` (names, shapes, types, quantization), as the file
+/// declares them, so a fall back changes nothing a message or a result
+/// sees. Checked from both files before anything is loaded.
+fn check_cpu_twin(
+    ms: &ModelSettings,
+    origin: &str,
+    bytes: &[u8],
+    cpu_bytes: &[u8],
+) -> Result<(), Problem> {
+    let Some(cpu_path) = &ms.accel.cpu_path else {
+        return Ok(());
+    };
+    let cpu_origin = cpu_path.display().to_string();
+    let batch = ms.engine_batch();
+    let main = model_runtime::read_model_facts(origin, bytes, batch)
+        .map_err(|e| problem(ms, "path", e.to_string()))?;
+    let cpu = model_runtime::read_model_facts(&cpu_origin, cpu_bytes, batch)
+        .map_err(|e| problem(ms, "cpu_path", e.to_string()))?;
+    let side = |a: &[TensorSpec], b: &[TensorSpec], what: &str| -> Option<String> {
+        if a.len() != b.len() {
+            return Some(format!("{} {what}s against {}", b.len(), a.len()));
+        }
+        a.iter().zip(b).find(|(x, y)| x != y).map(|(x, y)| {
+            format!(
+                "{what} '{}' {} {}{} against '{}' {} {}{}",
+                y.name,
+                y.shape_string(),
+                y.dtype,
+                quantization(y),
+                x.name,
+                x.shape_string(),
+                x.dtype,
+                quantization(x)
+            )
+        })
+    };
+    let differs = side(&main.inputs, &cpu.inputs, "input")
+        .or_else(|| side(&main.outputs, &cpu.outputs, "output"));
+    match differs {
+        None => Ok(()),
+        Some(d) => Err(problem(
+            ms,
+            "cpu_path",
+            format!(
+                "{cpu_origin} must have the same inputs and outputs as {origin} (it is the same model built for the CPU), but it has {d}"
+            ),
+        )),
+    }
+}
+
+fn quantization(t: &TensorSpec) -> String {
+    t.quantization.map_or_else(String::new, |q| {
+        format!(" (scale {} zero point {})", q.scale, q.zero_point)
+    })
 }
 
 /// Checks `ms` against the tensors of the model as loaded with
