@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building, testing and the demo need on a fresh Debian/Ubuntu
-# machine: the Mosquitto broker and clients, openssl, and libLiteRt.so (via
-# pip, from the ai-edge-litert wheel). Idempotent; needs root (or sudo) for apt.
+# machine: the Mosquitto broker and clients, openssl, g++, libLiteRt.so (via
+# pip, from the ai-edge-litert wheel) and the classic libtensorflowlite_c.so
+# (via npm). Idempotent; needs root (or sudo) for apt.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -10,6 +11,11 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=
 command -v mosquitto_sub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 # The demo makes its uplink broker's certificates with it.
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# g++ builds the test delegate plugin (tests/delegate/test_delegate.cc) that
+# the external-delegate tests load; npm fetches the classic TFLite library
+# (scripts/fetch-classic-runtime.sh).
+command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 # systemd-analyze (unit hardening check), systemd-journald, journalctl and
 # systemd-cat (journal logging test); systemd does not need to be running.
 [ -x /lib/systemd/systemd-journald ] && command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
@@ -23,6 +29,9 @@ fi
 # The Debian package starts a system-wide broker on 1883; tests and the
 # demo start their own on free ports and do not need it.
 "$root/scripts/fetch-runtime.sh"
+# The classic TFLite C API library (TF 2.2.0, x86_64 only) that the classic
+# back end's tests run external delegates on.
+"$root/scripts/fetch-classic-runtime.sh"
 
 # ARM: cross builds (scripts/build-arm.sh) and their emulated tests
 # (tests/arm.rs, see README "Deploying to ARM"): the rustup targets, Debian's

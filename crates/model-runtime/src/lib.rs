@@ -11,13 +11,17 @@
 //! - `classic_abi`: the classic TFLite C API of `libtensorflowlite_c.so`
 //!   through its stable ABI, on every target: the only runtime on armv7 (no
 //!   LiteRT build exists there, and edgefirst-tflite does not build for
-//!   32-bit targets) and, later, the way to external delegates.
+//!   32-bit targets).
+//!
+//! Both load external delegate plugins (libedgetpu's ABI) through
+//! `delegate`; LiteRT registers them as an accelerator (`litert::delegate`).
 //!
 //! [`flatbuffer`] reads a model's tensor facts straight from the file, with
 //! no runtime library at all (`inspect` and `check-config` on a board whose
 //! runtime library is not installed yet).
 
 mod classic_abi;
+mod delegate;
 mod error;
 pub mod flatbuffer;
 #[cfg(target_pointer_width = "64")]
@@ -170,6 +174,8 @@ enum Backend {
         ext: litert::ext::ExtFunctions,
         /// Created on the first model load.
         env: std::sync::OnceLock<litert::SharedEnvironment>,
+        /// External delegates' own environments.
+        delegates: litert::delegate::DelegateEnvironments,
     },
     /// `libtensorflowlite_c.so`, through its stable ABI on every target.
     Classic(classic_abi::ClassicApi),
@@ -236,6 +242,8 @@ impl Runtime {
         // SAFETY: the path was just opened successfully as a LiteRT
         // library; dlopen of the same path returns the same mapping.
         let ext = unsafe { litert::ext::ExtFunctions::load(path) }?;
+        // SAFETY: as above.
+        let delegates = unsafe { litert::delegate::DelegateEnvironments::load(path) };
         // Leaked on purpose: see the type's doc. One per process.
         let lib: &'static edgefirst_tflite::Library = Box::leak(Box::new(lib));
         let fns = lib
@@ -245,6 +253,7 @@ impl Runtime {
             fns,
             ext,
             env: std::sync::OnceLock::new(),
+            delegates,
         })
     }
 
@@ -269,7 +278,10 @@ impl Runtime {
         options: &LoadOptions,
     ) -> Result<Box<dyn Engine>, RuntimeError> {
         check_flatbuffer(origin, &bytes)?;
-        if options.accelerator != Accelerator::Cpu {
+        if matches!(
+            options.accelerator,
+            Accelerator::Gpu { .. } | Accelerator::Npu
+        ) {
             return Err(RuntimeError::Accelerator {
                 accelerator: options.accelerator.name().to_string(),
                 reason: "not supported by this build yet".into(),
@@ -277,14 +289,21 @@ impl Runtime {
         }
         match &self.backend {
             #[cfg(target_pointer_width = "64")]
-            Backend::LiteRt { fns, ext, env } => {
-                let env = match env.get() {
-                    Some(env) => *env,
-                    None => {
-                        let created = litert::SharedEnvironment::create(fns)?;
-                        *env.get_or_init(|| created)
-                    }
-                };
+            Backend::LiteRt {
+                fns,
+                ext,
+                env,
+                delegates,
+            } => {
+                let env = delegates.environment_for(fns, &options.accelerator, || {
+                    Ok(match env.get() {
+                        Some(env) => *env,
+                        None => {
+                            let created = litert::SharedEnvironment::create(fns)?;
+                            *env.get_or_init(|| created)
+                        }
+                    })
+                })?;
                 Ok(Box::new(litert::LiteRtEngine::load(
                     **fns, *ext, env, origin, bytes, options,
                 )?))

@@ -7,6 +7,7 @@
 //! raw handles private, so thread options and resizing could not be applied;
 //! this module therefore calls the same resolved function table directly.
 
+pub(crate) mod delegate;
 pub mod ext;
 
 use std::ffi::{c_char, c_void, CStr};
@@ -71,6 +72,9 @@ pub struct LiteRtEngine {
     threads: u32,
     /// `LoadOptions::accelerator`'s name.
     accelerator_name: String,
+    /// The external delegate it was compiled with (owned by the compiled
+    /// model; this keeps its name and node counts).
+    delegate: Option<delegate::AttachedDelegate>,
     /// The flatbuffer the model was created from; LiteRT reads it for the
     /// model's whole life, so it is dropped last.
     _bytes: Vec<u8>,
@@ -92,7 +96,7 @@ fn check(call: &'static str, status: Status) -> Result<(), RuntimeError> {
     }
 }
 
-fn status_name(status: Status) -> String {
+pub(crate) fn status_name(status: Status) -> String {
     let name = match status {
         1 => "invalid argument",
         2 => "memory allocation failure",
@@ -172,6 +176,7 @@ impl LiteRtEngine {
             output_host: Vec::new(),
             threads: options.cpu_threads.max(1),
             accelerator_name: options.accelerator.name().to_string(),
+            delegate: None,
             _bytes: bytes,
         };
         // Every handle is stored in `engine` as soon as it exists, so an early
@@ -286,12 +291,15 @@ impl LiteRtEngine {
                     status: status_name(status),
                 });
             }
-            let status = (fns.create_compiled_model)(
-                engine.env,
-                engine.model,
-                engine.options,
-                &mut engine.compiled,
-            );
+            let (status, attached) = delegate::compile_with(&options.accelerator, || {
+                (fns.create_compiled_model)(
+                    engine.env,
+                    engine.model,
+                    engine.options,
+                    &mut engine.compiled,
+                )
+            })?;
+            engine.delegate = attached;
             if status != kLiteRtStatusOk || engine.compiled.is_null() {
                 return Err(bad_model(format!(
                     "compiling for CPU failed: {}",
@@ -617,7 +625,10 @@ impl Engine for LiteRtEngine {
     }
 
     fn delegation(&self) -> Delegation {
-        Delegation::Cpu
+        match &self.delegate {
+            Some(d) => d.counts.delegation(),
+            None => Delegation::Cpu,
+        }
     }
 
     fn accelerator_name(&self) -> &str {
@@ -625,7 +636,13 @@ impl Engine for LiteRtEngine {
     }
 
     fn accelerator(&self) -> String {
-        format!("cpu/xnnpack ({} threads, litert)", self.threads)
+        match &self.delegate {
+            Some(d) => format!(
+                "{} (external delegate; LiteRT's CPU kernels for the rest, litert)",
+                d.name
+            ),
+            None => format!("cpu/xnnpack ({} threads, litert)", self.threads),
+        }
     }
 }
 
