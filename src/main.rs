@@ -414,6 +414,18 @@ fn print_summary(
         );
     }
     println!("runtime:   {runtime}");
+    for (name, d) in &settings.delegates {
+        let options: Vec<String> = d.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "delegate:  {name}: {}{}",
+            d.library.display(),
+            if options.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", options.join(" "))
+            }
+        );
+    }
     println!("errors:    {}", replies::errors_topic(&settings.device_id));
     println!(
         "limits:    max_payload_bytes={} max_model_bytes={} max_labels_bytes={}",

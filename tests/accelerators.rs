@@ -183,9 +183,8 @@ fn a_delegate_that_declines_leaves_the_model_on_the_cpu_and_says_why() {
 #[test]
 fn a_missing_delegate_library_leaves_the_model_on_the_cpu_naming_the_library() {
     let broker = Broker::start();
-    let extra = format!(
-        "{FAST_HEALTH}[delegates.edgetpu]\nlibrary = \"/nonexistent/libedgetpu.so.1\"\n"
-    );
+    let extra =
+        format!("{FAST_HEALTH}[delegates.edgetpu]\nlibrary = \"/nonexistent/libedgetpu.so.1\"\n");
     let _d = Daemon::start(&config(
         broker.port,
         "dev1",
@@ -298,7 +297,9 @@ fn an_invoke_failure_moves_the_model_to_the_cpu_and_it_comes_back() {
     assert_eq!(har["switches"], 0);
     assert_eq!(har["serving"], "cpu");
     // Nothing was lost or answered twice, and no error went out.
-    assert!(c.recv_within(Duration::from_millis(500)).is_none_or(|m| m.topic != "out/acc"));
+    assert!(c
+        .recv_within(Duration::from_millis(500))
+        .is_none_or(|m| m.topic != "out/acc"));
 }
 
 /// Every engine of the model fails over on its own (two workers), and the
@@ -319,7 +320,10 @@ fn with_two_workers_each_engine_falls_back_and_no_message_is_lost() {
         broker.port,
         "dev1",
         &extra,
-        &models("[\"testdelegate\", \"cpu\"]", "workers = 2\nretry_secs = 3600"),
+        &models(
+            "[\"testdelegate\", \"cpu\"]",
+            "workers = 2\nretry_secs = 3600",
+        ),
     ));
     let c = TestClient::connect(broker.port);
     c.subscribe("out/acc");
@@ -348,7 +352,12 @@ fn with_two_workers_each_engine_falls_back_and_no_message_is_lost() {
                 last_health = Some(m.json());
                 continue;
             }
-            assert_eq!(m.topic, "out/acc", "{}", String::from_utf8_lossy(&m.payload));
+            assert_eq!(
+                m.topic,
+                "out/acc",
+                "{}",
+                String::from_utf8_lossy(&m.payload)
+            );
             let r = m.json();
             let i: usize = r["id"].as_str().unwrap_or_default()[1..]
                 .parse()

@@ -89,7 +89,8 @@ impl ClassicApi {
     pub(crate) fn load(path: &Path) -> Result<ClassicApi, String> {
         // SAFETY: opening a shared library runs its initialisers; the
         // runtime library is trusted code the operator configured.
-        let lib = unsafe { libloading::Library::new(path) }.map_err(|e| e.to_string())?;
+        let lib = unsafe { libloading::Library::new(path) }
+            .map_err(|e| crate::delegate::with_sources(&e))?;
         // Leaked on purpose: see `Runtime`. One per process.
         let lib: &'static libloading::Library = Box::leak(Box::new(lib));
         macro_rules! sym {

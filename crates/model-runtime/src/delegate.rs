@@ -209,7 +209,7 @@ fn open_plugin(spec: &DelegateSpec) -> Result<&'static PluginLibrary, RuntimeErr
 
 /// An error and its sources: libloading's own message is only "dlopen
 /// failed", the linker's reason is its source.
-fn with_sources(e: &dyn std::error::Error) -> String {
+pub(crate) fn with_sources(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

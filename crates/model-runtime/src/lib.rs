@@ -227,7 +227,8 @@ impl Runtime {
     /// LiteRT when the library exports it, else the classic C API.
     #[cfg(target_pointer_width = "64")]
     fn open_backend(path: &Path) -> Result<Backend, String> {
-        let lib = edgefirst_tflite::Library::from_path(path).map_err(|e| e.to_string())?;
+        let lib =
+            edgefirst_tflite::Library::from_path(path).map_err(|e| delegate::with_sources(&e))?;
         if !lib.has_litert() {
             let missing = lib.litert_missing_symbol().unwrap_or("?");
             // Not needed for the classic API: classic_abi opens the same
