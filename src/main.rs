@@ -607,6 +607,13 @@ fn inspect(model: &std::path::Path, runtime: Option<PathBuf>, batch: u32) -> Exi
     let sha = models::sha256_hex(&bytes);
     let size = bytes.len();
     let origin = model.display().to_string();
+    // Read before the runtime takes the bytes: an Edge TPU model is
+    // explained whether or not a runtime loads, and its tensors still shown
+    // when the CPU runtime refuses it.
+    let edgetpu = model_runtime::read_custom_ops(&origin, &bytes)
+        .is_ok_and(|ops| ops.iter().any(|op| op == model_runtime::EDGETPU_CUSTOM_OP));
+    let static_facts = edgetpu.then(|| model_runtime::read_model_facts(&origin, &bytes, batch));
+    let mut refusal = None;
     let (runtime_line, inputs, outputs) = match rt {
         Some(rt) => {
             let options = model_runtime::LoadOptions {
@@ -614,18 +621,25 @@ fn inspect(model: &std::path::Path, runtime: Option<PathBuf>, batch: u32) -> Exi
                 dynamic_batch: batch,
                 ..Default::default()
             };
-            let engine = match rt.load(&origin, bytes, &options) {
-                Ok(e) => e,
-                Err(e) => {
+            let runtime = format!("{} ({})", rt.path().display(), rt.flavor().as_str());
+            match (rt.load(&origin, bytes, &options), static_facts) {
+                (Ok(engine), _) => (
+                    runtime,
+                    engine.inputs().to_vec(),
+                    engine.outputs().to_vec(),
+                ),
+                (Err(e @ model_runtime::RuntimeError::Accelerator { .. }), Some(Ok(facts))) => {
+                    let line = format!(
+                        "{runtime}: not loaded, it cannot run this model on the CPU (tensors read from the file)"
+                    );
+                    refusal = Some(e);
+                    (line, facts.inputs, facts.outputs)
+                }
+                (Err(e), _) => {
                     eprintln!("edge-infer: {e}");
                     return ExitCode::from(exit::BAD_INPUT);
                 }
-            };
-            (
-                format!("{} ({})", rt.path().display(), rt.flavor().as_str()),
-                engine.inputs().to_vec(),
-                engine.outputs().to_vec(),
-            )
+            }
         }
         None => match model_runtime::read_model_facts(&origin, &bytes, batch) {
             Ok(facts) => (
@@ -650,6 +664,9 @@ fn inspect(model: &std::path::Path, runtime: Option<PathBuf>, batch: u32) -> Exi
     };
     println!("model:   {} ({size} bytes, sha256 {sha})", model.display());
     println!("runtime: {runtime_line}");
+    if edgetpu {
+        print!("{}", edgetpu_notice(model, &inputs, &outputs, batch));
+    }
     println!("inputs:");
     for (i, t) in inputs.iter().enumerate() {
         println!("  [{i}] {}", describe_tensor(t));
@@ -658,7 +675,60 @@ fn inspect(model: &std::path::Path, runtime: Option<PathBuf>, batch: u32) -> Exi
     for (i, t) in outputs.iter().enumerate() {
         println!("  [{i}] {}", describe_tensor(t));
     }
+    // Shown like any model the runtime cannot load: exit 2, the reason last.
+    if let Some(e) = refusal {
+        eprintln!("edge-infer: {e}");
+        return ExitCode::from(exit::BAD_INPUT);
+    }
     ExitCode::SUCCESS
+}
+
+/// What `inspect` says about a model compiled for the Edge TPU: what it
+/// needs and the config that serves it. `edgetpu_compiler` names its output
+/// `NAME_edgetpu.tflite`; a `NAME.tflite` next to it with the same inputs
+/// and outputs is offered as the `cpu_path`.
+fn edgetpu_notice(
+    model: &std::path::Path,
+    inputs: &[model_runtime::TensorSpec],
+    outputs: &[model_runtime::TensorSpec],
+    batch: u32,
+) -> String {
+    let twin = model
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix("_edgetpu.tflite"))
+        .map(|stem| model.with_file_name(format!("{stem}.tflite")))
+        .filter(|p| p.is_file());
+    let cap = config::FileLimits::default().max_model_bytes;
+    let cpu_path = match twin {
+        Some(p) => {
+            let same = models::read_model_file(&p, cap).ok().and_then(|b| {
+                model_runtime::read_model_facts(&p.display().to_string(), &b, batch).ok()
+            });
+            let verdict = match same {
+                Some(f) if f.inputs == inputs && f.outputs == outputs => {
+                    "found next to it, same inputs and outputs"
+                }
+                Some(_) => "found next to it, but its inputs or outputs differ: not its CPU build",
+                None => "found next to it, but it does not read as a model",
+            };
+            format!("cpu_path = \"{}\"   # {verdict}", p.display())
+        }
+        None => "cpu_path = \"...\"   # a CPU build of the same model (optional)".to_string(),
+    };
+    format!(
+        "edgetpu: compiled for the Edge TPU (contains {op}): runs only through an Edge TPU\n\
+         \x20        delegate (libedgetpu), not on the CPU runtime. Serve it with:\n\
+         \x20          [[models]]\n\
+         \x20          path = \"{path}\"\n\
+         \x20          accelerators = [\"edgetpu\", \"cpu\"]\n\
+         \x20          {cpu_path}\n\
+         \x20          [delegates.edgetpu]\n\
+         \x20          library = \"libedgetpu.so.1\"\n\
+         \x20        With no Edge TPU attached, cpu_path runs on the cpu instead.\n",
+        op = model_runtime::EDGETPU_CUSTOM_OP,
+        path = model.display(),
+    )
 }
 
 /// `status`: the broker the daemon publishes its records to, from the

@@ -30,7 +30,9 @@ mod locate;
 mod tensor;
 
 pub use error::RuntimeError;
-pub use flatbuffer::{read_model_facts, ModelFacts};
+pub use flatbuffer::{
+    read_custom_ops, read_model_facts, ModelFacts, EDGETPU_CONFIG_HINT, EDGETPU_CUSTOM_OP,
+};
 pub use locate::{LibraryCandidate, LibrarySearch, ENV_LIBRARY};
 pub use tensor::{DType, Quantization, TensorSpec};
 
@@ -279,6 +281,19 @@ impl Runtime {
         options: &LoadOptions,
     ) -> Result<Box<dyn Engine>, RuntimeError> {
         check_flatbuffer(origin, &bytes)?;
+        // Only the Edge TPU delegate runs an Edge TPU model; anything else
+        // would fail on the unresolved custom op with a bare status code.
+        // A file this reader cannot parse is left to the runtime, whose own
+        // error then stands as before.
+        if !matches!(options.accelerator, Accelerator::Delegate(_))
+            && flatbuffer::read_custom_ops(origin, &bytes)
+                .is_ok_and(|ops| ops.iter().any(|op| op == EDGETPU_CUSTOM_OP))
+        {
+            return Err(flatbuffer::edgetpu_refusal(
+                origin,
+                options.accelerator.name(),
+            ));
+        }
         if matches!(
             options.accelerator,
             Accelerator::Gpu { .. } | Accelerator::Npu
