@@ -382,3 +382,136 @@ fn with_two_workers_each_engine_falls_back_and_no_message_is_lost() {
     }
     assert!(seen.iter().all(|&k| k == 1), "{seen:?}");
 }
+
+/// A model compiled for the Edge TPU (one `edgetpu-custom-op`) named "tpu"
+/// on in/har, with the CPU model beside it on the same topic.
+fn edgetpu_models(accelerators: &str, extra: &str) -> String {
+    format!(
+        "[[models]]\nname = \"tpu\"\npath = \"{{models}}/har_accel_int8_edgetpu.tflite\"\ninput_topic = \"in/har\"\noutput_topic = \"out/{{model}}\"\naccelerators = {accelerators}\n{extra}\n\
+         [[models]]\nname = \"har\"\npath = \"{{models}}/har_accel_int8.tflite\"\ninput_topic = \"in/har\"\noutput_topic = \"out/{{model}}\"\n"
+    )
+}
+
+fn check_config(text: &str) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).expect("write config");
+    let path = path.display().to_string();
+    run_cli(&["check-config", "--config", &path], &[])
+}
+
+#[test]
+fn an_edgetpu_model_with_no_tpu_is_served_from_cpu_path() {
+    let broker = Broker::start();
+    let extra = format!(
+        "{FAST_HEALTH}{}",
+        delegate_table("edgetpu", &[("refuse", "1")])
+    );
+    let text = config(
+        broker.port,
+        "dev1",
+        &extra,
+        &edgetpu_models(
+            "[\"edgetpu\", \"cpu\"]",
+            "cpu_path = \"{models}/har_accel_int8.tflite\"",
+        ),
+    );
+    let (code, out, err) = check_config(&text);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        out.contains("accel:    edgetpu > cpu (cpu runs ")
+            && out.contains("; serving on cpu (not edgetpu: edgetpu: "),
+        "{out}"
+    );
+    assert!(out.contains("delegate:  edgetpu: "), "{out}");
+    let _d = Daemon::start(&text);
+    let c = TestClient::connect(broker.port);
+    c.subscribe("out/#");
+    c.subscribe("edge-infer/dev1/errors");
+    let data: Vec<f64> = (0..384).map(|i| ((i % 11) as f64 - 5.0) * 0.3).collect();
+    c.publish("in/har", json!({"id": "w", "data": data}).to_string());
+    let (mut tpu, mut cpu) = (None, None);
+    while tpu.is_none() || cpu.is_none() {
+        let m = c.recv();
+        let v = m.json();
+        match m.topic.as_str() {
+            "out/tpu" => tpu = Some(v),
+            "out/har" => cpu = Some(v),
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    let (tpu, cpu) = (tpu.unwrap_or_default(), cpu.unwrap_or_default());
+    assert_eq!(tpu["accelerator"], "cpu");
+    // The CPU build is the same model: the same int8 outputs, exactly.
+    assert_eq!(tpu["outputs"], cpu["outputs"]);
+    c.subscribe("edge-infer/dev1/health");
+    let a = acceleration_when(&c, "tpu", |_| true);
+    assert_eq!(a["serving"], "cpu");
+    assert!(
+        a["fallback_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("edgetpu: ") && r.contains("declined")),
+        "{a}"
+    );
+}
+
+#[test]
+fn an_edgetpu_model_that_nothing_in_its_list_can_run_is_a_config_error() {
+    let port = free_port();
+    let extra = delegate_table("edgetpu", &[("refuse", "1")]);
+    // No delegate in the list.
+    let (code, out, err) = check_config(&config(
+        port,
+        "dev1",
+        &extra,
+        &edgetpu_models("[\"cpu\"]", ""),
+    ));
+    assert_eq!(code, Some(2), "{out}\n{err}");
+    assert!(
+        err.contains("models[0].accelerators: model ")
+            && err.contains("is compiled for the Edge TPU (it contains edgetpu-custom-op)")
+            && err.contains("[delegates.edgetpu] library"),
+        "{err}"
+    );
+    // The cpu in the list, but no CPU build of the model.
+    let (code, out, err) = check_config(&config(
+        port,
+        "dev1",
+        &extra,
+        &edgetpu_models("[\"edgetpu\", \"cpu\"]", ""),
+    ));
+    assert_eq!(code, Some(2), "{out}\n{err}");
+    assert!(
+        err.contains("models[0].cpu_path: is needed: accelerators lists \"cpu\""),
+        "{err}"
+    );
+    // Only the delegate, and it declines (no TPU attached): the daemon
+    // cannot serve the model and says why.
+    let (code, out, err) = check_config(&config(
+        port,
+        "dev1",
+        &extra,
+        &edgetpu_models("[\"edgetpu\"]", ""),
+    ));
+    assert_eq!(code, Some(2), "{out}\n{err}");
+    assert!(
+        err.contains("models[0].path: ") && err.contains("declined"),
+        "{err}"
+    );
+    // A cpu_path whose tensors differ from the model's.
+    let (code, out, err) = check_config(&config(
+        port,
+        "dev1",
+        &extra,
+        &edgetpu_models(
+            "[\"edgetpu\", \"cpu\"]",
+            "cpu_path = \"{models}/har_accel_f32.tflite\"",
+        ),
+    ));
+    assert_eq!(code, Some(2), "{out}\n{err}");
+    assert!(
+        err.contains("models[0].cpu_path: ")
+            && err.contains("must have the same inputs and outputs"),
+        "{err}"
+    );
+}

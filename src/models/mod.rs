@@ -213,6 +213,7 @@ pub fn load_one(
     let started = Instant::now();
     let problem = |field: &str, message: String| problem(ms, field, message);
     let (origin, bytes, sha256) = read_model(ms, limits)?;
+    check_edgetpu(ms, &origin, &bytes)?;
     let bytes = Arc::new(bytes);
     let cpu_file = match &ms.accel.cpu_path {
         Some(path) => {
@@ -334,6 +335,7 @@ pub fn check_all_static(settings: &Settings) -> Result<Vec<CheckedModel>, Vec<Pr
 pub fn check_static(ms: &ModelSettings, limits: &FileLimits) -> Result<CheckedModel, Problem> {
     let problem = |field: &str, message: String| problem(ms, field, message);
     let (origin, bytes, sha256) = read_model(ms, limits)?;
+    check_edgetpu(ms, &origin, &bytes)?;
     if let Some(path) = &ms.accel.cpu_path {
         let cpu_bytes =
             read_model_file(path, limits.max_model_bytes).map_err(|e| problem("cpu_path", e))?;
@@ -342,6 +344,45 @@ pub fn check_static(ms: &ModelSettings, limits: &FileLimits) -> Result<CheckedMo
     let facts = model_runtime::read_model_facts(&origin, &bytes, ms.engine_batch())
         .map_err(|e| problem("path", e.to_string()))?;
     checked(ms, limits, sha256, &facts.inputs, &facts.outputs)
+}
+
+/// A model compiled for the Edge TPU runs only through a delegate, and on
+/// the cpu only as its CPU build (`cpu_path`): a list that cannot serve it
+/// is a config problem, found before anything is loaded. A delegate that
+/// declines at run time (no TPU attached) is not: the model then runs from
+/// `cpu_path`.
+fn check_edgetpu(ms: &ModelSettings, origin: &str, bytes: &[u8]) -> Result<(), Problem> {
+    let edgetpu = model_runtime::read_custom_ops(origin, bytes)
+        .is_ok_and(|ops| ops.iter().any(|op| op == model_runtime::EDGETPU_CUSTOM_OP));
+    if !edgetpu {
+        return Ok(());
+    }
+    let accelerators = &ms.accel.accelerators;
+    if !accelerators
+        .iter()
+        .any(|a| matches!(a, Accelerator::Delegate(_)))
+    {
+        return Err(problem(
+            ms,
+            "accelerators",
+            format!(
+                "model {origin} is compiled for the Edge TPU (it contains {}) and runs only through an Edge TPU delegate (libedgetpu), but accelerators lists none; {}",
+                model_runtime::EDGETPU_CUSTOM_OP,
+                model_runtime::EDGETPU_CONFIG_HINT
+            ),
+        ));
+    }
+    if accelerators.contains(&Accelerator::Cpu) && ms.accel.cpu_path.is_none() {
+        return Err(problem(
+            ms,
+            "cpu_path",
+            format!(
+                "is needed: accelerators lists \"cpu\", but {origin} is compiled for the Edge TPU (it contains {}), which the cpu cannot run; set cpu_path to the CPU build of the model (the file edgetpu_compiler was given), or remove \"cpu\"",
+                model_runtime::EDGETPU_CUSTOM_OP
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `cpu_path` must be the same model for the CPU: the same inputs and
