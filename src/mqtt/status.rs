@@ -593,7 +593,7 @@ fn model_rows(status: Option<&Value>, health: Option<&Value>) -> (Vec<Vec<String
                         text(a, "/preferred").map(clean).unwrap_or_else(dash),
                         clean(reason)
                     ));
-                } else if !delegation.is_empty() {
+                } else if !delegation.is_empty() || serving != "cpu" {
                     notes.push(format!("model {name}: on {serving}{delegation}"));
                 }
                 if let Some(n) = uint(a, "/switches").filter(|n| *n > 0) {
