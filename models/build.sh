@@ -4,7 +4,8 @@
 #
 #   models/build.sh                 # all models
 #   models/build.sh har dynamic     # only some: har, mobilenet, multi_io, dynamic, lookup, spin,
-#                                   # mobilenet_dynamic, shapes (25-30 min: trains a CNN)
+#                                   # mobilenet_dynamic, shapes (25-30 min: trains a CNN),
+#                                   # edgetpu (from har_accel_int8.tflite: after har)
 #
 # Creates a git-ignored venv at .venv-models/ (override with VENV=...) from
 # models/requirements.txt. Needs CPython 3.9-3.12 (TensorFlow 2.19); PYTHON=... to choose.

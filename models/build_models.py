@@ -11,6 +11,8 @@ Outputs (all written next to this script):
   spin_int32.tflite     (a WHILE loop run `iterations` times: invoke time set by the input)
   mobilenet_v2_dynamic_int8.tflite  (mobilenet_v2_int8 with a dynamic batch dimension)
   shapes_int8.tflite, shapes.labels  (circle / square / triangle / none on 96x96 RGB pictures)
+  har_accel_int8_edgetpu.tflite  (har_accel_int8 as edgetpu_compiler lays it out: one
+                                  edgetpu-custom-op; runs only through an Edge TPU delegate)
   models_summary.json   (tensor details as read back by the TF Lite interpreter)
 """
 import os
@@ -609,15 +611,164 @@ def dihedral(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+# ------------------------------------------------------------------------ edgetpu
+EDGETPU_CUSTOM_OP = "edgetpu-custom-op"  # libedgetpu: tflite/public/edgetpu.h, kCustomOp
+EDGETPU_TWIN = "har_accel_int8.tflite"
+
+
+def edgetpu_custom_options(twin: bytes) -> bytes:
+    """What edgetpu_compiler puts in the custom op's custom_options: a FlexBuffers map with
+    the keys libedgetpu reads (tflite/custom_op_data.cc: "1" version, "4" the serialized
+    executable, "5" execution preference, "6" chip versions, "7" further executables).
+    The executable here is a text placeholder naming the CPU twin, not a DarwiNN
+    executable: the file has the layout of a compiled model, but a real Edge TPU would
+    reject it."""
+    from flatbuffers import flexbuffers
+
+    placeholder = (f"edge-infer test model: not an Edge TPU executable; CPU twin {EDGETPU_TWIN} "
+                   f"sha256 {hashlib.sha256(twin).hexdigest()}")
+    opts = bytes(flexbuffers.Dumps({"1": 0, "4": placeholder, "5": 0, "6": [0], "7": []}))
+    back = flexbuffers.Loads(opts)
+    assert back["4"] == placeholder and back["6"] == [0], back
+    return opts
+
+
+def static_details(data: bytes) -> dict:
+    """describe() without an interpreter (TF Lite cannot build one for a model whose custom
+    op it does not know): the main subgraph's inputs and outputs and the signatures, read
+    from the flatbuffer, with describe()'s keys."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    dtypes = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    m = schema.ModelT.InitFromPackedBuf(data, 0)
+    sg = m.subgraphs[0]
+
+    def det(i):
+        t = sg.tensors[i]
+        q = t.quantization
+        scale = float(q.scale[0]) if q is not None and q.scale is not None and len(q.scale) else 0.0
+        zp = int(q.zeroPoint[0]) if q is not None and q.zeroPoint is not None and len(q.zeroPoint) else 0
+        shape = [int(v) for v in t.shape]
+        sig = [int(v) for v in t.shapeSignature] if t.shapeSignature is not None else shape
+        return {"index": int(i), "name": t.name.decode(), "shape": shape, "shape_signature": sig,
+                "dtype": dtypes[t.type], "scale": scale, "zero_point": zp}
+
+    sigs = {d.signatureKey.decode(): {"inputs": sorted(x.name.decode() for x in d.inputs),
+                                      "outputs": sorted(x.name.decode() for x in d.outputs)}
+            for d in (m.signatureDefs or [])}
+    return {"inputs": [det(i) for i in sg.inputs], "outputs": [det(i) for i in sg.outputs],
+            "signatures": sigs, "bytes": len(data)}
+
+
+def edgetpu_model(twin: bytes) -> bytes:
+    """The twin with its whole main subgraph replaced by one CUSTOM operator
+    "edgetpu-custom-op", the way edgetpu_compiler writes a model whose every op maps to
+    the Edge TPU: the subgraph keeps only its input and output tensors (names, shapes,
+    types, quantization as they were), the operator reads the inputs and writes the
+    outputs, the weights live inside the (here placeholder) executable. Signatures and
+    metadata are kept, with buffers renumbered."""
+    from flatbuffers import Builder
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    m = schema.ModelT.InitFromPackedBuf(twin, 0)
+    assert len(m.subgraphs) == 1, "the twin must have one subgraph (no control flow)"
+    sg = m.subgraphs[0]
+    keep = list(sg.inputs) + list(sg.outputs)
+    assert len(set(keep)) == len(keep), "a tensor is both an input and an output"
+    new_index = {old: new for new, old in enumerate(keep)}
+
+    # Buffer 0 is the empty sentinel every TFLite file starts with; each tensor gets its
+    # own empty buffer, as the converter does; metadata keeps its bytes.
+    buffers = [schema.BufferT()]
+    tensors = []
+    for old in keep:
+        t = sg.tensors[old]
+        assert m.buffers[t.buffer].data is None, f"{t.name} is a constant"
+        t.buffer = len(buffers)
+        buffers.append(schema.BufferT())
+        tensors.append(t)
+    for md in m.metadata or []:
+        buffers.append(m.buffers[md.buffer])
+        md.buffer = len(buffers) - 1
+    assert m.metadataBuffer is None
+
+    code = schema.OperatorCodeT()
+    code.builtinCode = schema.BuiltinOperator.CUSTOM
+    code.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
+    code.customCode = EDGETPU_CUSTOM_OP
+    code.version = 1
+    op = schema.OperatorT()
+    op.opcodeIndex = 0
+    op.inputs = [new_index[i] for i in sg.inputs]
+    op.outputs = [new_index[i] for i in sg.outputs]
+    op.customOptions = list(edgetpu_custom_options(twin))
+    op.customOptionsFormat = schema.CustomOptionsFormat.FLEXBUFFERS
+
+    sg.tensors = tensors
+    sg.inputs = [new_index[i] for i in sg.inputs]
+    sg.outputs = [new_index[i] for i in sg.outputs]
+    sg.operators = [op]
+    m.operatorCodes = [code]
+    m.buffers = buffers
+    for sig in m.signatureDefs or []:
+        for tm in list(sig.inputs) + list(sig.outputs):
+            tm.tensorIndex = new_index[tm.tensorIndex]
+
+    b = Builder(1024)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def build_edgetpu(summary: dict) -> None:
+    """har_accel_int8_edgetpu.tflite from the committed (or just built) har_accel_int8.tflite,
+    its exact CPU twin (`cpu_path`). Checks: only the custom op is left; the inputs, outputs
+    and signature equal the twin's (tensor indices aside); TF Lite cannot allocate it
+    without the Edge TPU delegate and names the custom op."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    name = "har_accel_int8_edgetpu.tflite"
+    twin_path = HERE / EDGETPU_TWIN
+    if not twin_path.exists():
+        raise SystemExit(f"{name} is made from {EDGETPU_TWIN}: build step `har` first")
+    twin = twin_path.read_bytes()
+    data = edgetpu_model(twin)
+
+    fb = schema.ModelT.InitFromPackedBuf(data, 0)
+    codes = [(c.builtinCode, c.customCode) for c in fb.operatorCodes]
+    assert codes == [(schema.BuiltinOperator.CUSTOM, EDGETPU_CUSTOM_OP.encode())], codes
+    assert len(fb.subgraphs[0].operators) == 1, fb.subgraphs[0].operators
+    d, t = static_details(data), describe(twin)
+    for key in ("inputs", "outputs"):
+        got = [{k: v for k, v in x.items() if k != "index"} for x in d[key]]
+        want = [{k: v for k, v in x.items() if k != "index"} for x in t[key]]
+        assert got == want, (key, got, want)
+    assert d["signatures"] == t["signatures"], (d["signatures"], t["signatures"])
+    # The interpreter builds (an unresolved custom op gets a placeholder that a delegate may
+    # claim), and allocation, where nothing claimed it, fails naming the op.
+    try:
+        tf.lite.Interpreter(model_content=data).allocate_tensors()
+    except RuntimeError as e:
+        assert f"unresolved custom op: {EDGETPU_CUSTOM_OP}" in str(e), e
+        print(f"[edgetpu] TF Lite without the delegate: {' '.join(str(e).split())[:160]}")
+    else:
+        raise SystemExit(f"{name}: TF Lite ran it without the Edge TPU delegate")
+    write_model(name, data)
+    d["ops"] = [EDGETPU_CUSTOM_OP]
+    d["cpu_twin"] = EDGETPU_TWIN
+    summary[name] = d
+
+
 def main() -> None:
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, numpy {np.__version__}")
     only = set(sys.argv[1:])
     summary: dict = {"tensorflow": tf.__version__, "keras": keras.__version__}
-    # mobilenet_dynamic and shapes come last so that a partial build, which appends new
-    # entries to the existing models_summary.json, gives the same key order as a full build.
+    # mobilenet_dynamic, shapes and edgetpu come last so that a partial build, which appends
+    # new entries to the existing models_summary.json, gives the same key order as a full
+    # build. edgetpu reads har_accel_int8.tflite, so it runs after har.
     steps = {"har": build_har, "mobilenet": build_mobilenet, "multi_io": build_multi_io,
              "dynamic": build_dynamic, "lookup": build_lookup, "spin": build_spin,
-             "mobilenet_dynamic": build_mobilenet_dynamic, "shapes": build_shapes}
+             "mobilenet_dynamic": build_mobilenet_dynamic, "shapes": build_shapes,
+             "edgetpu": build_edgetpu}
     unknown = only - steps.keys()
     if unknown:
         raise SystemExit(f"unknown step(s) {sorted(unknown)}; steps: {', '.join(steps)}")

@@ -132,8 +132,8 @@ install -d -m 0755 "$model_dir" "$doc_dir"
 # The example models (the .deb ships the same set); lookup_int32 and
 # spin_int32 exist only for tests, mobilenet_v2_dynamic_int8 for the
 # micro-batching measurement.
-install -m 0644 models/har_accel_int8.tflite models/har_accel_f32.tflite \
-  models/mobilenet_v2_int8.tflite models/multi_io_f32.tflite models/multi_io_uint8.tflite \
+install -m 0644 models/har_accel_int8.tflite models/har_accel_int8_edgetpu.tflite \
+  models/har_accel_f32.tflite models/mobilenet_v2_int8.tflite models/multi_io_f32.tflite models/multi_io_uint8.tflite \
   models/dynamic_batch_f32.tflite models/har_accel.labels models/shapes_int8.tflite \
   models/shapes.labels models/README.md "$model_dir/"
 install -d -m 0755 "$model_dir/samples"

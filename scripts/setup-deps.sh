@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what building, testing and the demo need on a fresh Debian/Ubuntu
-# machine: the Mosquitto broker and clients, openssl, libLiteRt.so and its GPU
-# accelerator (via pip, from the ai-edge-litert wheel), and Mesa's software
-# Vulkan driver (lavapipe) so the GPU path runs without a GPU. Idempotent;
-# needs root (or sudo) for apt.
+# machine: the Mosquitto broker and clients, openssl, g++, libLiteRt.so and
+# its GPU accelerator (via pip, from the ai-edge-litert wheel), the classic
+# libtensorflowlite_c.so (via npm), and Mesa's software Vulkan driver
+# (lavapipe) so the GPU path runs without a GPU. Idempotent; needs root (or
+# sudo) for apt.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 sudo_cmd=()
@@ -26,6 +27,11 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=
 command -v mosquitto_sub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 # The demo makes its uplink broker's certificates with it.
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# g++ builds the test delegate plugin (tests/delegate/test_delegate.cc) that
+# the external-delegate tests load; npm fetches the classic TFLite library
+# (scripts/fetch-classic-runtime.sh).
+command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 # systemd-analyze (unit hardening check), systemd-journald, journalctl and
 # systemd-cat (journal logging test); systemd does not need to be running.
 [ -x /lib/systemd/systemd-journald ] && command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
@@ -37,6 +43,9 @@ fi
 # The Debian package starts a system-wide broker on 1883; tests and the
 # demo start their own on free ports and do not need it.
 "$root/scripts/fetch-runtime.sh"
+# The classic TFLite C API library (TF 2.2.0, x86_64 only) that the classic
+# back end's tests run external delegates on.
+"$root/scripts/fetch-classic-runtime.sh"
 
 # GPU without a GPU: LiteRT's GPU accelerator (Dawn/WebGPU) runs on any Vulkan
 # device, and Mesa's lavapipe is one on the CPU, so the GPU path is tested on

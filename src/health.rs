@@ -11,7 +11,7 @@ use serde::Serialize;
 use sysinfo::{Components, Disks, Pid, ProcessesToUpdate, System};
 
 use crate::codec::ErrorCode;
-use crate::models::LoadedModel;
+use crate::models::{AccelReport, LoadedModel};
 use crate::telemetry::{
     DaemonStats, LatencySummary, LinkStats, ModelStats, OutboxGauge, WindowCounts,
 };
@@ -122,7 +122,8 @@ fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
 pub struct ModelView<'a> {
     pub name: &'a str,
     pub sha256: &'a str,
-    pub accelerator: &'a str,
+    /// Which accelerator serves it, and why not a more preferred one.
+    pub acceleration: AccelReport,
     pub workers: usize,
     pub stalled_workers: usize,
     pub stats: &'a ModelStats,
@@ -265,7 +266,9 @@ impl LinkHealth {
 struct ModelHealth<'a> {
     name: &'a str,
     sha256: &'a str,
-    accelerator: &'a str,
+    /// The name of the accelerator serving it (`acceleration.serving`).
+    accelerator: String,
+    acceleration: AccelReport,
     workers: usize,
     stalled_workers: usize,
     received: u64,
@@ -377,7 +380,8 @@ impl HealthReporter {
             model_health.push(ModelHealth {
                 name: m.name,
                 sha256: m.sha256,
-                accelerator: m.accelerator,
+                accelerator: m.acceleration.serving.clone(),
+                acceleration: m.acceleration.clone(),
                 workers: m.workers,
                 stalled_workers: m.stalled_workers,
                 received: m.stats.received.load(Relaxed),

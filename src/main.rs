@@ -29,6 +29,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use std::sync::Arc;
+
 use model_runtime::{LibrarySearch, Runtime};
 
 /// The top-level `--help` after the list of subcommands.
@@ -216,7 +218,7 @@ fn main() -> ExitCode {
 /// Everything `run` and `check-config` share: config, runtime, models.
 fn load(
     path: &std::path::Path,
-) -> Result<(config::Settings, Runtime, Vec<models::LoadedModel>), ExitCode> {
+) -> Result<(config::Settings, Arc<Runtime>, Vec<models::LoadedModel>), ExitCode> {
     let settings = load_settings(path)?;
     let runtime = open_runtime(&settings).map_err(|e| {
         eprintln!("edge-infer: {e}");
@@ -238,7 +240,7 @@ fn load_settings(path: &std::path::Path) -> Result<config::Settings, ExitCode> {
     Ok(settings)
 }
 
-fn open_runtime(settings: &config::Settings) -> Result<Runtime, model_runtime::RuntimeError> {
+fn open_runtime(settings: &config::Settings) -> Result<Arc<Runtime>, model_runtime::RuntimeError> {
     let runtime = Runtime::open(&LibrarySearch::for_process(
         settings.runtime_library.clone(),
     ))?;
@@ -247,13 +249,15 @@ fn open_runtime(settings: &config::Settings) -> Result<Runtime, model_runtime::R
         runtime.path().display(),
         runtime.flavor().as_str()
     );
-    Ok(runtime)
+    // Shared by every model's engines for the life of the process: a
+    // model that falls back to another accelerator loads it again.
+    Ok(Arc::new(runtime))
 }
 
 fn load_models(
     path: &std::path::Path,
     settings: &config::Settings,
-    runtime: &Runtime,
+    runtime: &Arc<Runtime>,
 ) -> Result<Vec<models::LoadedModel>, ExitCode> {
     let models = models::load_all(settings, runtime).map_err(|problems| {
         let e = config::ConfigError {
@@ -364,12 +368,15 @@ struct ModelSummary<'a> {
     /// What runs it and how long load and warm-up took; `None` when it was
     /// only checked from its file.
     loaded: Option<(&'a str, f64)>,
+    /// Which of its accelerators serves it and why not a better one.
+    acceleration: Option<models::AccelReport>,
 }
 
 impl<'a> From<&'a models::LoadedModel> for ModelSummary<'a> {
     fn from(m: &'a models::LoadedModel) -> Self {
         ModelSummary {
             loaded: Some((&m.accelerator, m.load_ms)),
+            acceleration: Some(m.chain.report()),
             ..ModelSummary::from(&m.checked)
         }
     }
@@ -386,6 +393,7 @@ impl<'a> From<&'a models::CheckedModel> for ModelSummary<'a> {
             top_k: m.top_k,
             intake: &m.intake,
             loaded: None,
+            acceleration: None,
         }
     }
 }
@@ -406,6 +414,18 @@ fn print_summary(
         );
     }
     println!("runtime:   {runtime}");
+    for (name, d) in &settings.delegates {
+        let options: Vec<String> = d.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "delegate:  {name}: {}{}",
+            d.library.display(),
+            if options.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", options.join(" "))
+            }
+        );
+    }
     println!("errors:    {}", replies::errors_topic(&settings.device_id));
     println!(
         "limits:    max_payload_bytes={} max_model_bytes={} max_labels_bytes={}",
@@ -467,6 +487,9 @@ fn print_summary(
                 None => String::new(),
             }
         );
+        if let Some(line) = describe_accelerators(s, m.acceleration.as_ref()) {
+            println!("  accel:    {line}");
+        }
         for t in m.inputs {
             println!("  input:    {}", describe_tensor(t));
         }
@@ -487,6 +510,39 @@ fn print_summary(
             None => println!("  checked from the file (not loaded: no runtime library)"),
         }
     }
+}
+
+/// The model's accelerators and, once loaded, which one serves and why
+/// not a more preferred one; None for a model on the cpu alone.
+fn describe_accelerators(
+    s: &config::ModelSettings,
+    report: Option<&models::AccelReport>,
+) -> Option<String> {
+    let names: Vec<&str> = s.accel.accelerators.iter().map(|a| a.name()).collect();
+    let partial = report.is_some_and(|r| r.delegation == "partial" || r.delegation == "none");
+    if names == ["cpu"] && !partial {
+        return None;
+    }
+    let mut line = names.join(" > ");
+    if let Some(cpu) = &s.accel.cpu_path {
+        line.push_str(&format!(" (cpu runs {})", cpu.display()));
+    }
+    if let Some(r) = report {
+        line.push_str(&format!("; serving on {}", r.serving));
+        match (r.delegation, r.delegated_nodes, r.total_nodes) {
+            ("partial", Some(d), Some(t)) => {
+                line.push_str(&format!(", partly delegated ({d} of {t} nodes)"))
+            }
+            ("partial", _, _) => line.push_str(", partly delegated"),
+            ("none", _, _) => line.push_str(", which took no node"),
+            ("full", _, _) => line.push_str(", fully delegated"),
+            _ => {}
+        }
+        if let Some(why) = &r.fallback_reason {
+            line.push_str(&format!(" (not {}: {why})", r.preferred));
+        }
+    }
+    Some(line)
 }
 
 /// One broker connection for the `check-config` summary (never the
@@ -551,6 +607,13 @@ fn inspect(model: &std::path::Path, runtime: Option<PathBuf>, batch: u32) -> Exi
     let sha = models::sha256_hex(&bytes);
     let size = bytes.len();
     let origin = model.display().to_string();
+    // Read before the runtime takes the bytes: an Edge TPU model is
+    // explained whether or not a runtime loads, and its tensors still shown
+    // when the CPU runtime refuses it.
+    let edgetpu = model_runtime::read_custom_ops(&origin, &bytes)
+        .is_ok_and(|ops| ops.iter().any(|op| op == model_runtime::EDGETPU_CUSTOM_OP));
+    let static_facts = edgetpu.then(|| model_runtime::read_model_facts(&origin, &bytes, batch));
+    let mut refusal = None;
     let (runtime_line, inputs, outputs) = match rt {
         Some(rt) => {
             let options = model_runtime::LoadOptions {
@@ -558,18 +621,25 @@ fn inspect(model: &std::path::Path, runtime: Option<PathBuf>, batch: u32) -> Exi
                 dynamic_batch: batch,
                 ..Default::default()
             };
-            let engine = match rt.load(&origin, bytes, &options) {
-                Ok(e) => e,
-                Err(e) => {
+            let runtime = format!("{} ({})", rt.path().display(), rt.flavor().as_str());
+            match (rt.load(&origin, bytes, &options), static_facts) {
+                (Ok(engine), _) => (
+                    runtime,
+                    engine.inputs().to_vec(),
+                    engine.outputs().to_vec(),
+                ),
+                (Err(e @ model_runtime::RuntimeError::Accelerator { .. }), Some(Ok(facts))) => {
+                    let line = format!(
+                        "{runtime}: not loaded, it cannot run this model on the CPU (tensors read from the file)"
+                    );
+                    refusal = Some(e);
+                    (line, facts.inputs, facts.outputs)
+                }
+                (Err(e), _) => {
                     eprintln!("edge-infer: {e}");
                     return ExitCode::from(exit::BAD_INPUT);
                 }
-            };
-            (
-                format!("{} ({})", rt.path().display(), rt.flavor().as_str()),
-                engine.inputs().to_vec(),
-                engine.outputs().to_vec(),
-            )
+            }
         }
         None => match model_runtime::read_model_facts(&origin, &bytes, batch) {
             Ok(facts) => (
@@ -594,6 +664,9 @@ fn inspect(model: &std::path::Path, runtime: Option<PathBuf>, batch: u32) -> Exi
     };
     println!("model:   {} ({size} bytes, sha256 {sha})", model.display());
     println!("runtime: {runtime_line}");
+    if edgetpu {
+        print!("{}", edgetpu_notice(model, &inputs, &outputs, batch));
+    }
     println!("inputs:");
     for (i, t) in inputs.iter().enumerate() {
         println!("  [{i}] {}", describe_tensor(t));
@@ -602,7 +675,60 @@ fn inspect(model: &std::path::Path, runtime: Option<PathBuf>, batch: u32) -> Exi
     for (i, t) in outputs.iter().enumerate() {
         println!("  [{i}] {}", describe_tensor(t));
     }
+    // Shown like any model the runtime cannot load: exit 2, the reason last.
+    if let Some(e) = refusal {
+        eprintln!("edge-infer: {e}");
+        return ExitCode::from(exit::BAD_INPUT);
+    }
     ExitCode::SUCCESS
+}
+
+/// What `inspect` says about a model compiled for the Edge TPU: what it
+/// needs and the config that serves it. `edgetpu_compiler` names its output
+/// `NAME_edgetpu.tflite`; a `NAME.tflite` next to it with the same inputs
+/// and outputs is offered as the `cpu_path`.
+fn edgetpu_notice(
+    model: &std::path::Path,
+    inputs: &[model_runtime::TensorSpec],
+    outputs: &[model_runtime::TensorSpec],
+    batch: u32,
+) -> String {
+    let twin = model
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix("_edgetpu.tflite"))
+        .map(|stem| model.with_file_name(format!("{stem}.tflite")))
+        .filter(|p| p.is_file());
+    let cap = config::FileLimits::default().max_model_bytes;
+    let cpu_path = match twin {
+        Some(p) => {
+            let same = models::read_model_file(&p, cap).ok().and_then(|b| {
+                model_runtime::read_model_facts(&p.display().to_string(), &b, batch).ok()
+            });
+            let verdict = match same {
+                Some(f) if f.inputs == inputs && f.outputs == outputs => {
+                    "found next to it, same inputs and outputs"
+                }
+                Some(_) => "found next to it, but its inputs or outputs differ: not its CPU build",
+                None => "found next to it, but it does not read as a model",
+            };
+            format!("cpu_path = \"{}\"   # {verdict}", p.display())
+        }
+        None => "cpu_path = \"...\"   # a CPU build of the same model (optional)".to_string(),
+    };
+    format!(
+        "edgetpu: compiled for the Edge TPU (contains {op}): runs only through an Edge TPU\n\
+         \x20        delegate (libedgetpu), not on the CPU runtime. Serve it with:\n\
+         \x20          [[models]]\n\
+         \x20          path = \"{path}\"\n\
+         \x20          accelerators = [\"edgetpu\", \"cpu\"]\n\
+         \x20          {cpu_path}\n\
+         \x20          [delegates.edgetpu]\n\
+         \x20          library = \"libedgetpu.so.1\"\n\
+         \x20        With no Edge TPU attached, cpu_path runs on the cpu instead.\n",
+        op = model_runtime::EDGETPU_CUSTOM_OP,
+        path = model.display(),
+    )
 }
 
 /// `status`: the broker the daemon publishes its records to, from the

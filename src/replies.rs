@@ -330,7 +330,11 @@ impl Replies {
         at: Stages,
         extras: Extras<'_>,
     ) -> Option<Outgoing> {
-        let Outputs { specs, buffers } = outputs;
+        let Outputs {
+            specs,
+            buffers,
+            accelerator,
+        } = outputs;
         let top = ctx
             .top_k
             .map(|k| encode::top_k(&specs[0], buffers[0], k, ctx.labels.as_deref()));
@@ -356,6 +360,7 @@ impl Replies {
                 post: ms_between(at.post_from, done),
                 total: ms_between(job.received, done),
             },
+            accelerator,
             outputs,
             top_k: top.as_deref(),
             batch_size: at.batch_size,

@@ -1,8 +1,8 @@
 //! The command line: each subcommand takes only its own flags, says which
 //! flag was wrong, documents itself in `--help`, and exits with the same
 //! statuses everywhere (0 ok, 1 runtime failure, 2 bad usage, config or
-//! model, 3 runtime library not loadable). Needs neither a broker nor the
-//! runtime library.
+//! model, 3 runtime library not loadable). Needs no broker, and the runtime
+//! library only where `inspect` loads a model.
 
 mod common;
 
@@ -215,4 +215,106 @@ fn old_spellings_still_parse() {
         assert!(err.contains("no such file"), "{args:?}: {err}");
         assert!(!err.contains("Usage:"), "{args:?}: {err}");
     }
+}
+
+/// models/har_accel_int8_edgetpu.tflite is har_accel_int8 as `edgetpu_compiler`
+/// lays it out (one `edgetpu-custom-op`). With the runtime library, the CPU
+/// runtime cannot run it: `inspect` says why and what to configure, shows
+/// the tensors from the file, and exits 2 (a model that does not load).
+/// Without one, the file alone is read (exit 0), with the same advice.
+#[test]
+fn inspect_explains_a_model_compiled_for_the_edge_tpu() {
+    require_runtime();
+    let m = model("har_accel_int8_edgetpu.tflite");
+    let m = m.to_str().unwrap();
+    let twin = model("har_accel_int8.tflite");
+    let lib = repo().join(format!("runtime/{}/libLiteRt.so", std::env::consts::ARCH));
+    let advice = [
+        "edgetpu: compiled for the Edge TPU (contains edgetpu-custom-op): runs only through an Edge TPU",
+        "delegate (libedgetpu), not on the CPU runtime",
+        r#"accelerators = ["edgetpu", "cpu"]"#,
+        "[delegates.edgetpu]",
+        r#"library = "libedgetpu.so.1""#,
+        &format!(
+            r#"cpu_path = "{}"   # found next to it, same inputs and outputs"#,
+            twin.display()
+        ),
+        "[0] 'accel' 1x128x3 int8 scale=0.045965016 zero_point=-1",
+        "[0] 'probs' 1x4 int8 scale=0.00390625 zero_point=-128",
+    ];
+
+    let (code, out, err) = run_cli(&["inspect", m, "--runtime", lib.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(2), "{out}\n{err}");
+    assert!(
+        out.contains("(litert): not loaded, it cannot run this model on the CPU"),
+        "{out}"
+    );
+    for want in advice {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    let refusal = err.lines().last().unwrap_or_default();
+    let head = format!(
+        "edge-infer: cpu: model {m} is compiled for the Edge TPU (it contains edgetpu-custom-op)"
+    );
+    for want in [
+        head.as_str(),
+        "runs only through an Edge TPU delegate (libedgetpu)",
+        r#"accelerators = ["edgetpu", "cpu"] with [delegates.edgetpu] library = "libedgetpu.so.1""#,
+        "cpu_path",
+    ] {
+        assert!(refusal.contains(want), "missing {want:?} in:\n{err}");
+    }
+    // Not the runtime's own words: the model never reached it.
+    assert!(!err.contains("unresolved custom op"), "{err}");
+    assert!(!err.contains("Status"), "{err}");
+
+    let (code, out, err) = run_cli(
+        &["inspect", m],
+        &[("EDGE_INFER_RUNTIME_LIBRARY", "/nonexistent/libLiteRt.so")],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("runtime: none loaded: read from the file"),
+        "{out}"
+    );
+    for want in advice {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+
+    // The CPU twin is a plain model: no advice, and it loads.
+    let (code, out, err) = run_cli(
+        &[
+            "inspect",
+            twin.to_str().unwrap(),
+            "--runtime",
+            lib.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!out.contains("Edge TPU"), "{out}");
+    assert!(out.contains("[0] 'probs' 1x4 int8"), "{out}");
+}
+
+/// Without a twin next to it, `inspect` still says what `cpu_path` is for;
+/// a file named like a twin but with other tensors is called out.
+#[test]
+fn inspect_of_an_edge_tpu_model_checks_the_twin_next_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let tpu = dir.path().join("net_edgetpu.tflite");
+    std::fs::copy(model("har_accel_int8_edgetpu.tflite"), &tpu).unwrap();
+    let env = [("EDGE_INFER_RUNTIME_LIBRARY", "/nonexistent/libLiteRt.so")];
+    let (code, out, err) = run_cli(&["inspect", tpu.to_str().unwrap()], &env);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains(r#"cpu_path = "..."   # a CPU build of the same model (optional)"#),
+        "{out}"
+    );
+    std::fs::copy(model("har_accel_f32.tflite"), dir.path().join("net.tflite")).unwrap();
+    let (code, out, err) = run_cli(&["inspect", tpu.to_str().unwrap()], &env);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("found next to it, but its inputs or outputs differ: not its CPU build"),
+        "{out}"
+    );
 }

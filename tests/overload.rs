@@ -427,10 +427,11 @@ fn overload(qos: QoS, main: Main) {
         let waited = v["published_at"].as_f64().unwrap() - sent_at[i];
         if sent_at[i] > flood_end + 1.0 {
             // Generous: on 2 cores shared with the test's own build and
-            // client, a scheduling stall once took 1.03 s; a daemon still
-            // working off the flood would take tens of seconds.
+            // client, a scheduling stall once took 1.03 s, and 3.65 s with
+            // the machine four times oversubscribed; a daemon still working
+            // off the flood would take tens of seconds.
             assert!(
-                waited < 3.0,
+                waited < 8.0,
                 "after-flood message {i} answered after {waited:.2} s"
             );
         }

@@ -79,6 +79,7 @@ fn same_but_position(a: &ModelSettings, b: &ModelSettings) -> bool {
         window,
         input,
         image,
+        accel,
     } = a;
     // Destructured, so a new setting cannot be forgotten here.
     *name == b.name
@@ -99,6 +100,7 @@ fn same_but_position(a: &ModelSettings, b: &ModelSettings) -> bool {
         && *window == b.window
         && *input == b.input
         && *image == b.image
+        && *accel == b.accel
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::codec::ErrorCode;
 use crate::config::{ModelSettings, OutboxSettings, Settings};
 use crate::health::{self, HealthReporter, ModelView, StatusModel};
-use crate::models::{LoadedModel, ModelContext};
+use crate::models::{Chain, LoadedModel, ModelContext};
 use crate::mqtt::Connection;
 use crate::outbox::OutboxService;
 use crate::replies::Replies;
@@ -37,7 +37,8 @@ struct Running {
     settings: ModelSettings,
     ctx: Arc<ModelContext>,
     status: StatusModel,
-    accelerator: String,
+    /// The model's accelerators, shared with its engines.
+    chain: Arc<Chain>,
     /// A consumer handle on the model's queue: its depth for health, and
     /// what is left in it when a drain times out. Holding it does not keep
     /// workers alive; only the route's sender does.
@@ -76,7 +77,7 @@ fn launch(
         settings: ms,
         ctx: Arc::clone(&ctx),
         status,
-        accelerator: model.accelerator,
+        chain: Arc::clone(&model.chain),
         queue: rx,
         workers,
     };
@@ -111,7 +112,7 @@ fn open_outbox(
 pub fn run(
     config_path: PathBuf,
     settings: Settings,
-    runtime: Runtime,
+    runtime: Arc<Runtime>,
     models: Vec<LoadedModel>,
 ) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -152,7 +153,7 @@ impl Supervisor {
     fn start(
         config_path: PathBuf,
         settings: Settings,
-        runtime: Runtime,
+        runtime: Arc<Runtime>,
         loaded: Vec<LoadedModel>,
     ) -> anyhow::Result<Supervisor> {
         let stats = Arc::new(DaemonStats::default());
@@ -199,7 +200,7 @@ impl Supervisor {
             config_path,
             health,
             settings,
-            runtime: Arc::new(runtime),
+            runtime,
             stats,
             replies: Some(replies),
             switch,
@@ -349,7 +350,7 @@ impl Supervisor {
             .map(|m| ModelView {
                 name: &m.ctx.name,
                 sha256: &m.ctx.sha256,
-                accelerator: &m.accelerator,
+                acceleration: m.chain.report(),
                 workers: m.workers.len(),
                 stalled_workers: m.stalled_workers(limit),
                 stats: &m.ctx.stats,

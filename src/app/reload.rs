@@ -225,7 +225,7 @@ impl Supervisor {
 /// ones, and every model it does not keep, loaded and warmed; or every
 /// problem found.
 fn plan(
-    runtime: &model_runtime::Runtime,
+    runtime: &Arc<model_runtime::Runtime>,
     limits: &FileLimits,
     running: &[(ModelSettings, String)],
     wanted: &[ModelSettings],

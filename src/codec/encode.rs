@@ -29,6 +29,8 @@ pub struct ResultMessage<'a> {
     pub received_at: f64,
     pub published_at: f64,
     pub latency_ms: Latency,
+    /// Which of the model's accelerators computed this result.
+    pub accelerator: &'a str,
     pub outputs: Outputs<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub top_k: Option<&'a [TopK<'a>]>,
@@ -80,6 +82,9 @@ pub struct TopK<'a> {
 pub struct Outputs<'a> {
     pub specs: &'a [TensorSpec],
     pub buffers: &'a [&'a [u8]],
+    /// The accelerator that computed them (not part of the array: the
+    /// result reports it beside it).
+    pub accelerator: &'a str,
 }
 
 impl Serialize for Outputs<'_> {
@@ -219,6 +224,7 @@ mod tests {
         let json = serde_json::to_string(&Outputs {
             specs: std::slice::from_ref(&spec),
             buffers: &bufs,
+            accelerator: "cpu",
         })
         .unwrap();
         assert_eq!(

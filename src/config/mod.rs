@@ -4,6 +4,7 @@
 //! config names within their caps; `secrets` keeps secret values out of
 //! every message.
 
+mod accel;
 mod check;
 mod files;
 mod preprocess;

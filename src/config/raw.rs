@@ -3,6 +3,8 @@
 //! `EDGE_INFER__SECTION__KEY` environment variables). Nothing here checks
 //! meaning; `settings.rs` does.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -37,6 +39,42 @@ pub struct RawConfig {
     pub models: Vec<RawModel>,
     #[serde(default)]
     pub outbox: RawOutbox,
+    /// `[delegates.NAME]`: external delegate plugins that models name in
+    /// `accelerators`.
+    #[serde(default)]
+    pub delegates: BTreeMap<String, RawDelegate>,
+}
+
+/// `[delegates.NAME]`: one external delegate plugin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDelegate {
+    /// A path, or a bare file name the dynamic linker searches for.
+    pub library: String,
+    /// Handed to the plugin as keys and values: `{ device = "usb" }`.
+    #[serde(default)]
+    pub options: BTreeMap<String, OptionValue>,
+}
+
+/// A delegate option's value as TOML writes it; the plugin gets it as text.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum OptionValue {
+    Text(String),
+    Integer(i64),
+    Float(f64),
+    Flag(bool),
+}
+
+impl OptionValue {
+    pub fn to_text(&self) -> String {
+        match self {
+            OptionValue::Text(t) => t.clone(),
+            OptionValue::Integer(i) => i.to_string(),
+            OptionValue::Float(f) => f.to_string(),
+            OptionValue::Flag(b) => b.to_string(),
+        }
+    }
 }
 
 /// `[outbox]`: results that cannot be published wait on disk.
@@ -251,6 +289,22 @@ pub struct RawModel {
     /// more, in microseconds. 0 takes only what is already queued.
     #[serde(default = "default_max_delay_us")]
     pub max_delay_us: i64,
+    /// Where the model runs, most preferred first: "cpu", "gpu", "npu" or
+    /// the name of a `[delegates.NAME]` table.
+    #[serde(default = "default_accelerators")]
+    pub accelerators: Vec<String>,
+    /// The model file the "cpu" accelerator runs instead of `path` (a CPU
+    /// build of an Edge TPU model).
+    #[serde(default)]
+    pub cpu_path: Option<String>,
+    /// After a fall back, seconds before the preferred accelerator is
+    /// tried again.
+    #[serde(default = "default_retry_secs")]
+    pub retry_secs: f64,
+    /// The GPU may compute in half precision (faster on real GPUs, further
+    /// from the CPU's results).
+    #[serde(default)]
+    pub gpu_allow_fp16: bool,
     /// `[models.window]`: the input is assembled from a stream of readings.
     #[serde(default)]
     pub window: Option<RawWindow>,
@@ -347,6 +401,15 @@ fn default_idle_timeout_secs() -> f64 {
 /// streams of a 128 x 3 window hold about 2.5 MB.
 fn default_max_streams() -> i64 {
     1024
+}
+
+fn default_accelerators() -> Vec<String> {
+    vec!["cpu".into()]
+}
+/// A minute: a replugged USB accelerator is back in use soon, and a
+/// missing one costs one failed load a minute per engine.
+fn default_retry_secs() -> f64 {
+    60.0
 }
 
 fn default_output_topic() -> String {

@@ -596,6 +596,22 @@ impl Gen<'_> {
         self.int(&mut rest, "workers", &key("workers"), 1, 64);
         self.int(&mut rest, "threads", &key("threads"), 1, 64);
         if self.fault_here() {
+            let bad = *self.rng.pick(&["tpu", "CPU", "", "edgetpu"]);
+            rest.push((
+                "accelerators".into(),
+                format!("[{}, \"cpu\"]", toml_string(bad)),
+            ));
+            self.faults.push(Some(key("accelerators[0]")));
+        } else if self.rng.one_in(3) {
+            let list = *self.rng.pick(&[
+                "[\"cpu\"]",
+                "[\"gpu\", \"cpu\"]",
+                "[\"npu\", \"gpu\", \"cpu\"]",
+            ]);
+            rest.push(("accelerators".into(), list.into()));
+        }
+        self.secs(&mut rest, "retry_secs", &key("retry_secs"), 1.0, 86_400.0);
+        if self.fault_here() {
             rest.push(("max_batch".into(), "8".into()));
             rest.push(("batch".into(), "2".into()));
             self.faults.push(Some(key("max_batch")));

@@ -3,9 +3,13 @@
 //! Checks that need the files themselves (model loads, label counts) happen
 //! when models are loaded, reported the same way.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use model_runtime::DelegateSpec;
+
+use super::accel::{self, AccelSettings};
 use super::check::Check;
 use super::files::{self, resolve, FileLimits};
 use super::preprocess::{self, ImageSettings, InputSettings, WindowSettings};
@@ -36,6 +40,8 @@ pub struct Settings {
     pub models: Vec<ModelSettings>,
     /// `[outbox]`, kept in `state_dir/outbox`.
     pub outbox: OutboxSettings,
+    /// `[delegates.NAME]`, by name (models refer to them in `accelerators`).
+    pub delegates: BTreeMap<String, DelegateSpec>,
 }
 
 /// When a QoS 1 input is acknowledged to its broker.
@@ -221,6 +227,8 @@ pub struct ModelSettings {
     /// `[models.image]` as written; a `payload = "image"` model without
     /// the table takes the defaults (`image_settings`).
     pub image: Option<ImageSettings>,
+    /// `accelerators`, `cpu_path`, `retry_secs`, `gpu_allow_fp16`.
+    pub accel: AccelSettings,
 }
 
 impl ModelSettings {
@@ -388,9 +396,10 @@ impl Settings {
         if raw.models.is_empty() {
             c.add("models", "no [[models]] configured: nothing to serve");
         }
+        let delegates = accel::delegates(&mut c, &raw.delegates, base);
         let mut models = Vec::new();
         for (i, rm) in raw.models.iter().enumerate() {
-            if let Some(ms) = model_settings(&mut c, i, rm, base) {
+            if let Some(ms) = model_settings(&mut c, i, rm, base, &delegates) {
                 models.push(ms);
             }
         }
@@ -439,6 +448,7 @@ impl Settings {
             state_dir,
             models,
             outbox,
+            delegates,
         })
     }
 }
@@ -649,7 +659,13 @@ fn check_feedback(c: &mut Check, models: &[ModelSettings], device_id: &str) {
     }
 }
 
-fn model_settings(c: &mut Check, i: usize, rm: &RawModel, base: &Path) -> Option<ModelSettings> {
+fn model_settings(
+    c: &mut Check,
+    i: usize,
+    rm: &RawModel,
+    base: &Path,
+    delegates: &BTreeMap<String, DelegateSpec>,
+) -> Option<ModelSettings> {
     let key = format!("models[{i}]");
     let k = |field: &str| format!("{key}.{field}");
     let before = c.problems.len();
@@ -725,6 +741,7 @@ fn model_settings(c: &mut Check, i: usize, rm: &RawModel, base: &Path) -> Option
     }
     let (window, input, image) =
         preprocessing(c, &key, rm, payload, max_batch, input_topic.as_ref());
+    let accel = accel::accel_settings(c, &key, rm, delegates, base);
     if c.problems.len() != before {
         return None;
     }
@@ -747,6 +764,7 @@ fn model_settings(c: &mut Check, i: usize, rm: &RawModel, base: &Path) -> Option
         window,
         input,
         image,
+        accel,
         key,
     })
 }

@@ -4,13 +4,14 @@
 //! allocation cost. Serving: [`ModelContext`], the one record of a model
 //! that routing, workers and replies share.
 
+mod accel;
 mod intake;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use model_runtime::{Engine, LoadOptions, Runtime, TensorSpec};
+use model_runtime::{Accelerator, Engine, LoadOptions, Runtime, TensorSpec};
 use sha2::{Digest, Sha256};
 
 use crate::codec::quant;
@@ -20,6 +21,7 @@ use crate::config::{
 use crate::telemetry::ModelStats;
 use crate::topic::{TopicFilter, TopicTemplate};
 
+pub use accel::{AccelReport, AcceleratedEngine, Chain, Choice, NoAccelerator};
 pub use intake::{Intake, IntakeKind, WindowIntake, WindowShape};
 
 /// One served model as every stage of the message path sees it (read-only,
@@ -128,13 +130,19 @@ pub struct LoadedModel {
     pub checked: CheckedModel,
     /// One set per worker thread; engines are not shared between threads.
     pub engines: Vec<WorkerEngines>,
+    /// What the first engine runs on, for people.
     pub accelerator: String,
+    /// The model's accelerators and their state, shared by its engines.
+    pub chain: Arc<Chain>,
     pub load_ms: f64,
 }
 
 /// Loads every configured model; returns every problem found, each keyed by
 /// the model's config path.
-pub fn load_all(settings: &Settings, runtime: &Runtime) -> Result<Vec<LoadedModel>, Vec<Problem>> {
+pub fn load_all(
+    settings: &Settings,
+    runtime: &Arc<Runtime>,
+) -> Result<Vec<LoadedModel>, Vec<Problem>> {
     each_model(settings, |ms| load_one(ms, &settings.file_limits, runtime))
 }
 
@@ -194,20 +202,49 @@ fn read_model(
     Ok((origin, bytes, sha256))
 }
 
-/// Reads (within `limits`), loads one engine set per worker, checks and
-/// warms the model `ms`.
+/// Reads (within `limits`), loads one engine set per worker on the first
+/// of the model's accelerators that works, checks and warms the model
+/// `ms`.
 pub fn load_one(
     ms: &ModelSettings,
     limits: &FileLimits,
-    runtime: &Runtime,
+    runtime: &Arc<Runtime>,
 ) -> Result<LoadedModel, Problem> {
     let started = Instant::now();
     let problem = |field: &str, message: String| problem(ms, field, message);
     let (origin, bytes, sha256) = read_model(ms, limits)?;
+    check_edgetpu(ms, &origin, &bytes)?;
+    let bytes = Arc::new(bytes);
+    let cpu_file = match &ms.accel.cpu_path {
+        Some(path) => {
+            let cpu_bytes = read_model_file(path, limits.max_model_bytes)
+                .map_err(|e| problem("cpu_path", e))?;
+            check_cpu_twin(ms, &origin, &bytes, &cpu_bytes)?;
+            Some((path.display().to_string(), Arc::new(cpu_bytes)))
+        }
+        None => None,
+    };
+    let choices = ms
+        .accel
+        .accelerators
+        .iter()
+        .map(|a| match (a, &cpu_file) {
+            (Accelerator::Cpu, Some((cpu_origin, cpu_bytes))) => {
+                Choice::new(a.clone(), cpu_origin.clone(), Arc::clone(cpu_bytes))
+            }
+            _ => Choice::new(a.clone(), origin.clone(), Arc::clone(&bytes)),
+        })
+        .collect();
+    let chain = Arc::new(Chain::new(
+        &ms.name,
+        choices,
+        Arc::clone(runtime),
+        ms.accel.retry,
+    ));
     let options = LoadOptions {
         cpu_threads: ms.threads,
         dynamic_batch: ms.engine_batch(),
-        accelerator: model_runtime::Accelerator::Cpu,
+        accelerator: Accelerator::Cpu,
     };
     // Micro-batching workers also get the model at batch 1, for a message
     // that arrives alone.
@@ -215,40 +252,58 @@ pub fn load_one(
         dynamic_batch: 1,
         ..options.clone()
     });
-    let load = |options: &LoadOptions| {
-        runtime
-            .load(&origin, bytes.clone(), options)
-            .map_err(|e| problem("path", e.to_string()))
+    let failed = |e: NoAccelerator| {
+        let field = if ms.accel.accelerators.len() > 1 {
+            "accelerators"
+        } else {
+            "path"
+        };
+        problem(field, e.to_string())
     };
+    // The first engine finds the accelerator that works; the others start
+    // there, and every one must have the first one's tensors.
     let mut engines = Vec::with_capacity(ms.workers);
+    let mut specs = None;
+    let mut single_specs = None;
     for _ in 0..ms.workers {
-        engines.push(WorkerEngines {
-            main: load(&options)?,
-            single: single_options.as_ref().map(load).transpose()?,
-        });
+        let from = engines
+            .first()
+            .map_or(0, |e: &(AcceleratedEngine, _)| e.0.on());
+        let main = chain
+            .start(from, &options, specs.as_ref())
+            .map_err(failed)?;
+        specs.get_or_insert_with(|| (main.inputs().to_vec(), main.outputs().to_vec()));
+        let single = match &single_options {
+            Some(o) => {
+                let single = chain
+                    .start(main.on(), o, single_specs.as_ref())
+                    .map_err(failed)?;
+                single_specs
+                    .get_or_insert_with(|| (single.inputs().to_vec(), single.outputs().to_vec()));
+                Some(single)
+            }
+            None => None,
+        };
+        engines.push((main, single));
     }
-    let Some(first) = engines.first() else {
+    let Some((first, _)) = engines.first() else {
         return Err(problem("workers", "must be at least 1".into()));
     };
-    let checked = checked(
-        ms,
-        limits,
-        sha256,
-        first.main.inputs(),
-        first.main.outputs(),
-    )?;
-    let accelerator = first.main.accelerator();
-    for set in engines.iter_mut() {
-        for engine in std::iter::once(&mut set.main).chain(set.single.as_mut()) {
-            engine.invoke().map_err(|e| {
-                problem("path", format!("warm-up inference of {origin} failed: {e}"))
-            })?;
-        }
-    }
+    let checked = checked(ms, limits, sha256, first.inputs(), first.outputs())?;
+    let accelerator = first.accelerator();
+    chain.loaded();
+    let engines = engines
+        .into_iter()
+        .map(|(main, single)| WorkerEngines {
+            main: Box::new(main),
+            single: single.map(|s| Box::new(s) as Box<dyn Engine>),
+        })
+        .collect();
     Ok(LoadedModel {
         checked,
         engines,
         accelerator,
+        chain,
         load_ms: started.elapsed().as_secs_f64() * 1000.0,
     })
 }
@@ -281,9 +336,111 @@ pub fn check_all_static(settings: &Settings) -> Result<Vec<CheckedModel>, Vec<Pr
 pub fn check_static(ms: &ModelSettings, limits: &FileLimits) -> Result<CheckedModel, Problem> {
     let problem = |field: &str, message: String| problem(ms, field, message);
     let (origin, bytes, sha256) = read_model(ms, limits)?;
+    check_edgetpu(ms, &origin, &bytes)?;
+    if let Some(path) = &ms.accel.cpu_path {
+        let cpu_bytes =
+            read_model_file(path, limits.max_model_bytes).map_err(|e| problem("cpu_path", e))?;
+        check_cpu_twin(ms, &origin, &bytes, &cpu_bytes)?;
+    }
     let facts = model_runtime::read_model_facts(&origin, &bytes, ms.engine_batch())
         .map_err(|e| problem("path", e.to_string()))?;
     checked(ms, limits, sha256, &facts.inputs, &facts.outputs)
+}
+
+/// A model compiled for the Edge TPU runs only through a delegate, and on
+/// the cpu only as its CPU build (`cpu_path`): a list that cannot serve it
+/// is a config problem, found before anything is loaded. A delegate that
+/// declines at run time (no TPU attached) is not: the model then runs from
+/// `cpu_path`.
+fn check_edgetpu(ms: &ModelSettings, origin: &str, bytes: &[u8]) -> Result<(), Problem> {
+    let edgetpu = model_runtime::read_custom_ops(origin, bytes)
+        .is_ok_and(|ops| ops.iter().any(|op| op == model_runtime::EDGETPU_CUSTOM_OP));
+    if !edgetpu {
+        return Ok(());
+    }
+    let accelerators = &ms.accel.accelerators;
+    if !accelerators
+        .iter()
+        .any(|a| matches!(a, Accelerator::Delegate(_)))
+    {
+        return Err(problem(
+            ms,
+            "accelerators",
+            format!(
+                "model {origin} is compiled for the Edge TPU (it contains {}) and runs only through an Edge TPU delegate (libedgetpu), but accelerators lists none; {}",
+                model_runtime::EDGETPU_CUSTOM_OP,
+                model_runtime::EDGETPU_CONFIG_HINT
+            ),
+        ));
+    }
+    if accelerators.contains(&Accelerator::Cpu) && ms.accel.cpu_path.is_none() {
+        return Err(problem(
+            ms,
+            "cpu_path",
+            format!(
+                "is needed: accelerators lists \"cpu\", but {origin} is compiled for the Edge TPU (it contains {}), which the cpu cannot run; set cpu_path to the CPU build of the model (the file edgetpu_compiler was given), or remove \"cpu\"",
+                model_runtime::EDGETPU_CUSTOM_OP
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `cpu_path` must be the same model for the CPU: the same inputs and
+/// outputs as `path` (names, shapes, types, quantization), as the file
+/// declares them, so a fall back changes nothing a message or a result
+/// sees. Checked from both files before anything is loaded.
+fn check_cpu_twin(
+    ms: &ModelSettings,
+    origin: &str,
+    bytes: &[u8],
+    cpu_bytes: &[u8],
+) -> Result<(), Problem> {
+    let Some(cpu_path) = &ms.accel.cpu_path else {
+        return Ok(());
+    };
+    let cpu_origin = cpu_path.display().to_string();
+    let batch = ms.engine_batch();
+    let main = model_runtime::read_model_facts(origin, bytes, batch)
+        .map_err(|e| problem(ms, "path", e.to_string()))?;
+    let cpu = model_runtime::read_model_facts(&cpu_origin, cpu_bytes, batch)
+        .map_err(|e| problem(ms, "cpu_path", e.to_string()))?;
+    let side = |a: &[TensorSpec], b: &[TensorSpec], what: &str| -> Option<String> {
+        if a.len() != b.len() {
+            return Some(format!("{} {what}s against {}", b.len(), a.len()));
+        }
+        a.iter().zip(b).find(|(x, y)| x != y).map(|(x, y)| {
+            format!(
+                "{what} '{}' {} {}{} against '{}' {} {}{}",
+                y.name,
+                y.shape_string(),
+                y.dtype,
+                quantization(y),
+                x.name,
+                x.shape_string(),
+                x.dtype,
+                quantization(x)
+            )
+        })
+    };
+    let differs = side(&main.inputs, &cpu.inputs, "input")
+        .or_else(|| side(&main.outputs, &cpu.outputs, "output"));
+    match differs {
+        None => Ok(()),
+        Some(d) => Err(problem(
+            ms,
+            "cpu_path",
+            format!(
+                "{cpu_origin} must have the same inputs and outputs as {origin} (it is the same model built for the CPU), but it has {d}"
+            ),
+        )),
+    }
+}
+
+fn quantization(t: &TensorSpec) -> String {
+    t.quantization.map_or_else(String::new, |q| {
+        format!(" (scale {} zero point {})", q.scale, q.zero_point)
+    })
 }
 
 /// Checks `ms` against the tensors of the model as loaded with

@@ -573,6 +573,35 @@ fn model_rows(status: Option<&Value>, health: Option<&Value>) -> (Vec<Vec<String
                     ));
                 }
             }
+            if let Some(a) = m.pointer("/acceleration") {
+                let serving = text(a, "/serving").map(clean).unwrap_or_else(dash);
+                let delegation = match text(a, "/delegation") {
+                    Some("partial") => match (uint(a, "/delegated_nodes"), uint(a, "/total_nodes"))
+                    {
+                        (Some(d), Some(t)) => format!(", partly delegated ({d} of {t} nodes)"),
+                        _ => ", partly delegated (the rest on the cpu)".into(),
+                    },
+                    Some("none") => ", but it took no node (all on the cpu kernels)".into(),
+                    _ => String::new(),
+                };
+                if let Some(reason) = text(a, "/fallback_reason") {
+                    let retry = num(a, "/retry_in_secs").map_or_else(String::new, |s| {
+                        format!("; tried again in {}", fixed(s, 0) + " s")
+                    });
+                    notes.push(format!(
+                        "model {name}: on {serving}{delegation}, not {}: {}{retry}",
+                        text(a, "/preferred").map(clean).unwrap_or_else(dash),
+                        clean(reason)
+                    ));
+                } else if !delegation.is_empty() || serving != "cpu" {
+                    notes.push(format!("model {name}: on {serving}{delegation}"));
+                }
+                if let Some(n) = uint(a, "/switches").filter(|n| *n > 0) {
+                    notes.push(format!(
+                        "model {name}: {n} accelerator switch(es) after failed inferences"
+                    ));
+                }
+            }
             if m.pointer("/window").is_some() {
                 notes.push(format!(
                     "model {name}: {} open stream(s), {} window(s) from {} reading(s), {} reading(s) discarded",
@@ -799,6 +828,12 @@ mod tests {
           "queue_depth":3,"queue_capacity":64,"throughput_per_sec":3.3333,
           "latency_ms":{"count":100,"p50":0.4,"p95":1.25,"p99":2.5,"max":7.0},
           "window":{"open_streams":2,"windows":100,"readings":6450,"readings_discarded":50}},
+          {"name":"tpu","accelerator":"cpu","acceleration":{"serving":"cpu","preferred":"edgetpu",
+            "engines":{"cpu":1},"delegation":"cpu","delegated_nodes":null,"total_nodes":null,
+            "fallback_reason":"edgetpu: the delegate plugin declined","switches":1,"retry_in_secs":42.4}},
+          {"name":"gpu","accelerator":"gpu","acceleration":{"serving":"gpu","preferred":"gpu",
+            "engines":{"gpu":1},"delegation":"partial","delegated_nodes":3,"total_nodes":12,
+            "fallback_reason":null,"switches":0,"retry_in_secs":null}},
           {"name":"idle","latency_ms":{"count":0,"p50":0.0,"p95":0.0,"p99":0.0,"max":0.0}}]}"#;
 
     #[test]
@@ -830,9 +865,14 @@ gw-7  offline (shutdown, 5.4s ago)
 
   MODEL  ACCELERATOR  INFERENCES  ERRORS                        DROPPED  QUEUE  THRU/S  P50 MS  P95 MS  P99 MS  MAX MS
   har    cpu/xnnpack         100  10 (bad_json=4 overloaded=6)        6   3/64     3.3    0.40    1.25    2.50    7.00
+  tpu    cpu                   -  -                                   -      -       -       -       -       -       -
+  gpu    gpu                   -  -                                   -      -       -       -       -       -       -
   idle   -                     -  -                                   -      -       -       -       -       -       -
   warning: model har: 1 of 2 worker(s) stalled
   model har: 2 open stream(s), 100 window(s) from 6450 reading(s), 50 reading(s) discarded
+  model tpu: on cpu, not edgetpu: edgetpu: the delegate plugin declined; tried again in 42 s
+  model tpu: 1 accelerator switch(es) after failed inferences
+  model gpu: on gpu, partly delegated (3 of 12 nodes)
 ";
         assert_eq!(out, expected);
     }

@@ -256,6 +256,7 @@ fn serve_batch(
             Outputs {
                 specs,
                 buffers: &buffers,
+                accelerator: engine.accelerator_name(),
             },
             Stages {
                 decode_from: row.decode_from,

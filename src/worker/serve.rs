@@ -109,6 +109,7 @@ fn serve(
         Outputs {
             specs: outputs,
             buffers: &buffers,
+            accelerator: engine.accelerator_name(),
         },
         Stages {
             decode_from: dequeued,

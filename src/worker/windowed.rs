@@ -210,6 +210,7 @@ fn serve_window(
         Outputs {
             specs: outputs,
             buffers: &buffers,
+            accelerator: engine.accelerator_name(),
         },
         Stages {
             decode_from,

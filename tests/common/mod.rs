@@ -4,6 +4,8 @@
 //! deadlines; nothing sleeps for a fixed time to "let things settle".
 #![allow(dead_code)]
 
+pub mod delegate;
+
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -19,11 +19,20 @@
 //! names, read from the model file with [`crate::flatbuffer`], so a model
 //! looks the same with either library on every target (`accel`, not
 //! `serving_default_accel:0`).
+//!
+//! External delegates ([`crate::delegate`]) go in through
+//! `TfLiteInterpreterOptionsAddDelegate`, which the interpreter applies when
+//! it is created; that symbol is resolved optionally, so a library without
+//! it still serves the CPU.
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::path::Path;
 
-use crate::{DType, Delegation, Engine, LoadOptions, Quantization, RuntimeError, TensorSpec};
+use crate::delegate::{DelegationCounts, ExternalDelegate, TfLiteDelegate};
+use crate::{
+    Accelerator, DType, Delegation, Engine, LoadOptions, Quantization, RuntimeError, TensorSpec,
+};
+use std::sync::Arc;
 
 #[repr(C)]
 struct Opaque {
@@ -70,6 +79,8 @@ pub(crate) struct ClassicApi {
     tensor_quantization: unsafe extern "C" fn(Tensor) -> QuantizationParams,
     copy_from_buffer: unsafe extern "C" fn(Tensor, *const c_void, usize) -> Status,
     copy_to_buffer: unsafe extern "C" fn(Tensor, *mut c_void, usize) -> Status,
+    /// Optional: only external delegates need it.
+    options_add_delegate: Option<unsafe extern "C" fn(Options, *mut TfLiteDelegate)>,
 }
 
 impl ClassicApi {
@@ -78,7 +89,8 @@ impl ClassicApi {
     pub(crate) fn load(path: &Path) -> Result<ClassicApi, String> {
         // SAFETY: opening a shared library runs its initialisers; the
         // runtime library is trusted code the operator configured.
-        let lib = unsafe { libloading::Library::new(path) }.map_err(|e| e.to_string())?;
+        let lib = unsafe { libloading::Library::new(path) }
+            .map_err(|e| crate::delegate::with_sources(&e))?;
         // Leaked on purpose: see `Runtime`. One per process.
         let lib: &'static libloading::Library = Box::leak(Box::new(lib));
         macro_rules! sym {
@@ -116,6 +128,10 @@ impl ClassicApi {
             tensor_quantization: sym!("TfLiteTensorQuantizationParams"),
             copy_from_buffer: sym!("TfLiteTensorCopyFromBuffer"),
             copy_to_buffer: sym!("TfLiteTensorCopyToBuffer"),
+            // SAFETY: the declared type is the C signature from c_api.h.
+            options_add_delegate: unsafe { lib.get(b"TfLiteInterpreterOptionsAddDelegate\0") }
+                .ok()
+                .map(|s| *s),
         })
     }
 }
@@ -129,6 +145,12 @@ pub(crate) struct ClassicEngine {
     input_host: Vec<Vec<u8>>,
     output_host: Vec<Vec<u8>>,
     threads: u32,
+    /// `LoadOptions::accelerator`'s name.
+    accelerator_name: String,
+    /// The external delegate the interpreter was created with, and its
+    /// node counts. Destroyed after the interpreter (fields drop after
+    /// `Drop::drop` deleted it).
+    delegate: Option<(String, ExternalDelegate, Arc<DelegationCounts>)>,
     /// The flatbuffer the model was created from: `TfLiteModelCreate` does
     /// not copy it, so it must outlive the model and interpreter (dropped
     /// after them, in `Drop`).
@@ -191,6 +213,40 @@ impl ClassicEngine {
             });
         }
         let threads = options.cpu_threads.max(1);
+        let delegate = match &options.accelerator {
+            Accelerator::Cpu => None,
+            Accelerator::Delegate(spec) => {
+                if api.options_add_delegate.is_none() {
+                    return Err(RuntimeError::Accelerator {
+                        accelerator: spec.name.clone(),
+                        reason: "this classic TFLite library does not export TfLiteInterpreterOptionsAddDelegate, so it cannot load external delegates".into(),
+                    });
+                }
+                let delegate = ExternalDelegate::create(spec)?;
+                let counts = delegate.counts();
+                Some((spec.name.clone(), delegate, counts))
+            }
+            other => {
+                return Err(RuntimeError::Accelerator {
+                    accelerator: other.name().to_string(),
+                    reason: "not available with the classic TFLite runtime (libtensorflowlite_c.so serves the CPU and external delegates only)".into(),
+                })
+            }
+        };
+        // With a delegate, the failures below are the delegate's: the model
+        // itself loads on the CPU.
+        let delegate_name = delegate.as_ref().map(|(name, ..)| name.clone());
+        let delegate_failed = |reason: String| match &delegate_name {
+            Some(name) => RuntimeError::Accelerator {
+                accelerator: name.clone(),
+                reason,
+            },
+            None => RuntimeError::BadModel {
+                origin: origin.to_string(),
+                reason,
+            },
+        };
+        let delegate_ptr = delegate.as_ref().map(|(_, d, _)| d.as_ptr());
         let mut engine = ClassicEngine {
             api,
             model: std::ptr::null_mut(),
@@ -200,6 +256,8 @@ impl ClassicEngine {
             input_host: Vec::new(),
             output_host: Vec::new(),
             threads,
+            accelerator_name: options.accelerator.name().to_string(),
+            delegate,
             _bytes: bytes,
         };
         // SAFETY (block): every handle is checked for null before use and
@@ -215,12 +273,21 @@ impl ClassicEngine {
                 return Err(bad("TfLiteInterpreterOptionsCreate failed".into()));
             }
             (api.options_set_num_threads)(opts, i32::try_from(threads).unwrap_or(1));
+            if let (Some(ptr), Some(add)) = (delegate_ptr, api.options_add_delegate) {
+                // The options only keep the pointer; the delegate is owned
+                // by `engine` and outlives the interpreter.
+                add(opts, ptr);
+            }
             engine.interpreter = (api.interpreter_create)(engine.model, opts);
             (api.options_delete)(opts);
             if engine.interpreter.is_null() {
-                return Err(bad(
-                    "creating the interpreter failed (see the runtime's log above)".into(),
-                ));
+                return Err(if delegate_ptr.is_some() {
+                    delegate_failed(
+                        "the classic runtime could not apply the delegate to this model (its Prepare failed; the runtime's log above has the delegate's message)".into(),
+                    )
+                } else {
+                    bad("creating the interpreter failed (see the runtime's log above)".into())
+                });
             }
             let nin = (api.input_count)(engine.interpreter).max(0);
             if nin as usize != facts.inputs.len() {
@@ -234,21 +301,30 @@ impl ClassicEngine {
             for (i, spec) in facts.inputs.iter().enumerate() {
                 if spec.is_dynamic() {
                     let dims: Vec<c_int> = spec.shape.iter().map(|&d| d as c_int).collect();
-                    status(
-                        "TfLiteInterpreterResizeInputTensor",
-                        (api.resize_input_tensor)(
-                            engine.interpreter,
-                            i as i32,
-                            dims.as_ptr(),
-                            dims.len() as i32,
-                        ),
-                    )?;
+                    let s = (api.resize_input_tensor)(
+                        engine.interpreter,
+                        i as i32,
+                        dims.as_ptr(),
+                        dims.len() as i32,
+                    );
+                    if s != 0 && delegate_ptr.is_some() {
+                        // TF 2.2 refuses any resize once a delegate without
+                        // dynamic-tensor support has been applied.
+                        return Err(delegate_failed(format!(
+                            "the classic runtime cannot resize input '{}' to {:?} once this delegate is applied (TfLiteStatus {s})",
+                            spec.name, spec.shape
+                        )));
+                    }
+                    status("TfLiteInterpreterResizeInputTensor", s)?;
                 }
             }
-            status(
-                "TfLiteInterpreterAllocateTensors",
-                (api.allocate_tensors)(engine.interpreter),
-            )?;
+            let s = (api.allocate_tensors)(engine.interpreter);
+            if s != 0 && delegate_ptr.is_some() {
+                return Err(delegate_failed(format!(
+                    "allocating tensors failed with the delegate applied (TfLiteStatus {s}; the runtime's log above has the delegate's message)"
+                )));
+            }
+            status("TfLiteInterpreterAllocateTensors", s)?;
             for (i, fact) in facts.inputs.iter().enumerate() {
                 let t = (api.input_tensor)(engine.interpreter, i as i32);
                 engine.inputs.push(engine.spec(t, fact, origin)?);
@@ -407,18 +483,32 @@ impl Engine for ClassicEngine {
     }
 
     fn delegation(&self) -> Delegation {
-        Delegation::Cpu
+        match &self.delegate {
+            Some((_, _, counts)) => counts.delegation(),
+            None => Delegation::Cpu,
+        }
+    }
+
+    fn accelerator_name(&self) -> &str {
+        self.accelerator_name.as_str()
     }
 
     fn accelerator(&self) -> String {
-        format!("cpu ({} threads, tflite-classic)", self.threads)
+        match &self.delegate {
+            Some((name, ..)) => format!(
+                "{name} (external delegate; CPU kernels with {} threads for the rest, tflite-classic)",
+                self.threads
+            ),
+            None => format!("cpu ({} threads, tflite-classic)", self.threads),
+        }
     }
 }
 
 impl Drop for ClassicEngine {
     fn drop(&mut self) {
         // SAFETY: each handle is deleted once, the interpreter before its
-        // model; the model bytes (`_bytes`) are dropped after this.
+        // model; the model bytes (`_bytes`) and the delegate are dropped
+        // after this.
         unsafe {
             if !self.interpreter.is_null() {
                 (self.api.interpreter_delete)(self.interpreter);

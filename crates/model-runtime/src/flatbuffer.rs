@@ -28,6 +28,11 @@
 //!   quantization on an int8/uint8 input or output is rejected, as the
 //!   runtime back end rejects it.
 //!
+//! The custom op codes the file declares are read too: a model compiled by
+//! `edgetpu_compiler` holds one `edgetpu-custom-op` that only the Edge TPU
+//! delegate (libedgetpu) can run, and saying so beats the runtime's
+//! "unresolved custom op" (see [`ModelFacts::compiled_for_edgetpu`]).
+//!
 //! What a static reader cannot know: the shape of an output whose size
 //! depends on a dynamic input (only shape inference in a runtime knows);
 //! such dimensions are reported as the file's stored shape, with the batch
@@ -38,7 +43,18 @@ mod tflite_schema;
 use flatbuffers::{ForwardsUOffset, Vector, VerifierOptions};
 
 use crate::{DType, Quantization, RuntimeError, TensorSpec};
-use tflite_schema::{SubGraph, Tensor, TensorMap, TensorType};
+use tflite_schema::{Model, SubGraph, Tensor, TensorMap, TensorType};
+
+/// The custom op `edgetpu_compiler` puts in place of every part of a graph
+/// it compiled for the Edge TPU (libedgetpu's `edgetpu::kCustomOp`).
+pub const EDGETPU_CUSTOM_OP: &str = "edgetpu-custom-op";
+
+/// How to serve an Edge TPU model, in the config's words: how
+/// [`edgetpu_refusal`] ends, for any other message that needs the advice.
+pub const EDGETPU_CONFIG_HINT: &str = "configure accelerators = [\"edgetpu\", \"cpu\"] with [delegates.edgetpu] library = \"libedgetpu.so.1\", and cpu_path = a CPU build of the model for when no Edge TPU is available";
+
+/// `BuiltinOperator::CUSTOM` in the TFLite schema.
+const BUILTIN_CUSTOM: i32 = 32;
 
 /// What a `.tflite` file declares about the signature the daemon serves.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +71,31 @@ pub struct ModelFacts {
     pub subgraph_index: usize,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
+    /// The custom op codes the file declares (`edgetpu-custom-op`, Flex
+    /// ops, ...), each once, in the file's order. The runtime must resolve
+    /// every declared op code, used or not, so these are what it needs.
+    pub custom_ops: Vec<String>,
+}
+
+impl ModelFacts {
+    /// Whether `edgetpu_compiler` compiled (part of) this model for the Edge
+    /// TPU: it then runs only through the Edge TPU delegate (libedgetpu).
+    pub fn compiled_for_edgetpu(&self) -> bool {
+        self.custom_ops.iter().any(|op| op == EDGETPU_CUSTOM_OP)
+    }
+}
+
+/// Why `accelerator` (anything but the Edge TPU delegate) cannot run an
+/// Edge TPU model, and what to configure instead: the error
+/// [`crate::Runtime::load`] gives before the runtime sees the bytes, which
+/// the daemon takes as "this accelerator cannot run it" and falls back.
+pub fn edgetpu_refusal(origin: &str, accelerator: &str) -> RuntimeError {
+    RuntimeError::Accelerator {
+        accelerator: accelerator.to_string(),
+        reason: format!(
+            "model {origin} is compiled for the Edge TPU (it contains {EDGETPU_CUSTOM_OP}) and runs only through an Edge TPU delegate (libedgetpu); {EDGETPU_CONFIG_HINT}"
+        ),
+    }
 }
 
 /// Largest tensor this reader accepts, in bytes: anything larger than what a
@@ -71,14 +112,12 @@ pub fn read_model_facts(
     bytes: &[u8],
     dynamic_batch: u32,
 ) -> Result<ModelFacts, RuntimeError> {
-    crate::check_flatbuffer(origin, bytes)?;
+    let model = verified_model(origin, bytes)?;
     let bad = |reason: String| RuntimeError::BadModel {
         origin: origin.to_string(),
         reason,
     };
-    let opts = VerifierOptions::default();
-    let model = tflite_schema::root_as_model_with_opts(&opts, bytes)
-        .map_err(|e| bad(format!("not a valid TFLite flatbuffer: {e}")))?;
+    let custom_ops = custom_op_codes(origin, &model)?;
     let subgraphs = model.subgraphs().map(|s| s.len()).unwrap_or(0);
     let Some(subgraph_list) = model.subgraphs().filter(|s| !s.is_empty()) else {
         return Err(bad("model has no subgraph".into()));
@@ -135,7 +174,49 @@ pub fn read_model_facts(
         subgraph_index,
         inputs,
         outputs,
+        custom_ops,
     })
+}
+
+/// The custom op codes a TFLite model declares (see
+/// [`ModelFacts::custom_ops`]), without reading its tensors.
+pub fn read_custom_ops(origin: &str, bytes: &[u8]) -> Result<Vec<String>, RuntimeError> {
+    custom_op_codes(origin, &verified_model(origin, bytes)?)
+}
+
+fn verified_model<'a>(origin: &str, bytes: &'a [u8]) -> Result<Model<'a>, RuntimeError> {
+    crate::check_flatbuffer(origin, bytes)?;
+    let opts = VerifierOptions::default();
+    tflite_schema::root_as_model_with_opts(&opts, bytes).map_err(|e| RuntimeError::BadModel {
+        origin: origin.to_string(),
+        reason: format!("not a valid TFLite flatbuffer: {e}"),
+    })
+}
+
+fn custom_op_codes(origin: &str, model: &Model<'_>) -> Result<Vec<String>, RuntimeError> {
+    let mut out: Vec<String> = Vec::new();
+    for (index, code) in model.operator_codes().iter().flatten().enumerate() {
+        // Files from before schema 3a store the code only in the deprecated
+        // field; TFLite takes the larger of the two, and so does this.
+        let builtin = code
+            .builtin_code()
+            .max(i32::from(code.deprecated_builtin_code()));
+        if builtin != BUILTIN_CUSTOM {
+            continue;
+        }
+        let Some(name) = code.custom_code().filter(|c| !c.is_empty()) else {
+            return Err(RuntimeError::BadModel {
+                origin: origin.to_string(),
+                reason: format!(
+                    "operator code {index} is CUSTOM but names no custom op (custom_code is empty)"
+                ),
+            });
+        };
+        if !out.iter().any(|known| known == name) {
+            out.push(name.to_string());
+        }
+    }
+    Ok(out)
 }
 
 /// (tensor index, signature name) pairs of a SignatureDef's inputs or outputs.

@@ -12,13 +12,17 @@
 //! - `classic_abi`: the classic TFLite C API of `libtensorflowlite_c.so`
 //!   through its stable ABI, on every target: the only runtime on armv7 (no
 //!   LiteRT build exists there, and edgefirst-tflite does not build for
-//!   32-bit targets) and, later, the way to external delegates.
+//!   32-bit targets).
+//!
+//! Both load external delegate plugins (libedgetpu's ABI) through
+//! `delegate`; LiteRT registers them as an accelerator (`litert::delegate`).
 //!
 //! [`flatbuffer`] reads a model's tensor facts straight from the file, with
 //! no runtime library at all (`inspect` and `check-config` on a board whose
 //! runtime library is not installed yet).
 
 mod classic_abi;
+mod delegate;
 mod error;
 pub mod flatbuffer;
 #[cfg(target_pointer_width = "64")]
@@ -27,7 +31,9 @@ mod locate;
 mod tensor;
 
 pub use error::RuntimeError;
-pub use flatbuffer::{read_model_facts, ModelFacts};
+pub use flatbuffer::{
+    read_custom_ops, read_model_facts, ModelFacts, EDGETPU_CONFIG_HINT, EDGETPU_CUSTOM_OP,
+};
 pub use locate::{LibraryCandidate, LibrarySearch, ENV_LIBRARY};
 pub use tensor::{DType, Quantization, TensorSpec};
 
@@ -143,6 +149,9 @@ pub trait Engine: Send {
     /// What executes the graph, for people: e.g. "cpu/xnnpack (2 threads,
     /// litert)".
     fn accelerator(&self) -> String;
+    /// The config's name of the accelerator it runs on (`cpu`, `gpu`,
+    /// `npu`, a delegate's name): results carry it.
+    fn accelerator_name(&self) -> &str;
     /// How much of the graph the accelerator took.
     fn delegation(&self) -> Delegation;
 }
@@ -184,6 +193,8 @@ enum Backend {
         /// Created on the first GPU or NPU model load (or listing): it
         /// registers the accelerator libraries next to the runtime library.
         accel_env: std::sync::OnceLock<litert::SharedEnvironment>,
+        /// External delegates' own environments.
+        delegates: litert::delegate::DelegateEnvironments,
     },
     /// `libtensorflowlite_c.so`, through its stable ABI on every target.
     Classic(classic_abi::ClassicApi),
@@ -235,7 +246,8 @@ impl Runtime {
     /// LiteRT when the library exports it, else the classic C API.
     #[cfg(target_pointer_width = "64")]
     fn open_backend(path: &Path) -> Result<Backend, String> {
-        let lib = edgefirst_tflite::Library::from_path(path).map_err(|e| e.to_string())?;
+        let lib =
+            edgefirst_tflite::Library::from_path(path).map_err(|e| delegate::with_sources(&e))?;
         if !lib.has_litert() {
             let missing = lib.litert_missing_symbol().unwrap_or("?");
             // Not needed for the classic API: classic_abi opens the same
@@ -250,6 +262,8 @@ impl Runtime {
         // SAFETY: the path was just opened successfully as a LiteRT
         // library; dlopen of the same path returns the same mapping.
         let ext = unsafe { litert::ext::ExtFunctions::load(path) }?;
+        // SAFETY: as above.
+        let delegates = unsafe { litert::delegate::DelegateEnvironments::load(path) };
         // Leaked on purpose: see the type's doc. One per process.
         let lib: &'static edgefirst_tflite::Library = Box::leak(Box::new(lib));
         let fns = lib
@@ -260,6 +274,7 @@ impl Runtime {
             ext,
             env: std::sync::OnceLock::new(),
             accel_env: std::sync::OnceLock::new(),
+            delegates,
         })
     }
 
@@ -284,22 +299,39 @@ impl Runtime {
         options: &LoadOptions,
     ) -> Result<Box<dyn Engine>, RuntimeError> {
         check_flatbuffer(origin, &bytes)?;
-        if let Accelerator::Delegate(spec) = &options.accelerator {
-            return Err(RuntimeError::Accelerator {
-                accelerator: spec.name.clone(),
-                reason: "not supported by this build yet".into(),
-            });
+        // Only the Edge TPU delegate runs an Edge TPU model; anything else
+        // would fail on the unresolved custom op with a bare status code.
+        // A file this reader cannot parse is left to the runtime, whose own
+        // error then stands as before.
+        if !matches!(options.accelerator, Accelerator::Delegate(_))
+            && flatbuffer::read_custom_ops(origin, &bytes)
+                .is_ok_and(|ops| ops.iter().any(|op| op == EDGETPU_CUSTOM_OP))
+        {
+            return Err(flatbuffer::edgetpu_refusal(
+                origin,
+                options.accelerator.name(),
+            ));
         }
         match &self.backend {
             #[cfg(target_pointer_width = "64")]
-            Backend::LiteRt { fns, ext, .. } => {
-                let env = self.litert_environment(&options.accelerator)?;
+            Backend::LiteRt {
+                fns,
+                ext,
+                delegates,
+                ..
+            } => {
+                let env = delegates.environment_for(fns, &options.accelerator, || {
+                    self.litert_environment(&options.accelerator)
+                })?;
                 Ok(Box::new(litert::LiteRtEngine::load(
                     **fns, *ext, env, origin, bytes, options,
                 )?))
             }
             Backend::Classic(api) => {
-                if options.accelerator != Accelerator::Cpu {
+                if matches!(
+                    options.accelerator,
+                    Accelerator::Gpu { .. } | Accelerator::Npu
+                ) {
                     return Err(RuntimeError::Accelerator {
                         accelerator: options.accelerator.name().to_string(),
                         reason: format!(

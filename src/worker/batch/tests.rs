@@ -186,6 +186,12 @@ impl Engine for Summer {
     fn accelerator(&self) -> String {
         "test".into()
     }
+    fn accelerator_name(&self) -> &str {
+        "cpu"
+    }
+    fn delegation(&self) -> model_runtime::Delegation {
+        model_runtime::Delegation::Cpu
+    }
 }
 
 fn context(max_batch: usize) -> ModelContext {

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 
 use super::tflite_schema::{
-    Model, QuantizationParameters, SignatureDef, SubGraph, Tensor, TensorMap, TensorType,
+    Model, OperatorCode, QuantizationParameters, SignatureDef, SubGraph, Tensor, TensorMap,
+    TensorType,
 };
 use super::*;
 
@@ -174,6 +175,67 @@ fn int32_models() {
     assert_eq!(facts.subgraphs, 3);
 }
 
+/// The file `edgetpu_compiler` would make of har_accel_int8 (models/build_models.py,
+/// step edgetpu): one custom op, and the same signature as its CPU twin.
+#[test]
+fn edgetpu_model_is_recognized_and_matches_its_cpu_twin() {
+    let tpu = read_model_facts("tpu", &model_bytes("har_accel_int8_edgetpu.tflite"), 1).unwrap();
+    assert_eq!(tpu.custom_ops, [EDGETPU_CUSTOM_OP]);
+    assert!(tpu.compiled_for_edgetpu());
+    assert_eq!(tpu.subgraphs, 1);
+    let cpu = read_model_facts("cpu", &model_bytes("har_accel_int8.tflite"), 1).unwrap();
+    assert!(cpu.custom_ops.is_empty(), "{:?}", cpu.custom_ops);
+    assert!(!cpu.compiled_for_edgetpu());
+    assert_eq!(tpu.signature_key, cpu.signature_key);
+    assert_eq!(tpu.inputs, cpu.inputs);
+    assert_eq!(tpu.outputs, cpu.outputs);
+    assert_eq!(
+        read_custom_ops("tpu", &model_bytes("har_accel_int8_edgetpu.tflite")).unwrap(),
+        [EDGETPU_CUSTOM_OP]
+    );
+}
+
+#[test]
+fn plain_models_declare_no_custom_ops() {
+    for file in [
+        "har_accel_f32.tflite",
+        "mobilenet_v2_int8.tflite",
+        "multi_io_uint8.tflite",
+        "spin_int32.tflite",
+        "shapes_int8.tflite",
+    ] {
+        let facts = read_model_facts(file, &model_bytes(file), 1).unwrap();
+        assert!(
+            facts.custom_ops.is_empty(),
+            "{file}: {:?}",
+            facts.custom_ops
+        );
+        assert!(!facts.compiled_for_edgetpu(), "{file}");
+        assert!(read_custom_ops(file, &model_bytes(file))
+            .unwrap()
+            .is_empty());
+    }
+}
+
+#[test]
+fn the_refusal_names_the_op_the_delegate_and_the_config() {
+    let text = edgetpu_refusal("m_edgetpu.tflite", "cpu").to_string();
+    for want in [
+        "cpu: model m_edgetpu.tflite is compiled for the Edge TPU",
+        "edgetpu-custom-op",
+        "Edge TPU delegate (libedgetpu)",
+        r#"accelerators = ["edgetpu", "cpu"]"#,
+        r#"[delegates.edgetpu] library = "libedgetpu.so.1""#,
+        "cpu_path",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in {text}");
+    }
+    assert!(matches!(
+        edgetpu_refusal("m", "gpu"),
+        RuntimeError::Accelerator { accelerator, .. } if accelerator == "gpu"
+    ));
+}
+
 /// Runs the reader and turns a panic into a test failure that names the
 /// input; returns whether it succeeded.
 fn read_without_panic(what: &str, bytes: &[u8]) -> bool {
@@ -223,6 +285,7 @@ fn bit_flips_never_panic() {
         "har_accel_int8.tflite",
         "multi_io_f32.tflite",
         "spin_int32.tflite",
+        "har_accel_int8_edgetpu.tflite",
     ] {
         let bytes = model_bytes(file);
         let mut copy = bytes.clone();
@@ -298,6 +361,9 @@ struct GraphDef<'a> {
     outputs: Vec<i32>,
     /// None: the file has no SignatureDef.
     signature: Option<SignatureSpec<'a>>,
+    /// The model's operator codes: (deprecated_builtin_code, builtin_code,
+    /// custom_code). No operators use them; the reader reads the codes only.
+    op_codes: Vec<(i8, i32, Option<&'a str>)>,
 }
 
 fn build(g: &GraphDef) -> Vec<u8> {
@@ -364,8 +430,24 @@ fn build(g: &GraphDef) -> Vec<u8> {
         let sig = fbb.end_table(start);
         fbb.create_vector(&[sig])
     });
+    let op_codes: Vec<_> = g
+        .op_codes
+        .iter()
+        .map(|&(deprecated, builtin, custom)| {
+            let custom = custom.map(|c| fbb.create_string(c));
+            let start = fbb.start_table();
+            if let Some(c) = custom {
+                fbb.push_slot_always(OperatorCode::VT_CUSTOM_CODE, c);
+            }
+            fbb.push_slot::<i32>(OperatorCode::VT_BUILTIN_CODE, builtin, 0);
+            fbb.push_slot::<i8>(OperatorCode::VT_DEPRECATED_BUILTIN_CODE, deprecated, 0);
+            fbb.end_table(start)
+        })
+        .collect();
+    let op_codes = fbb.create_vector(&op_codes);
     let start = fbb.start_table();
     fbb.push_slot::<u32>(Model::VT_VERSION, 3, 0);
+    fbb.push_slot_always(Model::VT_OPERATOR_CODES, op_codes);
     fbb.push_slot_always(Model::VT_SUBGRAPHS, subgraphs);
     if let Some(s) = signatures {
         fbb.push_slot_always(Model::VT_SIGNATURE_DEFS, s);
@@ -381,6 +463,7 @@ fn simple<'a>(input: TensorDef<'a>) -> GraphDef<'a> {
         inputs: vec![0],
         outputs: vec![1],
         signature: Some((vec![("x", 0)], vec![("y", 1)], 0)),
+        op_codes: Vec::new(),
     }
 }
 
@@ -473,4 +556,44 @@ fn unsupported_element_types_are_errors() {
     assert!(e.contains("element type"), "{e}");
     let e = error_of(&simple(tensor("in", TensorType(99), &[1])));
     assert!(e.contains("unsupported(type id 99)"), "{e}");
+}
+
+#[test]
+fn custom_op_codes_are_read_once_each_in_file_order() {
+    let mut g = simple(tensor("in", TensorType::FLOAT32, &[1, 3]));
+    g.op_codes = vec![
+        (3, 3, None),                                 // CONV_2D
+        (32, 32, Some("FlexErf")),                    // CUSTOM
+        (0, 0, Some("not custom: ADD ignores this")), // ADD
+        (32, 32, Some(EDGETPU_CUSTOM_OP)),            // CUSTOM
+        (32, 0, Some("OldSchema")),                   // CUSTOM, deprecated field only
+        (32, 32, Some("FlexErf")),                    // repeated
+    ];
+    let facts = read_model_facts("built", &build(&g), 1).unwrap();
+    assert_eq!(
+        facts.custom_ops,
+        ["FlexErf", EDGETPU_CUSTOM_OP, "OldSchema"]
+    );
+    assert!(facts.compiled_for_edgetpu());
+    // A custom op that is not the Edge TPU's does not make an Edge TPU model.
+    g.op_codes = vec![(32, 32, Some("edgetpu-custom-op-v2"))];
+    let facts = read_model_facts("built", &build(&g), 1).unwrap();
+    assert!(!facts.compiled_for_edgetpu());
+}
+
+#[test]
+fn a_custom_op_code_without_a_name_is_an_error() {
+    let mut g = simple(tensor("in", TensorType::FLOAT32, &[1, 3]));
+    for custom in [None, Some("")] {
+        g.op_codes = vec![(32, 32, custom)];
+        let e = error_of(&g);
+        assert!(
+            e.contains("operator code 0 is CUSTOM but names no custom op"),
+            "{e}"
+        );
+        let e = read_custom_ops("built", &build(&g))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("names no custom op"), "{e}");
+    }
 }

@@ -11,12 +11,15 @@
 //
 // What was kept, as generated (only the `pub mod tflite` wrapper, imports
 // that became unused and the `#[deprecated]` ENUM_* constants were
-// dropped): the `TensorType` enum, and for the tables `Model`, `SubGraph`,
-// `Tensor`, `QuantizationParameters`, `SignatureDef` and `TensorMap` the read
-// accessors and the verifier entries of the fields listed below, with the
-// generated vtable offsets (`VT_*`, all of them, so the layout stays
-// visible). What was left out: every other table, the builders, the object
-// API (`*T`, `unpack`) and the fields not listed.
+// dropped): the `TensorType` enum, and for the tables `Model`,
+// `OperatorCode`, `SubGraph`, `Tensor`, `QuantizationParameters`,
+// `SignatureDef` and `TensorMap` the read accessors and the verifier entries
+// of the fields listed below, with the generated vtable offsets (`VT_*`, all
+// of them, so the layout stays visible). What was left out: every other
+// table, the builders, the object API (`*T`, `unpack`) and the fields not
+// listed. One change: `OperatorCode.builtin_code` is read and verified as
+// the `i32` that the `BuiltinOperator` enum is stored as (a 4-byte scalar
+// either way), so that its 200-odd variants need not be vendored.
 //
 // Why leaving fields out is sound: a FlatBuffers verifier checks exactly the
 // fields its table declares, and only those fields have accessors here, so
@@ -25,7 +28,10 @@
 // are neither checked nor read, which is how FlatBuffers readers with an
 // older schema treat newer fields too.
 //
-//   Model                  version, subgraphs, description, signature_defs
+//   Model                  version, operator_codes, subgraphs, description,
+//                          signature_defs
+//   OperatorCode           deprecated_builtin_code, custom_code, version,
+//                          builtin_code (as i32)
 //   SubGraph               tensors, inputs, outputs, name
 //   Tensor                 shape, type, buffer, name, quantization,
 //                          shape_signature, has_rank
@@ -661,6 +667,101 @@ impl flatbuffers::Verifiable for SignatureDef<'_> {
 }
 
 // ---------------------------------------------------------------------------
+// OperatorCode
+
+#[derive(Copy, Clone, PartialEq)]
+pub struct OperatorCode<'a> {
+    pub _tab: flatbuffers::Table<'a>,
+}
+
+impl<'a> flatbuffers::Follow<'a> for OperatorCode<'a> {
+    type Inner = OperatorCode<'a>;
+    #[inline]
+    unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+        Self {
+            _tab: unsafe { flatbuffers::Table::new(buf, loc) },
+        }
+    }
+}
+
+#[allow(dead_code)]
+impl<'a> OperatorCode<'a> {
+    pub const VT_DEPRECATED_BUILTIN_CODE: flatbuffers::VOffsetT = 4;
+    pub const VT_CUSTOM_CODE: flatbuffers::VOffsetT = 6;
+    pub const VT_VERSION: flatbuffers::VOffsetT = 8;
+    pub const VT_BUILTIN_CODE: flatbuffers::VOffsetT = 10;
+
+    #[inline]
+    pub fn deprecated_builtin_code(&self) -> i8 {
+        // Safety:
+        // Created from valid Table for this object
+        // which contains a valid value in this slot
+        unsafe {
+            self._tab
+                .get::<i8>(OperatorCode::VT_DEPRECATED_BUILTIN_CODE, Some(0))
+                .unwrap()
+        }
+    }
+    #[inline]
+    pub fn custom_code(&self) -> Option<&'a str> {
+        // Safety:
+        // Created from valid Table for this object
+        // which contains a valid value in this slot
+        unsafe {
+            self._tab
+                .get::<flatbuffers::ForwardsUOffset<&str>>(OperatorCode::VT_CUSTOM_CODE, None)
+        }
+    }
+    #[inline]
+    pub fn version(&self) -> i32 {
+        // Safety:
+        // Created from valid Table for this object
+        // which contains a valid value in this slot
+        unsafe {
+            self._tab
+                .get::<i32>(OperatorCode::VT_VERSION, Some(1))
+                .unwrap()
+        }
+    }
+    /// `BuiltinOperator` as stored (default `ADD`, 0).
+    #[inline]
+    pub fn builtin_code(&self) -> i32 {
+        // Safety:
+        // Created from valid Table for this object
+        // which contains a valid value in this slot
+        unsafe {
+            self._tab
+                .get::<i32>(OperatorCode::VT_BUILTIN_CODE, Some(0))
+                .unwrap()
+        }
+    }
+}
+
+impl flatbuffers::Verifiable for OperatorCode<'_> {
+    #[inline]
+    fn run_verifier(
+        v: &mut flatbuffers::Verifier,
+        pos: usize,
+    ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
+        v.visit_table(pos)?
+            .visit_field::<i8>(
+                "deprecated_builtin_code",
+                Self::VT_DEPRECATED_BUILTIN_CODE,
+                false,
+            )?
+            .visit_field::<flatbuffers::ForwardsUOffset<&str>>(
+                "custom_code",
+                Self::VT_CUSTOM_CODE,
+                false,
+            )?
+            .visit_field::<i32>("version", Self::VT_VERSION, false)?
+            .visit_field::<i32>("builtin_code", Self::VT_BUILTIN_CODE, false)?
+            .finish();
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Model
 
 #[derive(Copy, Clone, PartialEq)]
@@ -695,6 +796,19 @@ impl<'a> Model<'a> {
         // Created from valid Table for this object
         // which contains a valid value in this slot
         unsafe { self._tab.get::<u32>(Model::VT_VERSION, Some(0)).unwrap() }
+    }
+    #[inline]
+    pub fn operator_codes(
+        &self,
+    ) -> Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<OperatorCode<'a>>>> {
+        // Safety:
+        // Created from valid Table for this object
+        // which contains a valid value in this slot
+        unsafe {
+            self._tab.get::<flatbuffers::ForwardsUOffset<
+                flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<OperatorCode>>,
+            >>(Model::VT_OPERATOR_CODES, None)
+        }
     }
     #[inline]
     pub fn subgraphs(
@@ -742,6 +856,9 @@ impl flatbuffers::Verifiable for Model<'_> {
     ) -> Result<(), flatbuffers::InvalidFlatbuffer> {
         v.visit_table(pos)?
             .visit_field::<u32>("version", Self::VT_VERSION, false)?
+            .visit_field::<flatbuffers::ForwardsUOffset<
+                flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<OperatorCode>>,
+            >>("operator_codes", Self::VT_OPERATOR_CODES, false)?
             .visit_field::<flatbuffers::ForwardsUOffset<
                 flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<SubGraph>>,
             >>("subgraphs", Self::VT_SUBGRAPHS, false)?

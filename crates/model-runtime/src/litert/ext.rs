@@ -89,7 +89,8 @@ impl ExtFunctions {
         // SAFETY: loading the library runs its initialisers, which is what the
         // caller asked for; it is already loaded by edgefirst, so this only
         // bumps the reference count.
-        let lib = unsafe { libloading::Library::new(path) }.map_err(|e| e.to_string())?;
+        let lib = unsafe { libloading::Library::new(path) }
+            .map_err(|e| crate::delegate::with_sources(&e))?;
         // The handle is leaked so the pointers stay valid for the process.
         let lib: &'static libloading::Library = Box::leak(Box::new(lib));
         macro_rules! sym {

@@ -10,6 +10,7 @@
 //! options ([`accel`]).
 
 pub(crate) mod accel;
+pub(crate) mod delegate;
 pub mod ext;
 mod vulkan;
 
@@ -100,6 +101,15 @@ impl SharedEnvironment {
         Ok(env)
     }
 
+    /// An environment created elsewhere (an external delegate's), which
+    /// registers no accelerator library.
+    pub(crate) fn from_handle(handle: sys::Environment) -> SharedEnvironment {
+        SharedEnvironment {
+            handle,
+            accelerator_dir: None,
+        }
+    }
+
     /// The accelerators this environment registered.
     pub(crate) fn registered(&self, fns: &LiteRtFunctions) -> Vec<accel::Registered> {
         accel::registered(fns, self.handle)
@@ -131,9 +141,16 @@ pub struct LiteRtEngine {
     outputs: Vec<TensorSpec>,
     input_host: Vec<Vec<u8>>,
     output_host: Vec<Vec<u8>>,
-    /// What [`Engine::accelerator`] says, decided at load.
+    /// What [`Engine::accelerator`] says, decided at load (for an
+    /// external delegate, `delegate` says it instead).
     description: String,
+    /// How much of the graph the GPU or NPU took (`Cpu` otherwise).
     delegation: Delegation,
+    /// `LoadOptions::accelerator`'s name.
+    accelerator_name: String,
+    /// The external delegate it was compiled with (owned by the compiled
+    /// model; this keeps its name and node counts).
+    delegate: Option<delegate::AttachedDelegate>,
     /// The flatbuffer the model was created from; LiteRT reads it for the
     /// model's whole life, so it is dropped last.
     _bytes: Vec<u8>,
@@ -155,7 +172,7 @@ fn check(call: &'static str, status: Status) -> Result<(), RuntimeError> {
     }
 }
 
-fn status_name(status: Status) -> String {
+pub(crate) fn status_name(status: Status) -> String {
     let name = match status {
         1 => "invalid argument",
         2 => "memory allocation failure",
@@ -226,17 +243,14 @@ impl LiteRtEngine {
         options: &LoadOptions,
     ) -> Result<LiteRtEngine, RuntimeError> {
         let target = match &options.accelerator {
-            Accelerator::Cpu => Target::Cpu,
             Accelerator::Gpu { allow_fp16 } => Target::Gpu {
                 allow_fp16: *allow_fp16,
             },
             Accelerator::Npu => Target::Npu,
-            Accelerator::Delegate(spec) => {
-                return Err(RuntimeError::Accelerator {
-                    accelerator: spec.name.clone(),
-                    reason: "external delegates are not supported by this back end yet".into(),
-                })
-            }
+            // An external delegate compiles for the CPU in its own
+            // environment, which offers the delegate as a CPU accelerator
+            // (`delegate`).
+            Accelerator::Cpu | Accelerator::Delegate(_) => Target::Cpu,
         };
         let accelerator_error = |reason: String| RuntimeError::Accelerator {
             accelerator: target.name().to_string(),
@@ -244,8 +258,12 @@ impl LiteRtEngine {
         };
         // Without a registered accelerator, GPU|CPU silently compiles for
         // the CPU alone: refuse instead, naming what is missing.
-        let serving = accel::serving(target, &env.registered(&fns), env.accelerator_dir())
-            .map_err(accelerator_error)?;
+        let serving = if target == Target::Cpu {
+            None
+        } else {
+            accel::serving(target, &env.registered(&fns), env.accelerator_dir())
+                .map_err(accelerator_error)?
+        };
         let (target, fp16_dropped) =
             accel::software_device_rules(target).map_err(accelerator_error)?;
         let setup = Setup {
@@ -288,6 +306,8 @@ impl LiteRtEngine {
             output_host: Vec::new(),
             description: String::new(),
             delegation: Delegation::Cpu,
+            accelerator_name: options.accelerator.name().to_string(),
+            delegate: None,
             _bytes: bytes,
         };
         // Every handle is stored in `engine` as soon as it exists, so an early
@@ -394,12 +414,15 @@ impl LiteRtEngine {
                     ext::toml_payload(accel::gpu_options_toml(allow_fp16)),
                 )?;
             }
-            let status = (fns.create_compiled_model)(
-                engine.env,
-                engine.model,
-                engine.options,
-                &mut engine.compiled,
-            );
+            let (status, attached) = delegate::compile_with(&options.accelerator, || {
+                (fns.create_compiled_model)(
+                    engine.env,
+                    engine.model,
+                    engine.options,
+                    &mut engine.compiled,
+                )
+            })?;
+            engine.delegate = attached;
             if status != kLiteRtStatusOk || engine.compiled.is_null() {
                 return Err(match target {
                     Target::Cpu => {
@@ -800,11 +823,24 @@ impl Engine for LiteRtEngine {
     }
 
     fn delegation(&self) -> Delegation {
-        self.delegation
+        match &self.delegate {
+            Some(d) => d.counts.delegation(),
+            None => self.delegation,
+        }
+    }
+
+    fn accelerator_name(&self) -> &str {
+        self.accelerator_name.as_str()
     }
 
     fn accelerator(&self) -> String {
-        self.description.clone()
+        match &self.delegate {
+            Some(d) => format!(
+                "{} (external delegate; LiteRT's CPU kernels for the rest, litert)",
+                d.name
+            ),
+            None => self.description.clone(),
+        }
     }
 }
 
