@@ -90,11 +90,16 @@ enum Command {
     /// and exits 3 (2 if it found a problem).
     #[command(verbatim_doc_comment)]
     CheckConfig(ConfigArg),
-    /// Print a model's inputs and outputs
+    /// Print a model's inputs and outputs, or the accelerators on offer
     ///
     /// Tensor names, shapes, dtypes and quantization as the runtime library
     /// sees them. With no runtime library (and no --runtime), what the model
     /// file itself declares, read without one (exit 0).
+    ///
+    /// --accelerators instead lists what the runtime library and this
+    /// machine offer (cpu, gpu, npu: whether each works here and why not),
+    /// then tries every [delegates.NAME] of the config on the models that
+    /// list it.
     #[command(verbatim_doc_comment)]
     Inspect(InspectArgs),
     /// Print the latest status and health of devices on the broker
@@ -128,8 +133,14 @@ struct ConfigArg {
 #[derive(Debug, Args)]
 struct InspectArgs {
     /// The model file (.tflite)
-    #[arg(value_name = "MODEL")]
-    model: PathBuf,
+    #[arg(value_name = "MODEL", required_unless_present = "accelerators")]
+    model: Option<PathBuf>,
+    /// List the accelerators on offer instead of a model's tensors
+    #[arg(long, conflicts_with = "model")]
+    accelerators: bool,
+    /// With --accelerators: the config whose [delegates] to try
+    #[arg(short = 'c', long, value_name = "FILE", requires = "accelerators")]
+    config: Option<PathBuf>,
     /// Use this runtime library and no other; exit 3 if it does not load
     #[arg(long, value_name = "LIB")]
     runtime: Option<PathBuf>,
@@ -206,7 +217,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(a) => run(&a.config),
         Command::CheckConfig(a) => check_config(&a.config),
-        Command::Inspect(a) => inspect(&a.model, a.runtime, a.batch),
+        Command::Inspect(a) => match a.model {
+            Some(model) => inspect(&model, a.runtime, a.batch),
+            None => inspect_accelerators(a.runtime, a.config.as_deref()),
+        },
         Command::Status(a) => status(&a.config, a.host, a.port, a.device, a.wait),
         Command::Version => {
             println!("edge-infer {}", env!("CARGO_PKG_VERSION"));
@@ -729,6 +743,116 @@ fn edgetpu_notice(
         op = model_runtime::EDGETPU_CUSTOM_OP,
         path = model.display(),
     )
+}
+
+/// `inspect --accelerators`: what the runtime library and this machine
+/// offer, then each configured delegate tried on the models that list it
+/// (a delegate is created per model, and what it takes depends on the
+/// model). Exit 0 when it could look (an unavailable accelerator is a
+/// finding, not a failure), 3 without a runtime library, 2 for a config
+/// that does not load.
+fn inspect_accelerators(
+    runtime: Option<PathBuf>,
+    config_path: Option<&std::path::Path>,
+) -> ExitCode {
+    let settings = match config_path {
+        Some(path) => match config::load(path) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("edge-infer: {e}");
+                return ExitCode::from(exit::BAD_INPUT);
+            }
+        },
+        None => None,
+    };
+    let library = runtime.or_else(|| settings.as_ref().and_then(|s| s.runtime_library.clone()));
+    let rt = match Runtime::open(&LibrarySearch::for_process(library)) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("edge-infer: {e}");
+            return ExitCode::from(exit::NO_RUNTIME);
+        }
+    };
+    println!(
+        "runtime: {} ({})",
+        rt.path().display(),
+        rt.flavor().as_str()
+    );
+    for o in rt.offered() {
+        println!(
+            "{:<8} {:<11} {}",
+            o.name,
+            if o.available {
+                "available"
+            } else {
+                "unavailable"
+            },
+            o.detail
+        );
+    }
+    let Some(settings) = settings else {
+        return ExitCode::SUCCESS;
+    };
+    for (name, spec) in &settings.delegates {
+        let users: Vec<&config::ModelSettings> = settings
+            .models
+            .iter()
+            .filter(|m| {
+                m.accel.accelerators.iter().any(
+                    |a| matches!(a, model_runtime::Accelerator::Delegate(d) if d.name == *name),
+                )
+            })
+            .collect();
+        if users.is_empty() {
+            println!(
+                "{name:<8} {:<11} {}: no model lists it in accelerators",
+                "unused",
+                spec.library.display()
+            );
+            continue;
+        }
+        for m in users {
+            let origin = m.path.display().to_string();
+            let bytes = match models::read_model_file(&m.path, settings.file_limits.max_model_bytes)
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    println!("{name:<8} {:<11} model {}: {e}", "unknown", m.name);
+                    continue;
+                }
+            };
+            let options = model_runtime::LoadOptions {
+                cpu_threads: m.threads,
+                dynamic_batch: m.engine_batch(),
+                accelerator: model_runtime::Accelerator::Delegate(spec.clone()),
+            };
+            match rt.load(&origin, bytes, &options) {
+                Ok(engine) => println!(
+                    "{name:<8} {:<11} model {}: {} ({})",
+                    "available",
+                    m.name,
+                    engine.accelerator(),
+                    describe_delegation(engine.delegation())
+                ),
+                Err(e) => println!("{name:<8} {:<11} model {}: {e}", "unavailable", m.name),
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn describe_delegation(d: model_runtime::Delegation) -> String {
+    use model_runtime::Delegation;
+    match d {
+        Delegation::Cpu => "on the cpu".into(),
+        Delegation::Full => "fully delegated".into(),
+        Delegation::Partial {
+            delegated: Some(n),
+            total: Some(t),
+        } => format!("partly delegated: {n} of {t} nodes"),
+        Delegation::Partial { .. } => "partly delegated".into(),
+        Delegation::None => "the delegate took no node".into(),
+    }
 }
 
 /// `status`: the broker the daemon publishes its records to, from the

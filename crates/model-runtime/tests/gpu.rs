@@ -412,19 +412,13 @@ fn the_listing_says_what_runs_here() {
     );
 }
 
-/// Runs `child` (one of this file's ignored tests) in a new process of
-/// this test binary with `env`, and returns what it printed.
+/// Runs the test `child` again in a new process of this test binary with
+/// `env` and `CHILD` set (so it does the check), and returns what it printed.
 fn run_child(child: &str, env: &[(&str, &Path)]) -> String {
     let exe = std::env::current_exe().expect("test binary");
     let mut cmd = Command::new(exe);
-    cmd.args([
-        "--ignored",
-        "--exact",
-        child,
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(CHILD, "1");
+    cmd.args(["--exact", child, "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -439,25 +433,25 @@ fn run_child(child: &str, env: &[(&str, &Path)]) -> String {
     stdout
 }
 
+/// The parent half runs itself again in a child process with the
+/// environment set (`CHILD`), which does the check.
 #[test]
 fn without_a_vulkan_driver_the_gpu_is_refused_with_the_reason() {
+    if std::env::var_os(CHILD).is_some() {
+        return child_without_vulkan();
+    }
     // The loader takes an empty folder as the only place for drivers.
     let empty = std::env::temp_dir().join(format!("edge-infer-no-vulkan-{}", std::process::id()));
     std::fs::create_dir_all(&empty).expect("temp dir");
     let stdout = run_child(
-        "child_without_vulkan",
+        "without_a_vulkan_driver_the_gpu_is_refused_with_the_reason",
         &[("VK_DRIVER_FILES", &empty), ("VK_ICD_FILENAMES", &empty)],
     );
     let _ = std::fs::remove_dir(&empty);
     assert!(stdout.contains("CHILD-CHECKED"), "{stdout}");
 }
 
-#[test]
-#[ignore = "run in a child process by without_a_vulkan_driver_the_gpu_is_refused_with_the_reason"]
 fn child_without_vulkan() {
-    if std::env::var_os(CHILD).is_none() {
-        return;
-    }
     let rt = runtime();
     let reason = accelerator_reason(
         rt.load("har", model("har_accel_f32.tflite"), &gpu(false)),
@@ -487,16 +481,17 @@ fn child_without_vulkan() {
 
 #[test]
 fn without_executable_memory_lavapipe_is_refused_instead_of_crashing() {
-    let stdout = run_child("child_without_executable_memory", &[]);
+    if std::env::var_os(CHILD).is_some() {
+        return child_without_executable_memory();
+    }
+    let stdout = run_child(
+        "without_executable_memory_lavapipe_is_refused_instead_of_crashing",
+        &[],
+    );
     assert!(stdout.contains("CHILD-CHECKED"), "{stdout}");
 }
 
-#[test]
-#[ignore = "run in a child process by without_executable_memory_lavapipe_is_refused_instead_of_crashing"]
 fn child_without_executable_memory() {
-    if std::env::var_os(CHILD).is_none() {
-        return;
-    }
     extern "C" {
         fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
     }
