@@ -515,3 +515,157 @@ fn an_edgetpu_model_that_nothing_in_its_list_can_run_is_a_config_error() {
         "{err}"
     );
 }
+
+/// har_accel_f32 on "gpu" (lavapipe here, from scripts/setup-deps.sh), the
+/// CPU model beside it on the same topic.
+fn gpu_models() -> String {
+    "[[models]]\nname = \"gpu\"\npath = \"{models}/har_accel_f32.tflite\"\ninput_topic = \"in/har\"\noutput_topic = \"out/{model}\"\naccelerators = [\"gpu\", \"cpu\"]\n\
+     [[models]]\nname = \"cpu\"\npath = \"{models}/har_accel_f32.tflite\"\ninput_topic = \"in/har\"\noutput_topic = \"out/{model}\"\n"
+        .to_string()
+}
+
+/// Results of both models for one window: (gpu model's, cpu model's).
+fn both_answers(c: &TestClient, data: &[f64]) -> (Value, Value) {
+    c.publish("in/har", json!({"id": "w", "data": data}).to_string());
+    let (mut g, mut p) = (None, None);
+    while g.is_none() || p.is_none() {
+        let m = c.recv();
+        let v = m.json();
+        match m.topic.as_str() {
+            "out/gpu" => g = Some(v),
+            "out/cpu" => p = Some(v),
+            "edge-infer/dev1/health" => {}
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    (g.unwrap_or_default(), p.unwrap_or_default())
+}
+
+fn values(r: &Value) -> Vec<f64> {
+    r["outputs"][0]["values"]
+        .as_array()
+        .map(|vs| vs.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default()
+}
+
+/// The GPU's results within 1e-3 of the CPU's (measured: 1e-6, see
+/// crates/model-runtime/tests/gpu.rs).
+#[test]
+fn a_float_model_on_the_gpu_answers_within_tolerance_of_the_cpu() {
+    let broker = Broker::start();
+    let _d = Daemon::start(&config(broker.port, "dev1", FAST_HEALTH, &gpu_models()));
+    let c = TestClient::connect(broker.port);
+    c.subscribe("out/#");
+    c.subscribe("edge-infer/dev1/errors");
+    for k in 0..5 {
+        let data: Vec<f64> = (0..384)
+            .map(|i| (((i * (k + 3)) % 17) as f64 - 8.0) * 0.2)
+            .collect();
+        let (g, p) = both_answers(&c, &data);
+        assert_eq!(g["accelerator"], "gpu", "{g}");
+        assert_eq!(p["accelerator"], "cpu");
+        let (gv, pv) = (values(&g), values(&p));
+        assert_eq!(gv.len(), 4);
+        let worst = gv
+            .iter()
+            .zip(&pv)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(worst <= 1e-3, "gpu {gv:?} vs cpu {pv:?}");
+    }
+    c.subscribe("edge-infer/dev1/health");
+    let a = acceleration_when(&c, "gpu", |_| true);
+    assert_eq!(a["serving"], "gpu");
+    assert_eq!(a["delegation"], "full", "{a}");
+    assert_eq!(a["fallback_reason"], Value::Null);
+}
+
+#[test]
+fn with_no_vulkan_driver_the_gpu_model_serves_on_the_cpu_and_says_why() {
+    let broker = Broker::start();
+    // The Vulkan loader takes an empty folder as the only place for drivers.
+    let empty = tempfile::tempdir().expect("tempdir");
+    let empty = empty.path().display().to_string();
+    let env = [
+        ("VK_DRIVER_FILES", empty.as_str()),
+        ("VK_ICD_FILENAMES", empty.as_str()),
+    ];
+    let d = Daemon::spawn(
+        &config(broker.port, "dev1", FAST_HEALTH, &gpu_models()),
+        &env,
+    );
+    d.wait_for_log("ready:");
+    assert!(
+        d.log_text().contains("accelerator gpu (") && d.log_text().contains("no Vulkan device"),
+        "{}",
+        d.log_text()
+    );
+    let c = TestClient::connect(broker.port);
+    c.subscribe("out/#");
+    c.subscribe("edge-infer/dev1/errors");
+    let data: Vec<f64> = (0..384).map(|i| ((i % 13) as f64 - 6.0) * 0.25).collect();
+    let (g, p) = both_answers(&c, &data);
+    assert_eq!(g["accelerator"], "cpu", "{g}");
+    // The same model on the same kernels: the same values.
+    assert_eq!(g["outputs"], p["outputs"]);
+    c.subscribe("edge-infer/dev1/health");
+    let a = acceleration_when(&c, "gpu", |_| true);
+    assert_eq!(a["serving"], "cpu");
+    assert_eq!(a["preferred"], "gpu");
+    assert!(
+        a["fallback_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("gpu: ") && r.contains("no Vulkan device")),
+        "{a}"
+    );
+    // inspect --accelerators says the same, and lists the delegates of a
+    // config tried on their models.
+    let (code, out, err) = run_cli(&["inspect", "--accelerators"], &env);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("\ncpu      available   cpu/xnnpack"), "{out}");
+    assert!(
+        out.contains("\ngpu      unavailable ") && out.contains("no Vulkan device"),
+        "{out}"
+    );
+}
+
+#[test]
+fn inspect_accelerators_tries_each_configured_delegate_on_its_models() {
+    let extra = format!(
+        "{}{}[delegates.unused]\nlibrary = \"libnothing.so\"\n",
+        delegate_table("testdelegate", &[("ops", PARTIAL_OPS)]),
+        delegate_table("edgetpu", &[("refuse", "1")]),
+    );
+    let text = config(
+        free_port(),
+        "dev1",
+        &extra,
+        &format!(
+            "{}{}",
+            models("[\"testdelegate\", \"cpu\"]", ""),
+            "[[models]]\nname = \"tpu\"\npath = \"{models}/har_accel_int8_edgetpu.tflite\"\ncpu_path = \"{models}/har_accel_int8.tflite\"\ninput_topic = \"in/tpu\"\noutput_topic = \"out/{model}\"\naccelerators = [\"edgetpu\", \"cpu\"]\n"
+        ),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).expect("write config");
+    let path = path.display().to_string();
+    let (code, out, err) = run_cli(&["inspect", "--accelerators", "--config", &path], &[]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        out.contains("testdelegate available   model acc: testdelegate")
+            && out.contains("(partly delegated: 3 of 12 nodes)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("edgetpu  unavailable model tpu: edgetpu: ") && out.contains("declined"),
+        "{out}"
+    );
+    assert!(
+        out.contains("unused   unused      libnothing.so: no model lists it in accelerators"),
+        "{out}"
+    );
+    // Without --accelerators and a model: a usage error.
+    let (code, _, err) = run_cli(&["inspect"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+}
