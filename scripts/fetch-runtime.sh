@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Fetches libLiteRt.so from the official ai-edge-litert wheel on PyPI and extracts
-# only the shared library into runtime/<arch>/ (git-ignored). Idempotent.
+# it, with the GPU accelerator libLiteRtWebGpuAccelerator.so from the same wheel,
+# into runtime/<arch>/ (git-ignored). libLiteRt.so has no RPATH and looks for its
+# GPU accelerator in its own folder, so the two must stay side by side.
+# Idempotent: a runtime/<arch>/ missing any of the files (e.g. one fetched before
+# the accelerator was added) is fetched again.
 #
 #   scripts/fetch-runtime.sh            # host architecture
 #   scripts/fetch-runtime.sh aarch64    # for an ARM64 board / qemu tests
@@ -20,8 +24,14 @@ esac
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="$root/runtime/$arch"
-if [ -s "$dest/libLiteRt.so" ] && [ "$(cat "$dest/VERSION" 2>/dev/null)" = "$version" ]; then
-  echo "fetch-runtime: $dest/libLiteRt.so ($version) already present"
+# Everything taken from the wheel's ai_edge_litert/ folder (the same path in
+# the x86_64 and aarch64 wheels).
+files=(libLiteRt.so libLiteRtWebGpuAccelerator.so)
+present=true
+[ "$(cat "$dest/VERSION" 2>/dev/null)" = "$version" ] || present=false
+for f in "${files[@]}"; do [ -s "$dest/$f" ] || present=false; done
+if [ "$present" = true ]; then
+  echo "fetch-runtime: ${files[*]} ($version) already present in $dest"
   exit 0
 fi
 
@@ -38,14 +48,18 @@ wheel="$(ls "$tmp"/ai_edge_litert-*.whl 2>/dev/null | head -n1)"
 [ -n "$wheel" ] || { echo "fetch-runtime: pip did not produce an ai-edge-litert wheel" >&2; exit 1; }
 
 mkdir -p "$dest"
-"$python" - "$wheel" "$dest" <<'PY'
+"$python" - "$wheel" "$dest" "${files[@]}" <<'PY'
 import sys, zipfile
-wheel, dest = sys.argv[1], sys.argv[2]
+wheel, dest, names = sys.argv[1], sys.argv[2], sys.argv[3:]
 with zipfile.ZipFile(wheel) as z:
-    data = z.read("ai_edge_litert/libLiteRt.so")
-with open(f"{dest}/libLiteRt.so.tmp", "wb") as f:
-    f.write(data)
+    for name in names:
+        with open(f"{dest}/{name}.tmp", "wb") as f:
+            f.write(z.read(f"ai_edge_litert/{name}"))
 PY
-mv "$dest/libLiteRt.so.tmp" "$dest/libLiteRt.so"
+# Renamed only once every file was extracted, and VERSION last, so an
+# interrupted run is simply repeated.
+for f in "${files[@]}"; do
+  mv "$dest/$f.tmp" "$dest/$f"
+  echo "fetch-runtime: installed $dest/$f ($version, $(du -h "$dest/$f" | cut -f1))"
+done
 echo "$version" > "$dest/VERSION"
-echo "fetch-runtime: installed $dest/libLiteRt.so ($version, $(du -h "$dest/libLiteRt.so" | cut -f1))"

@@ -7,6 +7,7 @@
 #   /etc/edge-infer/config.toml                      config (never overwritten)
 #   /usr/share/edge-infer/models/                    shipped models + labels
 #   /usr/lib/edge-infer/libLiteRt.so                 runtime library
+#   /usr/lib/edge-infer/libLiteRtWebGpuAccelerator.so  its GPU accelerator (next to it)
 #   /usr/share/doc/edge-infer/                       README, ARCHITECTURE, operators guide
 #
 # Usage (as root):
@@ -116,7 +117,9 @@ fi
 [ -x "$binary" ] || die "no daemon binary at $binary (build it with 'cargo build --release')"
 
 runtime="$root/runtime/$arch/libLiteRt.so"
-if [ ! -s "$runtime" ]; then
+# LiteRT finds its GPU accelerator only in the same folder.
+gpu_accelerator="$root/runtime/$arch/libLiteRtWebGpuAccelerator.so"
+if [ ! -s "$runtime" ] || [ ! -s "$gpu_accelerator" ]; then
   say "fetching the runtime library (scripts/fetch-runtime.sh $arch)"
   "$root/scripts/fetch-runtime.sh" "$arch" >&2
 fi
@@ -124,6 +127,7 @@ fi
 install -D -m 0755 "$binary" "$bin_dir/edge-infer"
 install -D -m 0644 systemd/edge-infer.service "$unit_dir/edge-infer.service"
 install -D -m 0644 "$runtime" "$lib_dir/libLiteRt.so"
+install -m 0644 "$gpu_accelerator" "$lib_dir/libLiteRtWebGpuAccelerator.so"
 install -d -m 0755 "$model_dir" "$doc_dir"
 # The example models (the .deb ships the same set); lookup_int32 and
 # spin_int32 exist only for tests, mobilenet_v2_dynamic_int8 for the

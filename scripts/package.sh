@@ -2,7 +2,7 @@
 # Builds the Debian package target/debian/edge-infer_<version>-1_amd64.deb
 # with cargo-deb (metadata: [package.metadata.deb] in Cargo.toml): release
 # build of the daemon, systemd unit, default config (conffile), shipped
-# models and libLiteRt.so.
+# models, libLiteRt.so and its GPU accelerator.
 #
 #   scripts/package.sh              # fetch the runtime if needed, cargo deb --locked
 #   scripts/package.sh --fast       # extra arguments go to cargo deb

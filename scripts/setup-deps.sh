@@ -1,10 +1,26 @@
 #!/usr/bin/env bash
 # Installs what building, testing and the demo need on a fresh Debian/Ubuntu
-# machine: the Mosquitto broker and clients, openssl, g++, libLiteRt.so (via
-# pip, from the ai-edge-litert wheel) and the classic libtensorflowlite_c.so
-# (via npm). Idempotent; needs root (or sudo) for apt.
+# machine: the Mosquitto broker and clients, openssl, g++, libLiteRt.so and
+# its GPU accelerator (via pip, from the ai-edge-litert wheel), the classic
+# libtensorflowlite_c.so (via npm), and Mesa's software Vulkan driver
+# (lavapipe) so the GPU path runs without a GPU. Idempotent; needs root (or
+# sudo) for apt.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+sudo_cmd=()
+[ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+
+# On Debian 12, prints the apt option that picks bookworm-backports (adding
+# that source first if it is missing); elsewhere prints nothing.
+backports_release() {
+  grep -q '^VERSION_CODENAME=bookworm$' /etc/os-release 2>/dev/null || return 0
+  if ! grep -rqs '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo "setup-deps: adding bookworm-backports to apt sources ($1)" >&2
+    echo 'deb http://deb.debian.org/debian bookworm-backports main' |
+      "${sudo_cmd[@]}" tee /etc/apt/sources.list.d/bookworm-backports.list >/dev/null
+  fi
+  echo "-t bookworm-backports"
+}
 
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
@@ -20,8 +36,6 @@ command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 # systemd-cat (journal logging test); systemd does not need to be running.
 [ -x /lib/systemd/systemd-journald ] && command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
-  sudo_cmd=()
-  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
   echo "setup-deps: installing ${need_apt[*]} with apt-get"
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${need_apt[@]}" >/dev/null
@@ -32,6 +46,26 @@ fi
 # The classic TFLite C API library (TF 2.2.0, x86_64 only) that the classic
 # back end's tests run external delegates on.
 "$root/scripts/fetch-classic-runtime.sh"
+
+# GPU without a GPU: LiteRT's GPU accelerator (Dawn/WebGPU) runs on any Vulkan
+# device, and Mesa's lavapipe is one on the CPU, so the GPU path is tested on
+# this machine (crates/model-runtime/tests/gpu.rs). Dawn needs lavapipe from
+# Mesa 25.x (bookworm-backports, trixie): bookworm's 22.3 lacks
+# shaderUniform*ArrayDynamicIndexing and Dawn finds no usable adapter.
+mesa_version="$(dpkg-query -W -f='${Version}' mesa-vulkan-drivers 2>/dev/null || true)"
+if ! dpkg --compare-versions "${mesa_version:-0}" ge 25 ||
+   ! dpkg-query -W -f='${Status}' libvulkan1 2>/dev/null | grep -q 'install ok installed'; then
+  read -ra mesa_release <<<"$(backports_release "for Mesa 25.x lavapipe")"
+  echo "setup-deps: installing mesa-vulkan-drivers libvulkan1 ${mesa_release[*]} with apt-get"
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${mesa_release[@]}" \
+    mesa-vulkan-drivers libvulkan1 >/dev/null
+  mesa_version="$(dpkg-query -W -f='${Version}' mesa-vulkan-drivers 2>/dev/null || true)"
+  dpkg --compare-versions "${mesa_version:-0}" ge 25 || {
+    echo "setup-deps: Mesa 25.x lavapipe is needed for the GPU tests, got mesa-vulkan-drivers ${mesa_version:-none}" >&2
+    exit 1
+  }
+fi
 
 # ARM: cross builds (scripts/build-arm.sh) and their emulated tests
 # (tests/arm.rs, see README "Deploying to ARM"): the rustup targets, Debian's
@@ -56,17 +90,8 @@ qemu_major() { qemu-aarch64 --version 2>/dev/null | sed -n 's/^qemu-aarch64 vers
 qemu_ok=false
 [ "$(qemu_major)" -ge 10 ] 2>/dev/null && command -v qemu-arm >/dev/null 2>&1 && qemu_ok=true
 if [ ${#need_arm[@]} -gt 0 ] || [ "$qemu_ok" = false ]; then
-  sudo_cmd=()
-  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
   qemu_release=()
-  if [ "$qemu_ok" = false ] && grep -q '^VERSION_CODENAME=bookworm$' /etc/os-release 2>/dev/null; then
-    qemu_release=(-t bookworm-backports)
-    if ! grep -rqs '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-      echo "setup-deps: adding bookworm-backports to apt sources (for qemu-user 10.x)"
-      echo 'deb http://deb.debian.org/debian bookworm-backports main' |
-        "${sudo_cmd[@]}" tee /etc/apt/sources.list.d/bookworm-backports.list >/dev/null
-    fi
-  fi
+  [ "$qemu_ok" = true ] || read -ra qemu_release <<<"$(backports_release "for qemu-user 10.x")"
   echo "setup-deps: installing ${need_arm[*]} $([ "$qemu_ok" = true ] || echo qemu-user) with apt-get"
   "${sudo_cmd[@]}" apt-get update -qq
   export DEBIAN_FRONTEND=noninteractive

@@ -269,6 +269,8 @@ const INSTALLED_FILES: &[&str] = &[
     "usr/lib/systemd/system/edge-infer.service",
     "etc/edge-infer/config.toml",
     "usr/lib/edge-infer/libLiteRt.so",
+    // LiteRT's GPU accelerator, found only next to libLiteRt.so.
+    "usr/lib/edge-infer/libLiteRtWebGpuAccelerator.so",
     "usr/share/edge-infer/models/har_accel_int8.tflite",
     "usr/share/edge-infer/models/har_accel_f32.tflite",
     "usr/share/edge-infer/models/har_accel.labels",
@@ -440,6 +442,7 @@ const INSTALLED_PATHS: &[&str] = &[
     "/usr/lib/systemd/system/edge-infer.service",
     "/etc/edge-infer/config.toml",
     "/usr/lib/edge-infer/libLiteRt.so",
+    "/usr/lib/edge-infer/libLiteRtWebGpuAccelerator.so",
     "/usr/share/edge-infer/models/har_accel_int8.tflite",
     "/usr/share/edge-infer/models/har_accel.labels",
     "/usr/share/doc/edge-infer/README.md",

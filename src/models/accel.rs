@@ -27,8 +27,10 @@ pub struct Choice {
     /// The model file, for messages (`path`, or `cpu_path` for the cpu).
     pub origin: String,
     /// The file's bytes as read and checked at load: a switch loads
-    /// exactly these, never a file that has changed on disk since.
-    bytes: Arc<Vec<u8>>,
+    /// exactly these, never a file that has changed on disk since. None
+    /// once the model's engines are loaded if nothing can load it again
+    /// (a list of one): every engine holds its own copy already.
+    bytes: Mutex<Option<Arc<Vec<u8>>>>,
 }
 
 impl Choice {
@@ -36,7 +38,7 @@ impl Choice {
         Choice {
             accelerator,
             origin,
-            bytes,
+            bytes: Mutex::new(Some(bytes)),
         }
     }
 
@@ -136,6 +138,17 @@ impl Chain {
         }
     }
 
+    /// Once every engine is loaded: a model with one accelerator never
+    /// loads again (nothing to fall back to, nothing to return to), so its
+    /// copy of the file is memory for nothing.
+    pub fn loaded(&self) {
+        if self.choices.len() == 1 {
+            for c in &self.choices {
+                *c.bytes.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+        }
+    }
+
     fn status(&self) -> MutexGuard<'_, Status> {
         // A panic while holding this lock left plain data behind; the
         // numbers are still the best there are.
@@ -211,9 +224,15 @@ impl Chain {
             accelerator: choice.accelerator.clone(),
             ..options.clone()
         };
+        let bytes = choice
+            .bytes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or("the model's bytes were released (a bug: nothing loads a model of one accelerator again)")?;
         let mut engine = self
             .runtime
-            .load(&choice.origin, choice.bytes.as_ref().clone(), &options)
+            .load(&choice.origin, bytes.as_ref().clone(), &options)
             .map_err(|e| match e {
                 // Already says which accelerator.
                 RuntimeError::Accelerator { reason, .. } => reason,

@@ -291,6 +291,7 @@ pub fn load_one(
     };
     let checked = checked(ms, limits, sha256, first.inputs(), first.outputs())?;
     let accelerator = first.accelerator();
+    chain.loaded();
     let engines = engines
         .into_iter()
         .map(|(main, single)| WorkerEngines {

@@ -6,8 +6,9 @@
 //! output bytes back. Two back ends sit behind the one [`Engine`] trait:
 //!
 //! - [`litert`]: the LiteRT `CompiledModel` API of `libLiteRt.so` (the default,
-//!   XNNPACK on CPU), driven through edgefirst-tflite's resolved function table
-//!   plus the few symbols that crate does not resolve ([`litert::ext`]).
+//!   XNNPACK on CPU; LiteRT's own GPU and NPU accelerators on request),
+//!   driven through edgefirst-tflite's resolved function table plus the few
+//!   symbols that crate does not resolve ([`litert::ext`]).
 //! - `classic_abi`: the classic TFLite C API of `libtensorflowlite_c.so`
 //!   through its stable ABI, on every target: the only runtime on armv7 (no
 //!   LiteRT build exists there, and edgefirst-tflite does not build for
@@ -155,6 +156,19 @@ pub trait Engine: Send {
     fn delegation(&self) -> Delegation;
 }
 
+/// One accelerator as the runtime library and this machine offer it, for
+/// `edge-infer inspect --accelerators`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offered {
+    /// The config's name for it: `cpu`, `gpu`, `npu`.
+    pub name: String,
+    /// Whether a model can be compiled for it here (for the GPU: a small
+    /// test model was compiled and run on it).
+    pub available: bool,
+    /// What serves it when available, why it cannot when not.
+    pub detail: String,
+}
+
 /// The opened runtime library. Opened once per process and kept for its
 /// whole life: every model borrows its function table, and unloading a
 /// runtime library under live models is undefined behaviour.
@@ -174,8 +188,11 @@ enum Backend {
         /// edgefirst-tflite's table, in the leaked library.
         fns: &'static edgefirst_tflite_sys::litert::LiteRtFunctions,
         ext: litert::ext::ExtFunctions,
-        /// Created on the first model load.
+        /// Created on the first CPU model load.
         env: std::sync::OnceLock<litert::SharedEnvironment>,
+        /// Created on the first GPU or NPU model load (or listing): it
+        /// registers the accelerator libraries next to the runtime library.
+        accel_env: std::sync::OnceLock<litert::SharedEnvironment>,
         /// External delegates' own environments.
         delegates: litert::delegate::DelegateEnvironments,
     },
@@ -256,6 +273,7 @@ impl Runtime {
             fns,
             ext,
             env: std::sync::OnceLock::new(),
+            accel_env: std::sync::OnceLock::new(),
             delegates,
         })
     }
@@ -294,39 +312,125 @@ impl Runtime {
                 options.accelerator.name(),
             ));
         }
-        if matches!(
-            options.accelerator,
-            Accelerator::Gpu { .. } | Accelerator::Npu
-        ) {
-            return Err(RuntimeError::Accelerator {
-                accelerator: options.accelerator.name().to_string(),
-                reason: "not supported by this build yet".into(),
-            });
-        }
         match &self.backend {
             #[cfg(target_pointer_width = "64")]
             Backend::LiteRt {
                 fns,
                 ext,
-                env,
                 delegates,
+                ..
             } => {
                 let env = delegates.environment_for(fns, &options.accelerator, || {
-                    Ok(match env.get() {
-                        Some(env) => *env,
-                        None => {
-                            let created = litert::SharedEnvironment::create(fns)?;
-                            *env.get_or_init(|| created)
-                        }
-                    })
+                    self.litert_environment(&options.accelerator)
                 })?;
                 Ok(Box::new(litert::LiteRtEngine::load(
                     **fns, *ext, env, origin, bytes, options,
                 )?))
             }
-            Backend::Classic(api) => Ok(Box::new(classic_abi::ClassicEngine::load(
-                *api, origin, bytes, options,
-            )?)),
+            Backend::Classic(api) => {
+                if matches!(
+                    options.accelerator,
+                    Accelerator::Gpu { .. } | Accelerator::Npu
+                ) {
+                    return Err(RuntimeError::Accelerator {
+                        accelerator: options.accelerator.name().to_string(),
+                        reason: format!(
+                            "needs the LiteRT runtime library (libLiteRt.so); {} is the classic \
+                             TFLite C API, which has no built-in GPU or NPU",
+                            self.path.display()
+                        ),
+                    });
+                }
+                Ok(Box::new(classic_abi::ClassicEngine::load(
+                    *api, origin, bytes, options,
+                )?))
+            }
+        }
+    }
+
+    /// The LiteRT environment for a model on `accelerator`, created on
+    /// first use. A GPU or NPU environment that cannot be created is that
+    /// accelerator's failure, not the model's.
+    #[cfg(target_pointer_width = "64")]
+    fn litert_environment(
+        &self,
+        accelerator: &Accelerator,
+    ) -> Result<litert::SharedEnvironment, RuntimeError> {
+        let Backend::LiteRt {
+            fns,
+            env,
+            accel_env,
+            ..
+        } = &self.backend
+        else {
+            return Err(RuntimeError::Call {
+                call: "LiteRtCreateEnvironment",
+                status: "not a LiteRT runtime library".into(),
+            });
+        };
+        fn shared(
+            cell: &std::sync::OnceLock<litert::SharedEnvironment>,
+            create: impl FnOnce() -> Result<litert::SharedEnvironment, RuntimeError>,
+        ) -> Result<litert::SharedEnvironment, RuntimeError> {
+            if let Some(env) = cell.get() {
+                return Ok(*env);
+            }
+            let created = create()?;
+            Ok(*cell.get_or_init(|| created))
+        }
+        match accelerator {
+            Accelerator::Gpu { .. } | Accelerator::Npu => shared(accel_env, || {
+                litert::SharedEnvironment::create_for_accelerators(fns, &self.path)
+            })
+            .map_err(|e| RuntimeError::Accelerator {
+                accelerator: accelerator.name().to_string(),
+                reason: e.to_string(),
+            }),
+            _ => shared(env, || litert::SharedEnvironment::create(fns)),
+        }
+    }
+
+    /// What this runtime library and machine offer: `cpu`, and whether
+    /// `gpu` and `npu` work here, each with what serves it or why not.
+    /// Tries the GPU for real (a 2 KB float model is compiled and run on
+    /// it), which takes a moment and creates the accelerator environment.
+    pub fn offered(&self) -> Vec<Offered> {
+        match &self.backend {
+            #[cfg(target_pointer_width = "64")]
+            Backend::LiteRt { .. } => litert::accel::offered(self),
+            Backend::Classic(_) => {
+                let need = "needs the LiteRT runtime library (libLiteRt.so); this one is the \
+                            classic TFLite C API";
+                vec![
+                    Offered {
+                        name: "cpu".into(),
+                        available: true,
+                        detail: "the interpreter's built-in CPU kernels (tflite-classic)".into(),
+                    },
+                    Offered {
+                        name: "gpu".into(),
+                        available: false,
+                        detail: need.into(),
+                    },
+                    Offered {
+                        name: "npu".into(),
+                        available: false,
+                        detail: need.into(),
+                    },
+                ]
+            }
+        }
+    }
+
+    /// The accelerators the LiteRT accelerator environment registered.
+    #[cfg(target_pointer_width = "64")]
+    pub(crate) fn litert_registered(
+        &self,
+    ) -> Result<(Vec<litert::accel::Registered>, Option<&'static Path>), RuntimeError> {
+        let env = self.litert_environment(&Accelerator::Gpu { allow_fp16: false })?;
+        match &self.backend {
+            Backend::LiteRt { fns, .. } => Ok((env.registered(fns), env.accelerator_dir())),
+            Backend::Classic(_) => Ok((Vec::new(), None)),
         }
     }
 }

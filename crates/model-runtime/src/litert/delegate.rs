@@ -263,7 +263,7 @@ fn create_delegate_environment(
             ));
         }
     }
-    Ok(SharedEnvironment(env))
+    Ok(SharedEnvironment::from_handle(env))
 }
 
 unsafe extern "C" fn accelerator_name(

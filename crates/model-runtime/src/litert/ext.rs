@@ -2,12 +2,15 @@
 //!
 //! edgefirst-tflite's `LiteRtFunctions` table covers loading, compiling,
 //! buffers and running, but a daemon also needs tensor names, per-tensor
-//! quantization parameters, input resizing (dynamic batch) and CPU thread
-//! options. `libLiteRt.so` 2.3.0 exports all of them; the signatures below
-//! are copied from the headers vendored in edgefirst-tflite-sys
+//! quantization parameters, input resizing (dynamic batch), CPU thread and
+//! GPU options, and whether an accelerator took the whole graph.
+//! `libLiteRt.so` 2.3.0 exports all of them; the signatures below are copied
+//! from the headers vendored in edgefirst-tflite-sys
 //! (`litert/c/litert_model.h`, `litert_compiled_model.h`,
 //! `litert_opaque_options.h`, `litert_options.h`), with every struct whose
 //! layout we rely on asserted against the header's own static_asserts.
+//! `LiteRtCompiledModelIsNonCpuFullyAccelerated` is newer than those headers;
+//! its prototype is from LiteRT's own `litert/c/litert_compiled_model.h`.
 
 use std::ffi::{c_char, c_int, c_void};
 use std::path::Path;
@@ -52,6 +55,7 @@ type CreateOpaqueFn = unsafe extern "C" fn(
 ) -> Status;
 type AddOpaqueFn = unsafe extern "C" fn(Options, OpaqueOptions) -> Status;
 type DestroyOpaqueFn = unsafe extern "C" fn(OpaqueOptions);
+type FullyAcceleratedFn = unsafe extern "C" fn(CompiledModel, *mut bool) -> Status;
 
 /// Resolved extra symbols. Copy, like edgefirst's table; valid for the
 /// life of the process because the library handle is leaked on load.
@@ -67,6 +71,11 @@ pub struct ExtFunctions {
     pub create_opaque_options: CreateOpaqueFn,
     pub add_opaque_options: AddOpaqueFn,
     pub destroy_opaque_options: DestroyOpaqueFn,
+    /// True when no node of the graph runs on the CPU: neither on XNNPACK
+    /// nor on the built-in kernels. (`LiteRtCompiledModelIsFullyAccelerated`
+    /// counts XNNPACK as an accelerator, so with GPU|CPU it says "fully"
+    /// when the GPU took nothing and XNNPACK took everything.)
+    pub is_non_cpu_fully_accelerated: FullyAcceleratedFn,
 }
 
 impl ExtFunctions {
@@ -107,6 +116,7 @@ impl ExtFunctions {
             create_opaque_options: sym!("LiteRtCreateOpaqueOptions"),
             add_opaque_options: sym!("LiteRtAddOpaqueOptions"),
             destroy_opaque_options: sym!("LiteRtDestroyOpaqueOptions"),
+            is_non_cpu_fully_accelerated: sym!("LiteRtCompiledModelIsNonCpuFullyAccelerated"),
         })
     }
 }
@@ -115,21 +125,26 @@ impl ExtFunctions {
 /// heap-allocated NUL-terminated TOML string the runtime frees through
 /// [`free_toml_payload`].
 pub fn xnnpack_threads_payload(threads: u32) -> *mut c_void {
-    let toml = format!("num_threads = {threads}\n");
-    // A formatted integer never contains NUL.
+    toml_payload(format!("num_threads = {threads}\n"))
+}
+
+/// An opaque-options payload as LiteRT's accelerators read them: a
+/// heap-allocated NUL-terminated TOML string, freed by
+/// [`free_toml_payload`]. Null if `toml` contains a NUL byte.
+pub fn toml_payload(toml: String) -> *mut c_void {
     match std::ffi::CString::new(toml) {
         Ok(c) => c.into_raw().cast(),
         Err(_) => std::ptr::null_mut(),
     }
 }
 
-/// Destructor handed to `LiteRtCreateOpaqueOptions` for the payload above.
+/// Destructor handed to `LiteRtCreateOpaqueOptions` for the payloads above.
 ///
 /// # Safety
-/// `payload` must come from [`xnnpack_threads_payload`] and be freed once.
+/// `payload` must come from [`toml_payload`] and be freed once.
 pub unsafe extern "C" fn free_toml_payload(payload: *mut c_void) {
     if !payload.is_null() {
-        // SAFETY: created by CString::into_raw in xnnpack_threads_payload.
+        // SAFETY: created by CString::into_raw in toml_payload.
         drop(unsafe { std::ffi::CString::from_raw(payload.cast()) });
     }
 }

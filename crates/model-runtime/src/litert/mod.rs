@@ -6,18 +6,26 @@
 //! lifetimes, which cannot be stored in a long-lived worker, and they keep the
 //! raw handles private, so thread options and resizing could not be applied;
 //! this module therefore calls the same resolved function table directly.
+//! GPU and NPU models compile the same way with other hardware bits and
+//! options ([`accel`]).
 
+pub(crate) mod accel;
 pub(crate) mod delegate;
 pub mod ext;
+mod vulkan;
 
 use std::ffi::{c_char, c_void, CStr};
+use std::path::Path;
 
 use edgefirst_tflite_sys::litert::{
-    self as sys, kLiteRtHwAcceleratorCpu, kLiteRtStatusOk, kLiteRtTensorBufferLockModeRead,
+    self as sys, kLiteRtStatusOk, kLiteRtTensorBufferLockModeRead,
     kLiteRtTensorBufferLockModeWrite, LiteRtFunctions, RankedTensorType, Status,
 };
 
-use crate::{DType, Delegation, Engine, LoadOptions, Quantization, RuntimeError, TensorSpec};
+use crate::{
+    Accelerator, DType, Delegation, Engine, LoadOptions, Quantization, RuntimeError, TensorSpec,
+};
+use accel::Target;
 use ext::ExtFunctions;
 
 const SIGNATURE: usize = 0;
@@ -28,11 +36,19 @@ enum Side {
     Output,
 }
 
-/// The process-wide LiteRT environment. Creating one probes for GPU/NPU
+/// A process-wide LiteRT environment. Creating one probes for GPU/NPU
 /// accelerator plugins (several dlopen attempts), so all models share one;
-/// like the library it lives for the rest of the process.
+/// like the library it lives for the rest of the process. There are two:
+/// the CPU one, and the one that registers the accelerators next to the
+/// runtime library ([`accel`] says why they are apart).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct SharedEnvironment(sys::Environment);
+pub(crate) struct SharedEnvironment {
+    handle: sys::Environment,
+    /// Where the accelerator libraries were looked for: the folder of
+    /// `libLiteRt.so` (None for the CPU environment, and when the library
+    /// was opened by its bare name).
+    accelerator_dir: Option<&'static Path>,
+}
 
 // SAFETY: the environment is created once and only read afterwards (it is
 // passed to model, compile and buffer calls); LiteRT shares one environment
@@ -41,11 +57,40 @@ unsafe impl Send for SharedEnvironment {}
 unsafe impl Sync for SharedEnvironment {}
 
 impl SharedEnvironment {
+    /// The CPU environment: no options, as LiteRT starts by default.
     pub(crate) fn create(fns: &LiteRtFunctions) -> Result<SharedEnvironment, RuntimeError> {
+        Ok(SharedEnvironment {
+            handle: Self::create_with(fns, &[])?,
+            accelerator_dir: None,
+        })
+    }
+
+    /// The environment for GPU and NPU models, which registers the
+    /// accelerator libraries lying next to the runtime library at
+    /// `library`.
+    pub(crate) fn create_for_accelerators(
+        fns: &LiteRtFunctions,
+        library: &Path,
+    ) -> Result<SharedEnvironment, RuntimeError> {
+        let setup = accel::EnvSetup::for_library(library);
+        let handle = Self::create_with(fns, &setup.options)?;
+        Ok(SharedEnvironment {
+            handle,
+            // Leaked like the environment itself: one per process.
+            accelerator_dir: setup.dir.map(|d| &*Box::leak(d.into_boxed_path())),
+        })
+    }
+
+    fn create_with(
+        fns: &LiteRtFunctions,
+        options: &[sys::EnvOption],
+    ) -> Result<sys::Environment, RuntimeError> {
         let mut env: sys::Environment = std::ptr::null_mut();
-        // SAFETY: valid out-pointer, no options.
+        let count = i32::try_from(options.len()).unwrap_or(0);
+        // SAFETY: `options` holds `count` initialised options whose strings
+        // outlive the call (LiteRT copies them); valid out-pointer.
         check("LiteRtCreateEnvironment", unsafe {
-            (fns.create_environment)(0, std::ptr::null(), &mut env)
+            (fns.create_environment)(count, options.as_ptr(), &mut env)
         })?;
         if env.is_null() {
             return Err(RuntimeError::Call {
@@ -53,8 +98,35 @@ impl SharedEnvironment {
                 status: "returned no environment".into(),
             });
         }
-        Ok(SharedEnvironment(env))
+        Ok(env)
     }
+
+    /// An environment created elsewhere (an external delegate's), which
+    /// registers no accelerator library.
+    pub(crate) fn from_handle(handle: sys::Environment) -> SharedEnvironment {
+        SharedEnvironment {
+            handle,
+            accelerator_dir: None,
+        }
+    }
+
+    /// The accelerators this environment registered.
+    pub(crate) fn registered(&self, fns: &LiteRtFunctions) -> Vec<accel::Registered> {
+        accel::registered(fns, self.handle)
+    }
+
+    pub(crate) fn accelerator_dir(&self) -> Option<&'static Path> {
+        self.accelerator_dir
+    }
+}
+
+/// What [`LiteRtEngine::load`] decided before compiling.
+struct Setup {
+    target: Target,
+    /// The registered accelerator that serves `target` (None for the CPU).
+    serving: Option<accel::Registered>,
+    /// fp16 was allowed but is not used.
+    fp16_dropped: bool,
 }
 
 pub struct LiteRtEngine {
@@ -69,7 +141,11 @@ pub struct LiteRtEngine {
     outputs: Vec<TensorSpec>,
     input_host: Vec<Vec<u8>>,
     output_host: Vec<Vec<u8>>,
-    threads: u32,
+    /// What [`Engine::accelerator`] says, decided at load (for an
+    /// external delegate, `delegate` says it instead).
+    description: String,
+    /// How much of the graph the GPU or NPU took (`Cpu` otherwise).
+    delegation: Delegation,
     /// `LoadOptions::accelerator`'s name.
     accelerator_name: String,
     /// The external delegate it was compiled with (owned by the compiled
@@ -154,6 +230,10 @@ unsafe fn owned_str(ptr: *const c_char) -> Option<String> {
 }
 
 impl LiteRtEngine {
+    /// Loads and compiles a model for the CPU, GPU or NPU (`env` must be
+    /// the accelerator environment for the latter two). A GPU or NPU that
+    /// is missing, or fails to compile or allocate the model, gives
+    /// [`RuntimeError::Accelerator`].
     pub(crate) fn load(
         fns: LiteRtFunctions,
         ext: ExtFunctions,
@@ -162,9 +242,59 @@ impl LiteRtEngine {
         bytes: Vec<u8>,
         options: &LoadOptions,
     ) -> Result<LiteRtEngine, RuntimeError> {
+        let target = match &options.accelerator {
+            Accelerator::Gpu { allow_fp16 } => Target::Gpu {
+                allow_fp16: *allow_fp16,
+            },
+            Accelerator::Npu => Target::Npu,
+            // An external delegate compiles for the CPU in its own
+            // environment, which offers the delegate as a CPU accelerator
+            // (`delegate`).
+            Accelerator::Cpu | Accelerator::Delegate(_) => Target::Cpu,
+        };
+        let accelerator_error = |reason: String| RuntimeError::Accelerator {
+            accelerator: target.name().to_string(),
+            reason,
+        };
+        // Without a registered accelerator, GPU|CPU silently compiles for
+        // the CPU alone: refuse instead, naming what is missing.
+        let serving = if target == Target::Cpu {
+            None
+        } else {
+            accel::serving(target, &env.registered(&fns), env.accelerator_dir())
+                .map_err(accelerator_error)?
+        };
+        let (target, fp16_dropped) =
+            accel::software_device_rules(target).map_err(accelerator_error)?;
+        let setup = Setup {
+            target,
+            serving,
+            fp16_dropped,
+        };
+        match Self::load_for(fns, ext, env, origin, bytes, options, setup) {
+            // After a successful compile, a call that fails on a GPU or NPU
+            // model (buffer requirements, resize) is the accelerator's.
+            Err(RuntimeError::Call { call, status }) if target != Target::Cpu => {
+                Err(accelerator_error(format!("{call} failed: {status}")))
+            }
+            other => other,
+        }
+    }
+
+    fn load_for(
+        fns: LiteRtFunctions,
+        ext: ExtFunctions,
+        env: SharedEnvironment,
+        origin: &str,
+        bytes: Vec<u8>,
+        options: &LoadOptions,
+        setup: Setup,
+    ) -> Result<LiteRtEngine, RuntimeError> {
+        let target = setup.target;
+        let threads = options.cpu_threads.max(1);
         let mut engine = LiteRtEngine {
             fns,
-            env: env.0,
+            env: env.handle,
             model: std::ptr::null_mut(),
             options: std::ptr::null_mut(),
             compiled: std::ptr::null_mut(),
@@ -174,7 +304,8 @@ impl LiteRtEngine {
             outputs: Vec::new(),
             input_host: Vec::new(),
             output_host: Vec::new(),
-            threads: options.cpu_threads.max(1),
+            description: String::new(),
+            delegation: Delegation::Cpu,
             accelerator_name: options.accelerator.name().to_string(),
             delegate: None,
             _bytes: bytes,
@@ -266,30 +397,22 @@ impl LiteRtEngine {
             )?;
             check(
                 "LiteRtSetOptionsHardwareAccelerators",
-                (fns.set_options_hardware_accelerators)(engine.options, kLiteRtHwAcceleratorCpu),
+                (fns.set_options_hardware_accelerators)(engine.options, target.hardware()),
             )?;
-            let payload = ext::xnnpack_threads_payload(engine.threads);
-            let mut opaque: ext::OpaqueOptions = std::ptr::null_mut();
-            let status = (ext.create_opaque_options)(
-                c"xnnpack".as_ptr(),
-                payload,
-                Some(ext::free_toml_payload),
-                &mut opaque,
-            );
-            if status != kLiteRtStatusOk {
-                ext::free_toml_payload(payload);
-                return Err(RuntimeError::Call {
-                    call: "LiteRtCreateOpaqueOptions",
-                    status: status_name(status),
-                });
-            }
-            let status = (ext.add_opaque_options)(engine.options, opaque);
-            if status != kLiteRtStatusOk {
-                (ext.destroy_opaque_options)(opaque);
-                return Err(RuntimeError::Call {
-                    call: "LiteRtAddOpaqueOptions",
-                    status: status_name(status),
-                });
+            // XNNPACK's threads apply to whatever stays on the CPU too.
+            add_opaque_options(
+                &ext,
+                engine.options,
+                c"xnnpack",
+                ext::xnnpack_threads_payload(threads),
+            )?;
+            if let Target::Gpu { allow_fp16 } = target {
+                add_opaque_options(
+                    &ext,
+                    engine.options,
+                    c"gpu_options",
+                    ext::toml_payload(accel::gpu_options_toml(allow_fp16)),
+                )?;
             }
             let (status, attached) = delegate::compile_with(&options.accelerator, || {
                 (fns.create_compiled_model)(
@@ -301,10 +424,38 @@ impl LiteRtEngine {
             })?;
             engine.delegate = attached;
             if status != kLiteRtStatusOk || engine.compiled.is_null() {
-                return Err(bad_model(format!(
-                    "compiling for CPU failed: {}",
-                    status_name(status)
-                )));
+                return Err(match target {
+                    Target::Cpu => {
+                        bad_model(format!("compiling for CPU failed: {}", status_name(status)))
+                    }
+                    Target::Gpu { .. } => RuntimeError::Accelerator {
+                        accelerator: target.name().into(),
+                        reason: accel::gpu_compile_failed(&status_name(status)),
+                    },
+                    Target::Npu => RuntimeError::Accelerator {
+                        accelerator: target.name().into(),
+                        reason: format!(
+                            "compiling for the NPU failed ({}); LiteRT's log above says why",
+                            status_name(status)
+                        ),
+                    },
+                });
+            }
+            engine.description =
+                accel::describe(target, setup.serving.as_ref(), threads, setup.fp16_dropped);
+            if target != Target::Cpu {
+                let mut full = false;
+                let status = (ext.is_non_cpu_fully_accelerated)(engine.compiled, &mut full);
+                engine.delegation = if status == kLiteRtStatusOk && full {
+                    Delegation::Full
+                } else {
+                    // Neither call tells how many nodes stayed behind, nor
+                    // whether the accelerator took any at all.
+                    Delegation::Partial {
+                        delegated: None,
+                        total: None,
+                    }
+                };
             }
 
             // Fix dynamic dimensions before any buffer exists: LiteRT cannot
@@ -495,6 +646,53 @@ impl LiteRtEngine {
     }
 }
 
+/// Adds one opaque option (an accelerator's TOML `payload`, which LiteRT
+/// frees with the options) to `options`.
+///
+/// # Safety
+/// `options` is live; `payload` comes from [`ext::toml_payload`] (or null)
+/// and is not used afterwards.
+unsafe fn add_opaque_options(
+    ext: &ExtFunctions,
+    options: sys::Options,
+    identifier: &CStr,
+    payload: *mut c_void,
+) -> Result<(), RuntimeError> {
+    if payload.is_null() {
+        return Err(RuntimeError::Call {
+            call: "LiteRtCreateOpaqueOptions",
+            status: format!("no payload for {identifier:?}"),
+        });
+    }
+    let mut opaque: ext::OpaqueOptions = std::ptr::null_mut();
+    // SAFETY: per the function contract; on failure the payload is still
+    // ours and freed here, on success the opaque options own it.
+    unsafe {
+        let status = (ext.create_opaque_options)(
+            identifier.as_ptr(),
+            payload,
+            Some(ext::free_toml_payload),
+            &mut opaque,
+        );
+        if status != kLiteRtStatusOk {
+            ext::free_toml_payload(payload);
+            return Err(RuntimeError::Call {
+                call: "LiteRtCreateOpaqueOptions",
+                status: status_name(status),
+            });
+        }
+        let status = (ext.add_opaque_options)(options, opaque);
+        if status != kLiteRtStatusOk {
+            (ext.destroy_opaque_options)(opaque);
+            return Err(RuntimeError::Call {
+                call: "LiteRtAddOpaqueOptions",
+                status: status_name(status),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// # Safety
 /// `buf` is a live tensor buffer.
 unsafe fn check_buffer_size(
@@ -627,7 +825,7 @@ impl Engine for LiteRtEngine {
     fn delegation(&self) -> Delegation {
         match &self.delegate {
             Some(d) => d.counts.delegation(),
-            None => Delegation::Cpu,
+            None => self.delegation,
         }
     }
 
@@ -641,7 +839,7 @@ impl Engine for LiteRtEngine {
                 "{} (external delegate; LiteRT's CPU kernels for the rest, litert)",
                 d.name
             ),
-            None => format!("cpu/xnnpack ({} threads, litert)", self.threads),
+            None => self.description.clone(),
         }
     }
 }
