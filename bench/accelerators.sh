@@ -4,7 +4,7 @@
 # 1. Per model (har_accel_f32, har_accel_int8, multi_io_f32, shapes_int8,
 #    mobilenet_v2_int8): the runtime floor (edge-infer-bench floor, 1
 #    XNNPACK thread, inputs from the model's fixture) on `cpu` and on `gpu`
-#    (and, in the full run, `gpu` with fp16 allowed): the accelerator, how
+#    (har_accel_f32 also with fp16 allowed): the accelerator, how
 #    much of the graph it took, load + compile + warm-up (load_ms), invoke
 #    p50/p95/p99, and the largest difference of the outputs from the same
 #    model on the CPU and from the fixture's reference. When the GPU
@@ -28,7 +28,8 @@
 #    before "## Notes and findings") and prints it.
 #
 #   bench/accelerators.sh           # ~8 min: 20 s per floor run, 60 s per switch run
-#   bench/accelerators.sh --quick   # ~3 min: 5 s per floor run, 20 s per switch run
+#   bench/accelerators.sh --quick   # ~4 min: 5 s per floor run, 20 s per switch run
+# (lavapipe compiles MobileNetV2's shaders for ~50 s at its first load.)
 #
 # Options: --quick, --out FILE (default BENCHMARKS.md; --out - prints the
 # section only), --no-build.
@@ -52,9 +53,9 @@ while [[ $# -gt 0 ]]; do
 done
 
 if [[ $QUICK == 1 ]]; then
-  FLOOR_S=5; ITERS_SMALL=20000; ITERS_BIG=300; SWITCH_S=20; FP16=0
+  FLOOR_S=5; ITERS_SMALL=20000; ITERS_BIG=300; SWITCH_S=20
 else
-  FLOOR_S=20; ITERS_SMALL=200000; ITERS_BIG=2000; SWITCH_S=60; FP16=1
+  FLOOR_S=20; ITERS_SMALL=200000; ITERS_BIG=2000; SWITCH_S=60
 fi
 RATE=20
 # Invoke 1 of each delegate instance is the warm-up (at start and after
@@ -115,29 +116,59 @@ MODELS=(
   "shapes_int8:image_circle:$ITERS_SMALL"
   "mobilenet_v2_int8:noise:$ITERS_BIG"
 )
-ACCELS=(cpu gpu)
-[[ $FP16 == 1 ]] && ACCELS+=(gpu16)
+# LiteRT prints some of its lines (OpenCL probing) on stdout: keep the JSON
+# line, the rest goes to the log.
+floor() {
+  local out=$1 rc=0
+  shift
+  "$BENCH" floor "$@" 2>>"$WORK/floor.log" > "$out.raw" || rc=$?
+  grep '^{' "$out.raw" > "$out" || true
+  grep -v '^{' "$out.raw" >> "$WORK/floor.log" || true
+  rm -f "$out.raw"
+  return $rc
+}
+# A gpu run that fails after loading (an invoke error) is recorded, not fatal.
+floor_or_record() {
+  local out=$1
+  if ! floor "$@"; then
+    python3 - "$out" "$(tail -n 1 "$WORK/floor.log")" <<'PY'
+import json, sys
+json.dump({"unavailable": "the floor failed: " + sys.argv[2]}, open(sys.argv[1], "w"))
+PY
+  fi
+}
 for entry in "${MODELS[@]}"; do
   IFS=: read -r model case iters <<< "$entry"
-  for acc in "${ACCELS[@]}"; do
+  accels=(cpu gpu)
+  # fp16 once: whether the device uses it shows in the accelerator's description.
+  [[ $model == har_accel_f32 ]] && accels+=(gpu16)
+  for acc in "${accels[@]}"; do
     args=(--accelerator "${acc%16}")
     [[ $acc == gpu16 ]] && args+=(--gpu-fp16)
     echo "== floor $model on $acc (load $(cut -d' ' -f1-3 /proc/loadavg))"
-    # LiteRT's and Dawn's own lines (the adapter it selected) go to the log.
     echo "== $model $acc" >> "$WORK/floor.log"
-    "$BENCH" floor "models/$model.tflite" "${args[@]}" --unavailable-ok --threads 1 \
-      --iters "$iters" --max-seconds "$FLOOR_S" --fixture "tests/fixtures/$model.json" --case "$case" \
-      2>>"$WORK/floor.log" > "$RES/floor_${model}_$acc.json"
+    # Mesa keeps compiled shaders on disk (~/.cache/mesa_shader_cache): the
+    # first load of a model on the gpu runs with an empty cache of its own,
+    # as on a fresh device, then once more with that cache filled.
+    export MESA_SHADER_CACHE_DIR=$WORK/mesa-cache-$model-$acc
+    run=floor
+    [[ $acc != cpu ]] && run=floor_or_record
+    $run "$RES/floor_${model}_$acc.json" "models/$model.tflite" "${args[@]}" --unavailable-ok --threads 1 \
+      --iters "$iters" --max-seconds "$FLOOR_S" --fixture "tests/fixtures/$model.json" --case "$case"
     cat "$RES/floor_${model}_$acc.json"
+    if [[ $acc != cpu ]] && grep -q '"load_ms"' "$RES/floor_${model}_$acc.json"; then
+      floor_or_record "$RES/floor_${model}_$acc.cached.json" "models/$model.tflite" "${args[@]}" --unavailable-ok \
+        --threads 1 --iters 5 --warmup 1 --fixture "tests/fixtures/$model.json" --case "$case"
+    fi
+    unset MESA_SHADER_CACHE_DIR
   done
 done
 # The test delegate on an int8 model: it claims no node, so it counts no
 # invoke and its fail_invoke_at never fires (no switch to measure there).
 echo "== mobilenet_v2_int8 with the test delegate, fail_invoke_at=2"
-"$BENCH" floor models/mobilenet_v2_int8.tflite --delegate "$DELEGATE" \
+floor "$RES/delegate_mobilenet_v2_int8.json" models/mobilenet_v2_int8.tflite --delegate "$DELEGATE" \
   --delegate-option ops=ADD,RELU6,FULLY_CONNECTED,RESHAPE,SOFTMAX --delegate-option fail_invoke_at=2 \
   --iters 5 --warmup 1 --fixture tests/fixtures/mobilenet_v2_int8.json --case noise \
-  2>>"$WORK/floor.log" > "$RES/delegate_mobilenet_v2_int8.json" \
   || echo "{\"failed\": true}" > "$RES/delegate_mobilenet_v2_int8.json"
 cat "$RES/delegate_mobilenet_v2_int8.json"
 
@@ -220,8 +251,9 @@ def sh(*c):
     try: return subprocess.run(c, capture_output=True, text=True).stdout.strip()
     except Exception: return ""
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-log = open("$WORK/floor.log", errors="replace").read().splitlines()
-adapters = sorted({l.strip() for l in log if "adapter" in l.lower()})
+import re
+log = open("$WORK/floor.log", errors="replace").read()
+adapters = sorted(set(re.findall(r"Selected adapter: (.*)", log)))
 try:
     litert = open("$REPO/runtime/$(uname -m)/VERSION").read().strip()
 except OSError:

@@ -92,7 +92,8 @@ def delegation_text(d):
 # -- 1. the floor -------------------------------------------------------------
 
 def floor_rows(res):
-    rows = ["| model | accelerator | delegation | load + compile + warm-up ms: first / again | invoke p50 µs "
+    rows = ["| model | accelerator | delegation | load + compile + warm-up ms: first / first, disk cache warm "
+            "/ again in process | invoke p50 µs "
             "| p95 µs | p99 µs | invokes timed | p50 / cpu's | max abs diff vs cpu | max abs diff vs reference |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     unavailable = []
@@ -114,7 +115,8 @@ def floor_rows(res):
                 f" ({q} step{'s' if q != 1 else ''})" if q is not None else "")
             rows.append(
                 f"| {model} | {label} | {delegation_text(d.get('delegation'))} "
-                f"| {num(d.get('load_ms'))} / {num(d.get('reload_ms'))} "
+                f"| {num(d.get('load_ms'))} / {num((load(f'{res}/floor_{model}_{acc}.cached.json') or {}).get('load_ms'))}"
+                f" / {num(d.get('reload_ms'))} "
                 f"| {num(d.get('p50_us'))} | {num(d.get('p95_us'))} | {num(d.get('p99_us'))} | {num(d.get('iters'))} "
                 f"| {rel} | {vs_cpu} | {sci(d.get('max_abs_diff_vs_reference'))} |")
     return rows, unavailable
@@ -235,6 +237,38 @@ def mobilenet_check(res):
     return text
 
 
+def gpu_summary(res):
+    """One bullet from the gpu rows: how close, how slow, the first load."""
+    rows = []
+    for model in FLOOR_MODELS:
+        cpu, gpu = (load(f"{res}/floor_{model}_{a}.json") for a in ("cpu", "gpu"))
+        if gpu and "load_ms" in gpu:
+            rows.append((model, cpu or {}, gpu, load(f"{res}/floor_{model}_gpu.cached.json") or {}))
+    if not rows:
+        return []
+    floats = [g.get("max_abs_diff_vs_cpu") for _, _, g, _ in rows if g.get("max_q_diff_vs_cpu") is None]
+    steps = [(m, g.get("max_q_diff_vs_cpu")) for m, _, g, _ in rows if g.get("max_q_diff_vs_cpu") is not None]
+    ratios = [g["p50_us"] / c["p50_us"] for _, c, g, _ in rows if c.get("p50_us") and g.get("p50_us")]
+    slowest = max(rows, key=lambda r: r[2].get("load_ms") or 0)
+    parts = []
+    floats = [f for f in floats if f is not None]
+    if floats:
+        parts.append(f"float models' outputs within {sci(max(floats))} of the cpu's")
+    if steps:
+        parts.append("int8 models' within " + ", ".join(f"{q} step{'s' if q != 1 else ''} ({m})" for m, q in steps))
+    if ratios:
+        parts.append(f"invokes {min(ratios):.0f}x to {max(ratios):.0f}x slower than XNNPACK's (p50)")
+    m, _, g, cached = slowest
+    parts.append(f"the first load of {m} took {num((g.get('load_ms') or 0) / 1000)} s with an empty shader cache "
+                 f"(compiling its shaders), {num((cached.get('load_ms') or 0) / 1000)} s with Mesa's disk cache "
+                 f"filled and {num(g.get('reload_ms'))} ms again in the same process")
+    full = all((g.get("delegation") or {}).get("kind") == "full" for _, _, g, _ in rows)
+    ran = "every model ran fully on the `gpu`" if full else "delegation per model in the table"
+    return [f"- **GPU (lavapipe)**: {ran}; " + "; ".join(parts) + ". A daemon start "
+            "on `gpu` pays the first-load figure; a service whose user cannot write Mesa's cache directory pays "
+            "the empty-cache one at every start."]
+
+
 # -- the section --------------------------------------------------------------
 
 def section(res):
@@ -262,8 +296,10 @@ def section(res):
         "in-process, the LoadOptions the daemon uses, every input from the model's fixture case. "
         "load = `Runtime::load` (compile for the accelerator) plus the warm-up inference, what the daemon "
         "pays before an accelerator serves: *first* in the process (it also sets up the runtime's environment "
-        "and, for `gpu`, the device: what a daemon start pays), *again* with those up (what a fallback "
-        "pays on the worker's thread, and a retry on its own). Then 20 "
+        "and, for `gpu`, the device: what a daemon start pays), for `gpu` with an empty Mesa shader cache "
+        "(`MESA_SHADER_CACHE_DIR` fresh: a device's first start, or any start of a service that cannot write "
+        "the cache) and then in a second process with that cache filled (later starts); *again in process* "
+        "with all of it up (what a fallback pays on the worker's thread, and a retry on its own). Then 20 "
         f"untimed invokes and up to {num(meta.get('floor_max_seconds'))} s of timed ones. The differences "
         "are the largest absolute difference over all outputs in their float domain (dequantized for int8; "
         "in quantization steps in brackets) from the same model on the cpu (loaded alongside) and from the "
@@ -272,6 +308,11 @@ def section(res):
     ]
     rows, unavailable = floor_rows(res)
     L += rows + [""]
+    described = sorted({f"`{d['accelerator']}`" + (" (fp16 allowed)" if d.get("gpu_fp16") else "")
+                        for d in (load(p) for p in glob.glob(f"{res}/floor_*_gpu*.json"))
+                        if d and "accelerator" in d})
+    if described:
+        L += ["The `gpu` engines described themselves as " + "; ".join(described) + ".", ""]
     for model, label, why in unavailable:
         L.append(f"- {model} on {label}: unavailable here: {why}")
     if unavailable:
@@ -327,6 +368,7 @@ def section(res):
               "model on the worker's thread, paid once by the message in hand (which is still answered, from the "
               "cpu) and by the messages queued behind it; the retry of the better accelerator runs on a thread of "
               "its own and is swapped in between messages."]
+    L += gpu_summary(res)
     L += ["- **GPU here is a correctness path**: lavapipe shares the CPU cores, so the `gpu` timings say "
           "nothing about a real GPU's speed; the differences from the cpu are what they show.",
           "- **Not measurable on this machine**: a real GPU (Vulkan hardware), a Coral Edge TPU (no libedgetpu "

@@ -503,7 +503,7 @@ impl FixtureCase {
                 .ok_or_else(|| format!("fixture {shown} has no input '{}'", spec.name))?;
             let b = input_bytes(spec, entry).map_err(|e| format!("fixture {shown}: {e}"))?;
             let buf = &mut engine.input_buffers_mut()[i];
-            if b.is_empty() || buf.len() % b.len() != 0 {
+            if b.is_empty() || !buf.len().is_multiple_of(b.len()) {
                 return Err(format!(
                     "fixture {shown} input '{}' is {} bytes, the model's input is {}",
                     spec.name,
@@ -599,4 +599,130 @@ fn input_bytes(spec: &TensorSpec, entry: &Value) -> Result<Vec<u8>, String> {
             ))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use model_runtime::{DType, Quantization, TensorSpec};
+    use serde_json::json;
+
+    use super::{input_bytes, max_abs, read_output, FixtureCase, FloorArgs};
+    use clap::Parser;
+    use model_runtime::Accelerator;
+
+    #[derive(Debug, Parser)]
+    struct Floor {
+        #[command(flatten)]
+        a: FloorArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Floor, clap::Error> {
+        Floor::try_parse_from([&["floor", "m.tflite"][..], args].concat())
+    }
+
+    #[test]
+    fn the_accelerator_is_one_of_the_runtimes_or_a_delegate_with_its_options() {
+        let accel = |args: &[&str]| parse(args).unwrap().a.accelerator();
+        assert_eq!(accel(&[]), Ok(Accelerator::Cpu));
+        assert_eq!(
+            accel(&["--accelerator", "gpu", "--gpu-fp16"]),
+            Ok(Accelerator::Gpu { allow_fp16: true })
+        );
+        assert_eq!(
+            accel(&["--gpu-fp16"]),
+            Err("--gpu-fp16 needs --accelerator gpu".into())
+        );
+        let Ok(Accelerator::Delegate(d)) = accel(&[
+            "--delegate",
+            "/x/libd.so",
+            "--delegate-option",
+            "ops=RELU,MUL",
+            "--delegate-option=fail_invoke_at=3",
+        ]) else {
+            panic!("not a delegate");
+        };
+        assert_eq!(d.library, std::path::Path::new("/x/libd.so"));
+        assert_eq!(
+            d.options,
+            [
+                ("ops".to_string(), "RELU,MUL".to_string()),
+                ("fail_invoke_at".to_string(), "3".to_string())
+            ]
+        );
+        let bad = accel(&["--delegate", "d.so", "--delegate-option", "ops"]).unwrap_err();
+        assert!(bad.contains("KEY=VALUE"), "{bad}");
+        // A delegate is the accelerator: not both; options need one.
+        for args in [
+            &["--delegate", "d.so", "--accelerator", "gpu"][..],
+            &["--delegate-option", "a=b"][..],
+            &["--accelerator", "tpu"][..],
+        ] {
+            assert_eq!(parse(args).unwrap_err().exit_code(), 2, "{args:?}");
+        }
+    }
+
+    fn spec(name: &str, dtype: DType, quantization: Option<Quantization>) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            shape: vec![1, 2],
+            dtype,
+            quantization,
+            shape_signature: vec![1, 2],
+        }
+    }
+
+    #[test]
+    fn an_int8_output_is_compared_dequantized_and_in_steps() {
+        let q = Quantization {
+            scale: 0.5,
+            zero_point: -128,
+        };
+        let out = read_output(&spec("probs", DType::I8, Some(q)), &[0x80, 0x02]).unwrap();
+        assert_eq!(out.quantized, Some(vec![-128, 2]));
+        assert_eq!(out.values, vec![0.0, 65.0]);
+        let f = read_output(
+            &spec("x", DType::F32, None),
+            &[1.5f32.to_le_bytes(), (-2.0f32).to_le_bytes()].concat(),
+        )
+        .unwrap();
+        assert_eq!((f.values, f.quantized), (vec![1.5, -2.0], None));
+        assert_eq!(max_abs(&[1.0, 2.0], &[1.5, 1.0]), 1.0);
+        // Different lengths never compare as close.
+        assert_eq!(max_abs(&[1.0], &[1.0, 2.0]), f64::INFINITY);
+    }
+
+    #[test]
+    fn fixture_inputs_become_the_tensor_bytes() {
+        let int8 = json!({"name": "image", "values": [0.5, -1.0], "quantized": [3, -128]});
+        assert_eq!(
+            input_bytes(&spec("image", DType::I8, None), &int8).unwrap(),
+            vec![3, 0x80]
+        );
+        let f32 = json!({"name": "temp", "values": [0.25, 2.0]});
+        assert_eq!(
+            input_bytes(&spec("temp", DType::F32, None), &f32).unwrap(),
+            [0.25f32.to_le_bytes(), 2.0f32.to_le_bytes()].concat()
+        );
+        let out_of_range = json!({"quantized": [300]});
+        let err = input_bytes(&spec("u", DType::U8, None), &out_of_range).unwrap_err();
+        assert!(err.contains("300 is not a uint8 value"), "{err}");
+    }
+
+    #[test]
+    fn fixture_entries_go_by_name_else_by_position() {
+        let list = vec![json!({"name": "temp"}), json!({"name": "accel"})];
+        let specs = [
+            spec("accel", DType::F32, None),
+            spec("temp", DType::F32, None),
+        ];
+        assert_eq!(
+            FixtureCase::entry(&list, &specs, 0).unwrap()["name"],
+            "accel"
+        );
+        let unnamed = [spec("a", DType::F32, None), spec("b", DType::F32, None)];
+        assert_eq!(
+            FixtureCase::entry(&list, &unnamed, 1).unwrap()["name"],
+            "accel"
+        );
+    }
 }
