@@ -197,15 +197,18 @@ def main():
 
 
 def kept_sections(out):
-    """The section bench/delivery.sh writes into the same file (issue 12),
-    carried over when this run rewrites it."""
+    """The sections bench/delivery.sh (issue 12) and bench/accelerators.sh
+    (issue 13) write into the same file, carried over when this run
+    rewrites it."""
     try:
         with open(out) as f:
             old = f.read()
     except OSError:
         return []
-    m = re.search(r"^## Issue 12: .*?(?=^## |\Z)", old, re.M | re.S)
-    return [m.group(0).rstrip(), ""] if m else []
+    kept = []
+    for m in re.finditer(r"^## Issue 1[23]: .*?(?=^## |\Z)", old, re.M | re.S):
+        kept += [m.group(0).rstrip(), ""]
+    return kept
 
 
 def model_set_text(model_set):

@@ -360,6 +360,7 @@ fn measured(ctx: &Ctx, w: &Workload, rate: f64, seconds: f64) -> Result<Report, 
         rate,
         seconds,
         grace: ctx.grace,
+        trace: None,
     };
     let mut r = match load::run(w, &spec) {
         Ok(r) => r,

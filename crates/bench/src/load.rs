@@ -286,6 +286,12 @@ pub struct LoadArgs {
     /// How long to wait for results after the last scheduled send
     #[arg(long, value_name = "SECS", default_value = "3", value_parser = crate::parse_secs)]
     pub grace: Duration,
+    /// Also write one JSON line per answer to FILE: `seq`, `e2e_ms` (from
+    /// the scheduled send), `at_ms` (receipt, from the run's start), the
+    /// result's `accelerator` and `latency_ms`; errors as `error` (code)
+    /// and `id`. With several --rate runs, the last run's
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
 }
 
 /// Loads a payload: a JSON file (its `"id"` is replaced per message), a
@@ -467,6 +473,8 @@ pub struct RunSpec {
     pub seconds: f64,
     /// How long to wait for results after the last scheduled send.
     pub grace: Duration,
+    /// Where to write one JSON line per answer (see `LoadArgs::trace`).
+    pub trace: Option<PathBuf>,
 }
 
 /// Microsecond histograms of the target's own stage timings, read from the
@@ -810,7 +818,11 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
     let w_sub = w.clone();
     let stop_r = stop.clone();
     let answered_r = answered.clone();
+    let tracing = spec.trace.is_some();
     let sub_thread = thread::spawn(move || {
+        // Kept in memory and written after the run, so the receiving loop
+        // does no file I/O.
+        let mut trace: Vec<Value> = Vec::new();
         let mut lat = hist();
         let mut stages = Stages::new();
         let mut seen = vec![false; n as usize];
@@ -841,6 +853,13 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
                     let code = json_value_at(&p.payload, b"\"code\"");
                     let code = code.as_ref().and_then(Value::as_str).unwrap_or("(no code)");
                     *error_codes.entry(code.to_string()).or_insert(0) += 1;
+                    if tracing {
+                        trace.push(json!({
+                            "error": code,
+                            "id": json_value_at(&p.payload, b"\"id\""),
+                            "at_ms": ms(now.saturating_duration_since(sched.start).as_micros() as u64),
+                        }));
+                    }
                     answered_r.fetch_add(1, Ordering::Relaxed);
                 } else {
                     unmatched += 1;
@@ -860,6 +879,15 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
                     let us = now.saturating_duration_since(sched.due(seq)).as_micros() as u64;
                     let _ = lat.record(us.max(1));
                     stages.record(&p.payload);
+                    if tracing {
+                        trace.push(json!({
+                            "seq": seq,
+                            "e2e_ms": ms(us),
+                            "at_ms": ms(now.saturating_duration_since(sched.start).as_micros() as u64),
+                            "accelerator": json_value_at(&p.payload, b"\"accelerator\""),
+                            "latency_ms": json_value_at(&p.payload, b"\"latency_ms\""),
+                        }));
+                    }
                 }
                 Some(_) => stale += 1,
                 None => unmatched += 1,
@@ -875,6 +903,7 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
             stale,
             unmatched,
             failure,
+            trace,
         )
     });
 
@@ -892,10 +921,19 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
     stop.store(true, Ordering::Relaxed);
     let _ = publ.disconnect();
     let _ = sub.disconnect();
-    let (lat, stages, received, errors, error_codes, dups, stale, unmatched, sub_failure) =
+    let (lat, stages, received, errors, error_codes, dups, stale, unmatched, sub_failure, trace) =
         sub_thread
             .join()
             .map_err(|_| "results thread panicked".to_string())?;
+    if let Some(path) = &spec.trace {
+        let mut text = String::new();
+        for line in &trace {
+            text.push_str(&line.to_string());
+            text.push('\n');
+        }
+        std::fs::write(path, text)
+            .map_err(|e| format!("cannot write the trace {}: {e}", path.display()))?;
+    }
     let (pub_failure, acks) = pub_thread
         .join()
         .unwrap_or_else(|_| (Some("publisher thread panicked".into()), no_acks()));
@@ -997,6 +1035,7 @@ pub fn main(a: &LoadArgs) -> Result<(), String> {
             rate,
             seconds: a.seconds,
             grace: a.grace,
+            trace: a.trace.clone(),
         };
         let r = run(&w, &spec)?;
         println!("{}", r.json);
