@@ -139,7 +139,7 @@ struct InspectArgs {
     #[arg(long, conflicts_with = "model")]
     accelerators: bool,
     /// With --accelerators: the config whose [delegates] to try
-    #[arg(short = 'c', long, value_name = "FILE", requires = "accelerators")]
+    #[arg(short = 'c', long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Use this runtime library and no other; exit 3 if it does not load
     #[arg(long, value_name = "LIB")]
@@ -217,6 +217,14 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(a) => run(&a.config),
         Command::CheckConfig(a) => check_config(&a.config),
+        Command::Inspect(a) if a.config.is_some() && !a.accelerators => {
+            // clap's `requires` sees a flag that was not given as present
+            // (false), so this one rule is checked here.
+            eprintln!(
+                "error: --config <FILE> names the config whose [delegates] `inspect --accelerators` tries; a model's tensors need no config\n\nUsage: edge-infer inspect [OPTIONS] [MODEL]"
+            );
+            ExitCode::from(exit::BAD_INPUT)
+        }
         Command::Inspect(a) => match a.model {
             Some(model) => inspect(&model, a.runtime, a.batch),
             None => inspect_accelerators(a.runtime, a.config.as_deref()),

@@ -24,7 +24,7 @@ fn a_flag_of_another_subcommand_is_bad_usage_that_names_the_flag() {
 
     for args in [
         &["check-config", "--runtime", "x.so"][..],
-        &["inspect", "m.tflite", "--config", "c.toml"],
+        &["inspect", "m.tflite", "--wait", "1"],
         &["status", "--batch", "2"],
         &["run", "--wait", "1"],
     ] {
@@ -49,8 +49,14 @@ fn every_subcommand_documents_its_own_flags() {
         ),
         (
             "inspect",
-            &["<MODEL>", "--runtime <LIB>", "--batch <N>"],
-            &["--config", "--wait"],
+            &[
+                "[MODEL]",
+                "--runtime <LIB>",
+                "--batch <N>",
+                "--accelerators",
+                "--config <FILE>",
+            ],
+            &["--wait", "--device"],
         ),
         (
             "status",
@@ -127,6 +133,13 @@ fn unknown_or_missing_subcommands_and_arguments_are_bad_usage() {
     let (code, _, err) = run_cli(&["inspect"], &[]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("<MODEL>"), "{err}");
+    // --config names the config of --accelerators, nothing else.
+    let (code, _, err) = run_cli(&["inspect", "m.tflite", "--config", "c.toml"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--config") && err.contains("--accelerators"),
+        "{err}"
+    );
     let (code, _, err) = run_cli(&["run", "extra.toml"], &[]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("'extra.toml'"), "{err}");
