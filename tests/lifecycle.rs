@@ -148,10 +148,12 @@ fn health_reports_system_broker_and_per_model_figures() {
     assert_eq!(m["received"], N + 1);
     assert_eq!(m["dropped"], 0);
     assert_eq!(m["queue_capacity"], 4096);
-    assert!(
-        m["accelerator"].as_str().unwrap().contains("xnnpack"),
-        "{m}"
-    );
+    // The accelerator serving it, and how (health's acceleration object).
+    assert_eq!(m["accelerator"], "cpu", "{m}");
+    assert_eq!(m["acceleration"]["serving"], "cpu", "{m}");
+    assert_eq!(m["acceleration"]["preferred"], "cpu", "{m}");
+    assert_eq!(m["acceleration"]["delegation"], "cpu", "{m}");
+    assert_eq!(m["acceleration"]["switches"], 0, "{m}");
     for code in [
         "bad_json",
         "bad_shape",
@@ -197,7 +199,7 @@ fn status_subcommand_prints_the_latest_health_as_a_table() {
     assert!(out.contains("dev1  online"), "{out}");
     assert!(
         out.lines()
-            .any(|l| l.trim_start().starts_with("dyn ") && l.contains("xnnpack")),
+            .any(|l| l.trim_start().starts_with("dyn ") && l.contains(" cpu ")),
         "{out}"
     );
     // Nobody there: says so and exits 1 (a runtime failure, not bad usage).
