@@ -531,8 +531,16 @@ fn deb_installs_checks_and_purges() {
     assert!(Path::new("/etc/edge-infer/config.toml").exists());
     std::fs::create_dir_all("/var/lib/private/edge-infer").unwrap();
     std::fs::write("/var/lib/private/edge-infer/state", "x").unwrap();
-    let _ = std::fs::remove_file("/var/lib/edge-infer");
-    std::os::unix::fs::symlink("private/edge-infer", "/var/lib/edge-infer").unwrap();
+    // What DynamicUser leaves: a link into private/. Whatever stands there
+    // now (a link, or a plain folder an earlier run of the daemon made
+    // outside systemd) makes way for it.
+    let state = Path::new("/var/lib/edge-infer");
+    if state.is_dir() && !state.is_symlink() {
+        let _ = std::fs::remove_dir_all(state);
+    } else {
+        let _ = std::fs::remove_file(state);
+    }
+    std::os::unix::fs::symlink("private/edge-infer", state).unwrap();
 
     let out = purge();
     assert!(out.status.success(), "dpkg --purge: {}", text(&out.stderr));
