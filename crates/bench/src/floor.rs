@@ -447,20 +447,8 @@ struct FixtureCase {
 impl FixtureCase {
     fn read(path: &Path, case: Option<&str>) -> Result<FixtureCase, String> {
         let shown = path.display().to_string();
-        let text = std::fs::read(path).map_err(|e| format!("cannot read fixture {shown}: {e}"))?;
-        let mut v: Value = serde_json::from_slice(&text)
-            .map_err(|e| format!("fixture {shown} is not JSON: {e}"))?;
-        let cases = v
-            .get_mut("cases")
-            .and_then(Value::as_array_mut)
-            .ok_or_else(|| format!("fixture {shown} has no \"cases\" array"))?;
-        let chosen = match case {
-            None => cases.first_mut(),
-            Some(name) => cases
-                .iter_mut()
-                .find(|c| c.get("name").and_then(Value::as_str) == Some(name)),
-        }
-        .ok_or_else(|| format!("fixture {shown} has no case {}", case.unwrap_or("(any)")))?;
+        let mut case = crate::load::fixture_case(path, case)?;
+        let chosen = &mut case;
         let list = |c: &mut Value, key: &str| -> Result<Vec<Value>, String> {
             c.get_mut(key)
                 .and_then(Value::as_array_mut)

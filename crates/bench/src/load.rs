@@ -323,8 +323,9 @@ pub fn payload_from_args(a: &PayloadArgs) -> Result<Payload, String> {
     fixture_payload(fixture, a.case.as_deref(), raw)
 }
 
-/// The first input of a fixture case (`tests/fixtures/*.json`).
-fn fixture_input(path: &Path, case: Option<&str>) -> Result<Value, String> {
+/// One case of a fixture file (`tests/fixtures/*.json`): the one named
+/// `case`, or the first. Shared by `load` and `floor`.
+pub fn fixture_case(path: &Path, case: Option<&str>) -> Result<Value, String> {
     let shown = path.display();
     let text = std::fs::read(path).map_err(|e| format!("cannot read fixture {shown}: {e}"))?;
     let mut v: Value =
@@ -333,13 +334,20 @@ fn fixture_input(path: &Path, case: Option<&str>) -> Result<Value, String> {
         .get_mut("cases")
         .and_then(Value::as_array_mut)
         .ok_or_else(|| format!("fixture {shown} has no \"cases\" array"))?;
-    let chosen = match case {
+    match case {
         None => cases.first_mut(),
         Some(name) => cases
             .iter_mut()
             .find(|c| c.get("name").and_then(Value::as_str) == Some(name)),
     }
-    .ok_or_else(|| format!("fixture {shown} has no case {}", case.unwrap_or("(any)")))?;
+    .map(Value::take)
+    .ok_or_else(|| format!("fixture {shown} has no case {}", case.unwrap_or("(any)")))
+}
+
+/// The first input of a fixture case (`tests/fixtures/*.json`).
+fn fixture_input(path: &Path, case: Option<&str>) -> Result<Value, String> {
+    let shown = path.display();
+    let mut chosen = fixture_case(path, case)?;
     chosen
         .get_mut("inputs")
         .and_then(Value::as_array_mut)
