@@ -174,6 +174,22 @@ impl Switch {
         self.lock().as_ref().map(Routes::filters)
     }
 
+    /// The shared subscriptions (`$share/GROUP/...`) among them: what a
+    /// stopping daemon leaves, so the broker hands their stream to the
+    /// group's other members instead of keeping it for this one.
+    pub fn shared_filters(&self) -> Vec<String> {
+        self.lock().as_ref().map_or_else(Vec::new, |routes| {
+            let mut out: Vec<String> = Vec::new();
+            for r in &routes.routes {
+                let f = &r.model.input_topic;
+                if f.share_group().is_some() && !out.iter().any(|s| s == f.as_str()) {
+                    out.push(f.as_str().to_string());
+                }
+            }
+            out
+        })
+    }
+
     /// Stops routing: the returned state (dropped by the caller) holds the
     /// queue senders, so dropping it lets the workers finish and exit.
     pub fn take(&self) -> Option<Routes> {

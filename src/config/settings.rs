@@ -415,6 +415,7 @@ impl Settings {
             }
         }
         check_feedback(&mut c, &models, &device_id);
+        check_shared(&mut c, &models);
 
         let runtime_library = raw
             .runtime
@@ -654,6 +655,35 @@ fn check_feedback(c: &mut Check, models: &[ModelSettings], device_id: &str) {
                         producer.output_topic.as_str()
                     ),
                 );
+            }
+        }
+    }
+}
+
+/// Refuses two different input topics that can match one message when
+/// either is a shared subscription. The broker delivers such a message
+/// once per subscription, each copy to its own member of a group (or,
+/// for a plain subscription, to this daemon); the copies cannot be told
+/// apart, so every daemon that gets one would answer it for all matching
+/// models. Models that serve one stream together use one input topic,
+/// which is one subscription.
+fn check_shared(c: &mut Check, models: &[ModelSettings]) {
+    for (j, later) in models.iter().enumerate() {
+        for earlier in &models[..j] {
+            let (a, b) = (&earlier.input_topic, &later.input_topic);
+            if a.as_str() == b.as_str() || (a.share_group().is_none() && b.share_group().is_none())
+            {
+                continue;
+            }
+            if let Some(example) = a.intersection(b) {
+                c.add(
+                    format!("{}.input_topic", later.key),
+                    format!(
+                        "\"{b}\" and {}.input_topic \"{a}\" both match topics such as \"{example}\", and one is a shared subscription: the broker would deliver such a message once for each, to different daemons, and each would answer it; models that serve one stream together need the same input_topic",
+                        earlier.key
+                    ),
+                );
+                break;
             }
         }
     }
@@ -1002,6 +1032,71 @@ mod tests {
         let problems = topic_problems(&[("a/#", Some("b/{#}")), ("b/#", Some("a/{#}"))]);
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, ["models[0].input_topic", "models[1].input_topic"]);
+    }
+
+    #[test]
+    fn shared_subscriptions_that_would_answer_twice_are_rejected() {
+        let problems = topic_problems(&[
+            ("$share/g/sensors/+/accel", Some("out/{1}/a")),
+            ("sensors/#", Some("out/{#}/b")),
+        ]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            problems[0].to_string(),
+            "models[1].input_topic: \"sensors/#\" and models[0].input_topic \"$share/g/sensors/+/accel\" both match topics such as \"sensors/x/accel\", and one is a shared subscription: the broker would deliver such a message once for each, to different daemons, and each would answer it; models that serve one stream together need the same input_topic"
+        );
+        // Two groups, or the same filter shared and not: still two copies.
+        assert_eq!(
+            topic_problems(&[
+                ("$share/a/s/+", Some("o/{1}/a")),
+                ("$share/b/s/+", Some("o/{1}/b"))
+            ])
+            .len(),
+            1
+        );
+        assert_eq!(
+            topic_problems(&[("$share/a/s/+", Some("o/{1}/a")), ("s/+", Some("o/{1}/b"))]).len(),
+            1
+        );
+        // One shared subscription for two models, disjoint filters, and
+        // plain overlapping filters (one copy per client) all pass.
+        for models in [
+            vec![
+                ("$share/g/s/+", Some("o/{1}/a")),
+                ("$share/g/s/+", Some("o/{1}/b")),
+            ],
+            vec![
+                ("$share/g/s/+/accel", Some("o/{1}/a")),
+                ("$share/g/s/+/gyro", Some("o/{1}/b")),
+            ],
+            vec![("s/+", Some("o/{1}/a")), ("s/#", Some("o/{#}/b"))],
+        ] {
+            assert_eq!(topic_problems(&models), [], "{models:?}");
+        }
+    }
+
+    #[test]
+    fn shared_subscriptions_are_checked_without_their_prefix() {
+        // The feedback check and templates see the filter part.
+        let problems = topic_problems(&[("$share/g/edge-infer/#", None)]);
+        assert!(
+            problems[0]
+                .to_string()
+                .starts_with("models[0].input_topic: \"$share/g/edge-infer/#\" matches \"edge-infer/gw-7/errors\""),
+            "{problems:?}"
+        );
+        assert_eq!(
+            topic_problems(&[("$share/g/sensors/+/accel", Some("results/{1}"))]),
+            []
+        );
+        let problems = topic_problems(&[("$share/g/sensors/+", Some("results/{2}"))]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "models[0].output_topic");
+        let problems = topic_problems(&[("$share/g", None)]);
+        assert_eq!(
+            problems[0].to_string(),
+            "models[0].input_topic: shared subscription \"$share/g\" has no topic filter after its group name (expected \"$share/GROUP/FILTER\", e.g. \"$share/gateways/sensors/+/accel\")"
+        );
     }
 
     #[test]

@@ -96,6 +96,8 @@ pub struct Ingress {
     pub stats: Arc<DaemonStats>,
     /// Becomes true once the first subscriptions are acknowledged.
     pub subscribed: watch::Sender<bool>,
+    /// UNSUBACKs received, for a drain that waits for its own.
+    pub unsubscribed: watch::Sender<u64>,
 }
 
 impl Side for Ingress {
@@ -165,7 +167,8 @@ impl Side for Ingress {
                 }
             }
             Event::Incoming(Incoming::UnsubAck(_)) => {
-                log::info!("unsubscribed from a topic filter no model uses any more");
+                log::info!("unsubscribed from a topic filter");
+                self.unsubscribed.send_modify(|n| *n += 1);
             }
             _ => {}
         }
