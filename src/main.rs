@@ -484,9 +484,14 @@ fn print_summary(
         println!("model {}:", s.name);
         println!("  file:     {} (sha256 {})", s.path.display(), m.sha256);
         println!(
-            "  topics:   {} -> {}",
+            "  topics:   {} -> {}{}",
             s.input_topic,
-            s.output_topic.as_str()
+            s.output_topic.as_str(),
+            s.input_topic
+                .share_group()
+                .map_or(String::new(), |g| format!(
+                    " (shared subscription: group \"{g}\" splits the stream among its members)"
+                ))
         );
         println!(
             "  serving:  payload={} workers={} threads={} queue={} overflow={}{}{}",

@@ -216,3 +216,29 @@ fn a_member_stopped_for_good_leaves_the_group_to_the_others() {
         tally.per_member
     );
 }
+
+#[test]
+fn check_config_names_the_group_and_refuses_double_delivery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, member_config(free_port(), "pool-a")).expect("write");
+    let (code, out, err) = run_cli(&["check-config", "-c", path.to_str().expect("utf-8")], &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("topics:   $share/pool/in/+/dyn -> out/{device_id}/{model}/{1} (shared subscription: group \"pool\""),
+        "{out}"
+    );
+    // A second model on a plain filter over the same topics.
+    let text = format!(
+        "{}[[models]]\nname = \"plain\"\npath = \"{}\"\ninput_topic = \"in/#\"\noutput_topic = \"plain/{{#}}\"\n",
+        member_config(free_port(), "pool-a"),
+        model("dynamic_batch_f32.tflite").display()
+    );
+    std::fs::write(&path, text).expect("write");
+    let (code, out, err) = run_cli(&["check-config", "-c", path.to_str().expect("utf-8")], &[]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(
+        err.contains("models[1].input_topic: \"in/#\" and models[0].input_topic \"$share/pool/in/+/dyn\" both match topics such as \"in/x/dyn\""),
+        "{err}"
+    );
+}
