@@ -8,6 +8,7 @@ mod config;
 mod delivery;
 mod exit;
 mod health;
+mod homeassistant;
 mod job;
 mod log_limit;
 mod logging;
@@ -477,6 +478,18 @@ fn print_summary(
                 "a QoS 1 input is acknowledged once every answer is confirmed or in the outbox"
             }
             config::AckPolicy::Queued => "a QoS 1 input is acknowledged once queued",
+        }
+    );
+    println!(
+        "homeassistant: {}",
+        match &settings.homeassistant {
+            Some(ha) => format!(
+                "discovery under {}/sensor/{}/ (re-sent on {})",
+                ha.prefix,
+                topic::homeassistant_id(&settings.device_id),
+                topic::homeassistant_status_topic(&ha.prefix)
+            ),
+            None => "off".into(),
         }
     );
     for m in models {

@@ -5,6 +5,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
+use sha2::Digest;
+
 /// The topic the daemon publishes its errors on (about messages and about
 /// itself, such as `reload_failed`).
 pub fn errors_topic(device_id: &str) -> String {
@@ -31,6 +33,38 @@ pub fn device_topics(device_id: &str) -> [(&'static str, String); 3] {
         ("status", status_topic(device_id)),
         ("health", health_topic(device_id)),
     ]
+}
+
+/// Where Home Assistant announces itself (`online` when it starts): the
+/// daemon re-publishes its discovery configs when it hears that.
+pub fn homeassistant_status_topic(prefix: &str) -> String {
+    format!("{prefix}/status")
+}
+
+/// The retained discovery config of one Home Assistant entity:
+/// `<prefix>/<component>/<node_id>/<object_id>/config`, the layout Home
+/// Assistant's MQTT discovery reads (node and object ids are
+/// `[a-zA-Z0-9_-]+`, see [`homeassistant_id`]).
+pub fn discovery_topic(prefix: &str, component: &str, node_id: &str, object_id: &str) -> String {
+    format!("{prefix}/{component}/{node_id}/{object_id}/config")
+}
+
+/// `text` as a Home Assistant discovery id (`[a-zA-Z0-9_-]+`): as it is
+/// when it already is one, else with every other character made `_` and
+/// the start of its SHA-256 appended, so two names that sanitize alike
+/// ("a.b", "a_b") keep ids of their own, the same on every start.
+pub fn homeassistant_id(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if !text.is_empty() && text.chars().all(plain) {
+        return text.to_string();
+    }
+    let id: String = text
+        .chars()
+        .map(|c| if plain(c) { c } else { '_' })
+        .collect();
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{id}_{hex}")
 }
 
 /// A validated subscription filter, e.g. `sensors/+/accel` or `plant/#`,
@@ -332,6 +366,50 @@ impl TopicTemplate {
             }
         }
         out
+    }
+}
+
+impl TopicTemplate {
+    /// A subscription filter that matches every topic this template can
+    /// publish for `model` on `device_id`: `{device_id}` and `{model}` are
+    /// written out, a level holding a `{N}` becomes `+`, and the level
+    /// holding `{#}` becomes `#` (what follows it is dropped: `#` must be
+    /// last, so such a filter may also match a little more).
+    pub fn subscription(&self, device_id: &str, model: &str) -> String {
+        // Each level's text, and whether a placeholder makes it a wildcard.
+        let mut levels: Vec<(String, Option<&'static str>)> = vec![(String::new(), None)];
+        let push = |levels: &mut Vec<(String, Option<&'static str>)>, text: &str| {
+            let mut pieces = text.split('/');
+            if let (Some(first), Some(last)) = (pieces.next(), levels.last_mut()) {
+                last.0.push_str(first);
+            }
+            for piece in pieces {
+                levels.push((piece.to_string(), None));
+            }
+        };
+        for part in &self.parts {
+            match part {
+                Part::Literal(s) => push(&mut levels, s),
+                Part::DeviceId => push(&mut levels, device_id),
+                Part::Model => push(&mut levels, model),
+                Part::Single(_) => {
+                    if let Some(last) = levels.last_mut() {
+                        last.1 = last.1.or(Some("+"));
+                    }
+                }
+                Part::Multi => {
+                    if let Some(last) = levels.last_mut() {
+                        last.1 = Some("#");
+                    }
+                    break;
+                }
+            }
+        }
+        levels
+            .iter()
+            .map(|(text, wild)| wild.unwrap_or(text.as_str()))
+            .collect::<Vec<_>>()
+            .join("/")
     }
 }
 
@@ -954,6 +1032,44 @@ mod tests {
         assert!(TopicTemplate::parse("out#/{#}", &filter)
             .unwrap_err()
             .contains("wildcards"));
+    }
+
+    #[test]
+    fn a_template_becomes_the_filter_of_everything_it_publishes() {
+        let sub = |input: &str, output: &str| {
+            TopicTemplate::parse(output, &f(input))
+                .unwrap()
+                .subscription("gw-7", "har")
+        };
+        assert_eq!(
+            sub("sensors/+/accel", "edge-infer/{device_id}/{model}/{1}"),
+            "edge-infer/gw-7/har/+"
+        );
+        assert_eq!(sub("in/+/+", "out/{2}-{1}/x"), "out/+/x");
+        assert_eq!(sub("in/#", "out/{model}/{#}"), "out/har/#");
+        assert_eq!(sub("in/#", "out/a{#}/tail"), "out/#");
+        assert_eq!(sub("in/x", "out/{device_id}/{model}"), "out/gw-7/har");
+        // Every rendered topic matches it.
+        let filter = f("sensors/+/+/#");
+        let t = TopicTemplate::parse("o/{model}/{2}/{1}/{#}", &filter).unwrap();
+        let caps = filter.matches("sensors/a/b/c/d").unwrap();
+        let sub = f(&t.subscription("gw", "m"));
+        assert!(sub.matches(&t.render("gw", "m", &caps)).is_some());
+    }
+
+    #[test]
+    fn homeassistant_ids_keep_only_what_discovery_accepts() {
+        assert_eq!(homeassistant_id("gw-7_a"), "gw-7_a");
+        let (a, b) = (homeassistant_id("a.b"), homeassistant_id("a_b"));
+        assert!(a.starts_with("a_b_") && a.len() == 12, "{a}");
+        assert_eq!(b, "a_b");
+        assert_eq!(a, homeassistant_id("a.b"));
+        assert!(homeassistant_id("gw.7 ü$").starts_with("gw_7____"));
+        assert!(homeassistant_id("").starts_with('_'));
+        assert_eq!(
+            discovery_topic("homeassistant", "sensor", "gw-7", "har_label"),
+            "homeassistant/sensor/gw-7/har_label/config"
+        );
     }
 
     #[test]

@@ -42,6 +42,16 @@ pub struct Settings {
     pub outbox: OutboxSettings,
     /// `[delegates.NAME]`, by name (models refer to them in `accelerators`).
     pub delegates: BTreeMap<String, DelegateSpec>,
+    /// `[homeassistant]`: None when discovery is off.
+    pub homeassistant: Option<HomeAssistantSettings>,
+}
+
+/// `[homeassistant]` when enabled: where Home Assistant reads discovery
+/// configs and announces itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HomeAssistantSettings {
+    /// The discovery prefix: a topic name without wildcards, no empty level.
+    pub prefix: String,
 }
 
 /// When a QoS 1 input is acknowledged to its broker.
@@ -414,8 +424,12 @@ impl Settings {
                 );
             }
         }
+        let homeassistant = homeassistant_settings(&mut c, &raw.homeassistant);
         check_feedback(&mut c, &models, &device_id);
         check_shared(&mut c, &models);
+        if let Some(ha) = &homeassistant {
+            check_homeassistant_topics(&mut c, &models, &device_id, ha);
+        }
 
         let runtime_library = raw
             .runtime
@@ -450,7 +464,74 @@ impl Settings {
             models,
             outbox,
             delegates,
+            homeassistant,
         })
+    }
+}
+
+/// `[homeassistant]`: None unless enabled; the prefix must be a topic name
+/// Home Assistant can subscribe under (`<prefix>/#`).
+fn homeassistant_settings(
+    c: &mut Check,
+    raw: &super::raw::RawHomeAssistant,
+) -> Option<HomeAssistantSettings> {
+    let prefix = raw.prefix.as_str();
+    let why = if prefix.is_empty() {
+        Some("must not be empty".to_string())
+    } else if prefix.contains(['+', '#', '\0']) {
+        Some(format!(
+            "is a topic prefix, so it cannot contain '+', '#' or NUL; got \"{prefix}\""
+        ))
+    } else if prefix.split('/').any(str::is_empty) {
+        Some(format!(
+            "expected topic levels separated by single '/' (no empty level, no leading or trailing '/'); got \"{prefix}\""
+        ))
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        c.add("homeassistant.prefix", why);
+        return None;
+    }
+    raw.enabled.then(|| HomeAssistantSettings {
+        prefix: prefix.to_string(),
+    })
+}
+
+/// With discovery on, the daemon subscribes to `<prefix>/status` and
+/// publishes under `<prefix>/sensor/<node_id>/`: an input filter that takes
+/// either would feed Home Assistant's announcements or the daemon's own
+/// configs to a model.
+fn check_homeassistant_topics(
+    c: &mut Check,
+    models: &[ModelSettings],
+    device_id: &str,
+    ha: &HomeAssistantSettings,
+) {
+    let status = topic::homeassistant_status_topic(&ha.prefix);
+    // A config topic the daemon always publishes (the CPU entity).
+    let config = topic::discovery_topic(
+        &ha.prefix,
+        "sensor",
+        &topic::homeassistant_id(device_id),
+        "cpu",
+    );
+    for m in models {
+        let filter = &m.input_topic;
+        for (what, t) in [
+            ("Home Assistant's status topic", &status),
+            (
+                "a Home Assistant discovery config this daemon publishes",
+                &config,
+            ),
+        ] {
+            if filter.matches(t).is_some() {
+                c.add(
+                    format!("{}.input_topic", m.key),
+                    format!("\"{filter}\" matches \"{t}\", {what} ([homeassistant] prefix = \"{}\"); it is not an input for a model", ha.prefix),
+                );
+            }
+        }
     }
 }
 
@@ -951,6 +1032,49 @@ mod tests {
         }
         let port = problems.iter().find(|p| p.key == "mqtt.port").unwrap();
         assert!(port.message.contains("70000"));
+    }
+
+    #[test]
+    fn home_assistant_discovery_is_off_by_default_and_its_topics_are_kept_from_models() {
+        let model = "[[models]]\nname = \"m\"\npath = \"m.tflite\"\ninput_topic = \"sensors/+\"\n";
+        let s = Settings::from_raw(raw(model), Path::new("/")).unwrap();
+        assert_eq!(s.homeassistant, None);
+        let on = format!("device_id = \"gw.7\"\n[homeassistant]\nenabled = true\n{model}");
+        let s = Settings::from_raw(raw(&on), Path::new("/")).unwrap();
+        assert_eq!(
+            s.homeassistant,
+            Some(HomeAssistantSettings {
+                prefix: "homeassistant".into()
+            })
+        );
+        for (prefix, why) in [
+            ("", "must not be empty"),
+            ("ha/#", "cannot contain"),
+            ("ha/+/x", "cannot contain"),
+            ("/ha", "no empty level"),
+            ("ha/", "no empty level"),
+        ] {
+            let text = format!("[homeassistant]\nprefix = \"{prefix}\"\n{model}");
+            let problems = Settings::from_raw(raw(&text), Path::new("/")).unwrap_err();
+            assert_eq!(problems[0].key, "homeassistant.prefix", "{problems:?}");
+            assert!(problems[0].message.contains(why), "{prefix}: {problems:?}");
+        }
+        // A model on Home Assistant's status topic or the daemon's configs.
+        for (filter, taken) in [
+            ("homeassistant/status", "homeassistant/status"),
+            ("homeassistant/+", "homeassistant/status"),
+            ("homeassistant/sensor/#", "homeassistant/sensor/gw_7_"),
+        ] {
+            let text = on.replace("sensors/+", filter);
+            let problems = Settings::from_raw(raw(&text), Path::new("/")).unwrap_err();
+            assert_eq!(problems[0].key, "models[0].input_topic", "{problems:?}");
+            assert!(problems[0].message.contains(taken), "{problems:?}");
+        }
+        // Off, the same filter is fine.
+        let off = on
+            .replace("enabled = true", "enabled = false")
+            .replace("sensors/+", "homeassistant/+");
+        assert!(Settings::from_raw(raw(&off), Path::new("/")).is_ok());
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct Connection {
     stop_tx: watch::Sender<bool>,
     subscribed_rx: watch::Receiver<bool>,
     unsubscribed_rx: watch::Receiver<u64>,
+    /// The output link's latest connection number (0 before the first).
+    output_connects: watch::Receiver<u64>,
 }
 
 impl Connection {
@@ -129,6 +131,7 @@ impl Connection {
         let (subscribed, subscribed_rx) = watch::channel(false);
         let (unsubscribed, unsubscribed_rx) = watch::channel(0);
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (connects, output_connects) = watch::channel(0);
         let input_task = tokio::spawn(link::drive(
             ingress::Ingress {
                 client: input.clone(),
@@ -151,6 +154,7 @@ impl Connection {
                 backlog: Arc::clone(&backlog),
                 status_topic: status_topic.clone(),
                 online: Arc::clone(&online),
+                connects,
             },
             output_loop,
             Arc::clone(&links),
@@ -173,7 +177,14 @@ impl Connection {
             stop_tx,
             subscribed_rx,
             unsubscribed_rx,
+            output_connects,
         }
+    }
+
+    /// Changes on every connect of the output link (retained records that
+    /// found it down were dropped and are due again).
+    pub fn output_connects(&self) -> watch::Receiver<u64> {
+        self.output_connects.clone()
     }
 
     /// Turns true once the first subscriptions are acknowledged.
