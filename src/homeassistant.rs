@@ -15,7 +15,7 @@
 //! score: `state_topic` is a subscription filter over the model's output
 //! topics, which Home Assistant's `valid_subscribe_topic` accepts) or the
 //! retained health record (latency, error rate, CPU, memory, temperature).
-//! `schemas/homeassistant-discovery.json` describes the payloads.
+//! `schemas/homeassistant-discovery.schema.json` describes the payloads.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
