@@ -40,6 +40,15 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+# promtool (Debian's prometheus package, a 19 MB download, without its
+# recommended exporters): tests/metrics.rs checks the /metrics exposition with
+# Prometheus's own parser and linter. The package also ships the Prometheus
+# server's unit (enabled, but started only where systemd runs: :9090).
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "setup-deps: installing prometheus (for promtool) with apt-get"
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 # The Debian package starts a system-wide broker on 1883; tests and the
 # demo start their own on free ports and do not need it.
 "$root/scripts/fetch-runtime.sh"
