@@ -40,6 +40,21 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+# promtool, Prometheus's own parser and linter of the exposition format
+# (tests/metrics.rs checks /metrics with it). Taken out of Debian's prometheus
+# package (a 19 MB download) rather than installing it: the package would
+# also install and enable the Prometheus server on :9090.
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "setup-deps: extracting promtool from Debian's prometheus package into /usr/local/bin"
+  tmp=$(mktemp -d)
+  chmod 0777 "$tmp"  # apt-get download writes as its _apt user where it can
+  "${sudo_cmd[@]}" apt-get update -qq
+  (cd "$tmp" && apt-get download -qq prometheus)
+  dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -xO ./usr/bin/promtool > "$tmp/promtool"
+  "${sudo_cmd[@]}" install -m 0755 "$tmp/promtool" /usr/local/bin/promtool
+  rm -rf "$tmp"
+  promtool --version >/dev/null
+fi
 # The Debian package starts a system-wide broker on 1883; tests and the
 # demo start their own on free ports and do not need it.
 "$root/scripts/fetch-runtime.sh"

@@ -12,6 +12,7 @@ mod homeassistant;
 mod job;
 mod log_limit;
 mod logging;
+mod metrics;
 mod models;
 mod mqtt;
 mod outbox;
@@ -468,6 +469,13 @@ fn print_summary(
             )
         } else {
             "off (max_bytes = 0)".into()
+        }
+    );
+    println!(
+        "metrics:   {}",
+        match &settings.metrics {
+            Some(m) => format!("http://{}/metrics (Prometheus)", m.listen),
+            None => "off (no [metrics] section, or enabled = false)".into(),
         }
     );
     println!(

@@ -18,7 +18,7 @@ use crate::delivery::AckHandle;
 use crate::job::Job;
 use crate::log_limit::RepeatLimiter;
 use crate::models::ModelContext;
-use crate::telemetry::DaemonStats;
+use crate::telemetry::{DaemonStats, StageTimes};
 use crate::time::unix_now;
 
 /// Capacity of each of the two pipeline -> publisher channels.
@@ -381,9 +381,15 @@ impl Replies {
             }
             Ok(payload) => {
                 ctx.stats.succeeded.fetch_add(1, Ordering::Relaxed);
-                ctx.stats.record_latency(
-                    done.saturating_duration_since(job.received).as_micros() as u64,
-                );
+                let total = done.saturating_duration_since(job.received);
+                ctx.stats.record_latency(total.as_micros() as u64);
+                ctx.stats.stages.record(&StageTimes {
+                    queue: at.decode_from.saturating_duration_since(job.received),
+                    pre: at.decoded_at.saturating_duration_since(at.decode_from),
+                    invoke: at.invoked_at.saturating_duration_since(at.invoke_from),
+                    post: done.saturating_duration_since(at.post_from),
+                    total,
+                });
                 Some(Outgoing {
                     topic,
                     payload: payload.into(),

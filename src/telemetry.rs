@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
@@ -21,6 +21,10 @@ pub struct ModelStats {
     /// health report. A std Mutex: held for one `record` by a worker or one
     /// swap by the health tick, never across an await.
     latency_us: Mutex<Histogram<u64>>,
+    /// Stage timings of every result since start, for Prometheus (which
+    /// wants cumulative histograms, so the interval one above cannot
+    /// serve): atomic adds only, no lock on the worker's path.
+    pub stages: StageHistograms,
     /// Windowed models only.
     pub window: WindowStats,
 }
@@ -32,6 +36,7 @@ impl Default for ModelStats {
             succeeded: AtomicU64::new(0),
             errors: Default::default(),
             latency_us: Mutex::new(new_histogram()),
+            stages: StageHistograms::default(),
             window: WindowStats::default(),
         }
     }
@@ -69,6 +74,120 @@ impl WindowStats {
             readings: self.readings.load(Ordering::Relaxed),
             readings_discarded: self.readings_discarded.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// Upper bounds (inclusive) of the cumulative latency buckets, in
+/// nanoseconds: 50 µs (a small model's invoke) to 10 s (a big image on a
+/// slow board, or a long queue), 1-2.5-5 steps. Prometheus reads them as
+/// the `le` labels, in seconds.
+pub const LATENCY_BOUNDS_NS: [u64; 17] = [
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// Buckets per histogram: one per bound, and one above the last (`+Inf`).
+pub const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_NS.len() + 1;
+
+/// A histogram of durations since start over [`LATENCY_BOUNDS_NS`]. One
+/// record is two relaxed atomic adds (its bucket, the sum); a read takes
+/// each bucket once, so the count it reports is the sum of the buckets it
+/// read and never disagrees with them.
+#[derive(Debug, Default)]
+pub struct Cumulative {
+    /// Per bucket (not cumulative): samples above the previous bound and
+    /// up to this one; the last holds those above every bound.
+    buckets: [AtomicU64; LATENCY_BUCKETS],
+    sum_ns: AtomicU64,
+}
+
+/// A [`Cumulative`] read at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CumulativeCounts {
+    /// Per bucket, not cumulative, as in [`Cumulative`].
+    pub buckets: [u64; LATENCY_BUCKETS],
+    pub sum_ns: u64,
+}
+
+impl CumulativeCounts {
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+}
+
+impl Cumulative {
+    pub fn record(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        // The first bound at or above the sample (`le` is inclusive).
+        let i = LATENCY_BOUNDS_NS.partition_point(|&b| b < ns);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    pub fn counts(&self) -> CumulativeCounts {
+        CumulativeCounts {
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
+            sum_ns: self.sum_ns.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The stages of a result, as its `latency_ms` names them: `queue` (arrival
+/// to a worker taking it), `pre` (decoding and quantizing), `invoke` (the
+/// model run), `post` (dequantizing and ranking) and `total` (arrival to
+/// the result built).
+#[derive(Debug, Default)]
+pub struct StageHistograms {
+    pub queue: Cumulative,
+    pub pre: Cumulative,
+    pub invoke: Cumulative,
+    pub post: Cumulative,
+    pub total: Cumulative,
+}
+
+/// One result's stage durations.
+#[derive(Debug, Clone, Copy)]
+pub struct StageTimes {
+    pub queue: Duration,
+    pub pre: Duration,
+    pub invoke: Duration,
+    pub post: Duration,
+    pub total: Duration,
+}
+
+impl StageHistograms {
+    pub fn record(&self, t: &StageTimes) {
+        self.queue.record(t.queue);
+        self.pre.record(t.pre);
+        self.invoke.record(t.invoke);
+        self.post.record(t.post);
+        self.total.record(t.total);
+    }
+
+    /// (stage name as `latency_ms` spells it, histogram), `total` last.
+    pub fn each(&self) -> [(&'static str, &Cumulative); 5] {
+        [
+            ("queue", &self.queue),
+            ("pre", &self.pre),
+            ("invoke", &self.invoke),
+            ("post", &self.post),
+            ("total", &self.total),
+        ]
     }
 }
 
@@ -296,6 +415,28 @@ mod tests {
         assert!((l.p50 - 0.3).abs() < 0.01, "{l:?}");
         assert!((l.max - 10.0).abs() < 0.02, "{l:?}");
         assert_eq!(s.take_latency().count, 0);
+    }
+
+    #[test]
+    fn cumulative_histogram_puts_samples_at_their_inclusive_bound() {
+        let h = Cumulative::default();
+        // At a bound, just above it, below the first, above the last.
+        h.record(Duration::from_micros(50));
+        h.record(Duration::from_nanos(50_001));
+        h.record(Duration::from_nanos(1));
+        h.record(Duration::from_secs(11));
+        h.record(Duration::from_secs(10));
+        let c = h.counts();
+        assert_eq!(c.buckets[0], 2, "{c:?}");
+        assert_eq!(c.buckets[1], 1, "{c:?}");
+        assert_eq!(c.buckets[LATENCY_BUCKETS - 2], 1, "{c:?}");
+        assert_eq!(c.buckets[LATENCY_BUCKETS - 1], 1, "{c:?}");
+        assert_eq!(c.count(), 5);
+        assert_eq!(
+            c.sum_ns,
+            50_000 + 50_001 + 1 + 11_000_000_000 + 10_000_000_000
+        );
+        assert!(LATENCY_BOUNDS_NS.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

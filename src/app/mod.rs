@@ -20,6 +20,7 @@ use crate::codec::ErrorCode;
 use crate::config::{ModelSettings, OutboxSettings, Settings};
 use crate::health::{self, HealthReporter, ModelView, StatusModel};
 use crate::homeassistant::{self, ModelFacts};
+use crate::metrics::{Endpoint, ModelGauges, ModelSource};
 use crate::models::{Chain, LoadedModel, ModelContext};
 use crate::mqtt::Connection;
 use crate::outbox::OutboxService;
@@ -47,7 +48,38 @@ struct Running {
     workers: Vec<Worker>,
 }
 
+/// What the metrics endpoint reads of a running model: its queue depth and
+/// its accelerators, through the same handles health uses.
+struct Probe {
+    queue: JobReceiver,
+    chain: Arc<Chain>,
+}
+
+impl ModelGauges for Probe {
+    fn queue_depth(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn accelerator(&self) -> (String, u64) {
+        let r = self.chain.report();
+        (r.serving, r.switches)
+    }
+}
+
 impl Running {
+    fn metrics_source(&self) -> ModelSource {
+        ModelSource {
+            name: self.ctx.name.clone(),
+            stats: Arc::clone(&self.ctx.stats),
+            queue_capacity: self.settings.queue_capacity,
+            windowed: self.settings.window.is_some(),
+            gauges: Box::new(Probe {
+                queue: self.queue.clone(),
+                chain: Arc::clone(&self.chain),
+            }),
+        }
+    }
+
     fn stalled_workers(&self, limit: Duration) -> usize {
         self.workers
             .iter()
@@ -146,6 +178,8 @@ struct Supervisor {
     retired: Vec<Running>,
     notifier: Notifier,
     health: HealthReporter,
+    /// The Prometheus endpoint (`[metrics]`), for the life of the process.
+    metrics: Option<Endpoint>,
     started_at: f64,
     epoch: Instant,
     /// Home Assistant discovery: what is out, when it is due again, and
@@ -172,6 +206,12 @@ impl Supervisor {
         loaded: Vec<LoadedModel>,
     ) -> anyhow::Result<Supervisor> {
         let stats = Arc::new(DaemonStats::default());
+        // First, so a port in use stops the start before the broker hears
+        // of this daemon.
+        let metrics = settings
+            .metrics
+            .map(|m| Endpoint::start(m.listen, Arc::clone(&stats)))
+            .transpose()?;
         let device = settings.device_id.clone();
         let max_packet = match &settings.uplink {
             Some(u) => (u.max_packet_bytes, "uplink.max_packet_bytes"),
@@ -211,6 +251,9 @@ impl Supervisor {
         );
         let mut health = HealthReporter::new(&device, &settings.state_dir);
         health.ack_policy = settings.ack.as_str();
+        if let Some(m) = &metrics {
+            m.set_models(models.iter().map(Running::metrics_source).collect());
+        }
         Ok(Supervisor {
             config_path,
             health,
@@ -223,6 +266,7 @@ impl Supervisor {
             models,
             retired: Vec::new(),
             notifier: Notifier::from_env(),
+            metrics,
             started_at,
             epoch,
             ha_published: homeassistant::Published::default(),
@@ -460,6 +504,13 @@ impl Supervisor {
             }
             !done
         });
+    }
+
+    /// Tells the metrics endpoint which models are served now.
+    fn publish_metrics_models(&self) {
+        if let Some(m) = &self.metrics {
+            m.set_models(self.models.iter().map(Running::metrics_source).collect());
+        }
     }
 
     /// The counters of every model by name, to carry over to a new version.

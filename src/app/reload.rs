@@ -164,6 +164,7 @@ impl Supervisor {
         // finish the messages they took, on the version they started on.
         drop(old_routes);
         self.retired.extend(old_models.into_values());
+        self.publish_metrics_models();
 
         self.settings = new;
         crate::logging::set_level(self.settings.log_level.to_filter());
@@ -214,6 +215,11 @@ impl Supervisor {
         }
         if new.ack != self.settings.ack {
             problems.push(problem("delivery.ack", restart));
+        }
+        // The endpoint's socket is bound once, before the broker hears of
+        // the daemon; rebinding on reload could fail after models swapped.
+        if new.metrics != self.settings.metrics {
+            problems.push(problem("metrics", restart));
         }
         if problems.is_empty() {
             Ok(())

@@ -46,6 +46,29 @@ pub struct RawConfig {
     /// `accelerators`.
     #[serde(default)]
     pub delegates: BTreeMap<String, RawDelegate>,
+    /// `[metrics]`: the Prometheus endpoint, served while the section is
+    /// there (and `enabled` not false).
+    #[serde(default)]
+    pub metrics: Option<RawMetrics>,
+}
+
+/// `[metrics]`: `/metrics` over HTTP for Prometheus.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMetrics {
+    /// False turns the endpoint off and keeps the section.
+    pub enabled: bool,
+    /// IP address and port to listen on.
+    pub listen: String,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics {
+            enabled: true,
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
 }
 
 /// `[delegates.NAME]`: one external delegate plugin.

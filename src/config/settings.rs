@@ -13,7 +13,7 @@ use super::accel::{self, AccelSettings};
 use super::check::Check;
 use super::files::{self, resolve, FileLimits};
 use super::preprocess::{self, ImageSettings, InputSettings, WindowSettings};
-use super::raw::{RawConfig, RawModel, RawMqtt, RawOutbox};
+use super::raw::{RawConfig, RawMetrics, RawModel, RawMqtt, RawOutbox};
 use super::tls::{self, TlsSettings};
 use super::Problem;
 use crate::topic::{self, TopicFilter, TopicTemplate};
@@ -44,6 +44,8 @@ pub struct Settings {
     pub delegates: BTreeMap<String, DelegateSpec>,
     /// `[homeassistant]`: None when discovery is off.
     pub homeassistant: Option<HomeAssistantSettings>,
+    /// `[metrics]`: None when off.
+    pub metrics: Option<MetricsSettings>,
 }
 
 /// `[homeassistant]` when enabled: where Home Assistant reads discovery
@@ -52,6 +54,12 @@ pub struct Settings {
 pub struct HomeAssistantSettings {
     /// The discovery prefix: a topic name without wildcards, no empty level.
     pub prefix: String,
+}
+
+/// `[metrics]`: where the Prometheus endpoint listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsSettings {
+    pub listen: std::net::SocketAddr,
 }
 
 /// When a QoS 1 input is acknowledged to its broker.
@@ -402,6 +410,10 @@ impl Settings {
         };
 
         let outbox = outbox_settings(&mut c, &raw.outbox);
+        let metrics = raw
+            .metrics
+            .as_ref()
+            .and_then(|m| metrics_settings(&mut c, m));
 
         if raw.models.is_empty() {
             c.add("models", "no [[models]] configured: nothing to serve");
@@ -465,6 +477,7 @@ impl Settings {
             outbox,
             delegates,
             homeassistant,
+            metrics,
         })
     }
 }
@@ -531,6 +544,37 @@ fn check_homeassistant_topics(
                     format!("\"{filter}\" matches \"{t}\", {what} ([homeassistant] prefix = \"{}\"); it is not an input for a model", ha.prefix),
                 );
             }
+        }
+    }
+}
+
+/// `[metrics]`, or None when `enabled = false`. The address is an IP and a
+/// port, not a host name: it is bound once at startup, without a resolver.
+fn metrics_settings(c: &mut Check, raw: &RawMetrics) -> Option<MetricsSettings> {
+    if !raw.enabled {
+        return None;
+    }
+    match raw.listen.trim().parse::<std::net::SocketAddr>() {
+        Ok(a) if a.port() == 0 => {
+            c.add(
+                "metrics.listen",
+                format!(
+                    "needs a port other than 0 (Prometheus must know where to scrape), got \"{}\"",
+                    raw.listen
+                ),
+            );
+            None
+        }
+        Ok(listen) => Some(MetricsSettings { listen }),
+        Err(_) => {
+            c.add(
+                "metrics.listen",
+                format!(
+                    "expected an IP address and port such as \"127.0.0.1:9464\" or \"[::1]:9464\", got \"{}\"",
+                    raw.listen
+                ),
+            );
+            None
         }
     }
 }
@@ -1399,6 +1443,41 @@ mod tests {
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].key, "models[0].max_batch");
         assert!(problems[0].message.contains("batch is 2"), "{problems:?}");
+    }
+
+    #[test]
+    fn metrics_are_off_without_the_section_and_on_with_it() {
+        let s = Settings::from_raw(raw(GOOD), Path::new("/")).unwrap();
+        assert_eq!(s.metrics, None);
+        // The section alone turns the endpoint on, at the default address.
+        let on = format!("{GOOD}\n[metrics]\n");
+        let s = Settings::from_raw(raw(&on), Path::new("/")).unwrap();
+        assert_eq!(
+            s.metrics.map(|m| m.listen.to_string()).as_deref(),
+            Some("127.0.0.1:9464")
+        );
+        let v6 = format!("{GOOD}\n[metrics]\nlisten = \"[::1]:9100\"\n");
+        let s = Settings::from_raw(raw(&v6), Path::new("/")).unwrap();
+        assert_eq!(
+            s.metrics.map(|m| m.listen.to_string()).as_deref(),
+            Some("[::1]:9100")
+        );
+        let off = format!("{GOOD}\n[metrics]\nenabled = false\nlisten = \"nonsense\"\n");
+        let s = Settings::from_raw(raw(&off), Path::new("/")).unwrap();
+        assert_eq!(s.metrics, None);
+        for (listen, says) in [
+            ("localhost:9464", "expected an IP address and port"),
+            ("127.0.0.1", "expected an IP address and port"),
+            ("127.0.0.1:99999", "expected an IP address and port"),
+            ("127.0.0.1:0", "needs a port other than 0"),
+        ] {
+            let bad = format!("{GOOD}\n[metrics]\nlisten = \"{listen}\"\n");
+            let problems = Settings::from_raw(raw(&bad), Path::new("/")).unwrap_err();
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].key, "metrics.listen");
+            assert!(problems[0].message.contains(says), "{problems:?}");
+            assert!(problems[0].message.contains(listen), "{problems:?}");
+        }
     }
 
     #[test]
