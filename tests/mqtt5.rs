@@ -141,7 +141,13 @@ fn v5_config(port: u16) -> String {
     let models = format!(
         "{DYN}\n[[models]]\nname = \"raw\"\npath = \"{{models}}/mobilenet_v2_int8.tflite\"\ninput_topic = \"in/raw\"\noutput_topic = \"out/{{device_id}}/{{model}}\"\npayload = \"raw\"\n\n[[models]]\nname = \"img\"\npath = \"{{models}}/mobilenet_v2_int8.tflite\"\ninput_topic = \"in/img\"\noutput_topic = \"out/{{device_id}}/{{model}}\"\npayload = \"image\"\n[models.image]\nmean = 127.5\nstd = 127.5\n"
     );
-    config(port, "dev5", "", &models).replace(
+    config(
+        port,
+        "dev5",
+        "[limits]\nmax_payload_bytes = 160000\n",
+        &models,
+    )
+    .replace(
         "[mqtt]\n",
         "[mqtt]\nprotocol = \"5\"\nreceive_maximum = 50\n",
     )
@@ -205,6 +211,11 @@ fn requests_with_a_response_topic_are_answered_there_with_their_correlation_data
     let a = c.recv();
     assert_echoes(&a, "reply/e", b"short-5");
     assert_eq!(a.json()["code"], "bad_shape");
+    // And a refusal on the input link, before any decoding.
+    c.request("in/raw", vec![0u8; 170_000], Some(("reply/f", b"big-6")));
+    let a = c.recv();
+    assert_echoes(&a, "reply/f", b"big-6");
+    assert_eq!(a.json()["code"], "too_large");
 
     // Without a response topic: the output topic, as with 3.1.1.
     c.request("in/dyn", features(7).into_bytes(), None);

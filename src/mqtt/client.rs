@@ -412,7 +412,8 @@ impl LinkError {
 }
 
 /// The reason code byte of a v5 CONNACK, as the specification numbers
-/// it (rumqttc keeps only the enum).
+/// it (rumqttc keeps only the enum; its decoder never yields the three
+/// 3.1.1-era variants, given here their v5 equivalents).
 fn connack_code(code: v5::mqttbytes::v5::ConnectReturnCode) -> u8 {
     use v5::mqttbytes::v5::ConnectReturnCode as C;
     match code {

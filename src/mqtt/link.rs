@@ -455,6 +455,25 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_v5_connect_is_worded_with_its_reason_code() {
+        use rumqttc::v5::mqttbytes::v5::ConnectReturnCode;
+        let e = LinkError::V5(rumqttc::v5::ConnectionError::ConnectionRefused(
+            ConnectReturnCode::NotAuthorized,
+        ));
+        assert_eq!(
+            describe(&e, &endpoint(None, false), true),
+            "broker refused the connection: NotAuthorized (MQTT 5 reason code 0x87)"
+        );
+        let e = LinkError::V4(rumqttc::ConnectionError::ConnectionRefused(
+            rumqttc::ConnectReturnCode::NotAuthorized,
+        ));
+        assert_eq!(
+            describe(&e, &endpoint(None, false), true),
+            "broker refused the connection: NotAuthorized"
+        );
+    }
+
+    #[test]
     fn other_errors_keep_rumqttc_s_words() {
         let e = LinkError::V4(rumqttc::ConnectionError::NetworkTimeout);
         assert_eq!(
