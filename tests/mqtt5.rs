@@ -295,3 +295,44 @@ fn mqtt5_keys_need_protocol_5_and_protocol_5_refuses_an_uplink() {
         "{out}{err}"
     );
 }
+
+/// The default session expiry keeps at-least-once across a restart: the
+/// broker keeps the session (subscriptions, QoS 1 requests) of a daemon
+/// that is away, and the next run under the same client id answers what
+/// came meanwhile, on each request's response topic.
+#[test]
+fn requests_sent_while_the_daemon_is_away_are_answered_by_the_next_run() {
+    let broker = Broker::start();
+    let text =
+        config(broker.port, "dev5", "", DYN).replace("[mqtt]\n", "[mqtt]\nprotocol = \"5\"\n");
+    let d = Daemon::start(&text);
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    let c = V5Client::connect(broker.port);
+    c.subscribe("reply/#");
+    for i in 0..5u8 {
+        c.request(
+            "in/dyn",
+            features(usize::from(i)).into_bytes(),
+            Some((&format!("reply/{i}"), &[b'c', i])),
+        );
+    }
+    let again = Daemon::start(&text);
+    let mut seen: Vec<u8> = (0..5)
+        .map(|_| {
+            let a = c.recv();
+            let i = a
+                .props
+                .correlation_data
+                .as_deref()
+                .expect("correlation data")[1];
+            assert_echoes(&a, &format!("reply/{i}"), &[b'c', i]);
+            assert_eq!(a.json()["id"], u64::from(i));
+            i
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, [0, 1, 2, 3, 4]);
+    let (code, log) = again.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
