@@ -336,3 +336,23 @@ fn requests_sent_while_the_daemon_is_away_are_answered_by_the_next_run() {
     let (code, log) = again.terminate();
     assert_eq!(code, Some(0), "{log}");
 }
+
+/// The retained status and its Last Will work as with 3.1.1: online once
+/// connected, offline from the broker when the daemon is killed.
+#[test]
+fn status_is_retained_and_the_last_will_marks_a_killed_daemon_offline() {
+    let broker = Broker::start();
+    let text =
+        config(broker.port, "dev5", "", DYN).replace("[mqtt]\n", "[mqtt]\nprotocol = \"5\"\n");
+    let d = Daemon::start(&text);
+    // A 3.1.1 subscriber: the broker translates, as for any fleet tool.
+    let c = TestClient::connect(broker.port);
+    c.subscribe("edge-infer/dev5/status");
+    let online = c.recv().json();
+    assert_eq!(online["state"], "online", "{online}");
+    assert_eq!(online["pid"], d.pid());
+    d.signal("KILL");
+    let will = c.recv().json();
+    assert_eq!(will["state"], "offline", "{will}");
+    assert_eq!(will["reason"], "connection lost");
+}
