@@ -356,3 +356,32 @@ fn status_is_retained_and_the_last_will_marks_a_killed_daemon_offline() {
     assert_eq!(will["state"], "offline", "{will}");
     assert_eq!(will["reason"], "connection lost");
 }
+
+/// An `[uplink]` of its own may speak MQTT 5 while inputs stay on a 3.1.1
+/// `[mqtt]` broker: results and the status record go there as usual.
+#[test]
+fn an_uplink_may_use_protocol_5_on_its_own() {
+    let inputs = Broker::start();
+    let uplink = Broker::start();
+    let text = config(inputs.port, "dev5", "", DYN).replace(
+        "[mqtt]\n",
+        &format!(
+            "[uplink]\nhost = \"127.0.0.1\"\nport = {}\nprotocol = \"5\"\nreconnect_min_ms = 50\nreconnect_max_secs = 1\n\n[mqtt]\n",
+            uplink.port
+        ),
+    );
+    let d = Daemon::start(&text);
+    let up = TestClient::connect(uplink.port);
+    up.subscribe("edge-infer/dev5/status");
+    assert_eq!(up.recv().json()["state"], "online");
+    up.subscribe("out/#");
+    let c = TestClient::connect(inputs.port);
+    c.publish("in/dyn", features(3));
+    let r = up.recv();
+    assert_eq!(r.topic, "out/dev5/dyn");
+    assert_eq!(r.json()["id"], 3);
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("uplink mqtt://127.0.0.1:"), "{log}");
+    assert!(log.contains(", MQTT 5"), "{log}");
+}
