@@ -29,6 +29,12 @@
 #   scripts/demo.sh                    # 20 s, 2 sensors at 1 window/s, 1 camera at 1 frame/s
 #   scripts/demo.sh --seconds 60 --sensors 4 --rate 10 --cameras 2 --frame-interval 0.5
 #   scripts/demo.sh --seconds 0        # until Ctrl-C
+#   scripts/demo.sh --homeassistant    # also publish Home Assistant discovery and print it
+#
+# --homeassistant (the demo's own flag, not passed on) turns on
+# [homeassistant] (EDGE_INFER__HOMEASSISTANT__ENABLED=true) and prints the
+# retained discovery configs the daemon published on the uplink (topic,
+# entity name, what it reads) before the simulator starts.
 #
 # --rate is in windows per second per sensor: each sensor publishes
 # rate x 64 readings per second (the default 1: 64 readings/s). --sensors 0
@@ -50,14 +56,18 @@ say() { printf 'demo: %s\n' "$*" >&2; }
 # (the last one given, as the simulator reads them; default 20).
 seconds=20
 prev=""
+homeassistant=""
+sim_args=()
 for a in "$@"; do
   case "$a" in
     --host|--host=*|--port|--port=*|--results-*)
       say "the demo chooses the brokers itself; don't pass $a"; exit 2 ;;
     --seconds=*) seconds="${a#--seconds=}" ;;
+    --homeassistant) homeassistant=1; continue ;;
   esac
   [ "$prev" != "--seconds" ] || seconds="$a"
   prev="$a"
+  sim_args+=("$a")
 done
 # Milliseconds after the simulator starts: uplink down, uplink back. (A
 # --seconds the simulator refuses ends the demo before either.)
@@ -242,6 +252,7 @@ say "starting edge-infer (log: $tmp/edge-infer.log)"
 export EDGE_INFER__MQTT__PORT="$port" EDGE_INFER__UPLINK__PORT="$uplink_port" \
   EDGE_INFER__UPLINK__TLS=true EDGE_INFER__UPLINK__CA_FILE="$tls/ca.crt" \
   EDGE_INFER__HEALTH__INTERVAL_SECS=2
+[ -z "$homeassistant" ] || export EDGE_INFER__HOMEASSISTANT__ENABLED=true
 STATE_DIRECTORY="$tmp/state" "${detach[@]}" env -u JOURNAL_STREAM \
   "$daemon_bin" run --config "$root/config/demo.toml" >"$tmp/edge-infer.log" 2>&1 </dev/null &
 daemon_pid=$!
@@ -264,12 +275,28 @@ if [ -z "$ready" ]; then
 fi
 say "$(grep -m1 'ready:' "$tmp/edge-infer.log" | sed 's/^.*ready:/edge-infer ready:/')"
 
+if [ -n "$homeassistant" ]; then
+  # Retained on the uplink, where everything the daemon publishes goes;
+  # mosquitto_sub stops at the first message that is not retained, or
+  # after 3 s.
+  say "Home Assistant discovery configs (retained on the uplink; full payloads: mosquitto_sub -t 'homeassistant/#' -v):"
+  mosquitto_sub -h localhost -p "$uplink_port" --cafile "$tls/ca.crt" -t 'homeassistant/#' \
+    --retained-only -W 3 -F '%t %p' 2>/dev/null |
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    topic, _, payload = line.rstrip("\n").partition(" ")
+    c = json.loads(payload) if payload else {}
+    print("  | %s\n  |     %r <- %s %s" % (topic, c.get("name"), c.get("state_topic"), c.get("value_template")))
+' >&2 || true
+fi
+
 # --- simulator and the outage -------------------------------------------------
 # In the background and polled, so that a TERM to this script is handled
 # within 0.1 s and the outage comes on time; Ctrl-C from the terminal
 # reaches the simulator directly.
 "$sim_bin" --host 127.0.0.1 --port "$port" --results-host 127.0.0.1 \
-  --results-port "$uplink_port" --results-ca-file "$tls/ca.crt" "$@" &
+  --results-port "$uplink_port" --results-ca-file "$tls/ca.crt" ${sim_args[@]+"${sim_args[@]}"} &
 sim_pid=$!
 now_ms() { local us="${EPOCHREALTIME//[!0-9]/}"; echo $((us / 1000)); }
 started_ms="$(now_ms)"

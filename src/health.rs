@@ -113,6 +113,17 @@ pub fn offline(device_id: &str, reason: &str, timestamp: Option<f64>) -> Vec<u8>
     })
 }
 
+/// `errors` of `received` as a percentage, capped at 100: an error can
+/// answer a message received in an earlier interval (a queued message
+/// dropped for a newer one).
+fn error_rate_percent(received: u64, errors: u64) -> f64 {
+    if received == 0 {
+        0.0
+    } else {
+        (errors as f64 * 100.0 / received as f64).min(100.0)
+    }
+}
+
 fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
     // Our own plain structs: serialization cannot fail.
     serde_json::to_vec(v).unwrap_or_default()
@@ -145,6 +156,20 @@ struct Health<'a> {
     broker: BrokerHealth,
     delivery: DeliveryHealth,
     models: Vec<ModelHealth<'a>>,
+    /// A few figures per model keyed by its name, so a reader can address
+    /// one model without knowing its position (Home Assistant's
+    /// `value_template`s read `by_model['NAME']`).
+    by_model: BTreeMap<&'a str, ModelSummary>,
+}
+
+#[derive(Serialize)]
+struct ModelSummary {
+    /// `latency_ms.p99` of the model's entry.
+    latency_p99_ms: f64,
+    /// Errors answered about the model's messages in the last interval,
+    /// as a percentage of the messages it received in that interval
+    /// (0 when it received none; at most 100).
+    error_rate_percent: f64,
 }
 
 /// How answers reach the broker and when inputs are acknowledged.
@@ -205,7 +230,11 @@ struct SystemHealth {
     load_average: [f64; 3],
     memory_used_bytes: u64,
     memory_total_bytes: u64,
+    /// `memory_used_bytes` of `memory_total_bytes`, 0 when unknown.
+    memory_used_percent: f64,
     temperatures: Vec<Temperature>,
+    /// The highest of `temperatures`; None (null) when there are none.
+    temperature_max_celsius: Option<f32>,
     state_dir: String,
     state_dir_free_bytes: Option<u64>,
 }
@@ -295,6 +324,9 @@ pub struct HealthReporter {
     pid: Option<Pid>,
     /// Inferences per model at the last tick, for throughput.
     last_inferences: HashMap<String, u64>,
+    /// Messages received and errors per model at the last tick, for the
+    /// error rate.
+    last_errors: HashMap<String, (u64, u64)>,
     /// `[delivery] ack`, as written.
     pub ack_policy: &'static str,
 }
@@ -316,8 +348,18 @@ impl HealthReporter {
             disks: Disks::new_with_refreshed_list().ok(),
             pid: sysinfo::get_current_pid().ok(),
             last_inferences: HashMap::new(),
+            last_errors: HashMap::new(),
             ack_policy: "answered",
         }
+    }
+
+    /// Whether the machine reports at least one temperature (the health
+    /// record's `temperature_max_celsius` is then a number).
+    pub fn has_temperature(&self) -> bool {
+        self.components.as_ref().is_some_and(|c| {
+            c.iter()
+                .any(|c| c.temperature().is_some_and(|t| t.is_finite()))
+        })
     }
 
     pub fn set_state_dir(&mut self, dir: &Path) {
@@ -367,16 +409,34 @@ impl HealthReporter {
 
         let connections = broker.connections.load(Relaxed);
         let mut model_health = Vec::with_capacity(models.len());
+        let mut by_model = BTreeMap::new();
         for m in models {
             let inferences = m.stats.succeeded();
             let before = self
                 .last_inferences
                 .insert(m.name.to_string(), inferences)
                 .unwrap_or(0);
-            let errors = ErrorCode::ALL
+            let errors: BTreeMap<&'static str, u64> = ErrorCode::ALL
                 .iter()
                 .map(|c| (c.as_str(), m.stats.errors(*c)))
                 .collect();
+            let received = m.stats.received.load(Relaxed);
+            let errors_total: u64 = errors.values().sum();
+            let (received_before, errors_before) = self
+                .last_errors
+                .insert(m.name.to_string(), (received, errors_total))
+                .unwrap_or((0, 0));
+            let latency_ms = m.stats.take_latency();
+            by_model.insert(
+                m.name,
+                ModelSummary {
+                    latency_p99_ms: latency_ms.p99,
+                    error_rate_percent: error_rate_percent(
+                        received.saturating_sub(received_before),
+                        errors_total.saturating_sub(errors_before),
+                    ),
+                },
+            );
             model_health.push(ModelHealth {
                 name: m.name,
                 sha256: m.sha256,
@@ -384,17 +444,23 @@ impl HealthReporter {
                 acceleration: m.acceleration.clone(),
                 workers: m.workers,
                 stalled_workers: m.stalled_workers,
-                received: m.stats.received.load(Relaxed),
+                received,
                 inferences,
                 errors,
                 dropped: m.stats.errors(ErrorCode::Overloaded),
                 queue_depth: m.queue_depth,
                 queue_capacity: m.queue_capacity,
                 throughput_per_sec: inferences.saturating_sub(before) as f64 / interval,
-                latency_ms: m.stats.take_latency(),
+                latency_ms,
                 window: m.windowed.then(|| m.stats.window.counts()),
             });
         }
+        let temperature_max_celsius = temperatures
+            .iter()
+            .map(|t| t.celsius)
+            .fold(None, |max: Option<f32>, t| {
+                Some(max.map_or(t, |m| m.max(t)))
+            });
         let now = unix_now();
         to_json(&Health {
             device_id: &self.device_id,
@@ -407,7 +473,13 @@ impl HealthReporter {
                 load_average: load,
                 memory_used_bytes: used,
                 memory_total_bytes: total,
+                memory_used_percent: if total > 0 {
+                    used as f64 * 100.0 / total as f64
+                } else {
+                    0.0
+                },
                 temperatures,
+                temperature_max_celsius,
                 state_dir: self.state_dir.display().to_string(),
                 state_dir_free_bytes: free,
             },
@@ -439,6 +511,7 @@ impl HealthReporter {
                 outbox: outbox_health(&broker.outbox, now),
             },
             models: model_health,
+            by_model,
         })
     }
 

@@ -8,6 +8,7 @@ mod config;
 mod delivery;
 mod exit;
 mod health;
+mod homeassistant;
 mod job;
 mod log_limit;
 mod logging;
@@ -479,14 +480,31 @@ fn print_summary(
             config::AckPolicy::Queued => "a QoS 1 input is acknowledged once queued",
         }
     );
+    println!(
+        "homeassistant: {}",
+        match &settings.homeassistant {
+            Some(ha) => format!(
+                "discovery under {}/sensor/{}/ (re-sent on {})",
+                ha.prefix,
+                topic::homeassistant_id(&settings.device_id),
+                topic::homeassistant_status_topic(&ha.prefix)
+            ),
+            None => "off".into(),
+        }
+    );
     for m in models {
         let s = m.settings;
         println!("model {}:", s.name);
         println!("  file:     {} (sha256 {})", s.path.display(), m.sha256);
         println!(
-            "  topics:   {} -> {}",
+            "  topics:   {} -> {}{}",
             s.input_topic,
-            s.output_topic.as_str()
+            s.output_topic.as_str(),
+            s.input_topic
+                .share_group()
+                .map_or(String::new(), |g| format!(
+                    " (shared subscription: group \"{g}\" splits the stream among its members)"
+                ))
         );
         println!(
             "  serving:  payload={} workers={} threads={} queue={} overflow={}{}{}",

@@ -453,6 +453,19 @@ impl Replies {
         }
     }
 
+    /// A retained Home Assistant discovery config (an empty payload
+    /// removes the entity). Topic and payload come from `homeassistant`,
+    /// which spells them through `topic`.
+    pub fn discovery(&self, topic: String, payload: Vec<u8>) -> Outgoing {
+        Outgoing {
+            topic,
+            payload: payload.into(),
+            retain: true,
+            ack: None,
+            properties: None,
+        }
+    }
+
     /// For worker threads: waits for room.
     pub fn send_blocking(&self, msg: Outgoing) {
         if let Err(mpsc::error::SendError(msg)) = self.results.blocking_send(msg) {

@@ -8,6 +8,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use tokio::sync::Notify;
+
 use crate::codec::{ErrorCode, Failure};
 use crate::job::Job;
 use crate::models::ModelContext;
@@ -22,6 +24,18 @@ pub struct Route {
     pub queue: ModelQueue,
 }
 
+/// Home Assistant's announcements (`[homeassistant]`): its status topic,
+/// subscribed beside the models' filters but never an input to a model.
+#[derive(Clone)]
+pub struct Announcements {
+    /// `<prefix>/status`.
+    pub topic: String,
+    /// Woken on `online`: the supervisor re-publishes the discovery
+    /// configs. A `Notify` keeps one pending wake-up, so a flapping Home
+    /// Assistant coalesces into one.
+    pub online: Arc<Notify>,
+}
+
 /// The routing state of one model set.
 pub struct Routes {
     /// In config order: a message that several models listen for is
@@ -29,6 +43,8 @@ pub struct Routes {
     routes: Vec<Route>,
     max_payload_bytes: usize,
     replies: Replies,
+    /// With `[homeassistant]` enabled.
+    announcements: Option<Announcements>,
 }
 
 impl Routes {
@@ -37,10 +53,18 @@ impl Routes {
             routes,
             max_payload_bytes,
             replies,
+            announcements: None,
         }
     }
 
-    /// The distinct filters to subscribe to, in config order.
+    /// Also listens for Home Assistant's announcements.
+    pub fn with_announcements(mut self, announcements: Option<Announcements>) -> Routes {
+        self.announcements = announcements;
+        self
+    }
+
+    /// The distinct filters to subscribe to, in config order, then Home
+    /// Assistant's status topic when discovery is on.
     pub fn filters(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for r in &self.routes {
@@ -48,6 +72,9 @@ impl Routes {
             if !out.iter().any(|s| s == f) {
                 out.push(f.to_string());
             }
+        }
+        if let Some(a) = &self.announcements {
+            out.push(a.topic.clone());
         }
         out
     }
@@ -60,6 +87,15 @@ impl Routes {
     /// Offers `job` to every model listening on its topic; answers it
     /// where it cannot be queued.
     pub fn dispatch(&self, mut job: Job) {
+        if let Some(a) = self.announcements.as_ref().filter(|a| a.topic == job.topic) {
+            // Config validation keeps model filters off this topic. Taken
+            // (the job's acknowledgement goes out as it drops), not answered.
+            if job.payload.as_ref() == b"online" {
+                log::info!("Home Assistant announced itself on {}", a.topic);
+                a.online.notify_one();
+            }
+            return;
+        }
         if self.replies.is_own_topic(&job.topic) {
             // A filter that matches the daemon's own output (config
             // validation refuses those, but a broker session can keep an
@@ -209,6 +245,22 @@ impl Switch {
         self.lock().as_ref().map(Routes::filters)
     }
 
+    /// The shared subscriptions (`$share/GROUP/...`) among them: what a
+    /// stopping daemon leaves, so the broker hands their stream to the
+    /// group's other members instead of keeping it for this one.
+    pub fn shared_filters(&self) -> Vec<String> {
+        self.lock().as_ref().map_or_else(Vec::new, |routes| {
+            let mut out: Vec<String> = Vec::new();
+            for r in &routes.routes {
+                let f = &r.model.input_topic;
+                if f.share_group().is_some() && !out.iter().any(|s| s == f.as_str()) {
+                    out.push(f.as_str().to_string());
+                }
+            }
+            out
+        })
+    }
+
     /// Stops routing: the returned state (dropped by the caller) holds the
     /// queue senders, so dropping it lets the workers finish and exit.
     pub fn take(&self) -> Option<Routes> {
@@ -352,6 +404,45 @@ mod tests {
         assert!(f.switch.dispatch(job("edge-infer/dev/errors/x", "{}")));
         assert_eq!(f.queues[0].len(), 2);
         assert_eq!(f.stats.own_ignored.load(Ordering::Relaxed), 3);
+        assert!(errors(&mut f.replies).is_empty());
+    }
+
+    #[test]
+    fn home_assistants_announcements_wake_discovery_and_reach_no_model() {
+        // "#" would take the topic too (config validation refuses such a
+        // filter; routing must not depend on that).
+        let mut f = fixture(&[("all", "#")], 8, 1024);
+        let online = Arc::new(Notify::new());
+        let routes = f
+            .switch
+            .take()
+            .unwrap()
+            .with_announcements(Some(Announcements {
+                topic: "homeassistant/status".into(),
+                online: Arc::clone(&online),
+            }));
+        f.switch = Switch::new(routes);
+        assert_eq!(f.switch.filters().unwrap(), ["#", "homeassistant/status"]);
+        assert!(f.switch.dispatch(job("homeassistant/status", "offline")));
+        assert!(f.switch.dispatch(job("homeassistant/status", "online")));
+        assert!(f.switch.dispatch(job("homeassistant/status", "online")));
+        // One stored wake-up for however many announcements.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(1), online.notified())
+                .await
+                .expect("woken");
+            assert!(
+                tokio::time::timeout(std::time::Duration::from_millis(50), online.notified())
+                    .await
+                    .is_err()
+            );
+        });
+        assert_eq!(f.queues[0].len(), 0);
+        assert_eq!(f.stats.unrouted.load(Ordering::Relaxed), 0);
         assert!(errors(&mut f.replies).is_empty());
     }
 

@@ -5,6 +5,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
+use sha2::Digest;
+
 /// The topic the daemon publishes its errors on (about messages and about
 /// itself, such as `reload_failed`).
 pub fn errors_topic(device_id: &str) -> String {
@@ -33,12 +35,55 @@ pub fn device_topics(device_id: &str) -> [(&'static str, String); 3] {
     ]
 }
 
-/// A validated subscription filter, e.g. `sensors/+/accel` or `plant/#`.
+/// Where Home Assistant announces itself (`online` when it starts): the
+/// daemon re-publishes its discovery configs when it hears that.
+pub fn homeassistant_status_topic(prefix: &str) -> String {
+    format!("{prefix}/status")
+}
+
+/// The retained discovery config of one Home Assistant entity:
+/// `<prefix>/<component>/<node_id>/<object_id>/config`, the layout Home
+/// Assistant's MQTT discovery reads (node and object ids are
+/// `[a-zA-Z0-9_-]+`, see [`homeassistant_id`]).
+pub fn discovery_topic(prefix: &str, component: &str, node_id: &str, object_id: &str) -> String {
+    format!("{prefix}/{component}/{node_id}/{object_id}/config")
+}
+
+/// `text` as a Home Assistant discovery id (`[a-zA-Z0-9_-]+`): as it is
+/// when it already is one, else with every other character made `_` and
+/// the start of its SHA-256 appended, so two names that sanitize alike
+/// ("a.b", "a_b") keep ids of their own, the same on every start.
+pub fn homeassistant_id(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if !text.is_empty() && text.chars().all(plain) {
+        return text.to_string();
+    }
+    let id: String = text
+        .chars()
+        .map(|c| if plain(c) { c } else { '_' })
+        .collect();
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{id}_{hex}")
+}
+
+/// A validated subscription filter, e.g. `sensors/+/accel` or `plant/#`,
+/// or a shared subscription to one, `$share/GROUP/sensors/+/accel`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicFilter {
+    /// As written: what the daemon subscribes to.
     text: String,
+    /// Where the filter starts in `text`: past `$share/GROUP/`, else 0.
+    filter_start: usize,
+    /// The levels of the filter alone: a shared subscription delivers
+    /// messages on their own topics, without its prefix, so matching,
+    /// templates and the feedback check all see the filter part.
     levels: Vec<Level>,
 }
+
+/// The prefix of a shared subscription (MQTT 5.0 4.8.2; Mosquitto, EMQX,
+/// VerneMQ and HiveMQ accept it from 3.1.1 clients too).
+const SHARE_PREFIX: &str = "$share/";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Level {
@@ -55,7 +100,28 @@ impl TopicFilter {
         if text.contains('\0') {
             return Err("topic filter contains a NUL character".into());
         }
-        let parts: Vec<&str> = text.split('/').collect();
+        let filter_start = match text.strip_prefix(SHARE_PREFIX) {
+            None => 0,
+            Some(rest) => {
+                let Some((group, filter)) = rest.split_once('/') else {
+                    return Err(format!(
+                        "shared subscription \"{text}\" has no topic filter after its group name (expected \"$share/GROUP/FILTER\", e.g. \"$share/gateways/sensors/+/accel\")"
+                    ));
+                };
+                if group.is_empty() || group.contains(['+', '#']) {
+                    return Err(format!(
+                        "the group name of shared subscription \"{text}\" must be a non-empty level without '+' or '#' (it is \"{group}\")"
+                    ));
+                }
+                if filter.is_empty() {
+                    return Err(format!(
+                        "shared subscription \"{text}\" has no topic filter after its group name (expected \"$share/GROUP/FILTER\", e.g. \"$share/gateways/sensors/+/accel\")"
+                    ));
+                }
+                text.len() - filter.len()
+            }
+        };
+        let parts: Vec<&str> = text[filter_start..].split('/').collect();
         let mut levels = Vec::with_capacity(parts.len());
         for (i, part) in parts.iter().enumerate() {
             let level = match *part {
@@ -74,12 +140,65 @@ impl TopicFilter {
         }
         Ok(TopicFilter {
             text: text.to_string(),
+            filter_start,
             levels,
         })
     }
 
+    /// As written, with a `$share/GROUP/` prefix if it has one: what to
+    /// subscribe to.
     pub fn as_str(&self) -> &str {
         &self.text
+    }
+
+    /// The group of a shared subscription.
+    pub fn share_group(&self) -> Option<&str> {
+        (self.filter_start > 0).then(|| &self.text[SHARE_PREFIX.len()..self.filter_start - 1])
+    }
+
+    /// Some topic both filters match (an example, to show), or `None`
+    /// when no topic matches both. Only the filter parts count, not a
+    /// `$share/GROUP/` prefix.
+    pub fn intersection(&self, other: &TopicFilter) -> Option<String> {
+        fn walk(a: &[Level], b: &[Level], out: &mut Vec<String>) -> bool {
+            match (a.first(), b.first()) {
+                (None, None) => true,
+                // `#` matches what is left of the other filter, whatever
+                // it is ("a/#" matches "a" too): spell that out.
+                (Some(Level::Multi), _) | (_, Some(Level::Multi)) => {
+                    let rest = if a.first() == Some(&Level::Multi) {
+                        b
+                    } else {
+                        a
+                    };
+                    out.extend(rest.iter().filter_map(|l| match l {
+                        Level::Exact(t) => Some(t.clone()),
+                        Level::Single => Some("x".into()),
+                        Level::Multi => None,
+                    }));
+                    true
+                }
+                (None, Some(_)) | (Some(_), None) => false,
+                (Some(x), Some(y)) => {
+                    let level = match (x, y) {
+                        (Level::Exact(p), Level::Exact(q)) if p != q => return false,
+                        (Level::Exact(t), _) | (_, Level::Exact(t)) => t.clone(),
+                        _ => "x".into(),
+                    };
+                    out.push(level);
+                    walk(&a[1..], &b[1..], out)
+                }
+            }
+        }
+        let mut levels = Vec::new();
+        if !walk(&self.levels, &other.levels, &mut levels) || levels.is_empty() {
+            return None;
+        }
+        let topic = levels.join("/");
+        // The one rule the walk leaves out, wildcards at the first level
+        // never matching a '$' topic, is decided by the topic the walk
+        // found: its first level is the only one it could have.
+        (self.matches(&topic).is_some() && other.matches(&topic).is_some()).then_some(topic)
     }
 
     /// How many `+` wildcards the filter has.
@@ -247,6 +366,50 @@ impl TopicTemplate {
             }
         }
         out
+    }
+}
+
+impl TopicTemplate {
+    /// A subscription filter that matches every topic this template can
+    /// publish for `model` on `device_id`: `{device_id}` and `{model}` are
+    /// written out, a level holding a `{N}` becomes `+`, and the level
+    /// holding `{#}` becomes `#` (what follows it is dropped: `#` must be
+    /// last, so such a filter may also match a little more).
+    pub fn subscription(&self, device_id: &str, model: &str) -> String {
+        // Each level's text, and whether a placeholder makes it a wildcard.
+        let mut levels: Vec<(String, Option<&'static str>)> = vec![(String::new(), None)];
+        let push = |levels: &mut Vec<(String, Option<&'static str>)>, text: &str| {
+            let mut pieces = text.split('/');
+            if let (Some(first), Some(last)) = (pieces.next(), levels.last_mut()) {
+                last.0.push_str(first);
+            }
+            for piece in pieces {
+                levels.push((piece.to_string(), None));
+            }
+        };
+        for part in &self.parts {
+            match part {
+                Part::Literal(s) => push(&mut levels, s),
+                Part::DeviceId => push(&mut levels, device_id),
+                Part::Model => push(&mut levels, model),
+                Part::Single(_) => {
+                    if let Some(last) = levels.last_mut() {
+                        last.1 = last.1.or(Some("+"));
+                    }
+                }
+                Part::Multi => {
+                    if let Some(last) = levels.last_mut() {
+                        last.1 = Some("#");
+                    }
+                    break;
+                }
+            }
+        }
+        levels
+            .iter()
+            .map(|(text, wild)| wild.unwrap_or(text.as_str()))
+            .collect::<Vec<_>>()
+            .join("/")
     }
 }
 
@@ -746,6 +909,55 @@ impl TopicFilter {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn shared_subscriptions_match_on_their_filter() {
+        let f = TopicFilter::parse("$share/gw-pool/sensors/+/accel").unwrap();
+        assert_eq!(f.as_str(), "$share/gw-pool/sensors/+/accel");
+        assert_eq!(f.share_group(), Some("gw-pool"));
+        assert_eq!(f.single_wildcards(), 1);
+        let caps = f.matches("sensors/s1/accel").unwrap();
+        assert_eq!(caps.singles, ["s1"]);
+        assert!(f.matches("$share/gw-pool/sensors/s1/accel").is_none());
+        let t = TopicTemplate::parse("out/{device_id}/{model}/{1}", &f).unwrap();
+        assert_eq!(t.render("gw", "har", &caps), "out/gw/har/s1");
+        assert_eq!(TopicFilter::parse("sensors/#").unwrap().share_group(), None);
+        // A '$' topic under a shared wildcard follows the usual rule.
+        let all = TopicFilter::parse("$share/g/#").unwrap();
+        assert!(all.matches("$SYS/broker/uptime").is_none());
+        assert!(all.matches("a/b").is_some());
+        for (bad, says) in [
+            ("$share/g", "no topic filter"),
+            ("$share/g/", "no topic filter"),
+            ("$share//a", "non-empty level"),
+            ("$share/g+/a", "without '+' or '#'"),
+            ("$share/#/a", "without '+' or '#'"),
+            ("$share/g/a/#/b", "'#' must be the last level"),
+        ] {
+            let e = TopicFilter::parse(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn filters_intersect_when_one_topic_matches_both() {
+        let f = |t: &str| TopicFilter::parse(t).unwrap();
+        for (a, b, want) in [
+            ("a/+/c", "a/b/+", Some("a/b/c")),
+            ("a/#", "a", Some("a")),
+            ("a/#", "+/x/#", Some("a/x")),
+            ("#", "x/+", Some("x/x")),
+            ("$share/g/s/+", "s/1", Some("s/1")),
+            ("a/+", "a/+/+", None),
+            ("a/b", "a/c", None),
+            ("+/x", "$SYS/x", None),
+            ("#", "$SYS/#", None),
+            ("$SYS/#", "$SYS/+", Some("$SYS/x")),
+        ] {
+            assert_eq!(f(a).intersection(&f(b)).as_deref(), want, "{a} & {b}");
+            assert_eq!(f(b).intersection(&f(a)).as_deref(), want, "{b} & {a}");
+        }
+    }
+
     use std::collections::HashSet;
 
     use super::*;
@@ -820,6 +1032,44 @@ mod tests {
         assert!(TopicTemplate::parse("out#/{#}", &filter)
             .unwrap_err()
             .contains("wildcards"));
+    }
+
+    #[test]
+    fn a_template_becomes_the_filter_of_everything_it_publishes() {
+        let sub = |input: &str, output: &str| {
+            TopicTemplate::parse(output, &f(input))
+                .unwrap()
+                .subscription("gw-7", "har")
+        };
+        assert_eq!(
+            sub("sensors/+/accel", "edge-infer/{device_id}/{model}/{1}"),
+            "edge-infer/gw-7/har/+"
+        );
+        assert_eq!(sub("in/+/+", "out/{2}-{1}/x"), "out/+/x");
+        assert_eq!(sub("in/#", "out/{model}/{#}"), "out/har/#");
+        assert_eq!(sub("in/#", "out/a{#}/tail"), "out/#");
+        assert_eq!(sub("in/x", "out/{device_id}/{model}"), "out/gw-7/har");
+        // Every rendered topic matches it.
+        let filter = f("sensors/+/+/#");
+        let t = TopicTemplate::parse("o/{model}/{2}/{1}/{#}", &filter).unwrap();
+        let caps = filter.matches("sensors/a/b/c/d").unwrap();
+        let sub = f(&t.subscription("gw", "m"));
+        assert!(sub.matches(&t.render("gw", "m", &caps)).is_some());
+    }
+
+    #[test]
+    fn homeassistant_ids_keep_only_what_discovery_accepts() {
+        assert_eq!(homeassistant_id("gw-7_a"), "gw-7_a");
+        let (a, b) = (homeassistant_id("a.b"), homeassistant_id("a_b"));
+        assert!(a.starts_with("a_b_") && a.len() == 12, "{a}");
+        assert_eq!(b, "a_b");
+        assert_eq!(a, homeassistant_id("a.b"));
+        assert!(homeassistant_id("gw.7 ü$").starts_with("gw_7____"));
+        assert!(homeassistant_id("").starts_with('_'));
+        assert_eq!(
+            discovery_topic("homeassistant", "sensor", "gw-7", "har_label"),
+            "homeassistant/sensor/gw-7/har_label/config"
+        );
     }
 
     #[test]

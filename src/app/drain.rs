@@ -12,6 +12,10 @@ use crate::codec::{peek_id, ErrorCode, Failure};
 use crate::health;
 use crate::time::unix_now;
 
+/// How long a stopping daemon waits for the broker to confirm it left its
+/// shared subscription groups.
+const LEAVE_LIMIT: Duration = Duration::from_secs(2);
+
 /// How often the drain looks whether every worker has finished.
 const DRAIN_POLL: Duration = Duration::from_millis(5);
 
@@ -23,6 +27,7 @@ impl Supervisor {
         log::info!(
             "{signal_name}: draining (up to {drain_timeout:?}); new messages stay with the broker"
         );
+        self.leave_groups().await;
         // Dropping the routes closes every queue: workers finish and exit.
         drop(self.switch.take());
         let mut all: Vec<Running> = std::mem::take(&mut self.models);
@@ -62,6 +67,30 @@ impl Supervisor {
             );
         }
         log::info!("stopped");
+    }
+
+    /// Leaves every shared subscription group first, while messages are
+    /// still served: the broker then sends the rest of the group's stream
+    /// to its other members. A member that stopped without leaving (or a
+    /// broker that keeps its session) would have its share queued for it
+    /// until it returns (Mosquitto, VerneMQ; EMQX until the session
+    /// expires). It joins again when it starts.
+    async fn leave_groups(&self) {
+        let shared = self.switch.shared_filters();
+        let Some(connection) = self.connection.as_ref().filter(|_| !shared.is_empty()) else {
+            return;
+        };
+        if connection.leave(&shared, LEAVE_LIMIT).await {
+            log::info!(
+                "left shared subscription(s) {}: the broker sends their stream to the group's other members",
+                shared.join(", ")
+            );
+        } else {
+            log::warn!(
+                "could not leave shared subscription(s) {} within {LEAVE_LIMIT:?} (input link down or no answer): what the broker assigns to this daemon waits in its session until it is back",
+                shared.join(", ")
+            );
+        }
     }
 
     /// The drain timed out: answers what is still queued with

@@ -19,11 +19,12 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::codec::ErrorCode;
 use crate::config::{ModelSettings, OutboxSettings, Settings};
 use crate::health::{self, HealthReporter, ModelView, StatusModel};
+use crate::homeassistant::{self, ModelFacts};
 use crate::models::{Chain, LoadedModel, ModelContext};
 use crate::mqtt::Connection;
 use crate::outbox::OutboxService;
 use crate::replies::Replies;
-use crate::routing::{Route, Routes, Switch};
+use crate::routing::{Announcements, Route, Routes, Switch};
 use crate::systemd::Notifier;
 use crate::telemetry::{DaemonStats, ModelStats};
 use crate::time::unix_now;
@@ -147,6 +148,20 @@ struct Supervisor {
     health: HealthReporter,
     started_at: f64,
     epoch: Instant,
+    /// Home Assistant discovery: what is out, when it is due again, and
+    /// the wake-up routing gives when Home Assistant announces itself.
+    ha_published: homeassistant::Published,
+    ha_schedule: homeassistant::Schedule,
+    ha_online: Arc<tokio::sync::Notify>,
+}
+
+/// What routing listens for on behalf of Home Assistant discovery, when it
+/// is on.
+fn announcements(settings: &Settings, online: &Arc<tokio::sync::Notify>) -> Option<Announcements> {
+    settings.homeassistant.as_ref().map(|ha| Announcements {
+        topic: crate::topic::homeassistant_status_topic(&ha.prefix),
+        online: Arc::clone(online),
+    })
 }
 
 impl Supervisor {
@@ -173,11 +188,11 @@ impl Supervisor {
             models.push(running);
             routes.push(route);
         }
-        let switch = Arc::new(Switch::new(Routes::new(
-            routes,
-            settings.max_payload_bytes,
-            replies.clone(),
-        )));
+        let ha_online = Arc::new(tokio::sync::Notify::new());
+        let switch = Arc::new(Switch::new(
+            Routes::new(routes, settings.max_payload_bytes, replies.clone())
+                .with_announcements(announcements(&settings, &ha_online)),
+        ));
         let started_at = unix_now();
         let status: Vec<StatusModel> = models.iter().map(|m| m.status.clone()).collect();
         let outbox = open_outbox(&settings, &stats)?;
@@ -210,6 +225,9 @@ impl Supervisor {
             notifier: Notifier::from_env(),
             started_at,
             epoch,
+            ha_published: homeassistant::Published::default(),
+            ha_schedule: homeassistant::Schedule::default(),
+            ha_online,
         })
     }
 
@@ -220,11 +238,13 @@ impl Supervisor {
             signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
         let mut sighup =
             signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
-        let mut subscribed = self
+        let connection = self
             .connection
             .as_ref()
-            .context("the broker connection is gone")?
-            .subscribed();
+            .context("the broker connection is gone")?;
+        let mut subscribed = connection.subscribed();
+        let mut output_connects = connection.output_connects();
+        let ha_online = Arc::clone(&self.ha_online);
         let mut health_tick = tokio::time::interval(self.settings.health_interval);
         health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Checked every second (or faster if systemd asks for pings more
@@ -239,6 +259,7 @@ impl Supervisor {
         let mut last_status = String::new();
         let mut unhealthy_reported = false;
         let signal_name = loop {
+            let ha_due = self.ha_schedule.due();
             tokio::select! {
                 _ = sigterm.recv() => break "SIGTERM",
                 _ = sigint.recv() => break "SIGINT",
@@ -256,6 +277,19 @@ impl Supervisor {
                     }
                 }
                 _ = health_tick.tick() => self.publish_health(),
+                // Retained records offered while the output link was down
+                // were dropped: the discovery configs are due again.
+                changed = output_connects.changed() => {
+                    if changed.is_ok() && self.settings.homeassistant.is_some() {
+                        self.ha_schedule.request(Instant::now(), Duration::ZERO);
+                    }
+                }
+                _ = ha_online.notified() => {
+                    self.ha_schedule.request(Instant::now(), homeassistant::ANNOUNCE_DELAY);
+                }
+                _ = tokio::time::sleep_until(ha_due.unwrap_or_else(Instant::now).into()), if ha_due.is_some() => {
+                    self.publish_discovery();
+                }
                 _ = watchdog_tick.tick() => {
                     self.reap_retired();
                     if let Some(replies) = &self.replies {
@@ -375,6 +409,42 @@ impl Supervisor {
         }
         if let Some(replies) = &self.replies {
             replies.try_send(replies.status(payload));
+        }
+    }
+
+    /// Publishes the discovery configs of the current model set and
+    /// removes those of entities that are gone (all of them once
+    /// `[homeassistant]` is off); none of this while it stays off.
+    fn publish_discovery(&mut self) {
+        let now = Instant::now();
+        self.ha_schedule.sent(now);
+        let device = &self.settings.device_id;
+        let wanted = self.settings.homeassistant.as_ref().map(|ha| {
+            let facts: Vec<ModelFacts<'_>> = self
+                .models
+                .iter()
+                .map(|m| ModelFacts {
+                    name: &m.ctx.name,
+                    results: m.ctx.output_topic.subscription(device, &m.ctx.name),
+                    labels: m.ctx.labels.as_deref(),
+                    top_k: m.ctx.top_k.is_some(),
+                })
+                .collect();
+            homeassistant::configs(&ha.prefix, device, &facts, self.health.has_temperature())
+        });
+        let messages = self.ha_published.update(wanted);
+        if messages.is_empty() {
+            return;
+        }
+        let removed = messages.iter().filter(|c| c.payload.is_empty()).count();
+        log::info!(
+            "Home Assistant discovery: {} config(s) published, {removed} removed",
+            messages.len() - removed
+        );
+        if let Some(replies) = &self.replies {
+            for c in messages {
+                replies.try_send(replies.discovery(c.topic, c.payload));
+            }
         }
     }
 

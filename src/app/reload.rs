@@ -31,6 +31,7 @@ impl Supervisor {
             Ok(summary) => {
                 log::info!("reload: {summary}");
                 self.publish_status();
+                self.publish_discovery();
             }
             Err(problems) => {
                 let text = problems
@@ -154,7 +155,8 @@ impl Supervisor {
                 ),
             }
         }
-        let routes = Routes::new(routes, new.max_payload_bytes, replies);
+        let routes = Routes::new(routes, new.max_payload_bytes, replies)
+            .with_announcements(super::announcements(&new, &self.ha_online));
         let new_filters = routes.filters();
         *guard = Some(routes);
         drop(guard);

@@ -31,6 +31,9 @@ pub struct RawConfig {
     pub health: RawHealth,
     #[serde(default)]
     pub delivery: RawDelivery,
+    /// `[homeassistant]`: MQTT discovery configs for Home Assistant.
+    #[serde(default)]
+    pub homeassistant: RawHomeAssistant,
     /// Where the daemon keeps state; defaults to $STATE_DIRECTORY (set by
     /// systemd's StateDirectory=) or /var/lib/edge-infer.
     #[serde(default)]
@@ -114,6 +117,25 @@ impl Default for RawHealth {
         RawHealth {
             interval_secs: 30.0,
             stall_timeout_secs: 60.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHomeAssistant {
+    /// Publish retained discovery configs so each model and the device
+    /// appear in Home Assistant; off by default.
+    pub enabled: bool,
+    /// Home Assistant's discovery prefix (its MQTT integration setting).
+    pub prefix: String,
+}
+
+impl Default for RawHomeAssistant {
+    fn default() -> Self {
+        RawHomeAssistant {
+            enabled: false,
+            prefix: "homeassistant".into(),
         }
     }
 }

@@ -42,6 +42,16 @@ pub struct Settings {
     pub outbox: OutboxSettings,
     /// `[delegates.NAME]`, by name (models refer to them in `accelerators`).
     pub delegates: BTreeMap<String, DelegateSpec>,
+    /// `[homeassistant]`: None when discovery is off.
+    pub homeassistant: Option<HomeAssistantSettings>,
+}
+
+/// `[homeassistant]` when enabled: where Home Assistant reads discovery
+/// configs and announces itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HomeAssistantSettings {
+    /// The discovery prefix: a topic name without wildcards, no empty level.
+    pub prefix: String,
 }
 
 /// When a QoS 1 input is acknowledged to its broker.
@@ -466,7 +476,12 @@ impl Settings {
                 );
             }
         }
+        let homeassistant = homeassistant_settings(&mut c, &raw.homeassistant);
         check_feedback(&mut c, &models, &device_id);
+        check_shared(&mut c, &models);
+        if let Some(ha) = &homeassistant {
+            check_homeassistant_topics(&mut c, &models, &device_id, ha);
+        }
 
         let runtime_library = raw
             .runtime
@@ -501,7 +516,74 @@ impl Settings {
             models,
             outbox,
             delegates,
+            homeassistant,
         })
+    }
+}
+
+/// `[homeassistant]`: None unless enabled; the prefix must be a topic name
+/// Home Assistant can subscribe under (`<prefix>/#`).
+fn homeassistant_settings(
+    c: &mut Check,
+    raw: &super::raw::RawHomeAssistant,
+) -> Option<HomeAssistantSettings> {
+    let prefix = raw.prefix.as_str();
+    let why = if prefix.is_empty() {
+        Some("must not be empty".to_string())
+    } else if prefix.contains(['+', '#', '\0']) {
+        Some(format!(
+            "is a topic prefix, so it cannot contain '+', '#' or NUL; got \"{prefix}\""
+        ))
+    } else if prefix.split('/').any(str::is_empty) {
+        Some(format!(
+            "expected topic levels separated by single '/' (no empty level, no leading or trailing '/'); got \"{prefix}\""
+        ))
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        c.add("homeassistant.prefix", why);
+        return None;
+    }
+    raw.enabled.then(|| HomeAssistantSettings {
+        prefix: prefix.to_string(),
+    })
+}
+
+/// With discovery on, the daemon subscribes to `<prefix>/status` and
+/// publishes under `<prefix>/sensor/<node_id>/`: an input filter that takes
+/// either would feed Home Assistant's announcements or the daemon's own
+/// configs to a model.
+fn check_homeassistant_topics(
+    c: &mut Check,
+    models: &[ModelSettings],
+    device_id: &str,
+    ha: &HomeAssistantSettings,
+) {
+    let status = topic::homeassistant_status_topic(&ha.prefix);
+    // A config topic the daemon always publishes (the CPU entity).
+    let config = topic::discovery_topic(
+        &ha.prefix,
+        "sensor",
+        &topic::homeassistant_id(device_id),
+        "cpu",
+    );
+    for m in models {
+        let filter = &m.input_topic;
+        for (what, t) in [
+            ("Home Assistant's status topic", &status),
+            (
+                "a Home Assistant discovery config this daemon publishes",
+                &config,
+            ),
+        ] {
+            if filter.matches(t).is_some() {
+                c.add(
+                    format!("{}.input_topic", m.key),
+                    format!("\"{filter}\" matches \"{t}\", {what} ([homeassistant] prefix = \"{}\"); it is not an input for a model", ha.prefix),
+                );
+            }
+        }
     }
 }
 
@@ -764,6 +846,35 @@ fn check_feedback(c: &mut Check, models: &[ModelSettings], device_id: &str) {
                         producer.output_topic.as_str()
                     ),
                 );
+            }
+        }
+    }
+}
+
+/// Refuses two different input topics that can match one message when
+/// either is a shared subscription. The broker delivers such a message
+/// once per subscription, each copy to its own member of a group (or,
+/// for a plain subscription, to this daemon); the copies cannot be told
+/// apart, so every daemon that gets one would answer it for all matching
+/// models. Models that serve one stream together use one input topic,
+/// which is one subscription.
+fn check_shared(c: &mut Check, models: &[ModelSettings]) {
+    for (j, later) in models.iter().enumerate() {
+        for earlier in &models[..j] {
+            let (a, b) = (&earlier.input_topic, &later.input_topic);
+            if a.as_str() == b.as_str() || (a.share_group().is_none() && b.share_group().is_none())
+            {
+                continue;
+            }
+            if let Some(example) = a.intersection(b) {
+                c.add(
+                    format!("{}.input_topic", later.key),
+                    format!(
+                        "\"{b}\" and {}.input_topic \"{a}\" both match topics such as \"{example}\", and one is a shared subscription: the broker would deliver such a message once for each, to different daemons, and each would answer it; models that serve one stream together need the same input_topic",
+                        earlier.key
+                    ),
+                );
+                break;
             }
         }
     }
@@ -1034,6 +1145,49 @@ mod tests {
     }
 
     #[test]
+    fn home_assistant_discovery_is_off_by_default_and_its_topics_are_kept_from_models() {
+        let model = "[[models]]\nname = \"m\"\npath = \"m.tflite\"\ninput_topic = \"sensors/+\"\n";
+        let s = Settings::from_raw(raw(model), Path::new("/")).unwrap();
+        assert_eq!(s.homeassistant, None);
+        let on = format!("device_id = \"gw.7\"\n[homeassistant]\nenabled = true\n{model}");
+        let s = Settings::from_raw(raw(&on), Path::new("/")).unwrap();
+        assert_eq!(
+            s.homeassistant,
+            Some(HomeAssistantSettings {
+                prefix: "homeassistant".into()
+            })
+        );
+        for (prefix, why) in [
+            ("", "must not be empty"),
+            ("ha/#", "cannot contain"),
+            ("ha/+/x", "cannot contain"),
+            ("/ha", "no empty level"),
+            ("ha/", "no empty level"),
+        ] {
+            let text = format!("[homeassistant]\nprefix = \"{prefix}\"\n{model}");
+            let problems = Settings::from_raw(raw(&text), Path::new("/")).unwrap_err();
+            assert_eq!(problems[0].key, "homeassistant.prefix", "{problems:?}");
+            assert!(problems[0].message.contains(why), "{prefix}: {problems:?}");
+        }
+        // A model on Home Assistant's status topic or the daemon's configs.
+        for (filter, taken) in [
+            ("homeassistant/status", "homeassistant/status"),
+            ("homeassistant/+", "homeassistant/status"),
+            ("homeassistant/sensor/#", "homeassistant/sensor/gw_7_"),
+        ] {
+            let text = on.replace("sensors/+", filter);
+            let problems = Settings::from_raw(raw(&text), Path::new("/")).unwrap_err();
+            assert_eq!(problems[0].key, "models[0].input_topic", "{problems:?}");
+            assert!(problems[0].message.contains(taken), "{problems:?}");
+        }
+        // Off, the same filter is fine.
+        let off = on
+            .replace("enabled = true", "enabled = false")
+            .replace("sensors/+", "homeassistant/+");
+        assert!(Settings::from_raw(raw(&off), Path::new("/")).is_ok());
+    }
+
+    #[test]
     fn feedback_loops_are_rejected() {
         let text = r#"
             device_id = "gw"
@@ -1112,6 +1266,71 @@ mod tests {
         let problems = topic_problems(&[("a/#", Some("b/{#}")), ("b/#", Some("a/{#}"))]);
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, ["models[0].input_topic", "models[1].input_topic"]);
+    }
+
+    #[test]
+    fn shared_subscriptions_that_would_answer_twice_are_rejected() {
+        let problems = topic_problems(&[
+            ("$share/g/sensors/+/accel", Some("out/{1}/a")),
+            ("sensors/#", Some("out/{#}/b")),
+        ]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            problems[0].to_string(),
+            "models[1].input_topic: \"sensors/#\" and models[0].input_topic \"$share/g/sensors/+/accel\" both match topics such as \"sensors/x/accel\", and one is a shared subscription: the broker would deliver such a message once for each, to different daemons, and each would answer it; models that serve one stream together need the same input_topic"
+        );
+        // Two groups, or the same filter shared and not: still two copies.
+        assert_eq!(
+            topic_problems(&[
+                ("$share/a/s/+", Some("o/{1}/a")),
+                ("$share/b/s/+", Some("o/{1}/b"))
+            ])
+            .len(),
+            1
+        );
+        assert_eq!(
+            topic_problems(&[("$share/a/s/+", Some("o/{1}/a")), ("s/+", Some("o/{1}/b"))]).len(),
+            1
+        );
+        // One shared subscription for two models, disjoint filters, and
+        // plain overlapping filters (one copy per client) all pass.
+        for models in [
+            vec![
+                ("$share/g/s/+", Some("o/{1}/a")),
+                ("$share/g/s/+", Some("o/{1}/b")),
+            ],
+            vec![
+                ("$share/g/s/+/accel", Some("o/{1}/a")),
+                ("$share/g/s/+/gyro", Some("o/{1}/b")),
+            ],
+            vec![("s/+", Some("o/{1}/a")), ("s/#", Some("o/{#}/b"))],
+        ] {
+            assert_eq!(topic_problems(&models), [], "{models:?}");
+        }
+    }
+
+    #[test]
+    fn shared_subscriptions_are_checked_without_their_prefix() {
+        // The feedback check and templates see the filter part.
+        let problems = topic_problems(&[("$share/g/edge-infer/#", None)]);
+        assert!(
+            problems[0]
+                .to_string()
+                .starts_with("models[0].input_topic: \"$share/g/edge-infer/#\" matches \"edge-infer/gw-7/errors\""),
+            "{problems:?}"
+        );
+        assert_eq!(
+            topic_problems(&[("$share/g/sensors/+/accel", Some("results/{1}"))]),
+            []
+        );
+        let problems = topic_problems(&[("$share/g/sensors/+", Some("results/{2}"))]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "models[0].output_topic");
+        let problems = topic_problems(&[("$share/g", None)]);
+        assert_eq!(
+            problems[0].to_string(),
+            "models[0].input_topic: shared subscription \"$share/g\" has no topic filter after its group name (expected \"$share/GROUP/FILTER\", e.g. \"$share/gateways/sensors/+/accel\")"
+        );
     }
 
     #[test]

@@ -189,6 +189,18 @@ impl Client {
         }
     }
 
+    /// Queues an UNSUBSCRIBE without waiting.
+    pub fn try_unsubscribe(&self, filter: String) -> Result<(), Refused> {
+        match self {
+            Client::V4(c) => c
+                .try_unsubscribe(filter)
+                .map_err(|e| Refused(e.to_string())),
+            Client::V5(c) => c
+                .try_unsubscribe(filter)
+                .map_err(|e| Refused(e.to_string())),
+        }
+    }
+
     pub fn try_disconnect(&self) -> Result<(), Refused> {
         match self {
             Client::V4(c) => c.try_disconnect().map_err(|e| Refused(e.to_string())),

@@ -203,6 +203,10 @@ pub struct Egress {
     pub status_topic: String,
     /// The retained "online" record of the current model set.
     pub online: Arc<Mutex<Vec<u8>>>,
+    /// The number of the latest connection, for whoever re-publishes
+    /// retained records on connect (Home Assistant discovery): records
+    /// offered while the link is down are dropped, not kept.
+    pub connects: tokio::sync::watch::Sender<u64>,
 }
 
 impl Side for Egress {
@@ -233,6 +237,7 @@ impl Side for Egress {
         ) {
             log::warn!("output link: could not republish the online status");
         }
+        self.connects.send_replace(n);
     }
 
     fn on_event(&mut self, event: Event, _: &mut EventLoop) {

@@ -89,6 +89,8 @@ pub struct Ingress {
     pub stats: Arc<DaemonStats>,
     /// Becomes true once the first subscriptions are acknowledged.
     pub subscribed: watch::Sender<bool>,
+    /// UNSUBACKs received, for a drain that waits for its own.
+    pub unsubscribed: watch::Sender<u64>,
 }
 
 impl Side for Ingress {
@@ -149,7 +151,8 @@ impl Side for Ingress {
                 }
             }
             Event::UnsubAck => {
-                log::info!("unsubscribed from a topic filter no model uses any more");
+                log::info!("unsubscribed from a topic filter");
+                self.unsubscribed.send_modify(|n| *n += 1);
             }
             _ => {}
         }

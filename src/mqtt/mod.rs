@@ -56,6 +56,9 @@ pub struct Connection {
     replayer: JoinHandle<()>,
     stop_tx: watch::Sender<bool>,
     subscribed_rx: watch::Receiver<bool>,
+    unsubscribed_rx: watch::Receiver<u64>,
+    /// The output link's latest connection number (0 before the first).
+    output_connects: watch::Receiver<u64>,
 }
 
 impl Connection {
@@ -131,7 +134,9 @@ impl Connection {
             Arc::clone(&stats),
         ));
         let (subscribed, subscribed_rx) = watch::channel(false);
+        let (unsubscribed, unsubscribed_rx) = watch::channel(0);
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (connects, output_connects) = watch::channel(0);
         let input_task = tokio::spawn(link::drive(
             ingress::Ingress {
                 client: input.clone(),
@@ -142,6 +147,7 @@ impl Connection {
                 gauge,
                 stats: Arc::clone(&stats),
                 subscribed,
+                unsubscribed,
             },
             input_loop,
             Arc::clone(&links),
@@ -153,6 +159,7 @@ impl Connection {
                 backlog: Arc::clone(&backlog),
                 status_topic: status_topic.clone(),
                 online: Arc::clone(&online),
+                connects,
             },
             output_loop,
             Arc::clone(&links),
@@ -174,7 +181,15 @@ impl Connection {
             replayer,
             stop_tx,
             subscribed_rx,
+            unsubscribed_rx,
+            output_connects,
         }
+    }
+
+    /// Changes on every connect of the output link (retained records that
+    /// found it down were dropped and are due again).
+    pub fn output_connects(&self) -> watch::Receiver<u64> {
+        self.output_connects.clone()
     }
 
     /// Turns true once the first subscriptions are acknowledged.
@@ -232,6 +247,27 @@ impl Connection {
                 }
             }
         });
+    }
+
+    /// Unsubscribes from `filters` and waits (up to `limit`) until the
+    /// broker has acknowledged it; false if the input link is down or the
+    /// broker did not answer in time. Messages delivered until then are
+    /// served as usual.
+    pub async fn leave(&self, filters: &[String], limit: Duration) -> bool {
+        if filters.is_empty() || !self.links.is_up(Which::Input) {
+            return false;
+        }
+        let mut acks = self.unsubscribed_rx.clone();
+        let want = *acks.borrow_and_update() + filters.len() as u64;
+        for f in filters {
+            if self.input.try_unsubscribe(f.clone()).is_err() {
+                return false;
+            }
+        }
+        let acknowledged = tokio::time::timeout(limit, acks.wait_for(|n| *n >= want))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        acknowledged
     }
 
     /// The end of a drain, once nothing more will be produced: waits (up

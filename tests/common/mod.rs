@@ -543,19 +543,25 @@ pub fn validate(kind: &str, v: &Value) -> Result<(), String> {
     use std::sync::OnceLock;
     static VALIDATORS: OnceLock<HashMap<&'static str, jsonschema::Validator>> = OnceLock::new();
     let validators = VALIDATORS.get_or_init(|| {
-        ["result", "error", "status", "health"]
-            .into_iter()
-            .map(|k| {
-                let path = repo().join("schemas").join(format!("{k}.schema.json"));
-                let text = std::fs::read_to_string(&path)
-                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                let schema: Value = serde_json::from_str(&text)
-                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                let validator = jsonschema::validator_for(&schema)
-                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                (k, validator)
-            })
-            .collect()
+        [
+            "result",
+            "error",
+            "status",
+            "health",
+            "homeassistant-discovery",
+        ]
+        .into_iter()
+        .map(|k| {
+            let path = repo().join("schemas").join(format!("{k}.schema.json"));
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let schema: Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let validator = jsonschema::validator_for(&schema)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            (k, validator)
+        })
+        .collect()
     });
     let validator = validators
         .get(kind)
