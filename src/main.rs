@@ -604,6 +604,16 @@ fn describe_broker(m: &config::MqttSettings) -> String {
         m.qos,
         m.clean_session
     );
+    match m.protocol {
+        config::Protocol::V311 => {}
+        config::Protocol::V5 {
+            session_expiry_secs,
+            receive_maximum,
+        } => s.push_str(&format!(
+            " protocol={} session_expiry={session_expiry_secs}s receive_maximum={receive_maximum}",
+            m.protocol.as_str()
+        )),
+    }
     if let Some((user, _)) = &m.credentials {
         s.push_str(&format!(" username={user}"));
     }

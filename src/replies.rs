@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::codec::encode::{self, Extras, Latency, Outputs, ResultMessage};
 use crate::codec::{ErrorCode, Failure, MessageId};
 use crate::delivery::AckHandle;
-use crate::job::Job;
+use crate::job::{Job, Properties};
 use crate::log_limit::RepeatLimiter;
 use crate::models::ModelContext;
 use crate::telemetry::{DaemonStats, StageTimes};
@@ -53,9 +53,18 @@ pub struct Outgoing {
     /// The acknowledgement of the input this answers (QoS 1 inputs): held
     /// until this is confirmed or committed to the outbox.
     pub ack: Option<AckHandle>,
+    /// MQTT 5 only: the properties of an answer to a request that had a
+    /// `response_topic` (its correlation data and user properties).
+    pub properties: Option<Arc<Properties>>,
 }
 
 impl Outgoing {
+    /// The most bytes its PUBLISH packet takes (see [`packet_size`]).
+    pub fn packet_size(&self) -> usize {
+        packet_size(&self.topic, &self.payload)
+            + self.properties.as_deref().map_or(0, properties_size)
+    }
+
     /// This answer is lost: the input it answers must not be acknowledged.
     pub fn lost(&self) {
         if let Some(ack) = &self.ack {
@@ -277,6 +286,10 @@ impl Replies {
         }
         let mut reply = self.error_message(name, Some(&job.topic), job.received_at, id, failure)?;
         reply.ack = job.ack.clone();
+        if let Some((topic, properties)) = response_to(job) {
+            reply.topic = topic;
+            reply.properties = Some(properties);
+        }
         Some(reply)
     }
 
@@ -316,6 +329,7 @@ impl Replies {
             payload: payload.into(),
             retain: false,
             ack: None,
+            properties: None,
         })
     }
 
@@ -338,11 +352,18 @@ impl Replies {
         let top = ctx
             .top_k
             .map(|k| encode::top_k(&specs[0], buffers[0], k, ctx.labels.as_deref()));
-        let topic = match ctx.input_topic.matches(&job.topic) {
-            Some(caps) => ctx.output_topic.render(&self.device_id, &ctx.name, &caps),
-            None => ctx
-                .output_topic
-                .render(&self.device_id, &ctx.name, &Default::default()),
+        let (topic, properties) = match response_to(job) {
+            Some((topic, properties)) => (topic, Some(properties)),
+            None => (
+                match ctx.input_topic.matches(&job.topic) {
+                    Some(caps) => ctx.output_topic.render(&self.device_id, &ctx.name, &caps),
+                    None => {
+                        ctx.output_topic
+                            .render(&self.device_id, &ctx.name, &Default::default())
+                    }
+                },
+                None,
+            ),
         };
         let done = Instant::now();
         let msg = ResultMessage {
@@ -367,8 +388,9 @@ impl Replies {
             window: extras.window,
             image: extras.image,
         };
+        let extra = properties.as_deref().map_or(0, properties_size);
         match encode::to_vec(&msg) {
-            Ok(payload) if !self.fits(&topic, &payload) => {
+            Ok(payload) if !self.fits(&topic, &payload, extra) => {
                 let (max, key) = self.max_packet;
                 let failure = Failure::new(
                     ErrorCode::TooLarge,
@@ -395,6 +417,7 @@ impl Replies {
                     payload: payload.into(),
                     retain: false,
                     ack: job.ack.clone(),
+                    properties,
                 })
             }
             Err(e) => {
@@ -407,11 +430,11 @@ impl Replies {
         }
     }
 
-    /// Whether a publish of `payload` on `topic` fits in one packet of the
-    /// output link (fixed header of up to 5 bytes, topic length, packet
-    /// id).
-    fn fits(&self, topic: &str, payload: &[u8]) -> bool {
-        packet_size(topic, payload) <= self.max_packet.0
+    /// Whether a publish of `payload` on `topic` with `extra` bytes of
+    /// properties fits in one packet of the output link (fixed header of
+    /// up to 5 bytes, topic length, packet id).
+    fn fits(&self, topic: &str, payload: &[u8], extra: usize) -> bool {
+        packet_size(topic, payload) + extra <= self.max_packet.0
     }
 
     /// The retained status record (online or offline).
@@ -421,6 +444,7 @@ impl Replies {
             payload: payload.into(),
             retain: true,
             ack: None,
+            properties: None,
         }
     }
 
@@ -431,6 +455,7 @@ impl Replies {
             payload: payload.into(),
             retain: true,
             ack: None,
+            properties: None,
         }
     }
 
@@ -443,6 +468,7 @@ impl Replies {
             payload: payload.into(),
             retain: true,
             ack: None,
+            properties: None,
         }
     }
 
@@ -476,6 +502,48 @@ impl Replies {
 /// header (up to 5 bytes), topic length (2), packet id (2).
 pub fn packet_size(topic: &str, payload: &[u8]) -> usize {
     topic.len() + payload.len() + 9
+}
+
+/// MQTT 5 request/response: where the answer to `job` goes when its
+/// request named a `response_topic` (routing has refused the ones the
+/// daemon could consume), with the request's correlation data and user
+/// properties and a JSON content type. None: the model's output topic (or
+/// the errors topic), as with 3.1.1.
+fn response_to(job: &Job) -> Option<(String, Arc<Properties>)> {
+    let request = job.properties.as_deref()?;
+    let topic = request.response_topic.clone()?;
+    Some((
+        topic,
+        Arc::new(Properties {
+            response_topic: None,
+            correlation_data: request.correlation_data.clone(),
+            user_properties: request.user_properties.clone(),
+            content_type: Some(JSON.into()),
+        }),
+    ))
+}
+
+/// The content type of every answer.
+const JSON: &str = "application/json";
+
+/// The most bytes MQTT 5 properties add to a PUBLISH: the properties
+/// length (up to 4), and per property its identifier (1) and, for strings
+/// and binary data, a 2-byte length.
+pub fn properties_size(p: &Properties) -> usize {
+    let mut n = 4;
+    if let Some(t) = &p.response_topic {
+        n += 3 + t.len();
+    }
+    if let Some(c) = &p.correlation_data {
+        n += 3 + c.len();
+    }
+    if let Some(c) = &p.content_type {
+        n += 3 + c.len();
+    }
+    for (k, v) in &p.user_properties {
+        n += 5 + k.len() + v.len();
+    }
+    n
 }
 
 fn ms_between(a: Instant, b: Instant) -> f64 {

@@ -86,7 +86,7 @@ impl Routes {
 
     /// Offers `job` to every model listening on its topic; answers it
     /// where it cannot be queued.
-    pub fn dispatch(&self, job: Job) {
+    pub fn dispatch(&self, mut job: Job) {
         if let Some(a) = self.announcements.as_ref().filter(|a| a.topic == job.topic) {
             // Config validation keeps model filters off this topic. Taken
             // (the job's acknowledgement goes out as it drops), not answered.
@@ -101,6 +101,14 @@ impl Routes {
             // validation refuses those, but a broker session can keep an
             // old subscription): taken, counted, never answered.
             self.replies.own_topic_ignored(&job.topic);
+            return;
+        }
+        if let Some(why) = self.bad_response_topic(&job) {
+            // The answer goes to the errors topic instead: the request's
+            // properties are dropped so nothing is published where the
+            // requester asked.
+            job.properties = None;
+            self.refuse(None, &job, &Failure::new(ErrorCode::BadResponseTopic, why));
             return;
         }
         let mut routed = false;
@@ -152,6 +160,33 @@ impl Routes {
             );
             self.refuse(None, &job, &f);
         }
+    }
+
+    /// Why an MQTT 5 request's `response_topic` must not be published to:
+    /// the client chose it at run time, so config validation cannot see
+    /// it, and an answer on a topic the daemon consumes would be answered
+    /// in turn, without end.
+    fn bad_response_topic(&self, job: &Job) -> Option<String> {
+        let topic = job.properties.as_deref()?.response_topic.as_deref()?;
+        if topic.is_empty() || topic.contains(['+', '#', '\0']) {
+            return Some(format!(
+                "response_topic \"{topic}\" is not a topic name (empty, or with a wildcard or NUL); the answer was not published"
+            ));
+        }
+        if self.replies.is_own_topic(topic) {
+            return Some(format!(
+                "response_topic \"{topic}\" is one of this daemon's own topics; the answer was not published"
+            ));
+        }
+        let consumer = self
+            .routes
+            .iter()
+            .find(|r| r.model.input_topic.matches(topic).is_some())?;
+        Some(format!(
+            "response_topic \"{topic}\" matches model '{}''s input_topic \"{}\": the daemon would consume its own answer; the answer was not published",
+            consumer.model.name,
+            consumer.model.input_topic.as_str()
+        ))
     }
 
     /// Answers a message that was not queued. Its id is looked for only
@@ -291,6 +326,7 @@ mod tests {
             received_at: 1.5,
             received: Instant::now(),
             ack: None,
+            properties: None,
         }
     }
 

@@ -67,10 +67,15 @@ pub enum ErrorCode {
     /// A reading older than the last reading of its stream: the window
     /// restarted.
     OutOfOrder,
+    /// An MQTT 5 request whose `response_topic` the daemon must not
+    /// publish to: not a topic name, one of its own device topics, or a
+    /// topic its own input filters match (it would answer its answer).
+    /// Sent on the errors topic, never to the response topic.
+    BadResponseTopic,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadJson,
         ErrorCode::BadShape,
         ErrorCode::BadValue,
@@ -84,6 +89,7 @@ impl ErrorCode {
         ErrorCode::BadReading,
         ErrorCode::StreamGap,
         ErrorCode::OutOfOrder,
+        ErrorCode::BadResponseTopic,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -101,6 +107,7 @@ impl ErrorCode {
             ErrorCode::BadReading => "bad_reading",
             ErrorCode::StreamGap => "stream_gap",
             ErrorCode::OutOfOrder => "out_of_order",
+            ErrorCode::BadResponseTopic => "bad_response_topic",
         }
     }
 

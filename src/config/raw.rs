@@ -235,6 +235,15 @@ pub struct RawMqtt {
     /// Mutual TLS: this device's certificate (PEM, chain allowed) and key.
     pub client_cert_file: Option<String>,
     pub client_key_file: Option<String>,
+    /// "3.1.1" (default) or "5".
+    pub protocol: String,
+    /// MQTT 5 only: how long the broker keeps the session after the
+    /// connection ends; default 86400 (1 day) with clean_session = false,
+    /// 0 with clean_session = true.
+    pub session_expiry_secs: Option<i64>,
+    /// MQTT 5 only: how many QoS 1 messages the broker may send before we
+    /// acknowledge one (1..65535); default 20.
+    pub receive_maximum: Option<i64>,
 }
 
 impl Default for RawMqtt {
@@ -255,6 +264,9 @@ impl Default for RawMqtt {
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
+            protocol: "3.1.1".into(),
+            session_expiry_secs: None,
+            receive_maximum: None,
         }
     }
 }

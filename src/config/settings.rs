@@ -96,7 +96,47 @@ pub struct MqttSettings {
     pub credentials: Option<(String, String)>,
     /// `tls = true`: the checked certificates and the rustls config.
     pub tls: Option<TlsSettings>,
+    /// `protocol`, with the MQTT 5 session settings.
+    pub protocol: Protocol,
 }
+
+/// The MQTT protocol version of one broker connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// MQTT 3.1.1, the default.
+    V311,
+    /// MQTT 5: request/response (`response_topic`, `correlation_data`) and
+    /// user properties pass through to the answers.
+    V5 {
+        /// How long the broker keeps the session (and the QoS 1 messages
+        /// it queues for us) after the connection ends.
+        session_expiry_secs: u32,
+        /// How many QoS 1 messages the broker may send us unacknowledged.
+        receive_maximum: u16,
+    },
+}
+
+impl Protocol {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Protocol::V311 => "3.1.1",
+            Protocol::V5 { .. } => "5",
+        }
+    }
+
+    pub fn is_v5(&self) -> bool {
+        matches!(self, Protocol::V5 { .. })
+    }
+}
+
+/// A session that outlives a restart of the daemon, so QoS 1 inputs not
+/// yet acknowledged are redelivered (what clean_session = false means with
+/// 3.1.1, where the session never expires).
+pub const DEFAULT_SESSION_EXPIRY_SECS: u32 = 86_400;
+
+/// Mosquitto's own default of unacknowledged QoS 1 messages per client
+/// (max_inflight_messages).
+pub const DEFAULT_RECEIVE_MAXIMUM: u16 = 20;
 
 impl MqttSettings {
     /// `mqtt://host:port` or `mqtts://host:port`, for messages.
@@ -121,6 +161,7 @@ impl std::fmt::Debug for MqttSettings {
             max_packet_bytes,
             credentials,
             tls,
+            protocol,
         } = self;
         f.debug_struct("MqttSettings")
             .field("host", host)
@@ -139,6 +180,7 @@ impl std::fmt::Debug for MqttSettings {
                     .map(|(user, _)| (user, super::secrets::MASK)),
             )
             .field("tls", tls)
+            .field("protocol", protocol)
             .finish()
     }
 }
@@ -326,6 +368,16 @@ impl Settings {
             let client_id = format!("{}{}", mqtt.client_id, UPLINK_CLIENT_SUFFIX);
             mqtt_settings(&mut c, "uplink", u, base, client_id)
         });
+        if mqtt.protocol.is_v5() && uplink.is_some() {
+            // Answers go out on the output link, to the uplink's broker,
+            // and an MQTT 5 requester waits for its response_topic on the
+            // input broker: it would wait forever unless the two are
+            // bridged. Refused rather than half working.
+            c.add(
+                "mqtt.protocol",
+                "\"5\" cannot be combined with [uplink]: answers to MQTT 5 requests (response_topic) go out on the output link, to the uplink's broker, where the requester on the [mqtt] broker does not wait for them; remove [uplink] or use protocol = \"3.1.1\"",
+            );
+        }
         let max_packet_bytes = mqtt.max_packet_bytes;
         let max_payload_bytes = c.range(
             "limits.max_payload_bytes",
@@ -718,6 +770,7 @@ fn mqtt_settings(
         (None, None) => None,
     };
     let tls = tls::tls_settings(c, table, m, base);
+    let protocol = protocol(c, table, m);
     MqttSettings {
         host,
         port,
@@ -730,6 +783,63 @@ fn mqtt_settings(
         max_packet_bytes,
         credentials,
         tls,
+        protocol,
+    }
+}
+
+/// `protocol` and the MQTT 5 keys of one broker table; those keys with
+/// 3.1.1 are a problem (they would silently do nothing).
+fn protocol(c: &mut Check, table: &str, m: &RawMqtt) -> Protocol {
+    let key = |k: &str| format!("{table}.{k}");
+    match m.protocol.trim() {
+        "5" => {
+            let default_expiry = if m.clean_session {
+                0
+            } else {
+                i64::from(DEFAULT_SESSION_EXPIRY_SECS)
+            };
+            let session_expiry_secs = c.range(
+                &key("session_expiry_secs"),
+                m.session_expiry_secs.unwrap_or(default_expiry),
+                0,
+                i64::from(u32::MAX),
+            ) as u32;
+            let receive_maximum = c.range(
+                &key("receive_maximum"),
+                m.receive_maximum
+                    .unwrap_or(i64::from(DEFAULT_RECEIVE_MAXIMUM)),
+                1,
+                65535,
+            ) as u16;
+            Protocol::V5 {
+                session_expiry_secs,
+                receive_maximum,
+            }
+        }
+        "3.1.1" => {
+            for (k, set) in [
+                ("session_expiry_secs", m.session_expiry_secs.is_some()),
+                ("receive_maximum", m.receive_maximum.is_some()),
+            ] {
+                if set {
+                    c.add(
+                        key(k),
+                        format!(
+                            "is an MQTT 5 setting, and {table}.protocol is \"{}\"; set protocol = \"5\" or remove it",
+                            m.protocol.trim()
+                        ),
+                    );
+                }
+            }
+            Protocol::V311
+        }
+        other => {
+            c.add(
+                key("protocol"),
+                format!("must be \"3.1.1\" or \"5\", got \"{other}\""),
+            );
+            Protocol::V311
+        }
     }
 }
 
@@ -1373,6 +1483,50 @@ mod tests {
                 "mqtt.ca_file: is set, but [mqtt] tls is not: certificates are only used over TLS; add `tls = true` to [mqtt]",
                 "mqtt.client_key_file: is set, but [mqtt] tls is not: certificates are only used over TLS; add `tls = true` to [mqtt]",
             ]
+        );
+    }
+
+    #[test]
+    fn protocol_5_has_its_session_keys_and_3_1_1_refuses_them() {
+        let s = Settings::from_raw(raw(GOOD), Path::new("/")).unwrap();
+        assert_eq!(s.mqtt.protocol, Protocol::V311);
+        let v5 = |extra: &str| {
+            let text = GOOD.replace(
+                "port = 1884\n",
+                &format!("port = 1884\nprotocol = \"5\"\n{extra}"),
+            );
+            Settings::from_raw(raw(&text), Path::new("/")).map(|s| s.mqtt.protocol)
+        };
+        assert_eq!(
+            v5("").unwrap(),
+            Protocol::V5 {
+                session_expiry_secs: DEFAULT_SESSION_EXPIRY_SECS,
+                receive_maximum: DEFAULT_RECEIVE_MAXIMUM
+            }
+        );
+        assert_eq!(
+            v5("clean_session = true\n").unwrap(),
+            Protocol::V5 {
+                session_expiry_secs: 0,
+                receive_maximum: DEFAULT_RECEIVE_MAXIMUM
+            }
+        );
+        assert_eq!(
+            v5("session_expiry_secs = 60\nreceive_maximum = 65535\n").unwrap(),
+            Protocol::V5 {
+                session_expiry_secs: 60,
+                receive_maximum: 65535
+            }
+        );
+        let text = GOOD.replace("port = 1884\n", "port = 1884\nsession_expiry_secs = 60\n");
+        let problems: Vec<String> = Settings::from_raw(raw(&text), Path::new("/"))
+            .unwrap_err()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            problems,
+            ["mqtt.session_expiry_secs: is an MQTT 5 setting, and mqtt.protocol is \"3.1.1\"; set protocol = \"5\" or remove it"]
         );
     }
 

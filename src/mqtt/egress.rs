@@ -12,8 +12,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use rumqttc::{Event, EventLoop, Incoming, Outgoing as Sent};
-
+use super::client::{Event, EventLoop};
 use super::inflight::{Entry, Inflight, Offer, Origin};
 use super::link::{Side, Which};
 use crate::outbox::OutboxService;
@@ -162,6 +161,7 @@ pub async fn replay(inflight: Arc<Inflight>, backlog: Arc<Backlog>, stats: Arc<D
                 payload: record.payload.into(),
                 retain: record.retain,
                 ack: None,
+                properties: record.properties.map(std::sync::Arc::new),
             };
             let change = inflight.link_change();
             if offer_until_sent(&inflight, msg, Origin::Replay(seq))
@@ -225,6 +225,7 @@ impl Side for Egress {
             payload: online.into(),
             retain: true,
             ack: None,
+            properties: None,
         };
         // The window is empty on a fresh connection.
         if !matches!(
@@ -241,8 +242,8 @@ impl Side for Egress {
 
     fn on_event(&mut self, event: Event, _: &mut EventLoop) {
         match event {
-            Event::Outgoing(Sent::Publish(pkid)) => self.inflight.written(pkid),
-            Event::Incoming(Incoming::PubAck(ack)) => self.inflight.acknowledged(ack.pkid),
+            Event::PublishWritten(pkid) => self.inflight.written(pkid),
+            Event::PubAck(pkid) => self.inflight.acknowledged(pkid),
             _ => {}
         }
     }
@@ -252,7 +253,7 @@ impl Side for Egress {
         // one per poll, and keeps them across a reconnect): confirmations
         // among them count, and a stale packet id must not meet the next
         // connection's publishes.
-        for event in std::mem::take(&mut eventloop.state.events) {
+        for event in eventloop.take_buffered() {
             self.on_event(event, eventloop);
         }
         let answers = self.inflight.link_down(eventloop);

@@ -22,9 +22,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use rumqttc::{AsyncClient, EventLoop, QoS};
 use tokio::sync::Notify;
 
+use super::client::{Client, EventLoop, QoS};
 use crate::replies::Outgoing;
 use crate::telemetry::DaemonStats;
 
@@ -85,7 +85,7 @@ impl State {
 }
 
 pub struct Inflight {
-    client: AsyncClient,
+    client: Client,
     qos: QoS,
     /// The largest packet the link may send: a bigger one would make
     /// rumqttc drop the connection, again at every retry.
@@ -99,12 +99,7 @@ pub struct Inflight {
 }
 
 impl Inflight {
-    pub fn new(
-        client: AsyncClient,
-        qos: QoS,
-        max_packet: usize,
-        stats: Arc<DaemonStats>,
-    ) -> Inflight {
+    pub fn new(client: Client, qos: QoS, max_packet: usize, stats: Arc<DaemonStats>) -> Inflight {
         Inflight {
             client,
             qos,
@@ -133,7 +128,7 @@ impl Inflight {
             return Offer::Full(entry);
         }
         let m = &entry.msg;
-        let size = crate::replies::packet_size(&m.topic, &m.payload);
+        let size = m.packet_size();
         if size > self.max_packet {
             // `replies` answers too-large results with an error, so this
             // is a status or health record (many models) or a replay
@@ -152,10 +147,13 @@ impl Inflight {
             }
             return Offer::Sent;
         }
-        match self
-            .client
-            .try_publish(m.topic.as_str(), self.qos, m.retain, m.payload.to_vec())
-        {
+        match self.client.try_publish(
+            m.topic.as_str(),
+            self.qos,
+            m.retain,
+            &m.payload,
+            m.properties.as_deref(),
+        ) {
             Ok(()) => {
                 if replay {
                     s.replays += 1;
@@ -258,8 +256,7 @@ impl Inflight {
         s.up = false;
         // rumqttc has already moved what it had into `pending`; clean()
         // again collects anything that reached its channel since.
-        eventloop.clean();
-        eventloop.pending.clear();
+        eventloop.forget_requests();
         let mut answers = Vec::new();
         let sent = std::mem::take(&mut s.sent);
         let mut all: Vec<(u16, Entry)> = sent.into_iter().collect();
@@ -315,8 +312,6 @@ impl Inflight {
 mod tests {
     use std::sync::Mutex as StdMutex;
 
-    use rumqttc::MqttOptions;
-
     use super::*;
     use crate::delivery::{Acknowledge, InputAck};
 
@@ -330,7 +325,7 @@ mod tests {
     }
 
     fn inflight(max_packet: usize) -> (Inflight, EventLoop) {
-        let (client, eventloop) = AsyncClient::new(MqttOptions::new("t", "127.0.0.1", 1), 4096);
+        let (client, eventloop) = super::super::client::unconnected(4096);
         let stats = Arc::new(DaemonStats::default());
         (
             Inflight::new(client, QoS::AtLeastOnce, max_packet, stats),
@@ -346,6 +341,7 @@ mod tests {
                 payload: format!("answer to {input}").into_bytes().into(),
                 retain: false,
                 ack: Some(InputAck::new(by, 0, input)),
+                properties: None,
             },
             origin: Origin::Answer,
         }
@@ -390,6 +386,7 @@ mod tests {
                 payload: b"{}".to_vec().into(),
                 retain: true,
                 ack: None,
+                properties: None,
             },
             origin: Origin::Record,
         };

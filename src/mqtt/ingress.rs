@@ -11,12 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rumqttc::{
-    AsyncClient, ClientError, Event, EventLoop, Incoming, PubAck, Publish, QoS, Request,
-    SubscribeReasonCode,
-};
 use tokio::sync::watch;
 
+use super::client::{Client, Event, EventLoop, QoS, Received};
 use super::link::{Side, Which};
 use crate::config::AckPolicy;
 use crate::delivery::{Acknowledge, InputAck};
@@ -29,7 +26,7 @@ use crate::time::unix_now;
 /// Sends the input link's acknowledgements, from whichever thread the
 /// last holder of one drops it on (a worker, the publisher, the outbox).
 pub struct Acker {
-    client: AsyncClient,
+    client: Client,
     /// The current connection's number; acknowledgements of messages from
     /// an earlier one are not sent (the broker redelivers those).
     session: AtomicU64,
@@ -40,7 +37,7 @@ pub struct Acker {
 }
 
 impl Acker {
-    pub fn new(client: AsyncClient, stats: Arc<DaemonStats>) -> Acker {
+    pub fn new(client: Client, stats: Arc<DaemonStats>) -> Acker {
         Acker {
             client,
             session: AtomicU64::new(0),
@@ -54,9 +51,7 @@ impl Acker {
     fn flush(&self, eventloop: &mut EventLoop) {
         let mut overflow = self.overflow.lock().unwrap_or_else(|p| p.into_inner());
         for pkid in overflow.drain(..) {
-            eventloop
-                .pending
-                .push_back(Request::PubAck(PubAck::new(pkid)));
+            eventloop.queue_ack(pkid);
         }
     }
 }
@@ -69,9 +64,7 @@ impl Acknowledge for Acker {
             self.stats.acks_stale.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let mut publish = Publish::new("", QoS::AtLeastOnce, Vec::new());
-        publish.pkid = packet_id;
-        if self.client.try_ack(&publish).is_err() {
+        if self.client.try_ack(packet_id).is_err() {
             self.overflow
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -85,7 +78,7 @@ impl Acknowledge for Acker {
 }
 
 pub struct Ingress {
-    pub client: AsyncClient,
+    pub client: Client,
     pub acker: Arc<Acker>,
     /// When QoS 1 inputs are acknowledged.
     pub ack_policy: AckPolicy,
@@ -136,11 +129,7 @@ impl Side for Ingress {
         let client = self.client.clone();
         let qos = self.qos;
         tokio::spawn(async move {
-            let subs: Vec<rumqttc::SubscribeFilter> = filters
-                .into_iter()
-                .map(|f| rumqttc::SubscribeFilter::new(f, qos))
-                .collect();
-            if let Err(e) = client.subscribe_many(subs).await {
+            if let Err(e) = client.subscribe_many(filters, qos).await {
                 log::error!("could not request subscriptions: {e}");
             }
         });
@@ -149,24 +138,19 @@ impl Side for Ingress {
     fn on_event(&mut self, event: Event, eventloop: &mut EventLoop) {
         self.acker.flush(eventloop);
         match event {
-            Event::Incoming(Incoming::Publish(p)) => self.on_publish(p, eventloop),
-            Event::Incoming(Incoming::SubAck(ack)) => {
-                let refused = ack
-                    .return_codes
-                    .iter()
-                    .filter(|c| matches!(c, SubscribeReasonCode::Failure))
-                    .count();
+            Event::Publish(p) => self.on_publish(p, eventloop),
+            Event::SubAck { granted, refused } => {
                 if refused == 0 {
-                    log::info!("subscribed to {} topic filter(s)", ack.return_codes.len());
+                    log::info!("subscribed to {granted} topic filter(s)");
                     self.subscribed.send_replace(true);
                 } else {
                     log::error!(
                         "the broker refused {refused} of {} subscription(s) (check its ACLs)",
-                        ack.return_codes.len()
+                        granted + refused
                     );
                 }
             }
-            Event::Incoming(Incoming::UnsubAck(_)) => {
+            Event::UnsubAck => {
                 log::info!("unsubscribed from a topic filter");
                 self.unsubscribed.send_modify(|n| *n += 1);
             }
@@ -176,20 +160,20 @@ impl Side for Ingress {
 }
 
 impl Ingress {
-    fn on_publish(&self, p: Publish, eventloop: &mut EventLoop) {
+    fn on_publish(&self, p: Received, eventloop: &mut EventLoop) {
         // At-least-once: the acknowledgement travels with the job and goes
         // out once every answer is safe (`delivery`).
-        let ack =
-            (p.qos == QoS::AtLeastOnce && self.ack_policy == AckPolicy::Answered).then(|| {
-                let by: Arc<dyn Acknowledge> = self.acker.clone();
-                InputAck::new(by, self.acker.session.load(Ordering::Relaxed), p.pkid)
-            });
+        let ack = (p.at_least_once && self.ack_policy == AckPolicy::Answered).then(|| {
+            let by: Arc<dyn Acknowledge> = self.acker.clone();
+            InputAck::new(by, self.acker.session.load(Ordering::Relaxed), p.pkid)
+        });
         let job = Job {
             topic: p.topic.clone(),
             payload: p.payload.clone(),
             received_at: unix_now(),
             received: Instant::now(),
             ack: ack.clone(),
+            properties: p.properties.map(Arc::new),
         };
         if !self.switch.dispatch(job) {
             // Draining: not acked, so the broker keeps it for next time.
@@ -199,7 +183,7 @@ impl Ingress {
             log::debug!("draining: left {} unacknowledged for redelivery", p.topic);
             return;
         }
-        if ack.is_some() {
+        if ack.is_some() || !p.at_least_once {
             return;
         }
         // Through the request channel, which on this link carries only
@@ -208,11 +192,8 @@ impl Ingress {
         // into the event loop's own queue (one request per timer tick, so
         // only as the fallback): an acknowledgement is never dropped and
         // never waits.
-        if let Err(e) = self.client.try_ack(&p) {
-            let request = match e {
-                ClientError::TryRequest(r) | ClientError::Request(r) => r,
-            };
-            eventloop.pending.push_back(request);
+        if self.client.try_ack(p.pkid).is_err() {
+            eventloop.queue_ack(p.pkid);
         }
     }
 }

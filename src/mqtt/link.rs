@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rumqttc::{ConnectionError, Event, EventLoop, Incoming, Outgoing};
 use tokio::sync::watch;
+
+use super::client::{Event, EventLoop, LinkError};
 
 use crate::config::MqttSettings;
 use crate::telemetry::{DaemonStats, LinkStats};
@@ -139,7 +140,7 @@ pub async fn drive<S: Side>(
     let which = S::WHICH;
     let endpoint = links.endpoint(which);
     links.link_stats(which).set_broker(endpoint.url.clone());
-    let keep_alive = eventloop.mqtt_options.keep_alive();
+    let keep_alive = eventloop.keep_alive();
     let mut backoff = endpoint.reconnect_min;
     let mut failures_in_row = 0u32;
     let mut connections = 0u64;
@@ -159,7 +160,7 @@ pub async fn drive<S: Side>(
             }
         };
         match event {
-            Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+            Ok(Event::ConnAck { session_present }) => {
                 connections += 1;
                 if which == Which::Input {
                     links.stats.connections.fetch_add(1, Ordering::Relaxed);
@@ -181,9 +182,9 @@ pub async fn drive<S: Side>(
                 }
                 backoff = endpoint.reconnect_min;
                 failures_in_row = 0;
-                side.on_connect(connections, ack.session_present);
+                side.on_connect(connections, session_present);
             }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+            Ok(Event::Disconnected) => {
                 links.set_up(which, false);
                 log::info!("{} link: disconnected from the MQTT broker", which.name());
                 return;
@@ -234,9 +235,9 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// Why a connection failed, in words an operator can act on. TLS failures
 /// are read from rustls's typed errors wherever rumqttc wrapped them (see
 /// [`rustls_error`]); the rest is rumqttc's own text.
-pub(super) fn describe(e: &ConnectionError, to: &Endpoint, connecting: bool) -> String {
-    if let ConnectionError::ConnectionRefused(code) = e {
-        return format!("broker refused the connection: {code:?}");
+pub(super) fn describe(e: &LinkError, to: &Endpoint, connecting: bool) -> String {
+    if let Some(reason) = e.refusal() {
+        return format!("broker refused the connection: {reason}");
     }
     if let Some(tls) = rustls_error(e) {
         return describe_tls(tls, to);
@@ -253,8 +254,8 @@ pub(super) fn describe(e: &ConnectionError, to: &Endpoint, connecting: bool) -> 
     // are what a wrong port looks like. Mosquitto resets a plaintext
     // CONNECT on a TLS listener, and closes on a TLS ClientHello on a
     // plaintext one.
-    match (closed, connecting, to.trust.is_some(), e) {
-        (true, _, true, ConnectionError::Tls(_)) => format!(
+    match (closed, connecting, to.trust.is_some(), e.is_tls()) {
+        (true, _, true, true) => format!(
             "no TLS handshake: the broker closed the connection during it ({e}); is port {} a plaintext MQTT listener?",
             to.port
         ),
@@ -411,9 +412,9 @@ mod tests {
 
     /// As rumqttc returns a failed handshake: the rustls error inside an
     /// I/O error inside its TLS error.
-    fn handshake(e: rustls::Error) -> ConnectionError {
+    fn handshake(e: rustls::Error) -> LinkError {
         let io = std::io::Error::new(std::io::ErrorKind::InvalidData, e);
-        ConnectionError::Tls(rumqttc::TlsError::Io(io))
+        LinkError::V4(rumqttc::ConnectionError::Tls(rumqttc::TlsError::Io(io)))
     }
 
     #[test]
@@ -431,7 +432,9 @@ mod tests {
             std::io::ErrorKind::InvalidData,
             rustls::Error::AlertReceived(AlertDescription::CertificateRequired),
         );
-        let e = ConnectionError::MqttState(rumqttc::StateError::Io(io));
+        let e = LinkError::V4(rumqttc::ConnectionError::MqttState(
+            rumqttc::StateError::Io(io),
+        ));
         assert!(
             describe(&e, &to, true)
                 .starts_with("the broker asked for a client certificate and none is configured"),
@@ -452,8 +455,27 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_v5_connect_is_worded_with_its_reason_code() {
+        use rumqttc::v5::mqttbytes::v5::ConnectReturnCode;
+        let e = LinkError::V5(rumqttc::v5::ConnectionError::ConnectionRefused(
+            ConnectReturnCode::NotAuthorized,
+        ));
+        assert_eq!(
+            describe(&e, &endpoint(None, false), true),
+            "broker refused the connection: NotAuthorized (MQTT 5 reason code 0x87)"
+        );
+        let e = LinkError::V4(rumqttc::ConnectionError::ConnectionRefused(
+            rumqttc::ConnectReturnCode::NotAuthorized,
+        ));
+        assert_eq!(
+            describe(&e, &endpoint(None, false), true),
+            "broker refused the connection: NotAuthorized"
+        );
+    }
+
+    #[test]
     fn other_errors_keep_rumqttc_s_words() {
-        let e = ConnectionError::NetworkTimeout;
+        let e = LinkError::V4(rumqttc::ConnectionError::NetworkTimeout);
         assert_eq!(
             describe(&e, &endpoint(None, false), true),
             "Network timeout"

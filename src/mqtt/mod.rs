@@ -7,6 +7,7 @@
 //! `status` is the `edge-infer status` client. No other module imports
 //! rumqttc.
 
+mod client;
 mod egress;
 mod inflight;
 mod ingress;
@@ -17,7 +18,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -26,6 +26,7 @@ use crate::outbox::OutboxService;
 use crate::replies::{self, Outgoing, PressureGauge, ReplyReceiver};
 use crate::routing::Switch;
 use crate::telemetry::DaemonStats;
+use client::{Client, QoS};
 use egress::Backlog;
 use inflight::{Entry, Inflight, Offer, Origin};
 use ingress::Acker;
@@ -39,8 +40,8 @@ const OUTPUT_CLIENT_SUFFIX: &str = crate::config::UPLINK_CLIENT_SUFFIX;
 /// The running broker link: its two connections' event loops and the
 /// publisher task. Lives for the whole process (a reload never touches it).
 pub struct Connection {
-    input: AsyncClient,
-    output: AsyncClient,
+    input: Client,
+    output: Client,
     /// Of the subscriptions (`[mqtt]`).
     qos: QoS,
     links: Arc<Links>,
@@ -85,20 +86,24 @@ impl Connection {
         outbox: Option<OutboxService>,
     ) -> Connection {
         let status_topic = replies::status_topic(device_id);
-        let qos = qos(settings.qos);
-        let (input, input_loop) = connect(
+        let qos = QoS::of(settings.qos);
+        let (input, input_loop) = client::connect(
             settings,
-            &settings.client_id,
-            None,
-            INPUT_REQUEST_CHANNEL_CAPACITY,
+            client::Options {
+                client_id: &settings.client_id,
+                last_will: None,
+                channel_capacity: INPUT_REQUEST_CHANNEL_CAPACITY,
+            },
         );
         let (out, output_id) = output_link(settings, uplink);
-        let output_qos = self::qos(out.qos);
-        let (output, output_loop) = connect(
+        let output_qos = QoS::of(out.qos);
+        let (output, output_loop) = client::connect(
             out,
-            &output_id,
-            Some((&status_topic, last_will)),
-            REQUEST_CHANNEL_CAPACITY,
+            client::Options {
+                client_id: &output_id,
+                last_will: Some((&status_topic, last_will)),
+                channel_capacity: REQUEST_CHANNEL_CAPACITY,
+            },
         );
         let links = Arc::new(Links {
             stats: Arc::clone(&stats),
@@ -232,10 +237,7 @@ impl Connection {
         let qos = self.qos;
         tokio::spawn(async move {
             if !subscribe.is_empty() {
-                let subs = subscribe
-                    .into_iter()
-                    .map(|f| rumqttc::SubscribeFilter::new(f, qos));
-                if let Err(e) = client.subscribe_many(subs).await {
+                if let Err(e) = client.subscribe_many(subscribe, qos).await {
                     log::error!("reload: could not subscribe: {e}");
                 }
             }
@@ -285,6 +287,7 @@ impl Connection {
             payload: offline.into(),
             retain: true,
             ack: None,
+            properties: None,
         };
         let origin = Origin::Record;
         if !matches!(
@@ -399,56 +402,15 @@ fn log_connecting(settings: &MqttSettings, uplink: Option<&MqttSettings>, output
     }
 }
 
-/// ", TLS verified against ..." for the connect log line.
+/// ", MQTT 5, TLS verified against ..." for the connect log line (the
+/// protocol only when it is not the default).
 fn tls_note(s: &MqttSettings) -> String {
-    s.tls
-        .as_ref()
-        .map(|t| format!(", TLS {}", t.describe()))
-        .unwrap_or_default()
-}
-
-fn qos(level: u8) -> QoS {
-    if level == 0 {
-        QoS::AtMostOnce
-    } else {
-        QoS::AtLeastOnce
+    let mut note = String::new();
+    if s.protocol.is_v5() {
+        note.push_str(", MQTT 5");
     }
-}
-
-/// The options of one link. The output link carries the Last Will: the
-/// retained record the broker publishes on the status topic when it finds
-/// that connection dead.
-fn connect(
-    settings: &MqttSettings,
-    client_id: &str,
-    last_will: Option<(&str, Vec<u8>)>,
-    channel_capacity: usize,
-) -> (AsyncClient, EventLoop) {
-    let mut opts = MqttOptions::new(client_id, &settings.host, settings.port);
-    if let Some((topic, record)) = last_will {
-        opts.set_last_will(LastWill::new(topic, record, QoS::AtLeastOnce, true));
+    if let Some(t) = &s.tls {
+        note.push_str(&format!(", TLS {}", t.describe()));
     }
-    opts.set_keep_alive(settings.keep_alive)
-        .set_clean_session(settings.clean_session)
-        .set_max_packet_size(settings.max_packet_bytes, settings.max_packet_bytes)
-        .set_request_channel_capacity(channel_capacity)
-        .set_inflight(u16::MAX / 2)
-        // Acks are sent once a message is answered (`delivery`), so one
-        // the daemon never answered is redelivered by the broker.
-        .set_manual_acks(true);
-    if let Some((user, pass)) = &settings.credentials {
-        opts.set_credentials(user, pass);
-    }
-    if let Some(tls) = &settings.tls {
-        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            Arc::clone(&tls.client_config),
-        )));
-    }
-    let (client, mut eventloop) = AsyncClient::new(opts, channel_capacity);
-    let mut net = eventloop.network_options();
-    // Nagle would hold small results back for up to ~40 ms.
-    net.set_tcp_nodelay(true);
-    net.set_connection_timeout(10);
-    eventloop.set_network_options(net);
-    (client, eventloop)
+    note
 }

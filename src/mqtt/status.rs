@@ -205,6 +205,7 @@ fn collect(
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
             Ok(Err(e)) => {
+                let e = super::client::LinkError::V4(e);
                 let why = super::link::describe(&e, &endpoint, !connected);
                 if !connected {
                     return Err(why);

@@ -289,6 +289,7 @@ impl Worker {
                 payload: m.payload.to_vec(),
                 retain: m.retain,
                 created: now,
+                properties: m.properties.as_deref().cloned(),
             })
             .collect();
         match self.store.append(&records) {

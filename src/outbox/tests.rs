@@ -37,6 +37,7 @@ fn rec_at(i: u64, created: f64) -> Record {
         retain: i.is_multiple_of(2),
         topic,
         payload,
+        properties: None,
     }
 }
 
@@ -606,6 +607,39 @@ fn frames_reject_bad_bytes_instead_of_panicking() {
         assert!(frame::header(&h).is_err(), "{len}");
     }
     assert!(frame::check(&body[..5], crc32fast::hash(&body[..5])).is_err());
+}
+
+#[test]
+fn mqtt5_properties_round_trip_and_plain_records_keep_version_1() {
+    let mut plain = Vec::new();
+    frame::encode(&rec(3), &mut plain);
+    assert_eq!(
+        plain[frame::HEADER],
+        1,
+        "a record without properties is version 1"
+    );
+    let mut record = rec(4);
+    record.properties = Some(crate::job::Properties {
+        response_topic: None,
+        correlation_data: Some(bytes::Bytes::from_static(b"\x00\xffreq-7")),
+        user_properties: vec![("site".into(), "north".into()), ("site".into(), "".into())],
+        content_type: Some("application/json".into()),
+    });
+    let mut bytes = Vec::new();
+    frame::encode(&record, &mut bytes);
+    assert_eq!(Some(bytes.len()), record.frame_len());
+    assert_eq!(bytes[frame::HEADER], 2);
+    let mut head = [0; frame::HEADER];
+    head.copy_from_slice(&bytes[..frame::HEADER]);
+    let (len, crc) = frame::header(&head).unwrap();
+    let body = &bytes[frame::HEADER..];
+    assert_eq!(len, body.len());
+    assert_eq!(frame::check(body, crc).unwrap().to_record(), record);
+    for at in 0..body.len() {
+        let mut bad = body.to_vec();
+        bad[at] ^= 0x10;
+        assert!(frame::check(&bad, crc).is_err(), "flip at {at}");
+    }
 }
 
 #[test]

@@ -297,6 +297,7 @@ mod tests {
             received_at: 0.0,
             received: Instant::now(),
             ack: None,
+            properties: None,
         }
     }
 

@@ -31,6 +31,7 @@ fn put(q: &ModelQueue, n: u32) {
         received_at: 0.0,
         received: Instant::now(),
         ack: None,
+        properties: None,
     };
     assert!(matches!(q.offer(job), Offer::Queued));
 }
@@ -226,6 +227,7 @@ fn batch_of(ctx: &ModelContext, payloads: &[&str]) -> Batcher {
             received_at: 0.0,
             received: Instant::now(),
             ack: None,
+            properties: None,
         };
         assert!(matches!(q.offer(job), Offer::Queued));
     }
@@ -374,6 +376,7 @@ fn loop_over(payloads: &[&str]) -> (usize, usize, usize) {
             received_at: 0.0,
             received: Instant::now(),
             ack: None,
+            properties: None,
         };
         assert!(matches!(q.offer(job), Offer::Queued));
     }
