@@ -21,12 +21,18 @@ const MEMBERS: [&str; 3] = ["pool-a", "pool-b", "pool-c"];
 /// output topic is the sensor level of the input topic (the filter part,
 /// not the `$share/pool/` prefix).
 fn member_config(port: u16, device_id: &str) -> String {
-    config(
+    member_config_over(port, device_id, "3.1.1")
+}
+
+/// The same over MQTT `protocol` ("3.1.1" or "5").
+fn member_config_over(port: u16, device_id: &str, protocol: &str) -> String {
+    let text = config(
         port,
         device_id,
         "",
         "[[models]]\nname = \"dyn\"\npath = \"{models}/dynamic_batch_f32.tflite\"\ninput_topic = \"$share/pool/in/+/dyn\"\noutput_topic = \"out/{device_id}/{model}/{1}\"\n",
-    )
+    );
+    text.replace("[mqtt]\n", &format!("[mqtt]\nprotocol = \"{protocol}\"\n"))
 }
 
 /// Answers per input id, and per member.
@@ -94,14 +100,22 @@ enum Fate {
 /// Sends `N` inputs at `RATE_PER_SEC`, doing to member 1 what `fate`
 /// says; then waits until every input has an answer.
 fn run(fate: Fate) -> Tally {
+    run_over(fate, "3.1.1")
+}
+
+fn run_over(fate: Fate, protocol: &str) -> Tally {
     let broker = Broker::start();
     let results = TestClient::connect(broker.port);
     results.subscribe("out/+/dyn/+");
     let texts: Vec<String> = MEMBERS
         .iter()
-        .map(|d| member_config(broker.port, d))
+        .map(|d| member_config_over(broker.port, d, protocol))
         .collect();
     let mut daemons: Vec<Option<Daemon>> = texts.iter().map(|t| Some(Daemon::start(t))).collect();
+    if protocol == "5" {
+        let log = daemons[0].as_ref().expect("member").log_text();
+        assert!(log.contains(", MQTT 5"), "{log}");
+    }
     let sender = TestClient::connect(broker.port);
     let mut tally = Tally::new();
     let start = Instant::now();
@@ -174,6 +188,25 @@ fn three_members_answer_every_input_exactly_once() {
     );
     assert_eq!(tally.duplicates(), 0, "{:?}", tally.per_member);
     // The broker spread the stream: every member took a real share.
+    for m in MEMBERS {
+        let n = tally.per_member.get(m).copied().unwrap_or(0);
+        assert!(
+            n > N / 10,
+            "{m} answered {n} of {N}: {:?}",
+            tally.per_member
+        );
+    }
+}
+
+#[test]
+fn three_members_over_mqtt5_answer_every_input_exactly_once() {
+    let tally = run_over(Fate::Lives, "5");
+    println!(
+        "clean run over MQTT 5: {N} inputs, {} duplicate(s); answers per member: {:?}",
+        tally.duplicates(),
+        tally.per_member
+    );
+    assert_eq!(tally.duplicates(), 0, "{:?}", tally.per_member);
     for m in MEMBERS {
         let n = tally.per_member.get(m).copied().unwrap_or(0);
         assert!(
