@@ -29,12 +29,12 @@
 #   scripts/demo.sh                    # 20 s, 2 sensors at 1 window/s, 1 camera at 1 frame/s
 #   scripts/demo.sh --seconds 60 --sensors 4 --rate 10 --cameras 2 --frame-interval 0.5
 #   scripts/demo.sh --seconds 0        # until Ctrl-C
-#   scripts/demo.sh --homeassistant    # also publish Home Assistant discovery and print it
 #
-# --homeassistant (the demo's own flag, not passed on) turns on
-# [homeassistant] (EDGE_INFER__HOMEASSISTANT__ENABLED=true) and prints the
-# retained discovery configs the daemon published on the uplink (topic,
-# entity name, what it reads) before the simulator starts.
+# Fleet integration: the daemon publishes Home Assistant discovery configs
+# ([homeassistant], EDGE_INFER__HOMEASSISTANT__ENABLED=true), printed before
+# the simulator starts (topic, entity name, what it reads), and serves
+# Prometheus metrics on a free loopback port ([metrics]); a few of them are
+# printed at the end. --homeassistant is accepted for older command lines.
 #
 # --rate is in windows per second per sensor: each sensor publishes
 # rate x 64 readings per second (the default 1: 64 readings/s). --sensors 0
@@ -56,7 +56,7 @@ say() { printf 'demo: %s\n' "$*" >&2; }
 # (the last one given, as the simulator reads them; default 20).
 seconds=20
 prev=""
-homeassistant=""
+homeassistant=1
 sim_args=()
 for a in "$@"; do
   case "$a" in
@@ -253,6 +253,8 @@ export EDGE_INFER__MQTT__PORT="$port" EDGE_INFER__UPLINK__PORT="$uplink_port" \
   EDGE_INFER__UPLINK__TLS=true EDGE_INFER__UPLINK__CA_FILE="$tls/ca.crt" \
   EDGE_INFER__HEALTH__INTERVAL_SECS=2
 [ -z "$homeassistant" ] || export EDGE_INFER__HOMEASSISTANT__ENABLED=true
+metrics_port="$(free_port)" || { say "cannot find a free TCP port on 127.0.0.1"; exit 1; }
+export EDGE_INFER__METRICS__LISTEN="127.0.0.1:$metrics_port"
 STATE_DIRECTORY="$tmp/state" "${detach[@]}" env -u JOURNAL_STREAM \
   "$daemon_bin" run --config "$root/config/demo.toml" >"$tmp/edge-infer.log" 2>&1 </dev/null &
 daemon_pid=$!
@@ -337,4 +339,30 @@ if [ "$outage" = after ] && [ -n "$uplink_pid" ]; then
   say "the daemon's log about the uplink:"
   grep -E 'output link(: lost| down:|: back)' "$tmp/edge-infer.log" | sed 's/^/  | /' >&2 || true
 fi
+# What Prometheus would scrape: per model results, errors and the p99 of
+# the whole run, read from the cumulative histograms.
+say "Prometheus metrics (http://127.0.0.1:$metrics_port/metrics), summarized:"
+python3 - "$metrics_port" <<'PY' >&2 || true
+import re, sys, urllib.request
+text = urllib.request.urlopen("http://127.0.0.1:%s/metrics" % sys.argv[1], timeout=5).read().decode()
+samples = {}
+for line in text.splitlines():
+    m = re.match(r'^(\w+)(?:\{(.*)\})? (\S+)$', line)
+    if m:
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        samples.setdefault(m.group(1), []).append((labels, float(m.group(3))))
+def get(name, model):
+    return sum(v for l, v in samples.get(name, []) if l.get("model") == model)
+models = sorted({l["model"] for l, _ in samples.get("edge_infer_results_total", [])})
+for model in models:
+    count = get("edge_infer_result_latency_seconds_count", model)
+    p99 = "-"
+    if count:
+        buckets = sorted((float(l["le"]), v) for l, v in samples["edge_infer_result_latency_seconds_bucket"] if l.get("model") == model)
+        p99 = next(("<= %g ms" % (le * 1000) for le, v in buckets if v >= 0.99 * count), "-")
+    errors = {l["code"]: int(v) for l, v in samples.get("edge_infer_errors_total", []) if l.get("model") == model and v}
+    print("  | %-10s results %6d  p99 %-12s errors %s" % (model, get("edge_infer_results_total", model), p99, errors or "none"))
+rss = samples.get("process_resident_memory_bytes", [({}, 0)])[0][1]
+print("  | process    RSS %.1f MiB, %d lines exposed" % (rss / 2**20, len(text.splitlines())))
+PY
 exit "$status"
