@@ -35,6 +35,78 @@ pub fn device_topics(device_id: &str) -> [(&'static str, String); 3] {
     ]
 }
 
+/// The fleet's pseudo device in update topics: a manifest under it is for
+/// every device that has none of its own.
+pub const FLEET: &str = "fleet";
+
+/// Where the daemon reports a model's update state (retained).
+pub fn model_state_topic(device_id: &str, model: &str) -> String {
+    format!("edge-infer/{device_id}/models/{model}/state")
+}
+
+/// Where a model's desired manifest is published (retained): for this
+/// device, or for the fleet (`device_id` = [`FLEET`]).
+pub fn desired_topic(device_id: &str, model: &str) -> String {
+    format!("edge-infer/{device_id}/models/{model}/desired")
+}
+
+/// Chunk `n` of the model a manifest on `desired` describes.
+pub fn chunk_topic(desired: &str, n: u32) -> String {
+    format!("{desired}/chunk/{n}")
+}
+
+/// The chunks of the model a manifest on `desired` describes.
+pub fn chunk_filter(desired: &str) -> String {
+    format!("{desired}/chunk/+")
+}
+
+/// The manifests a device listens to: its own and the fleet's.
+pub fn desired_filters(device_id: &str) -> [String; 2] {
+    [desired_topic(device_id, "+"), desired_topic(FLEET, "+")]
+}
+
+/// An update topic, taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateTopic<'t> {
+    pub model: &'t str,
+    /// The fleet's manifest rather than this device's.
+    pub fleet: bool,
+    /// A chunk's number; None for the manifest itself.
+    pub chunk: Option<u32>,
+}
+
+/// Whether `topic` is this device's or the fleet's manifest or chunk.
+pub fn update_topic<'t>(device_id: &str, topic: &'t str) -> Option<UpdateTopic<'t>> {
+    let rest = topic.strip_prefix("edge-infer/")?;
+    let (fleet, rest) = if let Some(r) = rest
+        .strip_prefix(device_id)
+        .and_then(|r| r.strip_prefix("/models/"))
+    {
+        (false, r)
+    } else {
+        (
+            true,
+            rest.strip_prefix(FLEET)
+                .and_then(|r| r.strip_prefix("/models/"))?,
+        )
+    };
+    let mut levels = rest.split('/');
+    let model = levels.next().filter(|m| !m.is_empty())?;
+    if levels.next()? != "desired" {
+        return None;
+    }
+    let chunk = match (levels.next(), levels.next(), levels.next()) {
+        (None, _, _) => None,
+        (Some("chunk"), Some(n), None) => Some(n.parse().ok()?),
+        _ => return None,
+    };
+    Some(UpdateTopic {
+        model,
+        fleet,
+        chunk,
+    })
+}
+
 /// Where Home Assistant announces itself (`online` when it starts): the
 /// daemon re-publishes its discovery configs when it hears that.
 pub fn homeassistant_status_topic(prefix: &str) -> String {
@@ -1279,5 +1351,28 @@ mod tests {
             }
         }
         assert!(checked > 1000, "{checked}");
+    }
+
+    #[test]
+    fn update_topics_are_taken_apart() {
+        let d = "gw-1";
+        let own = update_topic(d, "edge-infer/gw-1/models/har/desired").unwrap();
+        assert_eq!((own.model, own.fleet, own.chunk), ("har", false, None));
+        let c = update_topic(d, "edge-infer/fleet/models/har/desired/chunk/12").unwrap();
+        assert_eq!((c.model, c.fleet, c.chunk), ("har", true, Some(12)));
+        for other in [
+            "edge-infer/gw-2/models/har/desired",
+            "edge-infer/gw-1/models/har/state",
+            "edge-infer/gw-1/models//desired",
+            "edge-infer/gw-1/models/har/desired/chunk/x",
+            "edge-infer/gw-1/models/har/desired/chunk/1/2",
+        ] {
+            assert_eq!(update_topic(d, other), None, "{other}");
+        }
+        let [own, fleet] = desired_filters(d);
+        assert!(TopicFilter::parse(&own).unwrap().matches(&desired_topic(d, "har")).is_some());
+        assert!(TopicFilter::parse(&fleet).unwrap().matches(&desired_topic(FLEET, "x")).is_some());
+        let chunks = TopicFilter::parse(&chunk_filter(&desired_topic(d, "har"))).unwrap();
+        assert!(chunks.matches(&chunk_topic(&desired_topic(d, "har"), 3)).is_some());
     }
 }

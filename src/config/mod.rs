@@ -14,6 +14,7 @@ mod robustness;
 mod secrets;
 mod settings;
 mod tls;
+mod updates;
 
 pub use files::{read_file, FileError, FileLimits, LABELS_FILE, MODEL_FILE};
 pub use preprocess::{FieldPath, ImageSettings, Normalize, Resize, DEFAULT_MAX_PIXELS};
@@ -23,6 +24,7 @@ pub use settings::{
     OverflowPolicy, PayloadFormat, Protocol, Settings, UPLINK_CLIENT_SUFFIX,
 };
 pub use tls::TlsSettings;
+pub use updates::{key_id_of, TrustedKey, UpdateSettings, Version};
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -50,6 +50,10 @@ pub struct RawConfig {
     /// there (and `enabled` not false).
     #[serde(default)]
     pub metrics: Option<RawMetrics>,
+    /// `[updates]`: signed model updates over MQTT, on while the section
+    /// is there.
+    #[serde(default)]
+    pub updates: Option<super::updates::RawUpdates>,
 }
 
 /// `[metrics]`: `/metrics` over HTTP for Prometheus.
@@ -311,6 +315,10 @@ impl Default for RawLog {
 pub struct RawModel {
     pub name: String,
     pub path: String,
+    /// The version of the file at `path`, which remote updates compare
+    /// against; none is below every version.
+    #[serde(default)]
+    pub version: Option<String>,
     pub input_topic: String,
     #[serde(default = "default_output_topic")]
     pub output_topic: String,

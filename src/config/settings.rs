@@ -46,6 +46,8 @@ pub struct Settings {
     pub homeassistant: Option<HomeAssistantSettings>,
     /// `[metrics]`: None when off.
     pub metrics: Option<MetricsSettings>,
+    /// `[updates]`: None when remote model updates are off.
+    pub updates: Option<super::UpdateSettings>,
 }
 
 /// `[homeassistant]` when enabled: where Home Assistant reads discovery
@@ -289,6 +291,9 @@ pub struct ModelSettings {
     pub image: Option<ImageSettings>,
     /// `accelerators`, `cpu_path`, `retry_secs`, `gpu_allow_fp16`.
     pub accel: AccelSettings,
+    /// The version of the file at `path` (`version`, or the update that
+    /// put it there); None is below every version.
+    pub version: Option<String>,
 }
 
 impl ModelSettings {
@@ -494,6 +499,13 @@ impl Settings {
         if let Some(ha) = &homeassistant {
             check_homeassistant_topics(&mut c, &models, &device_id, ha);
         }
+        let updates = raw
+            .updates
+            .as_ref()
+            .and_then(|u| super::updates::update_settings(&mut c, u));
+        if updates.is_some() {
+            super::updates::check_topics(&mut c, &models, &device_id);
+        }
 
         let runtime_library = raw
             .runtime
@@ -530,6 +542,7 @@ impl Settings {
             delegates,
             homeassistant,
             metrics,
+            updates,
         })
     }
 }
@@ -938,6 +951,13 @@ fn model_settings(
     if rm.path.is_empty() {
         c.add(k("path"), "must not be empty");
     }
+    let version = rm.version.clone().filter(|v| match super::Version::parse(v) {
+        Ok(_) => true,
+        Err(e) => {
+            c.add(k("version"), e);
+            false
+        }
+    });
     let input_topic = match TopicFilter::parse(&rm.input_topic) {
         Ok(f) => Some(f),
         Err(e) => {
@@ -1030,6 +1050,7 @@ fn model_settings(
         input,
         image,
         accel,
+        version,
         key,
     })
 }
