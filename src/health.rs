@@ -25,6 +25,8 @@ pub struct StatusModel {
     pub name: String,
     pub path: String,
     pub sha256: String,
+    /// `version` of the configured file, or of the update serving.
+    pub version: Option<String>,
     pub input_topic: String,
     pub output_topic: String,
     pub accelerator: String,
@@ -48,6 +50,7 @@ impl StatusModel {
             name: ms.name.clone(),
             path: ms.path.display().to_string(),
             sha256: checked.sha256.clone(),
+            version: ms.version.clone(),
             input_topic: ms.input_topic.to_string(),
             output_topic: ms.output_topic.as_str().to_string(),
             accelerator: model.accelerator.clone(),
@@ -133,6 +136,7 @@ fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
 pub struct ModelView<'a> {
     pub name: &'a str,
     pub sha256: &'a str,
+    pub version: Option<&'a str>,
     /// Which accelerator serves it, and why not a more preferred one.
     pub acceleration: AccelReport,
     pub workers: usize,
@@ -295,6 +299,7 @@ impl LinkHealth {
 struct ModelHealth<'a> {
     name: &'a str,
     sha256: &'a str,
+    version: Option<&'a str>,
     /// The name of the accelerator serving it (`acceleration.serving`).
     accelerator: String,
     acceleration: AccelReport,
@@ -440,6 +445,7 @@ impl HealthReporter {
             model_health.push(ModelHealth {
                 name: m.name,
                 sha256: m.sha256,
+                version: m.version,
                 accelerator: m.acceleration.serving.clone(),
                 acceleration: m.acceleration.clone(),
                 workers: m.workers,

@@ -307,11 +307,44 @@ fn load_models(
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
-    let (settings, runtime, models) = match load(path) {
-        Ok(x) => x,
+    let mut settings = match load_settings(path) {
+        Ok(s) => s,
         Err(code) => return code,
     };
-    match app::run(path.to_path_buf(), settings, runtime, models) {
+    // Before the models load: a model with an active update starts on it.
+    let mut startup = match updates::open(&mut settings) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("edge-infer: {e} (remote updates keep models in state_dir; set it to a writable directory or remove [updates])");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let runtime = match open_runtime(&settings) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("edge-infer: {e}");
+            return ExitCode::from(exit::NO_RUNTIME);
+        }
+    };
+    // An update that passed every check once but does not load now (a
+    // changed config, another runtime library) is rolled back rather
+    // than keeping the daemon down.
+    if let Err(problems) = models::load_all(&settings, &runtime) {
+        for p in &problems {
+            let Some(ms) = settings.models.iter().find(|m| p.key.starts_with(&m.key)) else {
+                continue;
+            };
+            let name = ms.name.clone();
+            if startup.overrides.contains_key(&name) {
+                startup.fall_back(&mut settings, &name, &format!("it does not load at start: {p}"));
+            }
+        }
+    }
+    let models = match load_models(path, &settings, &runtime) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    match app::run(path.to_path_buf(), settings, runtime, models, startup) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("edge-infer: {e:#}");
@@ -501,10 +534,40 @@ fn print_summary(
             None => "off".into(),
         }
     );
+    println!(
+        "updates:   {}",
+        match &settings.updates {
+            Some(u) => format!(
+                "from {} and {}, signed by key(s) {}; probation {:.0} s{}; staged in {}",
+                topic::desired_topic(&settings.device_id, "<model>"),
+                topic::desired_topic(topic::FLEET, "<model>"),
+                u.public_keys
+                    .iter()
+                    .map(|k| k.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                u.probation.as_secs_f64(),
+                if u.allow_downgrade {
+                    "; downgrades allowed"
+                } else {
+                    ""
+                },
+                settings.state_dir.join("models").display()
+            ),
+            None => "off (no [updates] section)".into(),
+        }
+    );
     for m in models {
         let s = m.settings;
         println!("model {}:", s.name);
-        println!("  file:     {} (sha256 {})", s.path.display(), m.sha256);
+        match &s.version {
+            Some(v) => println!(
+                "  file:     {} (sha256 {}, version {v})",
+                s.path.display(),
+                m.sha256
+            ),
+            None => println!("  file:     {} (sha256 {})", s.path.display(), m.sha256),
+        }
         println!(
             "  topics:   {} -> {}{}",
             s.input_topic,

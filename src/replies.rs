@@ -472,6 +472,17 @@ impl Replies {
         }
     }
 
+    /// The retained update state record of `model` (`[updates]`).
+    pub fn model_state(&self, model: &str, payload: Vec<u8>) -> Outgoing {
+        Outgoing {
+            topic: crate::topic::model_state_topic(&self.device_id, model),
+            payload: payload.into(),
+            retain: true,
+            ack: None,
+            properties: None,
+        }
+    }
+
     /// For worker threads: waits for room.
     pub fn send_blocking(&self, msg: Outgoing) {
         if let Err(mpsc::error::SendError(msg)) = self.results.blocking_send(msg) {

@@ -36,6 +36,19 @@ pub struct Announcements {
     pub online: Arc<Notify>,
 }
 
+/// Model updates (`[updates]`): this device's and the fleet's manifests,
+/// and the chunks of a download under way, subscribed beside the models'
+/// filters but never an input to a model. Each goes to the updates thread
+/// with its acknowledgement.
+#[derive(Clone)]
+pub struct UpdateIntake {
+    pub device_id: String,
+    /// Chunk filters subscribed while downloads run; the supervisor
+    /// changes them, routing lists them so a reconnect subscribes again.
+    pub chunk_filters: Arc<Mutex<Vec<String>>>,
+    pub to_agent: std::sync::mpsc::Sender<crate::updates::Input>,
+}
+
 /// The routing state of one model set.
 pub struct Routes {
     /// In config order: a message that several models listen for is
@@ -45,6 +58,8 @@ pub struct Routes {
     replies: Replies,
     /// With `[homeassistant]` enabled.
     announcements: Option<Announcements>,
+    /// With `[updates]` on.
+    updates: Option<UpdateIntake>,
 }
 
 impl Routes {
@@ -54,7 +69,14 @@ impl Routes {
             max_payload_bytes,
             replies,
             announcements: None,
+            updates: None,
         }
+    }
+
+    /// Also listens for model updates.
+    pub fn with_updates(mut self, updates: Option<UpdateIntake>) -> Routes {
+        self.updates = updates;
+        self
     }
 
     /// Also listens for Home Assistant's announcements.
@@ -76,6 +98,12 @@ impl Routes {
         if let Some(a) = &self.announcements {
             out.push(a.topic.clone());
         }
+        if let Some(u) = &self.updates {
+            out.extend(crate::topic::desired_filters(&u.device_id));
+            if let Ok(chunks) = u.chunk_filters.lock() {
+                out.extend(chunks.iter().cloned());
+            }
+        }
         out
     }
 
@@ -94,6 +122,16 @@ impl Routes {
                 log::info!("Home Assistant announced itself on {}", a.topic);
                 a.online.notify_one();
             }
+            return;
+        }
+        if let Some(u) = self
+            .updates
+            .as_ref()
+            .filter(|u| crate::topic::update_topic(&u.device_id, &job.topic).is_some())
+        {
+            // Config validation keeps model filters off these topics. If
+            // the updates thread is gone (stopping), the message is taken.
+            let _ = u.to_agent.send(crate::updates::Input::Message(job));
             return;
         }
         if self.replies.is_own_topic(&job.topic) {

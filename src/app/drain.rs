@@ -30,6 +30,10 @@ impl Supervisor {
         self.leave_groups().await;
         // Dropping the routes closes every queue: workers finish and exit.
         drop(self.switch.take());
+        // The updates thread ends once routing's handle and ours are gone;
+        // a swap it waits for is answered "stopping" (its store is safe
+        // at every step).
+        self.updates = None;
         let mut all: Vec<Running> = std::mem::take(&mut self.models);
         all.append(&mut self.retired);
         // Polled rather than joined on a blocking thread: a drain must work

@@ -7,8 +7,9 @@
 mod diff;
 mod drain;
 mod reload;
+mod updates;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +26,8 @@ use crate::models::{Chain, LoadedModel, ModelContext};
 use crate::mqtt::Connection;
 use crate::outbox::OutboxService;
 use crate::replies::Replies;
-use crate::routing::{Announcements, Route, Routes, Switch};
+use crate::routing::{Announcements, Route, Routes, Switch, UpdateIntake};
+use crate::updates as update;
 use crate::systemd::Notifier;
 use crate::telemetry::{DaemonStats, ModelStats};
 use crate::time::unix_now;
@@ -147,13 +149,14 @@ pub fn run(
     settings: Settings,
     runtime: Arc<Runtime>,
     models: Vec<LoadedModel>,
+    updates: crate::update::Startup,
 ) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let result = rt.block_on(async move {
-        let mut sup = Supervisor::start(config_path, settings, runtime, models)?;
+        let mut sup = Supervisor::start(config_path, settings, runtime, models, updates)?;
         sup.serve().await
     });
     // A wedged worker never returns from its join task; do not wait for
@@ -187,6 +190,71 @@ struct Supervisor {
     ha_published: homeassistant::Published,
     ha_schedule: homeassistant::Schedule,
     ha_online: Arc<tokio::sync::Notify>,
+    /// Remote model updates (`[updates]`), when on.
+    updates: Option<Updates>,
+}
+
+/// The supervisor's side of remote model updates.
+struct Updates {
+    /// What routing hands manifests and chunks to; carried into every new
+    /// routing state, dropped at drain (which ends the updates thread).
+    intake: Option<UpdateIntake>,
+    requests: tokio::sync::mpsc::UnboundedReceiver<update::Request>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Per model, the update file served instead of the configured one: a
+    /// reload keeps it.
+    overrides: BTreeMap<String, update::FileVersion>,
+    /// Per model, the configured file and version, from the last config
+    /// read.
+    configured: BTreeMap<String, (PathBuf, Option<String>)>,
+    /// The last state record of each model, sent again on every connect
+    /// of the output link (retained records offered while it was down
+    /// were dropped).
+    states: BTreeMap<String, Vec<u8>>,
+}
+
+/// Starts the updates thread when `[updates]` is on.
+fn start_updates(
+    settings: &Settings,
+    runtime: &Arc<Runtime>,
+    startup: update::Startup,
+) -> anyhow::Result<Option<Updates>> {
+    let Some(u) = &settings.updates else {
+        return Ok(None);
+    };
+    let (tx, requests) = tokio::sync::mpsc::unbounded_channel();
+    let overrides = startup.overrides.clone();
+    let configured = startup.configured.clone();
+    let agent = update::spawn(
+        u.clone(),
+        settings.device_id.clone(),
+        settings.file_limits,
+        settings.models.clone(),
+        startup,
+        Arc::clone(runtime),
+        tx,
+    )
+    .context("cannot start the updates thread")?;
+    Ok(Some(Updates {
+        intake: Some(UpdateIntake {
+            device_id: settings.device_id.clone(),
+            chunk_filters: Arc::default(),
+            to_agent: agent.input,
+        }),
+        requests,
+        thread: Some(agent.handle),
+        overrides,
+        configured,
+        states: BTreeMap::new(),
+    }))
+}
+
+/// The next request of the updates thread; pending forever without one.
+async fn next_request(updates: &mut Option<Updates>) -> Option<update::Request> {
+    match updates {
+        Some(u) => u.requests.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What routing listens for on behalf of Home Assistant discovery, when it
@@ -204,6 +272,7 @@ impl Supervisor {
         settings: Settings,
         runtime: Arc<Runtime>,
         loaded: Vec<LoadedModel>,
+        startup: update::Startup,
     ) -> anyhow::Result<Supervisor> {
         let stats = Arc::new(DaemonStats::default());
         // First, so a port in use stops the start before the broker hears
@@ -229,9 +298,11 @@ impl Supervisor {
             routes.push(route);
         }
         let ha_online = Arc::new(tokio::sync::Notify::new());
+        let updates = start_updates(&settings, &runtime, startup)?;
         let switch = Arc::new(Switch::new(
             Routes::new(routes, settings.max_payload_bytes, replies.clone())
-                .with_announcements(announcements(&settings, &ha_online)),
+                .with_announcements(announcements(&settings, &ha_online))
+                .with_updates(updates.as_ref().and_then(|u| u.intake.clone())),
         ));
         let started_at = unix_now();
         let status: Vec<StatusModel> = models.iter().map(|m| m.status.clone()).collect();
@@ -272,6 +343,7 @@ impl Supervisor {
             ha_published: homeassistant::Published::default(),
             ha_schedule: homeassistant::Schedule::default(),
             ha_online,
+            updates,
         })
     }
 
@@ -327,7 +399,11 @@ impl Supervisor {
                     if changed.is_ok() && self.settings.homeassistant.is_some() {
                         self.ha_schedule.request(Instant::now(), Duration::ZERO);
                     }
+                    if changed.is_ok() {
+                        self.resend_update_states();
+                    }
                 }
+                Some(request) = next_request(&mut self.updates) => self.on_update_request(request).await,
                 _ = ha_online.notified() => {
                     self.ha_schedule.request(Instant::now(), homeassistant::ANNOUNCE_DELAY);
                 }
@@ -428,6 +504,7 @@ impl Supervisor {
             .map(|m| ModelView {
                 name: &m.ctx.name,
                 sha256: &m.ctx.sha256,
+                version: m.settings.version.as_deref(),
                 acceleration: m.chain.report(),
                 workers: m.workers.len(),
                 stalled_workers: m.stalled_workers(limit),

@@ -58,8 +58,18 @@ impl Supervisor {
     }
 
     async fn try_reload(&mut self) -> Result<String, Vec<Problem>> {
-        let new = config::load(&self.config_path).map_err(|e| e.problems)?;
+        let mut new = config::load(&self.config_path).map_err(|e| e.problems)?;
         self.check_fixed(&new)?;
+        self.override_models(&mut new, true);
+        let summary = self.apply(new).await?;
+        self.tell_updates_models();
+        Ok(summary)
+    }
+
+    /// Moves the daemon to `new` (checked settings): every step that can
+    /// fail first, then the swap. A reload and a model update both come
+    /// through here.
+    pub(super) async fn apply(&mut self, new: Settings) -> Result<String, Vec<Problem>> {
 
         // Decide, then load and warm every new or changed model. This reads
         // files and runs warm-up inferences, so it happens on a blocking
@@ -156,7 +166,8 @@ impl Supervisor {
             }
         }
         let routes = Routes::new(routes, new.max_payload_bytes, replies)
-            .with_announcements(super::announcements(&new, &self.ha_online));
+            .with_announcements(super::announcements(&new, &self.ha_online))
+            .with_updates(self.updates.as_ref().and_then(|u| u.intake.clone()));
         let new_filters = routes.filters();
         *guard = Some(routes);
         drop(guard);
@@ -220,6 +231,11 @@ impl Supervisor {
         // the daemon; rebinding on reload could fail after models swapped.
         if new.metrics != self.settings.metrics {
             problems.push(problem("metrics", restart));
+        }
+        // The updates thread holds the keys and the stores it opened at
+        // start.
+        if new.updates != self.settings.updates {
+            problems.push(problem("updates", restart));
         }
         if problems.is_empty() {
             Ok(())

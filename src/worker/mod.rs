@@ -19,6 +19,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 pub use queue::{JobReceiver, ModelQueue, Offer, Queued};
+pub use serve::outputs_for;
 
 use crate::models::{IntakeKind, ModelContext, WorkerEngines};
 use crate::replies::Replies;

@@ -325,3 +325,28 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into())
 }
+
+/// Runs one payload through `engine` as a worker would (decode, invoke)
+/// and reads every output back as real values, by output name: the golden
+/// check of a model update. Windowed models have no single-message input.
+pub fn outputs_for(
+    engine: &mut dyn Engine,
+    ctx: &ModelContext,
+    payload: &[u8],
+) -> Result<Vec<(String, Vec<f32>)>, Failure> {
+    let mut scratch = Scratch::default();
+    decode(ctx, payload, engine.input_buffers_mut(), &mut scratch).map_err(|(_, f)| f)?;
+    engine.invoke().map_err(|e| invoke_failure(&e))?;
+    let specs = engine.outputs().to_vec();
+    Ok(specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let buf = engine.output(i);
+            let values = (0..spec.element_count())
+                .map(|k| quant::load(spec.dtype, spec.quantization, buf, k))
+                .collect();
+            (spec.name.clone(), values)
+        })
+        .collect())
+}
