@@ -24,6 +24,7 @@ mod systemd;
 mod telemetry;
 mod time;
 mod topic;
+mod updates;
 mod worker;
 
 use std::path::PathBuf;
