@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 /// chunk count (one retained message each) sane for any model, 1 MiB fits
 /// the default packet limits of common brokers (Mosquitto allows 256 MiB,
 /// but AWS IoT Core 128 KiB and many managed brokers 256 KiB to 1 MiB).
-pub const MIN_CHUNK_SIZE: u32 = 1024;
-pub const MAX_CHUNK_SIZE: u32 = 1024 * 1024;
+pub const MIN_CHUNK_SIZE: u64 = 1024;
+pub const MAX_CHUNK_SIZE: u64 = 1024 * 1024;
 
 /// How many missing chunk numbers a message lists before "and N more".
 const MISSING_LISTED: usize = 10;
@@ -44,7 +44,7 @@ pub enum DownloadError {
         got: usize,
         expected: u64,
         size: u64,
-        chunk_size: u32,
+        chunk_size: u64,
     },
     #[error("received {received} of {chunks} chunks, missing {missing}")]
     Incomplete {
@@ -103,14 +103,14 @@ fn io_error<'a>(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
     size: u64,
-    chunk_size: u32,
+    chunk_size: u64,
     chunks: u32,
 }
 
 impl Geometry {
     /// The error says which number is off and what would fit; the caller
     /// adds the manifest's key.
-    pub fn new(size: u64, chunk_size: u32, chunks: u32) -> Result<Geometry, DownloadError> {
+    pub fn new(size: u64, chunk_size: u64, chunks: u32) -> Result<Geometry, DownloadError> {
         if size == 0 {
             return Err(DownloadError::Geometry(
                 "size is 0: a model file has at least one byte".into(),
@@ -121,7 +121,7 @@ impl Geometry {
                 "chunk_size {chunk_size} is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE} bytes (1 KiB to 1 MiB)"
             )));
         }
-        let needed = size.div_ceil(u64::from(chunk_size));
+        let needed = size.div_ceil(chunk_size);
         if needed != u64::from(chunks) {
             return Err(DownloadError::Geometry(format!(
                 "chunks is {chunks}, but {size} bytes in chunks of {chunk_size} bytes make {needed} (chunks = ceil(size / chunk_size))"
@@ -138,7 +138,7 @@ impl Geometry {
         self.size
     }
 
-    pub fn chunk_size(&self) -> u32 {
+    pub fn chunk_size(&self) -> u64 {
         self.chunk_size
     }
 
@@ -148,7 +148,7 @@ impl Geometry {
 
     /// Where chunk `n` starts in the file.
     pub fn offset(&self, n: u32) -> u64 {
-        u64::from(n) * u64::from(self.chunk_size)
+        u64::from(n) * self.chunk_size
     }
 
     /// The length chunk `n` must have: `chunk_size`, except the last, which
@@ -157,7 +157,7 @@ impl Geometry {
         if n >= self.chunks {
             return 0;
         }
-        (self.size - self.offset(n)).min(u64::from(self.chunk_size))
+        (self.size - self.offset(n)).min(self.chunk_size)
     }
 }
 
@@ -478,8 +478,8 @@ mod tests {
         &bytes[from..from + g.chunk_len(n) as usize]
     }
 
-    fn start(dir: &Path, bytes: &[u8], chunk_size: u32) -> Download {
-        let chunks = (bytes.len() as u64).div_ceil(u64::from(chunk_size)) as u32;
+    fn start(dir: &Path, bytes: &[u8], chunk_size: u64) -> Download {
+        let chunks = (bytes.len() as u64).div_ceil(chunk_size) as u32;
         let g = Geometry::new(bytes.len() as u64, chunk_size, chunks).unwrap();
         Download::create(dir, &sha(bytes), g).unwrap()
     }
