@@ -240,19 +240,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Everything `run` and `check-config` share: config, runtime, models.
-fn load(
-    path: &std::path::Path,
-) -> Result<(config::Settings, Arc<Runtime>, Vec<models::LoadedModel>), ExitCode> {
-    let settings = load_settings(path)?;
-    let runtime = open_runtime(&settings).map_err(|e| {
-        eprintln!("edge-infer: {e}");
-        ExitCode::from(exit::NO_RUNTIME)
-    })?;
-    let models = load_models(path, &settings, &runtime)?;
-    Ok((settings, runtime, models))
-}
-
 fn load_settings(path: &std::path::Path) -> Result<config::Settings, ExitCode> {
     let settings = config::load(path).map_err(|e| {
         eprintln!("edge-infer: {e}");

@@ -149,7 +149,7 @@ pub fn run(
     settings: Settings,
     runtime: Arc<Runtime>,
     models: Vec<LoadedModel>,
-    updates: crate::update::Startup,
+    updates: update::Startup,
 ) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -200,6 +200,7 @@ struct Updates {
     /// routing state, dropped at drain (which ends the updates thread).
     intake: Option<UpdateIntake>,
     requests: tokio::sync::mpsc::UnboundedReceiver<update::Request>,
+    /// Taken once its end has been logged.
     thread: Option<std::thread::JoinHandle<()>>,
     /// Per model, the update file served instead of the configured one: a
     /// reload keeps it.
@@ -412,6 +413,7 @@ impl Supervisor {
                 }
                 _ = watchdog_tick.tick() => {
                     self.reap_retired();
+                    self.check_updates_thread();
                     if let Some(replies) = &self.replies {
                         replies.flush_log(false);
                     }

@@ -118,6 +118,18 @@ impl Supervisor {
         }
     }
 
+    /// The updates thread only ends with the daemon; if it ends before
+    /// (a panic), serving goes on and the operator is told once.
+    pub(super) fn check_updates_thread(&mut self) {
+        let Some(u) = &mut self.updates else {
+            return;
+        };
+        if u.thread.as_ref().is_some_and(|t| t.is_finished()) {
+            u.thread = None;
+            log::error!("the updates thread stopped (a bug; see the lines before); models are served as they are, remote updates resume after a restart");
+        }
+    }
+
     /// The updates thread hears of the configured models after a reload.
     pub(super) fn tell_updates_models(&self) {
         let Some(u) = &self.updates else {

@@ -234,10 +234,6 @@ impl Version {
         })
     }
 
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
     fn part(&self, i: usize) -> u64 {
         self.parts.get(i).copied().unwrap_or(0)
     }

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use model_runtime::Runtime;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::download::Download;
+use super::download::{Download, Geometry};
 use super::manifest::{statement, Manifest, Source};
-use super::probation::{self, Sample, Thresholds, Verdict};
+use super::probation::{self, Sample, Thresholds, Verdict, Window};
 use super::state::{Phase, Progress, Report, Target};
 use super::store::{Installed, ModelStore, Recovery};
 use super::{verify, FileVersion, Input, Request, Startup, Watch};
@@ -152,7 +152,7 @@ impl Updater {
         for name in &names {
             let recovered = recoveries.iter().find(|(n, _)| n == name);
             match recovered {
-                Some((_, r)) if r.rolled_back() => {
+                Some((_, r @ (Recovery::CrashLoop { .. } | Recovery::ActiveUnusable { .. }))) => {
                     let reason = r.to_string();
                     self.report(name, Phase::RolledBack, None, Some(&reason), None);
                 }
@@ -334,7 +334,14 @@ impl Updater {
                 let Some(store) = m.store.as_ref() else {
                     return;
                 };
-                match store.begin_download(&target.sha256, manifest.size, *chunk_size, *chunks) {
+                let geometry = match Geometry::new(manifest.size, *chunk_size, *chunks) {
+                    Ok(g) => g,
+                    Err(e) => {
+                        self.fail(name, Some(&target), &e.to_string());
+                        return;
+                    }
+                };
+                match store.begin_download(&target.sha256, geometry) {
                     Ok(download) => {
                         let filter = topic::chunk_filter(&desired_topic);
                         let now = Instant::now();
@@ -370,12 +377,15 @@ impl Updater {
         if topic != topic::chunk_topic(chunks_topic, n) {
             return;
         }
-        if let Err(e) = download.write_chunk(n, payload) {
-            self.abort_download(name, &e.to_string());
-            return;
-        }
+        let progress = match download.write_chunk(n, payload) {
+            Ok(p) => p,
+            Err(e) => {
+                self.abort_download(name, &e.to_string());
+                return;
+            }
+        };
         pause_point("download");
-        if download.missing().is_empty() {
+        if progress.complete() {
             self.finish_download(name);
         } else {
             self.report_progress(name);
@@ -417,7 +427,10 @@ impl Updater {
             .requests
             .send(Request::Unsubscribe(topic::chunk_filter(&chunks_topic)));
         self.report(name, Phase::Verifying, Some(&target), None, None);
-        match download.finish() {
+        let Some(store) = self.models.get_mut(name).and_then(|m| m.store.as_mut()) else {
+            return;
+        };
+        match store.finish_download(download) {
             Ok(path) => self.validate_and_swap(name, target, manifest, path),
             Err(e) => self.fail(name, Some(&target), &e.to_string()),
         }
@@ -557,13 +570,9 @@ impl Updater {
                 started, download, ..
             } => {
                 if started.elapsed() > timeout {
-                    let missing = download.missing();
                     let reason = format!(
-                        "received {} of {} chunks in {:.0} s (download_timeout_secs); missing {}",
-                        download.received(),
-                        download.chunks(),
-                        timeout.as_secs_f64(),
-                        list(&missing)
+                        "{} ([updates] download_timeout_secs)",
+                        download.timed_out(started.elapsed())
                     );
                     self.abort_download(name, &reason);
                 }
@@ -576,27 +585,38 @@ impl Updater {
                 ..
             } => {
                 let now = Sample::take(&watch.stats);
-                let old = at_swap.since_start();
-                let new = now.since(at_swap);
+                // The counters are the model's since the daemon started,
+                // carried over by the swap: the old version's window ends
+                // at the swap.
+                let old = Window::between(&Sample::default(), at_swap);
+                let new = Window::between(at_swap, &now);
                 let report = watch.chain.report();
                 let verdict = if report.switches > *switches {
-                    Verdict::Fail(format!(
-                        "its accelerator failed after the swap (now serving on {})",
-                        report.serving
-                    ))
+                    Verdict::Worse {
+                        reason: format!(
+                            "its accelerator failed after the swap (now serving on {})",
+                            report.serving
+                        ),
+                    }
                 } else {
                     probation::judge(&old, &new, &thresholds)
                 };
                 match verdict {
-                    Verdict::Fail(why) => self.roll_back(name, &why),
-                    Verdict::Continue if since.elapsed() >= probation => self.confirm(name),
-                    Verdict::Continue => {}
+                    Verdict::Worse { reason } => self.roll_back(name, &reason),
+                    // Too few messages to compare when the time is up: a
+                    // model nobody sends to cannot do worse.
+                    Verdict::Healthy { .. } | Verdict::Undecided { .. }
+                        if since.elapsed() >= probation =>
+                    {
+                        self.confirm(name, &verdict)
+                    }
+                    _ => {}
                 }
             }
         }
     }
 
-    fn confirm(&mut self, name: &str) {
+    fn confirm(&mut self, name: &str, verdict: &Verdict) {
         let Some(m) = self.models.get_mut(name) else {
             return;
         };
@@ -608,8 +628,15 @@ impl Updater {
                 log::error!("model {name}: cannot record the confirmation: {e}");
             }
         }
+        let how = match verdict {
+            Verdict::Healthy { summary } => summary.clone(),
+            Verdict::Undecided { messages, needed } => {
+                format!("{messages} message(s), fewer than the {needed} needed to compare")
+            }
+            Verdict::Worse { reason } => reason.clone(),
+        };
         log::info!(
-            "model {name}: version {} confirmed after probation",
+            "model {name}: version {} confirmed after probation ({how})",
             target.version
         );
         self.report(name, Phase::Active, Some(&target), None, None);
@@ -681,10 +708,11 @@ impl Updater {
             return;
         }
         *reported = Instant::now();
+        let geometry = download.geometry();
         let progress = Progress {
             chunks_received: download.received(),
-            chunks: download.chunks(),
-            bytes: download.size(),
+            chunks: geometry.chunks(),
+            bytes: geometry.size(),
         };
         let target = target.clone();
         self.report(
@@ -811,13 +839,4 @@ fn pause_point(step: &str) {
 
 fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
-}
-
-/// At most ten numbers, then how many more.
-fn list(n: &[u32]) -> String {
-    let mut s: Vec<String> = n.iter().take(10).map(u32::to_string).collect();
-    if n.len() > 10 {
-        s.push(format!("and {} more", n.len() - 10));
-    }
-    s.join(", ")
 }

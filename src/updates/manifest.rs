@@ -14,13 +14,8 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 pub use crate::config::Version;
+use super::download::Geometry;
 
-/// Largest chunk a manifest may declare: fits every common broker's
-/// default packet limit with room for the topic (AWS IoT Core 128 KB,
-/// Azure IoT Hub 256 KB, EMQX 1 MB; Mosquitto has none by default).
-pub const MAX_CHUNK_SIZE: u64 = 1024 * 1024;
-/// Smallest chunk: smaller ones only multiply messages.
-pub const MIN_CHUNK_SIZE: u64 = 1024;
 /// What `publish-model` uses unless told otherwise: under AWS IoT Core's
 /// 128 KB, the tightest common limit.
 pub const DEFAULT_CHUNK_SIZE: u64 = 64 * 1024;
@@ -102,11 +97,6 @@ pub fn statement(name: &str, version: &str, sha256: &str, size: u64) -> String {
     format!("edge-infer model update v1\nname: {name}\nversion: {version}\nsha256: {sha256}\nsize: {size}\n")
 }
 
-/// How many chunks of `chunk_size` hold `size` bytes.
-pub fn chunk_count(size: u64, chunk_size: u64) -> u64 {
-    size.div_ceil(chunk_size.max(1))
-}
-
 impl Manifest {
     /// Parses and checks a manifest payload; `max_size` is the largest
     /// model the device accepts (`[limits] max_model_bytes`). The error is
@@ -146,18 +136,7 @@ impl Manifest {
         }
         let source = match (raw.chunks, raw.chunk_size, raw.path) {
             (Some(chunks), Some(chunk_size), None) => {
-                if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
-                    return Err(format!(
-                        "chunk_size is {chunk_size}; expected {MIN_CHUNK_SIZE} to {MAX_CHUNK_SIZE} bytes"
-                    ));
-                }
-                let want = chunk_count(raw.size, chunk_size);
-                if u64::from(chunks) != want {
-                    return Err(format!(
-                        "chunks is {chunks}, but {} bytes in chunks of {chunk_size} make {want}",
-                        raw.size
-                    ));
-                }
+                Geometry::new(raw.size, chunk_size, chunks).map_err(|e| e.to_string())?;
                 Source::Chunks { chunks, chunk_size }
             }
             (None, None, Some(path)) => {

@@ -32,7 +32,7 @@ use crate::job::Job;
 use crate::models::Chain;
 use crate::telemetry::ModelStats;
 
-pub use agent::{spawn, Agent};
+pub use agent::spawn;
 
 /// What routing and the supervisor hand the agent.
 pub enum Input {
@@ -132,6 +132,7 @@ impl Startup {
         };
         let reason = format!("the active update was rolled back: {why}");
         log::error!("model {model}: {reason}");
+        let was = store.record().active.clone();
         let back = match store.rollback(&reason) {
             Ok(back) => back,
             Err(e) => {
@@ -143,6 +144,16 @@ impl Startup {
         let Some(ms) = settings.models.iter_mut().find(|m| m.name == model) else {
             return;
         };
+        if let Some(installed) = was {
+            self.recoveries.push((
+                model.to_string(),
+                store::Recovery::ActiveUnusable {
+                    installed,
+                    why: why.to_string(),
+                    now_active: back.clone(),
+                },
+            ));
+        }
         match back {
             Some(i) => {
                 let fv = FileVersion {
@@ -159,7 +170,5 @@ impl Startup {
                 }
             }
         }
-        self.recoveries
-            .push((model.to_string(), store::Recovery::RolledBack(reason)));
     }
 }

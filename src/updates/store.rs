@@ -352,6 +352,7 @@ impl ModelStore {
     }
 
     /// `state_dir/models/{name}`.
+    #[cfg(test)]
     pub fn dir(&self) -> &Path {
         &self.dir
     }
