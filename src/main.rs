@@ -323,7 +323,11 @@ fn run(path: &std::path::Path) -> ExitCode {
             };
             let name = ms.name.clone();
             if startup.overrides.contains_key(&name) {
-                startup.fall_back(&mut settings, &name, &format!("it does not load at start: {p}"));
+                startup.fall_back(
+                    &mut settings,
+                    &name,
+                    &format!("it does not load at start: {p}"),
+                );
             }
         }
     }

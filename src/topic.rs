@@ -1370,9 +1370,17 @@ mod tests {
             assert_eq!(update_topic(d, other), None, "{other}");
         }
         let [own, fleet] = desired_filters(d);
-        assert!(TopicFilter::parse(&own).unwrap().matches(&desired_topic(d, "har")).is_some());
-        assert!(TopicFilter::parse(&fleet).unwrap().matches(&desired_topic(FLEET, "x")).is_some());
+        assert!(TopicFilter::parse(&own)
+            .unwrap()
+            .matches(&desired_topic(d, "har"))
+            .is_some());
+        assert!(TopicFilter::parse(&fleet)
+            .unwrap()
+            .matches(&desired_topic(FLEET, "x"))
+            .is_some());
         let chunks = TopicFilter::parse(&chunk_filter(&desired_topic(d, "har"))).unwrap();
-        assert!(chunks.matches(&chunk_topic(&desired_topic(d, "har"), 3)).is_some());
+        assert!(chunks
+            .matches(&chunk_topic(&desired_topic(d, "har"), 3))
+            .is_some());
     }
 }

@@ -27,10 +27,10 @@ use crate::mqtt::Connection;
 use crate::outbox::OutboxService;
 use crate::replies::Replies;
 use crate::routing::{Announcements, Route, Routes, Switch, UpdateIntake};
-use crate::updates as update;
 use crate::systemd::Notifier;
 use crate::telemetry::{DaemonStats, ModelStats};
 use crate::time::unix_now;
+use crate::updates as update;
 use crate::worker::{spawn_workers, JobReceiver, ModelQueue, Worker};
 use model_runtime::Runtime;
 

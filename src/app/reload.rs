@@ -70,7 +70,6 @@ impl Supervisor {
     /// fail first, then the swap. A reload and a model update both come
     /// through here.
     pub(super) async fn apply(&mut self, new: Settings) -> Result<String, Vec<Problem>> {
-
         // Decide, then load and warm every new or changed model. This reads
         // files and runs warm-up inferences, so it happens on a blocking
         // thread, not on the event loop's.

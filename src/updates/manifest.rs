@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-pub use crate::config::Version;
 use super::download::Geometry;
+pub use crate::config::Version;
 
 /// What `publish-model` uses unless told otherwise: under AWS IoT Core's
 /// 128 KB, the tightest common limit.
@@ -235,7 +235,7 @@ mod tests {
                 chunk_size: 65536
             }
         );
-        assert_eq!(m.version.as_str(), "1.2");
+        assert_eq!(m.version.to_string(), "1.2");
     }
 
     #[test]
@@ -246,7 +246,7 @@ mod tests {
             ("size", json!(0), "never empty"),
             ("size", json!(20_000_000), "at most 10000000"),
             ("chunks", json!(2), "make 3"),
-            ("chunk_size", json!(100), "expected 1024"),
+            ("chunk_size", json!(100), "outside 1024..=1048576"),
             ("signature", json!("RWQ"), "minisign"),
             ("version", json!("one"), "dot-separated"),
             ("colour", json!("red"), "unknown field `colour`"),
@@ -292,8 +292,13 @@ mod tests {
         let g = parse(m.clone()).unwrap().golden;
         assert_eq!(g[1].payload, vec![0u8, 1]);
         m["golden"][0]["payload_base64"] = json!("AA==");
-        assert!(parse(m.clone()).unwrap_err().contains("golden[0] needs exactly one"));
-        m["golden"][0].as_object_mut().unwrap().remove("payload_base64");
+        assert!(parse(m.clone())
+            .unwrap_err()
+            .contains("golden[0] needs exactly one"));
+        m["golden"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("payload_base64");
         m["golden"][0]["tolerance"] = json!(-1);
         assert!(parse(m).unwrap_err().contains("golden[0].tolerance"));
     }

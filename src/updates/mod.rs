@@ -56,7 +56,10 @@ pub enum Request {
     },
     /// Publish a model's state record (retained); kept for re-sending on
     /// every connect of the output link.
-    State { model: String, payload: Vec<u8> },
+    State {
+        model: String,
+        payload: Vec<u8>,
+    },
 }
 
 /// A model file an update put in place, and its version.
