@@ -335,6 +335,7 @@ fn render_device(id: &str, d: &Device, now: f64) -> String {
             "  ",
             &[
                 "MODEL",
+                "VERSION",
                 "ACCELERATOR",
                 "INFERENCES",
                 "ERRORS",
@@ -347,7 +348,7 @@ fn render_device(id: &str, d: &Device, now: f64) -> String {
                 "MAX MS",
             ],
             &[
-                false, false, true, false, true, true, true, true, true, true, true,
+                false, false, false, true, false, true, true, true, true, true, true, true,
             ],
             &rows,
         ));
@@ -614,6 +615,7 @@ fn model_rows(status: Option<&Value>, health: Option<&Value>) -> (Vec<Vec<String
             }
             rows.push(vec![
                 name,
+                text(m, "/version").map(clean).unwrap_or_else(dash),
                 text(m, "/accelerator").map(clean).unwrap_or_else(dash),
                 n("/inferences"),
                 errors_cell(m.pointer("/errors")),
@@ -633,9 +635,10 @@ fn model_rows(status: Option<&Value>, health: Option<&Value>) -> (Vec<Vec<String
         for m in models {
             let mut row = vec![
                 text(m, "/name").map(clean).unwrap_or_else(dash),
+                text(m, "/version").map(clean).unwrap_or_else(dash),
                 text(m, "/accelerator").map(clean).unwrap_or_else(dash),
             ];
-            row.resize(11, dash());
+            row.resize(12, dash());
             rows.push(row);
         }
     }
@@ -823,7 +826,7 @@ mod tests {
           "outbox":{"records":12,"bytes":5400,"oldest_age_secs":190.0,"stored":40,"replayed":28,
             "dropped_full":0,"rejected_full":3,"expired":0,"write_errors":0,
             "last_loss":"the outbox was full"}},
-        "models":[{"name":"har","sha256":"ab","accelerator":"cpu/xnnpack","workers":2,
+        "models":[{"name":"har","sha256":"ab","version":"2","accelerator":"cpu/xnnpack","workers":2,
           "stalled_workers":1,"received":110,"inferences":100,
           "errors":{"bad_json":4,"bad_shape":0,"overloaded":6},"dropped":6,
           "queue_depth":3,"queue_capacity":64,"throughput_per_sec":3.3333,
@@ -864,11 +867,11 @@ gw-7  offline (shutdown, 5.4s ago)
   delivery      ack answered, 98 answers confirmed
   outbox        12 record(s), 5.3 KiB, oldest 3m 10s, 28 replayed; LOST 3 refused (full) (last: the outbox was full)
 
-  MODEL  ACCELERATOR  INFERENCES  ERRORS                        DROPPED  QUEUE  THRU/S  P50 MS  P95 MS  P99 MS  MAX MS
-  har    cpu/xnnpack         100  10 (bad_json=4 overloaded=6)        6   3/64     3.3    0.40    1.25    2.50    7.00
-  tpu    cpu                   -  -                                   -      -       -       -       -       -       -
-  gpu    gpu                   -  -                                   -      -       -       -       -       -       -
-  idle   -                     -  -                                   -      -       -       -       -       -       -
+  MODEL  VERSION  ACCELERATOR  INFERENCES  ERRORS                        DROPPED  QUEUE  THRU/S  P50 MS  P95 MS  P99 MS  MAX MS
+  har    2        cpu/xnnpack         100  10 (bad_json=4 overloaded=6)        6   3/64     3.3    0.40    1.25    2.50    7.00
+  tpu    -        cpu                   -  -                                   -      -       -       -       -       -       -
+  gpu    -        gpu                   -  -                                   -      -       -       -       -       -       -
+  idle   -        -                     -  -                                   -      -       -       -       -       -       -
   warning: model har: 1 of 2 worker(s) stalled
   model har: 2 open stream(s), 100 window(s) from 6450 reading(s), 50 reading(s) discarded
   model tpu: on cpu, not edgetpu: edgetpu: the delegate plugin declined; tried again in 42 s
