@@ -111,7 +111,7 @@ pub(super) fn update_settings(c: &mut Check, raw: &RawUpdates) -> Option<UpdateS
             "expected at least 1 message",
         );
     }
-    (c.problems.len() == before).then(|| UpdateSettings {
+    (c.problems.len() == before).then_some(UpdateSettings {
         public_keys: keys,
         allow_downgrade: raw.allow_downgrade,
         probation,

@@ -808,7 +808,11 @@ fn golden(loaded: &mut models::LoadedModel, manifest: &Manifest) -> Result<(), S
                 .iter()
                 .zip(&want.values)
                 .enumerate()
-                .find(|(_, (g_, w))| !((f64::from(**g_) - **w).abs() <= g.tolerance))
+                // NaN is outside every tolerance.
+                .find(|(_, (g_, w))| {
+                    let off = (f64::from(**g_) - **w).abs();
+                    off.is_nan() || off > g.tolerance
+                })
             {
                 return Err(format!(
                     "golden[{i}]: output \"{}\"[{k}] is {g_}, expected {w} within {}",
