@@ -111,8 +111,9 @@ struct Model {
     fleet: Option<Desired>,
     work: Work,
     /// The last state published, so an unchanged manifest re-delivered on
-    /// a reconnect does not re-publish or re-log.
-    last: Option<(Phase, Option<String>)>,
+    /// a reconnect does not re-publish or re-log. With the version it is
+    /// about: the next version failing for the same reason is news.
+    last: Option<(Phase, Option<String>, Option<Target>)>,
 }
 
 struct Updater {
@@ -150,13 +151,17 @@ impl Updater {
         }
         let names: Vec<String> = self.models.keys().cloned().collect();
         for name in &names {
-            let recovered = recoveries.iter().find(|(n, _)| n == name);
-            match recovered {
-                Some((_, r @ (Recovery::CrashLoop { .. } | Recovery::ActiveUnusable { .. }))) => {
-                    let reason = r.to_string();
-                    self.report(name, Phase::RolledBack, None, Some(&reason), None);
+            // Any of the model's recoveries may be the rollback: leftovers
+            // of a cut write come first.
+            let rollback = recoveries
+                .iter()
+                .filter(|(n, _)| n == name)
+                .find_map(|(_, r)| rolled_back(r).map(|t| (t, r.to_string())));
+            match rollback {
+                Some((target, reason)) => {
+                    self.report(name, Phase::RolledBack, Some(&target), Some(&reason), None)
                 }
-                _ => self.report_active(name),
+                None => self.report_active(name),
             }
         }
         loop {
@@ -628,6 +633,10 @@ impl Updater {
                 log::error!("model {name}: cannot record the confirmation: {e}");
             }
         }
+        // The record published at the swap was "active" too, with
+        // probation_until: the confirmed one must go out, not be taken for
+        // a repeat of it.
+        m.last = None;
         let how = match verdict {
             Verdict::Healthy { summary } => summary.clone(),
             Verdict::Undecided { messages, needed } => {
@@ -735,7 +744,7 @@ impl Updater {
         let Some(m) = self.models.get_mut(name) else {
             return;
         };
-        let key = (phase, reason.map(str::to_string));
+        let key = (phase, reason.map(str::to_string), target.cloned());
         if progress.is_none() && m.last.as_ref() == Some(&key) {
             return;
         }
@@ -768,6 +777,19 @@ impl Updater {
             payload,
         });
     }
+}
+
+/// The version a recovery at open took out, if it was a rollback.
+fn rolled_back(r: &Recovery) -> Option<Target> {
+    let (version, sha256) = match r {
+        Recovery::CrashLoop { refused, .. } => (&refused.version, &refused.sha256),
+        Recovery::ActiveUnusable { installed, .. } => (&installed.version, &installed.sha256),
+        _ => return None,
+    };
+    Some(Target {
+        version: version.clone(),
+        sha256: sha256.clone(),
+    })
 }
 
 /// Runs the manifest's golden inputs on the loaded model: every named
