@@ -1056,11 +1056,18 @@ fn a_daemon_killed_on_probation_comes_back_on_the_previous_version() {
     assert_eq!(s["version"], "2", "{s}");
     assert_eq!(s["sha256"], v2.as_str(), "{s}");
     assert_eq!(s["active"], Value::Null, "{s}");
-    // The manifest is still retained: the refused build is not tried again.
-    dev.failed(
-        at + 1,
-        Some("2"),
-        &["refused before and is not tried again"],
+    // The manifest is still retained: the build taken out is not tried
+    // again, and the record keeps saying so.
+    let (_, again) = dev.state(at + 1, "still rolled back", |s| {
+        s["state"] != "active" || s["version"] == "2"
+    });
+    assert_eq!(again["state"], "rolled_back", "{again}");
+    assert!(
+        again["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the daemon restarted before version 2 was confirmed"),
+        "{again}"
     );
     assert!(
         dev.states[mark..]
@@ -1216,11 +1223,10 @@ fn killed_mid_swap_the_daemon_comes_back_on_the_previous_version() {
     assert_eq!(s["version"], "2", "{s}");
     assert_eq!(s["sha256"], k.v2.as_str(), "{s}");
     assert_eq!(s["active"], Value::Null, "{s}");
-    k.dev.failed(
-        at + 1,
-        Some("2"),
-        &["refused before and is not tried again"],
-    );
+    let (_, again) = k.dev.state(at + 1, "still rolled back", |s| {
+        s["state"] != "active" || s["version"] == "2"
+    });
+    assert_eq!(again["state"], "rolled_back", "{again}");
     assert_eq!(k.dev.serving(), k.v1);
     k.dev.status_shows("1", &k.v1);
     let record = store_record(k.state.path());

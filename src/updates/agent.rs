@@ -285,6 +285,11 @@ impl Updater {
             .as_ref()
             .filter(|r| r.sha256 == target.sha256)
         {
+            if r.rolled_back {
+                let reason = r.reason.clone();
+                self.report(name, Phase::RolledBack, Some(&target), Some(&reason), None);
+                return;
+            }
             let reason = format!(
                 "version {} (sha256 {}) was refused before and is not tried again: {}",
                 r.version,
@@ -688,13 +693,19 @@ impl Updater {
 
     fn report_active(&mut self, name: &str) {
         let target = self.models.get(name).and_then(|m| {
-            m.store
-                .as_ref()
-                .and_then(|s| s.record().active.clone())
-                .map(|a| Target {
+            let update = m.store.as_ref().and_then(|s| s.record().active.clone());
+            match update {
+                Some(a) => Some(Target {
                     version: a.version,
                     sha256: a.sha256,
-                })
+                }),
+                // The configured file, when the config gives its version.
+                None => {
+                    let version = m.settings.version.clone()?;
+                    let (_, sha256) = super::download::sha256_file(&m.settings.path).ok()?;
+                    Some(Target { version, sha256 })
+                }
+            }
         });
         self.report(name, Phase::Active, target.as_ref(), None, None);
     }

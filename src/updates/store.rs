@@ -56,6 +56,11 @@ pub struct Refused {
     pub version: String,
     pub sha256: String,
     pub reason: String,
+    /// It served and was taken out (probation, a restart before it was
+    /// confirmed), rather than refused before it ever served: the state
+    /// topic keeps saying `rolled_back` while its manifest stays retained.
+    #[serde(default)]
+    pub rolled_back: bool,
 }
 
 /// `record.json`. `active: None` means the model runs its configured file.
@@ -289,6 +294,7 @@ impl ModelStore {
 
         if let Some(p) = record.probation.take() {
             let refused = Refused {
+                rolled_back: true,
                 reason: format!(
                     "the daemon restarted before version {} was confirmed",
                     p.version
@@ -488,6 +494,7 @@ impl ModelStore {
             version: gone.version,
             sha256: gone.sha256,
             reason: reason.to_string(),
+            rolled_back: true,
         });
         self.commit(next)?;
         self.remove_unused();
@@ -504,6 +511,7 @@ impl ModelStore {
             version: version.to_string(),
             sha256: sha256.to_string(),
             reason: reason.to_string(),
+            rolled_back: false,
         });
         self.commit(next)?;
         if self.staged.as_deref() == Some(sha256) {
@@ -871,7 +879,8 @@ mod tests {
             Some(Refused {
                 version: "2".into(),
                 sha256: v2.sha256.clone(),
-                reason: "error rate 12.0 % ...".into()
+                reason: "error rate 12.0 % ...".into(),
+                rolled_back: true,
             })
         );
         assert_eq!(on_disk(&store), *store.record());
@@ -903,7 +912,8 @@ mod tests {
             Some(Refused {
                 version: "2".into(),
                 sha256: staged.sha256.clone(),
-                reason: "golden input 0: output differs".into()
+                reason: "golden input 0: output differs".into(),
+                rolled_back: false,
             })
         );
         assert_eq!(store.record().active.as_ref(), Some(&v1));
@@ -943,6 +953,7 @@ mod tests {
             version: "2".into(),
             sha256: v2.sha256.clone(),
             reason: "the daemon restarted before version 2 was confirmed".into(),
+            rolled_back: true,
         };
         assert_eq!(
             rec,
