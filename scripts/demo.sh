@@ -36,6 +36,15 @@
 # Prometheus metrics on a free loopback port ([metrics]); a few of them are
 # printed at the end. --homeassistant is accepted for older command lines.
 #
+# A remote model update: the script makes a signing key (edge-infer keygen),
+# trusts it in the daemon's config ([updates], in a copy of
+# config/demo.toml in the temporary folder), and at 20% of the run (5 s
+# with --seconds 0) signs and publishes version 2 of the har model (the
+# float model instead of the int8 one) with edge-infer publish-model. The
+# daemon downloads it, checks it, swaps it in without losing a window and
+# confirms it after 5 s of probation; the end of the demo prints the steps
+# from its log and the retained state record.
+#
 # --rate is in windows per second per sensor: each sensor publishes
 # rate x 64 readings per second (the default 1: 64 readings/s). --sensors 0
 # or --cameras 0 leaves that part out.
@@ -71,8 +80,8 @@ for a in "$@"; do
 done
 # Milliseconds after the simulator starts: uplink down, uplink back. (A
 # --seconds the simulator refuses ends the demo before either.)
-read -r down_ms up_ms < <(awk -v s="$seconds" 'BEGIN {
-  if (s + 0 > 0) printf "%d %d\n", s * 400, s * 600; else print "10000 15000" }')
+read -r down_ms up_ms update_ms < <(awk -v s="$seconds" 'BEGIN {
+  if (s + 0 > 0) printf "%d %d %d\n", s * 400, s * 600, s * 200; else print "10000 15000 5000" }')
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/edge-infer-demo.XXXXXX")"
 tls="$tmp/tls"
@@ -244,6 +253,19 @@ uplink_pid="$started_pid"
 uplink_port="$started_port"
 say "uplink mosquitto listening on 127.0.0.1:$uplink_port with TLS (pid $uplink_pid)"
 
+# --- update signing key and the daemon's config --------------------------------
+# The daemon trusts the key made here; config/demo.toml's model paths are
+# relative to it, so the copy gets them absolute.
+if ! "$daemon_bin" keygen --out "$tmp/keys" --name demo >"$tmp/keygen.log" 2>&1; then
+  say "edge-infer keygen failed:"; sed 's/^/  | /' "$tmp/keygen.log" >&2 || true; exit 1
+fi
+public_key="$(sed -n 2p "$tmp/keys/demo.pub")"
+config="$tmp/demo.toml"
+{
+  sed -e "s#\"\.\./#\"$root/#g" -e 's/^name = "har"$/name = "har"\nversion = "1"/' "$root/config/demo.toml"
+  printf '%s\n' "" "[updates]" "public_keys = [\"$public_key\"]" "probation_secs = 5" "min_probation_messages = 20"
+} >"$config"
+
 # --- daemon -------------------------------------------------------------------
 say "starting edge-infer (log: $tmp/edge-infer.log)"
 # The brokers' ports and the CA are known only now: they replace the
@@ -256,7 +278,7 @@ export EDGE_INFER__MQTT__PORT="$port" EDGE_INFER__UPLINK__PORT="$uplink_port" \
 metrics_port="$(free_port)" || { say "cannot find a free TCP port on 127.0.0.1"; exit 1; }
 export EDGE_INFER__METRICS__LISTEN="127.0.0.1:$metrics_port"
 STATE_DIRECTORY="$tmp/state" "${detach[@]}" env -u JOURNAL_STREAM \
-  "$daemon_bin" run --config "$root/config/demo.toml" >"$tmp/edge-infer.log" 2>&1 </dev/null &
+  "$daemon_bin" run --config "$config" >"$tmp/edge-infer.log" 2>&1 </dev/null &
 daemon_pid=$!
 ready=""
 for ((i = 0; i < 300; i++)); do
@@ -303,8 +325,20 @@ sim_pid=$!
 now_ms() { local us="${EPOCHREALTIME//[!0-9]/}"; echo $((us / 1000)); }
 started_ms="$(now_ms)"
 outage=before
+update=before
 while kill -0 "$sim_pid" 2>/dev/null; do
   elapsed=$(($(now_ms) - started_ms))
+  if [ "$update" = before ] && [ "$elapsed" -ge "$update_ms" ]; then
+    update=sent
+    # To the broker the daemon reads its inputs (and manifests) from.
+    if "$daemon_bin" publish-model --config "$config" --host 127.0.0.1 --port "$port" \
+      --model "$root/models/har_accel_f32.tflite" --name har --version 2 \
+      --secret-key "$tmp/keys/demo.key" --device demo --chunk-size 4KiB >"$tmp/publish.log" 2>&1; then
+      say "model update: har version 2 signed and published ($(grep -c . "$tmp/publish.log") lines in $tmp/publish.log)"
+    else
+      say "edge-infer publish-model failed:"; sed 's/^/  | /' "$tmp/publish.log" >&2 || true
+    fi
+  fi
   if [ "$outage" = before ] && [ "$elapsed" -ge "$down_ms" ]; then
     say "uplink down: answers now wait in the outbox ($tmp/state/outbox)"
     stop "$uplink_pid" 5 "the uplink mosquitto"
@@ -334,10 +368,18 @@ if [ "$outage" = after ] && [ -n "$uplink_pid" ]; then
   mosquitto_sub -h localhost -p "$uplink_port" --cafile "$tls/ca.crt" \
     -t edge-infer/demo/health -C 2 -W 5 >/dev/null 2>&1 || true
   say "the daemon's delivery figures and accelerators (edge-infer status: its health record on the uplink):"
-  { "$daemon_bin" status --config "$root/config/demo.toml" --device demo --wait 5 2>&1 || true; } |
+  { "$daemon_bin" status --config "$config" --device demo --wait 5 2>&1 || true; } |
     grep -E '^[^ ]|^  (health|broker|output link|delivery|outbox) |^  model .*(: on |accelerator)' | sed 's/^/  | /' >&2 || true
   say "the daemon's log about the uplink:"
   grep -E 'output link(: lost| down:|: back)' "$tmp/edge-infer.log" | sed 's/^/  | /' >&2 || true
+fi
+if [ "$update" = sent ]; then
+  say "the remote model update, from the daemon's log:"
+  grep -E 'model har: (update to|now serving|version .* (confirmed|rolled back))|update refused' \
+    "$tmp/edge-infer.log" | sed -e 's/^.*model har:/  | har:/' >&2 || true
+  say "its state record (retained on edge-infer/demo/models/har/state, on the uplink):"
+  { mosquitto_sub -h localhost -p "$uplink_port" --cafile "$tls/ca.crt" \
+    -t edge-infer/demo/models/har/state --retained-only -C 1 -W 3 2>/dev/null || true; } | sed 's/^/  | /' >&2
 fi
 # What Prometheus would scrape: per model results, errors and the p99 of
 # the whole run, read from the cumulative histograms.
