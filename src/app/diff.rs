@@ -80,6 +80,7 @@ fn same_but_position(a: &ModelSettings, b: &ModelSettings) -> bool {
         input,
         image,
         accel,
+        version,
     } = a;
     // Destructured, so a new setting cannot be forgotten here.
     *name == b.name
@@ -101,6 +102,7 @@ fn same_but_position(a: &ModelSettings, b: &ModelSettings) -> bool {
         && *input == b.input
         && *image == b.image
         && *accel == b.accel
+        && *version == b.version
 }
 
 #[cfg(test)]

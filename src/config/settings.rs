@@ -951,13 +951,16 @@ fn model_settings(
     if rm.path.is_empty() {
         c.add(k("path"), "must not be empty");
     }
-    let version = rm.version.clone().filter(|v| match super::Version::parse(v) {
-        Ok(_) => true,
-        Err(e) => {
-            c.add(k("version"), e);
-            false
-        }
-    });
+    let version = rm
+        .version
+        .clone()
+        .filter(|v| match super::Version::parse(v) {
+            Ok(_) => true,
+            Err(e) => {
+                c.add(k("version"), e);
+                false
+            }
+        });
     let input_topic = match TopicFilter::parse(&rm.input_topic) {
         Ok(f) => Some(f),
         Err(e) => {

@@ -111,7 +111,7 @@ pub(super) fn update_settings(c: &mut Check, raw: &RawUpdates) -> Option<UpdateS
             "expected at least 1 message",
         );
     }
-    (c.problems.len() == before).then(|| UpdateSettings {
+    (c.problems.len() == before).then_some(UpdateSettings {
         public_keys: keys,
         allow_downgrade: raw.allow_downgrade,
         probation,
@@ -284,12 +284,17 @@ mod tests {
     #[test]
     fn a_key_that_is_not_base64_is_named() {
         let e = TrustedKey::parse("not a key").unwrap_err();
-        assert!(e.contains("\"not a key\" is not a minisign public key"), "{e}");
+        assert!(
+            e.contains("\"not a key\" is not a minisign public key"),
+            "{e}"
+        );
     }
 
     #[test]
     fn defaults_are_valid_once_a_key_is_given() {
-        let mut c = Check { problems: Vec::new() };
+        let mut c = Check {
+            problems: Vec::new(),
+        };
         assert_eq!(update_settings(&mut c, &RawUpdates::default()), None);
         assert!(c.problems[0].message.contains("at least one trusted"));
     }

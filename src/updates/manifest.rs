@@ -313,8 +313,13 @@ mod tests {
         let g = parse(m.clone()).unwrap().golden;
         assert_eq!(g[1].payload, vec![0u8, 1]);
         m["golden"][0]["payload_base64"] = json!("AA==");
-        assert!(parse(m.clone()).unwrap_err().contains("golden[0] needs exactly one"));
-        m["golden"][0].as_object_mut().unwrap().remove("payload_base64");
+        assert!(parse(m.clone())
+            .unwrap_err()
+            .contains("golden[0] needs exactly one"));
+        m["golden"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("payload_base64");
         m["golden"][0]["tolerance"] = json!(-1);
         assert!(parse(m).unwrap_err().contains("golden[0].tolerance"));
     }

@@ -16,7 +16,9 @@ use crate::config::{key_id_of, TrustedKey};
 /// against the trusted keys; the error is a sentence for the state record.
 pub fn verify(keys: &[TrustedKey], statement: &str, signature: &str) -> Result<String, String> {
     let sig = Signature::decode(signature).map_err(|e| {
-        format!("the signature is not a minisign signature ({e}); expected the text of a .minisig file")
+        format!(
+            "the signature is not a minisign signature ({e}); expected the text of a .minisig file"
+        )
     })?;
     let signed_by = signature
         .lines()
