@@ -16,6 +16,7 @@ mod metrics;
 mod models;
 mod mqtt;
 mod outbox;
+mod publish;
 mod replies;
 #[cfg(test)]
 mod robustness;
@@ -49,7 +50,8 @@ then /usr/lib/edge-infer, then the linker path.
 
 EXIT STATUS, the same for every subcommand:
   0  ok
-  1  runtime failure (status: broker unreachable, or nothing arrived in time)
+  1  runtime failure (status, publish-model: broker unreachable, or it did
+     not take or confirm what was sent, or nothing arrived in time)
   2  bad usage, config or model
   3  runtime library not loadable
 
@@ -116,6 +118,44 @@ enum Command {
     /// cannot be reached or no record arrived within --wait.
     #[command(verbatim_doc_comment)]
     Status(StatusArgs),
+    /// Make a key pair for signing model updates
+    ///
+    /// Writes DIR/NAME.key (the secret key, mode 0600) and DIR/NAME.pub
+    /// (the public key) in minisign's format (the minisign tool reads and
+    /// writes the same files), and prints the public key line for the
+    /// devices' [updates] public_keys, and its key id. Never overwrites a
+    /// file.
+    ///
+    /// With --password-file the secret key is encrypted with that password.
+    /// Without it the secret key is NOT encrypted: whoever can read the file
+    /// can sign updates every device accepts, so an unencrypted key belongs
+    /// on an offline or otherwise secured signing machine.
+    #[command(verbatim_doc_comment)]
+    Keygen(KeygenArgs),
+    /// Sign a model and publish it to a device or the fleet
+    ///
+    /// Signs (name, version, sha256, size) of --model with --secret-key,
+    /// builds the manifest and checks it as a device will (against the
+    /// config's [limits] and, if it has them, [updates] public_keys), then
+    /// publishes, retained at QoS 1, every chunk of the model on
+    ///   edge-infer/<device>/models/<name>/desired/chunk/<n>
+    /// and, once the broker has confirmed them all, the manifest on
+    ///   edge-infer/<device>/models/<name>/desired
+    /// (<device> is "fleet" with --fleet). Chunks an earlier, bigger version
+    /// left on those topics are cleared. The broker must deliver chunk 0 and
+    /// the manifest back (a broker that drops a message it confirmed, over a
+    /// size limit or against its ACL, is caught so).
+    ///
+    /// Offline signing: --sign-only prints the signed manifest (no broker);
+    /// on the connected machine --manifest FILE publishes it with the chunks
+    /// of --model. --path-on-device sends no chunks: the device reads the
+    /// model from that file. --clear removes a manifest and its chunks.
+    ///
+    /// The broker is taken from the config as `status` takes it. Exits 2 on
+    /// a bad flag, file, key or password, and 1 when the broker cannot be
+    /// reached or does not take what was sent.
+    #[command(verbatim_doc_comment)]
+    PublishModel(PublishArgs),
     /// Print the version (as --version does)
     #[command(hide = true)]
     Version,
@@ -183,9 +223,146 @@ struct StatusArgs {
     wait: Duration,
 }
 
+#[derive(Debug, Args)]
+struct KeygenArgs {
+    /// The folder for NAME.key and NAME.pub (made, mode 0700, if missing)
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// The key files' name
+    #[arg(long, value_name = "NAME", default_value = "edge-infer")]
+    name: String,
+    /// Encrypt the secret key with the password on this file's first line
+    /// (- reads standard input) [default: not encrypted]
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").args(["device", "fleet"])))]
+struct PublishArgs {
+    /// The model file (.tflite) to sign and send
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["clear", "manifest"])]
+    model: Option<PathBuf>,
+    /// The model's name on the devices ([[models]] name)
+    #[arg(long, value_name = "MODEL", value_parser = parse_device)]
+    name: String,
+    /// The version: 1 to 4 dot-separated numbers (3, 1.2, 2026.11.30)
+    #[arg(
+        long,
+        value_name = "V",
+        required_unless_present_any = ["clear", "manifest"],
+        value_parser = parse_version
+    )]
+    version: Option<String>,
+    /// The minisign secret key to sign with (keygen's NAME.key)
+    #[arg(long, value_name = "KEY", required_unless_present_any = ["clear", "manifest"])]
+    secret_key: Option<PathBuf>,
+    /// A file whose first line is the secret key's password (- reads
+    /// standard input) [default: asked for on a terminal]
+    #[arg(long, value_name = "FILE", requires = "secret_key")]
+    password_file: Option<PathBuf>,
+    /// Publish to this device (its device_id)
+    #[arg(long, value_name = "ID", value_parser = parse_device)]
+    device: Option<String>,
+    /// Publish to the fleet: every device without a manifest of its own
+    #[arg(long)]
+    fleet: bool,
+    /// Bytes per chunk: 1024 to 1048576, or with KiB/MiB (64KiB); keep each
+    /// chunk's packet under the broker's limit
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = updates::manifest::DEFAULT_CHUNK_SIZE,
+        value_parser = parse_chunk_size,
+        conflicts_with_all = ["path_on_device", "manifest"]
+    )]
+    chunk_size: u64,
+    /// Golden inputs for the device to check the model on: a JSON array of
+    /// {"payload" or "payload_base64", "outputs", "tolerance"}
+    #[arg(long, value_name = "FILE.json", conflicts_with = "manifest")]
+    golden: Option<PathBuf>,
+    /// Send no chunks: the device reads the model from this absolute path
+    #[arg(long, value_name = "ABS", value_parser = parse_absolute, conflicts_with = "manifest")]
+    path_on_device: Option<PathBuf>,
+    /// Publish this manifest, signed before with --sign-only, with the
+    /// chunks of --model
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["secret_key", "version", "sign_only"])]
+    manifest: Option<PathBuf>,
+    /// Print the signed manifest on stdout instead of publishing it
+    #[arg(long, visible_alias = "dry-run")]
+    sign_only: bool,
+    /// Remove the manifest on the device's (or fleet's) desired topic and
+    /// its chunks
+    #[arg(
+        long,
+        conflicts_with_all = ["model", "version", "secret_key", "password_file", "golden", "path_on_device", "manifest", "sign_only"]
+    )]
+    clear: bool,
+    /// Do not wait for the broker to deliver chunk 0 and the manifest back
+    /// (for a broker that does not send a client its own messages)
+    #[arg(long)]
+    no_delivery_check: bool,
+    /// The config to take the broker from (as `status` does) and to check
+    /// the update against ([limits], [updates] public_keys)
+    #[arg(
+        short = 'c',
+        long,
+        value_name = "FILE",
+        default_value = config::DEFAULT_CONFIG_PATH
+    )]
+    config: PathBuf,
+    /// Broker host [default: the config's, else 127.0.0.1]
+    #[arg(long, value_name = "H")]
+    host: Option<String>,
+    /// Broker port [default: the config's, else 1883]
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]
+    port: Option<u16>,
+    /// How long each step with the broker may take, in seconds (0.5 to 3600)
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_wait)]
+    wait: Duration,
+}
+
 /// `--device`: one topic level, the rule the config's `device_id` follows.
 fn parse_device(s: &str) -> Result<String, String> {
     config::check_topic_level(s).map(|()| s.to_string())
+}
+
+/// `--version`: the rule updates compare versions by.
+fn parse_version(s: &str) -> Result<String, String> {
+    config::Version::parse(s).map(|v| v.to_string())
+}
+
+/// `--chunk-size`: bytes, or KiB/MiB, within what a manifest may say.
+fn parse_chunk_size(s: &str) -> Result<u64, String> {
+    use updates::manifest::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+    let s = s.trim();
+    let (digits, unit) = if let Some(d) = s.strip_suffix("KiB") {
+        (d, 1024)
+    } else if let Some(d) = s.strip_suffix("MiB") {
+        (d, 1024 * 1024)
+    } else {
+        (s, 1)
+    };
+    digits
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|n| (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(n))
+        .ok_or_else(|| {
+            format!("needs {MIN_CHUNK_SIZE} to {MAX_CHUNK_SIZE} bytes (or 1KiB to 1MiB)")
+        })
+}
+
+/// `--path-on-device`: a path on another machine, so only its form is
+/// checked.
+fn parse_absolute(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if p.is_absolute() {
+        Ok(p)
+    } else {
+        Err("needs an absolute path (the model's file on the device)".into())
+    }
 }
 
 /// `--wait`: seconds, 0.5 to 3600, fractions allowed.
@@ -233,6 +410,8 @@ fn main() -> ExitCode {
             None => inspect_accelerators(a.runtime, a.config.as_deref()),
         },
         Command::Status(a) => status(&a.config, a.host, a.port, a.device, a.wait),
+        Command::Keygen(a) => keygen(&a),
+        Command::PublishModel(a) => publish_model(a),
         Command::Version => {
             println!("edge-infer {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
@@ -966,20 +1145,131 @@ fn status(
     device: Option<String>,
     wait: Duration,
 ) -> ExitCode {
-    let link = config::load(config_path)
-        .ok()
-        .map(|s| s.uplink.unwrap_or(s.mqtt));
-    let broker = mqtt::status::Broker {
-        host: host
-            .or_else(|| link.as_ref().map(|l| l.host.clone()))
-            .unwrap_or_else(|| "127.0.0.1".into()),
-        port: port
-            .or_else(|| link.as_ref().map(|l| l.port))
-            .unwrap_or(1883),
-        tls: link.as_ref().and_then(|l| l.tls.clone()),
-        credentials: link.and_then(|l| l.credentials),
-    };
+    let (broker, _) = operator_broker(config_path, host, port);
     mqtt::status::run(&broker, device.as_deref(), wait)
+}
+
+/// The broker an operator's command talks to: the one the daemon
+/// publishes to, from the config when it loads ([uplink] if set, else
+/// [mqtt]: address, TLS and credentials), else 127.0.0.1:1883; `host` and
+/// `port` replace the address. Also the config, or why it did not load.
+fn operator_broker(
+    config_path: &std::path::Path,
+    host: Option<String>,
+    port: Option<u16>,
+) -> (mqtt::tool::Broker, Result<config::Settings, String>) {
+    let settings = config::load(config_path).map_err(|e| e.to_string());
+    let link = settings
+        .as_ref()
+        .ok()
+        .map(|s| s.uplink.as_ref().unwrap_or(&s.mqtt));
+    let broker = mqtt::tool::Broker {
+        host: host
+            .or_else(|| link.map(|l| l.host.clone()))
+            .unwrap_or_else(|| "127.0.0.1".into()),
+        port: port.or_else(|| link.map(|l| l.port)).unwrap_or(1883),
+        tls: link.and_then(|l| l.tls.clone()),
+        credentials: link.and_then(|l| l.credentials.clone()),
+    };
+    (broker, settings)
+}
+
+/// `keygen`.
+fn keygen(a: &KeygenArgs) -> ExitCode {
+    let g = match publish::keys::keygen(&a.out, &a.name, a.password_file.as_deref()) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("edge-infer keygen: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    let protection = if g.encrypted {
+        "encrypted with the password; mode 0600"
+    } else {
+        "NOT encrypted: keep it on an offline or secured signing machine; mode 0600"
+    };
+    println!("secret key  {} ({protection})", g.secret_path.display());
+    println!("public key  {}", g.public_path.display());
+    println!("key id      {}", g.key_id);
+    println!();
+    println!("Devices that take updates signed with this key trust it in their config:");
+    println!();
+    println!("[updates]");
+    println!("public_keys = [\"{}\"]", g.public_key);
+    ExitCode::SUCCESS
+}
+
+/// `publish-model`.
+fn publish_model(a: PublishArgs) -> ExitCode {
+    let (broker, settings) = operator_broker(&a.config, a.host.clone(), a.port);
+    let needs_broker = !a.sign_only;
+    let settings = match settings {
+        Ok(s) => Some(s),
+        Err(why) => {
+            // The default path is missing on an operator's machine, and
+            // that says nothing; a config that is there but does not load
+            // is worth a word.
+            if a.config.exists() {
+                eprintln!(
+                    "edge-infer publish-model: note: not using {}{}, and the update is not checked against its [limits] and [updates]: {why}",
+                    a.config.display(),
+                    if needs_broker {
+                        format!(" (the broker is {})", broker.url())
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            None
+        }
+    };
+    let action = if a.clear {
+        publish::Action::Clear
+    } else if a.sign_only {
+        publish::Action::SignOnly
+    } else {
+        publish::Action::Publish
+    };
+    let target = match (a.device, a.fleet) {
+        (Some(d), _) => Some(d),
+        (None, true) => Some(topic::FLEET.to_string()),
+        (None, false) if action == publish::Action::SignOnly => None,
+        (None, false) => {
+            eprintln!(
+                "error: say where to publish: --device <ID> or --fleet\n\nUsage: edge-infer publish-model [OPTIONS] --name <MODEL>"
+            );
+            return ExitCode::from(exit::BAD_INPUT);
+        }
+    };
+    if a.no_delivery_check && !needs_broker {
+        eprintln!("edge-infer publish-model: note: --no-delivery-check has no effect without a broker (--sign-only)");
+    }
+    let request = publish::Request {
+        action,
+        model: a.model,
+        name: a.name,
+        version: a.version,
+        secret_key: a.secret_key,
+        password_file: a.password_file,
+        target,
+        chunk_size: a.chunk_size,
+        golden: a.golden,
+        path_on_device: a.path_on_device,
+        manifest: a.manifest,
+        delivery_check: !a.no_delivery_check,
+        wait: a.wait,
+    };
+    let config = settings.as_ref().map(|s| publish::DeviceConfig {
+        path: &a.config,
+        settings: s,
+    });
+    match publish::publish_model(&request, &broker, config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edge-infer publish-model: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -992,6 +1282,21 @@ mod tests {
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
         assert!(AFTER_LONG_HELP.contains(config::DEFAULT_CONFIG_PATH));
+    }
+
+    #[test]
+    fn chunk_sizes_take_bytes_or_binary_units_within_bounds() {
+        assert_eq!(parse_chunk_size("65536"), Ok(65536));
+        assert_eq!(parse_chunk_size("64KiB"), Ok(65536));
+        assert_eq!(parse_chunk_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_chunk_size("1KiB"), Ok(1024));
+        for bad in ["1023", "2MiB", "64KB", "64k", "", "-1", "1.5KiB"] {
+            assert!(parse_chunk_size(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_chunk_size(&updates::manifest::DEFAULT_CHUNK_SIZE.to_string()),
+            Ok(updates::manifest::DEFAULT_CHUNK_SIZE)
+        );
     }
 
     #[test]

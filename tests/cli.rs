@@ -36,7 +36,7 @@ fn a_flag_of_another_subcommand_is_bad_usage_that_names_the_flag() {
 
 #[test]
 fn every_subcommand_documents_its_own_flags() {
-    let cases: [(&str, &[&str], &[&str]); 4] = [
+    let cases: [(&str, &[&str], &[&str]); 6] = [
         (
             "run",
             &["--config <FILE>", "-c", "/etc/edge-infer/config.toml"],
@@ -65,6 +65,39 @@ fn every_subcommand_documents_its_own_flags() {
                 "--host <H>",
                 "--port <P>",
                 "--device <ID>",
+                "--wait <SECS>",
+            ],
+            &["--batch", "--runtime"],
+        ),
+        (
+            "keygen",
+            &[
+                "--out <DIR>",
+                "--name <NAME>",
+                "--password-file <FILE>",
+                "NOT encrypted",
+            ],
+            &["--config", "--device"],
+        ),
+        (
+            "publish-model",
+            &[
+                "--model <FILE>",
+                "--name <MODEL>",
+                "--version <V>",
+                "--secret-key <KEY>",
+                "--password-file <FILE>",
+                "--device <ID>",
+                "--fleet",
+                "--chunk-size <BYTES>",
+                "--golden <FILE.json>",
+                "--path-on-device <ABS>",
+                "--manifest <FILE>",
+                "--sign-only",
+                "--clear",
+                "--config <FILE>",
+                "--host <H>",
+                "--port <P>",
                 "--wait <SECS>",
             ],
             &["--batch", "--runtime"],
@@ -100,6 +133,8 @@ fn top_level_help_and_version() {
         "check-config",
         "inspect",
         "status",
+        "keygen",
+        "publish-model",
         "/etc/edge-infer/config.toml",
         "EDGE_INFER__SECTION__KEY",
         "$EDGE_INFER_RUNTIME_LIBRARY",

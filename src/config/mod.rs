@@ -16,7 +16,7 @@ mod settings;
 mod tls;
 mod updates;
 
-pub use files::{read_file, FileError, FileLimits, LABELS_FILE, MODEL_FILE};
+pub use files::{read_file, FileError, FileLimits, LABELS_FILE, MAX_MAX_MODEL_BYTES, MODEL_FILE};
 pub use preprocess::{FieldPath, ImageSettings, Normalize, Resize, DEFAULT_MAX_PIXELS};
 pub use raw::RawConfig;
 pub use settings::{
@@ -24,7 +24,7 @@ pub use settings::{
     OverflowPolicy, PayloadFormat, Protocol, Settings, UPLINK_CLIENT_SUFFIX,
 };
 pub use tls::TlsSettings;
-pub use updates::{key_id_of, TrustedKey, UpdateSettings, Version};
+pub use updates::{key_id_of, key_id_text, TrustedKey, UpdateSettings, Version};
 
 use std::fmt;
 use std::path::{Path, PathBuf};

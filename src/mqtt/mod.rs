@@ -4,15 +4,18 @@
 //! behind) and `egress` (everything the daemon publishes, with the Last
 //! Will), each driven by `link` (reconnect with backoff); `inflight`
 //! holds what the output link published until the broker confirms it.
-//! `status` is the `edge-infer status` client. No other module imports
-//! rumqttc.
+//! `status` is the `edge-infer status` client and `publish` the broker
+//! side of `edge-infer publish-model`; `tool` is what both share. No other
+//! module imports rumqttc.
 
 mod client;
 mod egress;
 mod inflight;
 mod ingress;
 mod link;
+pub mod publish;
 pub mod status;
+pub mod tool;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};

@@ -29,44 +29,12 @@ use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use rumqttc::{
-    Client, Event, MqttOptions, Packet, QoS, RecvTimeoutError, SubscribeReasonCode,
-    TlsConfiguration, Transport,
-};
+use rumqttc::{Event, Packet, QoS, RecvTimeoutError, SubscribeReasonCode};
 use serde_json::Value;
 
-use crate::config::TlsSettings;
+use super::tool::Broker;
 use crate::exit;
 use crate::replies::{health_topic, status_topic};
-
-/// The broker `status` reads from.
-pub struct Broker {
-    pub host: String,
-    pub port: u16,
-    /// The TLS of the daemon's output link, when the config loads.
-    pub tls: Option<TlsSettings>,
-    /// Its username and password, likewise.
-    pub credentials: Option<(String, String)>,
-}
-
-impl Broker {
-    fn url(&self) -> String {
-        let scheme = if self.tls.is_some() { "mqtts" } else { "mqtt" };
-        format!("{scheme}://{}:{}", self.host, self.port)
-    }
-
-    /// What connection errors are said against.
-    fn endpoint(&self) -> super::link::Endpoint {
-        super::link::Endpoint {
-            url: self.url(),
-            port: self.port,
-            trust: self.tls.as_ref().map(|t| t.trust.to_string()),
-            client_cert: self.tls.as_ref().is_some_and(|t| t.client_auth.is_some()),
-            reconnect_min: Duration::ZERO,
-            reconnect_max: Duration::ZERO,
-        }
-    }
-}
 
 /// With every device requested: how long to wait for more records once the
 /// subscriptions are acknowledged and the broker has gone quiet.
@@ -156,27 +124,7 @@ fn collect(
     topics: &[String; 2],
     wait: Duration,
 ) -> Result<Collected, String> {
-    let mut opts = MqttOptions::new(
-        format!("edge-infer-status-{}", std::process::id()),
-        &broker.host,
-        broker.port,
-    );
-    opts.set_keep_alive(Duration::from_secs(30))
-        .set_clean_session(true)
-        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
-    if let Some((user, pass)) = &broker.credentials {
-        opts.set_credentials(user, pass);
-    }
-    if let Some(tls) = &broker.tls {
-        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            std::sync::Arc::clone(&tls.client_config),
-        )));
-    }
-    let endpoint = broker.endpoint();
-    let (client, mut connection) = Client::new(opts, 16);
-    let mut net = connection.eventloop.network_options();
-    net.set_connection_timeout(wait.as_secs().clamp(1, 30));
-    connection.eventloop.set_network_options(net);
+    let (client, mut connection) = broker.client("edge-infer-status", MAX_PACKET_BYTES, wait, 16);
     for t in topics {
         client
             .subscribe(t.as_str(), QoS::AtMostOnce)
@@ -205,8 +153,7 @@ fn collect(
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
             Ok(Err(e)) => {
-                let e = super::client::LinkError::V4(e);
-                let why = super::link::describe(&e, &endpoint, !connected);
+                let why = broker.describe(e, !connected);
                 if !connected {
                     return Err(why);
                 }

@@ -532,6 +532,7 @@ pub fn schema_kind(topic: &str) -> &'static str {
         ["edge-infer", _, "errors"] => "error",
         ["edge-infer", _, "status"] => "status",
         ["edge-infer", _, "health"] => "health",
+        ["edge-infer", _, "models", _, "desired"] => "manifest",
         _ => "result",
     }
 }
@@ -549,6 +550,7 @@ pub fn validate(kind: &str, v: &Value) -> Result<(), String> {
             "status",
             "health",
             "homeassistant-discovery",
+            "manifest",
         ]
         .into_iter()
         .map(|k| {
