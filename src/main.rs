@@ -151,7 +151,8 @@ enum Command {
     /// of --model. --path-on-device sends no chunks: the device reads the
     /// model from that file. --clear removes a manifest and its chunks.
     ///
-    /// The broker is taken from the config as `status` takes it. Exits 2 on
+    /// The broker is the config's [mqtt], where the daemon reads manifests
+    /// (status reads [uplink] when set). Exits 2 on
     /// a bad flag, file, key or password, and 1 when the broker cannot be
     /// reached or does not take what was sent.
     #[command(verbatim_doc_comment)]
@@ -334,7 +335,7 @@ fn parse_version(s: &str) -> Result<String, String> {
 
 /// `--chunk-size`: bytes, or KiB/MiB, within what a manifest may say.
 fn parse_chunk_size(s: &str) -> Result<u64, String> {
-    use updates::manifest::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+    use updates::download::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
     let s = s.trim();
     let (digits, unit) = if let Some(d) = s.strip_suffix("KiB") {
         (d, 1024)
@@ -1145,24 +1146,36 @@ fn status(
     device: Option<String>,
     wait: Duration,
 ) -> ExitCode {
-    let (broker, _) = operator_broker(config_path, host, port);
+    let (broker, _) = operator_broker(config_path, host, port, Side::Output);
     mqtt::status::run(&broker, device.as_deref(), wait)
 }
 
-/// The broker an operator's command talks to: the one the daemon
-/// publishes to, from the config when it loads ([uplink] if set, else
-/// [mqtt]: address, TLS and credentials), else 127.0.0.1:1883; `host` and
-/// `port` replace the address. Also the config, or why it did not load.
+/// Which of the daemon's brokers an operator's command talks to.
+#[derive(Clone, Copy)]
+enum Side {
+    /// Where the daemon publishes (`[uplink]` if set, else `[mqtt]`):
+    /// `status` reads the records there.
+    Output,
+    /// Where the daemon subscribes (`[mqtt]`): `publish-model` puts the
+    /// manifests there.
+    Input,
+}
+
+/// The broker an operator's command talks to, from the config when it
+/// loads (address, TLS and credentials of the `side`), else
+/// 127.0.0.1:1883; `host` and `port` replace the address. Also the config,
+/// or why it did not load.
 fn operator_broker(
     config_path: &std::path::Path,
     host: Option<String>,
     port: Option<u16>,
+    side: Side,
 ) -> (mqtt::tool::Broker, Result<config::Settings, String>) {
     let settings = config::load(config_path).map_err(|e| e.to_string());
-    let link = settings
-        .as_ref()
-        .ok()
-        .map(|s| s.uplink.as_ref().unwrap_or(&s.mqtt));
+    let link = settings.as_ref().ok().map(|s| match side {
+        Side::Output => s.uplink.as_ref().unwrap_or(&s.mqtt),
+        Side::Input => &s.mqtt,
+    });
     let broker = mqtt::tool::Broker {
         host: host
             .or_else(|| link.map(|l| l.host.clone()))
@@ -1201,7 +1214,7 @@ fn keygen(a: &KeygenArgs) -> ExitCode {
 
 /// `publish-model`.
 fn publish_model(a: PublishArgs) -> ExitCode {
-    let (broker, settings) = operator_broker(&a.config, a.host.clone(), a.port);
+    let (broker, settings) = operator_broker(&a.config, a.host.clone(), a.port, Side::Input);
     let needs_broker = !a.sign_only;
     let settings = match settings {
         Ok(s) => Some(s),

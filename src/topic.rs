@@ -61,14 +61,12 @@ pub fn chunk_filter(desired: &str) -> String {
 }
 
 /// The manifests a device listens to: its own and the fleet's.
-#[allow(dead_code)] // used by the updates agent (the lead's part, not merged yet)
 pub fn desired_filters(device_id: &str) -> [String; 2] {
     [desired_topic(device_id, "+"), desired_topic(FLEET, "+")]
 }
 
 /// An update topic, taken apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(dead_code)] // used by the updates agent (the lead's part, not merged yet)
 pub struct UpdateTopic<'t> {
     pub model: &'t str,
     /// The fleet's manifest rather than this device's.
@@ -78,7 +76,6 @@ pub struct UpdateTopic<'t> {
 }
 
 /// Whether `topic` is this device's or the fleet's manifest or chunk.
-#[allow(dead_code)] // used by the updates agent (the lead's part, not merged yet)
 pub fn update_topic<'t>(device_id: &str, topic: &'t str) -> Option<UpdateTopic<'t>> {
     let rest = topic.strip_prefix("edge-infer/")?;
     let (fleet, rest) = if let Some(r) = rest

@@ -165,7 +165,7 @@ fn sign(req: &Request, max_size: u64) -> Result<Prepared, Error> {
         None => Vec::new(),
     };
     let signer = keys::Signer::load(secret_key, req.password_file.as_deref())?;
-    let statement = manifest::statement(&req.name, version.as_str(), &sha256, size);
+    let statement = manifest::statement(&req.name, &version.to_string(), &sha256, size);
     let comment = format!(
         "edge-infer model {} {} sha256 {sha256} size {size} timestamp {}",
         req.name,
@@ -176,7 +176,7 @@ fn sign(req: &Request, max_size: u64) -> Result<Prepared, Error> {
     let (chunks, chunk_size, path) = match &req.path_on_device {
         Some(p) => (None, None, Some(p.clone())),
         None => {
-            let n = manifest::chunk_count(size, req.chunk_size);
+            let n = size.div_ceil(req.chunk_size.max(1));
             let n = u32::try_from(n).map_err(|_| {
                 Error::Input(format!(
                     "{size} bytes make {n} chunks of {} bytes; choose a bigger --chunk-size",
@@ -311,7 +311,7 @@ fn check_trusted(req: &Request, p: &Prepared, c: &DeviceConfig<'_>) -> Result<()
         return Ok(());
     };
     let m = &p.manifest;
-    let statement = manifest::statement(&req.name, m.version.as_str(), &m.sha256, m.size);
+    let statement = manifest::statement(&req.name, &m.version.to_string(), &m.sha256, m.size);
     verify(&updates.public_keys, &statement, &m.signature)
         .map(|_| ())
         .map_err(|e| {
