@@ -12,10 +12,11 @@ pub const MASK: &str = "***";
 /// named like one (`*password*`, `*secret*`, `*_key*`, `*token*`). A key
 /// ending in `_file` (`client_key_file`) holds where a secret is kept, not
 /// the secret: its path must stay in messages, which say which file is
-/// wrong.
+/// wrong. Nor does a `public_*` key (`[updates] public_keys`): a public
+/// key is meant to be shown, and a message about a wrong one must show it.
 pub fn is_secret_key(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    if name.ends_with("_file") {
+    if name.ends_with("_file") || name.starts_with("public_") {
         return false;
     }
     ["password", "secret", "_key", "token"]
@@ -241,6 +242,7 @@ mod tests {
             "key",
             "client_key_file",
             "ca_file",
+            "public_keys",
         ] {
             assert!(!is_secret_key(key), "{key}");
         }

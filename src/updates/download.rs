@@ -141,11 +141,6 @@ impl Geometry {
         self.size
     }
 
-    #[cfg(test)]
-    pub fn chunk_size(&self) -> u64 {
-        self.chunk_size
-    }
-
     pub fn chunks(&self) -> u32 {
         self.chunks
     }
