@@ -38,12 +38,15 @@
 #
 # A remote model update: the script makes a signing key (edge-infer keygen),
 # trusts it in the daemon's config ([updates], in a copy of
-# config/demo.toml in the temporary folder), and at 20% of the run (5 s
-# with --seconds 0) signs and publishes version 2 of the har model (the
-# float model instead of the int8 one) with edge-infer publish-model. The
-# daemon downloads it, checks it, swaps it in without losing a window and
-# confirms it after 5 s of probation; the end of the demo prints the steps
-# from its log and the retained state record.
+# config/demo.toml in the temporary folder), and before the simulator
+# starts signs and publishes version 2 of the har model (the float model
+# instead of the int8 one) with edge-infer publish-model. The daemon
+# downloads it in chunks, checks signature, size and sha256, loads and
+# warms it, swaps it in, and confirms it after 5 s of probation on the
+# simulator's traffic; the end of the demo prints the steps from its log
+# and the retained state record. (Before the simulator, because a swap
+# starts a windowed model's streams afresh: see README, "Remote model
+# updates".)
 #
 # --rate is in windows per second per sensor: each sensor publishes
 # rate x 64 readings per second (the default 1: 64 readings/s). --sensors 0
@@ -80,8 +83,8 @@ for a in "$@"; do
 done
 # Milliseconds after the simulator starts: uplink down, uplink back. (A
 # --seconds the simulator refuses ends the demo before either.)
-read -r down_ms up_ms update_ms < <(awk -v s="$seconds" 'BEGIN {
-  if (s + 0 > 0) printf "%d %d %d\n", s * 400, s * 600, s * 200; else print "10000 15000 5000" }')
+read -r down_ms up_ms < <(awk -v s="$seconds" 'BEGIN {
+  if (s + 0 > 0) printf "%d %d\n", s * 400, s * 600; else print "10000 15000" }')
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/edge-infer-demo.XXXXXX")"
 tls="$tmp/tls"
@@ -315,6 +318,25 @@ for line in sys.stdin:
 ' >&2 || true
 fi
 
+# --- a remote model update ------------------------------------------------------
+# To the broker the daemon reads its inputs (and manifests) from; the state
+# records go to the uplink, like everything the daemon publishes.
+update=""
+if "$daemon_bin" publish-model --config "$config" --host 127.0.0.1 --port "$port" \
+  --model "$root/models/har_accel_f32.tflite" --name har --version 2 \
+  --secret-key "$tmp/keys/demo.key" --device demo --chunk-size 4KiB >"$tmp/publish.log" 2>&1; then
+  update=sent
+  say "model update: har version 2 signed and published in chunks of 4 KiB"
+  for ((i = 0; i < 150; i++)); do
+    grep -q 'model har: now serving version 2' "$tmp/edge-infer.log" 2>/dev/null && break
+    grep -q 'model har: update refused' "$tmp/edge-infer.log" 2>/dev/null && break
+    sleep 0.1 || true
+  done
+  grep -E 'model har: (now serving|update refused)' "$tmp/edge-infer.log" | sed -e 's/^.*model har:/  | har:/' >&2 || true
+else
+  say "edge-infer publish-model failed:"; sed 's/^/  | /' "$tmp/publish.log" >&2 || true
+fi
+
 # --- simulator and the outage -------------------------------------------------
 # In the background and polled, so that a TERM to this script is handled
 # within 0.1 s and the outage comes on time; Ctrl-C from the terminal
@@ -325,20 +347,8 @@ sim_pid=$!
 now_ms() { local us="${EPOCHREALTIME//[!0-9]/}"; echo $((us / 1000)); }
 started_ms="$(now_ms)"
 outage=before
-update=before
 while kill -0 "$sim_pid" 2>/dev/null; do
   elapsed=$(($(now_ms) - started_ms))
-  if [ "$update" = before ] && [ "$elapsed" -ge "$update_ms" ]; then
-    update=sent
-    # To the broker the daemon reads its inputs (and manifests) from.
-    if "$daemon_bin" publish-model --config "$config" --host 127.0.0.1 --port "$port" \
-      --model "$root/models/har_accel_f32.tflite" --name har --version 2 \
-      --secret-key "$tmp/keys/demo.key" --device demo --chunk-size 4KiB >"$tmp/publish.log" 2>&1; then
-      say "model update: har version 2 signed and published ($(grep -c . "$tmp/publish.log") lines in $tmp/publish.log)"
-    else
-      say "edge-infer publish-model failed:"; sed 's/^/  | /' "$tmp/publish.log" >&2 || true
-    fi
-  fi
   if [ "$outage" = before ] && [ "$elapsed" -ge "$down_ms" ]; then
     say "uplink down: answers now wait in the outbox ($tmp/state/outbox)"
     stop "$uplink_pid" 5 "the uplink mosquitto"
