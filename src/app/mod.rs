@@ -207,7 +207,7 @@ struct Updates {
     overrides: BTreeMap<String, update::FileVersion>,
     /// Per model, the configured file and version, from the last config
     /// read.
-    configured: BTreeMap<String, (PathBuf, Option<String>)>,
+    configured: update::Configured,
     /// The last state record of each model, sent again on every connect
     /// of the output link (retained records offered while it was down
     /// were dropped).

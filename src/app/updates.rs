@@ -98,12 +98,7 @@ impl Supervisor {
             }
             match u.overrides.get(&ms.name) {
                 Some(fv) => update::apply(ms, fv),
-                None => {
-                    if let Some((path, version)) = u.configured.get(&ms.name) {
-                        ms.path = path.clone();
-                        ms.version = version.clone();
-                    }
-                }
+                None => update::restore(ms, &u.configured),
             }
         }
     }
@@ -144,10 +139,7 @@ impl Supervisor {
             .iter()
             .map(|ms| {
                 let mut ms = ms.clone();
-                if let Some((path, version)) = u.configured.get(&ms.name) {
-                    ms.path = path.clone();
-                    ms.version = version.clone();
-                }
+                update::restore(&mut ms, &u.configured);
                 ms
             })
             .collect();

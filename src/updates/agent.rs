@@ -128,10 +128,7 @@ struct Updater {
 impl Updater {
     fn add_model(&mut self, mut ms: ModelSettings, startup: &Startup) {
         // The configured file, not the override `open` put in.
-        if let Some((path, version)) = startup.configured.get(&ms.name) {
-            ms.path = path.clone();
-            ms.version = version.clone();
-        }
+        super::restore(&mut ms, &startup.configured);
         self.models.insert(
             ms.name.clone(),
             Model {

@@ -85,7 +85,7 @@ pub struct Startup {
     pub overrides: BTreeMap<String, FileVersion>,
     /// Per model, its configured file and version, which a rollback past
     /// every update returns to.
-    pub configured: BTreeMap<String, (PathBuf, Option<String>)>,
+    pub configured: Configured,
 }
 
 /// Opens every configured model's store (recovering from a crash) and
@@ -118,6 +118,17 @@ pub fn open(settings: &mut Settings) -> Result<Startup, store::StoreError> {
         out.stores.insert(ms.name.clone(), store);
     }
     Ok(out)
+}
+
+/// Per model, its configured file and version.
+pub type Configured = BTreeMap<String, (PathBuf, Option<String>)>;
+
+/// Points a model's settings back at its configured file, when known.
+pub fn restore(ms: &mut crate::config::ModelSettings, configured: &Configured) {
+    if let Some((path, version)) = configured.get(&ms.name) {
+        ms.path = path.clone();
+        ms.version = version.clone();
+    }
 }
 
 /// Points a model's settings at an update's file.
@@ -166,12 +177,7 @@ impl Startup {
                 apply(ms, &fv);
                 self.overrides.insert(model.to_string(), fv);
             }
-            None => {
-                if let Some((path, version)) = self.configured.get(model) {
-                    ms.path = path.clone();
-                    ms.version = version.clone();
-                }
-            }
+            None => restore(ms, &self.configured),
         }
     }
 }
