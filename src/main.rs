@@ -594,6 +594,8 @@ struct ModelSummary<'a> {
     labels: Option<&'a [String]>,
     top_k: Option<usize>,
     intake: &'a models::Intake,
+    /// The queue's byte budget, configured or sized from the input.
+    queue_budget: usize,
     /// What runs it and how long load and warm-up took; `None` when it was
     /// only checked from its file.
     loaded: Option<(&'a str, f64)>,
@@ -621,6 +623,7 @@ impl<'a> From<&'a models::CheckedModel> for ModelSummary<'a> {
             labels: m.labels.as_deref(),
             top_k: m.top_k,
             intake: &m.intake,
+            queue_budget: m.queue_budget(),
             loaded: None,
             acceleration: None,
         }
@@ -750,11 +753,17 @@ fn print_summary(
                 ))
         );
         println!(
-            "  serving:  payload={} workers={} threads={} queue={} overflow={}{}{}",
+            "  serving:  payload={} workers={} threads={} queue={} queue_max_bytes={}{} overflow={}{}{}",
             s.payload.as_str(),
             s.workers,
             s.threads,
             s.queue_capacity,
+            m.queue_budget,
+            if s.queue_max_bytes.is_none() {
+                " (sized from the input)"
+            } else {
+                ""
+            },
             s.overflow.as_str(),
             if s.max_batch > 1 {
                 format!(

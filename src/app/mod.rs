@@ -104,8 +104,9 @@ fn launch(
     epoch: Instant,
 ) -> std::io::Result<(Running, Route)> {
     let ms = model.checked.settings.clone();
-    let (queue, rx) = ModelQueue::bounded(ms.queue_capacity, ms.queue_max_bytes, ms.overflow);
     let ctx = Arc::new(ModelContext::new(&model.checked, stats));
+    let (queue, rx) =
+        ModelQueue::bounded(ms.queue_capacity, model.checked.queue_budget(), ms.overflow);
     let status = StatusModel::new(&model);
     let workers = spawn_workers(model.engines, &ctx, &rx, replies, epoch)?;
     let running = Running {

@@ -331,9 +331,11 @@ pub struct RawModel {
     pub payload: String,
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: i64,
-    /// Payload bytes the queue may hold (queued and in progress).
-    #[serde(default = "default_queue_max_bytes")]
-    pub queue_max_bytes: i64,
+    /// Payload bytes the queue may hold (queued and in progress). Unset:
+    /// sized from the model's input when it is loaded
+    /// (`ModelContext::queue_budget`).
+    #[serde(default)]
+    pub queue_max_bytes: Option<i64>,
     /// "reject_new" (default) or "drop_oldest".
     #[serde(default = "default_overflow")]
     pub overflow: String,
@@ -486,13 +488,9 @@ fn default_payload() -> String {
 /// Enough to ride out a scheduling stall of ~150 ms at 25,000 msg/s (the
 /// benchmark saw 30-70 ms stalls on 2 busy cores overflow a queue of 256);
 /// memory stays bounded by `queue_max_bytes`, which is reached first for
-/// payloads above 4 KiB.
+/// payloads above 1 KiB.
 fn default_queue_capacity() -> i64 {
     4096
-}
-/// 16 MiB: sixteen image-sized JSON payloads, thousands of sensor windows.
-fn default_queue_max_bytes() -> i64 {
-    16 * 1024 * 1024
 }
 fn default_overflow() -> String {
     "reject_new".into()

@@ -809,7 +809,8 @@ fn check_settings(s: &Settings) -> Result<(), String> {
             "queue_capacity",
         );
         model(
-            (1024..=1 << 40).contains(&m.queue_max_bytes),
+            m.queue_max_bytes
+                .is_none_or(|b| (1024..=1 << 40).contains(&b)),
             "queue_max_bytes",
         );
         model((1..=64).contains(&m.workers), "workers");

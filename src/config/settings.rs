@@ -270,7 +270,8 @@ pub struct ModelSettings {
     pub top_k: Option<usize>,
     pub payload: PayloadFormat,
     pub queue_capacity: usize,
-    pub queue_max_bytes: usize,
+    /// None: sized from the model's input once it is loaded.
+    pub queue_max_bytes: Option<usize>,
     pub overflow: OverflowPolicy,
     pub workers: usize,
     pub threads: u32,
@@ -1010,8 +1011,9 @@ fn model_settings(
         }
     };
     let queue_capacity = c.range(&k("queue_capacity"), rm.queue_capacity, 1, 1_000_000) as usize;
-    let queue_max_bytes =
-        c.range(&k("queue_max_bytes"), rm.queue_max_bytes, 1024, 1 << 40) as usize;
+    let queue_max_bytes = rm
+        .queue_max_bytes
+        .map(|v| c.range(&k("queue_max_bytes"), v, 1024, 1 << 40) as usize);
     let workers = c.range(&k("workers"), rm.workers, 1, 64) as usize;
     let threads = c.range(&k("threads"), rm.threads, 1, 64) as u32;
     let batch = c.range(&k("batch"), rm.batch, 1, 4096) as u32;

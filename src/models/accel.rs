@@ -230,14 +230,14 @@ impl Chain {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or("the model's bytes were released (a bug: nothing loads a model of one accelerator again)")?;
-        let mut engine = self
-            .runtime
-            .load(&choice.origin, bytes.as_ref().clone(), &options)
-            .map_err(|e| match e {
-                // Already says which accelerator.
-                RuntimeError::Accelerator { reason, .. } => reason,
-                other => other.to_string(),
-            })?;
+        let mut engine =
+            self.runtime
+                .load(&choice.origin, bytes, &options)
+                .map_err(|e| match e {
+                    // Already says which accelerator.
+                    RuntimeError::Accelerator { reason, .. } => reason,
+                    other => other.to_string(),
+                })?;
         if let Some((inputs, outputs)) = expected {
             if engine.inputs() != inputs.as_slice() || engine.outputs() != outputs.as_slice() {
                 return Err(format!(

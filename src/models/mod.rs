@@ -7,8 +7,9 @@
 mod accel;
 mod intake;
 
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use model_runtime::{Accelerator, Engine, LoadOptions, Runtime, TensorSpec};
@@ -50,6 +51,72 @@ pub struct ModelContext {
     /// Counters of this model name; carried over when a reload replaces
     /// the model with a new version.
     pub stats: Arc<ModelStats>,
+}
+
+/// The byte budget of a model's queue when `queue_max_bytes` is unset:
+/// room for [`QUEUE_BUDGET_MESSAGES`] typical messages, within these
+/// bounds. A sensor model's 4 KiB messages get about a thousand (a
+/// stall of tens of milliseconds at its full rate); an image model's a
+/// few, which keep its worker busy for as long (a queue deeper than that
+/// only turns an overload into latency, and each one costs its payload in
+/// memory).
+pub const QUEUE_BUDGET_MIN: usize = 1 << 20;
+pub const QUEUE_BUDGET_MAX: usize = 4 << 20;
+pub const QUEUE_BUDGET_MESSAGES: usize = 1024;
+
+/// Bytes per number in a JSON tensor message as devices send them
+/// (`-0.0123,` or `127,`): the estimate behind a JSON model's budget.
+const JSON_BYTES_PER_NUMBER: usize = 8;
+/// Per message: the id, the keys, the braces.
+const JSON_MESSAGE_OVERHEAD: usize = 64;
+
+/// The queue's byte budget: `configured`, or room for
+/// [`QUEUE_BUDGET_MESSAGES`] typical messages of a model with these
+/// inputs (see [`typical_message_bytes`]) within the bounds above.
+pub fn queue_budget(
+    configured: Option<usize>,
+    payload: PayloadFormat,
+    inputs: &[TensorSpec],
+    intake: &Intake,
+) -> usize {
+    configured.unwrap_or_else(|| {
+        (typical_message_bytes(payload, inputs, intake) * QUEUE_BUDGET_MESSAGES)
+            .clamp(QUEUE_BUDGET_MIN, QUEUE_BUDGET_MAX)
+    })
+}
+
+/// What one message of a model usually weighs, from its input: the tensor
+/// bytes for raw payloads and images (a compressed photo is smaller than
+/// its decoded tensor, a PNG rarely bigger), a number's worth of text per
+/// element for JSON tensors and windows (a message may carry a whole
+/// window of readings), a few bytes per field for named fields.
+pub fn typical_message_bytes(
+    payload: PayloadFormat,
+    inputs: &[TensorSpec],
+    intake: &Intake,
+) -> usize {
+    let elements: usize = inputs.iter().map(|t| t.element_count()).sum();
+    let tensor_bytes: usize = inputs.iter().map(|t| t.byte_len()).sum();
+    match (&intake.kind, payload) {
+        (IntakeKind::Tensors, PayloadFormat::Raw) => tensor_bytes,
+        (IntakeKind::Image { .. }, _) => tensor_bytes,
+        (IntakeKind::Fields(fields), _) => {
+            fields.len() * JSON_BYTES_PER_NUMBER * 2 + JSON_MESSAGE_OVERHEAD
+        }
+        _ => elements * JSON_BYTES_PER_NUMBER + JSON_MESSAGE_OVERHEAD,
+    }
+}
+
+impl CheckedModel {
+    /// This model's queue byte budget (see [`queue_budget`]).
+    pub fn queue_budget(&self) -> usize {
+        queue_budget(
+            self.settings.queue_max_bytes,
+            self.settings.payload,
+            &self.inputs,
+            &self.intake,
+        )
+    }
 }
 
 impl ModelContext {
@@ -190,6 +257,22 @@ pub fn read_model_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, String> {
     config::read_file(path, MODEL_FILE, max_bytes).map_err(|e| e.to_string())
 }
 
+/// The bytes of every model file in use, by sha256, so models serving
+/// the same file (one model on several topics or payload formats, a
+/// reload that keeps a file) share one copy; an entry goes when the last
+/// engine holding it does.
+fn shared_bytes(sha256: &str, bytes: Vec<u8>) -> model_runtime::ModelBytes {
+    static FILES: Mutex<BTreeMap<String, Weak<Vec<u8>>>> = Mutex::new(BTreeMap::new());
+    let mut files = FILES.lock().unwrap_or_else(|p| p.into_inner());
+    files.retain(|_, w| w.strong_count() > 0);
+    if let Some(held) = files.get(sha256).and_then(Weak::upgrade) {
+        return held;
+    }
+    let bytes = Arc::new(bytes);
+    files.insert(sha256.to_string(), Arc::downgrade(&bytes));
+    bytes
+}
+
 /// The model file's name for messages, its bytes and their sha256.
 fn read_model(
     ms: &ModelSettings,
@@ -214,7 +297,7 @@ pub fn load_one(
     let problem = |field: &str, message: String| problem(ms, field, message);
     let (origin, bytes, sha256) = read_model(ms, limits)?;
     check_edgetpu(ms, &origin, &bytes)?;
-    let bytes = Arc::new(bytes);
+    let bytes = shared_bytes(&sha256, bytes);
     let cpu_file = match &ms.accel.cpu_path {
         Some(path) => {
             let cpu_bytes = read_model_file(path, limits.max_model_bytes)
@@ -606,4 +689,60 @@ fn read_labels(path: &Path, max_bytes: u64) -> Result<Vec<String>, String> {
         return Err(format!("labels file {} is empty", path.display()));
     }
     Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model_runtime::DType;
+
+    fn int8(shape: &[usize]) -> TensorSpec {
+        TensorSpec {
+            name: "input".into(),
+            shape: shape.to_vec(),
+            dtype: DType::I8,
+            quantization: None,
+            shape_signature: shape.iter().map(|&d| d as i64).collect(),
+        }
+    }
+
+    /// The budget of a tensors-intake model with one int8 input.
+    fn budget(payload: PayloadFormat, shape: &[usize], configured: Option<usize>) -> usize {
+        let ctx = ModelContext::for_tests("m", "in/m");
+        queue_budget(configured, payload, &[int8(shape)], &ctx.intake)
+    }
+
+    #[test]
+    fn the_default_queue_budget_follows_the_input() {
+        // A sensor window as JSON: 384 numbers, about 3 KiB a message, so
+        // about a thousand of them.
+        let ctx = ModelContext::for_tests("m", "in/m");
+        let har = [int8(&[1, 128, 3])];
+        assert_eq!(
+            typical_message_bytes(PayloadFormat::Json, &har, &ctx.intake),
+            384 * 8 + 64
+        );
+        assert_eq!(
+            budget(PayloadFormat::Json, &[1, 128, 3], None),
+            (384 * 8 + 64) * 1024
+        );
+        // An image-sized tensor: the ceiling, a few dozen raw messages.
+        let image = [int8(&[1, 224, 224, 3])];
+        assert_eq!(
+            typical_message_bytes(PayloadFormat::Raw, &image, &ctx.intake),
+            224 * 224 * 3
+        );
+        assert_eq!(
+            budget(PayloadFormat::Raw, &[1, 224, 224, 3], None),
+            QUEUE_BUDGET_MAX
+        );
+        // Tiny messages: the floor.
+        assert_eq!(budget(PayloadFormat::Raw, &[1, 4], None), QUEUE_BUDGET_MIN);
+        // What the config says wins, whatever the input.
+        assert_eq!(
+            budget(PayloadFormat::Raw, &[1, 224, 224, 3], Some(1 << 30)),
+            1 << 30
+        );
+        assert_eq!(budget(PayloadFormat::Raw, &[1, 4], Some(2048)), 2048);
+    }
 }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::client::{Client, Event, EventLoop, QoS, Received};
@@ -169,7 +170,13 @@ impl Ingress {
         });
         let job = Job {
             topic: p.topic.clone(),
-            payload: p.payload.clone(),
+            // rumqttc hands out the payload as a slice of its read buffer
+            // (one allocation that every packet read into it shares, grown
+            // to twice the largest one), so a queued message would keep the
+            // whole buffer alive: under overload that was several times the
+            // bytes the queue's budget counts. A copy of its own costs a
+            // memcpy and makes the budget the memory held.
+            payload: Bytes::copy_from_slice(&p.payload),
             received_at: unix_now(),
             received: Instant::now(),
             ack: ack.clone(),

@@ -154,7 +154,7 @@ pub(crate) struct ClassicEngine {
     /// The flatbuffer the model was created from: `TfLiteModelCreate` does
     /// not copy it, so it must outlive the model and interpreter (dropped
     /// after them, in `Drop`).
-    _bytes: Vec<u8>,
+    _bytes: crate::ModelBytes,
 }
 
 // SAFETY: the engine exclusively owns its interpreter and model and is used
@@ -192,7 +192,7 @@ impl ClassicEngine {
     pub(crate) fn load(
         api: ClassicApi,
         origin: &str,
-        bytes: Vec<u8>,
+        bytes: crate::ModelBytes,
         options: &LoadOptions,
     ) -> Result<ClassicEngine, RuntimeError> {
         let bad = |reason: String| RuntimeError::BadModel {

@@ -38,6 +38,12 @@ pub use locate::{LibraryCandidate, LibrarySearch, ENV_LIBRARY};
 pub use tensor::{DType, Quantization, TensorSpec};
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A model file's bytes, shared by every engine loaded from it: an
+/// engine holds them as long as it lives, and a second copy per worker
+/// (or per model serving the same file) would be megabytes for nothing.
+pub type ModelBytes = Arc<Vec<u8>>;
 
 /// Which C API the loaded runtime library speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,12 +298,16 @@ impl Runtime {
 
     /// Loads, compiles and allocates a model from its `.tflite` bytes.
     /// `origin` names the model in error messages (usually its path).
+    /// The engine keeps `bytes` for its whole life (the runtime reads the
+    /// model from them, it does not copy them), so engines of one file
+    /// share one copy when given the same [`ModelBytes`].
     pub fn load(
         &self,
         origin: &str,
-        bytes: Vec<u8>,
+        bytes: impl Into<ModelBytes>,
         options: &LoadOptions,
     ) -> Result<Box<dyn Engine>, RuntimeError> {
+        let bytes = bytes.into();
         check_flatbuffer(origin, &bytes)?;
         // Only the Edge TPU delegate runs an Edge TPU model; anything else
         // would fail on the unresolved custom op with a bare status code.

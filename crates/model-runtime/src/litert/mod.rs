@@ -153,7 +153,7 @@ pub struct LiteRtEngine {
     delegate: Option<delegate::AttachedDelegate>,
     /// The flatbuffer the model was created from; LiteRT reads it for the
     /// model's whole life, so it is dropped last.
-    _bytes: Vec<u8>,
+    _bytes: crate::ModelBytes,
 }
 
 // SAFETY: the engine exclusively owns its handles and is used from one
@@ -239,7 +239,7 @@ impl LiteRtEngine {
         ext: ExtFunctions,
         env: SharedEnvironment,
         origin: &str,
-        bytes: Vec<u8>,
+        bytes: crate::ModelBytes,
         options: &LoadOptions,
     ) -> Result<LiteRtEngine, RuntimeError> {
         let target = match &options.accelerator {
@@ -286,7 +286,7 @@ impl LiteRtEngine {
         ext: ExtFunctions,
         env: SharedEnvironment,
         origin: &str,
-        bytes: Vec<u8>,
+        bytes: crate::ModelBytes,
         options: &LoadOptions,
         setup: Setup,
     ) -> Result<LiteRtEngine, RuntimeError> {
