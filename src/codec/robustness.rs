@@ -1127,7 +1127,7 @@ impl Gen<'_> {
             if self.rng.one_in(20) {
                 // Whitespace before the next `,` or `]`: the fast path
                 // reads such a token the general way.
-                s.push_str(*self.rng.pick(&[" ", "\n", " \t"]));
+                s.push_str(self.rng.pick::<&str>(&[" ", "\n", " \t"]));
             }
             *open.last_mut().unwrap() = true;
         }
@@ -1854,7 +1854,8 @@ fn number_array(rng: &mut Rng) -> Vec<u8> {
         if rng.below(10) < 8 {
             ""
         } else {
-            *rng.pick(&[" ", "  ", "\n", "\t", "\r\n", " \n "])
+            const WS: [&str; 6] = [" ", "  ", "\n", "\t", "\r\n", " \n "];
+            WS[rng.below(WS.len())]
         }
     };
     let mut s = String::from(ws(rng));
@@ -1893,7 +1894,7 @@ fn number_array(rng: &mut Rng) -> Vec<u8> {
         }
     }
     if rng.one_in(40) {
-        s.push_str(*rng.pick(&[",", "]", "x", "[1]", "}"]));
+        s.push_str(rng.pick::<&str>(&[",", "]", "x", "[1]", "}"]));
     }
     s.push_str(ws(rng));
     s.into_bytes()
