@@ -49,6 +49,7 @@ const JSON_CASES: u64 = 10_000;
 const RAW_CASES: u64 = 50_000;
 const PEEK_CASES: u64 = 10_000;
 const READINGS_CASES: u64 = 20_000;
+const ARRAY_CASES: u64 = 50_000;
 
 /// An error message may be this long plus twice the length of the model's
 /// input list (which some messages spell out): enough for every wording,
@@ -1123,6 +1124,11 @@ impl Gen<'_> {
                 }
             }
             s.push_str(tok);
+            if self.rng.one_in(20) {
+                // Whitespace before the next `,` or `]`: the fast path
+                // reads such a token the general way.
+                s.push_str(self.rng.pick::<&str>(&[" ", "\n", " \t"]));
+            }
             *open.last_mut().unwrap() = true;
         }
         if toks.is_empty() && max_level > 1 && self.rng.one_in(2) {
@@ -1766,6 +1772,219 @@ fn robustness_json_fast_path_and_full_decoder() {
             assert!(got(k) * 100 >= n, "only {} of {n} {k}: {counts:?}", got(k));
         }
         assert!(got("fast:accepted") * 20 >= n, "{counts:?}");
+    }
+}
+
+/// Number arrays alone, as `fast::fill` reads them (the data arrays of
+/// the JSON fast path): valid and invalid tokens of every form (the short
+/// ones it reads without a loop, exponents, long mantissas, leading zeros,
+/// lone signs and dots, junk), whitespace around separators, `[` `]` and
+/// `,` nested, doubled or missing. Whatever it accepts must be exactly
+/// what serde_json reads from the same text (each number as an f64, then
+/// `as f32`, as the full decoder converts it), and it must accept all of
+/// that.
+#[test]
+fn robustness_number_arrays() {
+    let mut run = Run::new("number arrays", ARRAY_CASES);
+    for case in run.cases() {
+        let mut rng = run.rng(case);
+        let text = run.guarded(case, "the generator", &[], || number_array(&mut rng));
+        let got = run.guarded(case, "fast::fill", &text, || {
+            let start = fast::skip_ws(&text, 0);
+            let mut values = Vec::new();
+            let (n, end) = fast::fill(&text, start, MAX_DEPTH, |i, x| {
+                assert_eq!(i, values.len());
+                values.push(x.to_bits());
+            })?;
+            assert_eq!(n, values.len());
+            (fast::skip_ws(&text, end) == text.len()).then_some(values)
+        });
+        let want = reference_array(&text);
+        if got != want {
+            run.fail(
+                case,
+                &text,
+                &format!("fast::fill read {got:?}, serde_json {want:?}"),
+            );
+        }
+        run.count(if got.is_some() {
+            "accepted"
+        } else {
+            "declined"
+        });
+    }
+    let n = run.len();
+    let counts = run.finish();
+    if n >= 2_000 {
+        for k in ["accepted", "declined"] {
+            let got = counts.get(k).copied().unwrap_or(0);
+            assert!(got * 5 >= n, "only {got} of {n} {k}: {counts:?}");
+        }
+    }
+}
+
+/// The float32 bits of every number in `text` if it is one JSON array of
+/// numbers (arrays nested at most [`MAX_DEPTH`] deep, the outermost
+/// included), all finite in float32, as serde_json reads them.
+fn reference_array(text: &[u8]) -> Option<Vec<u32>> {
+    fn walk(v: &serde_json::Value, level: u32, out: &mut Vec<u32>) -> Option<()> {
+        match v {
+            serde_json::Value::Array(items) if level <= MAX_DEPTH => {
+                for item in items {
+                    walk(item, level + 1, out)?;
+                }
+                Some(())
+            }
+            serde_json::Value::Number(n) if level > 1 => {
+                let x = n.as_f64()? as f32;
+                x.is_finite().then(|| out.push(x.to_bits()))
+            }
+            _ => None,
+        }
+    }
+    let v: serde_json::Value = serde_json::from_slice(text).ok()?;
+    let mut out = Vec::new();
+    walk(&v, 1, &mut out)?;
+    Some(out)
+}
+
+/// A generated array text: mostly valid, often not.
+fn number_array(rng: &mut Rng) -> Vec<u8> {
+    let ws = |rng: &mut Rng| -> &'static str {
+        if rng.below(10) < 8 {
+            ""
+        } else {
+            const WS: [&str; 6] = [" ", "  ", "\n", "\t", "\r\n", " \n "];
+            WS[rng.below(WS.len())]
+        }
+    };
+    let mut s = String::from(ws(rng));
+    s.push('[');
+    // Per open array: whether it has an element yet.
+    let mut open = vec![false];
+    let deep = rng.one_in(20);
+    for _ in 0..rng.below(12) {
+        if open.len() > 1 && rng.one_in(4) {
+            s.push_str(ws(rng));
+            s.push(']');
+            open.pop();
+            continue;
+        }
+        if open[open.len() - 1] {
+            s.push_str(ws(rng));
+            s.push_str(if rng.one_in(60) { ",," } else { "," });
+            if rng.one_in(4) {
+                s.push(' ');
+            }
+        }
+        *open.last_mut().unwrap() = true;
+        if rng.one_in(if deep { 2 } else { 8 }) {
+            s.push_str(ws(rng));
+            s.push('[');
+            open.push(false);
+            continue;
+        }
+        s.push_str(ws(rng));
+        s.push_str(&array_token(rng));
+    }
+    for _ in 0..open.len() {
+        if !rng.one_in(80) {
+            s.push_str(ws(rng));
+            s.push(']');
+        }
+    }
+    if rng.one_in(40) {
+        s.push_str(rng.pick::<&str>(&[",", "]", "x", "[1]", "}"]));
+    }
+    s.push_str(ws(rng));
+    s.into_bytes()
+}
+
+/// One element of [`number_array`]: a number in any form or something
+/// that is almost one.
+fn array_token(rng: &mut Rng) -> String {
+    match rng.below(10) {
+        // The short forms: `-?digits(.digits)?`, up to 10 bytes.
+        0..=4 => {
+            let mut t = String::new();
+            if rng.one_in(2) {
+                t.push('-');
+            }
+            let int = 1 + rng.below(4);
+            for i in 0..int {
+                let d = rng.below(10) as u8;
+                t.push(char::from(
+                    b'0' + if i == 0 && int > 1 { d.max(1) } else { d },
+                ));
+            }
+            if rng.below(4) > 0 {
+                t.push('.');
+                for _ in 0..1 + rng.below(6) {
+                    t.push(char::from(b'0' + rng.below(10) as u8));
+                }
+            }
+            t
+        }
+        5 | 6 => {
+            let wild = rng.one_in(4);
+            number(rng, wild)
+        }
+        7 => (*rng.pick(&[
+            "01",
+            "-01",
+            "00.5",
+            "-",
+            ".5",
+            "-.5",
+            "5.",
+            "-5.",
+            "1.2.3",
+            "--1",
+            "+1",
+            "1-2",
+            "0x10",
+            "1e",
+            "1e+",
+            "1E-",
+            "1.e5",
+            "1e5.5",
+            "Infinity",
+            "NaN",
+            "-Infinity",
+            "\"1\"",
+            "null",
+            "true",
+            "{}",
+            "1 2",
+            "12a",
+            "0.5x",
+            "-0",
+            "-0.0",
+            "0.000000",
+            "99999999",
+            "-9999999",
+            "1234567.8",
+            "1e39",
+            "-1e39",
+            "3.4028236e38",
+            "1e-46",
+            "",
+            "Y",
+            "_",
+            "-_",
+            "1_0",
+        ]))
+        .to_string(),
+        // Random bytes over the alphabet of numbers.
+        _ => (0..1 + rng.below(11))
+            .map(|_| {
+                if rng.one_in(5) {
+                    char::from(*rng.pick(b"-+.eE x"))
+                } else {
+                    char::from(b'0' + rng.below(10) as u8)
+                }
+            })
+            .collect(),
     }
 }
 
