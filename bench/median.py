@@ -7,7 +7,8 @@ Reads TARGET.rep1.json .. TARGET.repN.json (written by scripts/bench.sh
 --repeat N) and writes TARGET.json in the same shape, every number the
 median over the runs at the same place (lists are matched by position: the
 fixed rates are the same in every run). Figures a run lacks (a rate it
-skipped) are left out. Peak RSS figures (keys ending in `peak_rss_kb`)
+skipped) are left out, and a fixed rate only some runs ran has the
+figures of those runs (`runs` says how many). Peak RSS figures (keys ending in `peak_rss_kb`)
 are the highest over the runs, not the median: a memory bound holds only
 if it holds in every run. Each workload also gets `sustained_runs`: the
 rate every run sustained, so the spread is visible in the report; the
@@ -33,6 +34,13 @@ def merge(values, key=""):
         m = statistics.median(values)
         return int(m) if all(isinstance(v, int) for v in values) and float(m).is_integer() else m
     if all(isinstance(v, dict) for v in values):
+        ran = [v for v in values if "skipped" not in v]
+        if ran and len(ran) < len(values):
+            # A fixed rate some runs skipped (a lower one was overloaded):
+            # the figures of the runs that ran it.
+            out = merge(ran, key)
+            out["runs"] = len(ran)
+            return out
         keys = [k for k in first if all(k in v for v in values)]
         return {k: merge([v[k] for v in values], k) for k in keys}
     if all(isinstance(v, list) for v in values) and len({len(v) for v in values}) == 1:

@@ -282,7 +282,8 @@ def workload_section(name, docset, level, stages):
             if not x:
                 return "skipped (a lower rate was already overloaded)"
             codes = ", ".join(f"{k} {v:,}" for k, v in (x.get("error_codes") or {}).items())
-            return f"{x['lost']:,} / {x['errors']:,}" + (f" ({codes})" if codes else "")
+            runs = f" (in {x['runs']} of the runs; the others skipped it)" if x.get("runs") else ""
+            return f"{fmt(x.get('lost'))} / {fmt(x.get('errors'))}" + (f" ({codes})" if codes else "") + runs
         L.append(f"| @{fmt(rate)}/s lost / errors | {lost(wf, ff)} | {lost(we, fe)} | {lost(wb, fb)} | | |")
     if stages:
         stage_rows = []
