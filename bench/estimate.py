@@ -49,12 +49,13 @@ def plan(a):
     settings = a.settings.split(",")
     lists = {"defaults": [w for w in a.defaults_workloads.split(",") if w],
              "fastest": [w for w in a.fastest_workloads.split(",") if w]}
-    echo_fastest = [w for w in a.echo_fastest_workloads.split(",") if w] or lists["fastest"]
+    fastest_of = {"echo": [w for w in a.echo_fastest_workloads.split(",") if w] or lists["fastest"],
+                  "baseline": [w for w in a.baseline_fastest_workloads.split(",") if w] or lists["fastest"]}
     total = PROLOGUE_S["quick" if a.fixed < 10 else "full"]
     for rep in range(1, a.repeat + 1):
         for s in settings:
             for t in targets:
-                ws = echo_fastest if (t, s) == ("echo", "fastest") else lists.get(s, [])
+                ws = fastest_of.get(t, lists["fastest"]) if s == "fastest" else lists.get(s, [])
                 if not ws:
                     continue
                 ov = OVERHEAD_S.get(t, 2.0)
@@ -117,10 +118,11 @@ def main():
     ap.add_argument("--defaults-workloads", default="")
     ap.add_argument("--fastest-workloads", default="")
     ap.add_argument("--echo-fastest-workloads", default="")
+    ap.add_argument("--baseline-fastest-workloads", default="")
     ap.add_argument("--fixed", type=float, default=10)
     ap.add_argument("--trial", type=float, default=5)
     ap.add_argument("--confirm", type=float, default=30)
-    ap.add_argument("--confirm-fastest", type=float, default=15)
+    ap.add_argument("--confirm-fastest", type=float, default=10)
     ap.add_argument("--cold", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--mixed", type=int, default=1)
