@@ -122,10 +122,13 @@ def main():
         L += ["## Fastest settings (for comparison)", "",
               "The same daemon and models with QoS 0 subscriptions and replies and a clean session (the settings "
               "of the runs before issue 16); the load, the echo floor and the Python bridge at QoS 0."
-              + (f" Lean: only {', '.join(meta.get('fastest_workloads') or []) or 'the selected workloads'}, each at "
-                 "its `lean_rates` (bench/workloads.json) and its sustained rate, the search starting from the rate "
-                 "the defaults run sustained, confirmed for "
-                 f"{fmt(meta.get('confirm_seconds_fastest'))} s." if lean else ""), ""]
+              + (f" Lean: only {', '.join(meta.get('fastest_workloads') or []) or 'the selected workloads'}"
+                 + (f" (the echo floor {', '.join(meta['echo_fastest_workloads'])}" if meta.get("echo_fastest_workloads") else "")
+                 + (f", the baseline {', '.join(meta['baseline_fastest_workloads'])})" if meta.get("baseline_fastest_workloads") else
+                    (")" if meta.get("echo_fastest_workloads") else ""))
+                 + ", each at its `lean_rates` (bench/workloads.json) and its sustained rate, the search starting "
+                 "from the rate the defaults run sustained, confirmed for "
+                 f"{fmt(meta.get('confirm_seconds_fastest'))} s, one cold start." if lean else ""), ""]
         for name in workload_names(docs["fastest"]):
             L += workload_section(name, docs["fastest"], "###", stages=False)
         if "defaults" in ran:
