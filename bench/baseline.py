@@ -15,7 +15,10 @@ dequantized the same way, same threads. Payloads per model:
 - image: a JPEG/PNG file, decoded with Pillow, resized (bilinear) to the
   input's height and width, (x - mean) / std, quantized.
 
-scripts/bench.sh measures it side by side with edge-infer and the echo floor.
+scripts/bench.sh measures it side by side with edge-infer and the echo floor,
+at QoS 1 (`--qos 1`: subscriptions, results and errors; paho's defaults
+otherwise, as a user would leave them) for the default settings and at QoS 0
+for the fastest ones.
 
     baseline.py --port P --device-id bench --threads 1 \\
         --model name=har,path=models/har_accel_int8.tflite,input=bench/har/in,output=bench/har/out,payload=json,labels=models/har_accel.labels \\
@@ -173,7 +176,8 @@ def main():
     ap.add_argument("--port", type=int, default=1883)
     ap.add_argument("--device-id", default="bench")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--qos", type=int, default=0)
+    ap.add_argument("--qos", type=int, default=0, choices=(0, 1),
+                    help="QoS of the subscriptions and of every message published")
     ap.add_argument("--model", action="append", required=True,
                     help="name=..,path=..,input=..,output=..,payload=json|raw|readings|image[,labels=..]"
                          "[,fields=a:b:c,size=N,stride=N,timestamp=ts][,mean=M,std=S]")

@@ -2,9 +2,17 @@
 //! the echo floor), measures its cold start to readiness, then for each
 //! workload the latency at fixed offered rates, the highest sustained rate
 //! (zero lost, zero errors, p99 within the SLO), CPU seconds per 1,000
-//! messages from /proc/<pid>/stat, and its peak RSS (VmHWM). Writes one
-//! JSON document.
+//! messages from /proc/<pid>/stat, and its peak RSS (VmHWM) per phase.
+//! Then, with `--mixed`, several workloads at once on the same target (the
+//! mixed phase). Writes one JSON document.
+//!
+//! Phases: each fixed rate, the search's trials together, the
+//! confirmation runs together, the mixed phase. Before each the target's
+//! VmHWM is reset to its current RSS (`echo 5 > /proc/PID/clear_refs`) and
+//! read at its end, so every phase has its own peak; the whole run's peak
+//! is the highest of them and of the start-up.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
@@ -41,6 +49,55 @@ fn parse_cpu_of(s: &str) -> Result<(String, u32), String> {
         return Err(expected.into());
     }
     Ok((name.to_string(), pid))
+}
+
+/// One workload of the mixed phase: `--mixed WORKLOAD@RATE`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mixed {
+    pub workload: String,
+    pub rate: MixedRate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MixedRate {
+    /// Messages per second.
+    PerSecond(f64),
+    /// Percent of the rate this drive sustained for the workload.
+    Percent(f64),
+}
+
+/// `--mixed WORKLOAD@RATE` or `WORKLOAD@P%`.
+fn parse_mixed(s: &str) -> Result<Mixed, String> {
+    let expected =
+        "expected WORKLOAD@RATE (msg/s) or WORKLOAD@P% (of its sustained rate), more than 0";
+    let (workload, rate) = s.rsplit_once('@').ok_or(expected)?;
+    let positive = |v: &str| v.parse::<f64>().ok().filter(|r| r.is_finite() && *r > 0.0);
+    let rate = match rate.strip_suffix('%') {
+        Some(p) => MixedRate::Percent(positive(p).ok_or(expected)?),
+        None => MixedRate::PerSecond(positive(rate).ok_or(expected)?),
+    };
+    if workload.is_empty() {
+        return Err(expected.into());
+    }
+    Ok(Mixed {
+        workload: workload.to_string(),
+        rate,
+    })
+}
+
+/// `--mixed-fallback WORKLOAD=RATE`.
+fn parse_fallback(s: &str) -> Result<(String, f64), String> {
+    let expected = "expected WORKLOAD=RATE with RATE more than 0";
+    let (name, rate) = s.split_once('=').ok_or(expected)?;
+    let rate = rate
+        .parse::<f64>()
+        .ok()
+        .filter(|r| r.is_finite() && *r > 0.0)
+        .ok_or(expected)?;
+    if name.is_empty() {
+        return Err(expected.into());
+    }
+    Ok((name.to_string(), rate))
 }
 
 /// `--ready`: `notify` or `line:TEXT`.
@@ -100,6 +157,27 @@ pub struct DriveArgs {
     /// Skip the search for the highest sustained rate (fixed rates only)
     #[arg(long)]
     pub no_search: bool,
+    /// Fixed rates: only each workload's `"lean_rates"` (its `"rates"`
+    /// when it has none), for a shorter comparison run
+    #[arg(long)]
+    pub lean: bool,
+    /// The results (--out) of an earlier drive: each workload's search
+    /// starts at the rate that run sustained and moves in steps of 25%
+    /// instead of doubling from the fixed rates (fewer trials, same
+    /// bisection)
+    #[arg(long, value_name = "FILE")]
+    pub hints: Option<PathBuf>,
+    /// After the workloads, run these (at least two) at once on the same
+    /// target for --fixed-seconds: at RATE msg/s, or at P% of the rate
+    /// this drive sustained for the workload (repeatable; the workloads
+    /// need not be among --only, the target must serve them)
+    #[arg(long = "mixed", value_name = "WORKLOAD@RATE|WORKLOAD@P%", value_parser = parse_mixed)]
+    pub mixed: Vec<Mixed>,
+    /// The rate of a `--mixed WORKLOAD@P%` when this drive has no
+    /// sustained rate for WORKLOAD (not run, or never sustained)
+    /// (repeatable)
+    #[arg(long = "mixed-fallback", value_name = "WORKLOAD=RATE", value_parser = parse_fallback)]
+    pub mixed_fallback: Vec<(String, f64)>,
     /// How long to wait for results after the last scheduled send
     #[arg(long, value_name = "SECS", default_value = "3", value_parser = crate::parse_secs)]
     pub grace: Duration,
@@ -343,13 +421,61 @@ struct Ctx {
     tck: f64,
     grace: Duration,
     slo: f64,
+    rss: Rss,
 }
 
-fn measured(ctx: &Ctx, w: &Workload, rate: f64, seconds: f64) -> Result<Report, String> {
+/// The target's peak RSS per phase (see the module doc).
+struct Rss {
+    pid: u32,
+    /// Whether `clear_refs` takes the reset (Linux 4.0 and later, a
+    /// process of ours); without it every phase reads the peak since start.
+    resets: bool,
+}
+
+impl Rss {
+    /// Sets VmHWM back to the current RSS: a phase starts here.
+    fn reset(&self) {
+        if self.resets {
+            let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid), "5");
+        }
+    }
+
+    /// VmHWM: the peak since the last reset.
+    fn peak_kb(&self) -> Option<u64> {
+        status_kb(self.pid, "VmHWM:")
+    }
+}
+
+/// What a run is part of: it decides whether a phase starts with it (the
+/// peak RSS is reset) and whether it may stop at its verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// A fixed rate: a phase of its own.
+    Fixed,
+    /// A trial of the search; `first` starts the search's phase.
+    Trial { first: bool },
+    /// A confirmation run; `first` starts the confirmation's phase.
+    Confirm { first: bool },
+}
+
+fn measured(
+    ctx: &Ctx,
+    w: &Workload,
+    rate: f64,
+    seconds: f64,
+    part: Part,
+) -> Result<Report, String> {
+    let t0 = Instant::now();
     // Long enough that every stream of a readings workload completes
     // windows (a slow rate and a short trial might complete none).
     let seconds = seconds.max(w.min_seconds(rate));
     wait_idle(ctx.pid)?;
+    if matches!(
+        part,
+        Part::Fixed | Part::Trial { first: true } | Part::Confirm { first: true }
+    ) {
+        ctx.rss.reset();
+    }
     let before = cpu_ticks(ctx.pid)?;
     let others_before: Vec<Option<u64>> =
         ctx.cpu_of.iter().map(|(_, p)| cpu_ticks(*p).ok()).collect();
@@ -361,6 +487,7 @@ fn measured(ctx: &Ctx, w: &Workload, rate: f64, seconds: f64) -> Result<Report, 
         seconds,
         grace: ctx.grace,
         trace: None,
+        give_up_p99_ms: matches!(part, Part::Trial { .. }).then_some(ctx.slo),
     };
     let mut r = match load::run(w, &spec) {
         Ok(r) => r,
@@ -381,10 +508,25 @@ fn measured(ctx: &Ctx, w: &Workload, rate: f64, seconds: f64) -> Result<Report, 
     };
     let ok = r.sustained(ctx.slo);
     let handled = r.handled;
+    let peak = ctx.rss.peak_kb();
     if let Some(o) = r.json.as_object_mut() {
         o.insert("cpu_s".into(), json!(cpu_s));
         o.insert("cpu_s_per_1000".into(), per_1000);
         o.insert("sustained".into(), json!(ok));
+        // The peak of the phase so far (since the reset that started it).
+        o.insert("peak_rss_kb".into(), json!(peak));
+        // What it cost in all (waiting for idle, connecting, the answers
+        // after the last send): bench/estimate.py replays runs with it.
+        o.insert(
+            "wall_s".into(),
+            json!((t0.elapsed().as_secs_f64() * 10.0).round() / 10.0),
+        );
+        let kind = match part {
+            Part::Fixed => "fixed",
+            Part::Trial { .. } => "trial",
+            Part::Confirm { .. } => "confirm",
+        };
+        o.insert("part".into(), json!(kind));
         for ((name, pid), b) in ctx.cpu_of.iter().zip(&others_before) {
             let used = b.and_then(|b| Some(cpu_ticks(*pid).ok()?.saturating_sub(b)));
             let v = match used {
@@ -416,7 +558,16 @@ fn measured(ctx: &Ctx, w: &Workload, rate: f64, seconds: f64) -> Result<Report, 
     Ok(r)
 }
 
-fn run_workload(ctx: &Ctx, spec: &Value, a: &DriveArgs) -> Result<Value, String> {
+/// Rates of a workload as a workload file writes them (`"rates"`, ..).
+fn rates_of(spec: &Value, key: &str) -> Option<Vec<f64>> {
+    spec[key]
+        .as_array()
+        .map(|r| r.iter().filter_map(Value::as_f64).collect())
+}
+
+/// A workload of the workloads file, ready to send: its name and what it
+/// sends where.
+fn workload_of(spec: &Value, a: &DriveArgs) -> Result<(String, Workload), String> {
     let name = spec["name"].as_str().unwrap_or("?").to_string();
     let s = |k: &str| -> Result<String, String> {
         spec[k]
@@ -433,47 +584,104 @@ fn run_workload(ctx: &Ctx, spec: &Value, a: &DriveArgs) -> Result<Value, String>
         errors: a.errors.clone(),
         payload,
     };
-    let rates: Vec<f64> = spec["rates"]
-        .as_array()
-        .map(|r| r.iter().filter_map(Value::as_f64).collect())
-        .unwrap_or_default();
+    Ok((name, w))
+}
+
+/// `1,000` for 1000.0: how the phases name a rate.
+fn rate_text(rate: f64) -> String {
+    let n = rate.round() as u64;
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// One phase's record for the run's list of peaks.
+fn phase(name: &str, workload: &str, kind: &str, rate: Option<f64>, peak: Option<u64>) -> Value {
+    json!({"phase": name, "workload": workload, "kind": kind, "rate": rate, "peak_rss_kb": peak})
+}
+
+/// The search's growth factor from a hint: 25% steps reach a rate twice
+/// the hint in three trials, and leave a bracket that two bisections
+/// narrow to the search's resolution (8%).
+const HINT_STEP: f64 = 1.25;
+
+fn run_workload(
+    ctx: &Ctx,
+    spec: &Value,
+    a: &DriveArgs,
+    hint: Option<f64>,
+    phases: &mut Vec<Value>,
+) -> Result<Value, String> {
+    let t0 = Instant::now();
+    let (name, w) = workload_of(spec, a)?;
+    let rates = if a.lean {
+        rates_of(spec, "lean_rates").or_else(|| rates_of(spec, "rates"))
+    } else {
+        rates_of(spec, "rates")
+    }
+    .unwrap_or_default();
     let search_max = spec["search_max"].as_f64().unwrap_or(200_000.0);
     let (fixed_s, trial_s, confirm_s) = (a.fixed_seconds, a.trial_seconds, a.seconds);
     eprintln!(
-        "workload {name} ({} bytes {})",
+        "workload {name} ({} bytes {}){}",
         w.payload.len(),
-        w.payload.kind()
+        w.payload.kind(),
+        hint.map(|h| format!(", search from {h} msg/s"))
+            .unwrap_or_default()
     );
 
     let mut fixed = Vec::new();
     let mut lo: f64 = 0.0; // highest rate seen sustained
     let mut hi: f64 = f64::INFINITY; // lowest rate seen failing
     for &rate in &rates {
+        let label = format!("{name} @{}/s", rate_text(rate));
         if rate >= hi * 1.5 {
             fixed.push(json!({"rate": rate, "skipped": format!("{hi} msg/s already overloaded")}));
+            phases.push(phase(&label, &name, "fixed", Some(rate), None));
             continue;
         }
-        let r = measured(ctx, &w, rate, fixed_s)?;
+        let r = measured(ctx, &w, rate, fixed_s, Part::Fixed)?;
         if r.sustained(ctx.slo) {
             lo = lo.max(rate);
         } else {
             hi = hi.min(rate);
         }
+        let peak = r.json["peak_rss_kb"].as_u64();
+        phases.push(phase(&label, &name, "fixed", Some(rate), peak));
         fixed.push(r.json);
     }
     // Search: grow until failure, then bisect, with short trials.
-    let mut trials = Vec::new();
+    let mut trials: Vec<Value> = Vec::new();
+    let trial = |rate: f64, trials: &mut Vec<Value>| -> Result<bool, String> {
+        let first = trials.is_empty();
+        let r = measured(ctx, &w, rate, trial_s, Part::Trial { first })?;
+        let ok = r.sustained(ctx.slo);
+        trials.push(r.json);
+        Ok(ok)
+    };
     if !a.no_search {
-        if lo == 0.0 && hi.is_infinite() {
-            lo = 0.0;
-            hi = 100.0;
+        let step = if hint.is_some() { HINT_STEP } else { 2.0 };
+        match hint.map(|h| h.min(search_max).round().max(1.0)) {
+            Some(h) if h > lo && h < hi => {
+                if trial(h, &mut trials)? {
+                    lo = h;
+                } else {
+                    hi = h;
+                }
+            }
+            Some(_) => {}
+            None if lo == 0.0 && hi.is_infinite() => hi = 100.0,
+            None => {}
         }
-        while hi.is_infinite() {
-            let rate = (lo * 2.0).min(search_max);
-            let r = measured(ctx, &w, rate, trial_s)?;
-            let ok = r.sustained(ctx.slo);
-            trials.push(r.json);
-            if ok {
+        while hi.is_infinite() && lo > 0.0 {
+            let rate = (lo * step).min(search_max).round();
+            if trial(rate, &mut trials)? {
                 lo = rate;
                 if rate >= search_max {
                     break;
@@ -483,11 +691,8 @@ fn run_workload(ctx: &Ctx, spec: &Value, a: &DriveArgs) -> Result<Value, String>
             }
         }
         while lo == 0.0 && hi > 1.0 {
-            let rate = (hi / 2.0).floor().max(1.0);
-            let r = measured(ctx, &w, rate, trial_s)?;
-            let ok = r.sustained(ctx.slo);
-            trials.push(r.json);
-            if ok {
+            let rate = (hi / step).floor().max(1.0);
+            if trial(rate, &mut trials)? {
                 lo = rate;
             } else {
                 hi = rate;
@@ -496,30 +701,47 @@ fn run_workload(ctx: &Ctx, spec: &Value, a: &DriveArgs) -> Result<Value, String>
         let mut steps = 0;
         while hi.is_finite() && lo > 0.0 && hi / lo > 1.08 && steps < 7 {
             let rate = ((lo * hi).sqrt()).round();
-            let r = measured(ctx, &w, rate, trial_s)?;
-            let ok = r.sustained(ctx.slo);
-            trials.push(r.json);
-            if ok {
+            if rate <= lo || rate >= hi {
+                // Whole messages per second: no rate left between them
+                // (e.g. 6 and 7 msg/s).
+                break;
+            }
+            if trial(rate, &mut trials)? {
                 lo = rate;
             } else {
                 hi = rate;
             }
             steps += 1;
         }
+        let peak = trials.last().and_then(|t| t["peak_rss_kb"].as_u64());
+        let mut p = phase(&format!("{name} search"), &name, "search", None, peak);
+        p["trials"] = json!(trials.len());
+        phases.push(p);
     }
     // Confirm for the full duration, stepping down 10% on failure.
     let mut sustained = Value::Null;
-    if lo > 0.0 && !a.no_search {
-        let mut rate = lo;
-        for _ in 0..4 {
-            let r = measured(ctx, &w, rate, confirm_s)?;
-            if r.sustained(ctx.slo) {
-                sustained = r.json;
-                break;
+    if !a.no_search {
+        let mut peak = None;
+        if lo > 0.0 {
+            let mut rate = lo;
+            for i in 0..4 {
+                let r = measured(ctx, &w, rate, confirm_s, Part::Confirm { first: i == 0 })?;
+                peak = r.json["peak_rss_kb"].as_u64();
+                if r.sustained(ctx.slo) {
+                    sustained = r.json;
+                    break;
+                }
+                trials.push(r.json);
+                rate = (rate * 0.9).floor().max(1.0);
             }
-            trials.push(r.json);
-            rate = (rate * 0.9).floor().max(1.0);
         }
+        phases.push(phase(
+            &format!("{name} confirmation"),
+            &name,
+            "confirm",
+            None,
+            peak,
+        ));
     }
     Ok(json!({
         "name": name,
@@ -528,9 +750,202 @@ fn run_workload(ctx: &Ctx, spec: &Value, a: &DriveArgs) -> Result<Value, String>
         "model": spec["model"],
         "payload_bytes": w.payload.len(),
         "payload_kind": w.payload.kind(),
+        "search_hint": hint,
         "fixed": fixed,
         "search_trials": trials,
         "sustained": sustained,
+        "wall_s": (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    }))
+}
+
+/// CPU ticks of each of the target's threads, summed by thread name
+/// (`/proc/PID/task/*/stat`): how the mixed phase's CPU is shared.
+fn thread_ticks(pid: u32) -> BTreeMap<String, u64> {
+    let mut by_name = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ...`: the name may hold spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_string();
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        *by_name.entry(comm).or_insert(0) += num(11) + num(12);
+    }
+    by_name
+}
+
+/// The mixed phase: the `--mixed` workloads at once on the same target,
+/// each at its rate for --fixed-seconds. Each also gets its figure alone
+/// at the same rate: the fixed-rate run of this drive, or a run made now.
+fn run_mixed(
+    ctx: &Ctx,
+    all: &[Value],
+    done: &[Value],
+    a: &DriveArgs,
+    phases: &mut Vec<Value>,
+) -> Result<Value, String> {
+    let mut runs = Vec::new();
+    for m in &a.mixed {
+        let spec = all
+            .iter()
+            .find(|w| w["name"].as_str() == Some(m.workload.as_str()))
+            .ok_or_else(|| format!("--mixed: no workload {} in the workloads file", m.workload))?;
+        let (name, w) = workload_of(spec, a)?;
+        let ran = done
+            .iter()
+            .find(|d| d["name"].as_str() == Some(name.as_str()));
+        let (rate, source) = match m.rate {
+            MixedRate::PerSecond(r) => (r, "fixed".to_string()),
+            MixedRate::Percent(p) => {
+                let sustained = ran.and_then(|d| d["sustained"]["rate"].as_f64());
+                let fallback = a
+                    .mixed_fallback
+                    .iter()
+                    .rev()
+                    .find(|(n, _)| n == &name)
+                    .map(|(_, r)| *r);
+                match (sustained, fallback) {
+                    (Some(s), _) => (
+                        (s * p / 100.0).round().max(1.0),
+                        format!("{p}% of the {s} msg/s this run sustained"),
+                    ),
+                    (None, Some(f)) => (
+                        f,
+                        format!("a fixed figure: this run has no sustained rate for {name}"),
+                    ),
+                    (None, None) => {
+                        return Err(format!(
+                            "--mixed {name}@{p}%: this run has no sustained rate for {name} and no --mixed-fallback {name}=RATE"
+                        ))
+                    }
+                }
+            }
+        };
+        let alone = match m.rate {
+            MixedRate::PerSecond(r) => {
+                let same = ran.and_then(|d| {
+                    d["fixed"]
+                        .as_array()?
+                        .iter()
+                        .find(|f| f["rate"].as_f64() == Some(r) && f.get("skipped").is_none())
+                });
+                match same {
+                    Some(f) => Some(f.clone()),
+                    None => {
+                        eprintln!("mixed phase: {name} alone at {r} msg/s first");
+                        let run = measured(ctx, &w, r, a.fixed_seconds, Part::Fixed)?;
+                        phases.push(phase(
+                            &format!("{name} @{}/s alone, for the mixed phase", rate_text(r)),
+                            &name,
+                            "fixed",
+                            Some(r),
+                            run.json["peak_rss_kb"].as_u64(),
+                        ));
+                        Some(run.json)
+                    }
+                }
+            }
+            MixedRate::Percent(_) => None,
+        };
+        runs.push((name, w, rate, source, alone));
+    }
+    eprintln!(
+        "mixed phase: {} at once for {} s",
+        runs.iter()
+            .map(|(n, _, r, _, _)| format!("{n} at {r} msg/s"))
+            .collect::<Vec<_>>()
+            .join(" + "),
+        a.fixed_seconds
+    );
+    wait_idle(ctx.pid)?;
+    ctx.rss.reset();
+    let before = cpu_ticks(ctx.pid)?;
+    let threads_before = thread_ticks(ctx.pid);
+    let t0 = Instant::now();
+    let results: Vec<Result<load::Report, String>> = thread::scope(|scope| {
+        let handles: Vec<_> = runs
+            .iter()
+            .map(|(_, w, rate, _, _)| {
+                let spec = RunSpec {
+                    port: ctx.port,
+                    results_port: ctx.port,
+                    qos: ctx.qos,
+                    rate: *rate,
+                    seconds: a.fixed_seconds.max(w.min_seconds(*rate)),
+                    grace: ctx.grace,
+                    trace: None,
+                    give_up_p99_ms: None,
+                };
+                scope.spawn(move || load::run(w, &spec))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("load thread panicked".into()))
+            })
+            .collect()
+    });
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu_s = cpu_ticks(ctx.pid)?.saturating_sub(before) as f64 / ctx.tck;
+    let threads_after = thread_ticks(ctx.pid);
+    let peak = ctx.rss.peak_kb();
+    phases.push(phase("mixed phase", "mixed", "mixed", None, peak));
+    let mut handled = 0;
+    let mut parts = Vec::new();
+    for ((name, _, rate, source, alone), r) in runs.into_iter().zip(results) {
+        let r = r.map_err(|e| format!("mixed phase, {name}: {e}"))?;
+        handled += r.handled;
+        let ok = r.sustained(ctx.slo);
+        eprintln!(
+            "  {name} at {rate}: sent {} recv {} err {} lost {} p50 {} p99 {} max {}",
+            r.sent,
+            r.received,
+            r.errors,
+            r.lost,
+            r.json["p50_ms"],
+            r.json["p99_ms"],
+            r.json["max_ms"]
+        );
+        let mut run = r.json;
+        if let Some(o) = run.as_object_mut() {
+            o.insert("sustained".into(), json!(ok));
+        }
+        parts.push(json!({
+            "name": name, "rate": rate, "rate_source": source, "alone": alone, "mixed": run,
+        }));
+    }
+    let mut threads: Vec<(String, f64)> = threads_after
+        .iter()
+        .map(|(n, t)| {
+            let used = t.saturating_sub(threads_before.get(n).copied().unwrap_or(0));
+            (n.clone(), used as f64 / ctx.tck)
+        })
+        .filter(|(_, s)| *s > 0.0)
+        .collect();
+    threads.sort_by(|x, y| y.1.total_cmp(&x.1));
+    let per_1000 = if handled > 0 {
+        json!((cpu_s / handled as f64 * 1000.0 * 10000.0).round() / 10000.0)
+    } else {
+        Value::Null
+    };
+    Ok(json!({
+        "seconds": a.fixed_seconds,
+        "workloads": parts,
+        "cpu_s": cpu_s,
+        "cpu_s_per_1000": per_1000,
+        // CPU time over wall time: 1.0 is one core busy for the whole phase.
+        "cpu_cores": (cpu_s / wall.max(1e-9) * 1000.0).round() / 1000.0,
+        "threads": threads.iter().map(|(n, s)| json!({"name": n, "cpu_s": s})).collect::<Vec<_>>(),
+        "peak_rss_kb": peak,
     }))
 }
 
@@ -593,18 +1008,33 @@ fn workload_payload(spec: &Value, name: &str, repo: &Path) -> Result<Payload, St
 }
 
 pub fn main(a: &DriveArgs) -> Result<(), String> {
+    let t_start = Instant::now();
     let name = &a.name;
     let wl_path = a.workloads.display();
     let wl_text = std::fs::read(&a.workloads).map_err(|e| format!("cannot read {wl_path}: {e}"))?;
     let workloads: Value =
         serde_json::from_slice(&wl_text).map_err(|e| format!("{wl_path} is not JSON: {e}"))?;
-    let only = &a.only;
-    let selected: Vec<&Value> = workloads
+    let all = workloads
         .as_array()
-        .ok_or_else(|| format!("{wl_path}: expected an array of workloads"))?
+        .ok_or_else(|| format!("{wl_path}: expected an array of workloads"))?;
+    let only = &a.only;
+    let selected: Vec<&Value> = all
         .iter()
         .filter(|w| only.is_empty() || only.iter().any(|o| Some(o.as_str()) == w["name"].as_str()))
         .collect();
+    if a.mixed.len() == 1 {
+        return Err("--mixed needs at least two workloads (one --mixed each)".into());
+    }
+    if let Some(m) = a.mixed.iter().find(|m| {
+        !all.iter()
+            .any(|w| w["name"].as_str() == Some(m.workload.as_str()))
+    }) {
+        return Err(format!("--mixed: no workload {} in {wl_path}", m.workload));
+    }
+    let hints = match &a.hints {
+        Some(path) => read_hints(path),
+        None => HashMap::new(),
+    };
     let out = a.out.display();
     let dir = std::env::temp_dir();
     let cold_n = a.cold_starts;
@@ -625,6 +1055,13 @@ pub fn main(a: &DriveArgs) -> Result<(), String> {
     let pid = target.child.id();
     thread::sleep(Duration::from_millis(500));
     let idle_rss_kb = status_kb(pid, "VmRSS:");
+    // Start-up's own peak (loading and warming the models), before the
+    // first phase resets it.
+    let startup_peak_kb = status_kb(pid, "VmHWM:");
+    let resets = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
+    if !resets {
+        eprintln!("warning: cannot reset the peak RSS (/proc/{pid}/clear_refs); every phase reads the peak since start");
+    }
     let ctx = Ctx {
         pid,
         cpu_of: a.cpu_of.clone(),
@@ -637,11 +1074,20 @@ pub fn main(a: &DriveArgs) -> Result<(), String> {
         tck: clk_tck(),
         grace: a.grace,
         slo: a.slo_p99_ms,
+        rss: Rss { pid, resets },
     };
+    let mut phases = vec![phase(
+        "start-up (cold start, models loaded and warmed)",
+        "",
+        "startup",
+        None,
+        startup_peak_kb,
+    )];
     let mut results = Vec::new();
     let mut failure = None;
     for w in selected {
-        match run_workload(&ctx, w, a) {
+        let hint = w["name"].as_str().and_then(|n| hints.get(n)).copied();
+        match run_workload(&ctx, w, a, hint, &mut phases) {
             Ok(v) => results.push(v),
             Err(e) => {
                 failure = Some(e);
@@ -649,7 +1095,19 @@ pub fn main(a: &DriveArgs) -> Result<(), String> {
             }
         }
     }
-    let peak_rss_kb = status_kb(pid, "VmHWM:");
+    let mut mixed = Value::Null;
+    if failure.is_none() && !a.mixed.is_empty() {
+        // A mixed phase that cannot run is reported, not fatal: the
+        // workloads' figures stand on their own.
+        mixed = run_mixed(&ctx, all, &results, a, &mut phases).unwrap_or_else(|e| {
+            eprintln!("mixed phase failed: {e}");
+            json!({"error": e})
+        });
+    }
+    let peak_rss_kb = phases
+        .iter()
+        .filter_map(|p| p["peak_rss_kb"].as_u64())
+        .max();
     let exit = stop(&mut target.child);
     if let Some(e) = failure {
         return Err(e);
@@ -660,18 +1118,50 @@ pub fn main(a: &DriveArgs) -> Result<(), String> {
     let doc = json!({
         "target": name,
         "command": a.command,
+        "qos": a.qos,
         "cold_start_ms": cold,
         "cold_start_median_ms": median,
         "idle_rss_kb": idle_rss_kb,
+        // The highest of the phases' peaks (the start-up's included).
         "peak_rss_kb": peak_rss_kb,
+        "rss_reset": resets,
+        "rss_phases": phases,
         "exit_status": exit,
         "slo_p99_ms": ctx.slo,
         "workloads": results,
+        "mixed": mixed,
+        "wall_s": (t_start.elapsed().as_secs_f64() * 10.0).round() / 10.0,
     });
     let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
     std::fs::write(&a.out, text).map_err(|e| format!("cannot write {out}: {e}"))?;
     eprintln!("== {name}: cold start median {median:?} ms, peak RSS {peak_rss_kb:?} kB -> {out}");
     Ok(())
+}
+
+/// Each workload's sustained rate in an earlier drive's results; a file
+/// that cannot be read gives no hints (the search then starts as usual).
+fn read_hints(path: &Path) -> HashMap<String, f64> {
+    let doc: Option<Value> = std::fs::read(path)
+        .ok()
+        .and_then(|t| serde_json::from_slice(&t).ok());
+    let Some(doc) = doc else {
+        eprintln!(
+            "warning: no hints from {} (unreadable); searching without",
+            path.display()
+        );
+        return HashMap::new();
+    };
+    doc["workloads"]
+        .as_array()
+        .map(|ws| {
+            ws.iter()
+                .filter_map(|w| {
+                    let rate = w["sustained"]["rate"].as_f64().filter(|r| *r > 0.0)?;
+                    Some((w["name"].as_str()?.to_string(), rate))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `coldstart`: only cold start and idle RSS of a command (e.g. the daemon
@@ -704,4 +1194,47 @@ pub fn coldstart(a: &ColdstartArgs) -> Result<(), String> {
         rss.iter().max()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_fallback, parse_mixed, rate_text, Mixed, MixedRate};
+
+    #[test]
+    fn a_mixed_workload_runs_at_a_rate_or_a_share_of_its_sustained_rate() {
+        assert_eq!(
+            parse_mixed("har_json@1000"),
+            Ok(Mixed {
+                workload: "har_json".into(),
+                rate: MixedRate::PerSecond(1000.0)
+            })
+        );
+        assert_eq!(
+            parse_mixed("mnv2_raw@50%"),
+            Ok(Mixed {
+                workload: "mnv2_raw".into(),
+                rate: MixedRate::Percent(50.0)
+            })
+        );
+        for bad in [
+            "har_json", "@10", "a@", "a@0", "a@-5", "a@x%", "a@0%", "a@inf",
+        ] {
+            assert!(parse_mixed(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_fallback("mnv2_raw=150"),
+            Ok(("mnv2_raw".into(), 150.0))
+        );
+        for bad in ["mnv2_raw", "=1", "a=0", "a=x"] {
+            assert!(parse_fallback(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn phases_name_rates_with_thousands_separators() {
+        assert_eq!(rate_text(5.0), "5");
+        assert_eq!(rate_text(1000.0), "1,000");
+        assert_eq!(rate_text(20000.0), "20,000");
+        assert_eq!(rate_text(1234567.0), "1,234,567");
+    }
 }

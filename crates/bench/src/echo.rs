@@ -8,6 +8,12 @@
 //! a window are answered, with `{"window":{"key":..,"seq":..}}` as a
 //! windowing target would: the same messages in and out of the broker as
 //! edge-infer's windowed model, with nothing done in between.
+//!
+//! `--qos 1` subscribes and answers at QoS 1, as the daemon does by
+//! default: every input then costs a PUBACK to the broker and every answer
+//! one from it, the packets the daemon exchanges. rumqttc acknowledges an
+//! input as it reads it, where the daemon waits for its answer's PUBACK
+//! (`ack = "answered"`): the same packets, sent earlier.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -36,6 +42,9 @@ pub struct EchoArgs {
     /// of SIZE messages every STRIDE messages, per stream (repeatable)
     #[arg(long = "window", value_name = "FILTER=SIZE:STRIDE", value_parser = parse_window)]
     pub windows: Vec<WindowArg>,
+    /// QoS of the subscriptions and of the answers (0 or 1)
+    #[arg(long, value_name = "0|1", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub qos: u8,
 }
 
 /// `--window FILTER=SIZE:STRIDE`.
@@ -94,9 +103,14 @@ pub fn main(args: &EchoArgs) -> Result<(), String> {
         .client_id
         .clone()
         .unwrap_or_else(|| format!("bench-echo-{}", std::process::id()));
+    let qos = if args.qos == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    };
     let (client, mut connection) = mqtt::connect(&client_id, port);
     for r in &routes {
-        mqtt::subscribe(&client, &r.filter, "echo")?;
+        mqtt::subscribe_qos(&client, &r.filter, qos, "echo")?;
     }
     mqtt::wait_ready(&mut connection, routes.len(), "echo")?;
     // The harness waits for this line (cold start, readiness).
@@ -142,10 +156,7 @@ pub fn main(args: &EchoArgs) -> Result<(), String> {
                 None => Vec::new(),
             }
         };
-        if client
-            .try_publish(out_topic, QoS::AtMostOnce, false, reply)
-            .is_err()
-        {
+        if client.try_publish(out_topic, qos, false, reply).is_err() {
             dropped += 1;
             if dropped.is_power_of_two() {
                 eprintln!("echo: request queue full, {dropped} replies dropped so far");

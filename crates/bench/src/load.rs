@@ -456,6 +456,28 @@ impl Workload {
             _ => 0.0,
         }
     }
+
+    /// Whether this workload publishes on `topic` (`topic`, or one level
+    /// below it for readings and sequence-numbered topics).
+    pub fn sends_on(&self, topic: &str) -> bool {
+        let level_below = self.seq_topic || matches!(self.payload, Payload::Readings(_));
+        match topic.strip_prefix(self.topic.as_str()) {
+            Some("") => !level_below,
+            Some(rest) => level_below && rest.strip_prefix('/').is_some_and(|l| !l.contains('/')),
+            None => false,
+        }
+    }
+
+    /// Whether an error message is about one of this workload's messages:
+    /// its `source_topic` is one this workload sends on. Several workloads
+    /// share the target's error topic when they run at once (the mixed
+    /// phase); an error without `source_topic` counts for each.
+    fn owns_error(&self, payload: &[u8]) -> bool {
+        match json_value_at(payload, b"\"source_topic\"") {
+            Some(Value::String(t)) => self.sends_on(&t),
+            _ => true,
+        }
+    }
 }
 
 /// How a result names the message it answers.
@@ -483,6 +505,13 @@ pub struct RunSpec {
     pub grace: Duration,
     /// Where to write one JSON line per answer (see `LoadArgs::trace`).
     pub trace: Option<PathBuf>,
+    /// Stop waiting for results as soon as the run cannot be sustained at
+    /// this p99 (ms): an error arrived, or more than 1% of the expected
+    /// results are still missing this long after the last send (each would
+    /// come later than the p99 allows, or never). The search's trials use
+    /// it: their verdict is all that counts, and an overloaded target
+    /// would otherwise hold each failed trial for the whole grace period.
+    pub give_up_p99_ms: Option<f64>,
 }
 
 /// Microsecond histograms of the target's own stage timings, read from the
@@ -581,12 +610,29 @@ impl Report {
     }
 }
 
+/// A run's nonce, 1000..9000. The first of a process comes from the clock
+/// and the process id, so a run does not take the results of an earlier
+/// process's run for its own; the next ones count up from it, so runs of
+/// one process never share a nonce (or client ids), even when they start
+/// at the same microsecond (the mixed phase starts several at once).
 pub fn nonce() -> u64 {
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0);
-    1000 + (t ^ u64::from(std::process::id())) % 8000
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let n = if last == 0 {
+            let t = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(0);
+            1000 + (t ^ u64::from(std::process::id())) % 8000
+        } else {
+            1000 + (last - 1000 + 1) % 8000
+        };
+        match LAST.compare_exchange(last, n, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return n,
+            Err(now) => last = now,
+        }
+    }
 }
 
 /// Parses (nonce, seq) out of a result.
@@ -816,6 +862,7 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
     let start = sched.start;
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
+    let errored = Arc::new(AtomicU64::new(0));
     let acked = Arc::new(AtomicU64::new(0));
 
     let acked_p = acked.clone();
@@ -826,6 +873,7 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
     let w_sub = w.clone();
     let stop_r = stop.clone();
     let answered_r = answered.clone();
+    let errored_r = errored.clone();
     let tracing = spec.trace.is_some();
     let sub_thread = thread::spawn(move || {
         // Kept in memory and written after the run, so the receiving loop
@@ -838,6 +886,8 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
         let mut error_codes: BTreeMap<String, u64> = BTreeMap::new();
         let (mut received, mut errors, mut dups, mut stale, mut unmatched) =
             (0u64, 0u64, 0u64, 0u64, 0u64);
+        // Errors about another workload's messages (see `owns_error`).
+        let mut foreign_errors = 0u64;
         let mut failure = None;
         while !stop_r.load(Ordering::Relaxed) {
             let p = match sub_conn.recv_timeout(Duration::from_millis(50)) {
@@ -857,7 +907,12 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
                     .and_then(|e| mqtt::matches(e, topic))
                     .is_some()
                 {
+                    if !w_sub.owns_error(&p.payload) {
+                        foreign_errors += 1;
+                        continue;
+                    }
                     errors += 1;
+                    errored_r.fetch_add(1, Ordering::Relaxed);
                     let code = json_value_at(&p.payload, b"\"code\"");
                     let code = code.as_ref().and_then(Value::as_str).unwrap_or("(no code)");
                     *error_codes.entry(code.to_string()).or_insert(0) += 1;
@@ -910,6 +965,7 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
             dups,
             stale,
             unmatched,
+            foreign_errors,
             failure,
             trace,
         )
@@ -920,19 +976,39 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
     let last_due = sched.due(n - 1);
     let expected = w.expected(sent);
     let qos1 = spec.qos != QoS::AtMostOnce;
+    let mut gave_up = false;
     while (answered.load(Ordering::Relaxed) < expected
         || (qos1 && acked.load(Ordering::Relaxed) < sent))
         && last_due.elapsed() < spec.grace
     {
+        if let Some(slo) = spec.give_up_p99_ms {
+            let missing = expected.saturating_sub(answered.load(Ordering::Relaxed));
+            let late = last_due.elapsed().as_secs_f64() * 1000.0 > slo;
+            if errored.load(Ordering::Relaxed) > 0 || (late && missing * 100 > expected) {
+                gave_up = true;
+                break;
+            }
+        }
         thread::sleep(Duration::from_millis(10));
     }
     stop.store(true, Ordering::Relaxed);
     let _ = publ.disconnect();
     let _ = sub.disconnect();
-    let (lat, stages, received, errors, error_codes, dups, stale, unmatched, sub_failure, trace) =
-        sub_thread
-            .join()
-            .map_err(|_| "results thread panicked".to_string())?;
+    let (
+        lat,
+        stages,
+        received,
+        errors,
+        error_codes,
+        dups,
+        stale,
+        unmatched,
+        foreign_errors,
+        sub_failure,
+        trace,
+    ) = sub_thread
+        .join()
+        .map_err(|_| "results thread panicked".to_string())?;
     if let Some(path) = &spec.trace {
         let mut text = String::new();
         for line in &trace {
@@ -982,6 +1058,14 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
     o.insert("duplicates".into(), json!(dups));
     o.insert("stale".into(), json!(stale));
     o.insert("unmatched".into(), json!(unmatched));
+    if foreign_errors > 0 {
+        // Errors about another workload's messages, left out of `errors`.
+        o.insert("other_errors".into(), json!(foreign_errors));
+    }
+    if gave_up {
+        // Not waited for: `lost` counts what had not come yet.
+        o.insert("gave_up".into(), json!(true));
+    }
     put_quantiles(&mut o, "", &lat);
     if qos1 {
         o.insert("acked".into(), json!(acks.count));
@@ -1044,6 +1128,7 @@ pub fn main(a: &LoadArgs) -> Result<(), String> {
             seconds: a.seconds,
             grace: a.grace,
             trace: a.trace.clone(),
+            give_up_p99_ms: None,
         };
         let r = run(&w, &spec)?;
         println!("{}", r.json);
@@ -1077,6 +1162,46 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    #[test]
+    fn an_error_counts_for_the_workload_whose_topic_it_names() {
+        let w = |topic: &str, seq_topic: bool| Workload {
+            topic: topic.into(),
+            seq_topic,
+            results: "r".into(),
+            errors: Some("e".into()),
+            payload: Payload::Json(b"{}".to_vec()),
+        };
+        let har = w("bench/har/in", false);
+        let raw = w("bench/mnv2raw/in", true);
+        assert!(har.sends_on("bench/har/in"));
+        assert!(!har.sends_on("bench/har/in/1_2"));
+        assert!(!har.sends_on("bench/har/inx"));
+        assert!(raw.sends_on("bench/mnv2raw/in/1234_5"));
+        assert!(!raw.sends_on("bench/mnv2raw/in"));
+        assert!(!raw.sends_on("bench/mnv2raw/in/a/b"));
+        let error = br#"{"id":null,"source_topic":"bench/mnv2raw/in/1_2","code":"overloaded"}"#;
+        assert!(raw.owns_error(error));
+        assert!(!har.owns_error(error));
+        // Without a source topic it cannot be told apart: each counts it.
+        assert!(har.owns_error(br#"{"code":"overloaded"}"#));
+    }
+
+    #[test]
+    fn runs_started_together_get_different_nonces() {
+        let nonces: Vec<u64> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8).map(|_| s.spawn(super::nonce)).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut sorted = nonces.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), nonces.len(), "{nonces:?}");
+        assert!(
+            nonces.iter().all(|n| (1000..9000).contains(n)),
+            "{nonces:?}"
+        );
     }
 
     #[test]

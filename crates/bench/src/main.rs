@@ -57,7 +57,8 @@ enum Command {
     /// Subscribes to every --in filter and answers each message on the
     /// --out template given with it (`{1}` is the last level of the
     /// incoming topic). JSON payloads get `{"id":...}`, raw ones an empty
-    /// reply. Prints READY once subscribed.
+    /// reply; --qos 1 subscribes and answers at QoS 1, as the daemon's
+    /// defaults do. Prints READY once subscribed.
     #[command(args_override_self = true, verbatim_doc_comment)]
     Echo(echo::EchoArgs),
     /// Open-loop load: one run per rate, a JSON line each
@@ -71,7 +72,8 @@ enum Command {
     /// Cold start (--cold-starts times), then per workload of --workloads:
     /// latency at its fixed rates, the highest sustained rate (nothing lost,
     /// no errors, p99 within --slo-p99-ms), CPU seconds per 1,000 messages,
-    /// and the peak RSS. Writes one JSON document to --out.
+    /// and the peak RSS of each phase; then, with --mixed, several
+    /// workloads at once. Writes one JSON document to --out.
     #[command(args_override_self = true, verbatim_doc_comment)]
     Drive(drive::DriveArgs),
     /// Cold start and peak RSS of a command (after `--`) only, repeated
