@@ -81,6 +81,8 @@ pub enum Event {
     UnsubAck,
     /// Our next publish left with this packet id (0 at QoS 0).
     PublishWritten(u16),
+    /// A PUBACK from the request channel went out.
+    AckWritten,
     /// Our DISCONNECT went out.
     Disconnected,
     /// Pings and the rest: nothing to do.
@@ -256,6 +258,44 @@ impl EventLoop {
         }
     }
 
+    /// Whether [`EventLoop::write_acks`] can write to this protocol's
+    /// connection: rumqttc exposes it for 3.1.1 only.
+    pub fn writes_acks(&self) -> bool {
+        matches!(self, EventLoop::V4(_))
+    }
+
+    /// Writes the PUBACKs of these packets into the connection's write
+    /// buffer and sends them, all in one flush; false if there is no
+    /// connection to write to (or the protocol's is not reachable, see
+    /// [`EventLoop::writes_acks`]). Only between polls: it writes where
+    /// rumqttc writes, as rumqttc would (a PUBACK changes no state of its
+    /// own besides the event it reports).
+    pub async fn write_acks(
+        &mut self,
+        pkids: impl Iterator<Item = u16>,
+        timeout: Duration,
+    ) -> Result<bool, Refused> {
+        let EventLoop::V4(el) = self else {
+            return Ok(false);
+        };
+        let Some(network) = el.network.as_mut() else {
+            return Ok(false);
+        };
+        for pkid in pkids {
+            network
+                .write(rumqttc::Packet::PubAck(rumqttc::PubAck::new(pkid)))
+                .await
+                .map_err(|e| Refused(e.to_string()))?;
+        }
+        match tokio::time::timeout(timeout, network.flush()).await {
+            Ok(flushed) => flushed.map(|()| true).map_err(|e| Refused(e.to_string())),
+            Err(_) => Err(Refused(format!(
+                "the broker took no data for {} s",
+                timeout.as_secs()
+            ))),
+        }
+    }
+
     /// Queues the PUBACK of packet `pkid` in the event loop's own queue,
     /// which it serves before its request channel (one request per timer
     /// tick, so only as the fallback of [`Client::try_ack`]).
@@ -332,6 +372,7 @@ fn v4_event(e: rumqttc::Event) -> Event {
         }
         E::Incoming(I::UnsubAck(_)) => Event::UnsubAck,
         E::Outgoing(O::Publish(pkid)) => Event::PublishWritten(pkid),
+        E::Outgoing(O::PubAck(_)) => Event::AckWritten,
         E::Outgoing(O::Disconnect) => Event::Disconnected,
         _ => Event::Other,
     }
@@ -368,6 +409,7 @@ fn v5_event(e: v5::Event) -> Event {
         }
         E::Incoming(I::UnsubAck(_)) => Event::UnsubAck,
         E::Outgoing(O::Publish(pkid)) => Event::PublishWritten(pkid),
+        E::Outgoing(O::PubAck(_)) => Event::AckWritten,
         E::Outgoing(O::Disconnect) => Event::Disconnected,
         _ => Event::Other,
     }

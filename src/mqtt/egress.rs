@@ -240,7 +240,7 @@ impl Side for Egress {
         self.connects.send_replace(n);
     }
 
-    fn on_event(&mut self, event: Event, _: &mut EventLoop) {
+    fn on_event(&mut self, event: Event) {
         match event {
             Event::PublishWritten(pkid) => self.inflight.written(pkid),
             Event::PubAck(pkid) => self.inflight.acknowledged(pkid),
@@ -254,7 +254,7 @@ impl Side for Egress {
         // among them count, and a stale packet id must not meet the next
         // connection's publishes.
         for event in eventloop.take_buffered() {
-            self.on_event(event, eventloop);
+            self.on_event(event);
         }
         let answers = self.inflight.link_down(eventloop);
         if !answers.is_empty() {

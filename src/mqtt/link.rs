@@ -111,17 +111,17 @@ impl Which {
 pub trait Side {
     const WHICH: Which;
 
-    /// Called before every poll; the input link waits here while the
-    /// publisher is behind. `keep_alive` bounds the wait, so the link
-    /// still polls (and pings) in time.
-    async fn before_poll(&mut self, _keep_alive: Duration) {}
+    /// Called before every poll while connected; the input link writes
+    /// its acknowledgements here, and waits while the publisher is behind.
+    /// `keep_alive` bounds the wait, so the link still polls (and pings)
+    /// in time.
+    async fn before_poll(&mut self, _keep_alive: Duration, _eventloop: &mut EventLoop) {}
 
     /// A ConnAck: the `n`th successful connection of this link.
     fn on_connect(&mut self, n: u64, session_present: bool);
 
-    /// Every other event. `eventloop` lets the input link queue its
-    /// acknowledgements directly (they never wait for channel room).
-    fn on_event(&mut self, event: Event, eventloop: &mut EventLoop);
+    /// Every other event.
+    fn on_event(&mut self, event: Event);
 
     /// The connection failed; called before the next reconnect attempt,
     /// with nothing in between (one tokio thread), so the output link can
@@ -147,7 +147,7 @@ pub async fn drive<S: Side>(
     let mut down_since: Option<Instant> = None;
     loop {
         if links.is_up(which) {
-            side.before_poll(keep_alive).await;
+            side.before_poll(keep_alive, &mut eventloop).await;
         }
         let event = tokio::select! {
             ev = eventloop.poll() => ev,
@@ -189,7 +189,7 @@ pub async fn drive<S: Side>(
                 log::info!("{} link: disconnected from the MQTT broker", which.name());
                 return;
             }
-            Ok(event) => side.on_event(event, &mut eventloop),
+            Ok(event) => side.on_event(event),
             Err(e) => {
                 side.on_down(&mut eventloop);
                 let was_up = links.set_up(which, false);

@@ -143,7 +143,12 @@ impl Connection {
         let input_task = tokio::spawn(link::drive(
             ingress::Ingress {
                 client: input.clone(),
-                acker: Arc::new(Acker::new(input.clone(), Arc::clone(&stats))),
+                acker: Arc::new(Acker::new(
+                    input.clone(),
+                    input_loop.writes_acks(),
+                    Arc::clone(&stats),
+                )),
+                ack_batch: Vec::new(),
                 ack_policy,
                 switch,
                 qos,
@@ -357,13 +362,11 @@ const OUTBOX_FLUSH_LIMIT: Duration = Duration::from_secs(5);
 /// from filling.
 const REQUEST_CHANNEL_CAPACITY: usize = 4096;
 
-/// The input link's: its acknowledgements must never find it full. One
-/// that does goes to rumqttc's `pending` queue, which it serves one request
-/// per timer tick (1 ms) before reading its channel again, so after a burst
-/// the channel stayed full and acknowledgements crawled out at ~1,000/s
-/// (bench/notes.md, issue 12). A broker has at most 65,535 messages
-/// unacknowledged per client (packet ids), so more than that always has
-/// room; the channel allocates only as it fills.
+/// The input link's. With 3.1.1 it holds at most one acknowledgement (the
+/// input task writes the others itself, `ingress::Acker`); with 5 at most
+/// the Receive Maximum (65,535 at most) the broker may leave
+/// unacknowledged, so an acknowledgement never finds it full. The channel
+/// allocates only as it fills.
 const INPUT_REQUEST_CHANNEL_CAPACITY: usize = 70_000;
 
 /// Where the output link connects and as whom: `[uplink]` when set, else
