@@ -506,6 +506,10 @@ pub struct Options<'a> {
     /// connection dies.
     pub last_will: Option<(&'a str, Vec<u8>)>,
     pub channel_capacity: usize,
+    /// The most publishes of ours unconfirmed at once, which is also the
+    /// packet id space rumqttc cycles through: it keeps a slot per id,
+    /// allocated at connect (64 bytes each with 3.1.1, about 200 with 5).
+    pub max_inflight: u16,
 }
 
 /// The client and event loop of one link, in the protocol `settings` name.
@@ -531,7 +535,7 @@ fn connect_v4(settings: &MqttSettings, o: Options<'_>) -> (Client, EventLoop) {
         .set_clean_session(settings.clean_session)
         .set_max_packet_size(settings.max_packet_bytes, settings.max_packet_bytes)
         .set_request_channel_capacity(o.channel_capacity)
-        .set_inflight(u16::MAX / 2)
+        .set_inflight(o.max_inflight)
         // Acks are sent once a message is answered (`delivery`), so one
         // the daemon never answered is redelivered by the broker.
         .set_manual_acks(true);
@@ -583,7 +587,7 @@ fn connect_v5(settings: &MqttSettings, o: Options<'_>) -> (Client, EventLoop) {
             u32::try_from(settings.max_packet_bytes).unwrap_or(u32::MAX),
         ))
         .set_request_channel_capacity(o.channel_capacity)
-        .set_outgoing_inflight_upper_limit(u16::MAX / 2)
+        .set_outgoing_inflight_upper_limit(o.max_inflight)
         .set_connection_timeout(10)
         // As with 3.1.1: acknowledged once answered (`delivery`).
         .set_manual_acks(true);

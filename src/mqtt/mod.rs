@@ -96,6 +96,8 @@ impl Connection {
                 client_id: &settings.client_id,
                 last_will: None,
                 channel_capacity: INPUT_REQUEST_CHANNEL_CAPACITY,
+                // It publishes nothing; its subscriptions take ids too.
+                max_inflight: 16,
             },
         );
         let (out, output_id) = output_link(settings, uplink);
@@ -106,6 +108,7 @@ impl Connection {
                 client_id: &output_id,
                 last_will: Some((&status_topic, last_will)),
                 channel_capacity: REQUEST_CHANNEL_CAPACITY,
+                max_inflight: inflight::PACKET_IDS,
             },
         );
         let links = Arc::new(Links {
