@@ -838,6 +838,44 @@ pub fn put_quantiles(o: &mut serde_json::Map<String, Value>, prefix: &str, h: &H
     o.insert(format!("{prefix}max_ms"), max);
 }
 
+/// What the results thread counted.
+struct Tally {
+    /// End-to-end latency of each result.
+    lat: Histogram<u64>,
+    stages: Stages,
+    received: u64,
+    errors: u64,
+    /// Error messages by their "code" (overloaded, bad_reading, ..).
+    error_codes: BTreeMap<String, u64>,
+    dups: u64,
+    stale: u64,
+    unmatched: u64,
+    /// Errors about another workload's messages (see `owns_error`).
+    foreign_errors: u64,
+    failure: Option<String>,
+    /// Kept in memory and written after the run, so the receiving loop
+    /// does no file I/O.
+    trace: Vec<Value>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            lat: hist(),
+            stages: Stages::new(),
+            received: 0,
+            errors: 0,
+            error_codes: BTreeMap::new(),
+            dups: 0,
+            stale: 0,
+            unmatched: 0,
+            foreign_errors: 0,
+            failure: None,
+            trace: Vec::new(),
+        }
+    }
+}
+
 /// One open-loop run at a fixed rate.
 pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
     if !(spec.rate > 0.0 && spec.seconds > 0.0) {
@@ -876,25 +914,14 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
     let errored_r = errored.clone();
     let tracing = spec.trace.is_some();
     let sub_thread = thread::spawn(move || {
-        // Kept in memory and written after the run, so the receiving loop
-        // does no file I/O.
-        let mut trace: Vec<Value> = Vec::new();
-        let mut lat = hist();
-        let mut stages = Stages::new();
+        let mut t = Tally::new();
         let mut seen = vec![false; n as usize];
-        // Error messages by their "code" (overloaded, bad_reading, ..).
-        let mut error_codes: BTreeMap<String, u64> = BTreeMap::new();
-        let (mut received, mut errors, mut dups, mut stale, mut unmatched) =
-            (0u64, 0u64, 0u64, 0u64, 0u64);
-        // Errors about another workload's messages (see `owns_error`).
-        let mut foreign_errors = 0u64;
-        let mut failure = None;
         while !stop_r.load(Ordering::Relaxed) {
             let p = match sub_conn.recv_timeout(Duration::from_millis(50)) {
                 Ok(Ok(Event::Incoming(Incoming::Publish(p)))) => p,
                 Ok(Ok(_)) | Err(RecvTimeoutError::Timeout) => continue,
                 Ok(Err(e)) => {
-                    failure = Some(format!("results connection failed: {e}"));
+                    t.failure = Some(format!("results connection failed: {e}"));
                     break;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -908,16 +935,16 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
                     .is_some()
                 {
                     if !w_sub.owns_error(&p.payload) {
-                        foreign_errors += 1;
+                        t.foreign_errors += 1;
                         continue;
                     }
-                    errors += 1;
+                    t.errors += 1;
                     errored_r.fetch_add(1, Ordering::Relaxed);
                     let code = json_value_at(&p.payload, b"\"code\"");
                     let code = code.as_ref().and_then(Value::as_str).unwrap_or("(no code)");
-                    *error_codes.entry(code.to_string()).or_insert(0) += 1;
+                    *t.error_codes.entry(code.to_string()).or_insert(0) += 1;
                     if tracing {
-                        trace.push(json!({
+                        t.trace.push(json!({
                             "error": code,
                             "id": json_value_at(&p.payload, b"\"id\""),
                             "at_ms": ms(now.saturating_duration_since(sched.start).as_micros() as u64),
@@ -925,7 +952,7 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
                     }
                     answered_r.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    unmatched += 1;
+                    t.unmatched += 1;
                 }
                 continue;
             }
@@ -933,17 +960,17 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
                 Some((nn, seq)) if nn == nonce && seq < n => {
                     let i = seq as usize;
                     if seen[i] {
-                        dups += 1;
+                        t.dups += 1;
                         continue;
                     }
                     seen[i] = true;
-                    received += 1;
+                    t.received += 1;
                     answered_r.fetch_add(1, Ordering::Relaxed);
                     let us = now.saturating_duration_since(sched.due(seq)).as_micros() as u64;
-                    let _ = lat.record(us.max(1));
-                    stages.record(&p.payload);
+                    let _ = t.lat.record(us.max(1));
+                    t.stages.record(&p.payload);
                     if tracing {
-                        trace.push(json!({
+                        t.trace.push(json!({
                             "seq": seq,
                             "e2e_ms": ms(us),
                             "at_ms": ms(now.saturating_duration_since(sched.start).as_micros() as u64),
@@ -952,23 +979,11 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
                         }));
                     }
                 }
-                Some(_) => stale += 1,
-                None => unmatched += 1,
+                Some(_) => t.stale += 1,
+                None => t.unmatched += 1,
             }
         }
-        (
-            lat,
-            stages,
-            received,
-            errors,
-            error_codes,
-            dups,
-            stale,
-            unmatched,
-            foreign_errors,
-            failure,
-            trace,
-        )
+        t
     });
 
     let out = send_schedule(&publ, w, &sched, spec.qos);
@@ -994,7 +1009,7 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
     stop.store(true, Ordering::Relaxed);
     let _ = publ.disconnect();
     let _ = sub.disconnect();
-    let (
+    let Tally {
         lat,
         stages,
         received,
@@ -1004,9 +1019,9 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
         stale,
         unmatched,
         foreign_errors,
-        sub_failure,
+        failure: sub_failure,
         trace,
-    ) = sub_thread
+    } = sub_thread
         .join()
         .map_err(|_| "results thread panicked".to_string())?;
     if let Some(path) = &spec.trace {
