@@ -12,6 +12,7 @@ mod homeassistant;
 mod job;
 mod log_limit;
 mod logging;
+mod memory;
 mod metrics;
 mod models;
 mod mqtt;

@@ -191,10 +191,12 @@ impl StageHistograms {
     }
 }
 
-/// 1 µs to 10 min at 3 significant digits.
+/// 1 µs to 10 min at 2 significant digits (within 1%, as the interval's
+/// percentiles are reported): 3 digits took 172 KB per model, all of it
+/// resident, and the same again at every interval.
 fn new_histogram() -> Histogram<u64> {
     // Constant bounds, checked by the tests below.
-    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+    Histogram::new_with_bounds(1, 600_000_000, 2).expect("valid histogram bounds")
 }
 
 /// Latency percentiles over one reporting interval, in milliseconds.
@@ -229,18 +231,19 @@ impl ModelStats {
 
     /// Takes the interval's latencies and starts a new interval.
     pub fn take_latency(&self) -> LatencySummary {
-        let h = match self.latency_us.lock() {
-            Ok(mut guard) => std::mem::replace(&mut *guard, new_histogram()),
-            Err(_) => return LatencySummary::default(),
+        let Ok(mut h) = self.latency_us.lock() else {
+            return LatencySummary::default();
         };
         let ms = |us: u64| us as f64 / 1000.0;
-        LatencySummary {
+        let summary = LatencySummary {
             count: h.len(),
             p50: ms(h.value_at_quantile(0.50)),
             p95: ms(h.value_at_quantile(0.95)),
             p99: ms(h.value_at_quantile(0.99)),
             max: ms(h.max()),
-        }
+        };
+        h.reset();
+        summary
     }
 
     /// "received=10 ok=8 bad_json=1 overloaded=1": nonzero error codes only.
@@ -413,7 +416,8 @@ mod tests {
         let l = s.take_latency();
         assert_eq!(l.count, 5);
         assert!((l.p50 - 0.3).abs() < 0.01, "{l:?}");
-        assert!((l.max - 10.0).abs() < 0.02, "{l:?}");
+        // Within the histogram's 1%.
+        assert!((l.max - 10.0).abs() < 0.1, "{l:?}");
         assert_eq!(s.take_latency().count, 0);
     }
 

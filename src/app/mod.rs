@@ -11,6 +11,7 @@ mod updates;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,7 @@ use crate::codec::ErrorCode;
 use crate::config::{ModelSettings, OutboxSettings, Settings};
 use crate::health::{self, HealthReporter, ModelView, StatusModel};
 use crate::homeassistant::{self, ModelFacts};
+use crate::memory;
 use crate::metrics::{Endpoint, ModelGauges, ModelSource};
 use crate::models::{Chain, LoadedModel, ModelContext};
 use crate::mqtt::Connection;
@@ -193,6 +195,8 @@ struct Supervisor {
     ha_online: Arc<tokio::sync::Notify>,
     /// Remote model updates (`[updates]`), when on.
     updates: Option<Updates>,
+    /// Gives freed memory back after a burst.
+    trimmer: memory::Trimmer,
 }
 
 /// The supervisor's side of remote model updates.
@@ -346,6 +350,7 @@ impl Supervisor {
             ha_schedule: homeassistant::Schedule::default(),
             ha_online,
             updates,
+            trimmer: memory::Trimmer::default(),
         })
     }
 
@@ -414,6 +419,8 @@ impl Supervisor {
                 }
                 _ = watchdog_tick.tick() => {
                     self.reap_retired();
+                    self.trimmer
+                        .tick(self.stats.answers_confirmed.load(Ordering::Relaxed));
                     self.check_updates_thread();
                     if let Some(replies) = &self.replies {
                         replies.flush_log(false);
