@@ -447,20 +447,18 @@ fn open_runtime(settings: &config::Settings) -> Result<Arc<Runtime>, model_runti
     Ok(Arc::new(runtime))
 }
 
-fn load_models(
-    path: &std::path::Path,
-    settings: &config::Settings,
-    runtime: &Arc<Runtime>,
-) -> Result<Vec<models::LoadedModel>, ExitCode> {
-    let models = models::load_all(settings, runtime).map_err(|problems| {
-        let e = config::ConfigError {
-            path: path.to_path_buf(),
-            problems,
-        };
-        eprintln!("edge-infer: {e}");
-        ExitCode::from(exit::BAD_INPUT)
-    })?;
-    for m in &models {
+/// Says why the models did not load; the exit code for it.
+fn config_problems(path: &std::path::Path, problems: Vec<config::Problem>) -> ExitCode {
+    let e = config::ConfigError {
+        path: path.to_path_buf(),
+        problems,
+    };
+    eprintln!("edge-infer: {e}");
+    ExitCode::from(exit::BAD_INPUT)
+}
+
+fn log_loaded(models: &[models::LoadedModel]) {
+    for m in models {
         log::info!(
             "model {}: {} (sha256 {}) on {}, {} worker(s), loaded and warmed in {:.1} ms",
             m.checked.settings.name,
@@ -471,7 +469,6 @@ fn load_models(
             m.load_ms
         );
     }
-    Ok(models)
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
@@ -494,28 +491,38 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(exit::NO_RUNTIME);
         }
     };
-    // An update that passed every check once but does not load now (a
-    // changed config, another runtime library) is rolled back rather
-    // than keeping the daemon down.
-    if let Err(problems) = models::load_all(&settings, &runtime) {
-        for p in &problems {
-            let Some(ms) = settings.models.iter().find(|m| p.key.starts_with(&m.key)) else {
-                continue;
-            };
-            let name = ms.name.clone();
-            if startup.overrides.contains_key(&name) {
-                startup.fall_back(
-                    &mut settings,
-                    &name,
-                    &format!("it does not load at start: {p}"),
-                );
+    let models = match models::load_all(&settings, &runtime) {
+        Ok(models) => models,
+        Err(problems) => {
+            // An update that passed every check once but does not load now
+            // (a changed config, another runtime library) is rolled back
+            // rather than keeping the daemon down; then the models load
+            // again, with the previous versions.
+            let mut rolled_back = false;
+            for p in &problems {
+                let Some(ms) = settings.models.iter().find(|m| p.key.starts_with(&m.key)) else {
+                    continue;
+                };
+                let name = ms.name.clone();
+                if startup.overrides.contains_key(&name) {
+                    startup.fall_back(
+                        &mut settings,
+                        &name,
+                        &format!("it does not load at start: {p}"),
+                    );
+                    rolled_back = true;
+                }
+            }
+            if !rolled_back {
+                return config_problems(path, problems);
+            }
+            match models::load_all(&settings, &runtime) {
+                Ok(models) => models,
+                Err(problems) => return config_problems(path, problems),
             }
         }
-    }
-    let models = match load_models(path, &settings, &runtime) {
-        Ok(m) => m,
-        Err(code) => return code,
     };
+    log_loaded(&models);
     match app::run(path.to_path_buf(), settings, runtime, models, startup) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -538,10 +545,11 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return check_config_static(path, &settings, &e),
     };
-    let models = match load_models(path, &settings, &runtime) {
+    let models = match models::load_all(&settings, &runtime) {
         Ok(m) => m,
-        Err(code) => return code,
+        Err(problems) => return config_problems(path, problems),
     };
+    log_loaded(&models);
     let runtime_line = format!(
         "{} ({})",
         runtime.path().display(),
@@ -562,13 +570,9 @@ fn check_config_static(
     let checked = match models::check_all_static(settings) {
         Ok(c) => c,
         Err(problems) => {
-            let e = config::ConfigError {
-                path: path.to_path_buf(),
-                problems,
-            };
-            eprintln!("edge-infer: {e}");
+            let code = config_problems(path, problems);
             eprintln!("edge-infer: also: {no_runtime}");
-            return ExitCode::from(exit::BAD_INPUT);
+            return code;
         }
     };
     let summaries: Vec<ModelSummary> = checked.iter().map(ModelSummary::from).collect();

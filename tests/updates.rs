@@ -1087,6 +1087,60 @@ fn a_daemon_killed_on_probation_comes_back_on_the_previous_version() {
     assert_eq!(code, Some(0), "{log}");
 }
 
+#[test]
+fn a_confirmed_update_that_no_longer_loads_at_start_is_rolled_back() {
+    let broker = Broker::start();
+    let key = Key::new();
+    let state = tempfile::tempdir().unwrap();
+    let mut dev = Device::watch(broker.port, DEV);
+    // Version 1 is the small int8 build, version 2 the float one; a
+    // restart with a file limit between their sizes is a config the
+    // confirmed update no longer loads under.
+    let (small, big) = (read_model(V2_FILE), read_model(V1_FILE));
+    assert!(small.len() < 8_192 && big.len() > 8_192);
+    let cfg = |limits: &str| {
+        let extra = format!(
+            "state_dir = \"{}\"\n[health]\ninterval_secs = 0.5\n[updates]\npublic_keys = [\"{}\"]\nprobation_secs = 1\n{limits}",
+            state.path().display(),
+            key.public()
+        );
+        config(broker.port, DEV, &extra, &har_model(V2_FILE, false))
+    };
+    let d = Daemon::start(&cfg(""));
+    let (v1, v2) = (sha256_hex(&small), sha256_hex(&big));
+    assert_eq!(dev.serving(), v1);
+    let mut p = Publisher::connect(broker.port);
+    p.publish(&desired(DEV), &Update::signed(&key, "2", &big));
+    dev.state(0, "version 2 active", |s| {
+        s["state"] == "active" && s["version"] == "2"
+    });
+    d.wait_for_log("model har: version 2 confirmed after probation");
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(store_record(state.path())["active"], installed("2", &v2));
+
+    let mark = dev.states.len();
+    let d = Daemon::start(&cfg("[limits]\nmax_model_bytes = 8192\n"));
+    assert_eq!(dev.serving(), v1);
+    dev.status_shows("1", &v1);
+    let (_, s) = dev.state(mark, "rolled back", |s| s["state"] == "rolled_back");
+    let reason = s["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("it does not load at start")
+            && reason.contains(&format!("{v2}.tflite"))
+            && reason.contains("8192"),
+        "{s}"
+    );
+    assert_eq!(s["version"], "2", "{s}");
+    assert_eq!(s["active"], Value::Null, "{s}");
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("the active update was rolled back: it does not load at start"),
+        "{log}"
+    );
+}
+
 // --- 4. kill -9 at each step --------------------------------------------
 
 /// A device killed at `step` of its update to version 2; what the test
