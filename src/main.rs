@@ -493,34 +493,14 @@ fn run(path: &std::path::Path) -> ExitCode {
     };
     let models = match models::load_all(&settings, &runtime) {
         Ok(models) => models,
-        Err(problems) => {
-            // An update that passed every check once but does not load now
-            // (a changed config, another runtime library) is rolled back
-            // rather than keeping the daemon down; then the models load
-            // again, with the previous versions.
-            let mut rolled_back = false;
-            for p in &problems {
-                let Some(ms) = settings.models.iter().find(|m| p.key.starts_with(&m.key)) else {
-                    continue;
-                };
-                let name = ms.name.clone();
-                if startup.overrides.contains_key(&name) {
-                    startup.fall_back(
-                        &mut settings,
-                        &name,
-                        &format!("it does not load at start: {p}"),
-                    );
-                    rolled_back = true;
-                }
-            }
-            if !rolled_back {
-                return config_problems(path, problems);
-            }
+        // Loaded again, with the previous versions.
+        Err(problems) if startup.fall_back_unloadable(&mut settings, &problems) => {
             match models::load_all(&settings, &runtime) {
                 Ok(models) => models,
                 Err(problems) => return config_problems(path, problems),
             }
         }
+        Err(problems) => return config_problems(path, problems),
     };
     log_loaded(&models);
     match app::run(path.to_path_buf(), settings, runtime, models, startup) {

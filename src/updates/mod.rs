@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::Settings;
+use crate::config::{Problem, Settings};
 use crate::job::Job;
 use crate::models::Chain;
 use crate::telemetry::ModelStats;
@@ -138,9 +138,29 @@ pub fn apply(ms: &mut crate::config::ModelSettings, fv: &FileVersion) {
 }
 
 impl Startup {
+    /// Rolls back every model whose active update is among the models that
+    /// did not load (`problems`): an update that passed every check once
+    /// but does not load now (a changed config, another runtime library)
+    /// must not keep the daemon down. True when one was rolled back, so
+    /// the models are worth loading again.
+    pub fn fall_back_unloadable(&mut self, settings: &mut Settings, problems: &[Problem]) -> bool {
+        let mut rolled_back = false;
+        for p in problems {
+            let Some(ms) = settings.models.iter().find(|m| p.key.starts_with(&m.key)) else {
+                continue;
+            };
+            let name = ms.name.clone();
+            if self.overrides.contains_key(&name) {
+                self.fall_back(settings, &name, &format!("it does not load at start: {p}"));
+                rolled_back = true;
+            }
+        }
+        rolled_back
+    }
+
     /// Rolls `model` back from the update it was to start on, to the
     /// previous version or its configured file.
-    pub fn fall_back(&mut self, settings: &mut Settings, model: &str, why: &str) {
+    fn fall_back(&mut self, settings: &mut Settings, model: &str, why: &str) {
         let Some(store) = self.stores.get_mut(model) else {
             return;
         };
