@@ -201,3 +201,110 @@ fn a_backlog_waiting_in_the_session_is_answered_once_and_acknowledged() {
     assert_eq!(code, Some(0), "{log}");
     assert_eq!(received_in(&log, "dyn"), 0, "{log}");
 }
+
+/// A broker may leave a ping unanswered while it sends everything else:
+/// Mosquitto 2.0.16 and later drop every packet they would add to a full
+/// queue for a client, ping answers included (eclipse-mosquitto/mosquitto
+/// #3542), and under a flood the daemon's queue is full; 2.0.11 (here)
+/// queues the answer behind a backlog the input link may take longer than
+/// a keep-alive to read. Either way the link reads all along, so the
+/// connection is alive: it stays up and says once that a ping went
+/// unanswered. Before, rumqttc ended it at the next keep-alive ("Last
+/// pingreq isn't acked"), in the middle of the flood. A proxy drops the
+/// answer here, on time. A connection that carries nothing after its ping
+/// is still given up.
+#[test]
+fn a_ping_answer_the_broker_drops_ends_the_link_only_when_nothing_else_comes() {
+    use common::proxy::Proxy;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    const INPUT: &str = "edge-infer-dev1";
+    let broker = Broker::start();
+    let proxy = Proxy::start(broker.port);
+    let text =
+        config(proxy.port, "dev1", "", DYN).replace("[mqtt]\n", "[mqtt]\nkeep_alive_secs = 5\n");
+    let d = Daemon::start(&text);
+    let c = TestClient::connect(broker.port);
+    c.subscribe("out/dev1/dyn");
+
+    // A steady 100 msg/s while the answer is dropped and two pings after.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let sender = {
+        let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
+        let p = TestClient::connect(broker.port);
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                let i = sent.fetch_add(1, Ordering::Relaxed);
+                p.publish("in/dyn", features(i));
+                let next = start + Duration::from_millis(10) * (i as u32 + 1);
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+            p
+        })
+    };
+    wait_until("the input link to connect through the proxy", WAIT, || {
+        proxy.connections(INPUT).len() == 1
+    });
+    let input = proxy.connections(INPUT).remove(0);
+    input.drop_ping_answers(1);
+    wait_until("a ping answer to be dropped", WAIT, || {
+        input.dropped.load(Ordering::SeqCst) == 1
+    });
+    d.wait_for_log("no answer to a keep-alive ping");
+    let pings = input.pings.load(Ordering::SeqCst);
+    wait_until("two more pings", WAIT, || {
+        input.pings.load(Ordering::SeqCst) >= pings + 2
+    });
+    stop.store(true, Ordering::Relaxed);
+    let _p = sender.join().unwrap();
+    // Every message was answered, on the one connection.
+    let n = sent.load(Ordering::Relaxed);
+    assert_eq!(c.recv_n(n).len(), n);
+    assert_eq!(proxy.connections(INPUT).len(), 1, "{}", d.log_text());
+    assert!(
+        !d.log_text().contains("lost the MQTT broker connection"),
+        "{}",
+        d.log_text()
+    );
+
+    // Now nothing comes after the ping: the link cannot tell a dead
+    // connection from a quiet one, so it reconnects, and serves again.
+    input.drop_ping_answers(1);
+    d.wait_for_log("input link: lost the MQTT broker connection");
+    d.wait_for_log("input link: back after");
+    wait_until("the input link to reconnect", WAIT, || {
+        proxy.connections(INPUT).len() == 2
+    });
+    wait_until("the input link to subscribe again", WAIT, || {
+        d.count_log("subscribed to 1 topic filter(s)") == 2
+    });
+    let p = TestClient::connect(broker.port);
+    p.publish("in/dyn", features(n));
+    assert_eq!(c.recv().json()["id"], n as u64);
+
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(
+        log.matches("no answer to a keep-alive ping").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(log.matches("Last pingreq isn't acked").count(), 1, "{log}");
+    // The warning says how long the broker had been silent: more than a
+    // keep-alive, which tells a dead path from a busy broker.
+    let lost = log
+        .lines()
+        .find(|l| l.contains("Last pingreq isn't acked"))
+        .unwrap();
+    let silent: f64 = lost
+        .split("the broker's last packet came ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|secs| secs.parse().ok())
+        .unwrap_or_else(|| panic!("no silence in {lost:?}"));
+    assert!(silent >= 5.0, "{lost}");
+}

@@ -85,8 +85,33 @@ pub enum Event {
     AckWritten,
     /// Our DISCONNECT went out.
     Disconnected,
-    /// Pings and the rest: nothing to do.
+    /// A keep-alive PINGREQ went out.
+    PingSent,
+    /// The broker answered a ping.
+    PingAnswered,
+    /// The rest: nothing to do.
     Other,
+}
+
+impl Event {
+    /// Whether the broker sent it (rather than rumqttc reporting a write).
+    pub fn is_from_broker(&self) -> bool {
+        match self {
+            Event::ConnAck { .. }
+            | Event::Publish(_)
+            | Event::PubAck(_)
+            | Event::SubAck { .. }
+            | Event::UnsubAck
+            | Event::PingAnswered => true,
+            // `Other` mixes both directions (QoS 2 packets the daemon
+            // never uses): never taken as the broker's.
+            Event::PublishWritten(_)
+            | Event::AckWritten
+            | Event::Disconnected
+            | Event::PingSent
+            | Event::Other => false,
+        }
+    }
 }
 
 /// A client handle: cheap to clone, usable from any thread.
@@ -258,6 +283,29 @@ impl EventLoop {
         }
     }
 
+    /// Takes a packet the broker sent as the answer to an unanswered ping.
+    /// Called for every packet from the broker as the link takes it.
+    ///
+    /// rumqttc ends the connection at the next keep-alive tick when the
+    /// last PINGREQ has had no PINGRESP, whatever else came meanwhile.
+    /// Mosquitto since 2.0.16 drops every packet it would add to a full
+    /// queue for a client (`max_queued_messages`, which a flood fills),
+    /// PINGRESP included (eclipse-mosquitto/mosquitto#3542; 2.0.11 queues
+    /// it), and every version queues the answer behind what it already
+    /// holds for the client: either way a link that read all the time was
+    /// dropped and reconnected. A packet read after the PINGREQ went out shows what
+    /// its answer would: the connection carries the broker's data. rumqttc
+    /// writes a PINGREQ only when it holds no unreturned events, so every
+    /// event it returns while a ping is awaited was read after it. A
+    /// connection that dies with data in flight is still found, one
+    /// keep-alive later than rumqttc alone would.
+    pub fn take_as_ping_answer(&mut self) {
+        match self {
+            EventLoop::V4(el) => el.state.await_pingresp = false,
+            EventLoop::V5(el) => el.state.await_pingresp = false,
+        }
+    }
+
     /// Whether [`EventLoop::write_acks`] can write to this protocol's
     /// connection: rumqttc exposes it for 3.1.1 only.
     pub fn writes_acks(&self) -> bool {
@@ -374,6 +422,8 @@ fn v4_event(e: rumqttc::Event) -> Event {
         E::Outgoing(O::Publish(pkid)) => Event::PublishWritten(pkid),
         E::Outgoing(O::PubAck(_)) => Event::AckWritten,
         E::Outgoing(O::Disconnect) => Event::Disconnected,
+        E::Outgoing(O::PingReq) => Event::PingSent,
+        E::Incoming(I::PingResp) => Event::PingAnswered,
         _ => Event::Other,
     }
 }
@@ -411,6 +461,8 @@ fn v5_event(e: v5::Event) -> Event {
         E::Outgoing(O::Publish(pkid)) => Event::PublishWritten(pkid),
         E::Outgoing(O::PubAck(_)) => Event::AckWritten,
         E::Outgoing(O::Disconnect) => Event::Disconnected,
+        E::Outgoing(O::PingReq) => Event::PingSent,
+        E::Incoming(I::PingResp(_)) => Event::PingAnswered,
         _ => Event::Other,
     }
 }

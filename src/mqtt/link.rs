@@ -145,6 +145,7 @@ pub async fn drive<S: Side>(
     let mut failures_in_row = 0u32;
     let mut connections = 0u64;
     let mut down_since: Option<Instant> = None;
+    let mut heard = Heard::new();
     loop {
         if links.is_up(which) {
             side.before_poll(keep_alive, &mut eventloop).await;
@@ -182,6 +183,7 @@ pub async fn drive<S: Side>(
                 }
                 backoff = endpoint.reconnect_min;
                 failures_in_row = 0;
+                heard = Heard::new();
                 side.on_connect(connections, session_present);
             }
             Ok(Event::Disconnected) => {
@@ -189,7 +191,13 @@ pub async fn drive<S: Side>(
                 log::info!("{} link: disconnected from the MQTT broker", which.name());
                 return;
             }
-            Ok(event) => side.on_event(event),
+            Ok(event) => {
+                if event.is_from_broker() {
+                    eventloop.take_as_ping_answer();
+                }
+                heard.see(&event, which, keep_alive);
+                side.on_event(event)
+            }
             Err(e) => {
                 side.on_down(&mut eventloop);
                 let was_up = links.set_up(which, false);
@@ -206,9 +214,10 @@ pub async fn drive<S: Side>(
                 links.link_stats(which).set_last_error(Some(msg.clone()));
                 if was_up {
                     log::warn!(
-                        "{} link: lost the MQTT broker connection to {}: {msg}; reconnecting in {backoff:?}",
+                        "{} link: lost the MQTT broker connection to {}: {msg} (the broker's last packet came {:.1} s before); reconnecting in {backoff:?}",
                         which.name(),
-                        endpoint.url
+                        endpoint.url,
+                        heard.last.elapsed().as_secs_f64()
                     );
                 } else if failures_in_row <= 3 || failures_in_row.is_multiple_of(10) {
                     log::warn!(
@@ -223,6 +232,51 @@ pub async fn drive<S: Side>(
                 }
                 backoff = (backoff * 2).min(endpoint.reconnect_max);
             }
+        }
+    }
+}
+
+/// What the link heard from the broker on the current connection: when it
+/// last sent anything (worded into a lost connection, which tells a dead
+/// path from a busy broker), and whether a keep-alive interval passed with
+/// its data but no answer to our ping (see
+/// [`EventLoop::take_as_ping_answer`], which keeps the connection up then).
+/// The latter is said once per connection: the broker's queue for this
+/// client is long or full, and a full one drops messages too.
+struct Heard {
+    last: Instant,
+    /// The last ping has had no answer yet.
+    ping_unanswered: bool,
+    told: bool,
+}
+
+impl Heard {
+    fn new() -> Heard {
+        Heard {
+            last: Instant::now(),
+            ping_unanswered: false,
+            told: false,
+        }
+    }
+
+    fn see(&mut self, event: &Event, which: Which, keep_alive: Duration) {
+        if event.is_from_broker() {
+            self.last = Instant::now();
+        }
+        match event {
+            Event::PingAnswered => self.ping_unanswered = false,
+            Event::PingSent => {
+                if self.ping_unanswered && !self.told {
+                    self.told = true;
+                    log::info!(
+                        "{} link: the broker sent data but no answer to a keep-alive ping for {} s: its queue for this client is long or full (Mosquitto drops what would exceed `max_queued_messages`, QoS 0 messages and ping answers alike); the connection stays up (said once per connection)",
+                        which.name(),
+                        keep_alive.as_secs()
+                    );
+                }
+                self.ping_unanswered = true;
+            }
+            _ => {}
         }
     }
 }

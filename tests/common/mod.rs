@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod delegate;
+pub mod proxy;
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
