@@ -656,11 +656,22 @@ fn run_workload(
         phases.push(phase(&label, &name, "fixed", Some(rate), peak));
         fixed.push(r.json);
     }
-    // Search: grow until failure, then bisect, with short trials.
+    // Search: grow until failure, then bisect, with short trials. A trial
+    // that missed only its tail is run once more before its rate counts as
+    // too high: one stall of the shared machine in a 2 s trial otherwise
+    // set the limit of the whole search, and the runs of one target
+    // disagreed by up to 2x. The same for every target; the confirmation
+    // at full length still has to pass.
     let mut trials: Vec<Value> = Vec::new();
     let trial = |rate: f64, trials: &mut Vec<Value>| -> Result<bool, String> {
         let first = trials.is_empty();
-        let r = measured(ctx, &w, rate, trial_s, Part::Trial { first })?;
+        let mut r = measured(ctx, &w, rate, trial_s, Part::Trial { first })?;
+        if r.missed_only_the_tail(ctx.slo) {
+            let mut missed = std::mem::take(&mut r.json);
+            missed["retried"] = json!(true);
+            trials.push(missed);
+            r = measured(ctx, &w, rate, trial_s, Part::Trial { first: false })?;
+        }
         let ok = r.sustained(ctx.slo);
         trials.push(r.json);
         Ok(ok)

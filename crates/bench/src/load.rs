@@ -608,6 +608,23 @@ impl Report {
             .unwrap_or(f64::MAX);
         self.expected > 0 && self.lost == 0 && self.errors == 0 && p99 <= slo_p99_ms
     }
+
+    /// Failed only in its last percent: nothing lost, no errors, the p95
+    /// within the SLO but not the p99. A scheduling stall of the shared
+    /// machine looks like this; a rate the target cannot keep up with
+    /// backs up its queue, which takes the p95 (or messages) along.
+    pub fn missed_only_the_tail(&self, slo_p99_ms: f64) -> bool {
+        let p95 = self
+            .json
+            .get("p95_ms")
+            .and_then(Value::as_f64)
+            .unwrap_or(f64::MAX);
+        !self.sustained(slo_p99_ms)
+            && self.expected > 0
+            && self.lost == 0
+            && self.errors == 0
+            && p95 <= slo_p99_ms
+    }
 }
 
 /// A run's nonce, 1000..9000. The first of a process comes from the clock
@@ -1283,5 +1300,27 @@ mod tests {
         assert_eq!(w.expected(4 * 128), 4);
         // 100 windows in all: 25 per stream = 128 + 24 * 64 readings each.
         assert_eq!(w.min_seconds(1000.0), 4.0 * 1664.0 / 1000.0);
+    }
+
+    #[test]
+    fn only_a_failure_in_the_tail_is_worth_a_second_trial() {
+        use super::Report;
+        let report = |lost, errors, p95: f64, p99: f64| Report {
+            sent: 100,
+            expected: 100,
+            received: 100 - lost,
+            errors,
+            lost,
+            handled: 100 - lost,
+            json: serde_json::json!({"p95_ms": p95, "p99_ms": p99}),
+        };
+        // A stall: the p99 alone beyond the 100 ms SLO.
+        assert!(report(0, 0, 20.0, 150.0).missed_only_the_tail(100.0));
+        // Passed: nothing to retry.
+        assert!(!report(0, 0, 20.0, 90.0).missed_only_the_tail(100.0));
+        // Backed up, lost or refused: the rate is too high.
+        assert!(!report(0, 0, 120.0, 150.0).missed_only_the_tail(100.0));
+        assert!(!report(1, 0, 20.0, 150.0).missed_only_the_tail(100.0));
+        assert!(!report(0, 1, 20.0, 150.0).missed_only_the_tail(100.0));
     }
 }
