@@ -203,9 +203,10 @@ fn a_backlog_waiting_in_the_session_is_answered_once_and_acknowledged() {
 }
 
 /// A broker may leave a ping unanswered while it sends everything else:
-/// Mosquitto 2.0.16 and later drop every packet they would add to a full
-/// queue for a client, ping answers included (eclipse-mosquitto/mosquitto
-/// #3542), and under a flood the daemon's queue is full; 2.0.11 (here)
+/// newer Mosquitto releases (2.0.21 for one) drop every packet they would
+/// add to a full queue for a client, ping answers included
+/// (eclipse-mosquitto/mosquitto#3542), and under a flood the daemon's
+/// queue is full; 2.0.11 (here)
 /// queues the answer behind a backlog the input link may take longer than
 /// a keep-alive to read. Either way the link reads all along, so the
 /// connection is alive: it stays up and says once that a ping went

@@ -288,10 +288,10 @@ impl EventLoop {
     ///
     /// rumqttc ends the connection at the next keep-alive tick when the
     /// last PINGREQ has had no PINGRESP, whatever else came meanwhile.
-    /// Mosquitto since 2.0.16 drops every packet it would add to a full
-    /// queue for a client (`max_queued_messages`, which a flood fills),
-    /// PINGRESP included (eclipse-mosquitto/mosquitto#3542; 2.0.11 queues
-    /// it), and every version queues the answer behind what it already
+    /// Newer Mosquitto releases (2.0.21, Debian 13's, for one; 2.0.11
+    /// queues it) drop every packet they would add to a full queue for a
+    /// client (`max_queued_messages`, which a flood fills), PINGRESP
+    /// included (eclipse-mosquitto/mosquitto#3542), and every version queues the answer behind what it already
     /// holds for the client: either way a link that read all the time was
     /// dropped and reconnected. A packet read after the PINGREQ went out shows what
     /// its answer would: the connection carries the broker's data. rumqttc

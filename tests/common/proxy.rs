@@ -1,8 +1,8 @@
 //! A TCP proxy between the daemon and the broker. It follows the MQTT
 //! framing both ways, to tell which connection is which client and when a
 //! keep-alive ping goes out, and it can drop a client's ping answers, as
-//! Mosquitto 2.0.16 and later do when that client's queue is full (the
-//! Mosquitto here, 2.0.11, still queues them). Every other byte passes
+//! newer Mosquitto releases (2.0.21 for one) do when that client's queue
+//! is full (the Mosquitto here, 2.0.11, still queues them). Every other byte passes
 //! unchanged and in order.
 
 use std::io::{Read, Write};
