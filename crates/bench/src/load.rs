@@ -601,12 +601,7 @@ impl Report {
     /// Something expected, zero lost, zero errors (dropped/overloaded) and
     /// the p99 within the SLO.
     pub fn sustained(&self, slo_p99_ms: f64) -> bool {
-        let p99 = self
-            .json
-            .get("p99_ms")
-            .and_then(Value::as_f64)
-            .unwrap_or(f64::MAX);
-        self.expected > 0 && self.lost == 0 && self.errors == 0 && p99 <= slo_p99_ms
+        self.complete() && self.latency_ms("p99_ms") <= slo_p99_ms
     }
 
     /// Failed only in its last percent: nothing lost, no errors, the p95
@@ -614,16 +609,22 @@ impl Report {
     /// machine looks like this; a rate the target cannot keep up with
     /// backs up its queue, which takes the p95 (or messages) along.
     pub fn missed_only_the_tail(&self, slo_p99_ms: f64) -> bool {
-        let p95 = self
-            .json
-            .get("p95_ms")
+        self.complete()
+            && self.latency_ms("p95_ms") <= slo_p99_ms
+            && self.latency_ms("p99_ms") > slo_p99_ms
+    }
+
+    /// Something expected, all of it answered, none with an error.
+    fn complete(&self) -> bool {
+        self.expected > 0 && self.lost == 0 && self.errors == 0
+    }
+
+    /// A latency figure of the run; none counts as beyond any SLO.
+    fn latency_ms(&self, key: &str) -> f64 {
+        self.json
+            .get(key)
             .and_then(Value::as_f64)
-            .unwrap_or(f64::MAX);
-        !self.sustained(slo_p99_ms)
-            && self.expected > 0
-            && self.lost == 0
-            && self.errors == 0
-            && p95 <= slo_p99_ms
+            .unwrap_or(f64::MAX)
     }
 }
 
