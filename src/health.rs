@@ -283,6 +283,7 @@ struct LinkHealth {
     connected: bool,
     /// None (null) when nothing failed since it last connected.
     last_error: Option<String>,
+    pings_unanswered: u64,
 }
 
 impl LinkHealth {
@@ -291,6 +292,9 @@ impl LinkHealth {
             broker: link.broker(),
             connected: link.connected.load(std::sync::atomic::Ordering::Relaxed),
             last_error: link.last_error(),
+            pings_unanswered: link
+                .pings_unanswered
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }

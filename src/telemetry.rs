@@ -370,6 +370,9 @@ pub struct LinkStats {
     /// None from the next successful connect on. A std Mutex: set and
     /// read once per event, never held across an await.
     last_error: Mutex<Option<String>>,
+    /// Keep-alive pings the broker left unanswered while it kept sending
+    /// (its queue for this client long or full); the connection stayed up.
+    pub pings_unanswered: AtomicU64,
 }
 
 impl LinkStats {

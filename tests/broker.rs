@@ -224,11 +224,13 @@ fn a_ping_answer_the_broker_drops_ends_the_link_only_when_nothing_else_comes() {
     const INPUT: &str = "edge-infer-dev1";
     let broker = Broker::start();
     let proxy = Proxy::start(broker.port);
-    let text =
-        config(proxy.port, "dev1", "", DYN).replace("[mqtt]\n", "[mqtt]\nkeep_alive_secs = 5\n");
+    let text = config(proxy.port, "dev1", "[health]\ninterval_secs = 0.5", DYN)
+        .replace("[mqtt]\n", "[mqtt]\nkeep_alive_secs = 5\n");
     let d = Daemon::start(&text);
     let c = TestClient::connect(broker.port);
     c.subscribe("out/dev1/dyn");
+    let health = TestClient::connect(broker.port);
+    health.subscribe("edge-infer/dev1/health");
 
     // A steady 100 msg/s while the answer is dropped and two pings after.
     let stop = Arc::new(AtomicBool::new(false));
@@ -271,6 +273,22 @@ fn a_ping_answer_the_broker_drops_ends_the_link_only_when_nothing_else_comes() {
         "{}",
         d.log_text()
     );
+    // Counted for operators (health and /metrics), on the input link only.
+    let unanswered =
+        |h: &serde_json::Value, link: &str| h["broker"]["links"][link]["pings_unanswered"].clone();
+    let start = std::time::Instant::now();
+    loop {
+        let h = health.recv().json();
+        if unanswered(&h, "input") == 1 {
+            assert_eq!(unanswered(&h, "output"), 0, "{h}");
+            break;
+        }
+        assert_eq!(unanswered(&h, "input"), 0, "{h}");
+        assert!(
+            start.elapsed() < WAIT,
+            "no health record counts the ping: {h}"
+        );
+    }
 
     // Now nothing comes after the ping: the link cannot tell a dead
     // connection from a quiet one, so it reconnects, and serves again.

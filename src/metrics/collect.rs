@@ -414,6 +414,16 @@ fn encode_daemon(enc: &mut DescriptorEncoder, d: &DaemonStats) -> fmt::Result {
         }),
     )?;
 
+    counters(
+        enc,
+        "edge_infer_broker_pings_unanswered",
+        "Keep-alive pings the broker left unanswered while it kept sending: its queue for this client was long or full (a full one drops messages too). The connection stays up.",
+        None,
+        links
+            .iter()
+            .map(|(name, l)| ([("link", *name)], load(&l.pings_unanswered))),
+    )?;
+
     let o = &d.outbox;
     if o.enabled.load(Relaxed) {
         single(

@@ -195,7 +195,7 @@ pub async fn drive<S: Side>(
                 if event.is_from_broker() {
                     eventloop.take_as_ping_answer();
                 }
-                heard.see(&event, which, keep_alive);
+                heard.see(&event, which, keep_alive, links.link_stats(which));
                 side.on_event(event)
             }
             Err(e) => {
@@ -241,8 +241,9 @@ pub async fn drive<S: Side>(
 /// path from a busy broker), and whether a keep-alive interval passed with
 /// its data but no answer to our ping (see
 /// [`EventLoop::take_as_ping_answer`], which keeps the connection up then).
-/// The latter is said once per connection: the broker's queue for this
-/// client is long or full, and a full one drops messages too.
+/// The latter is counted each time and said once per connection: the
+/// broker's queue for this client is long or full, and a full one drops
+/// messages too.
 struct Heard {
     last: Instant,
     /// The last ping has had no answer yet.
@@ -259,13 +260,16 @@ impl Heard {
         }
     }
 
-    fn see(&mut self, event: &Event, which: Which, keep_alive: Duration) {
+    fn see(&mut self, event: &Event, which: Which, keep_alive: Duration, stats: &LinkStats) {
         if event.is_from_broker() {
             self.last = Instant::now();
         }
         match event {
             Event::PingAnswered => self.ping_unanswered = false,
             Event::PingSent => {
+                if self.ping_unanswered {
+                    stats.pings_unanswered.fetch_add(1, Ordering::Relaxed);
+                }
                 if self.ping_unanswered && !self.told {
                     self.told = true;
                     log::info!(

@@ -441,6 +441,12 @@ fn health_fields(h: &Value, offline: bool, now: f64, fields: &mut Vec<(&'static 
                 .unwrap_or_else(dash);
             fields.push((label, format!("{broker}: {}", clean(why))));
         }
+        if let Some(n) = uint(h, &format!("{pointer}/pings_unanswered")).filter(|n| *n > 0) {
+            fields.push((
+                label,
+                format!("{n} keep-alive ping(s) unanswered while the broker kept sending (its queue for the daemon is long or full)"),
+            ));
+        }
     }
     if let Some(ack) = text(h, "/delivery/ack") {
         let mut line = format!(
@@ -768,7 +774,8 @@ mod tests {
           "unrouted_messages":0,"publish_failures":0,
           "links":{"input":{"broker":"mqtts://hub:8883","connected":false,
             "last_error":"the broker's certificate has expired"},
-            "output":{"broker":"mqtts://cloud:8883","connected":true,"last_error":null}}},
+            "output":{"broker":"mqtts://cloud:8883","connected":true,"last_error":null,
+              "pings_unanswered":2}}},
         "delivery":{"ack":"answered","answers_confirmed":98,"acks_stale":0,
           "outbox":{"records":12,"bytes":5400,"oldest_age_secs":190.0,"stored":40,"replayed":28,
             "dropped_full":0,"rejected_full":3,"expired":0,"write_errors":0,
@@ -811,6 +818,7 @@ gw-7  offline (shutdown, 5.4s ago)
   state dir     /var/lib/edge-infer (free 5.0 GiB)
   broker        connected, 2 reconnects, 1 connection errors, 0 unrouted, 0 publish failures
   input link    mqtts://hub:8883: the broker's certificate has expired
+  output link   2 keep-alive ping(s) unanswered while the broker kept sending (its queue for the daemon is long or full)
   delivery      ack answered, 98 answers confirmed
   outbox        12 record(s), 5.3 KiB, oldest 3m 10s, 28 replayed; LOST 3 refused (full) (last: the outbox was full)
 
