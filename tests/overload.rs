@@ -15,6 +15,7 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -207,6 +208,21 @@ fn start_release(config_text: &str) -> Daemon {
         "{} is missing: run scripts/test.sh (or cargo build --release) first",
         binary.display()
     );
+    // cargo test rebuilds only the debug binary: a release build older
+    // than the sources would test old code and pass.
+    let built = modified(&binary);
+    let newer: Vec<PathBuf> = ["src", "crates/model-runtime/src"]
+        .iter()
+        .flat_map(|dir| files_under(&repo().join(dir)))
+        .filter(|f| modified(f) > built)
+        .collect();
+    assert!(
+        newer.is_empty(),
+        "{} is older than {} source file(s) (e.g. {}): run cargo build --release",
+        binary.display(),
+        newer.len(),
+        newer[0].display()
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     std::fs::write(&path, config_text).unwrap();
@@ -215,6 +231,25 @@ fn start_release(config_text: &str) -> Daemon {
     let d = Daemon::spawn_command(dir, cmd);
     d.wait_for_log("ready:");
     d
+}
+
+fn modified(path: &Path) -> SystemTime {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 fn overload(qos: QoS, main: Main) {
