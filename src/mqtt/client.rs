@@ -291,10 +291,11 @@ impl EventLoop {
     /// Newer Mosquitto releases (2.0.21, Debian 13's, for one; 2.0.11
     /// queues it) drop every packet they would add to a full queue for a
     /// client (`max_queued_messages`, which a flood fills), PINGRESP
-    /// included (eclipse-mosquitto/mosquitto#3542), and every version queues the answer behind what it already
-    /// holds for the client: either way a link that read all the time was
-    /// dropped and reconnected. A packet read after the PINGREQ went out shows what
-    /// its answer would: the connection carries the broker's data. rumqttc
+    /// included (eclipse-mosquitto/mosquitto#3542), and every version
+    /// queues the answer behind what it already holds for the client:
+    /// either way a link that read all the time was dropped and
+    /// reconnected. A packet read after the PINGREQ went out shows what its
+    /// answer would: the connection carries the broker's data. rumqttc
     /// writes a PINGREQ only when it holds no unreturned events, so every
     /// event it returns while a ping is awaited was read after it. A
     /// connection that dies with data in flight is still found, one

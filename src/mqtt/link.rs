@@ -269,14 +269,14 @@ impl Heard {
             Event::PingSent => {
                 if self.ping_unanswered {
                     stats.pings_unanswered.fetch_add(1, Ordering::Relaxed);
-                }
-                if self.ping_unanswered && !self.told {
-                    self.told = true;
-                    log::info!(
-                        "{} link: the broker sent data but no answer to a keep-alive ping for {} s: its queue for this client is long or full (Mosquitto drops what would exceed `max_queued_messages`, QoS 0 messages and ping answers alike); the connection stays up (said once per connection)",
-                        which.name(),
-                        keep_alive.as_secs()
-                    );
+                    if !self.told {
+                        self.told = true;
+                        log::info!(
+                            "{} link: the broker sent data but no answer to a keep-alive ping for {} s: its queue for this client is long or full (Mosquitto drops what would exceed `max_queued_messages`, QoS 0 messages and ping answers alike); the connection stays up (said once per connection)",
+                            which.name(),
+                            keep_alive.as_secs()
+                        );
+                    }
                 }
                 self.ping_unanswered = true;
             }
