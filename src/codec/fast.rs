@@ -260,8 +260,8 @@ const EXACT_MANTISSA: u64 = 1 << 53;
 /// Why it is written this way (MobileNetV2's 150,528-number image, 958 KB;
 /// in-process medians on the benchmark machine, timing the benchmark's
 /// payloads; the benchmark's `pre` stage is the figure to watch now):
-/// reading the array byte by byte, each number's end had to
-/// be found before the next could start, and the exits of its digit loops
+/// reading the array byte by byte, each number's end had to be found
+/// before the next could start, and the exits of its digit loops
 /// (1 to 4 fraction digits, a sign half the time) were mispredicted, so
 /// nothing overlapped: ~25 ns a number. Here the separators (`,` `[` `]`)
 /// of 64 bytes at a time are found first ([`Separators`]), so every

@@ -194,8 +194,9 @@ pub async fn drive<S: Side>(
             Ok(event) => {
                 if event.is_from_broker() {
                     eventloop.take_as_ping_answer();
+                    heard.last = Instant::now();
                 }
-                heard.see(&event, which, keep_alive, links.link_stats(which));
+                heard.see_ping(&event, which, keep_alive, links.link_stats(which));
                 side.on_event(event)
             }
             Err(e) => {
@@ -245,6 +246,7 @@ pub async fn drive<S: Side>(
 /// broker's queue for this client is long or full, and a full one drops
 /// messages too.
 struct Heard {
+    /// Set by the caller for every packet from the broker.
     last: Instant,
     /// The last ping has had no answer yet.
     ping_unanswered: bool,
@@ -260,10 +262,7 @@ impl Heard {
         }
     }
 
-    fn see(&mut self, event: &Event, which: Which, keep_alive: Duration, stats: &LinkStats) {
-        if event.is_from_broker() {
-            self.last = Instant::now();
-        }
+    fn see_ping(&mut self, event: &Event, which: Which, keep_alive: Duration, stats: &LinkStats) {
         match event {
             Event::PingAnswered => self.ping_unanswered = false,
             Event::PingSent => {

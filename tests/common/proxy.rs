@@ -21,8 +21,6 @@ pub struct Conn {
     pub client_id: Mutex<Option<String>>,
     /// PINGREQs it sent.
     pub pings: AtomicUsize,
-    /// PINGRESPs the broker sent it, passed on or dropped.
-    pub ping_answers: AtomicUsize,
     /// Ping answers still to drop.
     to_drop: AtomicUsize,
     pub dropped: AtomicUsize,
@@ -98,7 +96,6 @@ fn carry(client: TcpStream, broker: TcpStream, conn: Arc<Conn>) {
             if kind != PINGRESP {
                 return true;
             }
-            conn.ping_answers.fetch_add(1, Ordering::SeqCst);
             let drop = conn
                 .to_drop
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
