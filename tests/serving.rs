@@ -433,3 +433,111 @@ fn numeric_ids_come_back_exactly_as_written() {
         assert!(text.starts_with(&format!(r#"{{"id":{id},"#)), "{text}");
     }
 }
+
+/// One model file served to two sites at once, as JSON on one topic and
+/// as raw tensors on another: the two models share one engine (the daemon
+/// says so) and their workers invoke on it at the same time, yet every
+/// result is its own input's reference output, exactly. A third model of
+/// the same file with other threads gets an engine of its own.
+#[test]
+fn models_serving_one_file_share_its_engine_and_each_gets_its_own_answers() {
+    const PER_SITE: usize = 300;
+    let fx = fixture("har_accel_int8.json");
+    let cases: Vec<Value> = fx["cases"].as_array().unwrap().clone();
+    let broker = Broker::start();
+    let models = "\
+[[models]]
+name = \"site_a\"
+path = \"{models}/har_accel_int8.tflite\"
+input_topic = \"in/a\"
+output_topic = \"out/{device_id}/{model}\"
+
+[[models]]
+name = \"site_b\"
+path = \"{models}/har_accel_int8.tflite\"
+input_topic = \"in/b/+\"
+output_topic = \"out/{device_id}/{model}/{1}\"
+payload = \"raw\"
+
+[[models]]
+name = \"two_threads\"
+path = \"{models}/har_accel_int8.tflite\"
+input_topic = \"in/c\"
+output_topic = \"out/{device_id}/{model}\"
+threads = 2
+";
+    let d = Daemon::start(&config(broker.port, "dev1", "", models));
+    assert_eq!(
+        d.count_log("model site_b: shares 1 of its 1 engine(s) with model site_a"),
+        1,
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(d.count_log("model site_a: shares"), 0);
+    assert_eq!(d.count_log("model two_threads: shares"), 0);
+
+    let results = TestClient::connect(broker.port);
+    results.subscribe("out/dev1/#");
+    results.subscribe("edge-infer/dev1/errors");
+    // Both sites publish as fast as they can, from threads of their own,
+    // so the two workers are busy together.
+    let json_cases = cases.clone();
+    let site_a = TestClient::connect(broker.port);
+    let a = std::thread::spawn(move || {
+        for i in 0..PER_SITE {
+            let case = &json_cases[i % json_cases.len()];
+            let payload = json!({"id": i, "data": case_inputs(case)[0]});
+            site_a.publish("in/a", payload.to_string());
+        }
+        site_a
+    });
+    let raw: Vec<Vec<u8>> = cases
+        .iter()
+        .map(|case| {
+            case["inputs"][0]["quantized"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap() as i8 as u8)
+                .collect()
+        })
+        .collect();
+    let site_b = TestClient::connect(broker.port);
+    let b = std::thread::spawn(move || {
+        for i in 0..PER_SITE {
+            let k = (i + 1) % raw.len();
+            site_b.publish(&format!("in/b/{k}"), raw[k].clone());
+        }
+        site_b
+    });
+    let (_a, _b) = (a.join().unwrap(), b.join().unwrap());
+
+    let mut per_model = std::collections::BTreeMap::new();
+    for m in results.recv_n(2 * PER_SITE) {
+        let r = m.json();
+        let case = if m.topic == "out/dev1/site_a" {
+            let i = r["id"].as_u64().unwrap() as usize;
+            &cases[i % cases.len()]
+        } else if let Some(k) = m.topic.strip_prefix("out/dev1/site_b/") {
+            &cases[k.parse::<usize>().unwrap()]
+        } else {
+            panic!("unexpected message on {}: {r}", m.topic);
+        };
+        assert_outputs(&r, case, None);
+        *per_model
+            .entry(r["model"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(per_model["site_a"], PER_SITE);
+    assert_eq!(per_model["site_b"], PER_SITE);
+
+    // The model with an engine of its own serves too.
+    let c = TestClient::connect(broker.port);
+    c.publish(
+        "in/c",
+        json!({"id": "c", "data": case_inputs(&cases[1])[0]}).to_string(),
+    );
+    let r = results.recv().json();
+    assert_eq!(r["model"], "two_threads", "{r}");
+    assert_outputs(&r, &cases[1], None);
+}

@@ -149,6 +149,18 @@ impl Chain {
         }
     }
 
+    /// Counts an engine this model shares with another model on the CPU
+    /// (`shared`): loaded, warmed and recorded by that model's chain.
+    pub fn adopt(&self, delegation: Delegation) {
+        let mut st = self.status();
+        st.engines.push(EngineState {
+            on: 0,
+            delegation,
+            retry_at: None,
+        });
+        st.reasons[0] = None;
+    }
+
     fn status(&self) -> MutexGuard<'_, Status> {
         // A panic while holding this lock left plain data behind; the
         // numbers are still the best there are.

@@ -6,6 +6,7 @@
 
 mod accel;
 mod intake;
+mod shared;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,7 +23,7 @@ use crate::config::{
 use crate::telemetry::ModelStats;
 use crate::topic::{TopicFilter, TopicTemplate};
 
-pub use accel::{AccelReport, AcceleratedEngine, Chain, Choice, NoAccelerator};
+pub use accel::{AccelReport, Chain, Choice, NoAccelerator};
 pub use intake::{Intake, IntakeKind, WindowIntake, WindowShape};
 
 /// One served model as every stage of the message path sees it (read-only,
@@ -343,45 +344,88 @@ pub fn load_one(
         };
         problem(field, e.to_string())
     };
+    // Models on the CPU alone share their engines with the models that
+    // serve the same file the same way (`shared`).
+    let shareable = ms.accel.cpu_path.is_none() && ms.accel.accelerators == [Accelerator::Cpu];
+    let mut shares_with: Option<String> = None;
+    let mut shared_count = 0;
+    let mut start = |worker: usize,
+                     from: usize,
+                     options: &LoadOptions,
+                     expected: Option<&(Vec<TensorSpec>, Vec<TensorSpec>)>|
+     -> Result<(Box<dyn Engine>, usize), Problem> {
+        if !shareable {
+            let engine = chain.start(from, options, expected).map_err(failed)?;
+            let on = engine.on();
+            return Ok((Box::new(engine), on));
+        }
+        let key = shared::EngineKey {
+            sha256: sha256.clone(),
+            threads: options.cpu_threads,
+            batch: options.dynamic_batch,
+            worker,
+        };
+        let (engine, loaded_by) = shared::engine(key, &ms.name, || {
+            chain
+                .start(from, options, expected)
+                .map(|e| Box::new(e) as Box<dyn Engine>)
+        })
+        .map_err(failed)?;
+        if let Some(by) = loaded_by {
+            chain.adopt(engine.delegation());
+            shares_with.get_or_insert(by);
+            shared_count += 1;
+        }
+        Ok((Box::new(engine), 0))
+    };
     // The first engine finds the accelerator that works; the others start
     // there, and every one must have the first one's tensors.
-    let mut engines = Vec::with_capacity(ms.workers);
+    let mut engines: Vec<WorkerEngines> = Vec::with_capacity(ms.workers);
+    let mut first_on = None;
     let mut specs = None;
     let mut single_specs = None;
-    for _ in 0..ms.workers {
-        let from = engines
-            .first()
-            .map_or(0, |e: &(AcceleratedEngine, _)| e.0.on());
-        let main = chain
-            .start(from, &options, specs.as_ref())
-            .map_err(failed)?;
+    for worker in 0..ms.workers {
+        let (main, on) = start(worker, first_on.unwrap_or(0), &options, specs.as_ref())?;
+        first_on.get_or_insert(on);
         specs.get_or_insert_with(|| (main.inputs().to_vec(), main.outputs().to_vec()));
         let single = match &single_options {
             Some(o) => {
-                let single = chain
-                    .start(main.on(), o, single_specs.as_ref())
-                    .map_err(failed)?;
+                let (single, _) = start(worker, on, o, single_specs.as_ref())?;
                 single_specs
                     .get_or_insert_with(|| (single.inputs().to_vec(), single.outputs().to_vec()));
                 Some(single)
             }
             None => None,
         };
-        engines.push((main, single));
+        engines.push(WorkerEngines { main, single });
     }
-    let Some((first, _)) = engines.first() else {
+    let Some(first) = engines.first() else {
         return Err(problem("workers", "must be at least 1".into()));
     };
-    let checked = checked(ms, limits, sha256, first.inputs(), first.outputs())?;
-    let accelerator = first.accelerator();
+    let checked = checked(
+        ms,
+        limits,
+        sha256,
+        first.main.inputs(),
+        first.main.outputs(),
+    )?;
+    let accelerator = first.main.accelerator();
     chain.loaded();
-    let engines = engines
-        .into_iter()
-        .map(|(main, single)| WorkerEngines {
-            main: Box::new(main),
-            single: single.map(|s| Box::new(s) as Box<dyn Engine>),
-        })
-        .collect();
+    match shares_with {
+        // A reload that changed only its topics or payload settings.
+        Some(by) if by == ms.name => log::info!(
+            "model {}: keeps its compiled engine(s) (same file, threads and batch)",
+            ms.name
+        ),
+        Some(by) => {
+            let total = engines.len() + engines.iter().filter(|e| e.single.is_some()).count();
+            log::info!(
+                "model {}: shares {shared_count} of its {total} engine(s) with the models that serve the same file with the same threads and batch (loaded by model {by}): no memory of their own for weights and activations, and invokes on a shared engine take turns",
+                ms.name,
+            );
+        }
+        None => {}
+    }
     Ok(LoadedModel {
         checked,
         engines,

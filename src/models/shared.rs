@@ -1,0 +1,335 @@
+//! One engine for the models that serve the same file with the same
+//! options: one model on several topics or payload formats (the
+//! benchmark's MobileNetV2 as raw tensors, JSON and JPEG), or a reload that
+//! changes a model's topics. The file's bytes were shared already
+//! (`shared_bytes`); an engine adds the runtime's packed weights and its
+//! activation arena, 5.1 MB of RSS for each further MobileNetV2 int8 entry
+//! on XNNPACK (measured: 14.7 MB after ready with a small model, 21.3, 26.2
+//! and 31.4 MB with one, two and three MobileNetV2 entries).
+//!
+//! Each model keeps its own queue and workers; their invokes on a shared
+//! engine take turns under its lock. A [`SharedEngine`] handle has input
+//! and output buffers of its own, so a worker decodes its payload (a JPEG,
+//! 150,528 JSON numbers) and encodes its result outside the lock, which
+//! is held for the copy in, the invoke and the copy out only: the copies
+//! are 150 KB in and 1 KB out for MobileNetV2, against a 2.3 ms invoke.
+//!
+//! Worker `i` of every such model shares engine `i`, so models with more
+//! workers get more engines and the count is the largest `workers`, not
+//! the sum. Only models on the CPU alone share: an accelerator chain moves
+//! each of its engines between accelerators on its own and reports per
+//! model (`accel`), and a delegate instance belongs to one interpreter.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use model_runtime::{Delegation, Engine, RuntimeError, TensorSpec};
+
+/// What makes two engines interchangeable: the same file, compiled the
+/// same way, for the same worker index.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EngineKey {
+    pub sha256: String,
+    pub threads: u32,
+    /// The batch the engine is compiled at (`LoadOptions::dynamic_batch`).
+    pub batch: u32,
+    pub worker: usize,
+}
+
+struct Held {
+    engine: Mutex<Box<dyn Engine>>,
+    /// The model that loaded it, for the log line of those that share it.
+    loaded_by: String,
+}
+
+/// The engines in use, so a model finds the one it can share; an entry
+/// goes when the last model holding it does (a retired model's workers
+/// hold theirs until they have answered what they took).
+static ENGINES: Mutex<BTreeMap<EngineKey, Weak<Held>>> = Mutex::new(BTreeMap::new());
+
+/// The engine for `key`: one in use, or a new one from `load`. The lock
+/// is not held while loading (a load takes milliseconds to seconds); if
+/// another thread loaded the same key meanwhile, its engine is kept and
+/// this one dropped. Returns the handle and, when the engine was already
+/// loaded, the name of the model that loaded it.
+pub fn engine<E>(
+    key: EngineKey,
+    model: &str,
+    load: impl FnOnce() -> Result<Box<dyn Engine>, E>,
+) -> Result<(SharedEngine, Option<String>), E> {
+    if let Some(held) = find(&key) {
+        let by = held.loaded_by.clone();
+        return Ok((SharedEngine::new(held), Some(by)));
+    }
+    let fresh = Arc::new(Held {
+        engine: Mutex::new(load()?),
+        loaded_by: model.to_string(),
+    });
+    let mut engines = registry();
+    engines.retain(|_, w| w.strong_count() > 0);
+    if let Some(held) = engines.get(&key).and_then(Weak::upgrade) {
+        drop(engines);
+        let by = held.loaded_by.clone();
+        return Ok((SharedEngine::new(held), Some(by)));
+    }
+    engines.insert(key, Arc::downgrade(&fresh));
+    drop(engines);
+    Ok((SharedEngine::new(fresh), None))
+}
+
+fn registry() -> MutexGuard<'static, BTreeMap<EngineKey, Weak<Held>>> {
+    // A panic under this lock cannot leave a half-made change: one insert
+    // or one retain.
+    ENGINES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn find(key: &EngineKey) -> Option<Arc<Held>> {
+    registry().get(key).and_then(Weak::upgrade)
+}
+
+/// One model's worker's handle on a shared engine. It is an [`Engine`]
+/// like any other to the worker.
+pub struct SharedEngine {
+    held: Arc<Held>,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+    input_buffers: Vec<Vec<u8>>,
+    output_buffers: Vec<Vec<u8>>,
+    accelerator: String,
+    accelerator_name: String,
+    delegation: Delegation,
+}
+
+impl SharedEngine {
+    fn new(held: Arc<Held>) -> SharedEngine {
+        let (inputs, outputs, input_buffers, accelerator, accelerator_name, delegation) = {
+            let mut e = lock(&held);
+            (
+                e.inputs().to_vec(),
+                e.outputs().to_vec(),
+                e.input_buffers_mut().to_vec(),
+                e.accelerator(),
+                e.accelerator_name().to_string(),
+                e.delegation(),
+            )
+        };
+        let output_buffers = outputs.iter().map(|o| vec![0; o.byte_len()]).collect();
+        SharedEngine {
+            held,
+            inputs,
+            outputs,
+            input_buffers,
+            output_buffers,
+            accelerator,
+            accelerator_name,
+            delegation,
+        }
+    }
+}
+
+fn lock(held: &Held) -> MutexGuard<'_, Box<dyn Engine>> {
+    // A worker that panicked mid-invoke (the worker catches it and answers
+    // with an error) leaves an engine whose inputs every invoke rewrites
+    // whole first, so it is as usable as before.
+    held.engine.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Engine for SharedEngine {
+    fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
+    }
+
+    fn outputs(&self) -> &[TensorSpec] {
+        &self.outputs
+    }
+
+    fn input_buffers_mut(&mut self) -> &mut [Vec<u8>] {
+        &mut self.input_buffers
+    }
+
+    fn invoke(&mut self) -> Result<(), RuntimeError> {
+        let mut engine = lock(&self.held);
+        for (dst, src) in engine
+            .input_buffers_mut()
+            .iter_mut()
+            .zip(&self.input_buffers)
+        {
+            dst.copy_from_slice(src);
+        }
+        engine.invoke()?;
+        for (i, out) in self.output_buffers.iter_mut().enumerate() {
+            out.clear();
+            out.extend_from_slice(engine.output(i));
+        }
+        Ok(())
+    }
+
+    fn output(&self, index: usize) -> &[u8] {
+        &self.output_buffers[index]
+    }
+
+    fn accelerator(&self) -> String {
+        self.accelerator.clone()
+    }
+
+    fn accelerator_name(&self) -> &str {
+        &self.accelerator_name
+    }
+
+    fn delegation(&self) -> Delegation {
+        self.delegation
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use model_runtime::DType;
+
+    use super::*;
+
+    /// Doubles each input byte into the output, slowly enough that two
+    /// workers' invokes overlap if nothing keeps them apart; counts the
+    /// invokes running at once.
+    struct Doubler {
+        specs: Vec<TensorSpec>,
+        input: Vec<Vec<u8>>,
+        output: Vec<u8>,
+        running: Arc<AtomicUsize>,
+        overlapped: Arc<AtomicUsize>,
+    }
+
+    impl Engine for Doubler {
+        fn inputs(&self) -> &[TensorSpec] {
+            &self.specs
+        }
+        fn outputs(&self) -> &[TensorSpec] {
+            &self.specs
+        }
+        fn input_buffers_mut(&mut self) -> &mut [Vec<u8>] {
+            &mut self.input
+        }
+        fn invoke(&mut self) -> Result<(), RuntimeError> {
+            if self.running.fetch_add(1, Ordering::SeqCst) > 0 {
+                self.overlapped.fetch_add(1, Ordering::SeqCst);
+            }
+            self.output.clear();
+            for &b in &self.input[0] {
+                self.output.push(b.wrapping_mul(2));
+                std::thread::yield_now();
+            }
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn output(&self, _: usize) -> &[u8] {
+            &self.output
+        }
+        fn accelerator(&self) -> String {
+            "doubler".into()
+        }
+        fn accelerator_name(&self) -> &str {
+            "cpu"
+        }
+        fn delegation(&self) -> Delegation {
+            Delegation::Cpu
+        }
+    }
+
+    fn doubler(overlapped: &Arc<AtomicUsize>) -> Box<dyn Engine> {
+        let spec = TensorSpec {
+            name: "x".into(),
+            shape: vec![1, 64],
+            dtype: DType::U8,
+            quantization: None,
+            shape_signature: vec![1, 64],
+        };
+        Box::new(Doubler {
+            specs: vec![spec],
+            input: vec![vec![0; 64]],
+            output: vec![0; 64],
+            running: Arc::new(AtomicUsize::new(0)),
+            overlapped: Arc::clone(overlapped),
+        })
+    }
+
+    fn key(sha256: &str, threads: u32, worker: usize) -> EngineKey {
+        EngineKey {
+            sha256: sha256.into(),
+            threads,
+            batch: 1,
+            worker,
+        }
+    }
+
+    #[test]
+    fn models_with_the_same_file_and_options_load_one_engine() {
+        let overlapped = Arc::new(AtomicUsize::new(0));
+        let loads = AtomicUsize::new(0);
+        let load = || {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, ()>(doubler(&overlapped))
+        };
+        let (a, by) = engine(key("same-file", 1, 0), "a", load).unwrap();
+        assert_eq!(by, None);
+        let (b, by) = engine(key("same-file", 1, 0), "b", load).unwrap();
+        assert_eq!(by.as_deref(), Some("a"));
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        // Other threads, another worker index or another file: engines of
+        // their own.
+        for k in [
+            key("same-file", 2, 0),
+            key("same-file", 1, 1),
+            key("other-file", 1, 0),
+        ] {
+            let (_, by) = engine(k, "c", load).unwrap();
+            assert_eq!(by, None);
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 4);
+        // Once no model holds it, the engine is gone and the next model
+        // loads its own.
+        drop((a, b));
+        let (_, by) = engine(key("same-file", 1, 0), "d", load).unwrap();
+        assert_eq!(by, None);
+        assert_eq!(loads.load(Ordering::SeqCst), 5);
+        // A failed load is the caller's error, and nothing is kept.
+        assert_eq!(
+            engine(key("broken-file", 1, 0), "e", || Err::<Box<dyn Engine>, _>(
+                "no"
+            ))
+            .err(),
+            Some("no")
+        );
+        let (_, by) = engine(key("broken-file", 1, 0), "f", load).unwrap();
+        assert_eq!(by, None);
+    }
+
+    #[test]
+    fn workers_on_one_engine_take_turns_and_each_reads_its_own_outputs() {
+        let overlapped = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..4u8)
+            .map(|t| {
+                let (mut handle, _) = engine(key("turns", 1, 0), "m", || {
+                    Ok::<_, ()>(doubler(&overlapped))
+                })
+                .unwrap();
+                std::thread::spawn(move || {
+                    for round in 0..200u8 {
+                        let fill = t.wrapping_mul(31).wrapping_add(round);
+                        handle.input_buffers_mut()[0].fill(fill);
+                        handle.invoke().unwrap();
+                        let want = fill.wrapping_mul(2);
+                        assert!(
+                            handle.output(0).iter().all(|&b| b == want),
+                            "worker {t} round {round}: another worker's output"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(overlapped.load(Ordering::SeqCst), 0);
+    }
+}
