@@ -468,7 +468,7 @@ threads = 2
 ";
     let d = Daemon::start(&config(broker.port, "dev1", "", models));
     assert_eq!(
-        d.count_log("model site_b: shares 1 of its 1 engine(s) with model site_a"),
+        d.count_log("model site_b: shares 1 of its 1 engine(s) with the models that serve the same file with the same threads and batch (loaded by model site_a)"),
         1,
         "{}",
         d.log_text()
