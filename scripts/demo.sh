@@ -301,6 +301,9 @@ if [ -z "$ready" ]; then
   exit 1
 fi
 say "$(grep -m1 'ready:' "$tmp/edge-infer.log" | sed 's/^.*ready:/edge-infer ready:/')"
+# Models that serve one file with the same threads share its compiled
+# engine (docs/operators.md, "One file, several models").
+grep -E 'model [^ ]+: shares ' "$tmp/edge-infer.log" | sed -e 's/^.*INFO  /  | /' >&2 || true
 
 if [ -n "$homeassistant" ]; then
   # Retained on the uplink, where everything the daemon publishes goes;
