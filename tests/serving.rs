@@ -437,8 +437,9 @@ fn numeric_ids_come_back_exactly_as_written() {
 /// One model file served to two sites at once, as JSON on one topic and
 /// as raw tensors on another: the two models share one engine (the daemon
 /// says so) and their workers invoke on it at the same time, yet every
-/// result is its own input's reference output, exactly. A third model of
-/// the same file with other threads gets an engine of its own.
+/// result is its own input's reference output, exactly. Models of the same
+/// file with other threads or `share_engine = false` get engines of their
+/// own; a reload that changes only a model's topic keeps its engine.
 #[test]
 fn models_serving_one_file_share_its_engine_and_each_gets_its_own_answers() {
     const PER_SITE: usize = 300;
@@ -465,16 +466,22 @@ path = \"{models}/har_accel_int8.tflite\"
 input_topic = \"in/c\"
 output_topic = \"out/{device_id}/{model}\"
 threads = 2
+
+[[models]]
+name = \"own_engine\"
+path = \"{models}/har_accel_int8.tflite\"
+input_topic = \"in/d\"
+output_topic = \"out/{device_id}/{model}\"
+share_engine = false
 ";
     let d = Daemon::start(&config(broker.port, "dev1", "", models));
     assert_eq!(
-        d.count_log("model site_b: shares 1 of its 1 engine(s) with the models that serve the same file with the same threads and batch (loaded by model site_a)"),
+        d.count_log("model site_b: shares 1 of its 1 engine(s) with site_a (same file, threads and batch on the CPU)"),
         1,
         "{}",
         d.log_text()
     );
-    assert_eq!(d.count_log("model site_a: shares"), 0);
-    assert_eq!(d.count_log("model two_threads: shares"), 0);
+    assert_eq!(d.count_log(": shares "), 1, "{}", d.log_text());
 
     let results = TestClient::connect(broker.port);
     results.subscribe("out/dev1/#");
@@ -540,4 +547,35 @@ threads = 2
     let r = results.recv().json();
     assert_eq!(r["model"], "two_threads", "{r}");
     assert_outputs(&r, &cases[1], None);
+    c.publish(
+        "in/d",
+        json!({"id": "d", "data": case_inputs(&cases[2])[0]}).to_string(),
+    );
+    let r = results.recv().json();
+    assert_eq!(r["model"], "own_engine", "{r}");
+    assert_outputs(&r, &cases[2], None);
+
+    // A new topic for two_threads: the reload loads it again, on the
+    // engine its previous version holds.
+    d.rewrite_config(&config(
+        broker.port,
+        "dev1",
+        "",
+        &models.replace("in/c", "in/c2"),
+    ));
+    d.signal("HUP");
+    d.wait_for_log("reload: 3 model(s) kept (site_a, site_b, own_engine), 1 loaded (two_threads)");
+    assert_eq!(
+        d.count_log("model two_threads: keeps 1 of its 1 compiled engine(s)"),
+        1,
+        "{}",
+        d.log_text()
+    );
+    c.publish(
+        "in/c2",
+        json!({"id": "c2", "data": case_inputs(&cases[3])[0]}).to_string(),
+    );
+    let r = results.recv().json();
+    assert_eq!(r["model"], "two_threads", "{r}");
+    assert_outputs(&r, &cases[3], None);
 }

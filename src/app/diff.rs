@@ -73,6 +73,7 @@ fn same_but_position(a: &ModelSettings, b: &ModelSettings) -> bool {
         overflow,
         workers,
         threads,
+        share_engine,
         batch,
         max_batch,
         max_delay,
@@ -95,6 +96,7 @@ fn same_but_position(a: &ModelSettings, b: &ModelSettings) -> bool {
         && *overflow == b.overflow
         && *workers == b.workers
         && *threads == b.threads
+        && *share_engine == b.share_engine
         && *batch == b.batch
         && *max_batch == b.max_batch
         && *max_delay == b.max_delay

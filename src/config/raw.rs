@@ -339,9 +339,13 @@ pub struct RawModel {
     /// "reject_new" (default) or "drop_oldest".
     #[serde(default = "default_overflow")]
     pub overflow: String,
-    /// Worker threads, each with its own copy of the model.
+    /// Worker threads, each with its own compiled engine.
     #[serde(default = "one")]
     pub workers: i64,
+    /// Share compiled engines with the other models that serve the same
+    /// file the same way on the CPU (`models::shared`).
+    #[serde(default = "yes")]
+    pub share_engine: bool,
     /// Intra-op CPU threads per worker.
     #[serde(default = "one")]
     pub threads: i64,
@@ -500,6 +504,10 @@ fn default_overflow() -> String {
 fn default_max_delay_us() -> i64 {
     0
 }
+fn yes() -> bool {
+    true
+}
+
 fn one() -> i64 {
     1
 }

@@ -275,6 +275,8 @@ pub struct ModelSettings {
     pub overflow: OverflowPolicy,
     pub workers: usize,
     pub threads: u32,
+    /// Whether its engines may be shared with other models (`models::shared`).
+    pub share_engine: bool,
     /// Fixes a dynamic (-1) batch dimension at load: one message fills all
     /// `batch` rows. 1 when `max_batch` > 1.
     pub batch: u32,
@@ -1048,6 +1050,7 @@ fn model_settings(
         overflow,
         workers,
         threads,
+        share_engine: rm.share_engine,
         batch,
         max_batch,
         max_delay: Duration::from_micros(max_delay_us),

@@ -8,7 +8,7 @@ mod accel;
 mod intake;
 mod shared;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -196,7 +196,8 @@ pub struct WorkerEngines {
 /// tensor facts (rather than the file's), and the engines.
 pub struct LoadedModel {
     pub checked: CheckedModel,
-    /// One set per worker thread; engines are not shared between threads.
+    /// One set per worker thread; a model on the CPU may share them with
+    /// other models (`shared`), never between its own workers.
     pub engines: Vec<WorkerEngines>,
     /// What the first engine runs on, for people.
     pub accelerator: String,
@@ -346,9 +347,14 @@ pub fn load_one(
     };
     // Models on the CPU alone share their engines with the models that
     // serve the same file the same way (`shared`).
-    let shareable = ms.accel.cpu_path.is_none() && ms.accel.accelerators == [Accelerator::Cpu];
-    let mut shares_with: Option<String> = None;
-    let mut shared_count = 0;
+    let shareable = ms.share_engine
+        && ms.accel.cpu_path.is_none()
+        && ms.accel.accelerators == [Accelerator::Cpu];
+    // The other models this one shares engines with, and how many of its
+    // engines are in use already (by them, or by its own previous version
+    // that a reload replaces).
+    let mut shares_with = BTreeSet::new();
+    let mut in_use = 0;
     let mut start = |worker: usize,
                      from: usize,
                      options: &LoadOptions,
@@ -371,10 +377,10 @@ pub fn load_one(
                 .map(|e| Box::new(e) as Box<dyn Engine>)
         })
         .map_err(failed)?;
-        if let Some(by) = loaded_by {
+        if let Some(holders) = loaded_by {
             chain.adopt(engine.delegation());
-            shares_with.get_or_insert(by);
-            shared_count += 1;
+            shares_with.extend(holders.into_iter().filter(|h| *h != ms.name));
+            in_use += 1;
         }
         Ok((Box::new(engine), 0))
     };
@@ -411,20 +417,21 @@ pub fn load_one(
     )?;
     let accelerator = first.main.accelerator();
     chain.loaded();
-    match shares_with {
-        // A reload that changed only its topics or payload settings.
-        Some(by) if by == ms.name => log::info!(
-            "model {}: keeps its compiled engine(s) (same file, threads and batch)",
-            ms.name
-        ),
-        Some(by) => {
-            let total = engines.len() + engines.iter().filter(|e| e.single.is_some()).count();
+    if in_use > 0 {
+        let total = engines.len() + engines.iter().filter(|e| e.single.is_some()).count();
+        if shares_with.is_empty() {
+            // A reload that changed only its topics or payload settings.
             log::info!(
-                "model {}: shares {shared_count} of its {total} engine(s) with the models that serve the same file with the same threads and batch (loaded by model {by}): no memory of their own for weights and activations, and invokes on a shared engine take turns",
+                "model {}: keeps {in_use} of its {total} compiled engine(s) (same file, threads and batch)",
+                ms.name
+            );
+        } else {
+            log::info!(
+                "model {}: shares {in_use} of its {total} engine(s) with {} (same file, threads and batch on the CPU): no memory of its own for their weights and activations; invokes on a shared engine take turns (`share_engine = false` gives it engines of its own)",
                 ms.name,
+                shares_with.into_iter().collect::<Vec<_>>().join(", ")
             );
         }
-        None => {}
     }
     Ok(LoadedModel {
         checked,

@@ -14,11 +14,16 @@
 //! is held for the copy in, the invoke and the copy out only: the copies
 //! are 150 KB in and 1 KB out for MobileNetV2, against a 2.3 ms invoke.
 //!
-//! Worker `i` of every such model shares engine `i`, so models with more
-//! workers get more engines and the count is the largest `workers`, not
-//! the sum. Only models on the CPU alone share: an accelerator chain moves
+//! Worker `i` of every such model shares engine `i`, so the engines number
+//! the largest `workers` among them, not the sum. A fixed pairing rather
+//! than any free engine: a worker never waits for a model's other workers,
+//! and what each engine serves stays predictable. A model that must invoke
+//! on its own (two busy cameras on a 4-core board) sets `share_engine =
+//! false`. Only models on the CPU alone share: an accelerator chain moves
 //! each of its engines between accelerators on its own and reports per
 //! model (`accel`), and a delegate instance belongs to one interpreter.
+//!
+//! The time a worker waits for the lock counts in its `invoke` stage.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -38,8 +43,28 @@ pub struct EngineKey {
 
 struct Held {
     engine: Mutex<Box<dyn Engine>>,
-    /// The model that loaded it, for the log line of those that share it.
-    loaded_by: String,
+    /// The models holding a handle on it, with how many handles each.
+    holders: Mutex<BTreeMap<String, usize>>,
+}
+
+impl Held {
+    /// Adds a handle of `model`; returns the models that held it before.
+    fn join(&self, model: &str) -> Vec<String> {
+        let mut holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+        let before = holders.keys().cloned().collect();
+        *holders.entry(model.to_string()).or_insert(0) += 1;
+        before
+    }
+
+    fn leave(&self, model: &str) {
+        let mut holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = holders.get_mut(model) {
+            *n -= 1;
+            if *n == 0 {
+                holders.remove(model);
+            }
+        }
+    }
 }
 
 /// The engines in use, so a model finds the one it can share; an entry
@@ -47,50 +72,49 @@ struct Held {
 /// hold theirs until they have answered what they took).
 static ENGINES: Mutex<BTreeMap<EngineKey, Weak<Held>>> = Mutex::new(BTreeMap::new());
 
-/// The engine for `key`: one in use, or a new one from `load`. The lock
-/// is not held while loading (a load takes milliseconds to seconds); if
-/// another thread loaded the same key meanwhile, its engine is kept and
-/// this one dropped. Returns the handle and, when the engine was already
-/// loaded, the name of the model that loaded it.
+/// The engine for `key`, as `model` holds it: one in use, or a new one
+/// from `load`. Returns the handle and, when the engine was in use, the
+/// models that held it (the model itself among them when its previous
+/// version, which a reload replaces, still does).
+///
+/// Loads run under the registry's lock: two threads loading the same file
+/// at once (a reload and an update) would otherwise both compile it and
+/// throw one engine away after its model's chain had counted it. Loads of
+/// CPU models take milliseconds, and nothing on the message path takes
+/// this lock.
 pub fn engine<E>(
     key: EngineKey,
     model: &str,
     load: impl FnOnce() -> Result<Box<dyn Engine>, E>,
-) -> Result<(SharedEngine, Option<String>), E> {
-    if let Some(held) = find(&key) {
-        let by = held.loaded_by.clone();
-        return Ok((SharedEngine::new(held), Some(by)));
-    }
-    let fresh = Arc::new(Held {
-        engine: Mutex::new(load()?),
-        loaded_by: model.to_string(),
-    });
+) -> Result<(SharedEngine, Option<Vec<String>>), E> {
     let mut engines = registry();
     engines.retain(|_, w| w.strong_count() > 0);
     if let Some(held) = engines.get(&key).and_then(Weak::upgrade) {
         drop(engines);
-        let by = held.loaded_by.clone();
-        return Ok((SharedEngine::new(held), Some(by)));
+        let before = held.join(model);
+        return Ok((SharedEngine::new(held, model), Some(before)));
     }
-    engines.insert(key, Arc::downgrade(&fresh));
+    let held = Arc::new(Held {
+        engine: Mutex::new(load()?),
+        holders: Mutex::new(BTreeMap::new()),
+    });
+    engines.insert(key, Arc::downgrade(&held));
     drop(engines);
-    Ok((SharedEngine::new(fresh), None))
+    held.join(model);
+    Ok((SharedEngine::new(held, model), None))
 }
 
 fn registry() -> MutexGuard<'static, BTreeMap<EngineKey, Weak<Held>>> {
-    // A panic under this lock cannot leave a half-made change: one insert
-    // or one retain.
+    // A panic under this lock (in a load) leaves the map as it was: the
+    // insert comes after the load.
     ENGINES.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn find(key: &EngineKey) -> Option<Arc<Held>> {
-    registry().get(key).and_then(Weak::upgrade)
 }
 
 /// One model's worker's handle on a shared engine. It is an [`Engine`]
 /// like any other to the worker.
 pub struct SharedEngine {
     held: Arc<Held>,
+    model: String,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
     input_buffers: Vec<Vec<u8>>,
@@ -101,7 +125,7 @@ pub struct SharedEngine {
 }
 
 impl SharedEngine {
-    fn new(held: Arc<Held>) -> SharedEngine {
+    fn new(held: Arc<Held>, model: &str) -> SharedEngine {
         let (inputs, outputs, input_buffers, accelerator, accelerator_name, delegation) = {
             let mut e = lock(&held);
             (
@@ -116,6 +140,7 @@ impl SharedEngine {
         let output_buffers = outputs.iter().map(|o| vec![0; o.byte_len()]).collect();
         SharedEngine {
             held,
+            model: model.to_string(),
             inputs,
             outputs,
             input_buffers,
@@ -124,6 +149,12 @@ impl SharedEngine {
             accelerator_name,
             delegation,
         }
+    }
+}
+
+impl Drop for SharedEngine {
+    fn drop(&mut self) {
+        self.held.leave(&self.model);
     }
 }
 
@@ -273,7 +304,13 @@ mod tests {
         let (a, by) = engine(key("same-file", 1, 0), "a", load).unwrap();
         assert_eq!(by, None);
         let (b, by) = engine(key("same-file", 1, 0), "b", load).unwrap();
-        assert_eq!(by.as_deref(), Some("a"));
+        assert_eq!(by, Some(vec!["a".to_string()]));
+        // A reload's new version of b, while the old one still holds it.
+        let (b2, by) = engine(key("same-file", 1, 0), "b", load).unwrap();
+        assert_eq!(by, Some(vec!["a".to_string(), "b".to_string()]));
+        drop((a, b));
+        let (c, by) = engine(key("same-file", 1, 0), "c", load).unwrap();
+        assert_eq!(by, Some(vec!["b".to_string()]));
         assert_eq!(loads.load(Ordering::SeqCst), 1);
         // Other threads, another worker index or another file: engines of
         // their own.
@@ -288,7 +325,7 @@ mod tests {
         assert_eq!(loads.load(Ordering::SeqCst), 4);
         // Once no model holds it, the engine is gone and the next model
         // loads its own.
-        drop((a, b));
+        drop((b2, c));
         let (_, by) = engine(key("same-file", 1, 0), "d", load).unwrap();
         assert_eq!(by, None);
         assert_eq!(loads.load(Ordering::SeqCst), 5);
