@@ -7,33 +7,97 @@
 //! (full queues, answers waiting for the broker) the freed payloads stay
 //! in the daemon's RSS until a later burst reuses them: 10 MB and more
 //! after a HAR flood. `malloc_trim` releases every whole free page of
-//! every arena. It walks the arenas under their locks, so it runs only
-//! once per burst, after a second without answers, never while messages
-//! flow.
+//! every arena. It walks the arenas under their locks, so it runs once per
+//! burst, after the burst, never while a backlog is being worked off.
+//!
+//! A burst is over when a second passes without answers, or, since a
+//! trickle of messages may well go on (a burst on one model, a sensor at
+//! 10 msg/s on another), when the queues are empty and the answers of the
+//! last second are at most half of the busiest second since the last
+//! trim, and the process has grown by [`GROWTH_BYTES`] since then (so a
+//! stream whose rate wobbles does not trim every few seconds).
 
-/// Decides when to trim, from the count of answers so far.
+/// How much the resident set must have grown since the last trim for a
+/// slowing stream to trim: below this, a trim gives back too little to
+/// pay for the page faults that take the memory again.
+const GROWTH_BYTES: u64 = 2 << 20;
+
+/// What the supervisor sees at one tick.
+#[derive(Debug, Clone, Copy)]
+pub struct Tick {
+    /// Answers so far (confirmed by the broker, or written at QoS 0).
+    pub answers: u64,
+    /// Messages in the models' queues.
+    pub queued: usize,
+    /// The resident set, None where it cannot be read.
+    pub resident: Option<u64>,
+}
+
+/// Decides when to trim.
 #[derive(Debug, Default)]
 pub struct Trimmer {
-    /// The count at the previous tick.
+    /// The answer count at the previous tick.
     seen: u64,
-    /// The count at the last trim.
+    /// The answer count at the last trim.
     trimmed: u64,
+    /// The most answers in one tick since the last trim.
+    busiest: u64,
+    /// The resident set after the last trim (at the first tick before any).
+    resident_base: Option<u64>,
 }
 
 impl Trimmer {
-    /// Called about once a second with the number of answers so far; true
-    /// (and the memory released) when answers came since the last trim and
-    /// none since the previous tick.
-    pub fn tick(&mut self, answers: u64) -> bool {
-        let quiet = answers == self.seen;
-        self.seen = answers;
-        if !quiet || answers == self.trimmed {
+    /// Called about once a second; true (and the memory released) when a
+    /// burst is over (see the module's doc).
+    pub fn tick(&mut self, answers: u64, queued: usize) -> bool {
+        let now = Tick {
+            answers,
+            queued,
+            resident: resident_bytes(),
+        };
+        if !self.due(now) {
             return false;
         }
-        self.trimmed = answers;
         release_free_memory();
+        self.trimmed(resident_bytes().or(now.resident));
         true
     }
+
+    fn due(&mut self, now: Tick) -> bool {
+        let in_tick = now.answers.saturating_sub(self.seen);
+        self.seen = now.answers;
+        if self.resident_base.is_none() {
+            self.resident_base = now.resident;
+        }
+        if now.answers == self.trimmed {
+            return false;
+        }
+        if in_tick == 0 {
+            return true;
+        }
+        self.busiest = self.busiest.max(in_tick);
+        let grown = match (now.resident, self.resident_base) {
+            (Some(now), Some(base)) => now >= base.saturating_add(GROWTH_BYTES),
+            _ => false,
+        };
+        grown && now.queued == 0 && in_tick.saturating_mul(2) <= self.busiest
+    }
+
+    fn trimmed(&mut self, resident: Option<u64>) {
+        self.trimmed = self.seen;
+        self.busiest = 0;
+        self.resident_base = resident;
+    }
+}
+
+/// The resident set from `/proc/self/statm` (its second field, in pages):
+/// one small read, cheap enough for every tick.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf reads a constant of the system.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages.saturating_mul(u64::try_from(page).ok().filter(|&p| p > 0)?))
 }
 
 fn release_free_memory() {
@@ -49,23 +113,77 @@ fn release_free_memory() {
 mod tests {
     use super::*;
 
+    const MB: u64 = 1 << 20;
+
+    /// Ticks the decision only (no trim), as `tick` would, with the
+    /// resident set going down to `after` when it trims.
+    fn step(t: &mut Trimmer, answers: u64, queued: usize, resident: u64, after: u64) -> bool {
+        let due = t.due(Tick {
+            answers,
+            queued,
+            resident: Some(resident),
+        });
+        if due {
+            t.trimmed(Some(after));
+        }
+        due
+    }
+
     #[test]
     fn trims_once_per_burst_after_a_quiet_tick() {
         let mut t = Trimmer::default();
         // Idle from the start: nothing to give back.
-        assert!(!t.tick(0));
-        assert!(!t.tick(0));
+        assert!(!step(&mut t, 0, 0, 24 * MB, 24 * MB));
+        assert!(!step(&mut t, 0, 0, 24 * MB, 24 * MB));
         // A burst: no trim while answers keep coming.
-        assert!(!t.tick(500));
-        assert!(!t.tick(1500));
+        assert!(!step(&mut t, 500, 0, 24 * MB, 24 * MB));
+        assert!(!step(&mut t, 1500, 0, 24 * MB, 24 * MB));
         // The first quiet tick trims, the next ones do not.
-        assert!(t.tick(1500));
-        assert!(!t.tick(1500));
-        assert!(!t.tick(1500));
+        assert!(step(&mut t, 1500, 0, 24 * MB, 24 * MB));
+        assert!(!step(&mut t, 1500, 0, 24 * MB, 24 * MB));
+        assert!(!step(&mut t, 1500, 0, 24 * MB, 24 * MB));
         // A steady stream never trims; its end does.
         for n in 1..=5 {
-            assert!(!t.tick(1500 + n * 1000));
+            assert!(!step(&mut t, 1500 + n * 1000, 0, 24 * MB, 24 * MB));
         }
-        assert!(t.tick(6500));
+        assert!(step(&mut t, 6500, 0, 24 * MB, 24 * MB));
+    }
+
+    #[test]
+    fn a_burst_that_grew_the_process_trims_once_drained_though_a_trickle_goes_on() {
+        let mut t = Trimmer::default();
+        assert!(!step(&mut t, 0, 0, 24 * MB, 24 * MB));
+        // A flood grows the process by 10 MB; its backlog is worked off at
+        // full speed (queues not empty, or answers as fast as ever).
+        assert!(!step(&mut t, 10_000, 900, 30 * MB, 24 * MB));
+        assert!(!step(&mut t, 20_000, 900, 34 * MB, 24 * MB));
+        assert!(!step(&mut t, 30_000, 0, 34 * MB, 24 * MB));
+        // Drained; another model's 10 msg/s go on: the burst is over.
+        assert!(step(&mut t, 30_010, 0, 34 * MB, 25 * MB));
+        // The trickle alone never trims again.
+        for n in 2..=10 {
+            assert!(!step(&mut t, 30_000 + n * 10, 0, 25 * MB, 25 * MB));
+        }
+    }
+
+    #[test]
+    fn a_slowing_stream_does_not_trim_while_its_queue_holds_messages_or_it_has_not_grown() {
+        let mut t = Trimmer::default();
+        assert!(!step(&mut t, 0, 0, 24 * MB, 24 * MB));
+        assert!(!step(&mut t, 1000, 0, 24 * MB, 24 * MB));
+        // Half the rate, but the process has not grown by 2 MB.
+        assert!(!step(&mut t, 1400, 0, 25 * MB, 24 * MB));
+        // Grown and slower, but messages still queued.
+        assert!(!step(&mut t, 1800, 40, 30 * MB, 24 * MB));
+        // Queue empty: now.
+        assert!(step(&mut t, 2200, 0, 30 * MB, 26 * MB));
+    }
+
+    #[test]
+    fn the_resident_set_of_this_process_is_read() {
+        let rss = resident_bytes().unwrap_or(0);
+        // A test binary is more than a megabyte resident and less than a
+        // terabyte.
+        assert!(rss > MB && rss < (1 << 40), "{rss}");
     }
 }

@@ -419,8 +419,9 @@ impl Supervisor {
                 }
                 _ = watchdog_tick.tick() => {
                     self.reap_retired();
+                    let queued = self.models.iter().map(|m| m.queue.len()).sum();
                     self.trimmer
-                        .tick(self.stats.answers_confirmed.load(Ordering::Relaxed));
+                        .tick(self.stats.answers_confirmed.load(Ordering::Relaxed), queued);
                     self.check_updates_thread();
                     if let Some(replies) = &self.replies {
                         replies.flush_log(false);
