@@ -378,6 +378,7 @@ fn parse_wait(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    memory::configure_allocator();
     logging::init();
     // The broker connections build their rustls configs on ring
     // explicitly (config/tls.rs); installing it as the process default too
