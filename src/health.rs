@@ -141,6 +141,9 @@ pub struct ModelView<'a> {
     pub acceleration: AccelReport,
     pub workers: usize,
     pub stalled_workers: usize,
+    /// The other running models whose invokes take turns with this one's
+    /// on shared engines (same file, threads and batch on the CPU).
+    pub shares_engine_with: Vec<String>,
     pub stats: &'a ModelStats,
     pub queue_depth: usize,
     pub queue_capacity: usize,
@@ -309,6 +312,7 @@ struct ModelHealth<'a> {
     acceleration: AccelReport,
     workers: usize,
     stalled_workers: usize,
+    shares_engine_with: &'a [String],
     received: u64,
     inferences: u64,
     errors: BTreeMap<&'static str, u64>,
@@ -454,6 +458,7 @@ impl HealthReporter {
                 acceleration: m.acceleration.clone(),
                 workers: m.workers,
                 stalled_workers: m.stalled_workers,
+                shares_engine_with: &m.shares_engine_with,
                 received,
                 inferences,
                 errors,

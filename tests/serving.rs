@@ -434,12 +434,16 @@ fn numeric_ids_come_back_exactly_as_written() {
     }
 }
 
+/// Health records twice a second, so a test need not wait 30 s for one.
+const FAST_HEALTH: &str = "[health]\ninterval_secs = 0.5";
+
 /// One model file served to two sites at once, as JSON on one topic and
 /// as raw tensors on another: the two models share one engine (the daemon
 /// says so) and their workers invoke on it at the same time, yet every
 /// result is its own input's reference output, exactly. Models of the same
 /// file with other threads or `share_engine = false` get engines of their
-/// own; a reload that changes only a model's topic keeps its engine.
+/// own; health names the models each shares with; a reload that changes
+/// only a model's topic keeps its engine.
 #[test]
 fn models_serving_one_file_share_its_engine_and_each_gets_its_own_answers() {
     const PER_SITE: usize = 300;
@@ -474,7 +478,7 @@ input_topic = \"in/d\"
 output_topic = \"out/{device_id}/{model}\"
 share_engine = false
 ";
-    let d = Daemon::start(&config(broker.port, "dev1", "", models));
+    let d = Daemon::start(&config(broker.port, "dev1", FAST_HEALTH, models));
     assert_eq!(
         d.count_log("model site_b: shares 1 of its 1 engine(s) with site_a (same file, threads and batch on the CPU)"),
         1,
@@ -538,6 +542,23 @@ share_engine = false
     assert_eq!(per_model["site_a"], PER_SITE);
     assert_eq!(per_model["site_b"], PER_SITE);
 
+    // Health says which models take turns on one engine; the models with
+    // engines of their own share with none.
+    let health = TestClient::connect(broker.port);
+    health.subscribe("edge-infer/dev1/health");
+    let sharing = health.recv().json()["models"].clone();
+    let shares = |name: &str| {
+        sharing
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["name"] == name))
+            .unwrap_or_else(|| panic!("no model {name} in {sharing}"))["shares_engine_with"]
+            .clone()
+    };
+    assert_eq!(shares("site_a"), json!(["site_b"]));
+    assert_eq!(shares("site_b"), json!(["site_a"]));
+    assert_eq!(shares("two_threads"), json!([]));
+    assert_eq!(shares("own_engine"), json!([]));
+
     // The model with an engine of its own serves too.
     let c = TestClient::connect(broker.port);
     c.publish(
@@ -560,7 +581,7 @@ share_engine = false
     d.rewrite_config(&config(
         broker.port,
         "dev1",
-        "",
+        FAST_HEALTH,
         &models.replace("in/c", "in/c2"),
     ));
     d.signal("HUP");

@@ -9,7 +9,7 @@ mod drain;
 mod reload;
 mod updates;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ use crate::health::{self, HealthReporter, ModelView, StatusModel};
 use crate::homeassistant::{self, ModelFacts};
 use crate::memory;
 use crate::metrics::{Endpoint, ModelGauges, ModelSource};
-use crate::models::{Chain, LoadedModel, ModelContext};
+use crate::models::{self, Chain, LoadedModel, ModelContext};
 use crate::mqtt::Connection;
 use crate::outbox::OutboxService;
 use crate::replies::Replies;
@@ -509,6 +509,7 @@ impl Supervisor {
 
     fn publish_health(&mut self) {
         let limit = self.settings.stall_timeout;
+        let running: BTreeSet<&str> = self.models.iter().map(|m| m.ctx.name.as_str()).collect();
         let views: Vec<ModelView<'_>> = self
             .models
             .iter()
@@ -519,6 +520,12 @@ impl Supervisor {
                 acceleration: m.chain.report(),
                 workers: m.workers.len(),
                 stalled_workers: m.stalled_workers(limit),
+                // A model a reload removed may hold its engines until its
+                // workers have answered what they took.
+                shares_engine_with: models::engine_sharers(&m.ctx.name)
+                    .into_iter()
+                    .filter(|other| running.contains(other.as_str()))
+                    .collect(),
                 stats: &m.ctx.stats,
                 queue_depth: m.queue.len(),
                 queue_capacity: m.settings.queue_capacity,

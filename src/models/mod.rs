@@ -25,6 +25,7 @@ use crate::topic::{TopicFilter, TopicTemplate};
 
 pub use accel::{AccelReport, Chain, Choice, NoAccelerator};
 pub use intake::{Intake, IntakeKind, WindowIntake, WindowShape};
+pub use shared::sharing as engine_sharers;
 
 /// One served model as every stage of the message path sees it (read-only,
 /// shared): routing matches `input_topic`, workers decode against

@@ -25,7 +25,7 @@
 //!
 //! The time a worker waits for the lock counts in its `invoke` stage.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use model_runtime::{Delegation, Engine, RuntimeError, TensorSpec};
@@ -102,6 +102,21 @@ pub fn engine<E>(
     drop(engines);
     held.join(model);
     Ok((SharedEngine::new(held, model), None))
+}
+
+/// The other models holding an engine `model` holds, now: what health
+/// reports, so an operator sees why two models' invokes take turns. Read
+/// from the engines themselves, so a model removed by a reload drops out
+/// once its workers have let go of their engines.
+pub fn sharing(model: &str) -> BTreeSet<String> {
+    let mut others = BTreeSet::new();
+    for held in registry().values().filter_map(Weak::upgrade) {
+        let holders = held.holders.lock().unwrap_or_else(|p| p.into_inner());
+        if holders.contains_key(model) {
+            others.extend(holders.keys().filter(|h| *h != model).cloned());
+        }
+    }
+    others
 }
 
 fn registry() -> MutexGuard<'static, BTreeMap<EngineKey, Weak<Held>>> {
@@ -339,6 +354,30 @@ mod tests {
         );
         let (_, by) = engine(key("broken-file", 1, 0), "f", load).unwrap();
         assert_eq!(by, None);
+    }
+
+    #[test]
+    fn sharing_names_the_other_models_holding_an_engine_now() {
+        let overlapped = Arc::new(AtomicUsize::new(0));
+        let load = || Ok::<_, ()>(doubler(&overlapped));
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let (s1, _) = engine(key("sharing-file", 1, 0), "s1", load).unwrap();
+        assert_eq!(sharing("s1"), names(&[]));
+        let (s2, _) = engine(key("sharing-file", 1, 0), "s2", load).unwrap();
+        // s3 shares s2's second worker's engine only.
+        let (s2w1, _) = engine(key("sharing-file", 1, 1), "s2", load).unwrap();
+        let (s3, _) = engine(key("sharing-file", 1, 1), "s3", load).unwrap();
+        // A model on engines of its own.
+        let (alone, _) = engine(key("sharing-file", 4, 0), "s4", load).unwrap();
+        assert_eq!(sharing("s1"), names(&["s2"]));
+        assert_eq!(sharing("s2"), names(&["s1", "s3"]));
+        assert_eq!(sharing("s3"), names(&["s2"]));
+        assert_eq!(sharing("s4"), names(&[]));
+        // A model that let go (removed by a reload) drops out.
+        drop((s2, s2w1));
+        assert_eq!(sharing("s1"), names(&[]));
+        assert_eq!(sharing("s3"), names(&[]));
+        drop((s1, s3, alone));
     }
 
     #[test]

@@ -557,6 +557,17 @@ fn model_rows(status: Option<&Value>, health: Option<&Value>) -> (Vec<Vec<String
                     ));
                 }
             }
+            let sharers: Vec<String> = m
+                .pointer("/shares_engine_with")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).map(clean).collect())
+                .unwrap_or_default();
+            if !sharers.is_empty() {
+                notes.push(format!(
+                    "model {name}: shares its engine(s) with {} (same file on the CPU; their invokes take turns)",
+                    sharers.join(", ")
+                ));
+            }
             if m.pointer("/window").is_some() {
                 notes.push(format!(
                     "model {name}: {} open stream(s), {} window(s) from {} reading(s), {} reading(s) discarded",
@@ -792,7 +803,7 @@ mod tests {
           {"name":"gpu","accelerator":"gpu","acceleration":{"serving":"gpu","preferred":"gpu",
             "engines":{"gpu":1},"delegation":"partial","delegated_nodes":3,"total_nodes":12,
             "fallback_reason":null,"switches":0,"retry_in_secs":null}},
-          {"name":"idle","latency_ms":{"count":0,"p50":0.0,"p95":0.0,"p99":0.0,"max":0.0}}]}"#;
+          {"name":"idle","shares_engine_with":["har","har_raw"],"latency_ms":{"count":0,"p50":0.0,"p95":0.0,"p99":0.0,"max":0.0}}]}"#;
 
     #[test]
     fn device_block_from_sample_records() {
@@ -832,6 +843,7 @@ gw-7  offline (shutdown, 5.4s ago)
   model tpu: on cpu, not edgetpu: edgetpu: the delegate plugin declined; tried again in 42 s
   model tpu: 1 accelerator switch(es) after failed inferences
   model gpu: on gpu, partly delegated (3 of 12 nodes)
+  model idle: shares its engine(s) with har, har_raw (same file on the CPU; their invokes take turns)
 ";
         assert_eq!(out, expected);
     }
