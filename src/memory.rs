@@ -3,10 +3,10 @@
 //!
 //! glibc keeps what is freed in its arenas (one since
 //! [`configure_allocator`]; one per allocating thread by default) and
-//! returns to the system only what sits at the top of the heap. After an overload
-//! (full queues, answers waiting for the broker) the freed payloads stay
-//! in the daemon's RSS until a later burst reuses them: 10 MB and more
-//! after a HAR flood. `malloc_trim` releases every whole free page of
+//! returns to the system only what sits at the top of the heap. After an
+//! overload (full queues, answers waiting for the broker) the freed
+//! payloads stay in the daemon's RSS until a later burst reuses them:
+//! 10 MB and more after a HAR flood. `malloc_trim` releases every whole free page of
 //! every arena. It walks the arenas under their locks, so it runs once per
 //! burst, after the burst, never while a backlog is being worked off.
 //!
