@@ -739,10 +739,11 @@ fn print_summary(
                 ))
         );
         println!(
-            "  serving:  payload={} workers={} threads={} queue={} queue_max_bytes={}{} overflow={}{}{}",
+            "  serving:  payload={} workers={} threads={} worker_priority={} queue={} queue_max_bytes={}{} overflow={}{}{}",
             s.payload.as_str(),
             s.workers,
             s.threads,
+            s.worker_priority.as_str(),
             s.queue_capacity,
             m.queue_budget,
             if s.queue_max_bytes.is_none() {

@@ -600,3 +600,127 @@ share_engine = false
     assert_eq!(r["model"], "two_threads", "{r}");
     assert_outputs(&r, &cases[3], None);
 }
+
+/// The scheduling class of every thread of the daemon `pid`, by thread
+/// name: 0 is SCHED_OTHER, 5 SCHED_IDLE (`policy`, field 41 of
+/// /proc/PID/task/TID/stat).
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
+            continue; // the thread exited meanwhile
+        };
+        let open = stat.find('(').unwrap();
+        let close = stat.rfind(')').unwrap();
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        // Fields 3 onwards follow the name: field 41 is fields[38].
+        out.push((
+            stat[open + 1..close].to_string(),
+            fields[38].parse().unwrap(),
+        ));
+    }
+    out
+}
+
+/// `worker_priority = "background"` puts a model's threads in SCHED_IDLE:
+/// its worker and the intra-op threads the runtime started while it
+/// compiled (they carry the load thread's name), and nothing else. It
+/// never shares an engine with a normal model of the same file, both
+/// answer exactly, and a reload back to normal gives it threads of the
+/// normal class.
+#[test]
+fn a_background_model_runs_its_threads_at_sched_idle_and_answers() {
+    let fx = fixture("har_accel_int8.json");
+    let cases: Vec<Value> = fx["cases"].as_array().unwrap().clone();
+    let broker = Broker::start();
+    let models = "\
+[[models]]
+name = \"sensor\"
+path = \"{models}/har_accel_int8.tflite\"
+input_topic = \"in/sensor\"
+output_topic = \"out/{model}\"
+threads = 2
+
+[[models]]
+name = \"camera\"
+path = \"{models}/har_accel_int8.tflite\"
+input_topic = \"in/camera\"
+output_topic = \"out/{model}\"
+threads = 2
+worker_priority = \"background\"
+";
+    let d = Daemon::start(&config(broker.port, "dev1", "", models));
+    assert_eq!(
+        d.count_log("model camera: worker_priority = \"background\": its threads run in the kernel's SCHED_IDLE class"),
+        1,
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(d.count_log(": shares "), 0, "{}", d.log_text());
+    let policies = thread_policies(d.pid());
+    let of = |name: &str| -> Vec<u32> {
+        policies
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, p)| *p)
+            .collect()
+    };
+    assert_eq!(of("infer-camera-0"), [5], "{policies:?}");
+    assert_eq!(of("infer-sensor-0"), [0], "{policies:?}");
+    // threads = 2: the runtime's pool has a thread besides the worker.
+    assert!(!of("load-camera").is_empty(), "{policies:?}");
+    assert!(of("load-camera").iter().all(|p| *p == 5), "{policies:?}");
+    let idle: Vec<&String> = policies
+        .iter()
+        .filter(|(n, p)| *p != 0 && n != "infer-camera-0" && n != "load-camera")
+        .map(|(n, _)| n)
+        .collect();
+    assert!(idle.is_empty(), "{policies:?}");
+
+    let results = TestClient::connect(broker.port);
+    results.subscribe("out/#");
+    let client = TestClient::connect(broker.port);
+    for (i, case) in cases.iter().enumerate() {
+        for topic in ["in/sensor", "in/camera"] {
+            let payload = json!({"id": i, "data": case_inputs(case)[0]});
+            client.publish(topic, payload.to_string());
+        }
+    }
+    let mut per_model = std::collections::BTreeMap::new();
+    for m in results.recv_n(2 * cases.len()) {
+        let r = m.json();
+        assert_outputs(&r, &cases[r["id"].as_u64().unwrap() as usize], None);
+        *per_model.entry(m.topic.clone()).or_insert(0) += 1;
+    }
+    assert_eq!(per_model["out/sensor"], cases.len());
+    assert_eq!(per_model["out/camera"], cases.len());
+
+    // Back to normal: new threads, started by normal ones.
+    d.rewrite_config(&config(
+        broker.port,
+        "dev1",
+        "",
+        &models.replace("worker_priority = \"background\"", ""),
+    ));
+    d.signal("HUP");
+    d.wait_for_log("reload: 1 model(s) kept (sensor), 1 loaded (camera)");
+    wait_until(
+        "the retired camera worker to exit",
+        std::time::Duration::from_secs(30),
+        || thread_policies(d.pid()).iter().all(|(_, p)| *p == 0),
+    );
+    assert_eq!(
+        thread_policies(d.pid())
+            .iter()
+            .filter(|(n, _)| n == "infer-camera-0")
+            .count(),
+        1
+    );
+    client.publish(
+        "in/camera",
+        json!({"id": 0, "data": case_inputs(&cases[0])[0]}).to_string(),
+    );
+    let r = results.recv().json();
+    assert_eq!(r["model"], "camera", "{r}");
+    assert_outputs(&r, &cases[0], None);
+}

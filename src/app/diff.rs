@@ -74,6 +74,7 @@ fn same_but_position(a: &ModelSettings, b: &ModelSettings) -> bool {
         workers,
         threads,
         share_engine,
+        worker_priority,
         batch,
         max_batch,
         max_delay,
@@ -97,6 +98,7 @@ fn same_but_position(a: &ModelSettings, b: &ModelSettings) -> bool {
         && *workers == b.workers
         && *threads == b.threads
         && *share_engine == b.share_engine
+        && *worker_priority == b.worker_priority
         && *batch == b.batch
         && *max_batch == b.max_batch
         && *max_delay == b.max_delay

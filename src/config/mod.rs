@@ -21,7 +21,7 @@ pub use preprocess::{FieldPath, ImageSettings, Normalize, Resize, DEFAULT_MAX_PI
 pub use raw::RawConfig;
 pub use settings::{
     check_topic_level, AckPolicy, ModelSettings, MqttSettings, OnFull, OutboxSettings,
-    OverflowPolicy, PayloadFormat, Protocol, Settings, UPLINK_CLIENT_SUFFIX,
+    OverflowPolicy, PayloadFormat, Protocol, Settings, WorkerPriority, UPLINK_CLIENT_SUFFIX,
 };
 pub use tls::TlsSettings;
 pub use updates::{key_id_of, key_id_text, TrustedKey, UpdateSettings, Version};

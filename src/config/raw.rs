@@ -346,6 +346,10 @@ pub struct RawModel {
     /// file the same way on the CPU (`models::shared`).
     #[serde(default = "yes")]
     pub share_engine: bool,
+    /// "normal" (default) or "background": the scheduling class of the
+    /// model's threads (`models::priority`).
+    #[serde(default = "default_worker_priority")]
+    pub worker_priority: String,
     /// Intra-op CPU threads per worker.
     #[serde(default = "one")]
     pub threads: i64,
@@ -495,6 +499,9 @@ fn default_payload() -> String {
 /// payloads above 1 KiB.
 fn default_queue_capacity() -> i64 {
     4096
+}
+fn default_worker_priority() -> String {
+    "normal".into()
 }
 fn default_overflow() -> String {
     "reject_new".into()

@@ -258,6 +258,28 @@ impl OverflowPolicy {
     }
 }
 
+/// How the kernel schedules a model's threads against everything else on
+/// the device (`models::priority`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum WorkerPriority {
+    /// The kernel shares the cores fairly among all threads.
+    #[default]
+    Normal,
+    /// `SCHED_IDLE`: the model computes only on cores that no normal
+    /// thread wants, so a sensor model, the broker or the event loop that
+    /// wakes up never waits behind its invokes.
+    Background,
+}
+
+impl WorkerPriority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerPriority::Normal => "normal",
+            WorkerPriority::Background => "background",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSettings {
     /// `models[i]`, for messages.
@@ -277,6 +299,8 @@ pub struct ModelSettings {
     pub threads: u32,
     /// Whether its engines may be shared with other models (`models::shared`).
     pub share_engine: bool,
+    /// The scheduling class of its load, workers and intra-op threads.
+    pub worker_priority: WorkerPriority,
     /// Fixes a dynamic (-1) batch dimension at load: one message fills all
     /// `batch` rows. 1 when `max_batch` > 1.
     pub batch: u32,
@@ -1012,6 +1036,17 @@ fn model_settings(
             OverflowPolicy::RejectNew
         }
     };
+    let worker_priority = match rm.worker_priority.as_str() {
+        "normal" => WorkerPriority::Normal,
+        "background" => WorkerPriority::Background,
+        other => {
+            c.add(
+                k("worker_priority"),
+                format!("expected \"normal\" or \"background\", got \"{other}\""),
+            );
+            WorkerPriority::Normal
+        }
+    };
     let queue_capacity = c.range(&k("queue_capacity"), rm.queue_capacity, 1, 1_000_000) as usize;
     let queue_max_bytes = rm
         .queue_max_bytes
@@ -1051,6 +1086,7 @@ fn model_settings(
         workers,
         threads,
         share_engine: rm.share_engine,
+        worker_priority,
         batch,
         max_batch,
         max_delay: Duration::from_micros(max_delay_us),
@@ -1178,6 +1214,7 @@ mod tests {
             PathBuf::from("/etc/edge-infer/har.tflite")
         );
         assert_eq!(s.models[0].overflow, OverflowPolicy::RejectNew);
+        assert_eq!(s.models[0].worker_priority, WorkerPriority::Normal);
         assert_eq!(s.max_payload_bytes, 1024 * 1024);
     }
 
@@ -1199,6 +1236,7 @@ mod tests {
             output_topic = "y/{3}"
             payload = "xml"
             overflow = "block"
+            worker_priority = "low"
         "#;
         let problems = Settings::from_raw(raw(text), Path::new("/")).unwrap_err();
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
@@ -1210,11 +1248,20 @@ mod tests {
             "models[1].output_topic",
             "models[1].payload",
             "models[1].overflow",
+            "models[1].worker_priority",
         ] {
             assert!(keys.contains(&want), "missing {want} in {keys:?}");
         }
         let port = problems.iter().find(|p| p.key == "mqtt.port").unwrap();
         assert!(port.message.contains("70000"));
+        let priority = problems
+            .iter()
+            .find(|p| p.key == "models[1].worker_priority")
+            .unwrap();
+        assert_eq!(
+            priority.message,
+            "expected \"normal\" or \"background\", got \"low\""
+        );
     }
 
     #[test]

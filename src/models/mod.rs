@@ -6,6 +6,7 @@
 
 mod accel;
 mod intake;
+pub mod priority;
 mod shared;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,7 +19,8 @@ use sha2::{Digest, Sha256};
 
 use crate::codec::quant;
 use crate::config::{
-    self, FileLimits, ModelSettings, PayloadFormat, Problem, Settings, LABELS_FILE, MODEL_FILE,
+    self, FileLimits, ModelSettings, PayloadFormat, Problem, Settings, WorkerPriority, LABELS_FILE,
+    MODEL_FILE,
 };
 use crate::telemetry::ModelStats;
 use crate::topic::{TopicFilter, TopicTemplate};
@@ -53,6 +55,8 @@ pub struct ModelContext {
     /// Counters of this model name; carried over when a reload replaces
     /// the model with a new version.
     pub stats: Arc<ModelStats>,
+    /// The scheduling class its worker threads enter (`priority`).
+    pub priority: WorkerPriority,
 }
 
 /// The byte budget of a model's queue when `queue_max_bytes` is unset:
@@ -140,6 +144,7 @@ impl ModelContext {
             top_k: checked.top_k,
             intake: Arc::clone(&checked.intake),
             stats,
+            priority: ms.worker_priority,
         }
     }
 }
@@ -170,6 +175,7 @@ impl ModelContext {
                 float_input: None,
             }),
             stats: Arc::default(),
+            priority: WorkerPriority::Normal,
         }
     }
 }
@@ -290,8 +296,49 @@ fn read_model(
 
 /// Reads (within `limits`), loads one engine set per worker on the first
 /// of the model's accelerators that works, checks and warms the model
-/// `ms`.
+/// `ms`. A `background` model loads on a thread of that class, so the
+/// runtime's intra-op threads, started while compiling, have it too
+/// (`priority`).
 pub fn load_one(
+    ms: &ModelSettings,
+    limits: &FileLimits,
+    runtime: &Arc<Runtime>,
+) -> Result<LoadedModel, Problem> {
+    if ms.worker_priority == WorkerPriority::Normal {
+        return load_here(ms, limits, runtime);
+    }
+    std::thread::scope(|s| {
+        let loading = std::thread::Builder::new()
+            .name(format!("load-{}", ms.name))
+            .spawn_scoped(s, || {
+                match priority::enter(ms.worker_priority) {
+                    Ok(()) => log::info!(
+                        "model {}: worker_priority = \"{}\": its threads run in the kernel's SCHED_IDLE class, on cores no other thread wants; while the cores are all busy its queue fills and its messages are refused as overloaded",
+                        ms.name,
+                        ms.worker_priority.as_str()
+                    ),
+                    Err(e) => log::warn!(
+                        "model {}: worker_priority = \"{}\" not applied, its threads run at normal priority: the kernel refused SCHED_IDLE ({e}; a seccomp filter without the @resources calls?)",
+                        ms.name,
+                        ms.worker_priority.as_str()
+                    ),
+                }
+                load_here(ms, limits, runtime)
+            });
+        match loading {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(e) => Err(problem(
+                ms,
+                "worker_priority",
+                format!("cannot start a thread to load the model in its class: {e}"),
+            )),
+        }
+    })
+}
+
+fn load_here(
     ms: &ModelSettings,
     limits: &FileLimits,
     runtime: &Arc<Runtime>,
@@ -370,6 +417,7 @@ pub fn load_one(
             sha256: sha256.clone(),
             threads: options.cpu_threads,
             batch: options.dynamic_batch,
+            priority: ms.worker_priority,
             worker,
         };
         let (engine, loaded_by) = shared::engine(key, &ms.name, || {

@@ -30,14 +30,19 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use model_runtime::{Delegation, Engine, RuntimeError, TensorSpec};
 
+use crate::config::WorkerPriority;
+
 /// What makes two engines interchangeable: the same file, compiled the
-/// same way, for the same worker index.
+/// same way, for the same worker index, by models of the same
+/// `worker_priority`: a normal model's invoke waiting for the lock held by
+/// a background one would wait for whenever the cores are free.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct EngineKey {
     pub sha256: String,
     pub threads: u32,
     /// The batch the engine is compiled at (`LoadOptions::dynamic_batch`).
     pub batch: u32,
+    pub priority: WorkerPriority,
     pub worker: usize,
 }
 
@@ -304,6 +309,7 @@ mod tests {
             sha256: sha256.into(),
             threads,
             batch: 1,
+            priority: WorkerPriority::Normal,
             worker,
         }
     }
@@ -327,23 +333,28 @@ mod tests {
         let (c, by) = engine(key("same-file", 1, 0), "c", load).unwrap();
         assert_eq!(by, Some(vec!["b".to_string()]));
         assert_eq!(loads.load(Ordering::SeqCst), 1);
-        // Other threads, another worker index or another file: engines of
-        // their own.
+        // Other threads, another worker index, another file or another
+        // worker_priority: engines of their own.
+        let background = EngineKey {
+            priority: WorkerPriority::Background,
+            ..key("same-file", 1, 0)
+        };
         for k in [
             key("same-file", 2, 0),
             key("same-file", 1, 1),
             key("other-file", 1, 0),
+            background,
         ] {
             let (_, by) = engine(k, "c", load).unwrap();
             assert_eq!(by, None);
         }
-        assert_eq!(loads.load(Ordering::SeqCst), 4);
+        assert_eq!(loads.load(Ordering::SeqCst), 5);
         // Once no model holds it, the engine is gone and the next model
         // loads its own.
         drop((b2, c));
         let (_, by) = engine(key("same-file", 1, 0), "d", load).unwrap();
         assert_eq!(by, None);
-        assert_eq!(loads.load(Ordering::SeqCst), 5);
+        assert_eq!(loads.load(Ordering::SeqCst), 6);
         // A failed load is the caller's error, and nothing is kept.
         assert_eq!(
             engine(key("broken-file", 1, 0), "e", || Err::<Box<dyn Engine>, _>(

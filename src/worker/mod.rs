@@ -21,7 +21,7 @@ use std::time::Instant;
 pub use queue::{JobReceiver, ModelQueue, Offer, Queued};
 pub use serve::outputs_for;
 
-use crate::models::{IntakeKind, ModelContext, WorkerEngines};
+use crate::models::{priority, IntakeKind, ModelContext, WorkerEngines};
 use crate::replies::Replies;
 use crate::telemetry::WorkerBeat;
 
@@ -62,6 +62,16 @@ pub fn spawn_workers(
         let handle = std::thread::Builder::new()
             .name(format!("infer-{}-{i}", ctx.name))
             .spawn(move || {
+                // A thread starts in its starter's class: the daemon's
+                // threads are normal, so only background needs a call.
+                if let Err(e) = priority::enter(ctx.priority) {
+                    // The load said so already, with the reason.
+                    log::debug!(
+                        "worker infer-{}-{i}: worker_priority = \"{}\" not applied: {e}",
+                        ctx.name,
+                        ctx.priority.as_str()
+                    );
+                }
                 worker_loop(
                     engines,
                     &ctx,

@@ -1,0 +1,84 @@
+//! A model's `worker_priority`: the kernel scheduling class of its threads.
+//!
+//! `background` is `SCHED_IDLE`, not a nice value: on the EEVDF scheduler
+//! (Linux 6.6 and later) a niced thread still runs its slice before a
+//! thread that wakes up, so a sensor model's invoke, the broker and the
+//! event loop waited behind an image model's 2 ms invokes whatever its
+//! nice (measured: no change at nice 10). A thread that wakes up preempts a
+//! `SCHED_IDLE` one at once. The price: while normal threads keep every
+//! core busy, a background model gets almost no CPU, its queue fills and
+//! its messages are refused with `overloaded` errors.
+//!
+//! The class is per thread and inherited by the threads a thread starts:
+//! the load enters it on a thread of its own, so the intra-op threads the
+//! runtime starts while compiling (`threads` > 1) have it too, and each
+//! worker thread enters it as it starts. Nothing leaves it: an
+//! unprivileged thread cannot return to `SCHED_OTHER` (its RLIMIT_NICE is
+//! 0), so threads that changed class are never reused for other work.
+
+use std::io;
+
+use crate::config::WorkerPriority;
+
+/// Puts the calling thread in `priority`'s class. `Normal` does nothing: a
+/// thread starts in the class of the thread that started it, and the
+/// daemon's own threads are normal.
+pub fn enter(priority: WorkerPriority) -> io::Result<()> {
+    match priority {
+        WorkerPriority::Normal => Ok(()),
+        WorkerPriority::Background => {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: `param` is a valid sched_param for the call's
+            // duration; pid 0 is the calling thread.
+            let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        }
+    }
+}
+
+/// The calling thread's scheduling class, as `worker_priority` names it;
+/// None for any other class (a real-time one an operator set).
+#[cfg(test)]
+fn current() -> Option<WorkerPriority> {
+    // SAFETY: no arguments; pid 0 is the calling thread.
+    match unsafe { libc::sched_getscheduler(0) } {
+        libc::SCHED_OTHER | libc::SCHED_BATCH => Some(WorkerPriority::Normal),
+        libc::SCHED_IDLE => Some(WorkerPriority::Background),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn background_is_sched_idle_and_stays_on_its_thread() {
+        let outside = current();
+        let inside = std::thread::spawn(|| {
+            enter(WorkerPriority::Background).map(|()| {
+                // A thread it starts inherits the class.
+                let child = std::thread::spawn(current).join().unwrap();
+                (current(), child)
+            })
+        })
+        .join()
+        .unwrap();
+        // Linux lets any thread lower itself to SCHED_IDLE; a seccomp
+        // filter without the scheduling calls would refuse it, and this
+        // test's environment has none.
+        assert_eq!(
+            inside.unwrap(),
+            (
+                Some(WorkerPriority::Background),
+                Some(WorkerPriority::Background)
+            )
+        );
+        assert_eq!(current(), outside);
+        assert_eq!(enter(WorkerPriority::Normal).ok(), Some(()));
+    }
+}
