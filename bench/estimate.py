@@ -70,6 +70,10 @@ def plan(a):
                     total += CONFIRMS * (confirm + ov)
                 if s == "defaults" and a.mixed and t != "echo":
                     total += a.fixed + 2 * ov
+                if s == "defaults" and a.mixed and t == "edge-infer":
+                    # The mixed phase again with MobileNetV2 in the
+                    # background: a start, both models alone, both at once.
+                    total += START_S.get(t, 1.0) + 3 * (a.fixed + ov)
     return total
 
 

@@ -178,6 +178,11 @@ pub struct DriveArgs {
     /// (repeatable)
     #[arg(long = "mixed-fallback", value_name = "WORKLOAD=RATE", value_parser = parse_fallback)]
     pub mixed_fallback: Vec<(String, f64)>,
+    /// Run no workload, only the mixed phase (each --mixed at RATE msg/s;
+    /// each workload's figure alone at that rate is measured first): the
+    /// same mixed phase on a target started with other settings
+    #[arg(long, requires = "mixed")]
+    pub mixed_only: bool,
     /// How long to wait for results after the last scheduled send
     #[arg(long, value_name = "SECS", default_value = "3", value_parser = crate::parse_secs)]
     pub grace: Duration,
@@ -1031,8 +1036,21 @@ pub fn main(a: &DriveArgs) -> Result<(), String> {
     let only = &a.only;
     let selected: Vec<&Value> = all
         .iter()
+        .filter(|_| !a.mixed_only)
         .filter(|w| only.is_empty() || only.iter().any(|o| Some(o.as_str()) == w["name"].as_str()))
         .collect();
+    if a.mixed_only {
+        if let Some(m) = a
+            .mixed
+            .iter()
+            .find(|m| matches!(m.rate, MixedRate::Percent(_)))
+        {
+            return Err(format!(
+                "--mixed-only runs no workload, so --mixed {}@P% has no sustained rate to take a share of: give a rate in msg/s",
+                m.workload
+            ));
+        }
+    }
     if a.mixed.len() == 1 {
         return Err("--mixed needs at least two workloads (one --mixed each)".into());
     }
