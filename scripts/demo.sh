@@ -302,8 +302,10 @@ if [ -z "$ready" ]; then
 fi
 say "$(grep -m1 'ready:' "$tmp/edge-infer.log" | sed 's/^.*ready:/edge-infer ready:/')"
 # Models that serve one file with the same threads share its compiled
-# engine (docs/operators.md, "One file, several models").
-grep -E 'model [^ ]+: shares ' "$tmp/edge-infer.log" | sed -e 's/^.*INFO  /  | /' >&2 || true
+# engine (docs/operators.md, "One file, several models"); the camera
+# models compute in the background, behind the sensor models ("Several
+# models on one device").
+grep -E 'model [^ ]+: (shares |worker_priority = )' "$tmp/edge-infer.log" | sed -e 's/^.*INFO  /  | /' >&2 || true
 
 if [ -n "$homeassistant" ]; then
   # Retained on the uplink, where everything the daemon publishes goes;
@@ -382,7 +384,7 @@ if [ "$outage" = after ] && [ -n "$uplink_pid" ]; then
     -t edge-infer/demo/health -C 2 -W 5 >/dev/null 2>&1 || true
   say "the daemon's delivery figures and accelerators (edge-infer status: its health record on the uplink):"
   { "$daemon_bin" status --config "$config" --device demo --wait 5 2>&1 || true; } |
-    grep -E '^[^ ]|^  (health|broker|output link|delivery|outbox) |^  model .*(: on |accelerator)' | sed 's/^/  | /' >&2 || true
+    grep -E '^[^ ]|^  (health|broker|output link|delivery|outbox) |^  model .*(: on |accelerator|: shares)' | sed 's/^/  | /' >&2 || true
   say "the daemon's log about the uplink:"
   grep -E 'output link(: lost| down:|: back)' "$tmp/edge-infer.log" | sed 's/^/  | /' >&2 || true
 fi
