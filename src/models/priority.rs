@@ -9,6 +9,16 @@
 //! core busy, a background model gets almost no CPU, its queue fills and
 //! its messages are refused with `overloaded` errors.
 //!
+//! A background thread that is preempted while it holds a lock a normal
+//! thread needs delays that thread until it runs again: the allocator's
+//! arena (one, `memory`), a lock inside the runtime. While any core has a
+//! moment free that is microseconds (the waiting thread's core is free
+//! for it); while other processes keep every core busy it can be far
+//! longer. The daemon's own locks are kept out of it: a background model
+//! never shares an engine with a normal one (`shared::EngineKey`), and
+//! its load holds only its own key's slot in the engine registry, not the
+//! registry that health reads on the event loop (`shared::engine`).
+//!
 //! The class is per thread and inherited by the threads a thread starts:
 //! the load enters it on a thread of its own, so the intra-op threads the
 //! runtime starts while compiling (`threads` > 1) have it too, and each

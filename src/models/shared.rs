@@ -74,28 +74,50 @@ impl Held {
 
 /// The engines in use, so a model finds the one it can share; an entry
 /// goes when the last model holding it does (a retired model's workers
-/// hold theirs until they have answered what they took).
-static ENGINES: Mutex<BTreeMap<EngineKey, Weak<Held>>> = Mutex::new(BTreeMap::new());
+/// hold theirs until they have answered what they took) and no load of
+/// it is under way.
+static ENGINES: Mutex<BTreeMap<EngineKey, Arc<Slot>>> = Mutex::new(BTreeMap::new());
+
+/// One key's place in the registry.
+#[derive(Default)]
+struct Slot {
+    /// Held for a load of this key, so two threads loading the same file
+    /// at once (a reload and an update) do not both compile it and throw
+    /// one engine away after its model's chain had counted it. Only this
+    /// key's loaders wait on it: the registry's lock is not held during a
+    /// load, so health (on the event loop) never waits for a compile,
+    /// however long a starved `background` load takes.
+    loading: Mutex<()>,
+    /// The engine, once loaded and while a model holds it.
+    engine: Mutex<Weak<Held>>,
+}
+
+impl Slot {
+    fn held(&self) -> Option<Arc<Held>> {
+        self.engine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .upgrade()
+    }
+}
 
 /// The engine for `key`, as `model` holds it: one in use, or a new one
 /// from `load`. Returns the handle and, when the engine was in use, the
 /// models that held it (the model itself among them when its previous
 /// version, which a reload replaces, still does).
-///
-/// Loads run under the registry's lock: two threads loading the same file
-/// at once (a reload and an update) would otherwise both compile it and
-/// throw one engine away after its model's chain had counted it. Loads of
-/// CPU models take milliseconds, and nothing on the message path takes
-/// this lock.
 pub fn engine<E>(
     key: EngineKey,
     model: &str,
     load: impl FnOnce() -> Result<Box<dyn Engine>, E>,
 ) -> Result<(SharedEngine, Option<Vec<String>>), E> {
-    let mut engines = registry();
-    engines.retain(|_, w| w.strong_count() > 0);
-    if let Some(held) = engines.get(&key).and_then(Weak::upgrade) {
-        drop(engines);
+    let slot = {
+        let mut slots = registry();
+        // A slot someone else holds an `Arc` of is being loaded or joined.
+        slots.retain(|_, s| Arc::strong_count(s) > 1 || s.held().is_some());
+        Arc::clone(slots.entry(key).or_default())
+    };
+    let _loading = slot.loading.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(held) = slot.held() {
         let before = held.join(model);
         return Ok((SharedEngine::new(held, model), Some(before)));
     }
@@ -103,19 +125,20 @@ pub fn engine<E>(
         engine: Mutex::new(load()?),
         holders: Mutex::new(BTreeMap::new()),
     });
-    engines.insert(key, Arc::downgrade(&held));
-    drop(engines);
+    // Joined before it is published, so health never sees it unheld.
     held.join(model);
+    *slot.engine.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(&held);
     Ok((SharedEngine::new(held, model), None))
 }
 
 /// The other models holding an engine `model` holds, now: what health
 /// reports, so an operator sees why two models' invokes take turns. Read
 /// from the engines themselves, so a model removed by a reload drops out
-/// once its workers have let go of their engines.
+/// once its workers have let go of their engines. Never waits for a load.
 pub fn sharing(model: &str) -> BTreeSet<String> {
+    let slots: Vec<Arc<Slot>> = registry().values().cloned().collect();
     let mut others = BTreeSet::new();
-    for held in registry().values().filter_map(Weak::upgrade) {
+    for held in slots.iter().filter_map(|s| s.held()) {
         let holders = held.holders.lock().unwrap_or_else(|p| p.into_inner());
         if holders.contains_key(model) {
             others.extend(holders.keys().filter(|h| *h != model).cloned());
@@ -124,9 +147,9 @@ pub fn sharing(model: &str) -> BTreeSet<String> {
     others
 }
 
-fn registry() -> MutexGuard<'static, BTreeMap<EngineKey, Weak<Held>>> {
-    // A panic under this lock (in a load) leaves the map as it was: the
-    // insert comes after the load.
+fn registry() -> MutexGuard<'static, BTreeMap<EngineKey, Arc<Slot>>> {
+    // Nothing runs under this lock that can panic halfway: lookups and
+    // inserts of slots only.
     ENGINES.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -389,6 +412,72 @@ mod tests {
         assert_eq!(sharing("s1"), names(&[]));
         assert_eq!(sharing("s3"), names(&[]));
         drop((s1, s3, alone));
+    }
+
+    /// A load in progress (a starved background model's compile) holds
+    /// up only the loads of its own key: health's query and the loads of
+    /// other keys go on, and a second loader of the same key waits and
+    /// then joins the engine instead of compiling it again.
+    #[test]
+    fn a_load_in_progress_blocks_only_loads_of_its_own_key() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+        let overlapped = Arc::new(AtomicUsize::new(0));
+        let (started_tx, started_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let loads = Arc::new(AtomicUsize::new(0));
+        let slow = {
+            let (overlapped, loads) = (Arc::clone(&overlapped), Arc::clone(&loads));
+            std::thread::spawn(move || {
+                let (h, by) = engine(key("slow-file", 1, 0), "slow", || {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    started_tx.send(()).unwrap();
+                    release_rx.recv().unwrap();
+                    Ok::<_, ()>(doubler(&overlapped))
+                })
+                .unwrap();
+                assert_eq!(by, None);
+                h
+            })
+        };
+        started_rx.recv().unwrap();
+        // The same key: waits for the load in progress, then joins it.
+        let joiner = {
+            let (overlapped, loads) = (Arc::clone(&overlapped), Arc::clone(&loads));
+            std::thread::spawn(move || {
+                engine(key("slow-file", 1, 0), "joiner", || {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, ()>(doubler(&overlapped))
+                })
+                .unwrap()
+            })
+        };
+        // Neither health's query nor another file's load waits for it.
+        let (done_tx, done_rx) = mpsc::channel();
+        let other = {
+            let overlapped = Arc::clone(&overlapped);
+            std::thread::spawn(move || {
+                let shared = sharing("slow");
+                let (h, _) = engine(key("quick-file", 1, 0), "quick", || {
+                    Ok::<_, ()>(doubler(&overlapped))
+                })
+                .unwrap();
+                done_tx.send(shared).unwrap();
+                h
+            })
+        };
+        let shared = done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("sharing() or another key's load waited for a load in progress");
+        assert!(shared.is_empty());
+        assert!(!joiner.is_finished());
+        release_tx.send(()).unwrap();
+        let slow = slow.join().unwrap();
+        let (joined, by) = joiner.join().unwrap();
+        assert_eq!(by, Some(vec!["slow".to_string()]));
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        assert_eq!(sharing("joiner"), BTreeSet::from(["slow".to_string()]));
+        drop((slow, joined, other.join().unwrap()));
     }
 
     #[test]
