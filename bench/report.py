@@ -481,17 +481,28 @@ def targets_issue16(docs, allm, meta, background=None):
     ce, cf = (fe or {}).get("cpu_s_per_1000"), (ff or {}).get("cpu_s_per_1000")
     row("HAR CPU / 1,000 msg @1,000/s <= 2x the echo floor's at the same QoS (defaults)",
         None if None in (ce, cf) else ce <= 2 * cf, f"{fmt(ce)} vs {fmt(cf)} s ({ratio(ce, cf)})")
+    def mixed_parts(doc):
+        m = (doc or {}).get("mixed") or {}
+        return {p["name"]: p for p in m.get("workloads", [])}
+    defaults_alone = ((mixed_parts(ei).get("har_json") or {}).get("alone") or {}).get("p99_ms")
     for doc, how in [(ei, "defaults"), (background, "MobileNetV2 `worker_priority = \"background\"`")]:
         if doc is background and not doc:
             continue
-        m = (doc or {}).get("mixed") or {}
-        parts = {p["name"]: p for p in m.get("workloads", [])}
+        parts = mixed_parts(doc)
         har, mn = parts.get("har_json") or {}, parts.get("mnv2_raw") or {}
         a99 = (har.get("alone") or {}).get("p99_ms")
         x99 = (har.get("mixed") or {}).get("p99_ms")
+        # HAR alone is the same configuration on both daemons (only the
+        # MobileNetV2 models' priority differs), so the background daemon
+        # is held to the lower of the two: one noisy alone run must not
+        # make its mixed figure look better than it is.
+        note = ""
+        if doc is background and None not in (a99, defaults_alone) and defaults_alone < a99:
+            note = f"; alone: the defaults daemon's {fmt(defaults_alone)} ms, lower than this daemon's {fmt(a99)}"
+            a99 = defaults_alone
         row(f"Mixed: HAR p99 @1,000/s with MobileNetV2 at 50% of its sustained rate <= alone + 1 ms ({how})",
             None if None in (a99, x99) else x99 <= a99 + 1.0,
-            "–" if None in (a99, x99) else f"{fmt(x99)} vs {fmt(a99)} ms alone ({x99 - a99:+.3f}); "
+            "–" if None in (a99, x99) else f"{fmt(x99)} vs {fmt(a99)} ms alone ({x99 - a99:+.3f}{note}); "
             f"MobileNetV2 at {fmt(mn.get('rate'))} msg/s, p99 {fmt((mn.get('mixed') or {}).get('p99_ms'))} ms")
         hm, mm = har.get("mixed"), mn.get("mixed")
         if hm and mm:
@@ -503,7 +514,7 @@ def targets_issue16(docs, allm, meta, background=None):
     pe, pb = (ei or {}).get("peak_rss_kb"), (bl or {}).get("peak_rss_kb")
     n = len(meta.get("model_set") or [])
     row(f"Peak RSS over the whole run, overload phases included, <= 32 MB (defaults, {n} models loaded)",
-        None if pe is None else pe / 1024 <= 32, f"{fmt(mb(pe))} MB")
+        None if pe is None else pe / 1024 <= 32, "–" if pe is None else f"{pe / 1024:.2f} MB")
     row("Peak RSS <= 0.5x the Python bridge's (defaults, same models)", None if None in (pe, pb) else pe <= pb / 2,
         f"{fmt(mb(pe))} vs {fmt(mb(pb))} MB ({ratio(pe, pb)})")
     for s in ("defaults", "fastest"):

@@ -729,7 +729,14 @@ fn run_workload(
             }
             steps += 1;
         }
-        let peak = trials.last().and_then(|t| t["peak_rss_kb"].as_u64());
+        // The highest reading of any trial, not the last one's: readings
+        // of VmHWM are not monotonic even without a reset (the kernel's
+        // RSS counters are per CPU and read approximately, its high-water
+        // mark updated lazily; seen: 32,852 kB, then 32,812 kB).
+        let peak = trials
+            .iter()
+            .filter_map(|t| t["peak_rss_kb"].as_u64())
+            .max();
         let mut p = phase(&format!("{name} search"), &name, "search", None, peak);
         p["trials"] = json!(trials.len());
         phases.push(p);
@@ -742,7 +749,7 @@ fn run_workload(
             let mut rate = lo;
             for i in 0..4 {
                 let r = measured(ctx, &w, rate, confirm_s, Part::Confirm { first: i == 0 })?;
-                peak = r.json["peak_rss_kb"].as_u64();
+                peak = peak.max(r.json["peak_rss_kb"].as_u64());
                 if r.sustained(ctx.slo) {
                     sustained = r.json;
                     break;
