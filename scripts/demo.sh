@@ -382,9 +382,9 @@ if [ "$outage" = after ] && [ -n "$uplink_pid" ]; then
   # enough to count everything replayed.
   mosquitto_sub -h localhost -p "$uplink_port" --cafile "$tls/ca.crt" \
     -t edge-infer/demo/health -C 2 -W 5 >/dev/null 2>&1 || true
-  say "the daemon's delivery figures and accelerators (edge-infer status: its health record on the uplink):"
+  say "the daemon's delivery figures, accelerators and background models (edge-infer status: its health record on the uplink):"
   { "$daemon_bin" status --config "$config" --device demo --wait 5 2>&1 || true; } |
-    grep -E '^[^ ]|^  (health|broker|output link|delivery|outbox) |^  model .*(: on |accelerator|: shares)' | sed 's/^/  | /' >&2 || true
+    grep -E '^[^ ]|^  (health|broker|output link|delivery|outbox) |^  model .*(: on |accelerator|: shares|: in the background)|^  warning: model .*worker_priority' | sed 's/^/  | /' >&2 || true
   say "the daemon's log about the uplink:"
   grep -E 'output link(: lost| down:|: back)' "$tmp/edge-infer.log" | sed 's/^/  | /' >&2 || true
 fi

@@ -141,6 +141,13 @@ pub struct ModelView<'a> {
     pub acceleration: AccelReport,
     pub workers: usize,
     pub stalled_workers: usize,
+    /// The configured `worker_priority`.
+    pub worker_priority: &'static str,
+    /// Workers running in `SCHED_IDLE` (`worker_priority = "background"`).
+    pub background_workers: usize,
+    /// Workers whose `worker_priority` the kernel refused: they run at
+    /// normal priority.
+    pub priority_refused_workers: usize,
     /// The other running models whose invokes take turns with this one's
     /// on shared engines (same file, threads and batch on the CPU).
     pub shares_engine_with: Vec<String>,
@@ -312,6 +319,9 @@ struct ModelHealth<'a> {
     acceleration: AccelReport,
     workers: usize,
     stalled_workers: usize,
+    worker_priority: &'static str,
+    background_workers: usize,
+    priority_refused_workers: usize,
     shares_engine_with: &'a [String],
     received: u64,
     inferences: u64,
@@ -458,6 +468,9 @@ impl HealthReporter {
                 acceleration: m.acceleration.clone(),
                 workers: m.workers,
                 stalled_workers: m.stalled_workers,
+                worker_priority: m.worker_priority,
+                background_workers: m.background_workers,
+                priority_refused_workers: m.priority_refused_workers,
                 shares_engine_with: &m.shares_engine_with,
                 received,
                 inferences,

@@ -2,7 +2,7 @@
 //! systemd STATUS line, the watchdog and the shutdown summary. Workers and
 //! the MQTT task update them concurrently; nothing here blocks for long.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -264,11 +264,48 @@ impl ModelStats {
 }
 
 /// What one worker thread is doing, for the watchdog: the time it started
-/// its current message, or 0 when idle.
+/// its current message, or 0 when idle; and, for health, the scheduling
+/// class it runs in.
 #[derive(Debug)]
 pub struct WorkerBeat {
     epoch: Instant,
     busy_since_ms: AtomicU64,
+    class: AtomicU8,
+}
+
+/// The scheduling class a worker thread found itself in when it started
+/// (`models::priority`): what health reports next to the configured
+/// `worker_priority`, so a refused class is seen, not only logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerClass {
+    /// Not yet started (a worker between its spawn and its first step).
+    Starting,
+    Normal,
+    /// `SCHED_IDLE`, as `worker_priority = "background"` asked.
+    Background,
+    /// `worker_priority = "background"` asked and the kernel refused: the
+    /// thread runs at normal priority.
+    Refused,
+}
+
+impl WorkerClass {
+    fn from_u8(v: u8) -> WorkerClass {
+        match v {
+            1 => WorkerClass::Normal,
+            2 => WorkerClass::Background,
+            3 => WorkerClass::Refused,
+            _ => WorkerClass::Starting,
+        }
+    }
+
+    fn as_u8(self) -> u8 {
+        match self {
+            WorkerClass::Starting => 0,
+            WorkerClass::Normal => 1,
+            WorkerClass::Background => 2,
+            WorkerClass::Refused => 3,
+        }
+    }
 }
 
 impl WorkerBeat {
@@ -276,7 +313,17 @@ impl WorkerBeat {
         WorkerBeat {
             epoch,
             busy_since_ms: AtomicU64::new(0),
+            class: AtomicU8::new(WorkerClass::Starting.as_u8()),
         }
+    }
+
+    /// Called by the worker thread once, as it starts.
+    pub fn entered(&self, class: WorkerClass) {
+        self.class.store(class.as_u8(), Ordering::Relaxed);
+    }
+
+    pub fn class(&self) -> WorkerClass {
+        WorkerClass::from_u8(self.class.load(Ordering::Relaxed))
     }
 
     pub fn busy(&self) {

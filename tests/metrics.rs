@@ -433,9 +433,11 @@ fn reload_adds_models_to_the_metrics_and_refuses_to_move_the_endpoint() {
     let port = free_port();
     let section = metrics_section(port);
     let d = Daemon::start(&config(broker.port, "m2", &section, DYN));
+    // In the background, so the scrape shows its worker's class too.
     let second = DYN
         .replace("\"dyn\"", "\"dyn2\"")
-        .replace("in/dyn", "in/dyn2");
+        .replace("in/dyn", "in/dyn2")
+        + "worker_priority = \"background\"\n";
 
     // A second model: it shows up in the next scrape.
     let models = format!("{DYN}\n{second}");
@@ -449,6 +451,23 @@ fn reload_adds_models_to_the_metrics_and_refuses_to_move_the_endpoint() {
     let m = samples(&scrape(port));
     assert_eq!(get(&m, "edge_infer_results_total{model=\"dyn2\"}"), 1.0);
     assert_eq!(get(&m, "edge_infer_results_total{model=\"dyn\"}"), 0.0);
+    // Its worker answered, so it had entered its class.
+    for (name, background) in [("dyn", 0.0), ("dyn2", 1.0)] {
+        let labels = format!("{{model=\"{name}\"}}");
+        assert_eq!(
+            get(&m, &format!("edge_infer_model_background_workers{labels}")),
+            background,
+            "{name}"
+        );
+        assert_eq!(
+            get(
+                &m,
+                &format!("edge_infer_model_priority_refused_workers{labels}")
+            ),
+            0.0,
+            "{name}"
+        );
+    }
 
     // Another port: refused, and the endpoint stays where it was.
     let other = free_port();

@@ -649,7 +649,48 @@ output_topic = \"out/{model}\"
 threads = 2
 worker_priority = \"background\"
 ";
-    let d = Daemon::start(&config(broker.port, "dev1", "", models));
+    const FAST_HEALTH: &str = "[health]\ninterval_secs = 0.5";
+    let d = Daemon::start(&config(broker.port, "dev1", FAST_HEALTH, models));
+    let health = TestClient::connect(broker.port);
+    health.subscribe("edge-infer/dev1/health");
+    // Health says what is in effect, not only what is configured: both
+    // models' workers have started and entered their class.
+    let classes = |h: &Value| -> Vec<(String, Value, Value, Value)> {
+        h["models"]
+            .as_array()
+            .map(|ms| {
+                ms.iter()
+                    .map(|m| {
+                        (
+                            m["name"].as_str().unwrap_or_default().to_string(),
+                            m["worker_priority"].clone(),
+                            m["background_workers"].clone(),
+                            m["priority_refused_workers"].clone(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let wait_for_classes = |mut want: Vec<(String, Value, Value, Value)>| {
+        want.sort_by(|a, b| a.0.cmp(&b.0));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let mut got = classes(&health.recv().json());
+            got.sort_by(|a, b| a.0.cmp(&b.0));
+            if got == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "health never said {want:?}; last: {got:?}"
+            );
+        }
+    };
+    wait_for_classes(vec![
+        ("sensor".into(), json!("normal"), json!(0), json!(0)),
+        ("camera".into(), json!("background"), json!(1), json!(0)),
+    ]);
     assert_eq!(
         d.count_log("model camera: worker_priority = \"background\": its threads run in the kernel's SCHED_IDLE class"),
         1,
@@ -699,7 +740,7 @@ worker_priority = \"background\"
     d.rewrite_config(&config(
         broker.port,
         "dev1",
-        "",
+        FAST_HEALTH,
         &models.replace("worker_priority = \"background\"", ""),
     ));
     d.signal("HUP");
@@ -723,4 +764,8 @@ worker_priority = \"background\"
     let r = results.recv().json();
     assert_eq!(r["model"], "camera", "{r}");
     assert_outputs(&r, &cases[0], None);
+    wait_for_classes(vec![
+        ("sensor".into(), json!("normal"), json!(0), json!(0)),
+        ("camera".into(), json!("normal"), json!(0), json!(0)),
+    ]);
 }

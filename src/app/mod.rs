@@ -30,7 +30,7 @@ use crate::outbox::OutboxService;
 use crate::replies::Replies;
 use crate::routing::{Announcements, Route, Routes, Switch, UpdateIntake};
 use crate::systemd::Notifier;
-use crate::telemetry::{DaemonStats, ModelStats};
+use crate::telemetry::{DaemonStats, ModelStats, WorkerBeat, WorkerClass};
 use crate::time::unix_now;
 use crate::updates as update;
 use crate::worker::{spawn_workers, JobReceiver, ModelQueue, Worker};
@@ -52,11 +52,13 @@ struct Running {
     workers: Vec<Worker>,
 }
 
-/// What the metrics endpoint reads of a running model: its queue depth and
-/// its accelerators, through the same handles health uses.
+/// What the metrics endpoint reads of a running model: its queue depth, its
+/// accelerators and its workers' classes, through the same handles health
+/// uses.
 struct Probe {
     queue: JobReceiver,
     chain: Arc<Chain>,
+    beats: Vec<Arc<WorkerBeat>>,
 }
 
 impl ModelGauges for Probe {
@@ -67,6 +69,10 @@ impl ModelGauges for Probe {
     fn accelerator(&self) -> (String, u64) {
         let r = self.chain.report();
         (r.serving, r.switches)
+    }
+
+    fn workers_in(&self, class: WorkerClass) -> usize {
+        self.beats.iter().filter(|b| b.class() == class).count()
     }
 }
 
@@ -80,6 +86,7 @@ impl Running {
             gauges: Box::new(Probe {
                 queue: self.queue.clone(),
                 chain: Arc::clone(&self.chain),
+                beats: self.workers.iter().map(|w| Arc::clone(&w.beat)).collect(),
             }),
         }
     }
@@ -88,6 +95,13 @@ impl Running {
         self.workers
             .iter()
             .filter(|w| w.beat.busy_for().is_some_and(|d| d > limit))
+            .count()
+    }
+
+    fn workers_in(&self, class: WorkerClass) -> usize {
+        self.workers
+            .iter()
+            .filter(|w| w.beat.class() == class)
             .count()
     }
 
@@ -520,6 +534,9 @@ impl Supervisor {
                 acceleration: m.chain.report(),
                 workers: m.workers.len(),
                 stalled_workers: m.stalled_workers(limit),
+                worker_priority: m.settings.worker_priority.as_str(),
+                background_workers: m.workers_in(WorkerClass::Background),
+                priority_refused_workers: m.workers_in(WorkerClass::Refused),
                 // A model a reload removed may hold its engines until its
                 // workers have answered what they took.
                 shares_engine_with: models::engine_sharers(&m.ctx.name)

@@ -15,7 +15,9 @@ use prometheus_client::registry::Unit;
 
 use super::process::ProcessProbe;
 use crate::codec::ErrorCode;
-use crate::telemetry::{CumulativeCounts, DaemonStats, LinkStats, ModelStats, LATENCY_BOUNDS_NS};
+use crate::telemetry::{
+    CumulativeCounts, DaemonStats, LinkStats, ModelStats, WorkerClass, LATENCY_BOUNDS_NS,
+};
 
 /// What only the running pipeline knows about a model (its queue, its
 /// accelerators); the supervisor implements it, so this module reads them
@@ -26,6 +28,8 @@ pub trait ModelGauges: Send + Sync {
     /// The accelerator most of its engines run on, and how many times an
     /// engine moved to a less preferred one since start.
     fn accelerator(&self) -> (String, u64);
+    /// How many of its worker threads run in `class`.
+    fn workers_in(&self, class: WorkerClass) -> usize;
 }
 
 /// One served model as a scrape sees it.
@@ -291,6 +295,28 @@ fn encode_models(enc: &mut DescriptorEncoder, models: &[ModelSource]) -> fmt::Re
             .iter()
             .zip(&accel)
             .map(|(m, (_, n))| (model(&m.name), *n as f64)),
+    )?;
+
+    gauges(
+        enc,
+        "edge_infer_model_background_workers",
+        "Worker threads of the model running in the kernel's SCHED_IDLE class (worker_priority = \"background\").",
+        None,
+        models.iter().map(|m| {
+            (
+                model(&m.name),
+                m.gauges.workers_in(WorkerClass::Background) as f64,
+            )
+        }),
+    )?;
+    gauges(
+        enc,
+        "edge_infer_model_priority_refused_workers",
+        "Worker threads of the model whose worker_priority the kernel refused: they run at normal priority.",
+        None,
+        models
+            .iter()
+            .map(|m| (model(&m.name), m.gauges.workers_in(WorkerClass::Refused) as f64)),
     )?;
 
     let windowed: Vec<&ModelSource> = models.iter().filter(|m| m.windowed).collect();

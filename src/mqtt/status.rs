@@ -557,6 +557,20 @@ fn model_rows(status: Option<&Value>, health: Option<&Value>) -> (Vec<Vec<String
                     ));
                 }
             }
+            if text(m, "/worker_priority") == Some("background") {
+                let workers = uint(m, "/workers");
+                let refused = uint(m, "/priority_refused_workers").unwrap_or(0);
+                if refused > 0 {
+                    notes.push(format!(
+                        "warning: model {name}: worker_priority \"background\" refused by the kernel for {refused} of {} worker(s): they run at normal priority (the daemon's log says why)",
+                        workers.map_or_else(dash, |w| w.to_string())
+                    ));
+                } else if let Some(b) = uint(m, "/background_workers").filter(|b| *b > 0) {
+                    notes.push(format!(
+                        "model {name}: in the background: {b} worker(s) in SCHED_IDLE, computing on cores nothing else wants"
+                    ));
+                }
+            }
             let sharers: Vec<String> = m
                 .pointer("/shares_engine_with")
                 .and_then(Value::as_array)
@@ -803,7 +817,9 @@ mod tests {
           {"name":"gpu","accelerator":"gpu","acceleration":{"serving":"gpu","preferred":"gpu",
             "engines":{"gpu":1},"delegation":"partial","delegated_nodes":3,"total_nodes":12,
             "fallback_reason":null,"switches":0,"retry_in_secs":null}},
-          {"name":"idle","shares_engine_with":["har","har_raw"],"latency_ms":{"count":0,"p50":0.0,"p95":0.0,"p99":0.0,"max":0.0}}]}"#;
+          {"name":"idle","shares_engine_with":["har","har_raw"],"latency_ms":{"count":0,"p50":0.0,"p95":0.0,"p99":0.0,"max":0.0}},
+          {"name":"cam","workers":1,"worker_priority":"background","background_workers":1,"priority_refused_workers":0},
+          {"name":"cam2","workers":2,"worker_priority":"background","background_workers":0,"priority_refused_workers":2}]}"#;
 
     #[test]
     fn device_block_from_sample_records() {
@@ -838,12 +854,16 @@ gw-7  offline (shutdown, 5.4s ago)
   tpu    -        cpu                   -  -                                   -      -       -       -       -       -       -
   gpu    -        gpu                   -  -                                   -      -       -       -       -       -       -
   idle   -        -                     -  -                                   -      -       -       -       -       -       -
+  cam    -        -                     -  -                                   -      -       -       -       -       -       -
+  cam2   -        -                     -  -                                   -      -       -       -       -       -       -
   warning: model har: 1 of 2 worker(s) stalled
   model har: 2 open stream(s), 100 window(s) from 6450 reading(s), 50 reading(s) discarded
   model tpu: on cpu, not edgetpu: edgetpu: the delegate plugin declined; tried again in 42 s
   model tpu: 1 accelerator switch(es) after failed inferences
   model gpu: on gpu, partly delegated (3 of 12 nodes)
   model idle: shares its engine(s) with har, har_raw (same file on the CPU; their invokes take turns)
+  model cam: in the background: 1 worker(s) in SCHED_IDLE, computing on cores nothing else wants
+  warning: model cam2: worker_priority \"background\" refused by the kernel for 2 of 2 worker(s): they run at normal priority (the daemon's log says why)
 ";
         assert_eq!(out, expected);
     }

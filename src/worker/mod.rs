@@ -21,9 +21,10 @@ use std::time::Instant;
 pub use queue::{JobReceiver, ModelQueue, Offer, Queued};
 pub use serve::outputs_for;
 
+use crate::config::WorkerPriority;
 use crate::models::{priority, IntakeKind, ModelContext, WorkerEngines};
 use crate::replies::Replies;
-use crate::telemetry::WorkerBeat;
+use crate::telemetry::{WorkerBeat, WorkerClass};
 
 /// A running worker thread and what the watchdog reads of it.
 pub struct Worker {
@@ -64,14 +65,21 @@ pub fn spawn_workers(
             .spawn(move || {
                 // A thread starts in its starter's class: the daemon's
                 // threads are normal, so only background needs a call.
-                if let Err(e) = priority::enter(ctx.priority) {
-                    // The load said so already, with the reason.
-                    log::debug!(
-                        "worker infer-{}-{i}: worker_priority = \"{}\" not applied: {e}",
-                        ctx.name,
-                        ctx.priority.as_str()
-                    );
-                }
+                let class = match (priority::enter(ctx.priority), ctx.priority) {
+                    (Ok(()), WorkerPriority::Background) => WorkerClass::Background,
+                    (Ok(()), WorkerPriority::Normal) => WorkerClass::Normal,
+                    (Err(e), _) => {
+                        // The load said so already, with the reason;
+                        // health counts the worker as refused.
+                        log::debug!(
+                            "worker infer-{}-{i}: worker_priority = \"{}\" not applied: {e}",
+                            ctx.name,
+                            ctx.priority.as_str()
+                        );
+                        WorkerClass::Refused
+                    }
+                };
+                thread_beat.entered(class);
                 worker_loop(
                     engines,
                     &ctx,
