@@ -60,15 +60,24 @@ pub struct ModelContext {
 }
 
 /// The byte budget of a model's queue when `queue_max_bytes` is unset:
-/// room for [`QUEUE_BUDGET_MESSAGES`] typical messages, within these
-/// bounds. A sensor model's 4 KiB messages get about a thousand (a
-/// stall of tens of milliseconds at its full rate); an image model's a
-/// few, which keep its worker busy for as long (a queue deeper than that
-/// only turns an overload into latency, and each one costs its payload in
-/// memory).
+/// room for [`QUEUE_BUDGET_MESSAGES`] typical messages, or for
+/// [`QUEUE_BUDGET_FRAMES`] decoded frames for an image model, within
+/// these bounds. A sensor model's 3 KiB messages get about a thousand (a
+/// stall of tens of milliseconds at its full rate); a raw image tensor
+/// model's the ceiling, a few dozen, which keep its worker busy for as
+/// long. An image model's messages are compressed files, smaller than
+/// the tensor the estimate counts, and each costs its worker a decode and
+/// a resize on top of the invoke: 16 frames' worth holds about 30 640x480
+/// JPEGs, over 100 ms of MobileNetV2 work, and under overload each more
+/// only adds latency and costs its payload, and about as much again in
+/// the allocator, in RSS (measured: a MobileNetV2 JPEG overload peaked
+/// 1.6 MB lower than with 4 MiB, at the same sustained rate or better).
+/// Raw tensors keep the ceiling: 16 of them are only about 30 ms of
+/// invokes, and their sustained rate looked lower with that budget.
 pub const QUEUE_BUDGET_MIN: usize = 1 << 20;
 pub const QUEUE_BUDGET_MAX: usize = 4 << 20;
 pub const QUEUE_BUDGET_MESSAGES: usize = 1024;
+pub const QUEUE_BUDGET_FRAMES: usize = 16;
 
 /// Bytes per number in a JSON tensor message as devices send them
 /// (`-0.0123,` or `127,`): the estimate behind a JSON model's budget.
@@ -78,7 +87,8 @@ const JSON_MESSAGE_OVERHEAD: usize = 64;
 
 /// The queue's byte budget: `configured`, or room for
 /// [`QUEUE_BUDGET_MESSAGES`] typical messages of a model with these
-/// inputs (see [`typical_message_bytes`]) within the bounds above.
+/// inputs (see [`typical_message_bytes`]), [`QUEUE_BUDGET_FRAMES`] for an
+/// image model, within the bounds above.
 pub fn queue_budget(
     configured: Option<usize>,
     payload: PayloadFormat,
@@ -86,7 +96,13 @@ pub fn queue_budget(
     intake: &Intake,
 ) -> usize {
     configured.unwrap_or_else(|| {
-        (typical_message_bytes(payload, inputs, intake) * QUEUE_BUDGET_MESSAGES)
+        let typical = typical_message_bytes(payload, inputs, intake);
+        let messages = match intake.kind {
+            IntakeKind::Image { .. } => QUEUE_BUDGET_FRAMES,
+            _ => QUEUE_BUDGET_MESSAGES,
+        };
+        typical
+            .saturating_mul(messages)
             .clamp(QUEUE_BUDGET_MIN, QUEUE_BUDGET_MAX)
     })
 }
@@ -835,6 +851,28 @@ mod tests {
         assert_eq!(
             budget(PayloadFormat::Raw, &[1, 224, 224, 3], None),
             QUEUE_BUDGET_MAX
+        );
+        // The same tensor from images: 16 decoded frames' worth, whatever
+        // the files weigh.
+        let plan = crate::codec::image::ImagePlan::new(
+            &crate::config::ImageSettings::default(),
+            &image[0],
+        )
+        .map(Arc::new);
+        let Ok(plan) = plan else {
+            panic!("a 224x224x3 int8 input makes an image plan")
+        };
+        let images = Intake {
+            kind: IntakeKind::Image {
+                plan,
+                payload: PayloadFormat::Image,
+            },
+            normalize: None,
+            float_input: None,
+        };
+        assert_eq!(
+            queue_budget(None, PayloadFormat::Image, &image, &images),
+            224 * 224 * 3 * QUEUE_BUDGET_FRAMES
         );
         // Tiny messages: the floor.
         assert_eq!(budget(PayloadFormat::Raw, &[1, 4], None), QUEUE_BUDGET_MIN);
