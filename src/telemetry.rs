@@ -277,15 +277,16 @@ pub struct WorkerBeat {
 /// (`models::priority`): what health reports next to the configured
 /// `worker_priority`, so a refused class is seen, not only logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum WorkerClass {
     /// Not yet started (a worker between its spawn and its first step).
-    Starting,
-    Normal,
+    Starting = 0,
+    Normal = 1,
     /// `SCHED_IDLE`, as `worker_priority = "background"` asked.
-    Background,
+    Background = 2,
     /// `worker_priority = "background"` asked and the kernel refused: the
     /// thread runs at normal priority.
-    Refused,
+    Refused = 3,
 }
 
 impl WorkerClass {
@@ -297,15 +298,12 @@ impl WorkerClass {
             _ => WorkerClass::Starting,
         }
     }
+}
 
-    fn as_u8(self) -> u8 {
-        match self {
-            WorkerClass::Starting => 0,
-            WorkerClass::Normal => 1,
-            WorkerClass::Background => 2,
-            WorkerClass::Refused => 3,
-        }
-    }
+/// How many of a model's workers are in `class`: health and the metrics
+/// endpoint count the same beats.
+pub fn count_in<'a>(beats: impl IntoIterator<Item = &'a WorkerBeat>, class: WorkerClass) -> usize {
+    beats.into_iter().filter(|b| b.class() == class).count()
 }
 
 impl WorkerBeat {
@@ -313,13 +311,13 @@ impl WorkerBeat {
         WorkerBeat {
             epoch,
             busy_since_ms: AtomicU64::new(0),
-            class: AtomicU8::new(WorkerClass::Starting.as_u8()),
+            class: AtomicU8::new(WorkerClass::Starting as u8),
         }
     }
 
     /// Called by the worker thread once, as it starts.
     pub fn entered(&self, class: WorkerClass) {
-        self.class.store(class.as_u8(), Ordering::Relaxed);
+        self.class.store(class as u8, Ordering::Relaxed);
     }
 
     pub fn class(&self) -> WorkerClass {

@@ -30,7 +30,7 @@ use crate::outbox::OutboxService;
 use crate::replies::Replies;
 use crate::routing::{Announcements, Route, Routes, Switch, UpdateIntake};
 use crate::systemd::Notifier;
-use crate::telemetry::{DaemonStats, ModelStats, WorkerBeat, WorkerClass};
+use crate::telemetry::{self, DaemonStats, ModelStats, WorkerBeat, WorkerClass};
 use crate::time::unix_now;
 use crate::updates as update;
 use crate::worker::{spawn_workers, JobReceiver, ModelQueue, Worker};
@@ -72,7 +72,7 @@ impl ModelGauges for Probe {
     }
 
     fn workers_in(&self, class: WorkerClass) -> usize {
-        self.beats.iter().filter(|b| b.class() == class).count()
+        telemetry::count_in(self.beats.iter().map(|b| &**b), class)
     }
 }
 
@@ -99,10 +99,7 @@ impl Running {
     }
 
     fn workers_in(&self, class: WorkerClass) -> usize {
-        self.workers
-            .iter()
-            .filter(|w| w.beat.class() == class)
-            .count()
+        telemetry::count_in(self.workers.iter().map(|w| &*w.beat), class)
     }
 
     fn finished(&self) -> bool {
