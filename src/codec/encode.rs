@@ -1,6 +1,8 @@
 //! Result and error messages, serialized straight from the output buffers
 //! (values are dequantized while they are written, not collected first).
 
+use std::cell::RefCell;
+
 use model_runtime::TensorSpec;
 use serde::ser::{SerializeSeq, Serializer};
 use serde::Serialize;
@@ -196,16 +198,63 @@ pub fn error_json(
     }
 }
 
+/// A thread's serialization buffer is kept up to this capacity between
+/// messages; a larger one (a model with thousands of outputs) is given back.
+const SCRATCH_KEPT: usize = 16 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Serializes a message that is built only from our own types; an error
 /// here would be a bug, and the caller reports it instead of panicking.
+///
+/// Written into the thread's reused buffer and copied out at its exact
+/// length: `serde_json::to_vec` grows a fresh vector by doubling (five or
+/// six reallocations for a HAR result) and hands it on with up to twice
+/// the bytes it holds; an answer stays allocated until the broker confirms
+/// it (up to the output link's window of them), so under overload that
+/// slack was resident memory.
 pub fn to_vec<T: Serialize>(msg: &T) -> Result<Vec<u8>, serde_json::Error> {
-    serde_json::to_vec(msg)
+    SCRATCH.with(|cell| {
+        // Only a `Serialize` impl that itself serializes could re-enter.
+        let Ok(mut buf) = cell.try_borrow_mut() else {
+            return serde_json::to_vec(msg);
+        };
+        buf.clear();
+        let written = serde_json::to_writer(&mut *buf, msg);
+        let out = written.map(|()| buf.as_slice().to_vec());
+        if buf.capacity() > SCRATCH_KEPT {
+            buf.clear();
+            buf.shrink_to(SCRATCH_KEPT);
+        }
+        out
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use model_runtime::{DType, Quantization};
+
+    #[test]
+    fn reused_buffer_gives_each_message_its_own_exact_bytes() {
+        let long = serde_json::json!({"label": "walking", "values": vec![0.125f32; 300]});
+        let short = serde_json::json!({"label": "idle"});
+        for msg in [&long, &short, &long, &short] {
+            let got = to_vec(msg).expect("serializable");
+            assert_eq!(got, serde_json::to_vec(msg).expect("serializable"));
+            assert_eq!(got.capacity(), got.len(), "no slack kept with the answer");
+        }
+    }
+
+    #[test]
+    fn a_huge_message_does_not_leave_its_buffer_with_the_thread() {
+        let huge = serde_json::json!({"values": vec![0.5f32; 50_000]});
+        let got = to_vec(&huge).expect("serializable");
+        assert!(got.len() > SCRATCH_KEPT);
+        SCRATCH.with(|cell| assert!(cell.borrow().capacity() <= SCRATCH_KEPT));
+    }
 
     #[test]
     fn outputs_are_dequantized_while_serialized() {
