@@ -396,14 +396,18 @@ fn overload(qos: QoS, main: Main) {
         t.after.len(),
     );
 
-    // Aimed at three times; at QoS 1 on 2 busy cores the flooding client
-    // itself falls short of that (2.45x in one CI run, with 78% of the
-    // flood refused as `overloaded`). Twice the sustained rate is already
-    // a flood the daemon cannot keep up with, which is the premise here.
+    // The premise: a flood the daemon cannot keep up with. Aimed at three
+    // times the calibrated rate, but at QoS 1 on 2 busy cores the flooding
+    // client falls short of that (1.7x to 2.45x in runs here and in CI),
+    // and the calibration itself, a burst taken before the flood, varied
+    // from 2,100 to 3,400 msg/s between runs of the same binary. What the
+    // daemon refused says it directly: at k times what it serves during
+    // the flood, 1 - 1/k of the flood is refused; a third is k = 1.5.
     if let Main::Spin(_) = main {
         assert!(
-            offered_rate > 2.0 * sustained,
-            "offered only {offered_rate:.0} msg/s against {sustained:.0} sustained"
+            overloaded * 3 >= received,
+            "not a flood the daemon could not keep up with: {overloaded} of {received} refused \
+             (offered {offered_rate:.0} msg/s against {sustained:.0} calibrated)"
         );
     }
     // Overloaded for real, and every message taken was answered, once: the
