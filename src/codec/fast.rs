@@ -273,6 +273,50 @@ pub fn fill(
     text: &[u8],
     start: usize,
     max_depth: u32,
+    store: impl FnMut(usize, f32),
+) -> Option<(usize, usize)> {
+    #[cfg(target_arch = "x86_64")]
+    if x86_64_v3() {
+        // SAFETY: the CPU has every feature `fill_v3` is compiled for.
+        return unsafe { fill_v3(text, start, max_depth, store) };
+    }
+    fill_any(text, start, max_depth, store)
+}
+
+/// Whether this CPU is x86-64-v3 (AVX2, BMI1, BMI2, LZCNT: every x86
+/// gateway of the last decade). std checks once and caches the answer.
+#[cfg(target_arch = "x86_64")]
+fn x86_64_v3() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("bmi1")
+        && std::arch::is_x86_feature_detected!("bmi2")
+        && std::arch::is_x86_feature_detected!("lzcnt")
+}
+
+/// [`fill_any`] compiled for x86-64-v3. The release binary targets
+/// baseline x86-64, where `trailing_zeros` is a `bsf` with a zero check
+/// and the variable shifts take their count in `cl`; here they are
+/// `tzcnt`, `blsr` and `shlx`. MobileNetV2's 958 KB JSON image decodes in
+/// 1.80 ms against 1.90 for the baseline build (in-process minimum of 400
+/// decodes, AMD EPYC). The float arithmetic gives the same IEEE results
+/// (Rust never fuses or reorders float operations), so both read every
+/// number alike, as a test checks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,bmi1,bmi2,lzcnt")]
+fn fill_v3(
+    text: &[u8],
+    start: usize,
+    max_depth: u32,
+    store: impl FnMut(usize, f32),
+) -> Option<(usize, usize)> {
+    fill_any(text, start, max_depth, store)
+}
+
+#[inline(always)]
+fn fill_any(
+    text: &[u8],
+    start: usize,
+    max_depth: u32,
     mut store: impl FnMut(usize, f32),
 ) -> Option<(usize, usize)> {
     if text.get(start) != Some(&b'[') {
@@ -472,11 +516,43 @@ fn block_mask(text: &[u8], from: usize) -> u64 {
     }
 }
 
-/// Written so the compiler can use vector compares for the first loop;
-/// the bytes' flags are then gathered eight at a time by one
-/// multiplication.
+/// x86-64: four 16-byte compares and `pmovmskb`, which SSE2 (part of
+/// every x86-64) has. The portable version below took MobileNetV2's JSON
+/// image from 1.90 to 2.04 ms, and to 2.40 ms in the x86-64-v3 build.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn separators_in(block: &[u8; 64]) -> u64 {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+    };
+    let mut mask = 0u64;
+    for (k, sixteen) in block.chunks_exact(16).enumerate() {
+        // SAFETY: SSE2 is part of every x86-64 CPU; `sixteen` is 16
+        // readable bytes and the load has no alignment requirement.
+        let bits = unsafe {
+            let v = _mm_loadu_si128(sixteen.as_ptr().cast::<__m128i>());
+            let comma = _mm_cmpeq_epi8(v, _mm_set1_epi8(b',' as i8));
+            // `[` 0x5B and `]` 0x5D (and `Y` 0x59, `_` 0x5F) in one compare.
+            let bracket = _mm_cmpeq_epi8(_mm_or_si128(v, _mm_set1_epi8(6)), _mm_set1_epi8(0x5F));
+            _mm_movemask_epi8(_mm_or_si128(comma, bracket)) as u16
+        };
+        mask |= u64::from(bits) << (16 * k);
+    }
+    mask
+}
+
+/// Elsewhere: written so the compiler can use vector compares for the
+/// first loop; the bytes' flags are then gathered eight at a time by one
+/// multiplication.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn separators_in(block: &[u8; 64]) -> u64 {
+    separators_in_any(block)
+}
+
+#[cfg(any(test, not(target_arch = "x86_64")))]
+#[inline(always)]
+fn separators_in_any(block: &[u8; 64]) -> u64 {
     let mut flags = [0u8; 64];
     for (f, &c) in flags.iter_mut().zip(block) {
         // `[` 0x5B and `]` 0x5D (and `Y` 0x59, `_` 0x5F) in one compare.
@@ -888,5 +964,79 @@ mod tests {
                 "{name}: other tensor bytes than the full decoder's"
             );
         }
+    }
+
+    /// The x86-64-v3 build of the walk and the portable one read every
+    /// array alike, and the two ways of finding separators agree on every
+    /// block: numbers short and long, whitespace, nesting, junk.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_x86_64_v3_build_reads_as_the_portable_one() {
+        let pieces = [
+            "0",
+            "-0",
+            "1",
+            "-0.6875",
+            "0.25",
+            "127",
+            "255",
+            "-128",
+            "0.0917029",
+            "1e2",
+            "-2E-1",
+            "3.4028234e38",
+            "12345678",
+            "1.000001",
+            "-1.5",
+            "[",
+            "]",
+            "[]",
+            ",",
+            " ",
+            "\n",
+            "x",
+            "\"",
+            "01",
+            "1.",
+            "_",
+            "Y",
+        ];
+        let mut rng = crate::robustness::Rng::new(16);
+        for case in 0..20_000 {
+            let mut text = String::from("[");
+            let n = rng.below(if case % 100 == 0 { 3_000 } else { 40 });
+            for i in 0..n {
+                if i > 0 && !rng.one_in(50) {
+                    text.push(',');
+                }
+                // Mostly numbers, so most arrays are read to the end.
+                if rng.one_in(20) {
+                    let piece = *rng.pick::<&str>(&pieces);
+                    text.push_str(piece);
+                } else {
+                    let piece = *rng.pick::<&str>(&pieces[..15]);
+                    text.push_str(piece);
+                }
+            }
+            text.push(']');
+            let bytes = text.as_bytes();
+            let (mut any, mut v3) = (Vec::new(), Vec::new());
+            let by_any = fill_any(bytes, 0, 4, |i, x| any.push((i, x.to_bits())));
+            let by_v3 = fill(bytes, 0, 4, |i, x| v3.push((i, x.to_bits())));
+            assert_eq!((by_any, any), (by_v3, v3), "{text}");
+            for block in bytes.chunks(64) {
+                let mut padded = [0u8; 64];
+                padded[..block.len()].copy_from_slice(block);
+                assert_eq!(separators_in(&padded), separators_in_any(&padded), "{text}");
+            }
+        }
+        let mut block = [0u8; 64];
+        for _ in 0..100_000 {
+            block.iter_mut().for_each(|b| *b = rng.byte());
+            assert_eq!(separators_in(&block), separators_in_any(&block));
+        }
+        // Where the CPU is not x86-64-v3, `fill` is `fill_any` and only the
+        // separators were compared.
+        eprintln!("x86-64-v3 build compared: {}", x86_64_v3());
     }
 }
