@@ -549,12 +549,12 @@ fn measured(
         None => String::new(),
     };
     eprintln!(
-        "  rate {rate:>8} x {seconds}s: sent {} expected {} recv {} err {} lost {} p50 {} p99 {} max {} cpu/1000 {}{acks}",
+        "  rate {rate:>8} x {seconds}s: sent {} expected {} recv {} err {} {} p50 {} p99 {} max {} cpu/1000 {}{acks}",
         r.sent,
         r.expected,
         r.received,
         r.errors,
-        r.lost,
+        r.lost_label(),
         r.json["p50_ms"],
         r.json["p99_ms"],
         r.json["max_ms"],
@@ -929,11 +929,11 @@ fn run_mixed(
         handled += r.handled;
         let ok = r.sustained(ctx.slo);
         eprintln!(
-            "  {name} at {rate}: sent {} recv {} err {} lost {} p50 {} p99 {} max {}",
+            "  {name} at {rate}: sent {} recv {} err {} {} p50 {} p99 {} max {}",
             r.sent,
             r.received,
             r.errors,
-            r.lost,
+            r.lost_label(),
             r.json["p50_ms"],
             r.json["p99_ms"],
             r.json["max_ms"]

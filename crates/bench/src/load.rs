@@ -590,14 +590,44 @@ pub struct Report {
     pub expected: u64,
     pub received: u64,
     pub errors: u64,
+    /// Expected and not answered when the run stopped waiting: lost after
+    /// the whole grace period, or only not yet answered when a trial gave
+    /// up early (`gave_up`).
     pub lost: u64,
+    /// Why a trial stopped waiting before its grace period was over.
+    pub gave_up: Option<GaveUp>,
     /// Messages the target handled, for CPU per message: the answered ones,
     /// or for readings every reading sent (most get no answer of their own).
     pub handled: u64,
     pub json: Value,
 }
 
+/// Why a trial stopped waiting for answers early (`RunSpec::give_up_p99_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GaveUp {
+    /// An error (e.g. `overloaded`) arrived: the trial has failed.
+    Error,
+    /// More than 1% still unanswered after the p99 allowed.
+    Late,
+}
+
 impl Report {
+    /// "lost N", or for a trial that gave up early what was still
+    /// unanswered then: those answers may well have come later, so they are
+    /// not called lost.
+    pub fn lost_label(&self) -> String {
+        match self.gave_up {
+            None => format!("lost {}", self.lost),
+            Some(GaveUp::Error) => format!(
+                "unanswered {} (stopped waiting at the first error)",
+                self.lost
+            ),
+            Some(GaveUp::Late) => {
+                format!("unanswered {} (stopped waiting past the p99)", self.lost)
+            }
+        }
+    }
+
     /// Something expected, zero lost, zero errors (dropped/overloaded) and
     /// the p99 within the SLO.
     pub fn sustained(&self, slo_p99_ms: f64) -> bool {
@@ -1009,7 +1039,7 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
     let last_due = sched.due(n - 1);
     let expected = w.expected(sent);
     let qos1 = spec.qos != QoS::AtMostOnce;
-    let mut gave_up = false;
+    let mut gave_up = None;
     while (answered.load(Ordering::Relaxed) < expected
         || (qos1 && acked.load(Ordering::Relaxed) < sent))
         && last_due.elapsed() < spec.grace
@@ -1017,8 +1047,12 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
         if let Some(slo) = spec.give_up_p99_ms {
             let missing = expected.saturating_sub(answered.load(Ordering::Relaxed));
             let late = last_due.elapsed().as_secs_f64() * 1000.0 > slo;
-            if errored.load(Ordering::Relaxed) > 0 || (late && missing * 100 > expected) {
-                gave_up = true;
+            if errored.load(Ordering::Relaxed) > 0 {
+                gave_up = Some(GaveUp::Error);
+                break;
+            }
+            if late && missing * 100 > expected {
+                gave_up = Some(GaveUp::Late);
                 break;
             }
         }
@@ -1087,17 +1121,26 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
     o.insert("received".into(), json!(received));
     o.insert("errors".into(), json!(errors));
     o.insert("error_codes".into(), json!(error_codes));
-    o.insert("lost".into(), json!(lost));
+    match gave_up {
+        None => {
+            o.insert("lost".into(), json!(lost));
+        }
+        Some(why) => {
+            // Not waited for: what had not come yet is not called lost.
+            o.insert("unanswered_when_given_up".into(), json!(lost));
+            let why = match why {
+                GaveUp::Error => "an error arrived",
+                GaveUp::Late => "over 1% unanswered past the p99",
+            };
+            o.insert("gave_up".into(), json!(why));
+        }
+    }
     o.insert("duplicates".into(), json!(dups));
     o.insert("stale".into(), json!(stale));
     o.insert("unmatched".into(), json!(unmatched));
     if foreign_errors > 0 {
         // Errors about another workload's messages, left out of `errors`.
         o.insert("other_errors".into(), json!(foreign_errors));
-    }
-    if gave_up {
-        // Not waited for: `lost` counts what had not come yet.
-        o.insert("gave_up".into(), json!(true));
     }
     put_quantiles(&mut o, "", &lat);
     if qos1 {
@@ -1123,6 +1166,7 @@ pub fn run(w: &Workload, spec: &RunSpec) -> Result<Report, String> {
         received,
         errors,
         lost,
+        gave_up,
         handled,
         json,
     })
@@ -1312,6 +1356,7 @@ mod tests {
             received: 100 - lost,
             errors,
             lost,
+            gave_up: None,
             handled: 100 - lost,
             json: serde_json::json!({"p95_ms": p95, "p99_ms": p99}),
         };
