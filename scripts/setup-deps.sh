@@ -35,6 +35,8 @@ command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 # minisign: tests/publish_model.rs checks that keygen's keys and
 # publish-model's signatures work with the minisign tool, both ways.
 command -v minisign >/dev/null 2>&1 || need_apt+=(minisign)
+# ss (iproute2): tests/broker.rs reads the receive buffer of the daemon's sockets.
+command -v ss >/dev/null 2>&1 || need_apt+=(iproute2)
 # systemd-analyze (unit hardening check), systemd-journald, journalctl and
 # systemd-cat (journal logging test); systemd does not need to be running.
 [ -x /lib/systemd/systemd-journald ] && command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)

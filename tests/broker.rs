@@ -118,27 +118,27 @@ fn sigterm_drains_and_nothing_is_lost_across_a_daemon_restart() {
 
 #[test]
 fn drain_timeout_answers_what_is_left_with_shutting_down() {
-    let fx = fixture("mobilenet_v2_int8.json");
-    let frame = json!({"data": fx["cases"][0]["inputs"][0]["values"]}).to_string();
     let broker = Broker::start();
-    let models = "[[models]]\nname = \"img\"\npath = \"{models}/mobilenet_v2_int8.tflite\"\ninput_topic = \"in/img\"\noutput_topic = \"out/{device_id}/{model}\"\nqueue_capacity = 100\nqueue_max_bytes = 268435456\n";
-    let extra = "[limits]\nmax_payload_bytes = 4000000\n[log]\nlevel = \"debug\"\n[shutdown]\ndrain_timeout_secs = 0.02";
+    // Each invoke spins for about 55 ms (0.27 us per iteration,
+    // tests/fixtures/spin_int32.json): twelve messages are over 600 ms of
+    // work, so a 20 ms drain must leave most of them queued.
+    let frame = json!({"data": [200_000]}).to_string();
+    let models = "[[models]]\nname = \"spin\"\npath = \"{models}/spin_int32.tflite\"\ninput_topic = \"in/spin\"\noutput_topic = \"out/{device_id}/{model}\"\nqueue_capacity = 100\n";
+    let extra = "[log]\nlevel = \"debug\"\n[shutdown]\ndrain_timeout_secs = 0.02";
     let d = Daemon::start(&config(broker.port, "dev1", extra, models));
     let c = TestClient::connect(broker.port);
     c.subscribe("out/#");
     c.subscribe("edge-infer/dev1/errors");
     const N: usize = 12;
     for _ in 0..N {
-        c.publish("in/img", frame.clone());
+        c.publish("in/spin", frame.clone());
     }
-    // All queued: parsing 150,528 JSON numbers per message takes far
-    // longer than 20 ms for the lot, so the drain must time out.
     wait_until("every message to be queued", WAIT, || {
-        d.count_log("queued in/img") == N
+        d.count_log("queued in/spin") == N
     });
     let (code, log) = d.terminate();
     assert_eq!(code, Some(0), "{log}");
-    assert_eq!(received_in(&log, "img"), N);
+    assert_eq!(received_in(&log, "spin"), N);
     let answers = c.recv_n(N);
     let errors: Vec<_> = answers
         .iter()
@@ -151,7 +151,7 @@ fn drain_timeout_answers_what_is_left_with_shutting_down() {
     );
     for e in &errors {
         assert_eq!(e["code"], "shutting_down", "{e}");
-        assert_eq!(e["model"], "img");
+        assert_eq!(e["model"], "spin");
     }
     assert!(log.contains("answered with shutting_down"), "{log}");
 }
@@ -326,4 +326,63 @@ fn a_ping_answer_the_broker_drops_ends_the_link_only_when_nothing_else_comes() {
         .and_then(|secs| secs.parse().ok())
         .unwrap_or_else(|| panic!("no silence in {lost:?}"));
     assert!(silent >= 5.0, "{lost}");
+}
+
+/// The receive buffer (SO_RCVBUF) of the daemon's connections to `port`,
+/// as the kernel reports it: one entry per connection, from `ss`.
+fn receive_buffers(port: u16, pid: u32) -> Vec<u64> {
+    let out = std::process::Command::new("ss")
+        .args(["-Htmnp", "state", "established"])
+        .arg(format!("( dport = :{port} )"))
+        .output()
+        .expect("run ss (Debian package iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Each connection: its line, then a line with skmem:(r0,rb<bytes>,..).
+    let mut buffers = Vec::new();
+    let mut ours = false;
+    for line in text.lines() {
+        if line.contains("users:(") {
+            ours = line.contains(&format!("pid={pid},"));
+        } else if let (true, Some(skmem)) = (ours, line.split("skmem:(").nth(1)) {
+            let rb = skmem
+                .split(',')
+                .find_map(|f| f.strip_prefix("rb"))
+                .and_then(|n| n.parse().ok());
+            buffers.push(rb.unwrap_or_else(|| panic!("no rb in {line:?}")));
+        }
+    }
+    buffers
+}
+
+/// `[mqtt] receive_buffer_bytes` bounds how far the broker can send ahead
+/// of the daemon's reading (a flood of 1 MB images held 9-10 MB in the
+/// MQTT client's buffers without it). Linux reports twice the value: its
+/// bookkeeping is included.
+#[test]
+fn both_broker_connections_get_the_configured_receive_buffer() {
+    // The kernel caps the value at net.core.rmem_max (208 KiB unless raised).
+    let rmem_max: u64 = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .expect("read net.core.rmem_max")
+        .trim()
+        .parse()
+        .expect("net.core.rmem_max is a number");
+    let broker = Broker::start();
+    for (setting, reported) in [
+        ("", 2 * rmem_max.min(256 * 1024)),
+        ("receive_buffer_bytes = 50000\n", 100_000),
+    ] {
+        let text = config(broker.port, "dev1", "", DYN).replace(
+            "reconnect_max_secs = 1\n",
+            &format!("reconnect_max_secs = 1\n{setting}"),
+        );
+        let d = Daemon::start(&text);
+        let mut seen = Vec::new();
+        wait_until("the daemon's two connections in ss", WAIT, || {
+            seen = receive_buffers(broker.port, d.pid());
+            seen.len() == 2
+        });
+        assert_eq!(seen, [reported, reported], "{setting:?}");
+        let (code, log) = d.terminate();
+        assert_eq!(code, Some(0), "{log}");
+    }
 }

@@ -134,6 +134,7 @@ const KEYS: &[&str] = &[
     "reconnect_min_ms",
     "reconnect_max_secs",
     "max_packet_bytes",
+    "receive_buffer_bytes",
     "username",
     "password",
     "protocol",
@@ -328,6 +329,17 @@ impl Gen<'_> {
             1,
             3600,
         );
+        if self.rng.one_in(5) {
+            mqtt.push(("receive_buffer_bytes".into(), "0".into()));
+        } else {
+            self.int(
+                &mut mqtt,
+                "receive_buffer_bytes",
+                "mqtt.receive_buffer_bytes",
+                4096,
+                64 << 20,
+            );
+        }
         // The payload limit must stay below the packet limit: both or
         // neither are written, and a fault makes them equal.
         let mut limits = Vec::new();
@@ -782,6 +794,12 @@ fn check_settings(s: &Settings) -> Result<(), String> {
     want(
         (1024..=268_435_455).contains(&s.mqtt.max_packet_bytes),
         "mqtt.max_packet_bytes",
+    );
+    want(
+        s.mqtt
+            .receive_buffer_bytes
+            .is_none_or(|b| (4096..=64 << 20).contains(&b)),
+        "mqtt.receive_buffer_bytes",
     );
     want(
         s.max_payload_bytes >= 1 && s.max_payload_bytes < s.mqtt.max_packet_bytes,

@@ -95,6 +95,8 @@ pub struct MqttSettings {
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub max_packet_bytes: usize,
+    /// SO_RCVBUF of the connection; None: the kernel's autotuning.
+    pub receive_buffer_bytes: Option<u32>,
     pub credentials: Option<(String, String)>,
     /// `tls = true`: the checked certificates and the rustls config.
     pub tls: Option<TlsSettings>,
@@ -161,6 +163,7 @@ impl std::fmt::Debug for MqttSettings {
             reconnect_min,
             reconnect_max,
             max_packet_bytes,
+            receive_buffer_bytes,
             credentials,
             tls,
             protocol,
@@ -175,6 +178,7 @@ impl std::fmt::Debug for MqttSettings {
             .field("reconnect_min", reconnect_min)
             .field("reconnect_max", reconnect_max)
             .field("max_packet_bytes", max_packet_bytes)
+            .field("receive_buffer_bytes", receive_buffer_bytes)
             .field(
                 "credentials",
                 &credentials
@@ -797,6 +801,22 @@ fn mqtt_settings(
         1024,
         268_435_455,
     ) as usize;
+    // Below a page or two the kernel rounds it up anyway; 0 leaves it to
+    // the kernel's autotuning.
+    let receive_buffer_bytes = match m.receive_buffer_bytes {
+        0 => None,
+        v if (4096..=64 << 20).contains(&v) => Some(v as u32),
+        v => {
+            c.add(
+                key("receive_buffer_bytes"),
+                format!(
+                    "must be 0 (the kernel's autotuned buffer) or between 4096 and {}, got {v}",
+                    64 << 20
+                ),
+            );
+            None
+        }
+    };
     let credentials = match (&m.username, &m.password) {
         (Some(u), Some(p)) => Some((u.clone(), p.clone())),
         (Some(u), None) => Some((u.clone(), String::new())),
@@ -821,6 +841,7 @@ fn mqtt_settings(
         reconnect_min: Duration::from_millis(reconnect_min),
         reconnect_max: Duration::from_secs(reconnect_max),
         max_packet_bytes,
+        receive_buffer_bytes,
         credentials,
         tls,
         protocol,
@@ -1604,6 +1625,31 @@ mod tests {
             problems,
             ["mqtt.session_expiry_secs: is an MQTT 5 setting, and mqtt.protocol is \"3.1.1\"; set protocol = \"5\" or remove it"]
         );
+    }
+
+    #[test]
+    fn the_receive_buffer_defaults_to_256_kib_and_0_leaves_it_to_the_kernel() {
+        let receive_buffer = |extra: &str| {
+            let text = GOOD.replace("port = 1884\n", &format!("port = 1884\n{extra}"));
+            Settings::from_raw(raw(&text), Path::new("/")).map(|s| s.mqtt.receive_buffer_bytes)
+        };
+        assert_eq!(receive_buffer("").unwrap(), Some(256 * 1024));
+        assert_eq!(receive_buffer("receive_buffer_bytes = 0\n").unwrap(), None);
+        assert_eq!(
+            receive_buffer("receive_buffer_bytes = 4096\n").unwrap(),
+            Some(4096)
+        );
+        for bad in ["100", "-1", "67108865"] {
+            let problems: Vec<String> = receive_buffer(&format!("receive_buffer_bytes = {bad}\n"))
+                .unwrap_err()
+                .iter()
+                .map(|p| p.to_string())
+                .collect();
+            assert_eq!(
+                problems,
+                [format!("mqtt.receive_buffer_bytes: must be 0 (the kernel's autotuned buffer) or between 4096 and 67108864, got {bad}")]
+            );
+        }
     }
 
     /// A CA certificate in PEM, made here.

@@ -605,6 +605,9 @@ fn connect_v4(settings: &MqttSettings, o: Options<'_>) -> (Client, EventLoop) {
     // Nagle would hold small results back for up to ~40 ms.
     net.set_tcp_nodelay(true);
     net.set_connection_timeout(10);
+    if let Some(bytes) = settings.receive_buffer_bytes {
+        net.set_tcp_recv_buffer_size(bytes);
+    }
     eventloop.set_network_options(net);
     (Client::V4(client), EventLoop::V4(Box::new(eventloop)))
 }
@@ -655,6 +658,9 @@ fn connect_v5(settings: &MqttSettings, o: Options<'_>) -> (Client, EventLoop) {
     let mut net = opts.network_options();
     // Nagle would hold small results back for up to ~40 ms.
     net.set_tcp_nodelay(true);
+    if let Some(bytes) = settings.receive_buffer_bytes {
+        net.set_tcp_recv_buffer_size(bytes);
+    }
     opts.set_network_options(net);
     let (client, eventloop) = v5::AsyncClient::new(opts, o.channel_capacity);
     (Client::V5(client), EventLoop::V5(Box::new(eventloop)))

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::client::{Client, Event, EventLoop, QoS, Received};
@@ -264,13 +263,9 @@ impl Ingress {
         });
         let job = Job {
             topic: p.topic.clone(),
-            // rumqttc hands out the payload as a slice of its read buffer
-            // (one allocation that every packet read into it shares, grown
-            // to twice the largest one), so a queued message would keep the
-            // whole buffer alive: under overload that was several times the
-            // bytes the queue's budget counts. A copy of its own costs a
-            // memcpy and makes the budget the memory held.
-            payload: Bytes::copy_from_slice(&p.payload),
+            // A slice of rumqttc's read buffer: a model's queue copies what
+            // it takes (`ModelQueue::offer`), a refusal needs no copy.
+            payload: p.payload,
             received_at: unix_now(),
             received: Instant::now(),
             ack: ack.clone(),

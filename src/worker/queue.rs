@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
+use bytes::Bytes;
+
 use crate::config::OverflowPolicy;
 use crate::job::Job;
 
@@ -162,9 +164,22 @@ impl ModelQueue {
 
     /// Never blocks on the workers (they hold the lock only to push or
     /// pop): the MQTT event loop must keep polling.
-    pub fn offer(&self, job: Job) -> Offer {
-        let mut st = self.shared.lock();
+    ///
+    /// The queue keeps a copy of the payload of its own. A received payload
+    /// is a slice of the MQTT client's read buffer (one allocation that
+    /// every packet read into it shares, grown to twice the largest one),
+    /// so a queued slice would keep the whole buffer alive: under overload
+    /// that was several times the bytes the budget counts. The copy is made
+    /// only for a message the queue takes, and outside the lock: a refused
+    /// 1 MB image costs no copy, and the workers do not wait on a memcpy.
+    pub fn offer(&self, mut job: Job) -> Offer {
         let bytes = job.payload.len();
+        if self.policy == OverflowPolicy::RejectNew && !self.fits(&self.shared.lock(), bytes) {
+            return Offer::Rejected(job);
+        }
+        // Between here and the lock below the workers can only free room.
+        job.payload = Bytes::copy_from_slice(&job.payload);
+        let mut st = self.shared.lock();
         let offer = if self.fits(&st, bytes) {
             self.push(&mut st, job);
             Offer::Queued
@@ -282,8 +297,6 @@ impl JobReceiver {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
 
     fn job(n: u8) -> Job {
@@ -299,6 +312,39 @@ mod tests {
             ack: None,
             properties: None,
         }
+    }
+
+    /// A job as received: its payload a slice of a larger buffer (the MQTT
+    /// client's read buffer) that other packets share.
+    fn received(buffer: &Bytes, n: u8) -> Job {
+        let mut j = job(n);
+        j.payload = buffer.slice(100..200);
+        j
+    }
+
+    fn within(part: &Bytes, buffer: &Bytes) -> bool {
+        buffer.as_ptr_range().contains(&part.as_ptr())
+    }
+
+    #[test]
+    fn a_taken_payload_is_copied_and_a_refused_one_is_not() {
+        let buffer = Bytes::from((0..=255).cycle().take(4096).collect::<Vec<u8>>());
+        let (q, rx) = ModelQueue::bounded(1, 1 << 20, OverflowPolicy::RejectNew);
+        assert!(matches!(q.offer(received(&buffer, 1)), Offer::Queued));
+        match q.offer(received(&buffer, 2)) {
+            Offer::Rejected(j) => assert!(within(&j.payload, &buffer)),
+            other => panic!("{other:?}"),
+        }
+        let taken = rx.recv().unwrap();
+        assert!(!within(&taken.job.payload, &buffer));
+        assert_eq!(taken.job.payload, buffer.slice(100..200));
+        // drop_oldest takes every new message: each a copy of its own.
+        let (q, rx) = ModelQueue::bounded(1, 1 << 20, OverflowPolicy::DropOldest);
+        assert!(matches!(q.offer(received(&buffer, 1)), Offer::Queued));
+        assert!(matches!(q.offer(received(&buffer, 2)), Offer::Evicted(_)));
+        let taken = rx.recv().unwrap();
+        assert_eq!(taken.job.topic, "t/2");
+        assert!(!within(&taken.job.payload, &buffer));
     }
 
     #[test]
