@@ -1502,11 +1502,7 @@ mod tests {
         assert_eq!(s.file_limits.max_model_bytes, 1048576);
         assert_eq!(s.file_limits.max_labels_bytes, 100);
         let text = format!("{GOOD}\n[limits]\nmax_model_bytes = 1000\nmax_labels_bytes = 0\n");
-        let problems: Vec<String> = Settings::from_raw(raw(&text), Path::new("/"))
-            .unwrap_err()
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
+        let problems = refusals(&text);
         assert_eq!(
             problems,
             [
@@ -1547,11 +1543,7 @@ mod tests {
         assert!(!format!("{s:?}").contains("uplink-secret"));
 
         let text = format!("{GOOD}\n[uplink]\nport = 0\nqos = 3\npassword = \"p\"\n");
-        let problems: Vec<String> = Settings::from_raw(raw(&text), Path::new("/"))
-            .unwrap_err()
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
+        let problems = refusals(&text);
         assert_eq!(
             problems,
             [
@@ -1569,11 +1561,7 @@ mod tests {
             "port = 1884\n",
             "port = 1884\nca_file = \"ca.pem\"\nclient_key_file = \"k.pem\"\n",
         );
-        let problems: Vec<String> = Settings::from_raw(raw(&text), Path::new("/"))
-            .unwrap_err()
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
+        let problems = refusals(&text);
         assert_eq!(
             problems,
             [
@@ -1616,11 +1604,7 @@ mod tests {
             }
         );
         let text = GOOD.replace("port = 1884\n", "port = 1884\nsession_expiry_secs = 60\n");
-        let problems: Vec<String> = Settings::from_raw(raw(&text), Path::new("/"))
-            .unwrap_err()
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
+        let problems = refusals(&text);
         assert_eq!(
             problems,
             ["mqtt.session_expiry_secs: is an MQTT 5 setting, and mqtt.protocol is \"3.1.1\"; set protocol = \"5\" or remove it"]
@@ -1629,27 +1613,31 @@ mod tests {
 
     #[test]
     fn the_receive_buffer_defaults_to_256_kib_and_0_leaves_it_to_the_kernel() {
+        let with = |extra: &str| GOOD.replace("port = 1884\n", &format!("port = 1884\n{extra}"));
         let receive_buffer = |extra: &str| {
-            let text = GOOD.replace("port = 1884\n", &format!("port = 1884\n{extra}"));
-            Settings::from_raw(raw(&text), Path::new("/")).map(|s| s.mqtt.receive_buffer_bytes)
+            Settings::from_raw(raw(&with(extra)), Path::new("/"))
+                .unwrap()
+                .mqtt
+                .receive_buffer_bytes
         };
-        assert_eq!(receive_buffer("").unwrap(), Some(256 * 1024));
-        assert_eq!(receive_buffer("receive_buffer_bytes = 0\n").unwrap(), None);
-        assert_eq!(
-            receive_buffer("receive_buffer_bytes = 4096\n").unwrap(),
-            Some(4096)
-        );
+        assert_eq!(receive_buffer(""), Some(256 * 1024));
+        assert_eq!(receive_buffer("receive_buffer_bytes = 0\n"), None);
+        assert_eq!(receive_buffer("receive_buffer_bytes = 4096\n"), Some(4096));
         for bad in ["100", "-1", "67108865"] {
-            let problems: Vec<String> = receive_buffer(&format!("receive_buffer_bytes = {bad}\n"))
-                .unwrap_err()
-                .iter()
-                .map(|p| p.to_string())
-                .collect();
             assert_eq!(
-                problems,
+                refusals(&with(&format!("receive_buffer_bytes = {bad}\n"))),
                 [format!("mqtt.receive_buffer_bytes: must be 0 (the kernel's autotuned buffer) or between 4096 and 67108864, got {bad}")]
             );
         }
+    }
+
+    /// The problems a config is refused with, as the user reads them.
+    fn refusals(text: &str) -> Vec<String> {
+        Settings::from_raw(raw(text), Path::new("/"))
+            .unwrap_err()
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
     }
 
     /// A CA certificate in PEM, made here.
@@ -1803,11 +1791,7 @@ mod tests {
         assert_eq!(s.outbox.on_full, OnFull::RejectNew);
         let text =
             format!("{GOOD}\n[outbox]\nmax_bytes = 1000\nmax_age_secs = 0\non_full = \"block\"\n");
-        let problems: Vec<String> = Settings::from_raw(raw(&text), Path::new("/"))
-            .unwrap_err()
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
+        let problems = refusals(&text);
         assert_eq!(
             problems,
             [

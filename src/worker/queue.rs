@@ -172,6 +172,8 @@ impl ModelQueue {
     /// that was several times the bytes the budget counts. The copy is made
     /// only for a message the queue takes, and outside the lock: a refused
     /// 1 MB image costs no copy, and the workers do not wait on a memcpy.
+    /// A message several models take is copied by each queue: each budget
+    /// then counts memory its queue alone holds.
     pub fn offer(&self, mut job: Job) -> Offer {
         let bytes = job.payload.len();
         if self.policy == OverflowPolicy::RejectNew && !self.fits(&self.shared.lock(), bytes) {
