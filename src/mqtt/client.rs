@@ -565,6 +565,10 @@ pub struct Options<'a> {
     pub max_inflight: u16,
 }
 
+/// How long a TCP (and TLS) connect may take before it counts as failed
+/// and the link retries.
+const CONNECTION_TIMEOUT_SECS: u64 = 10;
+
 /// The client and event loop of one link, in the protocol `settings` name.
 pub fn connect(settings: &MqttSettings, o: Options<'_>) -> (Client, EventLoop) {
     match settings.protocol {
@@ -601,14 +605,7 @@ fn connect_v4(settings: &MqttSettings, o: Options<'_>) -> (Client, EventLoop) {
         )));
     }
     let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, o.channel_capacity);
-    let mut net = eventloop.network_options();
-    // Nagle would hold small results back for up to ~40 ms.
-    net.set_tcp_nodelay(true);
-    net.set_connection_timeout(10);
-    if let Some(bytes) = settings.receive_buffer_bytes {
-        net.set_tcp_recv_buffer_size(bytes);
-    }
-    eventloop.set_network_options(net);
+    eventloop.set_network_options(socket_options(eventloop.network_options(), settings));
     (Client::V4(client), EventLoop::V4(Box::new(eventloop)))
 }
 
@@ -644,7 +641,7 @@ fn connect_v5(settings: &MqttSettings, o: Options<'_>) -> (Client, EventLoop) {
         ))
         .set_request_channel_capacity(o.channel_capacity)
         .set_outgoing_inflight_upper_limit(o.max_inflight)
-        .set_connection_timeout(10)
+        .set_connection_timeout(CONNECTION_TIMEOUT_SECS)
         // As with 3.1.1: acknowledged once answered (`delivery`).
         .set_manual_acks(true);
     if let Some((user, pass)) = &settings.credentials {
@@ -655,15 +652,25 @@ fn connect_v5(settings: &MqttSettings, o: Options<'_>) -> (Client, EventLoop) {
             Arc::clone(&tls.client_config),
         )));
     }
-    let mut net = opts.network_options();
-    // Nagle would hold small results back for up to ~40 ms.
-    net.set_tcp_nodelay(true);
-    if let Some(bytes) = settings.receive_buffer_bytes {
-        net.set_tcp_recv_buffer_size(bytes);
-    }
+    let net = socket_options(opts.network_options(), settings);
     opts.set_network_options(net);
     let (client, eventloop) = v5::AsyncClient::new(opts, o.channel_capacity);
     (Client::V5(client), EventLoop::V5(Box::new(eventloop)))
+}
+
+/// The socket options both protocols share. 3.1.1 takes its connection
+/// timeout from here, 5 from its `MqttOptions` (set there too).
+fn socket_options(
+    mut net: rumqttc::NetworkOptions,
+    settings: &MqttSettings,
+) -> rumqttc::NetworkOptions {
+    // Nagle would hold small results back for up to ~40 ms.
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(CONNECTION_TIMEOUT_SECS);
+    if let Some(bytes) = settings.receive_buffer_bytes {
+        net.set_tcp_recv_buffer_size(bytes);
+    }
+    net
 }
 
 /// A client and event loop that never connect (nothing polls them), for
