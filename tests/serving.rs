@@ -769,3 +769,80 @@ worker_priority = \"background\"
         ("camera".into(), json!("normal"), json!(0), json!(0)),
     ]);
 }
+
+/// Every thread's EEVDF time slice (`se.slice` in /proc/PID/task/TID/sched,
+/// nanoseconds), by thread name.
+fn thread_slices(pid: u32) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path();
+        let (Ok(comm), Ok(sched)) = (
+            std::fs::read_to_string(path.join("comm")),
+            std::fs::read_to_string(path.join("sched")),
+        ) else {
+            continue; // the thread exited meanwhile
+        };
+        let slice = sched
+            .lines()
+            .find(|l| l.starts_with("se.slice"))
+            .and_then(|l| l.split(':').nth(1))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no se.slice for {comm} in {sched}"));
+        out.push((comm.trim().to_string(), slice));
+    }
+    out
+}
+
+/// A sensor model's worker, whose messages take microseconds, asks the
+/// kernel for a short time slice (`worker::slice`), so that it runs as
+/// soon as a message wakes it even while an image model's invoke holds
+/// the core; the daemon's other threads keep the default.
+#[test]
+fn a_sensor_models_worker_asks_for_a_short_time_slice() {
+    let fx = fixture("har_accel_int8.json");
+    let case = &fx["cases"][0];
+    let broker = Broker::start();
+    let d = Daemon::start(&one_model(
+        broker.port,
+        "sensor",
+        "har_accel_int8.tflite",
+        "in/sensor",
+        "",
+    ));
+    let c = TestClient::connect(broker.port);
+    c.subscribe("out/dev1/sensor");
+    let slice_of = |name: &str| {
+        let slices = thread_slices(d.pid());
+        slices
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| *s)
+            .unwrap_or_else(|| panic!("no thread {name}: {slices:?}"))
+    };
+    let default = slice_of("edge-infer");
+    assert_eq!(slice_of("infer-sensor-0"), default);
+    // One message at a time, as a sensor publishes: the worker refits
+    // every 64 messages.
+    let mut sent = 0;
+    wait_until(
+        "the sensor worker's slice to shorten",
+        std::time::Duration::from_secs(60),
+        || {
+            for _ in 0..64 {
+                let payload = json!({"id": sent, "data": case_inputs(case)[0]});
+                c.publish("in/sensor", payload.to_string());
+                let r = c.recv().json();
+                assert_eq!(r["id"], sent, "{r}");
+                sent += 1;
+            }
+            slice_of("infer-sensor-0") < default
+        },
+    );
+    // The kernel's minimum is 0.1 ms; a HAR message takes tens of µs.
+    assert!(slice_of("infer-sensor-0") < default / 2);
+    let others: Vec<(String, u64)> = thread_slices(d.pid())
+        .into_iter()
+        .filter(|(n, s)| n != "infer-sensor-0" && *s != default)
+        .collect();
+    assert!(others.is_empty(), "{others:?}");
+}

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use model_runtime::Engine;
 
 use super::serve::{decode, internal_error, invoke_failure, panic_message, serve_one, Scratch};
+use super::slice::{self, SliceFit};
 use super::{JobReceiver, Queued};
 use crate::codec::encode::{Extras, Outputs};
 use crate::codec::MessageId;
@@ -109,6 +110,7 @@ pub(super) fn batch_loop(
 ) {
     let (mut engine, mut single) = (engines.main, engines.single);
     let mut b = Batcher::new(ctx);
+    let mut fit = SliceFit::for_this_thread();
     while let Some(first) = rx.recv() {
         let dequeued = Instant::now();
         beat.busy();
@@ -120,6 +122,9 @@ pub(super) fn batch_loop(
             dequeued,
             &mut b.taken,
         );
+        // The wait for a batch to fill is not work: the slice fits what
+        // follows it.
+        let collected = Instant::now();
         if let (1, Some(single)) = (b.taken.len(), single.as_mut()) {
             // Alone: the batch-1 engine, not a batch of zero rows.
             let alone = b.taken.remove(0);
@@ -133,6 +138,7 @@ pub(super) fn batch_loop(
                 &mut b.decoding,
             );
             beat.idle();
+            slice::observe(&mut fit, collected.elapsed());
             if let Some(out) = out {
                 replies.send_blocking(out);
             }
@@ -149,6 +155,7 @@ pub(super) fn batch_loop(
         }));
         run_batch(engine.as_mut(), ctx, replies, &mut b);
         beat.idle();
+        slice::observe(&mut fit, collected.elapsed());
         for out in b.replies.drain(..) {
             replies.send_blocking(out);
         }

@@ -11,6 +11,7 @@
 mod batch;
 pub mod queue;
 mod serve;
+mod slice;
 mod window;
 mod windowed;
 
@@ -110,20 +111,23 @@ fn worker_loop(
     }
     let mut engine = engines.main;
     let mut scratch = serve::Scratch::default();
+    let mut fit = slice::SliceFit::for_this_thread();
     while let Some(queued) = rx.recv() {
         // `queued` keeps its payload bytes charged to the queue until this
         // message is answered.
         beat.busy();
+        let dequeued = Instant::now();
         let out = serve::serve_one(
             engine.as_mut(),
             ctx,
             replies,
             &queued.job,
-            Instant::now(),
+            dequeued,
             None,
             &mut scratch,
         );
         beat.idle();
+        slice::observe(&mut fit, dequeued.elapsed());
         if let Some(out) = out {
             replies.send_blocking(out);
         }

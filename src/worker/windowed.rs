@@ -16,6 +16,7 @@ use model_runtime::Engine;
 
 use super::queue::Recv;
 use super::serve::{internal_error, invoke_failure, panic_message, store_floats};
+use super::slice::{self, SliceFit};
 use super::window::{sweep_interval, Streams, Window};
 use super::JobReceiver;
 use crate::codec::encode::{Extras, Outputs, WindowInfo};
@@ -41,6 +42,7 @@ pub(super) fn window_loop(
 ) {
     let mut values = Vec::new();
     let mut out = Vec::new();
+    let mut fit = SliceFit::for_this_thread();
     loop {
         let mut guard = lock(streams);
         let deadline = Instant::now() + sweep_interval(&intake.shape);
@@ -59,6 +61,7 @@ pub(super) fn window_loop(
             }
         };
         beat.busy();
+        let started = Instant::now();
         let before = Counts::of(&guard);
         let taken = catch_unwind(AssertUnwindSafe(|| {
             take(ctx, intake, &mut guard, &queued.job, replies, &mut out)
@@ -102,6 +105,7 @@ pub(super) fn window_loop(
             }
         }
         beat.idle();
+        slice::observe(&mut fit, started.elapsed());
         for msg in out.drain(..) {
             replies.send_blocking(msg);
         }
