@@ -396,6 +396,20 @@ if [ "$update" = sent ]; then
   { mosquitto_sub -h localhost -p "$uplink_port" --cafile "$tls/ca.crt" \
     -t edge-infer/demo/models/har/state --retained-only -C 1 -W 3 2>/dev/null || true; } | sed 's/^/  | /' >&2
 fi
+# Each worker's kernel time slice, fitted to what its messages take
+# (worker/slice.rs, Linux 6.12 and later): the sensor models' workers ask
+# for the kernel's minimum, so they run as soon as a message wakes them.
+if [ -n "$daemon_pid" ] && [ -d "/proc/$daemon_pid/task" ]; then
+  say "the workers' kernel time slices (se.slice; the event loop, edge-infer, keeps the kernel's default):"
+  for t in /proc/"$daemon_pid"/task/*; do
+    comm=$(cat "$t/comm" 2>/dev/null) || continue
+    # The event loop is the main thread; the workers are infer-<model>-<n>.
+    case "$comm" in infer-*) ;; *) [ "${t##*/}" = "$daemon_pid" ] || continue ;; esac
+    awk -v c="$comm" '/^se.slice/ {s = $3} /^policy/ {idle = ($3 == 5)}
+      END {if (idle) printf "  | %-16s in the background (SCHED_IDLE: no slice)\n", c
+           else if (s) printf "  | %-16s %.1f ms\n", c, s / 1e6}' "$t/sched" 2>/dev/null || true
+  done | sort >&2
+fi
 # What Prometheus would scrape: per model results, errors and the p99 of
 # the whole run, read from the cumulative histograms.
 say "Prometheus metrics (http://127.0.0.1:$metrics_port/metrics), summarized:"
