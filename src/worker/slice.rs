@@ -15,10 +15,11 @@
 //!
 //! So each worker asks for twice what its messages take (the 90th
 //! percentile of the last [`WINDOW`] messages, wall time from dequeue to
-//! answer), never less than the kernel's minimum, and keeps the default
-//! when that is shorter. An image model's worker keeps the default; a
-//! model whose messages change size is refitted every [`WINDOW`]
-//! messages. Nothing is asked of kernels without custom slices (they
+//! answer), never less than the kernel's minimum and never more than the
+//! default, and keeps the default while it is busy more than
+//! [`MAX_BUSY_SHARE`] of the time. An image model's worker keeps the
+//! default; a model whose messages change size is refitted every
+//! [`WINDOW`] messages. Nothing is asked of kernels without custom slices (they
 //! report a slice of 0) or of threads outside the normal class (a
 //! `background` worker, or a class an operator set).
 
@@ -66,7 +67,10 @@ impl SliceFit {
         let found = match get_attr() {
             Ok(a) => a,
             Err(e) => {
-                log::debug!("no time slice fitting for this worker: sched_getattr: {e}");
+                log::debug!(
+                    "{}: no time slice fitting: sched_getattr: {e}",
+                    thread_name()
+                );
                 return None;
             }
         };
@@ -107,7 +111,8 @@ impl SliceFit {
         }
         self.seen = 0;
         self.window_start = None;
-        let want = fitted_ns(&mut self.took, now - start, self.found.runtime_ns);
+        let span = now.saturating_duration_since(start);
+        let want = fitted_ns(&mut self.took, span, self.found.runtime_ns);
         if keeps(self.current_ns, want) {
             return true;
         }
@@ -116,21 +121,31 @@ impl SliceFit {
         match set_attr(&attr) {
             Ok(()) => {
                 log::debug!(
-                    "time slice {} -> {want} ns (twice what 90% of the last {WINDOW} messages took, within the kernel's {KERNEL_MIN_NS} ns and this thread's default {} ns)",
+                    "{}: time slice {} -> {want} ns (twice what 90% of its last {WINDOW} messages took, within the kernel's {KERNEL_MIN_NS} ns and its default {} ns; the default while busy over {:.0}% of the time)",
+                    thread_name(),
                     self.current_ns,
-                    self.found.runtime_ns
+                    self.found.runtime_ns,
+                    MAX_BUSY_SHARE * 100.0
                 );
                 self.current_ns = want;
                 true
             }
             Err(e) => {
                 log::debug!(
-                    "time slice of {want} ns refused ({e}): this worker keeps the kernel's"
+                    "{}: time slice of {want} ns refused ({e}): it keeps the kernel's",
+                    thread_name()
                 );
                 false
             }
         }
     }
+}
+
+fn thread_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("worker")
+        .to_string()
 }
 
 /// Feeds `fit` one message's time, dropping it once the kernel refused.
