@@ -397,7 +397,7 @@ if [ "$update" = sent ]; then
     -t edge-infer/demo/models/har/state --retained-only -C 1 -W 3 2>/dev/null || true; } | sed 's/^/  | /' >&2
 fi
 # Each worker's kernel time slice, fitted to what its messages take
-# (worker/slice.rs, Linux 6.12 and later): the sensor models' workers ask
+# (worker/sched.rs, Linux 6.12 and later): the sensor models' workers ask
 # for the kernel's minimum, so they run as soon as a message wakes them.
 if [ -n "$daemon_pid" ] && [ -d "/proc/$daemon_pid/task" ]; then
   say "the workers' kernel time slices (se.slice; the event loop, edge-infer, keeps the kernel's default):"

@@ -282,10 +282,11 @@ pub enum WorkerClass {
     /// Not yet started (a worker between its spawn and its first step).
     Starting = 0,
     Normal = 1,
-    /// `SCHED_IDLE`, as `worker_priority = "background"` asked.
+    /// `SCHED_IDLE`, as `worker_priority = "background"` asked, or moved
+    /// there by `auto` (`worker::sched`).
     Background = 2,
-    /// `worker_priority = "background"` asked and the kernel refused: the
-    /// thread runs at normal priority.
+    /// `worker_priority = "background"` (or `auto`) asked and the kernel
+    /// refused: the thread runs at normal priority.
     Refused = 3,
 }
 

@@ -601,25 +601,37 @@ share_engine = false
     assert_outputs(&r, &cases[3], None);
 }
 
+/// Each live thread of the daemon `pid` by name, with the text of its
+/// `file` in /proc/PID/task/TID.
+fn thread_files(pid: u32, file: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path();
+        let (Ok(comm), Ok(text)) = (
+            std::fs::read_to_string(path.join("comm")),
+            std::fs::read_to_string(path.join(file)),
+        ) else {
+            continue; // the thread exited meanwhile
+        };
+        out.push((comm.trim().to_string(), text));
+    }
+    out
+}
+
 /// The scheduling class of every thread of the daemon `pid`, by thread
 /// name: 0 is SCHED_OTHER, 5 SCHED_IDLE (`policy`, field 41 of
 /// /proc/PID/task/TID/stat).
 fn thread_policies(pid: u32) -> Vec<(String, u32)> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
-            continue; // the thread exited meanwhile
-        };
-        let open = stat.find('(').unwrap();
-        let close = stat.rfind(')').unwrap();
-        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-        // Fields 3 onwards follow the name: field 41 is fields[38].
-        out.push((
-            stat[open + 1..close].to_string(),
-            fields[38].parse().unwrap(),
-        ));
-    }
-    out
+    thread_files(pid, "stat")
+        .into_iter()
+        .map(|(name, stat)| {
+            // Fields 3 onwards follow the name in parentheses: field 41 is
+            // the 39th of them.
+            let close = stat.rfind(')').unwrap();
+            let policy = stat[close + 2..].split_whitespace().nth(38).unwrap();
+            (name, policy.parse().unwrap())
+        })
+        .collect()
 }
 
 /// `worker_priority = "background"` puts a model's threads in SCHED_IDLE:
@@ -773,28 +785,22 @@ worker_priority = \"background\"
 /// Every thread's EEVDF time slice (`se.slice` in /proc/PID/task/TID/sched,
 /// nanoseconds), by thread name.
 fn thread_slices(pid: u32) -> Vec<(String, u64)> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let path = task.unwrap().path();
-        let (Ok(comm), Ok(sched)) = (
-            std::fs::read_to_string(path.join("comm")),
-            std::fs::read_to_string(path.join("sched")),
-        ) else {
-            continue; // the thread exited meanwhile
-        };
-        let slice = sched
-            .lines()
-            .find(|l| l.starts_with("se.slice"))
-            .and_then(|l| l.split(':').nth(1))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no se.slice for {comm} in {sched}"));
-        out.push((comm.trim().to_string(), slice));
-    }
-    out
+    thread_files(pid, "sched")
+        .into_iter()
+        .map(|(name, sched)| {
+            let slice = sched
+                .lines()
+                .find(|l| l.starts_with("se.slice"))
+                .and_then(|l| l.split(':').nth(1))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no se.slice for {name} in {sched}"));
+            (name, slice)
+        })
+        .collect()
 }
 
 /// A sensor model's worker, whose messages take microseconds, asks the
-/// kernel for a short time slice (`worker::slice`), so that it runs as
+/// kernel for a short time slice (`worker::sched`), so that it runs as
 /// soon as a message wakes it even while an image model's invoke holds
 /// the core; the daemon's other threads keep the default.
 #[test]
@@ -845,4 +851,126 @@ fn a_sensor_models_worker_asks_for_a_short_time_slice() {
         .filter(|(n, s)| n != "infer-sensor-0" && *s != default)
         .collect();
     assert!(others.is_empty(), "{others:?}");
+}
+
+/// `worker_priority = "auto"`: an image model's worker whose
+/// messages take a millisecond or more (a JPEG decoded, resized and run
+/// through MobileNetV2 takes several) stays normal while it has no sensor
+/// model to give way to, and moves itself to SCHED_IDLE at its first
+/// window after a sensor model's worker had a window of short messages.
+/// The sensor model's worker stays normal, and so does every other thread.
+/// Health counts the moved worker, and both models answer every message.
+#[test]
+fn an_auto_models_worker_with_long_messages_moves_to_the_background() {
+    let fx = fixture("har_accel_int8.json");
+    let case = &fx["cases"][0];
+    let photo = std::fs::read(repo().join("models/samples/photo_640x480.jpg")).unwrap();
+    let broker = Broker::start();
+    let models = "\
+[[models]]
+name = \"sensor\"
+path = \"{models}/har_accel_int8.tflite\"
+input_topic = \"in/sensor\"
+output_topic = \"out/{model}\"
+
+[[models]]
+name = \"camera\"
+path = \"{models}/mobilenet_v2_int8.tflite\"
+input_topic = \"in/camera/+\"
+output_topic = \"out/camera/{1}\"
+payload = \"image\"
+worker_priority = \"auto\"
+
+[models.image]
+mean = 127.5
+std = 127.5
+";
+    let d = Daemon::start(&config(
+        broker.port,
+        "dev1",
+        "[health]\ninterval_secs = 0.5",
+        models,
+    ));
+    let policy_of = |name: &str| {
+        let policies = thread_policies(d.pid());
+        policies
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| *p)
+            .unwrap_or_else(|| panic!("no thread {name}: {policies:?}"))
+    };
+    let results = TestClient::connect(broker.port);
+    results.subscribe("out/#");
+    let client = TestClient::connect(broker.port);
+    let photos = |from: usize, n: usize| {
+        for i in from..from + n {
+            client.publish(&format!("in/camera/{i}"), photo.clone());
+            assert_eq!(results.recv().topic, format!("out/camera/{i}"));
+        }
+    };
+    // More than a window of photos alone: long messages, but no sensor
+    // model's worker to give way to, so it stays normal.
+    photos(0, 70);
+    assert_eq!(policy_of("infer-camera-0"), 0);
+    assert_eq!(
+        d.count_log(": moves to the background"),
+        0,
+        "{}",
+        d.log_text()
+    );
+    // A window of sensor messages, one at a time as a sensor publishes.
+    for i in 0..64 {
+        client.publish(
+            "in/sensor",
+            json!({"id": i, "data": case_inputs(case)[0]}).to_string(),
+        );
+        let r = results.recv();
+        assert_eq!(r.topic, "out/sensor");
+        assert_eq!(r.json()["id"], i);
+    }
+    // The camera's next window moves it.
+    photos(70, 64);
+    d.wait_for_log(
+        "infer-camera-0: moves to the background (SCHED_IDLE, worker_priority = \"auto\")",
+    );
+    let policies = thread_policies(d.pid());
+    let moved: Vec<&String> = policies
+        .iter()
+        .filter(|(_, p)| *p != 0)
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(moved, ["infer-camera-0"], "{policies:?}");
+    assert_eq!(
+        d.count_log(": moves to the background"),
+        1,
+        "{}",
+        d.log_text()
+    );
+
+    let health = TestClient::connect(broker.port);
+    health.subscribe("edge-infer/dev1/health");
+    wait_until(
+        "health to count the camera's worker in the background",
+        std::time::Duration::from_secs(60),
+        || {
+            let h = health.recv().json();
+            let of = |name: &str| {
+                h["models"]
+                    .as_array()
+                    .and_then(|ms| ms.iter().find(|m| m["name"] == name).cloned())
+                    .unwrap_or_default()
+            };
+            let (camera, sensor) = (of("camera"), of("sensor"));
+            camera["worker_priority"] == "auto"
+                && camera["background_workers"] == 1
+                && sensor["background_workers"] == 0
+        },
+    );
+    // It still answers, from the background.
+    client.publish("in/camera/last", photo);
+    let r = results.recv();
+    assert_eq!(r.topic, "out/camera/last");
+    let r = r.json();
+    assert_eq!(r["model"], "camera", "{r}");
+    assert!(r.get("error").is_none(), "{r}");
 }

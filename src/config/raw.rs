@@ -360,8 +360,8 @@ pub struct RawModel {
     /// file the same way on the CPU (`models::shared`).
     #[serde(default = "yes")]
     pub share_engine: bool,
-    /// "normal" (default) or "background": the scheduling class of the
-    /// model's threads (`models::priority`).
+    /// "normal" (default), "background" or "auto": the scheduling class
+    /// of the model's threads (`models::priority`).
     #[serde(default = "default_worker_priority")]
     pub worker_priority: String,
     /// Intra-op CPU threads per worker.

@@ -269,6 +269,10 @@ pub enum WorkerPriority {
     /// The kernel shares the cores fairly among all threads.
     #[default]
     Normal,
+    /// Normal, until a worker finds that its messages hold a core for a
+    /// millisecond or more beside sensor models; from then on background
+    /// (`worker::sched`).
+    Auto,
     /// `SCHED_IDLE`: the model computes only on cores that no normal
     /// thread wants, so a sensor model, the broker or the event loop that
     /// wakes up never waits behind its invokes.
@@ -278,6 +282,7 @@ pub enum WorkerPriority {
 impl WorkerPriority {
     pub fn as_str(self) -> &'static str {
         match self {
+            WorkerPriority::Auto => "auto",
             WorkerPriority::Normal => "normal",
             WorkerPriority::Background => "background",
         }
@@ -1058,12 +1063,13 @@ fn model_settings(
         }
     };
     let worker_priority = match rm.worker_priority.as_str() {
+        "auto" => WorkerPriority::Auto,
         "normal" => WorkerPriority::Normal,
         "background" => WorkerPriority::Background,
         other => {
             c.add(
                 k("worker_priority"),
-                format!("expected \"normal\" or \"background\", got \"{other}\""),
+                format!("expected \"normal\", \"background\" or \"auto\", got \"{other}\""),
             );
             WorkerPriority::Normal
         }
@@ -1281,7 +1287,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             priority.message,
-            "expected \"normal\" or \"background\", got \"low\""
+            "expected \"normal\", \"background\" or \"auto\", got \"low\""
         );
     }
 

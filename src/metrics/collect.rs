@@ -300,7 +300,7 @@ fn encode_models(enc: &mut DescriptorEncoder, models: &[ModelSource]) -> fmt::Re
     gauges(
         enc,
         "edge_infer_model_background_workers",
-        "Worker threads of the model running in the kernel's SCHED_IDLE class (worker_priority = \"background\").",
+        "Worker threads of the model running in the kernel's SCHED_IDLE class (worker_priority = \"background\", or moved there by \"auto\").",
         None,
         models.iter().map(|m| {
             (

@@ -320,7 +320,7 @@ pub fn load_one(
     limits: &FileLimits,
     runtime: &Arc<Runtime>,
 ) -> Result<LoadedModel, Problem> {
-    if ms.worker_priority == WorkerPriority::Normal {
+    if ms.worker_priority != WorkerPriority::Background {
         return load_here(ms, limits, runtime);
     }
     std::thread::scope(|s| {

@@ -19,6 +19,12 @@
 //! its load holds only its own key's slot in the engine registry, not the
 //! registry that health reads on the event loop (`shared::engine`).
 //!
+//! `auto` starts normal; a worker whose messages turn out to hold a core
+//! for a millisecond or more beside sensor models moves itself to
+//! `SCHED_IDLE` (`worker::sched`, which says why it is not the default). Only the worker thread moves: with `threads` > 1 the
+//! runtime's intra-op threads, started at load, stay normal, so such a
+//! model is best set to `background` outright.
+//!
 //! The class is per thread and inherited by the threads a thread starts:
 //! the load enters it on a thread of its own, so the intra-op threads the
 //! runtime starts while compiling (`threads` > 1) have it too, and each
@@ -30,12 +36,13 @@ use std::io;
 
 use crate::config::WorkerPriority;
 
-/// Puts the calling thread in `priority`'s class. `Normal` does nothing: a
-/// thread starts in the class of the thread that started it, and the
-/// daemon's own threads are normal.
+/// Puts the calling thread in `priority`'s class. `Normal` and `Auto` do
+/// nothing: a thread starts in the class of the thread that started it,
+/// the daemon's own threads are normal, and an `auto` model's workers
+/// start normal (`worker::sched` moves them later, if ever).
 pub fn enter(priority: WorkerPriority) -> io::Result<()> {
     match priority {
-        WorkerPriority::Normal => Ok(()),
+        WorkerPriority::Auto | WorkerPriority::Normal => Ok(()),
         WorkerPriority::Background => {
             let param = libc::sched_param { sched_priority: 0 };
             // SAFETY: `param` is a valid sched_param for the call's

@@ -35,7 +35,9 @@ use crate::config::WorkerPriority;
 /// What makes two engines interchangeable: the same file, compiled the
 /// same way, for the same worker index, by models of the same
 /// `worker_priority`: a normal model's invoke waiting for the lock held by
-/// a background one would wait for whenever the cores are free.
+/// a background one would wait for whenever the cores are free. Two `auto`
+/// models share: they run the same invokes, so their workers move to the
+/// background alike (`worker::sched`), apart from what decoding adds.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct EngineKey {
     pub sha256: String,

@@ -557,17 +557,24 @@ fn model_rows(status: Option<&Value>, health: Option<&Value>) -> (Vec<Vec<String
                     ));
                 }
             }
-            if text(m, "/worker_priority") == Some("background") {
+            // "auto" moves workers of long messages there beside sensor
+            // models (worker::sched).
+            if let Some(priority @ ("background" | "auto")) = text(m, "/worker_priority") {
                 let workers = uint(m, "/workers");
                 let refused = uint(m, "/priority_refused_workers").unwrap_or(0);
+                let why = if priority == "auto" {
+                    " (worker_priority \"auto\": its messages take 1 ms or more, beside sensor models)"
+                } else {
+                    ""
+                };
                 if refused > 0 {
                     notes.push(format!(
-                        "warning: model {name}: worker_priority \"background\" refused by the kernel for {refused} of {} worker(s): they run at normal priority (the daemon's log says why)",
+                        "warning: model {name}: worker_priority \"{priority}\" refused by the kernel for {refused} of {} worker(s): they run at normal priority (the daemon's log says why)",
                         workers.map_or_else(dash, |w| w.to_string())
                     ));
                 } else if let Some(b) = uint(m, "/background_workers").filter(|b| *b > 0) {
                     notes.push(format!(
-                        "model {name}: in the background: {b} worker(s) in SCHED_IDLE, computing on cores nothing else wants"
+                        "model {name}: in the background{why}: {b} worker(s) in SCHED_IDLE, computing on cores nothing else wants"
                     ));
                 }
             }
@@ -819,7 +826,9 @@ mod tests {
             "fallback_reason":null,"switches":0,"retry_in_secs":null}},
           {"name":"idle","shares_engine_with":["har","har_raw"],"latency_ms":{"count":0,"p50":0.0,"p95":0.0,"p99":0.0,"max":0.0}},
           {"name":"cam","workers":1,"worker_priority":"background","background_workers":1,"priority_refused_workers":0},
-          {"name":"cam2","workers":2,"worker_priority":"background","background_workers":0,"priority_refused_workers":2}]}"#;
+          {"name":"cam2","workers":2,"worker_priority":"background","background_workers":0,"priority_refused_workers":2},
+          {"name":"cam3","workers":2,"worker_priority":"auto","background_workers":1,"priority_refused_workers":0},
+          {"name":"imu","workers":1,"worker_priority":"auto","background_workers":0,"priority_refused_workers":0}]}"#;
 
     #[test]
     fn device_block_from_sample_records() {
@@ -856,6 +865,8 @@ gw-7  offline (shutdown, 5.4s ago)
   idle   -        -                     -  -                                   -      -       -       -       -       -       -
   cam    -        -                     -  -                                   -      -       -       -       -       -       -
   cam2   -        -                     -  -                                   -      -       -       -       -       -       -
+  cam3   -        -                     -  -                                   -      -       -       -       -       -       -
+  imu    -        -                     -  -                                   -      -       -       -       -       -       -
   warning: model har: 1 of 2 worker(s) stalled
   model har: 2 open stream(s), 100 window(s) from 6450 reading(s), 50 reading(s) discarded
   model tpu: on cpu, not edgetpu: edgetpu: the delegate plugin declined; tried again in 42 s
@@ -864,6 +875,7 @@ gw-7  offline (shutdown, 5.4s ago)
   model idle: shares its engine(s) with har, har_raw (same file on the CPU; their invokes take turns)
   model cam: in the background: 1 worker(s) in SCHED_IDLE, computing on cores nothing else wants
   warning: model cam2: worker_priority \"background\" refused by the kernel for 2 of 2 worker(s): they run at normal priority (the daemon's log says why)
+  model cam3: in the background (worker_priority \"auto\": its messages take 1 ms or more, beside sensor models): 1 worker(s) in SCHED_IDLE, computing on cores nothing else wants
 ";
         assert_eq!(out, expected);
     }

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use model_runtime::Engine;
 
+use super::sched::{self, SchedFit};
 use super::serve::{decode, internal_error, invoke_failure, panic_message, serve_one, Scratch};
-use super::slice::{self, SliceFit};
 use super::{JobReceiver, Queued};
 use crate::codec::encode::{Extras, Outputs};
 use crate::codec::MessageId;
@@ -110,7 +110,7 @@ pub(super) fn batch_loop(
 ) {
     let (mut engine, mut single) = (engines.main, engines.single);
     let mut b = Batcher::new(ctx);
-    let mut fit = SliceFit::for_this_thread();
+    let mut fit = SchedFit::for_this_thread(ctx.priority);
     while let Some(first) = rx.recv() {
         let dequeued = Instant::now();
         beat.busy();
@@ -138,7 +138,7 @@ pub(super) fn batch_loop(
                 &mut b.decoding,
             );
             beat.idle();
-            slice::observe(&mut fit, collected.elapsed());
+            sched::observe(&mut fit, collected, beat);
             if let Some(out) = out {
                 replies.send_blocking(out);
             }
@@ -155,7 +155,7 @@ pub(super) fn batch_loop(
         }));
         run_batch(engine.as_mut(), ctx, replies, &mut b);
         beat.idle();
-        slice::observe(&mut fit, collected.elapsed());
+        sched::observe(&mut fit, collected, beat);
         for out in b.replies.drain(..) {
             replies.send_blocking(out);
         }

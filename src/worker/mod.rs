@@ -10,8 +10,8 @@
 
 mod batch;
 pub mod queue;
+mod sched;
 mod serve;
-mod slice;
 mod window;
 mod windowed;
 
@@ -68,7 +68,8 @@ pub fn spawn_workers(
                 // threads are normal, so only background needs a call.
                 let class = match (priority::enter(ctx.priority), ctx.priority) {
                     (Ok(()), WorkerPriority::Background) => WorkerClass::Background,
-                    (Ok(()), WorkerPriority::Normal) => WorkerClass::Normal,
+                    // An auto worker starts normal (`sched` may move it).
+                    (Ok(()), WorkerPriority::Normal | WorkerPriority::Auto) => WorkerClass::Normal,
                     (Err(e), _) => {
                         // The load said so already, with the reason;
                         // health counts the worker as refused.
@@ -111,7 +112,7 @@ fn worker_loop(
     }
     let mut engine = engines.main;
     let mut scratch = serve::Scratch::default();
-    let mut fit = slice::SliceFit::for_this_thread();
+    let mut fit = sched::SchedFit::for_this_thread(ctx.priority);
     while let Some(queued) = rx.recv() {
         // `queued` keeps its payload bytes charged to the queue until this
         // message is answered.
@@ -127,7 +128,7 @@ fn worker_loop(
             &mut scratch,
         );
         beat.idle();
-        slice::observe(&mut fit, dequeued.elapsed());
+        sched::observe(&mut fit, dequeued, beat);
         if let Some(out) = out {
             replies.send_blocking(out);
         }

@@ -15,8 +15,8 @@ use std::time::Instant;
 use model_runtime::Engine;
 
 use super::queue::Recv;
+use super::sched::{self, SchedFit};
 use super::serve::{internal_error, invoke_failure, panic_message, store_floats};
-use super::slice::{self, SliceFit};
 use super::window::{sweep_interval, Streams, Window};
 use super::JobReceiver;
 use crate::codec::encode::{Extras, Outputs, WindowInfo};
@@ -42,7 +42,7 @@ pub(super) fn window_loop(
 ) {
     let mut values = Vec::new();
     let mut out = Vec::new();
-    let mut fit = SliceFit::for_this_thread();
+    let mut fit = SchedFit::for_this_thread(ctx.priority);
     loop {
         let mut guard = lock(streams);
         let deadline = Instant::now() + sweep_interval(&intake.shape);
@@ -105,7 +105,7 @@ pub(super) fn window_loop(
             }
         }
         beat.idle();
-        slice::observe(&mut fit, started.elapsed());
+        sched::observe(&mut fit, started, beat);
         for msg in out.drain(..) {
             replies.send_blocking(msg);
         }

@@ -1,0 +1,522 @@
+//! How the kernel schedules a worker thread, fitted to how long its
+//! messages take: the time slice it asks for and, for `auto` models,
+//! whether it moves to the background.
+//!
+//! On the EEVDF scheduler a thread that wakes up runs at once only if its
+//! deadline (its slice past its virtual runtime) comes before the running
+//! thread's; otherwise it waits up to a whole slice (1.4 ms on 2 cores,
+//! more on more). Next to an image model whose invokes take milliseconds,
+//! a sensor model's worker woke for a 25 µs message and waited for the
+//! image worker's slice: measured, HAR at 1,000 msg/s beside MobileNetV2
+//! at 400 msg/s spent p99 1.2 ms in its queue (the daemon's own `queue`
+//! stage), against 0.1 ms with a 100 µs slice. Since Linux 6.12 a thread
+//! may ask for its own slice (`sched_setattr`'s `sched_runtime`, 0.1 to
+//! 100 ms, no privilege needed): a short one wins the wake-up race, and
+//! the kernel preempts it the sooner if it runs longer than it asked.
+//!
+//! So each worker asks for twice what its messages take (the 90th
+//! percentile of the last [`WINDOW`] messages, wall time from dequeue to
+//! answer), never less than the kernel's minimum and never more than the
+//! default, and keeps the default while it is busy more than
+//! [`MAX_BUSY_SHARE`] of the time. An image model's worker keeps the
+//! default; a model whose messages change size is refitted every
+//! [`WINDOW`] messages. Nothing is asked of kernels without custom slices
+//! (they report a slice of 0) or of threads outside the normal class.
+//!
+//! The slice helps the sensor model's worker, not the threads it depends
+//! on: the broker and the publishers still waited behind the image
+//! worker's invokes, and end to end HAR kept p99 1.2 to 1.4 ms over its
+//! figure alone. Neither a nice value (10 or 19), `SCHED_BATCH`, nor a
+//! short slice for the image worker changed that (measured, with and
+//! without the others); only `SCHED_IDLE` did, which any waking thread
+//! preempts at once. So a worker of an `auto` model whose messages take
+//! [`AUTO_BACKGROUND_AT`] or more (the same 90th percentile) while a
+//! worker of short messages runs beside it moves itself to the background
+//! for good (`models::priority`: an unprivileged thread cannot come back).
+//!
+//! For good is why `auto` is not the default: a model moved there and
+//! then flooded starves. Its own flood keeps the event loop and the broker
+//! (normal threads) on every core, so it answers almost only `overloaded`
+//! and, after the flood, clears its backlog only as they let it
+//! (tests/overload.rs, with `auto` as the default: a 550 µs model flooded
+//! at 2.4x its rate answered 313 msg/s instead of about 2,700, and none of
+//! 300 messages sent after the flood in time).
+
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::config::WorkerPriority;
+use crate::models::priority;
+use crate::telemetry::{WorkerBeat, WorkerClass};
+
+/// Messages per fit: enough for a percentile, few enough to follow a
+/// change within a second at sensor rates. The fit costs a sort of this
+/// many durations and, only when something changes, one system call.
+pub const WINDOW: usize = 64;
+
+/// The shortest slice the kernel grants (`SCHED_SLICE_MIN`, 0.1 ms).
+const KERNEL_MIN_NS: u64 = 100_000;
+
+/// An `auto` worker whose messages take this long or longer (90th
+/// percentile) moves to the background: a thread that wakes on its core
+/// would wait for such a message, and a millisecond is all a sensor model
+/// may lose beside another model (issue 16's target). MobileNetV2 takes
+/// 1.2 ms on this repository's x86 benchmark host and tens of
+/// milliseconds on a Raspberry Pi; a sensor model's window tens of
+/// microseconds.
+pub const AUTO_BACKGROUND_AT: Duration = Duration::from_millis(1);
+
+/// A worker busier than this share of the window's wall time keeps the
+/// default. Busy, it is throughput work: it rarely sleeps, so it rarely
+/// wins anything by waking first, and a short slice would put it ahead of
+/// the event loop that feeds it whenever both wait for one core. (HAR at
+/// 10,000 msg/s, about 25% busy, was too noisy to tell: p99 1.9 to 17 ms
+/// in three runs with the short slice, 2.6 to 38 ms in five without.)
+const MAX_BUSY_SHARE: f64 = 0.2;
+
+/// A refit within this factor of the current slice keeps it: no system
+/// call for a percentile that wobbles.
+const KEEP_WITHIN: f64 = 1.5;
+
+/// The workers in the normal class whose last window of messages took less
+/// than [`AUTO_BACKGROUND_AT`]: the sensor models' workers that an `auto`
+/// worker of long messages gives way to. With none (an image model alone,
+/// or beside models that got no window of messages yet), the `auto` worker
+/// stays normal: moving it would protect nothing of the daemon's and risk
+/// its starving under other processes' load. Process-wide: the daemon's
+/// workers are all its models' workers.
+pub static SHORT_WORKERS: AtomicUsize = AtomicUsize::new(0);
+
+/// The scheduling of one worker thread, refitted from its messages.
+#[derive(Debug)]
+pub struct SchedFit {
+    /// None where the kernel has no custom slices or refused one.
+    slice: Option<Slice>,
+    /// An `auto` worker still in the normal class.
+    auto: bool,
+    /// Where this worker counts itself while its messages are short.
+    short_workers: &'static AtomicUsize,
+    /// Whether it is counted there now.
+    counted: bool,
+    took: [u32; WINDOW],
+    seen: usize,
+    /// When the window's first message started.
+    window_start: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Slice {
+    /// The thread's scheduling attributes as found at start; `runtime_ns`
+    /// is the kernel's default slice for it.
+    found: SchedAttr,
+    /// What the thread asked for last (the default until it asks).
+    current_ns: u64,
+}
+
+impl SchedFit {
+    /// For the calling thread, a worker of a model of `priority`; None
+    /// outside the normal class (a `background` worker, or a class an
+    /// operator set): there is nothing to fit.
+    pub fn for_this_thread(priority: WorkerPriority) -> Option<SchedFit> {
+        SchedFit::counted_in(priority, &SHORT_WORKERS)
+    }
+
+    fn counted_in(
+        priority: WorkerPriority,
+        short_workers: &'static AtomicUsize,
+    ) -> Option<SchedFit> {
+        // SAFETY: no arguments; pid 0 is the calling thread.
+        let policy = unsafe { libc::sched_getscheduler(0) };
+        if policy != libc::SCHED_OTHER && policy != libc::SCHED_BATCH {
+            return None;
+        }
+        Some(SchedFit {
+            slice: Slice::for_this_thread(),
+            auto: priority == WorkerPriority::Auto,
+            short_workers,
+            counted: false,
+            took: [0; WINDOW],
+            seen: 0,
+            window_start: None,
+        })
+    }
+
+    /// The slice the thread runs with, in nanoseconds.
+    #[cfg(test)]
+    fn current_ns(&self) -> Option<u64> {
+        self.slice.as_ref().map(|s| s.current_ns)
+    }
+
+    /// Records one message that started at `started` and was answered at
+    /// `now`; every [`WINDOW`] messages, refits. Returns false once the
+    /// thread left the normal class: there is nothing left to fit.
+    fn observe_at(&mut self, started: Instant, now: Instant, beat: &WorkerBeat) -> bool {
+        let took = now.saturating_duration_since(started);
+        let window_start = *self.window_start.get_or_insert(started);
+        self.took[self.seen] = u32::try_from(took.as_nanos()).unwrap_or(u32::MAX);
+        self.seen += 1;
+        if self.seen < WINDOW {
+            return true;
+        }
+        self.seen = 0;
+        self.window_start = None;
+        let span = now.saturating_duration_since(window_start);
+        let busy: u64 = self.took.iter().map(|t| u64::from(*t)).sum();
+        self.took.sort_unstable();
+        let p90 = u64::from(self.took[WINDOW * 9 / 10]);
+        let long = p90 >= AUTO_BACKGROUND_AT.as_nanos() as u64;
+        self.count(!long);
+        if self.auto && long && self.short_workers.load(Ordering::Relaxed) > 0 {
+            self.auto = false;
+            if move_to_background(p90, self.short_workers.load(Ordering::Relaxed), beat) {
+                return false;
+            }
+        }
+        if let Some(slice) = &mut self.slice {
+            let busy_share = busy as f64 / span.as_nanos().max(1) as f64;
+            if !slice.refit(p90, busy_share) {
+                self.slice = None;
+            }
+        }
+        true
+    }
+
+    /// Counts this worker among the short ones, or not.
+    fn count(&mut self, short: bool) {
+        if short != self.counted {
+            if short {
+                self.short_workers.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.short_workers.fetch_sub(1, Ordering::Relaxed);
+            }
+            self.counted = short;
+        }
+    }
+}
+
+impl Drop for SchedFit {
+    fn drop(&mut self) {
+        self.count(false);
+    }
+}
+
+impl Slice {
+    fn for_this_thread() -> Option<Slice> {
+        let found = match get_attr() {
+            Ok(a) => a,
+            Err(e) => {
+                log::debug!(
+                    "{}: no time slice fitting: sched_getattr: {e}",
+                    thread_name()
+                );
+                return None;
+            }
+        };
+        // Before 6.12 a normal thread's sched_runtime reads 0.
+        if found.policy != libc::SCHED_OTHER as u32 || found.runtime_ns == 0 {
+            return None;
+        }
+        Some(Slice {
+            current_ns: found.runtime_ns,
+            found,
+        })
+    }
+
+    /// Asks for the slice `p90` and `busy_share` call for; false if the
+    /// kernel refused (the caller drops the fit: it would only be refused
+    /// again).
+    fn refit(&mut self, p90: u64, busy_share: f64) -> bool {
+        let want = fitted_ns(p90, busy_share, self.found.runtime_ns);
+        if keeps(self.current_ns, want) {
+            return true;
+        }
+        let mut attr = self.found;
+        attr.runtime_ns = want;
+        match set_attr(&attr) {
+            Ok(()) => {
+                log::debug!(
+                    "{}: time slice {} -> {want} ns (twice what 90% of its last {WINDOW} messages took, within the kernel's {KERNEL_MIN_NS} ns and its default {} ns; the default while busy over {:.0}% of the time)",
+                    thread_name(),
+                    self.current_ns,
+                    self.found.runtime_ns,
+                    MAX_BUSY_SHARE * 100.0
+                );
+                self.current_ns = want;
+                true
+            }
+            Err(e) => {
+                log::debug!(
+                    "{}: time slice of {want} ns refused ({e}): it keeps the kernel's",
+                    thread_name()
+                );
+                false
+            }
+        }
+    }
+}
+
+/// An `auto` worker whose messages take `p90_ns` enters `SCHED_IDLE`; one
+/// line per worker, once. False if the kernel refused.
+fn move_to_background(p90_ns: u64, short_workers: usize, beat: &WorkerBeat) -> bool {
+    let took_ms = p90_ns as f64 / 1e6;
+    match priority::enter(WorkerPriority::Background) {
+        Ok(()) => {
+            log::info!(
+                "{}: moves to the background (SCHED_IDLE, worker_priority = \"auto\"): its last {WINDOW} messages took {took_ms:.2} ms at the 90th percentile, and {short_workers} worker(s) of models whose messages take under {} ms (sensor models), like the broker, would wait behind them on its core; it now computes on cores no normal thread wants, and while they are all busy its messages are refused as overloaded (worker_priority = \"normal\" keeps it normal)",
+                thread_name(),
+                AUTO_BACKGROUND_AT.as_millis()
+            );
+            beat.entered(WorkerClass::Background);
+            true
+        }
+        Err(e) => {
+            log::warn!(
+                "{}: stays at normal priority: its messages take {took_ms:.2} ms, so worker_priority = \"auto\" would move it to the background, but the kernel refused SCHED_IDLE ({e}; a seccomp filter without the @resources calls?)",
+                thread_name()
+            );
+            beat.entered(WorkerClass::Refused);
+            false
+        }
+    }
+}
+
+fn thread_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("worker")
+        .to_string()
+}
+
+/// Feeds `fit` one message that started at `started`, dropping the fit
+/// once the thread left the normal class.
+pub fn observe(fit: &mut Option<SchedFit>, started: Instant, beat: &WorkerBeat) {
+    if let Some(f) = fit {
+        if !f.observe_at(started, Instant::now(), beat) {
+            *fit = None;
+        }
+    }
+}
+
+/// Twice `p90`, at least the kernel's minimum, at most `default_ns`;
+/// `default_ns` if the messages took more than [`MAX_BUSY_SHARE`] of the
+/// window's wall time.
+fn fitted_ns(p90: u64, busy_share: f64, default_ns: u64) -> u64 {
+    if busy_share > MAX_BUSY_SHARE {
+        return default_ns;
+    }
+    (p90 * 2).clamp(KERNEL_MIN_NS, default_ns.max(KERNEL_MIN_NS))
+}
+
+fn keeps(current_ns: u64, want_ns: u64) -> bool {
+    let (lo, hi) = (current_ns.min(want_ns), current_ns.max(want_ns));
+    (hi as f64) < (lo as f64) * KEEP_WITHIN
+}
+
+/// `struct sched_attr` (linux/sched/types.h), the first version's 48
+/// bytes plus the utilization clamps (56); the libc crate has no binding.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    runtime_ns: u64,
+    deadline_ns: u64,
+    period_ns: u64,
+    util_min: u32,
+    util_max: u32,
+}
+
+const ATTR_SIZE: u32 = std::mem::size_of::<SchedAttr>() as u32;
+/// The one flag the kernel reports back that a set must repeat to keep.
+const SCHED_FLAG_RESET_ON_FORK: u64 = 0x01;
+
+fn get_attr() -> io::Result<SchedAttr> {
+    let mut attr = SchedAttr::default();
+    // SAFETY: `attr` is a writable sched_attr of ATTR_SIZE bytes for the
+    // call's duration; pid 0 is the calling thread; flags must be 0.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getattr,
+            0,
+            &mut attr as *mut SchedAttr,
+            ATTR_SIZE,
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(attr)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sets `attr` (its policy, nice and flags as found, so an operator's nice
+/// survives) with its slice.
+fn set_attr(attr: &SchedAttr) -> io::Result<()> {
+    let attr = SchedAttr {
+        size: ATTR_SIZE,
+        flags: attr.flags & SCHED_FLAG_RESET_ON_FORK,
+        ..*attr
+    };
+    // SAFETY: `attr` is a valid sched_attr whose size field is its size,
+    // alive for the call; pid 0 is the calling thread; flags must be 0.
+    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULT: u64 = 1_400_000;
+
+    /// Feeds `fit` a window of messages taking `took`, one a millisecond as
+    /// a sensor model's worker sees them, from `now` on.
+    fn feed(fit: &mut SchedFit, took: Duration, now: &mut Instant, beat: &WorkerBeat) -> bool {
+        let mut more = true;
+        for _ in 0..WINDOW {
+            *now += Duration::from_millis(1);
+            more = fit.observe_at(*now - took, *now, beat);
+        }
+        more
+    }
+
+    /// The 90th percentile of messages taking `us` microseconds.
+    fn p90_of(us: &[u64]) -> u64 {
+        let mut v = us.to_vec();
+        v.sort_unstable();
+        v[v.len() * 9 / 10] * 1000
+    }
+
+    #[test]
+    fn the_fit_is_twice_the_90th_percentile_within_the_kernels_bounds() {
+        let fit = |us: &[u64]| fitted_ns(p90_of(us), 0.05, DEFAULT);
+        // Short messages: the kernel's minimum, not 50 µs.
+        assert_eq!(fit(&[25; 64]), KERNEL_MIN_NS);
+        // 150 µs messages with a few slow ones above the 90th percentile.
+        let mut mixed = vec![150; 60];
+        mixed.extend([500; 4]);
+        assert_eq!(fit(&mixed), 300_000);
+        // Below it they count.
+        let mut slow = vec![150; 50];
+        slow.extend([500; 14]);
+        assert_eq!(fit(&slow), 1_000_000);
+        // An image model's milliseconds: the default.
+        assert_eq!(fit(&[900; 64]), DEFAULT);
+    }
+
+    #[test]
+    fn a_busy_worker_keeps_the_default() {
+        // 25 µs messages at 10,000 a second: 25% busy.
+        assert_eq!(fitted_ns(25_000, 0.25, DEFAULT), DEFAULT);
+        // At 2,000 a second: 5%.
+        assert_eq!(fitted_ns(25_000, 0.05, DEFAULT), KERNEL_MIN_NS);
+    }
+
+    #[test]
+    fn a_wobbling_fit_keeps_the_slice() {
+        assert!(keeps(100_000, 100_000));
+        assert!(keeps(600_000, 500_000));
+        assert!(!keeps(1_400_000, 100_000));
+        assert!(!keeps(100_000, 600_000));
+    }
+
+    fn slice_now() -> Option<u64> {
+        get_attr().map(|a| a.runtime_ns).ok()
+    }
+
+    /// Runs on the kernel: a worker with short messages gets the minimum
+    /// slice, on its own thread only; long ones bring the default back.
+    #[test]
+    fn a_thread_with_short_messages_asks_for_the_shortest_slice() {
+        let outside = slice_now();
+        let (short, long, default) = std::thread::spawn(|| {
+            let beat = WorkerBeat::new(Instant::now());
+            let Some(mut fit) = SchedFit::for_this_thread(WorkerPriority::Normal) else {
+                panic!(
+                    "this kernel has no custom time slices for normal threads (Linux 6.12 or later has them): {:?}",
+                    get_attr()
+                );
+            };
+            let default = fit.current_ns();
+            let mut now = Instant::now();
+            assert!(feed(&mut fit, Duration::from_micros(25), &mut now, &beat));
+            let short = slice_now();
+            assert_eq!(fit.current_ns(), Some(KERNEL_MIN_NS));
+            assert!(feed(&mut fit, Duration::from_micros(900), &mut now, &beat));
+            let long = slice_now();
+            // A normal model's worker stays normal whatever its messages take.
+            assert!(feed(&mut fit, Duration::from_millis(5), &mut now, &beat));
+            assert_eq!(get_attr().map(|a| a.policy).ok(), Some(libc::SCHED_OTHER as u32));
+            (short, long, default)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(short, Some(KERNEL_MIN_NS));
+        assert_eq!(long, default);
+        assert_eq!(slice_now(), outside);
+    }
+
+    /// Runs on the kernel: an `auto` worker of long messages stays normal
+    /// while no worker of short messages runs beside it; beside one, it
+    /// stays normal while its messages are short, and moves to SCHED_IDLE,
+    /// on its own thread only, once 90% of a window take a millisecond or
+    /// more; then nothing is left to fit.
+    #[test]
+    fn an_auto_worker_with_long_messages_moves_to_the_background_beside_short_ones() {
+        static SHORT: AtomicUsize = AtomicUsize::new(0);
+        let policy = || get_attr().map(|a| a.policy).ok();
+        let outside = policy();
+        let (alone, short, long, more, class) = std::thread::spawn(move || {
+            let beat = WorkerBeat::new(Instant::now());
+            beat.entered(WorkerClass::Normal);
+            let mut now = Instant::now();
+            let mut fit = SchedFit::counted_in(WorkerPriority::Auto, &SHORT)
+                .expect("a normal thread has a fit");
+            assert!(feed(&mut fit, Duration::from_millis(2), &mut now, &beat));
+            let alone = policy();
+            // A sensor model's worker: counted once its window is short.
+            let mut sensor = SchedFit::counted_in(WorkerPriority::Auto, &SHORT)
+                .expect("a normal thread has a fit");
+            assert!(feed(
+                &mut sensor,
+                Duration::from_micros(25),
+                &mut now,
+                &beat
+            ));
+            assert_eq!(SHORT.load(Ordering::Relaxed), 1);
+            assert!(feed(&mut fit, Duration::from_micros(25), &mut now, &beat));
+            let short = policy();
+            // 58 of 64 at 0.9 ms: the 90th percentile is below the line.
+            for i in 0..WINDOW {
+                now += Duration::from_millis(3);
+                let took = if i < 58 { 900 } else { 1_500 };
+                assert!(fit.observe_at(now - Duration::from_micros(took), now, &beat));
+            }
+            assert_eq!(policy(), short);
+            assert_eq!(SHORT.load(Ordering::Relaxed), 2);
+            let more = feed(&mut fit, Duration::from_micros(1_200), &mut now, &beat);
+            let long = policy();
+            assert_eq!(SHORT.load(Ordering::Relaxed), 1);
+            drop(sensor);
+            (alone, short, long, more, beat.class())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(alone, Some(libc::SCHED_OTHER as u32));
+        assert_eq!(short, Some(libc::SCHED_OTHER as u32));
+        assert_eq!(long, Some(libc::SCHED_IDLE as u32));
+        assert!(!more, "a worker in the background has nothing left to fit");
+        assert_eq!(class, WorkerClass::Background);
+        assert_eq!(SHORT.load(Ordering::Relaxed), 0);
+        assert_eq!(policy(), outside);
+    }
+}
