@@ -21,18 +21,23 @@
 //!
 //! `auto` starts normal; a worker whose messages turn out to hold a core
 //! for a millisecond or more beside sensor models moves itself to
-//! `SCHED_IDLE` (`worker::sched`, which says why it is not the default). Only the worker thread moves: with `threads` > 1 the
-//! runtime's intra-op threads, started at load, stay normal, so such a
-//! model is best set to `background` outright.
+//! `SCHED_IDLE`, and back when it starves there (`worker::sched`). It
+//! moves only where this process can bring a thread back
+//! ([`can_leave_background`]): with CAP_SYS_NICE, or with RLIMIT_NICE 20
+//! (nice 0 and no better, `LimitNICE=20` in the shipped unit). Only the
+//! worker thread moves: with `threads` > 1 the runtime's intra-op threads,
+//! started at load, stay normal, so such a model is best set to
+//! `background` outright.
 //!
 //! The class is per thread and inherited by the threads a thread starts:
 //! the load enters it on a thread of its own, so the intra-op threads the
 //! runtime starts while compiling (`threads` > 1) have it too, and each
-//! worker thread enters it as it starts. Nothing leaves it: an
-//! unprivileged thread cannot return to `SCHED_OTHER` (its RLIMIT_NICE is
-//! 0), so threads that changed class are never reused for other work.
+//! worker thread enters it as it starts. A `background` thread never
+//! leaves it (without RLIMIT_NICE an unprivileged thread could not), so
+//! threads that changed class are never reused for other work.
 
 use std::io;
+use std::sync::OnceLock;
 
 use crate::config::WorkerPriority;
 
@@ -55,6 +60,43 @@ pub fn enter(priority: WorkerPriority) -> io::Result<()> {
             }
         }
     }
+}
+
+/// Returns the calling thread from `SCHED_IDLE` to the normal class. An
+/// unprivileged thread may only if its RLIMIT_NICE allows nice 0 (20,
+/// `LimitNICE=+0` in the shipped unit) or it has CAP_SYS_NICE.
+pub fn leave_background() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: as in `enter`.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether a thread of this process can enter `SCHED_IDLE` and leave it
+/// again, found once by a thread that tries; Err says why not.
+pub fn can_leave_background() -> Result<(), String> {
+    static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            let tried = std::thread::Builder::new()
+                .name("priority-probe".into())
+                .spawn(|| {
+                    enter(WorkerPriority::Background)
+                        .map_err(|e| format!("the kernel refused SCHED_IDLE: {e}"))?;
+                    leave_background().map_err(|e| {
+                        format!("the kernel refused the return from SCHED_IDLE ({e}): it needs RLIMIT_NICE 20 (LimitNICE=+0, as in the shipped unit) or CAP_SYS_NICE")
+                    })
+                })
+                .map_err(|e| format!("cannot start a thread to try: {e}"))?;
+            tried
+                .join()
+                .unwrap_or_else(|_| Err("the thread that tried panicked".into()))
+        })
+        .clone()
 }
 
 /// The calling thread's scheduling class, as `worker_priority` names it;

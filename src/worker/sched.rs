@@ -30,17 +30,20 @@
 //! short slice for the image worker changed that (measured, with and
 //! without the others); only `SCHED_IDLE` did, which any waking thread
 //! preempts at once. So a worker of an `auto` model whose messages take
-//! [`AUTO_BACKGROUND_AT`] or more (the same 90th percentile) while a
-//! worker of short messages runs beside it moves itself to the background
-//! for good (`models::priority`: an unprivileged thread cannot come back).
+//! [`AUTO_BACKGROUND_AT`] or more (the same 90th percentile) moves itself
+//! there while a worker of short messages runs beside it and it is not
+//! busy most of the time.
 //!
-//! For good is why `auto` is not the default: a model moved there and
-//! then flooded starves. Its own flood keeps the event loop and the broker
-//! (normal threads) on every core, so it answers almost only `overloaded`
-//! and, after the flood, clears its backlog only as they let it
-//! (tests/overload.rs, with `auto` as the default: a 550 µs model flooded
-//! at 2.4x its rate answered 313 msg/s instead of about 2,700, and none of
-//! 300 messages sent after the flood in time).
+//! In `SCHED_IDLE` a worker gets only what normal threads leave. A model
+//! moved there and then flooded starved: its own flood kept the event loop
+//! and the broker on every core (tests/overload.rs, with `auto` as the
+//! default and no way back: a 550 µs model flooded at 2.4x its rate
+//! answered 313 msg/s instead of about 2,700, and none of 300 messages
+//! after the flood in time). So a moved worker compares its CPU time with
+//! its messages' wall time every [`STARVE_CHECK`] messages and returns to
+//! the normal class when it got less than half; it may move again after
+//! [`SETTLE`]. It moves only where it can return
+//! (`models::priority::can_leave_background`).
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -66,6 +69,20 @@ const KERNEL_MIN_NS: u64 = 100_000;
 /// milliseconds on a Raspberry Pi; a sensor model's window tens of
 /// microseconds.
 pub const AUTO_BACKGROUND_AT: Duration = Duration::from_millis(1);
+
+/// An `auto` worker busier than this share of its window's wall time
+/// stays normal: it wants about a core, and in the background it would get
+/// only what the others leave (a model flooded at twice its rate moved
+/// there answered a tenth of its rate: `SCHED_IDLE` under a flood).
+const MAX_BUSY_TO_MOVE: f64 = 0.75;
+
+/// A background worker is checked for starving every this many messages:
+/// few enough to notice within seconds, starved as it is.
+const STARVE_CHECK: usize = 8;
+
+/// After it returned from the background, an `auto` worker stays normal
+/// this long: no flapping, no log flood.
+const SETTLE: Duration = Duration::from_secs(60);
 
 /// A worker busier than this share of the window's wall time keeps the
 /// default. Busy, it is throughput work: it rarely sleeps, so it rarely
@@ -93,8 +110,8 @@ pub static SHORT_WORKERS: AtomicUsize = AtomicUsize::new(0);
 pub struct SchedFit {
     /// None where the kernel has no custom slices or refused one.
     slice: Option<Slice>,
-    /// An `auto` worker still in the normal class.
-    auto: bool,
+    /// Where an `auto` worker is; None for the other priorities.
+    auto: Option<Auto>,
     /// Where this worker counts itself while its messages are short.
     short_workers: &'static AtomicUsize,
     /// Whether it is counted there now.
@@ -103,6 +120,21 @@ pub struct SchedFit {
     seen: usize,
     /// When the window's first message started.
     window_start: Option<Instant>,
+}
+
+/// An `auto` worker's class.
+#[derive(Debug)]
+enum Auto {
+    /// Normal; it may move once `settled` has passed (None: at once).
+    Normal { settled: Option<Instant> },
+    /// In `SCHED_IDLE`, watched for starving: its CPU time when last seen
+    /// and, over the messages since the last check, their wall and CPU time.
+    Background {
+        cpu_seen: Duration,
+        wall: Duration,
+        cpu: Duration,
+        messages: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -133,7 +165,7 @@ impl SchedFit {
         }
         Some(SchedFit {
             slice: Slice::for_this_thread(),
-            auto: priority == WorkerPriority::Auto,
+            auto: (priority == WorkerPriority::Auto).then_some(Auto::Normal { settled: None }),
             short_workers,
             counted: false,
             took: [0; WINDOW],
@@ -149,37 +181,102 @@ impl SchedFit {
     }
 
     /// Records one message that started at `started` and was answered at
-    /// `now`; every [`WINDOW`] messages, refits. Returns false once the
-    /// thread left the normal class: there is nothing left to fit.
-    fn observe_at(&mut self, started: Instant, now: Instant, beat: &WorkerBeat) -> bool {
+    /// `now`; every [`WINDOW`] messages, refits.
+    fn observe_at(&mut self, started: Instant, now: Instant, beat: &WorkerBeat) {
+        let cpu_now = match self.auto {
+            Some(Auto::Background { .. }) => thread_cpu_time(),
+            _ => None,
+        };
+        self.observe_with(started, now, cpu_now, beat)
+    }
+
+    /// As `observe_at`, with the thread's CPU time now (read only while in
+    /// the background).
+    fn observe_with(
+        &mut self,
+        started: Instant,
+        now: Instant,
+        cpu_now: Option<Duration>,
+        beat: &WorkerBeat,
+    ) {
         let took = now.saturating_duration_since(started);
+        if let (Some(auto), Some(cpu_now)) = (&mut self.auto, cpu_now) {
+            if auto.starving(took, cpu_now) {
+                self.back_to_normal(now, beat);
+            }
+        }
         let window_start = *self.window_start.get_or_insert(started);
         self.took[self.seen] = u32::try_from(took.as_nanos()).unwrap_or(u32::MAX);
         self.seen += 1;
         if self.seen < WINDOW {
-            return true;
+            return;
         }
         self.seen = 0;
         self.window_start = None;
         let span = now.saturating_duration_since(window_start);
         let busy: u64 = self.took.iter().map(|t| u64::from(*t)).sum();
+        let busy_share = busy as f64 / span.as_nanos().max(1) as f64;
         self.took.sort_unstable();
         let p90 = u64::from(self.took[WINDOW * 9 / 10]);
         let long = p90 >= AUTO_BACKGROUND_AT.as_nanos() as u64;
-        self.count(!long);
-        if self.auto && long && self.short_workers.load(Ordering::Relaxed) > 0 {
-            self.auto = false;
-            if move_to_background(p90, self.short_workers.load(Ordering::Relaxed), beat) {
-                return false;
+        let in_background = matches!(self.auto, Some(Auto::Background { .. }));
+        self.count(!long && !in_background);
+        let short_workers = self.short_workers.load(Ordering::Relaxed);
+        if let Some(Auto::Normal { settled }) = self.auto {
+            let moves = long
+                && short_workers > 0
+                && busy_share <= MAX_BUSY_TO_MOVE
+                && settled.is_none_or(|t| now >= t);
+            if moves {
+                match move_to_background(p90, short_workers, beat) {
+                    Ok(cpu_seen) => {
+                        // The slice was fitted to the normal class;
+                        // SCHED_IDLE has none.
+                        self.slice = None;
+                        self.auto = Some(Auto::Background {
+                            cpu_seen,
+                            wall: Duration::ZERO,
+                            cpu: Duration::ZERO,
+                            messages: 0,
+                        });
+                    }
+                    Err(()) => self.auto = None,
+                }
             }
         }
         if let Some(slice) = &mut self.slice {
-            let busy_share = busy as f64 / span.as_nanos().max(1) as f64;
             if !slice.refit(p90, busy_share) {
                 self.slice = None;
             }
         }
-        true
+    }
+
+    /// A starving background worker returns to the normal class, where it
+    /// stays for [`SETTLE`] before it may move again.
+    fn back_to_normal(&mut self, now: Instant, beat: &WorkerBeat) {
+        match priority::leave_background() {
+            Ok(()) => {
+                log::warn!(
+                    "{}: back to the normal class (worker_priority = \"auto\"): in the background it got less than half of the time its last {STARVE_CHECK} messages took, the cores being busy with normal threads; it may move again in {} s",
+                    thread_name(),
+                    SETTLE.as_secs()
+                );
+                beat.entered(WorkerClass::Normal);
+                self.auto = Some(Auto::Normal {
+                    settled: Some(now + SETTLE),
+                });
+                self.slice = Slice::for_this_thread();
+            }
+            Err(e) => {
+                // The probe said it could (`priority::can_leave_background`);
+                // it stays, and is watched no more.
+                log::warn!(
+                    "{}: starving in the background, and the kernel refused its return to the normal class ({e})",
+                    thread_name()
+                );
+                self.auto = None;
+            }
+        }
     }
 
     /// Counts this worker among the short ones, or not.
@@ -192,6 +289,35 @@ impl SchedFit {
             }
             self.counted = short;
         }
+    }
+}
+
+impl Auto {
+    /// Adds one message in the background that took `took` by the wall
+    /// clock, the thread's CPU time being `cpu_now` after it; every
+    /// [`STARVE_CHECK`] messages, whether the thread got less than half of
+    /// their wall time on a core. A message waiting for a shared engine's
+    /// lock looks alike; returning then costs nothing but the protection.
+    fn starving(&mut self, took: Duration, cpu_now: Duration) -> bool {
+        let Auto::Background {
+            cpu_seen,
+            wall,
+            cpu,
+            messages,
+        } = self
+        else {
+            return false;
+        };
+        *wall += took;
+        *cpu += cpu_now.saturating_sub(*cpu_seen);
+        *cpu_seen = cpu_now;
+        *messages += 1;
+        if *messages < STARVE_CHECK {
+            return false;
+        }
+        let starving = *cpu * 2 < *wall;
+        (*wall, *cpu, *messages) = (Duration::ZERO, Duration::ZERO, 0);
+        starving
     }
 }
 
@@ -256,29 +382,53 @@ impl Slice {
     }
 }
 
-/// An `auto` worker whose messages take `p90_ns` enters `SCHED_IDLE`; one
-/// line per worker, once. False if the kernel refused.
-fn move_to_background(p90_ns: u64, short_workers: usize, beat: &WorkerBeat) -> bool {
+/// An `auto` worker whose messages take `p90_ns` enters `SCHED_IDLE`, if
+/// this process can bring it back (`priority::can_leave_background`); one
+/// line per move. Its CPU time then, or Err if it stays normal for good.
+fn move_to_background(
+    p90_ns: u64,
+    short_workers: usize,
+    beat: &WorkerBeat,
+) -> Result<Duration, ()> {
     let took_ms = p90_ns as f64 / 1e6;
+    if let Err(why) = priority::can_leave_background() {
+        log::warn!(
+            "{}: stays in the normal class: its messages take {took_ms:.2} ms, so worker_priority = \"auto\" would move it to the background, but it could not come back when starving there ({why})",
+            thread_name()
+        );
+        return Err(());
+    }
+    let cpu_seen = thread_cpu_time().ok_or(())?;
     match priority::enter(WorkerPriority::Background) {
         Ok(()) => {
             log::info!(
-                "{}: moves to the background (SCHED_IDLE, worker_priority = \"auto\"): its last {WINDOW} messages took {took_ms:.2} ms at the 90th percentile, and {short_workers} worker(s) of models whose messages take under {} ms (sensor models), like the broker, would wait behind them on its core; it now computes on cores no normal thread wants, and while they are all busy its messages are refused as overloaded (worker_priority = \"normal\" keeps it normal)",
+                "{}: moves to the background (SCHED_IDLE, worker_priority = \"auto\"): its last {WINDOW} messages took {took_ms:.2} ms at the 90th percentile, and {short_workers} worker(s) of models whose messages take under {} ms (sensor models), like the broker, would wait behind them on its core; it now computes on cores no normal thread wants, and returns to the normal class if it starves there (worker_priority = \"normal\" keeps it normal)",
                 thread_name(),
                 AUTO_BACKGROUND_AT.as_millis()
             );
             beat.entered(WorkerClass::Background);
-            true
+            Ok(cpu_seen)
         }
         Err(e) => {
             log::warn!(
-                "{}: stays at normal priority: its messages take {took_ms:.2} ms, so worker_priority = \"auto\" would move it to the background, but the kernel refused SCHED_IDLE ({e}; a seccomp filter without the @resources calls?)",
+                "{}: stays in the normal class: its messages take {took_ms:.2} ms, so worker_priority = \"auto\" would move it to the background, but the kernel refused SCHED_IDLE ({e}; a seccomp filter without the @resources calls?)",
                 thread_name()
             );
             beat.entered(WorkerClass::Refused);
-            false
+            Err(())
         }
     }
+}
+
+/// The calling thread's CPU time; None if the clock cannot be read.
+fn thread_cpu_time() -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a writable timespec for the call's duration.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
 fn thread_name() -> String {
@@ -288,13 +438,10 @@ fn thread_name() -> String {
         .to_string()
 }
 
-/// Feeds `fit` one message that started at `started`, dropping the fit
-/// once the thread left the normal class.
+/// Feeds `fit` one message that started at `started`.
 pub fn observe(fit: &mut Option<SchedFit>, started: Instant, beat: &WorkerBeat) {
     if let Some(f) = fit {
-        if !f.observe_at(started, Instant::now(), beat) {
-            *fit = None;
-        }
+        f.observe_at(started, Instant::now(), beat);
     }
 }
 
@@ -378,15 +525,28 @@ mod tests {
 
     const DEFAULT: u64 = 1_400_000;
 
-    /// Feeds `fit` a window of messages taking `took`, one a millisecond as
-    /// a sensor model's worker sees them, from `now` on.
-    fn feed(fit: &mut SchedFit, took: Duration, now: &mut Instant, beat: &WorkerBeat) -> bool {
-        let mut more = true;
+    /// Feeds `fit` a window of messages taking `took`, one every `every`
+    /// (a millisecond: as a sensor model's worker sees them), from `now` on;
+    /// on a core all their wall time (the thread's CPU time, which only a
+    /// background worker reads, is made up to match).
+    fn feed_every(
+        fit: &mut SchedFit,
+        took: Duration,
+        every: Duration,
+        now: &mut Instant,
+        beat: &WorkerBeat,
+    ) {
+        thread_local!(static CPU: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) });
         for _ in 0..WINDOW {
-            *now += Duration::from_millis(1);
-            more = fit.observe_at(*now - took, *now, beat);
+            *now += every;
+            let cpu = CPU.get() + took;
+            CPU.set(cpu);
+            fit.observe_with(*now - took, *now, Some(cpu), beat);
         }
-        more
+    }
+
+    fn feed(fit: &mut SchedFit, took: Duration, now: &mut Instant, beat: &WorkerBeat) {
+        feed_every(fit, took, Duration::from_millis(1), now, beat);
     }
 
     /// The 90th percentile of messages taking `us` microseconds.
@@ -448,13 +608,14 @@ mod tests {
             };
             let default = fit.current_ns();
             let mut now = Instant::now();
-            assert!(feed(&mut fit, Duration::from_micros(25), &mut now, &beat));
+            feed(&mut fit, Duration::from_micros(25), &mut now, &beat);
             let short = slice_now();
             assert_eq!(fit.current_ns(), Some(KERNEL_MIN_NS));
-            assert!(feed(&mut fit, Duration::from_micros(900), &mut now, &beat));
+            feed(&mut fit, Duration::from_micros(900), &mut now, &beat);
             let long = slice_now();
             // A normal model's worker stays normal whatever its messages take.
-            assert!(feed(&mut fit, Duration::from_millis(5), &mut now, &beat));
+            let slow = Duration::from_millis(5);
+            feed_every(&mut fit, slow, slow * 4, &mut now, &beat);
             assert_eq!(get_attr().map(|a| a.policy).ok(), Some(libc::SCHED_OTHER as u32));
             (short, long, default)
         })
@@ -465,58 +626,92 @@ mod tests {
         assert_eq!(slice_now(), outside);
     }
 
+    fn policy() -> Option<u32> {
+        get_attr().map(|a| a.policy).ok()
+    }
+
+    const NORMAL: Option<u32> = Some(libc::SCHED_OTHER as u32);
+    const IDLE: Option<u32> = Some(libc::SCHED_IDLE as u32);
+
     /// Runs on the kernel: an `auto` worker of long messages stays normal
-    /// while no worker of short messages runs beside it; beside one, it
-    /// stays normal while its messages are short, and moves to SCHED_IDLE,
-    /// on its own thread only, once 90% of a window take a millisecond or
-    /// more; then nothing is left to fit.
+    /// while no worker of short messages runs beside it, or while its
+    /// messages are short, or while it is busy most of the time (a flood);
+    /// beside a short one it moves to SCHED_IDLE, on its own thread only,
+    /// once 90% of a window take a millisecond or more. Starving there (less
+    /// than half its messages' wall time on a core), it comes back, and
+    /// stays normal for [`SETTLE`]. Where this process cannot bring a thread
+    /// back from SCHED_IDLE (unprivileged, RLIMIT_NICE below 20), it never
+    /// moves.
     #[test]
     fn an_auto_worker_with_long_messages_moves_to_the_background_beside_short_ones() {
         static SHORT: AtomicUsize = AtomicUsize::new(0);
-        let policy = || get_attr().map(|a| a.policy).ok();
         let outside = policy();
-        let (alone, short, long, more, class) = std::thread::spawn(move || {
+        let can_come_back = priority::can_leave_background();
+        std::thread::spawn(move || {
             let beat = WorkerBeat::new(Instant::now());
             beat.entered(WorkerClass::Normal);
             let mut now = Instant::now();
             let mut fit = SchedFit::counted_in(WorkerPriority::Auto, &SHORT)
                 .expect("a normal thread has a fit");
-            assert!(feed(&mut fit, Duration::from_millis(2), &mut now, &beat));
-            let alone = policy();
+            let long = Duration::from_micros(1_200);
+            let calm = Duration::from_millis(3);
+            feed_every(&mut fit, long, calm, &mut now, &beat);
+            assert_eq!(policy(), NORMAL, "alone");
             // A sensor model's worker: counted once its window is short.
             let mut sensor = SchedFit::counted_in(WorkerPriority::Auto, &SHORT)
                 .expect("a normal thread has a fit");
-            assert!(feed(
-                &mut sensor,
-                Duration::from_micros(25),
-                &mut now,
-                &beat
-            ));
+            feed(&mut sensor, Duration::from_micros(25), &mut now, &beat);
             assert_eq!(SHORT.load(Ordering::Relaxed), 1);
-            assert!(feed(&mut fit, Duration::from_micros(25), &mut now, &beat));
-            let short = policy();
+            feed(&mut fit, Duration::from_micros(25), &mut now, &beat);
+            assert_eq!(policy(), NORMAL, "short messages");
+            assert_eq!(SHORT.load(Ordering::Relaxed), 2);
             // 58 of 64 at 0.9 ms: the 90th percentile is below the line.
             for i in 0..WINDOW {
-                now += Duration::from_millis(3);
+                now += calm;
                 let took = if i < 58 { 900 } else { 1_500 };
-                assert!(fit.observe_at(now - Duration::from_micros(took), now, &beat));
+                fit.observe_at(now - Duration::from_micros(took), now, &beat);
             }
-            assert_eq!(policy(), short);
-            assert_eq!(SHORT.load(Ordering::Relaxed), 2);
-            let more = feed(&mut fit, Duration::from_micros(1_200), &mut now, &beat);
-            let long = policy();
+            assert_eq!(policy(), NORMAL, "the 90th percentile below 1 ms");
+            // Flooded: one message right after the other.
+            feed_every(&mut fit, long, long, &mut now, &beat);
+            assert_eq!(policy(), NORMAL, "busy all the time");
             assert_eq!(SHORT.load(Ordering::Relaxed), 1);
+            feed_every(&mut fit, long, calm, &mut now, &beat);
+            if let Err(why) = &can_come_back {
+                assert_eq!(policy(), NORMAL, "cannot come back ({why}), so never moves");
+                assert_eq!(beat.class(), WorkerClass::Normal);
+                return;
+            }
+            assert_eq!(policy(), IDLE, "beside a sensor model, calm, long messages");
+            assert_eq!(beat.class(), WorkerClass::Background);
+            // Fed, it stays: its CPU time keeps up with the wall clock.
+            let mut cpu = Duration::from_secs(1_000);
+            let mut message = |fit: &mut SchedFit, now: &mut Instant, on_core: Duration| {
+                *now += Duration::from_millis(10);
+                cpu += on_core;
+                fit.observe_with(*now - Duration::from_millis(10), *now, Some(cpu), &beat);
+            };
+            for _ in 0..3 * STARVE_CHECK {
+                message(&mut fit, &mut now, Duration::from_millis(9));
+            }
+            assert_eq!(policy(), IDLE, "fed");
+            // Starving: 2 ms on a core of every 10.
+            for _ in 0..STARVE_CHECK {
+                message(&mut fit, &mut now, Duration::from_millis(2));
+            }
+            assert_eq!(policy(), NORMAL, "starving");
+            assert_eq!(beat.class(), WorkerClass::Normal);
+            // It settles before it may move again.
+            feed_every(&mut fit, long, calm, &mut now, &beat);
+            assert_eq!(policy(), NORMAL, "settling");
+            now += SETTLE;
+            feed_every(&mut fit, long, calm, &mut now, &beat);
+            assert_eq!(policy(), IDLE, "settled");
             drop(sensor);
-            (alone, short, long, more, beat.class())
+            assert_eq!(SHORT.load(Ordering::Relaxed), 0);
         })
         .join()
         .unwrap();
-        assert_eq!(alone, Some(libc::SCHED_OTHER as u32));
-        assert_eq!(short, Some(libc::SCHED_OTHER as u32));
-        assert_eq!(long, Some(libc::SCHED_IDLE as u32));
-        assert!(!more, "a worker in the background has nothing left to fit");
-        assert_eq!(class, WorkerClass::Background);
-        assert_eq!(SHORT.load(Ordering::Relaxed), 0);
         assert_eq!(policy(), outside);
     }
 }
