@@ -316,7 +316,8 @@ impl WorkerBeat {
         }
     }
 
-    /// Called by the worker thread once, as it starts.
+    /// Called by the worker thread as it starts, and again whenever
+    /// `worker_priority = "auto"` moves it (`worker::sched`).
     pub fn entered(&self, class: WorkerClass) {
         self.class.store(class as u8, Ordering::Relaxed);
     }

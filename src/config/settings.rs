@@ -270,8 +270,8 @@ pub enum WorkerPriority {
     #[default]
     Normal,
     /// Normal, until a worker finds that its messages hold a core for a
-    /// millisecond or more beside sensor models; from then on background
-    /// (`worker::sched`).
+    /// millisecond or more beside sensor models; then background, and
+    /// normal again if it starves there (`worker::sched`).
     Auto,
     /// `SCHED_IDLE`: the model computes only on cores that no normal
     /// thread wants, so a sensor model, the broker or the event loop that

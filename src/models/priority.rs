@@ -64,7 +64,7 @@ pub fn enter(priority: WorkerPriority) -> io::Result<()> {
 
 /// Returns the calling thread from `SCHED_IDLE` to the normal class. An
 /// unprivileged thread may only if its RLIMIT_NICE allows nice 0 (20,
-/// `LimitNICE=+0` in the shipped unit) or it has CAP_SYS_NICE.
+/// `LimitNICE=20` in the shipped unit) or it has CAP_SYS_NICE.
 pub fn leave_background() -> io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: as in `enter`.
@@ -88,7 +88,7 @@ pub fn can_leave_background() -> Result<(), String> {
                     enter(WorkerPriority::Background)
                         .map_err(|e| format!("the kernel refused SCHED_IDLE: {e}"))?;
                     leave_background().map_err(|e| {
-                        format!("the kernel refused the return from SCHED_IDLE ({e}): it needs RLIMIT_NICE 20 (LimitNICE=+0, as in the shipped unit) or CAP_SYS_NICE")
+                        format!("the kernel refused the return from SCHED_IDLE ({e}): it needs RLIMIT_NICE 20 (LimitNICE=20, as in the shipped unit) or CAP_SYS_NICE")
                     })
                 })
                 .map_err(|e| format!("cannot start a thread to try: {e}"))?;

@@ -110,13 +110,25 @@ pub static SHORT_WORKERS: AtomicUsize = AtomicUsize::new(0);
 pub struct SchedFit {
     /// None where the kernel has no custom slices or refused one.
     slice: Option<Slice>,
+    /// The thread's attributes as found at start, for the slice fit after a
+    /// return from the background (the kernel keeps a custom slice across
+    /// class changes, so a later read would take the last fit for the
+    /// default).
+    found: Option<SchedAttr>,
     /// Where an `auto` worker is; None for the other priorities.
     auto: Option<Auto>,
     /// Where this worker counts itself while its messages are short.
     short_workers: &'static AtomicUsize,
     /// Whether it is counted there now.
     counted: bool,
+    /// Each message's wall time from dequeue to answer, in nanoseconds.
     took: [u32; WINDOW],
+    /// An `auto` worker's CPU time per message (since the one before: what
+    /// it did between them counts too), in nanoseconds: what it holds a
+    /// core for. An invoke on an accelerator takes wall time, not CPU.
+    cpu_took: [u32; WINDOW],
+    /// An `auto` worker's CPU time after its last message.
+    cpu_seen: Option<Duration>,
     seen: usize,
     /// When the window's first message started.
     window_start: Option<Instant>,
@@ -127,14 +139,22 @@ pub struct SchedFit {
 enum Auto {
     /// Normal; it may move once `settled` has passed (None: at once).
     Normal { settled: Option<Instant> },
-    /// In `SCHED_IDLE`, watched for starving: its CPU time when last seen
-    /// and, over the messages since the last check, their wall and CPU time.
+    /// In `SCHED_IDLE`, watched for starving: the wall and CPU time of its
+    /// messages since the last check.
     Background {
-        cpu_seen: Duration,
         wall: Duration,
         cpu: Duration,
         messages: usize,
     },
+    /// In `SCHED_IDLE` for good: the kernel refused its return.
+    Stuck,
+}
+
+/// Why a background worker returns to the normal class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Return {
+    Starving,
+    Busy,
 }
 
 #[derive(Debug)]
@@ -163,12 +183,17 @@ impl SchedFit {
         if policy != libc::SCHED_OTHER && policy != libc::SCHED_BATCH {
             return None;
         }
+        let slice = Slice::for_this_thread();
+        let auto = priority == WorkerPriority::Auto;
         Some(SchedFit {
-            slice: Slice::for_this_thread(),
-            auto: (priority == WorkerPriority::Auto).then_some(Auto::Normal { settled: None }),
+            found: slice.as_ref().map(|s| s.found),
+            slice,
+            auto: auto.then_some(Auto::Normal { settled: None }),
             short_workers,
             counted: false,
             took: [0; WINDOW],
+            cpu_took: [0; WINDOW],
+            cpu_seen: if auto { thread_cpu_time() } else { None },
             seen: 0,
             window_start: None,
         })
@@ -183,15 +208,16 @@ impl SchedFit {
     /// Records one message that started at `started` and was answered at
     /// `now`; every [`WINDOW`] messages, refits.
     fn observe_at(&mut self, started: Instant, now: Instant, beat: &WorkerBeat) {
+        // One clock read per message, for `auto` workers only.
         let cpu_now = match self.auto {
-            Some(Auto::Background { .. }) => thread_cpu_time(),
+            Some(Auto::Normal { .. } | Auto::Background { .. }) => thread_cpu_time(),
             _ => None,
         };
         self.observe_with(started, now, cpu_now, beat)
     }
 
-    /// As `observe_at`, with the thread's CPU time now (read only while in
-    /// the background).
+    /// As `observe_at`, with the thread's CPU time now (read by `auto`
+    /// workers only).
     fn observe_with(
         &mut self,
         started: Instant,
@@ -200,13 +226,21 @@ impl SchedFit {
         beat: &WorkerBeat,
     ) {
         let took = now.saturating_duration_since(started);
-        if let (Some(auto), Some(cpu_now)) = (&mut self.auto, cpu_now) {
-            if auto.starving(took, cpu_now) {
-                self.back_to_normal(now, beat);
+        let cpu = match (cpu_now, self.cpu_seen) {
+            (Some(now), Some(seen)) => now.saturating_sub(seen),
+            _ => took,
+        };
+        if cpu_now.is_some() {
+            self.cpu_seen = cpu_now;
+        }
+        if let Some(auto) = &mut self.auto {
+            if auto.starving(took, cpu) {
+                self.back_to_normal(Return::Starving, now, beat);
             }
         }
         let window_start = *self.window_start.get_or_insert(started);
         self.took[self.seen] = u32::try_from(took.as_nanos()).unwrap_or(u32::MAX);
+        self.cpu_took[self.seen] = u32::try_from(cpu.as_nanos()).unwrap_or(u32::MAX);
         self.seen += 1;
         if self.seen < WINDOW {
             return;
@@ -216,33 +250,38 @@ impl SchedFit {
         let span = now.saturating_duration_since(window_start);
         let busy: u64 = self.took.iter().map(|t| u64::from(*t)).sum();
         let busy_share = busy as f64 / span.as_nanos().max(1) as f64;
-        self.took.sort_unstable();
-        let p90 = u64::from(self.took[WINDOW * 9 / 10]);
-        let long = p90 >= AUTO_BACKGROUND_AT.as_nanos() as u64;
-        let in_background = matches!(self.auto, Some(Auto::Background { .. }));
-        self.count(!long && !in_background);
-        let short_workers = self.short_workers.load(Ordering::Relaxed);
-        if let Some(Auto::Normal { settled }) = self.auto {
-            let moves = long
-                && short_workers > 0
-                && busy_share <= MAX_BUSY_TO_MOVE
-                && settled.is_none_or(|t| now >= t);
-            if moves {
-                match move_to_background(p90, short_workers, beat) {
-                    Ok(cpu_seen) => {
+        let p90 = p90_ns(&mut self.took);
+        let at = AUTO_BACKGROUND_AT.as_nanos() as u64;
+        let in_background = matches!(self.auto, Some(Auto::Background { .. } | Auto::Stuck));
+        self.count(p90 < at && !in_background);
+        match self.auto {
+            Some(Auto::Normal { settled }) => {
+                let cpu_p90 = p90_ns(&mut self.cpu_took);
+                let short_workers = self.short_workers.load(Ordering::Relaxed);
+                let moves = cpu_p90 >= at
+                    && short_workers > 0
+                    && busy_share <= MAX_BUSY_TO_MOVE
+                    && settled.is_none_or(|t| now >= t);
+                if moves {
+                    self.auto = match move_to_background(cpu_p90, short_workers, beat) {
                         // The slice was fitted to the normal class;
                         // SCHED_IDLE has none.
-                        self.slice = None;
-                        self.auto = Some(Auto::Background {
-                            cpu_seen,
-                            wall: Duration::ZERO,
-                            cpu: Duration::ZERO,
-                            messages: 0,
-                        });
-                    }
-                    Err(()) => self.auto = None,
+                        Ok(()) => {
+                            self.slice = None;
+                            Some(Auto::Background {
+                                wall: Duration::ZERO,
+                                cpu: Duration::ZERO,
+                                messages: 0,
+                            })
+                        }
+                        Err(()) => None,
+                    };
                 }
             }
+            Some(Auto::Background { .. }) if busy_share > MAX_BUSY_TO_MOVE => {
+                self.back_to_normal(Return::Busy, now, beat);
+            }
+            _ => {}
         }
         if let Some(slice) = &mut self.slice {
             if !slice.refit(p90, busy_share) {
@@ -251,13 +290,22 @@ impl SchedFit {
         }
     }
 
-    /// A starving background worker returns to the normal class, where it
-    /// stays for [`SETTLE`] before it may move again.
-    fn back_to_normal(&mut self, now: Instant, beat: &WorkerBeat) {
+    /// A background worker returns to the normal class, where it stays for
+    /// [`SETTLE`] before it may move again.
+    fn back_to_normal(&mut self, why: Return, now: Instant, beat: &WorkerBeat) {
+        let why = match why {
+            Return::Starving => format!(
+                "in the background it got less than half of the time its last {STARVE_CHECK} messages took on a core, the cores being busy with normal threads"
+            ),
+            Return::Busy => format!(
+                "it was busy over {:.0}% of its last {WINDOW} messages' time: it wants about a core, and in the background it gets one only when no normal thread does",
+                MAX_BUSY_TO_MOVE * 100.0
+            ),
+        };
         match priority::leave_background() {
             Ok(()) => {
                 log::warn!(
-                    "{}: back to the normal class (worker_priority = \"auto\"): in the background it got less than half of the time its last {STARVE_CHECK} messages took, the cores being busy with normal threads; it may move again in {} s",
+                    "{}: back to the normal class (worker_priority = \"auto\"): {why}; it may move again in {} s",
                     thread_name(),
                     SETTLE.as_secs()
                 );
@@ -265,16 +313,19 @@ impl SchedFit {
                 self.auto = Some(Auto::Normal {
                     settled: Some(now + SETTLE),
                 });
-                self.slice = Slice::for_this_thread();
+                // The kernel kept the slice last asked for.
+                self.slice = self.found.map(|found| Slice {
+                    found,
+                    current_ns: get_attr().map_or(found.runtime_ns, |a| a.runtime_ns),
+                });
             }
             Err(e) => {
-                // The probe said it could (`priority::can_leave_background`);
-                // it stays, and is watched no more.
+                // The probe said it could (`priority::can_leave_background`).
                 log::warn!(
-                    "{}: starving in the background, and the kernel refused its return to the normal class ({e})",
+                    "{}: stays in the background for good: {why}, and the kernel refused its return to the normal class ({e})",
                     thread_name()
                 );
-                self.auto = None;
+                self.auto = Some(Auto::Stuck);
             }
         }
     }
@@ -292,15 +343,20 @@ impl SchedFit {
     }
 }
 
+/// The 90th percentile of `ns` (sorts it).
+fn p90_ns(ns: &mut [u32; WINDOW]) -> u64 {
+    ns.sort_unstable();
+    u64::from(ns[WINDOW * 9 / 10])
+}
+
 impl Auto {
     /// Adds one message in the background that took `took` by the wall
-    /// clock, the thread's CPU time being `cpu_now` after it; every
-    /// [`STARVE_CHECK`] messages, whether the thread got less than half of
-    /// their wall time on a core. A message waiting for a shared engine's
-    /// lock looks alike; returning then costs nothing but the protection.
-    fn starving(&mut self, took: Duration, cpu_now: Duration) -> bool {
+    /// clock and `cpu` on a core; every [`STARVE_CHECK`] messages, whether
+    /// the thread got less than half of their wall time on a core. A
+    /// message waiting for a shared engine's lock looks alike; returning
+    /// then costs nothing but the protection, for [`SETTLE`].
+    fn starving(&mut self, took: Duration, cpu_took: Duration) -> bool {
         let Auto::Background {
-            cpu_seen,
             wall,
             cpu,
             messages,
@@ -309,8 +365,7 @@ impl Auto {
             return false;
         };
         *wall += took;
-        *cpu += cpu_now.saturating_sub(*cpu_seen);
-        *cpu_seen = cpu_now;
+        *cpu += cpu_took;
         *messages += 1;
         if *messages < STARVE_CHECK {
             return false;
@@ -384,12 +439,8 @@ impl Slice {
 
 /// An `auto` worker whose messages take `p90_ns` enters `SCHED_IDLE`, if
 /// this process can bring it back (`priority::can_leave_background`); one
-/// line per move. Its CPU time then, or Err if it stays normal for good.
-fn move_to_background(
-    p90_ns: u64,
-    short_workers: usize,
-    beat: &WorkerBeat,
-) -> Result<Duration, ()> {
+/// line per move. Err if it stays normal for good.
+fn move_to_background(p90_ns: u64, short_workers: usize, beat: &WorkerBeat) -> Result<(), ()> {
     let took_ms = p90_ns as f64 / 1e6;
     if let Err(why) = priority::can_leave_background() {
         log::warn!(
@@ -398,16 +449,15 @@ fn move_to_background(
         );
         return Err(());
     }
-    let cpu_seen = thread_cpu_time().ok_or(())?;
     match priority::enter(WorkerPriority::Background) {
         Ok(()) => {
             log::info!(
-                "{}: moves to the background (SCHED_IDLE, worker_priority = \"auto\"): its last {WINDOW} messages took {took_ms:.2} ms at the 90th percentile, and {short_workers} worker(s) of models whose messages take under {} ms (sensor models), like the broker, would wait behind them on its core; it now computes on cores no normal thread wants, and returns to the normal class if it starves there (worker_priority = \"normal\" keeps it normal)",
+                "{}: moves to the background (SCHED_IDLE, worker_priority = \"auto\"): its last {WINDOW} messages held a core for {took_ms:.2} ms at the 90th percentile, and {short_workers} worker(s) of models whose messages take under {} ms (sensor models), like the broker, would wait behind them on its core; it now computes on cores no normal thread wants, and returns to the normal class if it starves there (worker_priority = \"normal\" keeps it normal)",
                 thread_name(),
                 AUTO_BACKGROUND_AT.as_millis()
             );
             beat.entered(WorkerClass::Background);
-            Ok(cpu_seen)
+            Ok(())
         }
         Err(e) => {
             log::warn!(
@@ -527,8 +577,8 @@ mod tests {
 
     /// Feeds `fit` a window of messages taking `took`, one every `every`
     /// (a millisecond: as a sensor model's worker sees them), from `now` on;
-    /// on a core all their wall time (the thread's CPU time, which only a
-    /// background worker reads, is made up to match).
+    /// on a core all their wall time (the thread's CPU time, which only an
+    /// `auto` worker reads, is made up to match).
     fn feed_every(
         fit: &mut SchedFit,
         took: Duration,
@@ -536,13 +586,19 @@ mod tests {
         now: &mut Instant,
         beat: &WorkerBeat,
     ) {
-        thread_local!(static CPU: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) });
         for _ in 0..WINDOW {
             *now += every;
-            let cpu = CPU.get() + took;
-            CPU.set(cpu);
-            fit.observe_with(*now - took, *now, Some(cpu), beat);
+            fit.observe_with(*now - took, *now, Some(on_core(took)), beat);
         }
+    }
+
+    thread_local!(static CPU: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) });
+
+    /// The test thread's made-up CPU time after `took` more on a core.
+    fn on_core(took: Duration) -> Duration {
+        let cpu = CPU.get() + took;
+        CPU.set(cpu);
+        cpu
     }
 
     fn feed(fit: &mut SchedFit, took: Duration, now: &mut Instant, beat: &WorkerBeat) {
@@ -637,11 +693,12 @@ mod tests {
     /// while no worker of short messages runs beside it, or while its
     /// messages are short, or while it is busy most of the time (a flood);
     /// beside a short one it moves to SCHED_IDLE, on its own thread only,
-    /// once 90% of a window take a millisecond or more. Starving there (less
+    /// once a tenth of a window hold a core a millisecond or more. Starving there (less
     /// than half its messages' wall time on a core), it comes back, and
     /// stays normal for [`SETTLE`]. Where this process cannot bring a thread
     /// back from SCHED_IDLE (unprivileged, RLIMIT_NICE below 20), it never
-    /// moves.
+    /// moves. Busy in the background it comes back too, and messages long
+    /// by the wall clock but short on a core do not move it.
     #[test]
     fn an_auto_worker_with_long_messages_moves_to_the_background_beside_short_ones() {
         static SHORT: AtomicUsize = AtomicUsize::new(0);
@@ -685,11 +742,10 @@ mod tests {
             assert_eq!(policy(), IDLE, "beside a sensor model, calm, long messages");
             assert_eq!(beat.class(), WorkerClass::Background);
             // Fed, it stays: its CPU time keeps up with the wall clock.
-            let mut cpu = Duration::from_secs(1_000);
-            let mut message = |fit: &mut SchedFit, now: &mut Instant, on_core: Duration| {
-                *now += Duration::from_millis(10);
-                cpu += on_core;
-                fit.observe_with(*now - Duration::from_millis(10), *now, Some(cpu), &beat);
+            let message = |fit: &mut SchedFit, now: &mut Instant, cpu: Duration| {
+                *now += Duration::from_millis(30);
+                let started = *now - Duration::from_millis(10);
+                fit.observe_with(started, *now, Some(on_core(cpu)), &beat);
             };
             for _ in 0..3 * STARVE_CHECK {
                 message(&mut fit, &mut now, Duration::from_millis(9));
@@ -707,6 +763,25 @@ mod tests {
             now += SETTLE;
             feed_every(&mut fit, long, calm, &mut now, &beat);
             assert_eq!(policy(), IDLE, "settled");
+            // Flooded in the background, fed or not, it wants a core: the
+            // first window of the flood may still hold calm messages.
+            feed_every(&mut fit, long, long, &mut now, &beat);
+            feed_every(&mut fit, long, long, &mut now, &beat);
+            assert_eq!(policy(), NORMAL, "busy in the background");
+            // Long by the wall clock, but hardly on a core (an invoke on
+            // an accelerator): it stays normal, settled or not. The window
+            // the flood began ends first.
+            let accelerated = |fit: &mut SchedFit, now: &mut Instant, n: usize| {
+                for _ in 0..n {
+                    *now += calm;
+                    fit.observe_with(*now - long, *now, Some(on_core(long / 10)), &beat);
+                }
+            };
+            let rest = (WINDOW - fit.seen) % WINDOW;
+            accelerated(&mut fit, &mut now, rest);
+            now += SETTLE;
+            accelerated(&mut fit, &mut now, WINDOW);
+            assert_eq!(policy(), NORMAL, "an accelerator's wall time");
             drop(sensor);
             assert_eq!(SHORT.load(Ordering::Relaxed), 0);
         })
