@@ -357,9 +357,9 @@ def mixed_section(docset, meta, background=None):
          "`har_json` run at 1,000 msg/s in the same run. CPU is the target's over the phase; \"cores busy\" is "
          "its CPU time over the phase's wall time.", "",
          f"\"{BACKGROUND}\" is the same phase, at the same MobileNetV2 rate, on a daemon started with the defaults "
-         "plus `worker_priority = \"background\"` on the MobileNetV2 models (what docs/operators.md recommends for "
-         "image models next to sensor models: their threads run in `SCHED_IDLE`); its \"alone\" figures are measured "
-         "on that daemon just before.", ""]
+         "plus `worker_priority = \"background\"` on the MobileNetV2 models (their threads run in `SCHED_IDLE` "
+         "from the first message; the default, `auto`, moves a worker there after a window of 64 messages beside "
+         "the sensor model); its \"alone\" figures are measured on that daemon just before.", ""]
     errs = [f"{k}: {m['error']}" for k, m in parts if m.get("error")]
     parts = [(k, m) for k, m in parts if not m.get("error")]
     if errs:

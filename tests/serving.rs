@@ -637,9 +637,9 @@ fn thread_policies(pid: u32) -> Vec<(String, u32)> {
 /// `worker_priority = "background"` puts a model's threads in SCHED_IDLE:
 /// its worker and the intra-op threads the runtime started while it
 /// compiled (they carry the load thread's name), and nothing else. It
-/// never shares an engine with a normal model of the same file, both
-/// answer exactly, and a reload back to normal gives it threads of the
-/// normal class.
+/// never shares an engine with a model of the same file at the default
+/// priority (`auto`), both answer exactly, and a reload to `normal` gives
+/// it threads of the normal class.
 #[test]
 fn a_background_model_runs_its_threads_at_sched_idle_and_answers() {
     let fx = fixture("har_accel_int8.json");
@@ -700,7 +700,7 @@ worker_priority = \"background\"
         }
     };
     wait_for_classes(vec![
-        ("sensor".into(), json!("normal"), json!(0), json!(0)),
+        ("sensor".into(), json!("auto"), json!(0), json!(0)),
         ("camera".into(), json!("background"), json!(1), json!(0)),
     ]);
     assert_eq!(
@@ -753,7 +753,10 @@ worker_priority = \"background\"
         broker.port,
         "dev1",
         FAST_HEALTH,
-        &models.replace("worker_priority = \"background\"", ""),
+        &models.replace(
+            "worker_priority = \"background\"",
+            "worker_priority = \"normal\"",
+        ),
     ));
     d.signal("HUP");
     d.wait_for_log("reload: 1 model(s) kept (sensor), 1 loaded (camera)");
@@ -777,7 +780,7 @@ worker_priority = \"background\"
     assert_eq!(r["model"], "camera", "{r}");
     assert_outputs(&r, &cases[0], None);
     wait_for_classes(vec![
-        ("sensor".into(), json!("normal"), json!(0), json!(0)),
+        ("sensor".into(), json!("auto"), json!(0), json!(0)),
         ("camera".into(), json!("normal"), json!(0), json!(0)),
     ]);
 }

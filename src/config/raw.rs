@@ -515,7 +515,7 @@ fn default_queue_capacity() -> i64 {
     4096
 }
 fn default_worker_priority() -> String {
-    "normal".into()
+    "auto".into()
 }
 fn default_overflow() -> String {
     "reject_new".into()

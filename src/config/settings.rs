@@ -267,11 +267,11 @@ impl OverflowPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum WorkerPriority {
     /// The kernel shares the cores fairly among all threads.
-    #[default]
     Normal,
-    /// Normal, until a worker finds that its messages hold a core for a
-    /// millisecond or more beside sensor models; then background, and
-    /// normal again if it starves there (`worker::sched`).
+    /// The default. Normal, until a worker finds that its messages hold a
+    /// core for a millisecond or more beside sensor models; then
+    /// background, and normal again if it starves there (`worker::sched`).
+    #[default]
     Auto,
     /// `SCHED_IDLE`: the model computes only on cores that no normal
     /// thread wants, so a sensor model, the broker or the event loop that
@@ -1071,7 +1071,7 @@ fn model_settings(
                 k("worker_priority"),
                 format!("expected \"normal\", \"background\" or \"auto\", got \"{other}\""),
             );
-            WorkerPriority::Normal
+            WorkerPriority::Auto
         }
     };
     let queue_capacity = c.range(&k("queue_capacity"), rm.queue_capacity, 1, 1_000_000) as usize;
@@ -1241,7 +1241,7 @@ mod tests {
             PathBuf::from("/etc/edge-infer/har.tflite")
         );
         assert_eq!(s.models[0].overflow, OverflowPolicy::RejectNew);
-        assert_eq!(s.models[0].worker_priority, WorkerPriority::Normal);
+        assert_eq!(s.models[0].worker_priority, WorkerPriority::Auto);
         assert_eq!(s.max_payload_bytes, 1024 * 1024);
     }
 

@@ -19,7 +19,7 @@
 //! its load holds only its own key's slot in the engine registry, not the
 //! registry that health reads on the event loop (`shared::engine`).
 //!
-//! `auto` starts normal; a worker whose messages turn out to hold a core
+//! `auto` (the default) starts normal; a worker whose messages turn out to hold a core
 //! for a millisecond or more beside sensor models moves itself to
 //! `SCHED_IDLE`, and back when it starves there (`worker::sched`). It
 //! moves only where this process can bring a thread back
@@ -48,17 +48,7 @@ use crate::config::WorkerPriority;
 pub fn enter(priority: WorkerPriority) -> io::Result<()> {
     match priority {
         WorkerPriority::Auto | WorkerPriority::Normal => Ok(()),
-        WorkerPriority::Background => {
-            let param = libc::sched_param { sched_priority: 0 };
-            // SAFETY: `param` is a valid sched_param for the call's
-            // duration; pid 0 is the calling thread.
-            let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-            if rc == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
-            }
-        }
+        WorkerPriority::Background => set_policy(libc::SCHED_IDLE),
     }
 }
 
@@ -66,9 +56,14 @@ pub fn enter(priority: WorkerPriority) -> io::Result<()> {
 /// unprivileged thread may only if its RLIMIT_NICE allows nice 0 (20,
 /// `LimitNICE=20` in the shipped unit) or it has CAP_SYS_NICE.
 pub fn leave_background() -> io::Result<()> {
+    set_policy(libc::SCHED_OTHER)
+}
+
+fn set_policy(policy: libc::c_int) -> io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: as in `enter`.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+    // SAFETY: `param` is a valid sched_param for the call's duration; pid
+    // 0 is the calling thread.
+    let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
     if rc == 0 {
         Ok(())
     } else {

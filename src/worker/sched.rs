@@ -29,10 +29,10 @@
 //! figure alone. Neither a nice value (10 or 19), `SCHED_BATCH`, nor a
 //! short slice for the image worker changed that (measured, with and
 //! without the others); only `SCHED_IDLE` did, which any waking thread
-//! preempts at once. So a worker of an `auto` model whose messages take
-//! [`AUTO_BACKGROUND_AT`] or more (the same 90th percentile) moves itself
-//! there while a worker of short messages runs beside it and it is not
-//! busy most of the time.
+//! preempts at once. So a worker of an `auto` model (the default) whose
+//! messages take [`AUTO_BACKGROUND_AT`] or more (the same 90th
+//! percentile) moves itself there while a worker of short messages runs
+//! beside it and it is not busy most of the time.
 //!
 //! In `SCHED_IDLE` a worker gets only what normal threads leave. A model
 //! moved there and then flooded starved: its own flood kept the event loop
