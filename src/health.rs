@@ -143,7 +143,8 @@ pub struct ModelView<'a> {
     pub stalled_workers: usize,
     /// The configured `worker_priority`.
     pub worker_priority: &'static str,
-    /// Workers running in `SCHED_IDLE` (`worker_priority = "background"`).
+    /// Workers running in `SCHED_IDLE` (`worker_priority = "background"`,
+    /// or moved there by `auto`, the default).
     pub background_workers: usize,
     /// Workers whose `worker_priority` the kernel refused: they run at
     /// normal priority.

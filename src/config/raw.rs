@@ -360,7 +360,7 @@ pub struct RawModel {
     /// file the same way on the CPU (`models::shared`).
     #[serde(default = "yes")]
     pub share_engine: bool,
-    /// "normal" (default), "background" or "auto": the scheduling class
+    /// "auto" (default), "normal" or "background": the scheduling class
     /// of the model's threads (`models::priority`).
     #[serde(default = "default_worker_priority")]
     pub worker_priority: String,

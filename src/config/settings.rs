@@ -1069,7 +1069,7 @@ fn model_settings(
         other => {
             c.add(
                 k("worker_priority"),
-                format!("expected \"normal\", \"background\" or \"auto\", got \"{other}\""),
+                format!("expected \"auto\", \"normal\" or \"background\", got \"{other}\""),
             );
             WorkerPriority::Auto
         }
@@ -1287,7 +1287,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             priority.message,
-            "expected \"normal\", \"background\" or \"auto\", got \"low\""
+            "expected \"auto\", \"normal\" or \"background\", got \"low\""
         );
     }
 

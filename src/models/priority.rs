@@ -17,11 +17,16 @@
 //! longer. The daemon's own locks are kept out of it: a background model
 //! never shares an engine with a normal one (`shared::EngineKey`), and
 //! its load holds only its own key's slot in the engine registry, not the
-//! registry that health reads on the event loop (`shared::engine`).
+//! registry that health reads on the event loop (`shared::engine`). Two
+//! `auto` models of one file do share an engine, and one's worker may
+//! have moved while the other's has not: then the normal one can wait
+//! for an invoke of the moved one, which returns if it starves
+//! (`worker::sched`).
 //!
-//! `auto` (the default) starts normal; a worker whose messages turn out to hold a core
-//! for a millisecond or more beside sensor models moves itself to
-//! `SCHED_IDLE`, and back when it starves there (`worker::sched`). It
+//! `auto` (the default) starts normal; a worker whose messages turn out
+//! to hold a core for a millisecond or more beside sensor models moves
+//! itself to `SCHED_IDLE`, and back when it starves there
+//! (`worker::sched`). It
 //! moves only where this process can bring a thread back
 //! ([`can_leave_background`]): with CAP_SYS_NICE, or with RLIMIT_NICE 20
 //! (nice 0 and no better, `LimitNICE=20` in the shipped unit). Only the

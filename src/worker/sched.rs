@@ -444,7 +444,7 @@ fn move_to_background(p90_ns: u64, short_workers: usize, beat: &WorkerBeat) -> R
     let took_ms = p90_ns as f64 / 1e6;
     if let Err(why) = priority::can_leave_background() {
         log::warn!(
-            "{}: stays in the normal class: its messages take {took_ms:.2} ms, so worker_priority = \"auto\" would move it to the background, but it could not come back when starving there ({why})",
+            "{}: stays in the normal class: its messages take {took_ms:.2} ms, so worker_priority = \"auto\" would move it to the background, but it could not come back when starving there ({why}); worker_priority = \"background\" puts the model there from the start, \"normal\" keeps it normal without this warning",
             thread_name()
         );
         return Err(());
