@@ -26,13 +26,12 @@
 //! `auto` (the default) starts normal; a worker whose messages turn out
 //! to hold a core for a millisecond or more beside sensor models moves
 //! itself to `SCHED_IDLE`, and back when it starves there
-//! (`worker::sched`). It
-//! moves only where this process can bring a thread back
-//! ([`can_leave_background`]): with CAP_SYS_NICE, or with RLIMIT_NICE 20
-//! (nice 0 and no better, `LimitNICE=20` in the shipped unit). Only the
-//! worker thread moves: with `threads` > 1 the runtime's intra-op threads,
-//! started at load, stay normal, so such a model is best set to
-//! `background` outright.
+//! (`worker::sched`). It moves only where this process can bring a thread
+//! back ([`can_leave_background`]): with CAP_SYS_NICE, or with
+//! RLIMIT_NICE 20 (nice 0 and no better, `LimitNICE=20` in the shipped
+//! unit). Only the worker thread moves: with `threads` > 1 the runtime's
+//! intra-op threads, started at load, stay normal, so such a model is
+//! best set to `background` outright.
 //!
 //! The class is per thread and inherited by the threads a thread starts:
 //! the load enters it on a thread of its own, so the intra-op threads the

@@ -240,7 +240,9 @@ impl SchedFit {
         }
         let window_start = *self.window_start.get_or_insert(started);
         self.took[self.seen] = u32::try_from(took.as_nanos()).unwrap_or(u32::MAX);
-        self.cpu_took[self.seen] = u32::try_from(cpu.as_nanos()).unwrap_or(u32::MAX);
+        if self.auto.is_some() {
+            self.cpu_took[self.seen] = u32::try_from(cpu.as_nanos()).unwrap_or(u32::MAX);
+        }
         self.seen += 1;
         if self.seen < WINDOW {
             return;
