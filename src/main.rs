@@ -5,6 +5,7 @@
 mod app;
 mod codec;
 mod config;
+mod cores;
 mod delivery;
 mod exit;
 mod health;

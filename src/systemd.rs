@@ -40,16 +40,17 @@ impl Notifier {
         let watchdog = sd_notify::watchdog_enabled();
         let tx = std::env::var_os("NOTIFY_SOCKET").and_then(|_| {
             let (tx, rx) = sync_channel::<Note>(QUEUE);
-            std::thread::Builder::new()
-                .name("sd-notify".into())
-                .spawn(move || {
+            crate::cores::spawn(
+                std::thread::Builder::new().name("sd-notify".into()),
+                move || {
                     for note in rx {
                         send(&note);
                     }
-                })
-                .map_err(|e| log::warn!("cannot start the sd_notify thread: {e}"))
-                .ok()
-                .map(|_| tx)
+                },
+            )
+            .map_err(|e| log::warn!("cannot start the sd_notify thread: {e}"))
+            .ok()
+            .map(|_| tx)
         });
         Notifier { watchdog, tx }
     }

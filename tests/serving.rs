@@ -1027,3 +1027,177 @@ std = 127.5
     assert_eq!(answered, sent);
     assert_eq!(policy_of("infer-camera-0"), 0);
 }
+
+/// The cores each live thread of the daemon `pid` may run on, by thread
+/// name (`Cpus_allowed_list` of /proc/PID/task/TID/status, as "0-3").
+fn thread_cores(pid: u32) -> Vec<(String, String)> {
+    thread_files(pid, "status")
+        .into_iter()
+        .map(|(name, status)| {
+            let list = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap_or_else(|| panic!("no Cpus_allowed_list for {name}"))
+                .trim()
+                .to_string();
+            (name, list)
+        })
+        .collect()
+}
+
+/// The cores this test process may use, as a list ("0-3") and one by one.
+fn own_cores() -> (String, Vec<usize>) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut cores = Vec::new();
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => cores.extend(a.parse::<usize>().unwrap()..=b.parse().unwrap()),
+            None => cores.push(part.parse().unwrap()),
+        }
+    }
+    (list, cores)
+}
+
+/// A sensor model's worker and the event loop share one core, the highest
+/// the process may use, once a window of messages shows the two light
+/// (`cores`, `worker::colocate`); every other thread keeps every core,
+/// also the threads the event loop starts while it is pinned: a model
+/// added by a reload with `threads = 2` compiles, and runs its intra-op
+/// threads, on all of them. A process busy on that core sends the worker
+/// back to every core, with a log line, and the event loop with it.
+#[test]
+fn a_sensor_models_worker_shares_the_event_loops_core_while_that_pays() {
+    let fx = fixture("har_accel_int8.json");
+    let case = &fx["cases"][0];
+    let (all, allowed) = own_cores();
+    let broker = Broker::start();
+    let sensor = "\
+[[models]]
+name = \"sensor\"
+path = \"{models}/har_accel_int8.tflite\"
+input_topic = \"in/sensor\"
+output_topic = \"out/{model}\"
+";
+    let d = Daemon::start(&config(broker.port, "dev1", "", sensor));
+    let c = TestClient::connect(broker.port);
+    c.subscribe("out/sensor");
+    let cores_of = |name: &str| -> Vec<String> {
+        thread_cores(d.pid())
+            .into_iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, l)| l)
+            .collect()
+    };
+    assert_eq!(cores_of("edge-infer"), vec![all.clone()]);
+    assert_eq!(cores_of("infer-sensor-0"), vec![all.clone()]);
+    // One message at a time, as a sensor publishes: the worker refits
+    // every 64 messages.
+    let mut sent = 0;
+    let mut window = || {
+        for _ in 0..64 {
+            let payload = json!({"id": sent, "data": case_inputs(case)[0]});
+            c.publish("in/sensor", payload.to_string());
+            let r = c.recv().json();
+            assert_eq!(r["id"], sent, "{r}");
+            sent += 1;
+        }
+    };
+    let &highest = allowed.last().unwrap();
+    if allowed.len() < 2 {
+        // One core: nothing to share, nothing moves.
+        for _ in 0..4 {
+            window();
+        }
+        assert_eq!(cores_of("edge-infer"), vec![all.clone()]);
+        assert_eq!(cores_of("infer-sensor-0"), vec![all]);
+        return;
+    }
+    let home = highest.to_string();
+    wait_until(
+        "the sensor worker and the event loop to share a core",
+        std::time::Duration::from_secs(60),
+        || {
+            window();
+            cores_of("infer-sensor-0") == vec![home.clone()]
+                && cores_of("edge-infer") == vec![home.clone()]
+        },
+    );
+    let others: Vec<(String, String)> = thread_cores(d.pid())
+        .into_iter()
+        .filter(|(n, l)| n != "infer-sensor-0" && n != "edge-infer" && *l != all)
+        .collect();
+    assert!(others.is_empty(), "{others:?}");
+
+    // A model loaded by the pinned event loop's reload runs anywhere.
+    let wide = "
+[[models]]
+name = \"wide\"
+path = \"{models}/har_accel_int8.tflite\"
+input_topic = \"in/wide\"
+output_topic = \"out/{model}\"
+threads = 2
+share_engine = false
+";
+    d.rewrite_config(&config(broker.port, "dev1", "", &format!("{sensor}{wide}")));
+    d.signal("HUP");
+    d.wait_for_log("reload: 1 model(s) kept (sensor), 1 loaded (wide), 0 removed ()");
+    let threads = thread_cores(d.pid());
+    // The runtime's intra-op threads carry the name of the thread that
+    // compiled the model.
+    let intra_op: Vec<&(String, String)> = threads
+        .iter()
+        .filter(|(n, _)| n == "reload" || n == "load-wide")
+        .collect();
+    assert!(!intra_op.is_empty(), "no intra-op threads: {threads:?}");
+    let pinned: Vec<&(String, String)> = threads
+        .iter()
+        .filter(|(n, l)| n != "infer-sensor-0" && n != "edge-infer" && *l != all)
+        .collect();
+    assert!(pinned.is_empty(), "{pinned:?}");
+    assert_eq!(cores_of("edge-infer"), vec![home.clone()]);
+
+    // Two spinning threads on the home core: the event loop and the
+    // worker wait for it, and the worker leaves.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hogs: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                // SAFETY: an all-zero cpu_set_t is the empty set; `set` is
+                // valid for the call; pid 0 is this thread.
+                unsafe {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(highest, &mut set);
+                    assert_eq!(
+                        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+                        0
+                    );
+                }
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let left = format!("infer-sensor-0: leaves core {home} it shared with the event loop: the two waited for it behind other threads");
+    wait_until(
+        "the sensor worker to leave the busy core",
+        std::time::Duration::from_secs(120),
+        || {
+            window();
+            d.count_log(&left) == 1
+        },
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in hogs {
+        h.join().unwrap();
+    }
+    assert_eq!(cores_of("infer-sensor-0"), vec![all.clone()]);
+    assert_eq!(cores_of("edge-infer"), vec![all]);
+}

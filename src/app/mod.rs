@@ -20,6 +20,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::codec::ErrorCode;
 use crate::config::{ModelSettings, OutboxSettings, Settings};
+use crate::cores;
 use crate::health::{self, HealthReporter, ModelView, StatusModel};
 use crate::homeassistant::{self, ModelFacts};
 use crate::memory;
@@ -169,6 +170,8 @@ pub fn run(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // The runtime runs on this thread (current_thread): the event loop.
+    cores::start_event_loop();
     let result = rt.block_on(async move {
         let mut sup = Supervisor::start(config_path, settings, runtime, models, updates)?;
         sup.serve().await

@@ -13,6 +13,7 @@ use super::diff::{Diff, Facts};
 use super::{launch, Running, Supervisor};
 use crate::codec::{ErrorCode, Failure};
 use crate::config::{self, FileLimits, ModelSettings, Problem, Settings};
+use crate::cores;
 use crate::models::{self, LoadedModel};
 use crate::routing::{Route, Routes};
 
@@ -84,17 +85,18 @@ impl Supervisor {
         // A thread of its own rather than tokio's blocking pool, whose spawn
         // panics when the system is out of threads.
         let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("reload".into())
-            .spawn(move || {
+        cores::spawn(
+            std::thread::Builder::new().name("reload".into()),
+            move || {
                 let _ = tx.send(plan(&runtime, &limits, &running, &wanted));
-            })
-            .map_err(|e| {
-                vec![problem(
-                    "(daemon)",
-                    format!("cannot start the model loader thread: {e}"),
-                )]
-            })?;
+            },
+        )
+        .map_err(|e| {
+            vec![problem(
+                "(daemon)",
+                format!("cannot start the model loader thread: {e}"),
+            )]
+        })?;
         let (diff, loaded) = rx.await.map_err(|_| {
             vec![problem(
                 "(daemon)",

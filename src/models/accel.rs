@@ -456,14 +456,13 @@ impl AcceleratedEngine {
         let options = self.options.clone();
         let expected = self.expected.clone();
         let better = 0..self.on;
-        let spawned = std::thread::Builder::new()
-            .name(format!("probe-{}", self.chain.model))
-            .spawn(move || {
-                let found = chain.load_first(better, &options, Some(&expected));
-                // The worker may be gone (reload, shutdown); then so is
-                // the engine.
-                let _ = tx.send(found);
-            });
+        let builder = std::thread::Builder::new().name(format!("probe-{}", self.chain.model));
+        let spawned = crate::cores::spawn(builder, move || {
+            let found = chain.load_first(better, &options, Some(&expected));
+            // The worker may be gone (reload, shutdown); then so is
+            // the engine.
+            let _ = tx.send(found);
+        });
         match spawned {
             Ok(_) => self.probe = Some(rx),
             Err(e) => {

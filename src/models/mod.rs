@@ -22,6 +22,7 @@ use crate::config::{
     self, FileLimits, ModelSettings, PayloadFormat, Problem, Settings, WorkerPriority, LABELS_FILE,
     MODEL_FILE,
 };
+use crate::cores;
 use crate::telemetry::ModelStats;
 use crate::topic::{TopicFilter, TopicTemplate};
 
@@ -327,6 +328,9 @@ pub fn load_one(
         let loading = std::thread::Builder::new()
             .name(format!("load-{}", ms.name))
             .spawn_scoped(s, || {
+                // The runtime's own threads (`threads` > 1) are started
+                // here and keep this thread's cores.
+                cores::release();
                 match priority::enter(ms.worker_priority) {
                     Ok(()) => log::info!(
                         "model {}: worker_priority = \"{}\": its threads run in the kernel's SCHED_IDLE class, on cores no other thread wants; while the cores are all busy its queue fills and its messages are refused as overloaded",

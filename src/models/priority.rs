@@ -81,9 +81,8 @@ pub fn can_leave_background() -> Result<(), String> {
     static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
     PROBE
         .get_or_init(|| {
-            let tried = std::thread::Builder::new()
-                .name("priority-probe".into())
-                .spawn(|| {
+            let builder = std::thread::Builder::new().name("priority-probe".into());
+            let tried = crate::cores::spawn(builder, || {
                     enter(WorkerPriority::Background)
                         .map_err(|e| format!("the kernel refused SCHED_IDLE: {e}"))?;
                     leave_background().map_err(|e| {

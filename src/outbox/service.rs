@@ -77,14 +77,15 @@ impl OutboxService {
             log_limit: RepeatLimiter::default(),
         };
         worker.publish_stats();
-        std::thread::Builder::new()
-            .name("outbox".into())
-            .spawn(move || worker.run())
-            .map_err(|error| OutboxError::Io {
-                action: "start the thread of",
-                path: dir.to_path_buf(),
-                error,
-            })?;
+        crate::cores::spawn(
+            std::thread::Builder::new().name("outbox".into()),
+            move || worker.run(),
+        )
+        .map_err(|error| OutboxError::Io {
+            action: "start the thread of",
+            path: dir.to_path_buf(),
+            error,
+        })?;
         // Whatever the last run left is there to replay.
         stored.notify_one();
         Ok(OutboxService {

@@ -71,9 +71,8 @@ pub fn spawn(
             m.store = Some(s);
         }
     }
-    let handle = std::thread::Builder::new()
-        .name("updates".into())
-        .spawn(move || state.run(rx, recoveries))?;
+    let builder = std::thread::Builder::new().name("updates".into());
+    let handle = crate::cores::spawn(builder, move || state.run(rx, recoveries))?;
     Ok(Agent { input, handle })
 }
 

@@ -9,6 +9,7 @@
 //! and every refused reading its error.
 
 mod batch;
+mod colocate;
 pub mod queue;
 mod sched;
 mod serve;
@@ -23,6 +24,7 @@ pub use queue::{JobReceiver, ModelQueue, Offer, Queued};
 pub use serve::outputs_for;
 
 use crate::config::WorkerPriority;
+use crate::cores;
 use crate::models::{priority, IntakeKind, ModelContext, WorkerEngines};
 use crate::replies::Replies;
 use crate::telemetry::{WorkerBeat, WorkerClass};
@@ -61,36 +63,35 @@ pub fn spawn_workers(
         let beat = Arc::new(WorkerBeat::new(epoch));
         let thread_beat = Arc::clone(&beat);
         let streams = streams.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("infer-{}-{i}", ctx.name))
-            .spawn(move || {
-                // A thread starts in its starter's class: the daemon's
-                // threads are normal, so only background needs a call.
-                let class = match (priority::enter(ctx.priority), ctx.priority) {
-                    (Ok(()), WorkerPriority::Background) => WorkerClass::Background,
-                    // An auto worker starts normal (`sched` may move it).
-                    (Ok(()), WorkerPriority::Normal | WorkerPriority::Auto) => WorkerClass::Normal,
-                    (Err(e), _) => {
-                        // The load said so already, with the reason;
-                        // health counts the worker as refused.
-                        log::debug!(
-                            "worker infer-{}-{i}: worker_priority = \"{}\" not applied: {e}",
-                            ctx.name,
-                            ctx.priority.as_str()
-                        );
-                        WorkerClass::Refused
-                    }
-                };
-                thread_beat.entered(class);
-                worker_loop(
-                    engines,
-                    &ctx,
-                    &rx,
-                    &replies,
-                    &thread_beat,
-                    streams.as_deref(),
-                )
-            })?;
+        let builder = std::thread::Builder::new().name(format!("infer-{}-{i}", ctx.name));
+        let handle = cores::spawn(builder, move || {
+            // A thread starts in its starter's class: the daemon's
+            // threads are normal, so only background needs a call.
+            let class = match (priority::enter(ctx.priority), ctx.priority) {
+                (Ok(()), WorkerPriority::Background) => WorkerClass::Background,
+                // An auto worker starts normal (`sched` may move it).
+                (Ok(()), WorkerPriority::Normal | WorkerPriority::Auto) => WorkerClass::Normal,
+                (Err(e), _) => {
+                    // The load said so already, with the reason;
+                    // health counts the worker as refused.
+                    log::debug!(
+                        "worker infer-{}-{i}: worker_priority = \"{}\" not applied: {e}",
+                        ctx.name,
+                        ctx.priority.as_str()
+                    );
+                    WorkerClass::Refused
+                }
+            };
+            thread_beat.entered(class);
+            worker_loop(
+                engines,
+                &ctx,
+                &rx,
+                &replies,
+                &thread_beat,
+                streams.as_deref(),
+            )
+        })?;
         workers.push(Worker { handle, beat });
     }
     Ok(workers)

@@ -49,6 +49,7 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use super::colocate::{self, Colocation};
 use crate::config::WorkerPriority;
 use crate::models::priority;
 use crate::telemetry::{WorkerBeat, WorkerClass};
@@ -117,6 +118,12 @@ pub struct SchedFit {
     found: Option<SchedAttr>,
     /// Where an `auto` worker is; None for the other priorities.
     auto: Option<Auto>,
+    /// Whether it shares the event loop's core.
+    colocation: Colocation,
+    /// Whether its last window's messages were long (90th percentile at
+    /// [`AUTO_BACKGROUND_AT`] or more): then each answer keeps the sensor
+    /// models' workers off the event loop's core (`colocate`).
+    long: bool,
     /// Where this worker counts itself while its messages are short.
     short_workers: &'static AtomicUsize,
     /// Whether it is counted there now.
@@ -189,6 +196,8 @@ impl SchedFit {
             found: slice.as_ref().map(|s| s.found),
             slice,
             auto: auto.then_some(Auto::Normal { settled: None }),
+            colocation: Colocation::new(),
+            long: false,
             short_workers,
             counted: false,
             took: [0; WINDOW],
@@ -226,6 +235,9 @@ impl SchedFit {
         beat: &WorkerBeat,
     ) {
         let took = now.saturating_duration_since(started);
+        if self.long {
+            colocate::heavy_answered(now);
+        }
         let cpu = match (cpu_now, self.cpu_seen) {
             (Some(now), Some(seen)) => now.saturating_sub(seen),
             _ => took,
@@ -256,6 +268,7 @@ impl SchedFit {
         let at = AUTO_BACKGROUND_AT.as_nanos() as u64;
         let in_background = matches!(self.auto, Some(Auto::Background { .. } | Auto::Stuck));
         self.count(p90 < at && !in_background);
+        self.long = p90 >= at;
         match self.auto {
             Some(Auto::Normal { settled }) => {
                 let cpu_p90 = p90_ns(&mut self.cpu_took);
@@ -285,6 +298,16 @@ impl SchedFit {
             }
             _ => {}
         }
+        self.colocation.fit(
+            colocate::Window {
+                span,
+                busy: Duration::from_nanos(busy),
+                p90: Duration::from_nanos(p90),
+                short: p90 < at,
+                in_background: matches!(self.auto, Some(Auto::Background { .. } | Auto::Stuck)),
+            },
+            now,
+        );
         if let Some(slice) = &mut self.slice {
             if !slice.refit(p90, busy_share) {
                 self.slice = None;
@@ -490,10 +513,17 @@ fn thread_name() -> String {
         .to_string()
 }
 
-/// Feeds `fit` one message that started at `started`.
+/// Feeds `fit` one message that started at `started`. A worker without a
+/// fit (in the background from the start, or in a class an operator set)
+/// still says when it answered a long message (`colocate`).
 pub fn observe(fit: &mut Option<SchedFit>, started: Instant, beat: &WorkerBeat) {
-    if let Some(f) = fit {
-        f.observe_at(started, Instant::now(), beat);
+    let now = Instant::now();
+    match fit {
+        Some(f) => f.observe_at(started, now, beat),
+        None if now.saturating_duration_since(started) >= AUTO_BACKGROUND_AT => {
+            colocate::heavy_answered(now)
+        }
+        None => {}
     }
 }
 
