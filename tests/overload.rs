@@ -302,10 +302,20 @@ fn overload(qos: QoS, main: Main) {
         (BURST - 1) as f64 / span.max(1e-3)
     };
     // The spinning model is offered three times what it sustains; the
-    // accelerometer model as much as one client can publish.
+    // accelerometer model one and a half times (a third refused). Not as
+    // much as one client can publish: on an Intel Xeon VM that was 49,000
+    // to 52,000 msg/s, about 2.5 times the daemon, and there the one
+    // Mosquitto thread fell behind too. The daemon's QoS 1 acknowledgements
+    // (sent once each answer is confirmed) then lagged, the broker's
+    // in-flight window for it stayed full, its queue filled with the QoS 0
+    // flood, and the broker dropped the side model's and the after-flood
+    // messages (side 340 to 615 of 661 received, 0 to 288 of 300 after the
+    // flood, in 5 of 19 runs, with and without the change of 9bc5aa2; the
+    // failures measured were at 49,000 msg/s or more, every pass at 48,800
+    // or less). That measures the broker.
     let offered = match main {
         Main::Spin(_) => Some(3.0 * sustained),
-        Main::Har => None,
+        Main::Har => Some(1.5 * sustained),
     };
     let side = TestClient::connect(broker.port);
 
@@ -497,6 +507,6 @@ fn three_times_the_sustained_rate_at_qos1_is_answered_in_full() {
 }
 
 #[test]
-fn a_flood_of_cheap_messages_as_fast_as_a_client_publishes_is_answered_in_full() {
+fn a_flood_of_cheap_messages_at_one_and_a_half_times_the_sustained_rate_is_answered_in_full() {
     overload(QoS::AtMostOnce, Main::Har);
 }
