@@ -833,8 +833,12 @@ fn a_sensor_models_worker_asks_for_a_short_time_slice() {
     // One message at a time, as a sensor publishes: the worker refits
     // every 64 messages.
     let mut sent = 0;
+    // Below half the default, not at the first refit: a window of
+    // messages slowed by the other tests' daemons on the same 2 cores
+    // (90th percentile 0.35-0.7 ms, seen in CI) first gets a slice in
+    // between.
     wait_until(
-        "the sensor worker's slice to shorten",
+        "the sensor worker's slice to shorten below half the default",
         std::time::Duration::from_secs(60),
         || {
             for _ in 0..64 {
@@ -844,11 +848,11 @@ fn a_sensor_models_worker_asks_for_a_short_time_slice() {
                 assert_eq!(r["id"], sent, "{r}");
                 sent += 1;
             }
-            slice_of("infer-sensor-0") < default
+            // The kernel's minimum is 0.1 ms; a HAR message takes tens
+            // of µs.
+            slice_of("infer-sensor-0") < default / 2
         },
     );
-    // The kernel's minimum is 0.1 ms; a HAR message takes tens of µs.
-    assert!(slice_of("infer-sensor-0") < default / 2);
     let others: Vec<(String, u64)> = thread_slices(d.pid())
         .into_iter()
         .filter(|(n, s)| n != "infer-sensor-0" && *s != default)
