@@ -863,8 +863,8 @@ fn a_sensor_models_worker_asks_for_a_short_time_slice() {
 /// `worker_priority = "auto"`: an image model's worker whose
 /// messages take a millisecond or more (a JPEG decoded, resized and run
 /// through MobileNetV2 takes several) stays normal while it has no sensor
-/// model to give way to, and moves itself to SCHED_IDLE at its first
-/// window after a sensor model's worker had a window of short messages.
+/// model to give way to, and moves itself to SCHED_IDLE within its next
+/// few messages after a sensor model's worker had a window of short ones.
 /// The sensor model's worker stays normal, and so does every other thread.
 /// Health counts the moved worker, and both models answer every message.
 /// Starved by CPU hogs, it returns to the normal class. (The daemon can
@@ -944,7 +944,7 @@ std = 127.5
         assert_eq!(r.topic, "out/sensor");
         assert_eq!(r.json()["id"], i);
     }
-    // The camera's next window moves it.
+    // The camera's next messages move it.
     photos(70, 64);
     d.wait_for_log(
         "infer-camera-0: moves to the background (SCHED_IDLE, worker_priority = \"auto\")",
