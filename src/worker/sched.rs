@@ -298,11 +298,13 @@ impl SchedFit {
             Some(Auto::Normal { .. }) => {
                 let cpu_p90 = p90_ns(&mut self.cpu_took);
                 if cpu_p90 >= at {
-                    let held = format!(
-                        "its last {WINDOW} messages held a core for {:.2} ms at the 90th percentile",
-                        cpu_p90 as f64 / 1e6
-                    );
-                    self.move_if_due(&held, busy_share, now, beat);
+                    let held = || {
+                        format!(
+                            "its last {WINDOW} messages held a core for {:.2} ms at the 90th percentile",
+                            cpu_p90 as f64 / 1e6
+                        )
+                    };
+                    self.move_if_due(held, busy_share, now, beat);
                 }
             }
             // Its CPU time, not its wall time, which grows in the
@@ -351,19 +353,27 @@ impl SchedFit {
             .window_start
             .map_or(Duration::ZERO, |start| now.saturating_duration_since(start));
         let busy_share = share_of(&self.took[..self.seen], span);
-        let held = format!(
-            "each of its last {} messages held a core for {:.2} ms or more",
-            self.seen,
-            f64::from(shortest) / 1e6
-        );
-        self.move_if_due(&held, busy_share, now, beat);
+        let seen = self.seen;
+        let held = || {
+            format!(
+                "each of its last {seen} messages held a core for {:.2} ms or more",
+                f64::from(shortest) / 1e6
+            )
+        };
+        self.move_if_due(held, busy_share, now, beat);
     }
 
     /// A normal `auto` worker whose messages `held` a core for
-    /// [`AUTO_BACKGROUND_AT`] or more moves to the background if a sensor
-    /// model's worker runs beside it, it is not flooded and it has settled
-    /// since its last return.
-    fn move_if_due(&mut self, held: &str, busy_share: f64, now: Instant, beat: &WorkerBeat) {
+    /// [`AUTO_BACKGROUND_AT`] or more (said in its log line) moves to the
+    /// background if a sensor model's worker runs beside it, it is not
+    /// flooded and it has settled since its last return.
+    fn move_if_due(
+        &mut self,
+        held: impl FnOnce() -> String,
+        busy_share: f64,
+        now: Instant,
+        beat: &WorkerBeat,
+    ) {
         let Some(Auto::Normal { settled }) = self.auto else {
             return;
         };
@@ -373,7 +383,7 @@ impl SchedFit {
         if !due {
             return;
         }
-        self.auto = match move_to_background(held, short_workers, beat) {
+        self.auto = match move_to_background(&held(), short_workers, beat) {
             // The slice was fitted to the normal class; SCHED_IDLE has
             // none.
             Ok(()) => {
