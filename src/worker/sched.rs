@@ -44,7 +44,8 @@
 //! the normal class when it got less than half, and may move again after
 //! [`SETTLE_AFTER_STARVING`]; one that held a core most of a window's time
 //! (flooded) returns too, and may move again after
-//! [`SETTLE_AFTER_FLOOD`]. It moves only where it can return
+//! [`SETTLE_AFTER_FLOOD`], doubled for each further flood return. It
+//! moves only where it can return
 //! (`models::priority::can_leave_background`).
 
 use std::io;
@@ -93,13 +94,16 @@ const STARVE_CHECK: usize = 8;
 const EARLY_CHECK: usize = 8;
 
 /// After a flood returned it from the background, an `auto` worker stays
-/// normal this long. Once the flood is over it should give way to the
-/// sensor models again within seconds: with a minute, the benchmark's
-/// mixed phase, 15 s after its MobileNetV2 flood, ran with that worker
-/// normal throughout, and HAR's p99 there was 2.1 ms over its figure
-/// alone. A flood is measured in CPU time, which does not grow in the
-/// background as the wall time does, so a steady load does not flip the
-/// worker back and forth.
+/// normal this long, twice as long after each further flood return (up
+/// to [`SETTLE_AFTER_STARVING`]) until it stays in the background that
+/// long. Once the flood is over it should give way to the sensor models
+/// again within seconds: with a minute, the benchmark's mixed phase, 15 s
+/// after its MobileNetV2 flood, ran with that worker normal throughout,
+/// and HAR's p99 there was 2.1 ms over its figure alone. The doubling is
+/// for a load near a core's worth: 8 messages with a gap among them look
+/// calm enough to move, the next window is a flood again, and with a
+/// fixed 5 s a benchmark run logged a return every 5.5 s for as long as
+/// such a load lasted.
 const SETTLE_AFTER_FLOOD: Duration = Duration::from_secs(5);
 
 /// After it returned from the background starving (other threads keep the
@@ -140,6 +144,9 @@ pub struct SchedFit {
     found: Option<SchedAttr>,
     /// Where an `auto` worker is; None for the other priorities.
     auto: Option<Auto>,
+    /// Flood returns in a row, each within [`SETTLE_AFTER_STARVING`] of
+    /// its move to the background: each doubles the next settle.
+    flood_returns: u32,
     /// Whether it shares the event loop's core.
     colocation: Colocation,
     /// Whether its last window's messages were long (90th percentile at
@@ -168,9 +175,10 @@ pub struct SchedFit {
 enum Auto {
     /// Normal; it may move once `settled` has passed (None: at once).
     Normal { settled: Option<Instant> },
-    /// In `SCHED_IDLE`, watched for starving: the wall and CPU time of its
-    /// messages since the last check.
+    /// In `SCHED_IDLE` since `since`, watched for starving: the wall and
+    /// CPU time of its messages since the last check.
     Background {
+        since: Instant,
         wall: Duration,
         cpu: Duration,
         messages: usize,
@@ -218,6 +226,7 @@ impl SchedFit {
             found: slice.as_ref().map(|s| s.found),
             slice,
             auto: auto.then_some(Auto::Normal { settled: None }),
+            flood_returns: 0,
             colocation: Colocation::new(),
             long: false,
             short_workers,
@@ -389,6 +398,7 @@ impl SchedFit {
             Ok(()) => {
                 self.slice = None;
                 Some(Auto::Background {
+                    since: now,
                     wall: Duration::ZERO,
                     cpu: Duration::ZERO,
                     messages: 0,
@@ -399,17 +409,28 @@ impl SchedFit {
     }
 
     /// A background worker returns to the normal class, where it stays for
-    /// [`SETTLE_AFTER_STARVING`] or [`SETTLE_AFTER_FLOOD`] before it may
-    /// move again.
+    /// [`SETTLE_AFTER_STARVING`], or after a flood [`SETTLE_AFTER_FLOOD`]
+    /// doubled for each flood return before it, before it may move again.
     fn back_to_normal(&mut self, why: Return, now: Instant, beat: &WorkerBeat) {
+        if let Some(Auto::Background { since, .. }) = self.auto {
+            if now.saturating_duration_since(since) >= SETTLE_AFTER_STARVING {
+                self.flood_returns = 0;
+            }
+        }
         let (why, settle) = match why {
             Return::Starving => (format!(
                 "in the background it got less than half of the time its last {STARVE_CHECK} messages took on a core, the cores being busy with normal threads"
             ), SETTLE_AFTER_STARVING),
-            Return::Busy => (format!(
-                "it held a core over {:.0}% of its last {WINDOW} messages' time (a flood): it wants about a core, and in the background it gets one only when no normal thread does",
-                MAX_BUSY_TO_MOVE * 100.0
-            ), SETTLE_AFTER_FLOOD),
+            Return::Busy => {
+                let settle = SETTLE_AFTER_FLOOD
+                    .saturating_mul(1 << self.flood_returns.min(8))
+                    .min(SETTLE_AFTER_STARVING);
+                self.flood_returns = self.flood_returns.saturating_add(1);
+                (format!(
+                    "it held a core over {:.0}% of its last {WINDOW} messages' time (a flood): it wants about a core, and in the background it gets one only when no normal thread does",
+                    MAX_BUSY_TO_MOVE * 100.0
+                ), settle)
+            }
         };
         match priority::leave_background() {
             Ok(()) => {
@@ -475,6 +496,7 @@ impl Auto {
             wall,
             cpu,
             messages,
+            ..
         } = self
         else {
             return false;
@@ -915,9 +937,12 @@ mod tests {
     /// window's end. Preempted in the background (its messages' wall time
     /// most of the window's, their CPU time not) it stays; flooded (their
     /// CPU time most of the window's) it returns, and may move again after
-    /// [`SETTLE_AFTER_FLOOD`].
+    /// [`SETTLE_AFTER_FLOOD`], after twice that after a second flood return,
+    /// and after [`SETTLE_AFTER_FLOOD`] again once it stayed in the
+    /// background [`SETTLE_AFTER_STARVING`].
     #[test]
-    fn a_worker_of_long_messages_moves_after_a_few_and_returns_only_when_flooded() {
+    fn a_worker_of_long_messages_moves_after_a_few_and_returns_only_when_flooded_settling_longer_each_time(
+    ) {
         static SHORT: AtomicUsize = AtomicUsize::new(0);
         let can_come_back = priority::can_leave_background();
         std::thread::spawn(move || {
@@ -971,6 +996,28 @@ mod tests {
             now += SETTLE_AFTER_FLOOD / 2;
             messages(&mut fit, &mut now, EARLY_CHECK, calm, long);
             assert_eq!(policy(), IDLE, "settled after the flood");
+            windows(&mut fit, &mut now, long, long);
+            assert_eq!(policy(), NORMAL, "flooded again");
+            now += SETTLE_AFTER_FLOOD;
+            messages(&mut fit, &mut now, EARLY_CHECK, calm, long);
+            assert_eq!(
+                policy(),
+                NORMAL,
+                "a second flood return settles twice as long"
+            );
+            now += SETTLE_AFTER_FLOOD;
+            messages(&mut fit, &mut now, EARLY_CHECK, calm, long);
+            assert_eq!(policy(), IDLE, "settled after the second flood");
+            now += SETTLE_AFTER_STARVING;
+            windows(&mut fit, &mut now, long, long);
+            assert_eq!(policy(), NORMAL, "flooded after a minute in the background");
+            now += SETTLE_AFTER_FLOOD;
+            messages(&mut fit, &mut now, EARLY_CHECK, calm, long);
+            assert_eq!(
+                policy(),
+                IDLE,
+                "a minute in the background starts the doubling over"
+            );
             drop(fit);
             drop(sensor);
             assert_eq!(SHORT.load(Ordering::Relaxed), 0);
