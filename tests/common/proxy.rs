@@ -21,6 +21,8 @@ pub struct Conn {
     pub client_id: Mutex<Option<String>>,
     /// PINGREQs it sent.
     pub pings: AtomicUsize,
+    /// Ping answers the broker sent it, dropped or not.
+    pub answers: AtomicUsize,
     /// Ping answers still to drop.
     to_drop: AtomicUsize,
     pub dropped: AtomicUsize,
@@ -96,6 +98,7 @@ fn carry(client: TcpStream, broker: TcpStream, conn: Arc<Conn>) {
             if kind != PINGRESP {
                 return true;
             }
+            conn.answers.fetch_add(1, Ordering::SeqCst);
             let drop = conn
                 .to_drop
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
