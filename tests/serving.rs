@@ -811,15 +811,23 @@ fn a_sensor_models_worker_asks_for_a_short_time_slice() {
     let fx = fixture("har_accel_int8.json");
     let case = &fx["cases"][0];
     let broker = Broker::start();
+    // Raw readings: the worker's part of a message is then mostly the
+    // invoke, also in a debug build.
     let d = Daemon::start(&one_model(
         broker.port,
         "sensor",
         "har_accel_int8.tflite",
         "in/sensor",
-        "",
+        "payload = \"raw\"",
     ));
     let c = TestClient::connect(broker.port);
     c.subscribe("out/dev1/sensor");
+    let reading: Vec<u8> = case["inputs"][0]["quantized"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap() as i8 as u8)
+        .collect();
     let slice_of = |name: &str| {
         let slices = thread_slices(d.pid());
         slices
@@ -831,26 +839,25 @@ fn a_sensor_models_worker_asks_for_a_short_time_slice() {
     let default = slice_of("edge-infer");
     assert_eq!(slice_of("infer-sensor-0"), default);
     // One message at a time, as a sensor publishes: the worker refits
-    // every 64 messages.
-    let mut sent = 0;
-    // Below half the default, not at the first refit: a window of
-    // messages slowed by the other tests' daemons on the same 2 cores
-    // (90th percentile 0.35-0.7 ms, seen in CI) first gets a slice in
-    // between.
+    // every 64 messages, to twice what 90% of them took. That is 0.2 ms
+    // in a release build here (a message the core has gone cold for) and
+    // 0.45 ms in a debug build; a window slowed by the other tests'
+    // daemons on the same 2 cores can keep the default, a later one
+    // shortens it.
+    let mut windows = 0;
     wait_until(
-        "the sensor worker's slice to shorten below half the default",
-        std::time::Duration::from_secs(60),
+        "the sensor worker's slice to shorten",
+        std::time::Duration::from_secs(90),
         || {
             for _ in 0..64 {
-                let payload = json!({"id": sent, "data": case_inputs(case)[0]});
-                c.publish("in/sensor", payload.to_string());
+                c.publish("in/sensor", reading.clone());
                 let r = c.recv().json();
-                assert_eq!(r["id"], sent, "{r}");
-                sent += 1;
+                assert_outputs(&r, case, None);
             }
-            // The kernel's minimum is 0.1 ms; a HAR message takes tens
-            // of µs.
-            slice_of("infer-sensor-0") < default / 2
+            windows += 1;
+            let slice = slice_of("infer-sensor-0");
+            eprintln!("after window {windows}: the sensor worker's slice is {slice} ns (default {default})");
+            slice < default
         },
     );
     let others: Vec<(String, u64)> = thread_slices(d.pid())
