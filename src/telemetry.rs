@@ -264,12 +264,14 @@ impl ModelStats {
 }
 
 /// What one worker thread is doing, for the watchdog: the time it started
-/// its current message, or 0 when idle; and, for health, the scheduling
+/// its current message, or 0 when idle (and likewise its decoder's, when
+/// it decodes ahead: `worker::ahead`); and, for health, the scheduling
 /// class it runs in.
 #[derive(Debug)]
 pub struct WorkerBeat {
     epoch: Instant,
     busy_since_ms: AtomicU64,
+    decoding_since_ms: AtomicU64,
     class: AtomicU8,
 }
 
@@ -312,6 +314,7 @@ impl WorkerBeat {
         WorkerBeat {
             epoch,
             busy_since_ms: AtomicU64::new(0),
+            decoding_since_ms: AtomicU64::new(0),
             class: AtomicU8::new(WorkerClass::Starting as u8),
         }
     }
@@ -327,24 +330,39 @@ impl WorkerBeat {
     }
 
     pub fn busy(&self) {
-        // +1 so that a job started at the epoch is not read as idle.
-        let now = self.epoch.elapsed().as_millis() as u64 + 1;
-        self.busy_since_ms.store(now, Ordering::Relaxed);
+        self.busy_since_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
     pub fn idle(&self) {
         self.busy_since_ms.store(0, Ordering::Relaxed);
     }
 
-    /// How long the current message has been running, if any.
+    /// Called by the worker's decoder as it starts decoding a message.
+    pub fn decoding(&self) {
+        self.decoding_since_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn decoded(&self) {
+        self.decoding_since_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the current message has been running, if any: the longer
+    /// of the worker's and its decoder's.
     pub fn busy_for(&self) -> Option<std::time::Duration> {
-        match self.busy_since_ms.load(Ordering::Relaxed) {
-            0 => None,
-            since => {
-                let now = self.epoch.elapsed().as_millis() as u64 + 1;
-                Some(std::time::Duration::from_millis(now.saturating_sub(since)))
-            }
-        }
+        let since = [&self.busy_since_ms, &self.decoding_since_ms]
+            .into_iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .filter(|&s| s != 0)
+            .min()?;
+        Some(std::time::Duration::from_millis(
+            self.now_ms().saturating_sub(since),
+        ))
+    }
+
+    /// +1 so that a job started at the epoch is not read as idle.
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
     }
 }
 
@@ -498,6 +516,14 @@ mod tests {
         let beat = WorkerBeat::new(Instant::now());
         assert!(beat.busy_for().is_none());
         beat.busy();
+        assert!(beat.busy_for().is_some());
+        beat.idle();
+        assert!(beat.busy_for().is_none());
+        // A decoder's message counts as the worker's own.
+        beat.decoding();
+        assert!(beat.busy_for().is_some());
+        beat.busy();
+        beat.decoded();
         assert!(beat.busy_for().is_some());
         beat.idle();
         assert!(beat.busy_for().is_none());

@@ -122,7 +122,14 @@ fn launch(
     let (queue, rx) =
         ModelQueue::bounded(ms.queue_capacity, model.checked.queue_budget(), ms.overflow);
     let status = StatusModel::new(&model);
-    let workers = spawn_workers(model.engines, &ctx, &rx, replies, epoch)?;
+    let workers = spawn_workers(
+        model.engines,
+        &ctx,
+        ms.threads as usize,
+        &rx,
+        replies,
+        epoch,
+    )?;
     let running = Running {
         settings: ms,
         ctx: Arc::clone(&ctx),

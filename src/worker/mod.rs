@@ -1,6 +1,7 @@
 //! Per-model inference workers: a bounded queue per model (`queue`) feeding
 //! dedicated OS threads that decode, quantize, invoke, dequantize and
-//! encode (`serve`), one message per invoke or, with micro-batching
+//! encode (`serve`), one message per invoke (big messages decoded ahead
+//! on a thread beside the worker: `ahead`) or, with micro-batching
 //! (`batch`), up to `max_batch` messages per invoke; windowed models
 //! (`windowed`) append each message's readings to its stream (`window`)
 //! and invoke once per completed window. Inference never runs on the async
@@ -8,11 +9,14 @@
 //! `replies`; for windowed models, every completed window gets its result
 //! and every refused reading its error.
 
+mod ahead;
 mod batch;
 mod colocate;
 pub mod queue;
 mod sched;
 mod serve;
+#[cfg(test)]
+mod test_engine;
 mod window;
 mod windowed;
 
@@ -20,12 +24,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use model_runtime::Engine;
+
 pub use queue::{JobReceiver, ModelQueue, Offer, Queued};
 pub use serve::outputs_for;
 
 use crate::config::WorkerPriority;
 use crate::cores;
-use crate::models::{priority, IntakeKind, ModelContext, WorkerEngines};
+use crate::models::{priority, typical_message_bytes, IntakeKind, ModelContext, WorkerEngines};
 use crate::replies::Replies;
 use crate::telemetry::{WorkerBeat, WorkerClass};
 
@@ -35,7 +41,8 @@ pub struct Worker {
     pub beat: Arc<WorkerBeat>,
 }
 
-/// Starts one thread per entry of `engines`, all taking jobs from `rx`.
+/// Starts one thread per entry of `engines`, all taking jobs from `rx`
+/// (each with a decoder thread beside it where that pays: `ahead`).
 /// Each thread exits when the queue's senders are gone and it is empty.
 /// If a thread cannot be started, the ones already started are left to
 /// exit with the queue (the caller drops its sender) and the error is
@@ -43,11 +50,20 @@ pub struct Worker {
 pub fn spawn_workers(
     engines: Vec<WorkerEngines>,
     ctx: &Arc<ModelContext>,
+    intra_op_threads: usize,
     rx: &JobReceiver,
     replies: &Replies,
     epoch: Instant,
 ) -> std::io::Result<Vec<Worker>> {
     let mut workers = Vec::new();
+    let decode_ahead = ahead::pays(ctx, engines.len(), intra_op_threads);
+    if decode_ahead {
+        log::info!(
+            "model {}: each worker decodes the next message on a thread of its own while the engine runs this one (messages of ~{} KB)",
+            ctx.name,
+            typical_message_bytes(ctx.payload, &ctx.message_inputs, &ctx.intake) / 1000
+        );
+    }
     // A windowed model's workers share its streams.
     let streams = match &ctx.intake.kind {
         IntakeKind::Window(w) => Some(Arc::new(Mutex::new(window::Streams::new(
@@ -90,6 +106,7 @@ pub fn spawn_workers(
                 &replies,
                 &thread_beat,
                 streams.as_deref(),
+                decode_ahead,
             )
         })?;
         workers.push(Worker { handle, beat });
@@ -99,11 +116,12 @@ pub fn spawn_workers(
 
 fn worker_loop(
     engines: WorkerEngines,
-    ctx: &ModelContext,
+    ctx: &Arc<ModelContext>,
     rx: &JobReceiver,
     replies: &Replies,
-    beat: &WorkerBeat,
+    beat: &Arc<WorkerBeat>,
     streams: Option<&Mutex<window::Streams>>,
+    decode_ahead: bool,
 ) {
     if let (IntakeKind::Window(intake), Some(streams)) = (&ctx.intake.kind, streams) {
         return windowed::window_loop(engines.main, ctx, intake, streams, rx, replies, beat);
@@ -111,7 +129,20 @@ fn worker_loop(
     if ctx.batching.max_batch > 1 {
         return batch::batch_loop(engines, ctx, rx, replies, beat);
     }
-    let mut engine = engines.main;
+    if decode_ahead {
+        return ahead::ahead_loop(engines.main, ctx, rx, replies, beat);
+    }
+    one_at_a_time(engines.main, ctx, rx, replies, beat)
+}
+
+/// Decodes, invokes and answers each message in turn.
+fn one_at_a_time(
+    mut engine: Box<dyn Engine>,
+    ctx: &ModelContext,
+    rx: &JobReceiver,
+    replies: &Replies,
+    beat: &WorkerBeat,
+) {
     let mut scratch = serve::Scratch::default();
     let mut fit = sched::SchedFit::for_this_thread(ctx.priority);
     while let Some(queued) = rx.recv() {

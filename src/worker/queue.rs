@@ -31,7 +31,20 @@ pub enum Recv {
 #[derive(Debug)]
 pub struct Queued {
     pub job: Job,
-    _charge: Charge,
+    charge: Charge,
+}
+
+impl Queued {
+    /// The payload is decoded and no longer needed: it is dropped (its
+    /// memory freed, unless another model's queue shares it) and its bytes
+    /// leave the queue's charge.
+    pub fn drop_payload(&mut self) {
+        self.job.payload = Bytes::new();
+        self.charge
+            .held
+            .fetch_sub(self.charge.bytes, Ordering::Relaxed);
+        self.charge.bytes = 0;
+    }
 }
 
 /// Releases its bytes from the queue's total when dropped.
@@ -155,7 +168,7 @@ impl ModelQueue {
         self.held.fetch_add(bytes, Ordering::Relaxed);
         st.jobs.push_back(Queued {
             job,
-            _charge: Charge {
+            charge: Charge {
                 held: Arc::clone(&self.held),
                 bytes,
             },
@@ -427,6 +440,13 @@ mod tests {
         drop(first);
         assert_eq!(q.held_bytes(), 400);
         assert!(matches!(q.offer(sized(4, 600)), Offer::Queued));
+        // Or until its payload is dropped (decoded ahead), once.
+        let mut third = rx.recv().unwrap();
+        third.drop_payload();
+        assert!(third.job.payload.is_empty());
+        assert_eq!(q.held_bytes(), 600);
+        drop(third);
+        assert_eq!(q.held_bytes(), 600);
     }
 
     #[test]

@@ -64,10 +64,53 @@ pub fn serve_one(
 ) -> Option<Outgoing> {
     // A panic while serving one message must not take the model down: the
     // message gets an error and the worker goes on.
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
-        serve(engine, ctx, replies, job, dequeued, batch_size, scratch)
-    }));
-    match outcome {
+    caught(ctx, replies, job, None, || {
+        let intook = match decode(ctx, &job.payload, engine.input_buffers_mut(), scratch) {
+            Ok(d) => d,
+            Err((id, failure)) => return replies.error(Some(ctx), job, id.as_ref(), &failure),
+        };
+        let decoded_at = Instant::now();
+        let decoded = Decoded {
+            intook,
+            decode_from: dequeued,
+            decoded_at,
+        };
+        answer(engine, ctx, replies, job, decoded, decoded_at, batch_size)
+    })
+}
+
+/// A message decoded into the engine's input buffers, and when.
+pub struct Decoded {
+    pub intook: Intook,
+    pub decode_from: Instant,
+    pub decoded_at: Instant,
+}
+
+/// Invokes `engine` on a message already decoded into its input buffers
+/// (`worker::ahead`), and answers it.
+pub fn serve_decoded(
+    engine: &mut dyn Engine,
+    ctx: &ModelContext,
+    replies: &Replies,
+    job: &Job,
+    decoded: Decoded,
+) -> Option<Outgoing> {
+    let id = decoded.intook.id.clone();
+    caught(ctx, replies, job, id.as_ref(), || {
+        answer(engine, ctx, replies, job, decoded, Instant::now(), None)
+    })
+}
+
+/// `serve`'s answer, or an error (with the message's `id`, when known) if
+/// it panicked.
+fn caught(
+    ctx: &ModelContext,
+    replies: &Replies,
+    job: &Job,
+    id: Option<&MessageId>,
+    serve: impl FnOnce() -> Option<Outgoing>,
+) -> Option<Outgoing> {
+    match catch_unwind(AssertUnwindSafe(serve)) {
         Ok(out) => out,
         Err(panic) => {
             let what = panic_message(panic.as_ref());
@@ -76,26 +119,28 @@ pub fn serve_one(
                 ctx.name,
                 job.topic
             );
-            replies.error(Some(ctx), job, None, &internal_error(&what))
+            replies.error(Some(ctx), job, id, &internal_error(&what))
         }
     }
 }
 
-fn serve(
+/// Runs the engine on its input buffers (`decoded` is the message in
+/// them) and builds the result, or the invoke's error.
+fn answer(
     engine: &mut dyn Engine,
     ctx: &ModelContext,
     replies: &Replies,
     job: &Job,
-    dequeued: Instant,
+    decoded: Decoded,
+    invoke_from: Instant,
     batch_size: Option<usize>,
-    scratch: &mut Scratch,
 ) -> Option<Outgoing> {
-    let intook = match decode(ctx, &job.payload, engine.input_buffers_mut(), scratch) {
-        Ok(d) => d,
-        Err((id, failure)) => return replies.error(Some(ctx), job, id.as_ref(), &failure),
-    };
+    let Decoded {
+        intook,
+        decode_from,
+        decoded_at,
+    } = decoded;
     let id = intook.id.clone();
-    let decoded_at = Instant::now();
     if let Err(e) = engine.invoke() {
         return replies.error(Some(ctx), job, id.as_ref(), &invoke_failure(&e));
     }
@@ -112,9 +157,9 @@ fn serve(
             accelerator: engine.accelerator_name(),
         },
         Stages {
-            decode_from: dequeued,
+            decode_from,
             decoded_at,
-            invoke_from: decoded_at,
+            invoke_from,
             invoked_at,
             post_from: invoked_at,
             batch_size,

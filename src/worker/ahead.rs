@@ -1,0 +1,312 @@
+//! Decoding ahead: a worker whose messages take long to decode (JSON
+//! tensors of hundreds of kilobytes, JPEG and PNG files) gets a decoder
+//! thread that decodes the next message while the engine runs this one.
+//!
+//! One message at a time, a worker leaves a core idle while it decodes and
+//! the engine idle meanwhile: MobileNetV2's 958 KB JSON images took 2.0 ms
+//! to parse and quantize and 2.4 ms to invoke (one intra-op thread), 4.6 ms
+//! a message on one core of two. With the two overlapped, a message costs
+//! the longer of the two. The price is a hand-off between two threads per
+//! message, tens of microseconds, which only messages that take
+//! milliseconds to decode repay ([`pays`]).
+//!
+//! Two sets of input buffers take turns: the engine holds one, the decoder
+//! fills the other, and the worker swaps them before each invoke (every
+//! engine copies its inputs at invoke). So the decoder is at most one
+//! message ahead, in order, and a message holds its queue charge until it
+//! is answered, as without a decoder.
+
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
+use std::time::Instant;
+
+use model_runtime::Engine;
+
+use super::sched::{self, SchedFit};
+use super::serve::{self, decode, internal_error, panic_message, Decoded, Scratch};
+use super::{JobReceiver, Queued};
+use crate::codec::{Failure, MessageId};
+use crate::config::{PayloadFormat, WorkerPriority};
+use crate::cores;
+use crate::models::{priority, typical_message_bytes, IntakeKind, ModelContext};
+use crate::replies::Replies;
+use crate::telemetry::{WorkerBeat, WorkerClass};
+
+/// JSON tensor messages from this size on (about 8,000 numbers, some
+/// 0.1 ms of parsing) are worth a decoder.
+const JSON_FROM_BYTES: usize = 64 * 1024;
+
+/// Whether a model's workers decode ahead: its messages are images or big
+/// JSON tensors, one at a time (micro-batching decodes a batch's messages
+/// while it fills), and a core is left over by its workers' intra-op
+/// threads (a decoder on a core XNNPACK computes on slows every invoke).
+pub fn pays(ctx: &ModelContext, workers: usize, intra_op_threads: usize) -> bool {
+    let heavy = match (&ctx.intake.kind, ctx.payload) {
+        (IntakeKind::Image { .. }, _) => true,
+        (IntakeKind::Tensors, PayloadFormat::Json) => {
+            typical_message_bytes(ctx.payload, &ctx.message_inputs, &ctx.intake) >= JSON_FROM_BYTES
+        }
+        _ => false,
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    heavy && ctx.batching.max_batch <= 1 && workers.saturating_mul(intra_op_threads) < cores
+}
+
+/// What the decoder hands the worker: a message, and its input buffers or
+/// why it could not be decoded.
+struct Ahead {
+    /// Holds the payload bytes charged to the queue until it is answered.
+    queued: Queued,
+    outcome: Result<Decoded, (Option<MessageId>, Failure)>,
+    buffers: Vec<Vec<u8>>,
+}
+
+/// The worker's loop with a decoder beside it; falls back to decoding
+/// itself if the decoder thread cannot start. Returns when the queue is
+/// closed and empty and both threads are done with it.
+pub fn ahead_loop(
+    mut engine: Box<dyn Engine>,
+    ctx: &Arc<ModelContext>,
+    rx: &JobReceiver,
+    replies: &Replies,
+    beat: &Arc<WorkerBeat>,
+) {
+    let spare = engine.input_buffers_mut().to_vec();
+    // Capacity 1: the decoder never waits to hand a message over; it waits
+    // for the buffers the engine frees instead.
+    let (ahead_tx, ahead_rx) = mpsc::sync_channel::<Ahead>(1);
+    let (free_tx, free_rx) = mpsc::channel::<Vec<Vec<u8>>>();
+    let name = std::thread::current().name().map_or_else(
+        || format!("dec-{}", ctx.name),
+        |n| n.replacen("infer", "dec", 1),
+    );
+    let decoder = {
+        let (ctx, rx, replies, beat) = (
+            Arc::clone(ctx),
+            rx.clone(),
+            replies.clone(),
+            Arc::clone(beat),
+        );
+        cores::spawn(std::thread::Builder::new().name(name), move || {
+            decode_loop(&ctx, &rx, &replies, &beat, spare, &free_rx, &ahead_tx)
+        })
+    };
+    let decoder = match decoder {
+        Ok(handle) => handle,
+        Err(e) => {
+            log::warn!(
+                "model {}: no decoder thread ({e}): its worker decodes each message itself",
+                ctx.name
+            );
+            return super::one_at_a_time(engine, ctx, rx, replies, beat);
+        }
+    };
+    let mut fit = SchedFit::for_this_thread(ctx.priority);
+    while let Ok(ahead) = ahead_rx.recv() {
+        beat.busy();
+        let started = Instant::now();
+        let job = &ahead.queued.job;
+        let out = match ahead.outcome {
+            Ok(decoded) => {
+                let mut buffers = ahead.buffers;
+                for (engines, decoders) in engine.input_buffers_mut().iter_mut().zip(&mut buffers) {
+                    std::mem::swap(engines, decoders);
+                }
+                let _ = free_tx.send(buffers);
+                serve::serve_decoded(engine.as_mut(), ctx, replies, job, decoded)
+            }
+            Err((id, failure)) => {
+                let _ = free_tx.send(ahead.buffers);
+                replies.error(Some(ctx), job, id.as_ref(), &failure)
+            }
+        };
+        beat.idle();
+        sched::observe(&mut fit, started, beat);
+        if let Some(out) = out {
+            replies.send_blocking(out);
+        }
+    }
+    if decoder.join().is_err() {
+        log::error!("model {}: its decoder thread panicked", ctx.name);
+    }
+}
+
+/// The decoder: takes each message off the queue once a set of buffers is
+/// free, decodes it into them and hands both to the worker.
+fn decode_loop(
+    ctx: &ModelContext,
+    rx: &JobReceiver,
+    replies: &Replies,
+    beat: &WorkerBeat,
+    spare: Vec<Vec<u8>>,
+    free: &Receiver<Vec<Vec<u8>>>,
+    ahead: &SyncSender<Ahead>,
+) {
+    let mut class = Follow::enter(ctx.priority);
+    let mut scratch = Scratch::default();
+    let mut next = Some(spare);
+    loop {
+        let Some(mut buffers) = next.take().or_else(|| free.recv().ok()) else {
+            return;
+        };
+        let Some(mut queued) = rx.recv() else {
+            return;
+        };
+        class.follow(beat.class());
+        beat.decoding();
+        let decode_from = Instant::now();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            decode(ctx, &queued.job.payload, &mut buffers, &mut scratch)
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic_message(panic.as_ref());
+            log::error!(
+                "model {}: internal error decoding {}: {what}",
+                ctx.name,
+                queued.job.topic
+            );
+            Err((None, internal_error(&what)))
+        })
+        .map(|intook| Decoded {
+            intook,
+            decode_from,
+            decoded_at: Instant::now(),
+        });
+        beat.decoded();
+        // Decoded, it waits for the engine without its payload: the
+        // queue's byte budget counts the payloads still to decode, the
+        // memory they hold (the decoder's buffers are there anyway).
+        queued.drop_payload();
+        let handed = ahead.send(Ahead {
+            queued,
+            outcome,
+            buffers,
+        });
+        if let Err(mpsc::SendError(lost)) = handed {
+            // The worker is gone (it only ends when this thread does,
+            // unless it panicked): the message still gets its answer.
+            let failure = internal_error("the model's worker thread has ended");
+            if let Some(out) = replies.error(Some(ctx), &lost.queued.job, None, &failure) {
+                replies.send_blocking(out);
+            }
+            return;
+        }
+    }
+}
+
+/// The decoder keeps its worker's scheduling class: an `auto` worker that
+/// moves to the background (`sched`) takes its decoder along, and back.
+struct Follow {
+    class: WorkerClass,
+}
+
+impl Follow {
+    fn enter(priority: WorkerPriority) -> Follow {
+        let class = match (priority::enter(priority), priority) {
+            (Ok(()), WorkerPriority::Background) => WorkerClass::Background,
+            (Ok(()), _) => WorkerClass::Normal,
+            // The worker said so already (health counts it as refused).
+            (Err(_), _) => WorkerClass::Refused,
+        };
+        Follow { class }
+    }
+
+    fn follow(&mut self, worker: WorkerClass) {
+        let moved = match (self.class, worker) {
+            (WorkerClass::Normal, WorkerClass::Background) => {
+                priority::enter(WorkerPriority::Background)
+            }
+            (WorkerClass::Background, WorkerClass::Normal) => priority::leave_background(),
+            _ => return,
+        };
+        if let Err(e) = moved {
+            // Once: it tries again only when the worker moves again.
+            log::warn!(
+                "{}: stays in the scheduling class its worker left ({e})",
+                std::thread::current().name().unwrap_or("decoder")
+            );
+        }
+        self.class = worker;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::config::OverflowPolicy;
+    use crate::job::Job;
+    use crate::telemetry::DaemonStats;
+    use crate::worker::test_engine::{spec, Summer};
+    use crate::worker::{ModelQueue, Offer};
+
+    /// Every message gets one answer, in order, computed from its own
+    /// inputs while the decoder's buffers and the engine's take turns: a
+    /// payload that does not decode gets its error in its place, an invoke
+    /// that panics or fails its error, and the messages after them their
+    /// results.
+    #[test]
+    fn every_message_is_answered_in_order_from_its_own_inputs() {
+        let ctx = Arc::new(ModelContext {
+            message_inputs: vec![spec("x", 1, 2)],
+            message_outputs: vec![spec("sum", 1, 1)],
+            ..ModelContext::for_tests("m", "in/m")
+        });
+        let (q, rx) = ModelQueue::bounded(64, 1 << 20, OverflowPolicy::RejectNew);
+        let payload = |i: usize| match i % 7 {
+            3 => "not json".to_string(),
+            4 => format!(r#"{{"id": {i}, "data": [666, 1]}}"#),
+            5 => format!(r#"{{"id": {i}, "data": [999, 1]}}"#),
+            _ => format!(r#"{{"id": {i}, "data": [{i}, 0.5]}}"#),
+        };
+        const N: usize = 40;
+        for i in 0..N {
+            let job = Job {
+                topic: format!("in/m/{i}"),
+                payload: Bytes::from(payload(i)),
+                received_at: 0.0,
+                received: Instant::now(),
+                ack: None,
+                properties: None,
+            };
+            assert!(matches!(q.offer(job), Offer::Queued));
+        }
+        let (to, mut replies) = Replies::channel(
+            "dev",
+            Arc::new(DaemonStats::default()),
+            (usize::MAX, "mqtt.max_packet_bytes"),
+        );
+        let beat = Arc::new(WorkerBeat::new(Instant::now()));
+        let worker = {
+            let (ctx, rx, to, beat) = (Arc::clone(&ctx), rx.clone(), to.clone(), Arc::clone(&beat));
+            std::thread::Builder::new()
+                .name("infer-m-0".into())
+                .spawn(move || ahead_loop(Box::new(Summer::new(1)), &ctx, &rx, &to, &beat))
+                .unwrap()
+        };
+        drop(q);
+        worker.join().unwrap();
+        for i in 0..N {
+            let out = replies
+                .try_recv()
+                .unwrap_or_else(|| panic!("no answer {i}"));
+            let v: Value = serde_json::from_slice(&out.payload).unwrap();
+            match i % 7 {
+                3 => assert_eq!(v["code"], "bad_json", "{i}: {v}"),
+                4 | 5 => {
+                    assert_eq!(v["code"], "inference_failed", "{i}: {v}");
+                    assert_eq!(v["id"], i, "{v}");
+                }
+                _ => {
+                    assert_eq!(v["id"], i, "{v}");
+                    let sum = i as f64 + 0.5;
+                    assert_eq!(v["outputs"][0]["values"], serde_json::json!([sum]), "{v}");
+                }
+            }
+        }
+        assert!(replies.try_recv().is_none());
+        assert!(beat.busy_for().is_none());
+    }
+}
