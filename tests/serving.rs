@@ -272,12 +272,7 @@ fn raw_int8_payloads_match_reference_exactly() {
     c.subscribe("out/dev1/m");
     let cases = fx["cases"].as_array().unwrap();
     for case in cases {
-        let q: Vec<u8> = case["inputs"][0]["quantized"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_i64().unwrap() as i8 as u8)
-            .collect();
+        let q = case_raw_int8(case);
         assert_eq!(q.len(), 224 * 224 * 3);
         let sent = Sent::now();
         c.publish("in/m", q);
@@ -502,17 +497,7 @@ share_engine = false
         }
         site_a
     });
-    let raw: Vec<Vec<u8>> = cases
-        .iter()
-        .map(|case| {
-            case["inputs"][0]["quantized"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_i64().unwrap() as i8 as u8)
-                .collect()
-        })
-        .collect();
+    let raw: Vec<Vec<u8>> = cases.iter().map(case_raw_int8).collect();
     let site_b = TestClient::connect(broker.port);
     let b = std::thread::spawn(move || {
         for i in 0..PER_SITE {
@@ -822,12 +807,7 @@ fn a_sensor_models_worker_asks_for_a_short_time_slice() {
     ));
     let c = TestClient::connect(broker.port);
     c.subscribe("out/dev1/sensor");
-    let reading: Vec<u8> = case["inputs"][0]["quantized"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap() as i8 as u8)
-        .collect();
+    let reading = case_raw_int8(case);
     let slice_of = |name: &str| {
         let slices = thread_slices(d.pid());
         slices

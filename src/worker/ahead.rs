@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use model_runtime::Engine;
 
-use super::sched::{self, SchedFit};
+use super::sched::{self, Before, SchedFit};
 use super::serve::{self, decode, internal_error, panic_message, Decoded, Scratch};
 use super::{JobReceiver, Queued};
 use crate::codec::{Failure, MessageId};
@@ -59,6 +59,8 @@ struct Ahead {
     queued: Queued,
     outcome: Result<Decoded, (Option<MessageId>, Failure)>,
     buffers: Vec<Vec<u8>>,
+    /// The decode's wall and CPU time.
+    spent: Before,
 }
 
 /// The worker's loop with a decoder beside it; falls back to decoding
@@ -121,7 +123,7 @@ pub fn ahead_loop(
             }
         };
         beat.idle();
-        sched::observe(&mut fit, started, beat);
+        sched::observe_after(&mut fit, started, ahead.spent, beat);
         if let Some(out) = out {
             replies.send_blocking(out);
         }
@@ -155,6 +157,7 @@ fn decode_loop(
         class.follow(beat.class());
         beat.decoding();
         let decode_from = Instant::now();
+        let cpu_from = sched::thread_cpu_time();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             decode(ctx, &queued.job.payload, &mut buffers, &mut scratch)
         }))
@@ -173,6 +176,14 @@ fn decode_loop(
             decoded_at: Instant::now(),
         });
         beat.decoded();
+        let wall = decode_from.elapsed();
+        let spent = Before {
+            wall,
+            // The wall time stands in if the clock cannot be read.
+            cpu: cpu_from
+                .zip(sched::thread_cpu_time())
+                .map_or(wall, |(from, to)| to.saturating_sub(from)),
+        };
         // Decoded, it waits for the engine without its payload: the
         // queue's byte budget counts the payloads still to decode, the
         // memory they hold (the decoder's buffers are there anyway).
@@ -181,6 +192,7 @@ fn decode_loop(
             queued,
             outcome,
             buffers,
+            spent,
         });
         if let Err(mpsc::SendError(lost)) = handed {
             // The worker is gone (it only ends when this thread does,

@@ -275,10 +275,11 @@ impl SchedFit {
         }
     }
 
-    /// Records one message that started at `started` and was answered at
-    /// `now`; every [`WINDOW`] messages, refits.
-    fn observe_at(&mut self, started: Instant, now: Instant, beat: &WorkerBeat) {
-        self.observe_with(started, now, thread_cpu_time, beat)
+    /// Records one message that started at `started` (after `before` on
+    /// its decoder) and was answered at `now`; every [`WINDOW`] messages,
+    /// refits.
+    fn observe_at(&mut self, started: Instant, before: Before, now: Instant, beat: &WorkerBeat) {
+        self.observe_with(started, before, now, thread_cpu_time, beat)
     }
 
     /// As `observe_at`, with `read_cpu` reading the thread's CPU time when
@@ -286,11 +287,12 @@ impl SchedFit {
     fn observe_with(
         &mut self,
         started: Instant,
+        before: Before,
         now: Instant,
         read_cpu: impl FnOnce() -> Option<Duration>,
         beat: &WorkerBeat,
     ) {
-        let took = now.saturating_duration_since(started);
+        let took = now.saturating_duration_since(started) + before.wall;
         if self.long {
             colocate::heavy_answered(now);
         }
@@ -303,7 +305,7 @@ impl SchedFit {
         // time is unknown, and its wall time stands in: a message of less
         // than AUTO_BACKGROUND_AT in wall time held a core for less.
         let cpu = match (cpu_now, self.cpu_seen) {
-            (Some(now), Some(seen)) => now.saturating_sub(seen),
+            (Some(now), Some(seen)) => now.saturating_sub(seen) + before.cpu,
             _ => took,
         };
         self.cpu_seen = cpu_now;
@@ -662,7 +664,7 @@ fn move_to_background(held: &str, short_workers: usize, beat: &WorkerBeat) -> Re
 }
 
 /// The calling thread's CPU time; None if the clock cannot be read.
-fn thread_cpu_time() -> Option<Duration> {
+pub fn thread_cpu_time() -> Option<Duration> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -679,14 +681,34 @@ fn thread_name() -> String {
         .to_string()
 }
 
+/// What a message cost on another thread before its worker took it: its
+/// decoder's (`ahead`). A message's cost is the decode and the invoke
+/// together, wherever each ran: the decoder keeps its worker's class, so
+/// an `auto` worker moves, returns and starves on the two.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Before {
+    pub wall: Duration,
+    pub cpu: Duration,
+}
+
 /// Feeds `fit` one message that started at `started`. A worker without a
 /// fit (in the background from the start, or in a class an operator set)
 /// still says when it answered a long message (`colocate`).
 pub fn observe(fit: &mut Option<SchedFit>, started: Instant, beat: &WorkerBeat) {
+    observe_after(fit, started, Before::default(), beat)
+}
+
+/// As [`observe`], for a message whose decode ran before, on its decoder.
+pub fn observe_after(
+    fit: &mut Option<SchedFit>,
+    started: Instant,
+    before: Before,
+    beat: &WorkerBeat,
+) {
     let now = Instant::now();
     match fit {
-        Some(f) => f.observe_at(started, now, beat),
-        None if now.saturating_duration_since(started) >= AUTO_BACKGROUND_AT => {
+        Some(f) => f.observe_at(started, before, now, beat),
+        None if now.saturating_duration_since(started) + before.wall >= AUTO_BACKGROUND_AT => {
             colocate::heavy_answered(now)
         }
         None => {}
@@ -786,7 +808,13 @@ mod tests {
     ) {
         for _ in 0..WINDOW {
             *now += every;
-            fit.observe_with(*now - took, *now, || Some(on_core(took)), beat);
+            fit.observe_with(
+                *now - took,
+                Before::default(),
+                *now,
+                || Some(on_core(took)),
+                beat,
+            );
         }
     }
 
@@ -847,6 +875,32 @@ mod tests {
         get_attr().map(|a| a.runtime_ns).ok()
     }
 
+    /// A message decoded ahead costs its decode and its invoke: 50 µs
+    /// invokes after 300 µs decodes fit a slice for 350 µs, not the
+    /// kernel's minimum.
+    #[test]
+    fn a_message_decoded_ahead_counts_its_decode() {
+        std::thread::spawn(|| {
+            let beat = WorkerBeat::new(Instant::now());
+            let Some(mut fit) = SchedFit::for_this_thread(WorkerPriority::Normal) else {
+                panic!("no custom time slices here: {:?}", get_attr());
+            };
+            let (invoke, decode) = (Duration::from_micros(50), Duration::from_micros(300));
+            let before = Before {
+                wall: decode,
+                cpu: decode,
+            };
+            let mut now = Instant::now();
+            for _ in 0..WINDOW {
+                now += Duration::from_millis(10);
+                fit.observe_with(now - invoke, before, now, || Some(on_core(invoke)), &beat);
+            }
+            assert_eq!(fit.current_ns(), Some(700_000));
+        })
+        .join()
+        .unwrap();
+    }
+
     /// Runs on the kernel: a worker with short messages gets the minimum
     /// slice, on its own thread only; long ones bring the default back.
     #[test]
@@ -905,6 +959,7 @@ mod tests {
             clock.set(clock.get() + on_core);
             fit.observe_with(
                 now - took,
+                Before::default(),
                 now,
                 || {
                     reads.set(reads.get() + 1);
@@ -974,7 +1029,12 @@ mod tests {
             for i in 0..WINDOW {
                 now += calm;
                 let took = if i < 58 { 900 } else { 1_500 };
-                fit.observe_at(now - Duration::from_micros(took), now, &beat);
+                fit.observe_at(
+                    now - Duration::from_micros(took),
+                    Before::default(),
+                    now,
+                    &beat,
+                );
             }
             assert_eq!(policy(), NORMAL, "the 90th percentile below 1 ms");
             // Flooded: one message right after the other.
@@ -993,7 +1053,13 @@ mod tests {
             let message = |fit: &mut SchedFit, now: &mut Instant, cpu: Duration| {
                 *now += Duration::from_millis(30);
                 let started = *now - Duration::from_millis(10);
-                fit.observe_with(started, *now, || Some(on_core(cpu)), &beat);
+                fit.observe_with(
+                    started,
+                    Before::default(),
+                    *now,
+                    || Some(on_core(cpu)),
+                    &beat,
+                );
             };
             for _ in 0..3 * STARVE_CHECK {
                 message(&mut fit, &mut now, Duration::from_millis(9));
@@ -1022,7 +1088,13 @@ mod tests {
             let accelerated = |fit: &mut SchedFit, now: &mut Instant, n: usize| {
                 for _ in 0..n {
                     *now += calm;
-                    fit.observe_with(*now - long, *now, || Some(on_core(long / 10)), &beat);
+                    fit.observe_with(
+                        *now - long,
+                        Before::default(),
+                        *now,
+                        || Some(on_core(long / 10)),
+                        &beat,
+                    );
                 }
             };
             let rest = (WINDOW - fit.seen) % WINDOW;
@@ -1072,7 +1144,13 @@ mod tests {
                             wall: Duration| {
                 for _ in 0..n {
                     *now += every;
-                    fit.observe_with(*now - wall, *now, || Some(on_core(long)), &beat);
+                    fit.observe_with(
+                        *now - wall,
+                        Before::default(),
+                        *now,
+                        || Some(on_core(long)),
+                        &beat,
+                    );
                 }
             };
             // To the window's end, then a whole window.

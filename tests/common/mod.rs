@@ -702,6 +702,17 @@ pub fn case_inputs(case: &Value) -> Vec<&Value> {
         .collect()
 }
 
+/// A fixture case's first input as the raw bytes of its int8 tensor (the
+/// quantized values), as a `payload = "raw"` message carries them.
+pub fn case_raw_int8(case: &Value) -> Vec<u8> {
+    case["inputs"][0]["quantized"]
+        .as_array()
+        .expect("quantized")
+        .iter()
+        .map(|v| v.as_i64().expect("an integer") as i8 as u8)
+        .collect()
+}
+
 /// Asserts every output of a result equals the fixture's, exactly or within
 /// `rel` relative tolerance.
 pub fn assert_outputs(result: &Value, case: &Value, rel: Option<f64>) {
