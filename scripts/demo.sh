@@ -304,8 +304,9 @@ say "$(grep -m1 'ready:' "$tmp/edge-infer.log" | sed 's/^.*ready:/edge-infer rea
 # Models that serve one file with the same threads share its compiled
 # engine (docs/operators.md, "One file, several models"); the camera
 # models compute in the background, behind the sensor models ("Several
-# models on one device").
-grep -E 'model [^ ]+: (shares |worker_priority = )' "$tmp/edge-infer.log" | sed -e 's/^.*INFO  /  | /' >&2 || true
+# models on one device"), and decode the next photo while the engine runs
+# this one ("Threads").
+grep -E 'model [^ ]+: (shares |worker_priority = |each worker decodes)' "$tmp/edge-infer.log" | sed -e 's/^.*INFO  /  | /' >&2 || true
 
 if [ -n "$homeassistant" ]; then
   # Retained on the uplink, where everything the daemon publishes goes;
@@ -403,8 +404,9 @@ if [ -n "$daemon_pid" ] && [ -d "/proc/$daemon_pid/task" ]; then
   say "the workers' kernel time slices (se.slice; the event loop, edge-infer, keeps the kernel's default):"
   for t in /proc/"$daemon_pid"/task/*; do
     comm=$(cat "$t/comm" 2>/dev/null) || continue
-    # The event loop is the main thread; the workers are infer-<model>-<n>.
-    case "$comm" in infer-*) ;; *) [ "${t##*/}" = "$daemon_pid" ] || continue ;; esac
+    # The event loop is the main thread; the workers are infer-<model>-<n>,
+    # their decoders dec-<model>-<n>.
+    case "$comm" in infer-*|dec-*) ;; *) [ "${t##*/}" = "$daemon_pid" ] || continue ;; esac
     awk -v c="$comm" '/^se.slice/ {s = $3} /^policy/ {idle = ($3 == 5)}
       END {if (idle) printf "  | %-16s in the background (SCHED_IDLE: no slice)\n", c
            else if (s) printf "  | %-16s %.1f ms\n", c, s / 1e6}' "$t/sched" 2>/dev/null || true
