@@ -23,7 +23,7 @@ use std::time::Instant;
 use model_runtime::Engine;
 
 use super::sched::{self, Before, SchedFit};
-use super::serve::{self, decode, internal_error, panic_message, Decoded, Scratch};
+use super::serve::{self, decode_caught, internal_error, Decoded, Scratch};
 use super::{JobReceiver, Queued};
 use crate::codec::{Failure, MessageId};
 use crate::config::{PayloadFormat, WorkerPriority};
@@ -158,23 +158,12 @@ fn decode_loop(
         beat.decoding();
         let decode_from = Instant::now();
         let cpu_from = sched::thread_cpu_time();
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            decode(ctx, &queued.job.payload, &mut buffers, &mut scratch)
-        }))
-        .unwrap_or_else(|panic| {
-            let what = panic_message(panic.as_ref());
-            log::error!(
-                "model {}: internal error decoding {}: {what}",
-                ctx.name,
-                queued.job.topic
-            );
-            Err((None, internal_error(&what)))
-        })
-        .map(|intook| Decoded {
-            intook,
-            decode_from,
-            decoded_at: Instant::now(),
-        });
+        let outcome =
+            decode_caught(ctx, &queued.job, &mut buffers, &mut scratch).map(|intook| Decoded {
+                intook,
+                decode_from,
+                decoded_at: Instant::now(),
+            });
         beat.decoded();
         let wall = decode_from.elapsed();
         let spent = Before {
@@ -214,13 +203,10 @@ struct Follow {
 
 impl Follow {
     fn enter(priority: WorkerPriority) -> Follow {
-        let class = match (priority::enter(priority), priority) {
-            (Ok(()), WorkerPriority::Background) => WorkerClass::Background,
-            (Ok(()), _) => WorkerClass::Normal,
-            // The worker said so already (health counts it as refused).
-            (Err(_), _) => WorkerClass::Refused,
-        };
-        Follow { class }
+        Follow {
+            // Refused: the worker said so already (health counts it).
+            class: super::enter(priority).unwrap_or(WorkerClass::Refused),
+        }
     }
 
     fn follow(&mut self, worker: WorkerClass) {

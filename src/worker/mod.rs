@@ -83,11 +83,9 @@ pub fn spawn_workers(
         let handle = cores::spawn(builder, move || {
             // A thread starts in its starter's class: the daemon's
             // threads are normal, so only background needs a call.
-            let class = match (priority::enter(ctx.priority), ctx.priority) {
-                (Ok(()), WorkerPriority::Background) => WorkerClass::Background,
-                // An auto worker starts normal (`sched` may move it).
-                (Ok(()), WorkerPriority::Normal | WorkerPriority::Auto) => WorkerClass::Normal,
-                (Err(e), _) => {
+            let class = match enter(ctx.priority) {
+                Ok(class) => class,
+                Err(e) => {
                     // The load said so already, with the reason;
                     // health counts the worker as refused.
                     log::debug!(
@@ -112,6 +110,16 @@ pub fn spawn_workers(
         workers.push(Worker { handle, beat });
     }
     Ok(workers)
+}
+
+/// Puts the calling thread in `priority`'s class; the class it is in.
+fn enter(priority: WorkerPriority) -> std::io::Result<WorkerClass> {
+    priority::enter(priority)?;
+    Ok(match priority {
+        WorkerPriority::Background => WorkerClass::Background,
+        // An auto worker starts normal (`sched` may move it).
+        WorkerPriority::Normal | WorkerPriority::Auto => WorkerClass::Normal,
+    })
 }
 
 fn worker_loop(

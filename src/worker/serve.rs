@@ -112,16 +112,33 @@ fn caught(
 ) -> Option<Outgoing> {
     match catch_unwind(AssertUnwindSafe(serve)) {
         Ok(out) => out,
-        Err(panic) => {
-            let what = panic_message(panic.as_ref());
-            log::error!(
-                "model {}: internal error serving {}: {what}",
-                ctx.name,
-                job.topic
-            );
-            replies.error(Some(ctx), job, id, &internal_error(&what))
-        }
+        Err(panic) => replies.error(Some(ctx), job, id, &logged_panic(ctx, job, panic.as_ref())),
     }
+}
+
+/// [`decode`] of `job`'s payload, a panic caught as [`caught`] does (for a
+/// decoder thread: `worker::ahead`).
+pub fn decode_caught(
+    ctx: &ModelContext,
+    job: &Job,
+    buffers: &mut [Vec<u8>],
+    scratch: &mut Scratch,
+) -> Result<Intook, (Option<MessageId>, Failure)> {
+    catch_unwind(AssertUnwindSafe(|| {
+        decode(ctx, &job.payload, buffers, scratch)
+    }))
+    .unwrap_or_else(|panic| Err((None, logged_panic(ctx, job, panic.as_ref()))))
+}
+
+/// Logs a panic caught while serving `job`; the error its message gets.
+fn logged_panic(ctx: &ModelContext, job: &Job, panic: &(dyn std::any::Any + Send)) -> Failure {
+    let what = panic_message(panic);
+    log::error!(
+        "model {}: internal error serving {}: {what}",
+        ctx.name,
+        job.topic
+    );
+    internal_error(&what)
 }
 
 /// Runs the engine on its input buffers (`decoded` is the message in
