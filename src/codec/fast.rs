@@ -265,10 +265,11 @@ const EXACT_MANTISSA: u64 = 1 << 53;
 /// (1 to 4 fraction digits, a sign half the time) were mispredicted, so
 /// nothing overlapped: ~25 ns a number. Here the separators (`,` `[` `]`)
 /// of 64 bytes at a time are found first ([`Separators`]), so every
-/// number's bounds are known before it is read; a short number is then
-/// read without a loop or a data-dependent branch ([`short`]) and the work
-/// of consecutive numbers overlaps. Anything else between two separators
-/// (whitespace, exponents, long numbers, junk) goes through [`token`].
+/// number's bounds are known before it is read; a number of up to 16
+/// bytes is then read without a loop or a data-dependent branch ([`short`],
+/// [`long`]) and the work of consecutive numbers overlaps. Anything else
+/// between two separators (whitespace, exponents, longer numbers, junk)
+/// goes through [`token`].
 pub fn fill(
     text: &[u8],
     start: usize,
@@ -322,18 +323,22 @@ fn fill_any(
     if text.get(start) != Some(&b'[') {
         return None;
     }
-    // Long numbers (float32s printed in full, `0.0917029` and up, as the
-    // HAR benchmark sends them) gain nothing from knowing their bounds
-    // first, and a byte-by-byte walk of a few hundred of them, its branches
-    // learned, was faster: 7.0 against 8.9 us per 4 KB message in a tight
-    // loop (14 against 20 us with the caches and the branch history
-    // flushed between messages). The first element decides.
+    // Numbers of up to 16 bytes after a sign (float32s printed in full,
+    // `0.0917029`, as the HAR benchmark sends them) are read between
+    // separators by [`short`] and [`long`]. Longer ones (float64s printed
+    // in full, `0.13254721298082472`, as Python's `json.dumps` writes
+    // them) gain nothing from knowing their bounds first, and a
+    // byte-by-byte walk of a few hundred of them, its branches learned,
+    // was faster. In-process minimum per 4 KB message of 384 random
+    // readings, 256 messages in turn: float32s 6.9 us between separators
+    // against 9.3 walked; float64s 18.8 walked against 21.3. The first
+    // element decides.
     let first = text.get(start + 1..).unwrap_or_default();
-    if !first
+    let first_len = first
         .iter()
-        .take(9)
-        .any(|&b| matches!(b, b',' | b'[' | b']'))
-    {
+        .take(19)
+        .position(|&b| matches!(b, b',' | b'[' | b']'));
+    if first_len.is_none_or(|len| len > 16 + usize::from(first.first() == Some(&b'-'))) {
         return walk_bytes(text, start, max_depth, store);
     }
     let mut separators = Separators::new(text, start + 1);
@@ -350,7 +355,7 @@ fn fill_any(
         // the `,` (Python's json.dumps) is skipped here too.
         if byte == b',' && prev_byte != b']' {
             let from = prev + 1 + usize::from(text[prev + 1] == b' ');
-            if let Some(v) = short(text, from, at) {
+            if let Some(v) = short(text, from, at).or_else(|| long(text, from, at)) {
                 // Below 1e8: always finite in float32.
                 store(count, v as f32);
                 count += 1;
@@ -644,6 +649,67 @@ fn short(text: &[u8], from: usize, end: usize) -> Option<f64> {
     ))
 }
 
+/// `text[from..end]` if it is a JSON number of 9 to 16 bytes after an
+/// optional `-`, of the form `digits.digits` with 1 to 7 digits before
+/// the '.': float32 readings printed in full (`0.0917029`,
+/// `-0.0074718054`). Read from two 8-byte words, as [`short`] reads one.
+/// None for anything else (the caller then takes [`token`]).
+///
+/// The value is [`number`]'s: at most 15 digits, so the mantissa is
+/// exact and Clinger's fast path applies.
+#[inline(always)]
+fn long(text: &[u8], from: usize, end: usize) -> Option<f64> {
+    let negative = *text.get(from)? == b'-';
+    let at = from + usize::from(negative);
+    let len = end.wrapping_sub(at);
+    if len.wrapping_sub(9) >= 8 {
+        return None;
+    }
+    let len = len as u32;
+    let words = text.get(at..at + 16)?;
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&words[..8]);
+    let t = u64::from_le_bytes(b) ^ 0x3030_3030_3030_3030;
+    b.copy_from_slice(&words[8..]);
+    let u = u64::from_le_bytes(b) ^ 0x3030_3030_3030_3030;
+    let nondigit = |w: u64| (w | w.wrapping_add(0x7676_7676_7676_7676)) & 0x8080_8080_8080_8080;
+    // The '.' is the first word's only non-digit, after 1 to 7 digits;
+    // the second word's first `len - 8` bytes are digits.
+    let in_first = nondigit(t);
+    let first = in_first.trailing_zeros() / 8;
+    let shift = (8 * first) & 63;
+    let dot = ((t >> shift) as u8 == 0x1E) & (1..=7).contains(&first);
+    let only_one = (in_first & in_first.wrapping_sub(1)) == 0;
+    let rest = len - 8;
+    let second_digits = nondigit(u).trailing_zeros() / 8 >= rest;
+    // JSON: no leading zero before more integer digits.
+    let leading_zero = (first > 1) & (t as u8 == 0);
+    if !(dot & only_one & second_digits) | leading_zero {
+        return None;
+    }
+    // Squeeze the '.' out as [`short`] does: seven digits, then `rest`.
+    let below = (1u64 << shift) - 1;
+    let squeezed = ((t & below) << 8) | (t & !((below << 8) | 0xFF));
+    let mantissa = digits_value(squeezed, 8) * POW10_U64[rest as usize] + digits_value(u, rest);
+    let value = exact_f64(mantissa) / POW10[(len - first - 1) as usize];
+    Some(f64::from_bits(
+        value.to_bits() | (u64::from(negative) << 63),
+    ))
+}
+
+/// Powers of ten up to 10^8, for joining groups of digits.
+const POW10_U64: [u64; 9] = [
+    1,
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+];
+
 /// The number whose decimal digits are the first `k` (1..=8) bytes of
 /// `v`, each 0..=9, the first digit in the lowest byte.
 #[inline(always)]
@@ -844,29 +910,42 @@ mod tests {
     }
 
     /// Every string of up to 5 bytes over `-.0123456789`, and random ones
-    /// up to 10: `short` reads a token only as [`number`] does (same value
-    /// bits, the whole token), and it reads every token of its forms, so
-    /// the common numbers really take the loop-free path.
+    /// up to 17: `short` and `long` read a token only as [`number`] does
+    /// (same value bits, the whole token), and they read every token of
+    /// their forms, so the common numbers really take the loop-free paths.
     #[test]
-    fn short_reads_exactly_what_number_reads() {
+    fn short_and_long_read_exactly_what_number_reads() {
         const ALPHABET: &[u8] = b"-.0123456789";
         let check = |token: &[u8]| {
-            // The separator after the token, then room for the 8-byte load.
+            // The separator after the token, then room for the loads.
             let mut text = token.to_vec();
-            text.extend_from_slice(b",xxxxxxxx");
-            let got = short(&text, 0, token.len());
+            text.extend_from_slice(b",xxxxxxxxxxxxxxxx");
             let whole = number(&text, 0).filter(|&(_, end)| end == token.len());
             let shown = String::from_utf8_lossy(token);
-            if let Some(v) = got {
-                let (want, _) = whole.unwrap_or_else(|| panic!("short took {shown:?}"));
-                assert_eq!(v.to_bits(), want.to_bits(), "{shown}");
-            }
             let digits = token.strip_prefix(b"-").unwrap_or(token);
-            if whole.is_some()
-                && digits.len() <= 8
-                && !digits.iter().any(|b| b.eq_ignore_ascii_case(&b'e'))
-            {
-                assert!(got.is_some(), "short declined {shown:?}");
+            let exponent = digits.iter().any(|b| b.eq_ignore_ascii_case(&b'e'));
+            let int_digits = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+            let forms = [
+                ("short", short(&text, 0, token.len()), digits.len() <= 8),
+                (
+                    "long",
+                    long(&text, 0, token.len()),
+                    (9..=16).contains(&digits.len())
+                        && (1..=7).contains(&int_digits)
+                        && digits.contains(&b'.'),
+                ),
+            ];
+            for (name, got, form) in forms {
+                match got {
+                    Some(v) => {
+                        let (want, _) = whole.unwrap_or_else(|| panic!("{name} took {shown:?}"));
+                        assert_eq!(v.to_bits(), want.to_bits(), "{name}: {shown}");
+                    }
+                    None => assert!(
+                        !(whole.is_some() && form && !exponent),
+                        "{name} declined {shown:?}"
+                    ),
+                }
             }
         };
         let mut token = Vec::new();
@@ -881,16 +960,30 @@ mod tests {
             }
         }
         let mut rng = crate::robustness::Rng::new(0x0005_eedf_10a7);
-        for _ in 0..200_000 {
+        for _ in 0..400_000 {
             token.clear();
-            for _ in 0..6 + rng.below(5) {
-                // Mostly digits, so long valid numbers come up often.
-                let b = if rng.one_in(6) {
-                    *rng.pick(b"-.eE+ x")
-                } else {
-                    b'0' + rng.below(10) as u8
-                };
-                token.push(b);
+            if rng.one_in(2) {
+                // As float32 readings are printed: `-?d+.d+`.
+                if rng.one_in(2) {
+                    token.push(b'-');
+                }
+                for _ in 0..1 + rng.below(9) {
+                    token.push(b'0' + rng.below(10) as u8);
+                }
+                token.push(b'.');
+                for _ in 0..1 + rng.below(12) {
+                    token.push(b'0' + rng.below(10) as u8);
+                }
+            } else {
+                for _ in 0..6 + rng.below(12) {
+                    // Mostly digits, so long valid numbers come up often.
+                    let b = if rng.one_in(6) {
+                        *rng.pick(b"-.eE+ x")
+                    } else {
+                        b'0' + rng.below(10) as u8
+                    };
+                    token.push(b);
+                }
             }
             check(&token);
         }
@@ -950,6 +1043,11 @@ mod tests {
                 payload("har_accel_int8.json", "walking", ","),
                 &har,
             ),
+            (
+                "har_json with \", \" separators",
+                payload("har_accel_int8.json", "walking", ", "),
+                &har,
+            ),
         ];
         for (name, text, spec) in cases {
             let specs = std::slice::from_ref(spec);
@@ -988,6 +1086,9 @@ mod tests {
             "12345678",
             "1.000001",
             "-1.5",
+            "-0.0074718054",
+            "1234567.12345678",
+            "0.13254721298082472",
             "[",
             "]",
             "[]",
@@ -1014,7 +1115,7 @@ mod tests {
                     let piece = *rng.pick::<&str>(&pieces);
                     text.push_str(piece);
                 } else {
-                    let piece = *rng.pick::<&str>(&pieces[..15]);
+                    let piece = *rng.pick::<&str>(&pieces[..18]);
                     text.push_str(piece);
                 }
             }
