@@ -92,6 +92,13 @@ const CALM_TO_MOVE_AFTER_FLOOD: f64 = 0.6;
 /// few enough to notice within seconds, starved as it is.
 const STARVE_CHECK: usize = 8;
 
+/// ...or as soon as its messages since the last check took this long by
+/// the wall clock: starved beside normal threads that keep every core, a
+/// camera's frames (decoded and invoked in `SCHED_IDLE`) took seconds
+/// each, and eight of them over two minutes (tests/serving.rs on a slowed
+/// host).
+const STARVE_CHECK_WALL: Duration = Duration::from_secs(1);
+
 /// An `auto` worker in the normal class checks every this many messages
 /// whether all of its window's messages so far held a core for
 /// [`AUTO_BACKGROUND_AT`] or more, and then moves without waiting for the
@@ -544,7 +551,8 @@ fn p90_ns(ns: &mut [u32; WINDOW]) -> u64 {
 
 impl Auto {
     /// Adds one message in the background that took `took` by the wall
-    /// clock and `cpu` on a core; every [`STARVE_CHECK`] messages, whether
+    /// clock and `cpu` on a core; every [`STARVE_CHECK`] messages (or
+    /// [`STARVE_CHECK_WALL`] of their wall time), whether
     /// the thread got less than half of their wall time on a core. A
     /// message waiting for a shared engine's lock looks alike; returning
     /// then costs nothing but the protection, for a while.
@@ -561,7 +569,7 @@ impl Auto {
         *wall += took;
         *cpu += cpu_took;
         *messages += 1;
-        if *messages < STARVE_CHECK {
+        if *messages < STARVE_CHECK && *wall < STARVE_CHECK_WALL {
             return false;
         }
         let starving = *cpu * 2 < *wall;
