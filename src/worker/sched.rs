@@ -482,7 +482,7 @@ impl SchedFit {
         let why_return = why;
         let (why, settle) = match why {
             Return::Starving => (format!(
-                "in the background it got less than half of the time its last {STARVE_CHECK} messages took on a core, the cores being busy with normal threads"
+                "in the background it got less than half of the time its last messages took on a core (checked every {STARVE_CHECK} messages or {} s of them), the cores being busy with normal threads", STARVE_CHECK_WALL.as_secs()
             ), SETTLE_AFTER_STARVING),
             Return::Busy => {
                 let settle = SETTLE_AFTER_FLOOD
