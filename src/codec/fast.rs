@@ -601,21 +601,13 @@ fn token(text: &[u8], from: usize, end: usize) -> Option<Option<f64>> {
 fn short(text: &[u8], from: usize, end: usize) -> Option<f64> {
     let negative = *text.get(from)? == b'-';
     let at = from + usize::from(negative);
-    let mut b = [0u8; 8];
-    b.copy_from_slice(text.get(at..at + 8)?);
-    // Bytes in text order, first lowest. XOR turns the digits into 0..=9
-    // and '.' into 0x1E, and never carries into the next byte as a
-    // subtraction would.
-    let t = u64::from_le_bytes(b) ^ 0x3030_3030_3030_3030;
+    let t = digit_word(text.get(at..at + 8)?);
     let len = end.wrapping_sub(at);
     if len.wrapping_sub(1) >= 8 {
         return None;
     }
     let len = len as u32;
-    // Bit 7 of each byte that is not a digit. A byte above 0x89 carries
-    // into the next one, which can only flag a byte after a non-digit that
-    // is not the '.', where the number is refused anyway.
-    let nondigit = (t | t.wrapping_add(0x7676_7676_7676_7676)) & 0x8080_8080_8080_8080;
+    let nondigit = nondigits(t);
     // Where the first and the second non-digit are (8: none). The byte at
     // `len` is the separator (or past the word), so the first is at `len`
     // or beyond exactly when all `len` bytes are digits.
@@ -632,21 +624,13 @@ fn short(text: &[u8], from: usize, end: usize) -> Option<f64> {
     if !(integer | fraction) | leading_zero {
         return None;
     }
-    // Squeeze the '.' out: the integer digits move up one byte over it and
-    // a 0 takes their place at the front.
-    let below = (1u64 << shift) - 1;
-    let squeezed = ((t & below) << 8) | (t & !((below << 8) | 0xFF));
     let (digits, exp) = if integer {
         (t, 0)
     } else {
-        (squeezed, len - first - 1)
+        (squeeze_dot(t, shift), len - first - 1)
     };
     let value = exact_f64(digits_value(digits, len)) / POW10[exp as usize];
-    // value >= +0.0, so setting the sign bit negates it (-0 stays -0); a
-    // branch on the sign would be mispredicted half the time.
-    Some(f64::from_bits(
-        value.to_bits() | (u64::from(negative) << 63),
-    ))
+    Some(signed(value, negative))
 }
 
 /// `text[from..end]` if it is a JSON number of 9 to 16 bytes after an
@@ -667,34 +651,59 @@ fn long(text: &[u8], from: usize, end: usize) -> Option<f64> {
     }
     let len = len as u32;
     let words = text.get(at..at + 16)?;
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&words[..8]);
-    let t = u64::from_le_bytes(b) ^ 0x3030_3030_3030_3030;
-    b.copy_from_slice(&words[8..]);
-    let u = u64::from_le_bytes(b) ^ 0x3030_3030_3030_3030;
-    let nondigit = |w: u64| (w | w.wrapping_add(0x7676_7676_7676_7676)) & 0x8080_8080_8080_8080;
+    let (t, u) = (digit_word(&words[..8]), digit_word(&words[8..]));
     // The '.' is the first word's only non-digit, after 1 to 7 digits;
     // the second word's first `len - 8` bytes are digits.
-    let in_first = nondigit(t);
+    let in_first = nondigits(t);
     let first = in_first.trailing_zeros() / 8;
     let shift = (8 * first) & 63;
     let dot = ((t >> shift) as u8 == 0x1E) & (1..=7).contains(&first);
     let only_one = (in_first & in_first.wrapping_sub(1)) == 0;
     let rest = len - 8;
-    let second_digits = nondigit(u).trailing_zeros() / 8 >= rest;
+    let second_digits = nondigits(u).trailing_zeros() / 8 >= rest;
     // JSON: no leading zero before more integer digits.
     let leading_zero = (first > 1) & (t as u8 == 0);
     if !(dot & only_one & second_digits) | leading_zero {
         return None;
     }
-    // Squeeze the '.' out as [`short`] does: seven digits, then `rest`.
-    let below = (1u64 << shift) - 1;
-    let squeezed = ((t & below) << 8) | (t & !((below << 8) | 0xFF));
-    let mantissa = digits_value(squeezed, 8) * POW10_U64[rest as usize] + digits_value(u, rest);
+    // Seven digits in the first word once the '.' is out, then `rest`.
+    let mantissa =
+        digits_value(squeeze_dot(t, shift), 8) * POW10_U64[rest as usize] + digits_value(u, rest);
     let value = exact_f64(mantissa) / POW10[(len - first - 1) as usize];
-    Some(f64::from_bits(
-        value.to_bits() | (u64::from(negative) << 63),
-    ))
+    Some(signed(value, negative))
+}
+
+/// Eight bytes of text as one word, in text order (first byte lowest),
+/// each XORed with b'0': the digits become 0..=9 and '.' 0x1E. XOR, not a
+/// subtraction, so no byte borrows from the next.
+#[inline(always)]
+fn digit_word(eight: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(eight);
+    u64::from_le_bytes(b) ^ 0x3030_3030_3030_3030
+}
+
+/// Bit 7 of each byte of a [`digit_word`] that is not a digit. A byte
+/// above 0x89 carries into the next one, which can only flag a byte after
+/// a non-digit that is not the '.', where the number is refused anyway.
+#[inline(always)]
+fn nondigits(w: u64) -> u64 {
+    (w | w.wrapping_add(0x7676_7676_7676_7676)) & 0x8080_8080_8080_8080
+}
+
+/// `w` with its '.' at bit `shift` squeezed out: the integer digits move
+/// up one byte over it and a 0 takes their place at the front.
+#[inline(always)]
+fn squeeze_dot(w: u64, shift: u32) -> u64 {
+    let below = (1u64 << shift) - 1;
+    ((w & below) << 8) | (w & !((below << 8) | 0xFF))
+}
+
+/// `value` (>= +0.0) negated if `negative` by setting its sign bit (-0
+/// stays -0): a branch on the sign would be mispredicted half the time.
+#[inline(always)]
+fn signed(value: f64, negative: bool) -> f64 {
+    f64::from_bits(value.to_bits() | (u64::from(negative) << 63))
 }
 
 /// Powers of ten up to 10^8, for joining groups of digits.

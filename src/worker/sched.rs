@@ -846,6 +846,49 @@ mod tests {
         v[v.len() * 9 / 10] * 1000
     }
 
+    /// Starving is checked every [`STARVE_CHECK`] messages, or sooner once
+    /// they took [`STARVE_CHECK_WALL`] by the wall clock: a camera's frames
+    /// starved beside normal threads take seconds each.
+    #[test]
+    fn a_background_worker_is_checked_for_starving_every_few_messages_or_each_second_of_them() {
+        let background = || Auto::Background {
+            since: Instant::now(),
+            wall: Duration::ZERO,
+            cpu: Duration::ZERO,
+            messages: 0,
+        };
+        let ms = Duration::from_millis;
+        // Short messages, starving: checked at the 8th, not before.
+        let mut auto = background();
+        for _ in 1..STARVE_CHECK {
+            assert!(!auto.starving(ms(10), ms(2)));
+        }
+        assert!(auto.starving(ms(10), ms(2)), "the 8th message");
+        // Fed: checked, not starving, and counted afresh.
+        for _ in 0..STARVE_CHECK {
+            assert!(!auto.starving(ms(10), ms(9)));
+        }
+        // One message of a second and a half on a core for a tenth of it:
+        // checked at once.
+        let mut auto = background();
+        assert!(
+            auto.starving(ms(1_500), ms(150)),
+            "one long starved message"
+        );
+        // Below a second, not yet; the message that reaches it, checked
+        // over both.
+        assert!(!auto.starving(ms(600), ms(60)));
+        assert!(auto.starving(ms(600), ms(60)), "1.2 s over two messages");
+        // A second of them, fed: not starving.
+        assert!(!auto.starving(ms(1_200), ms(1_100)));
+        // Normal workers are never starving.
+        let mut normal = Auto::Normal {
+            settled: None,
+            after_flood: false,
+        };
+        assert!(!normal.starving(ms(5_000), Duration::ZERO));
+    }
+
     #[test]
     fn the_fit_is_twice_the_90th_percentile_within_the_kernels_bounds() {
         let fit = |us: &[u64]| fitted_ns(p90_of(us), 0.05, DEFAULT);
