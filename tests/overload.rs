@@ -320,19 +320,18 @@ fn overload(qos: QoS, main: Main) {
     };
     // The spinning model is offered three times what it sustains; the
     // accelerometer model one and a half times (a third refused), and more
-    // each second the daemon still refuses nothing (the QoS 1 burst above
-    // is paced by the broker's in-flight window: once 15,700 msg/s
-    // calibrated, 23,600 served during the flood with none refused). Never
-    // as much as one client can publish (`FLOOD_CAP`): on an Intel Xeon VM that was 49,000
-    // to 52,000 msg/s, about 2.5 times the daemon, and there the one
-    // Mosquitto thread fell behind too. The daemon's QoS 1 acknowledgements
-    // (sent once each answer is confirmed) then lagged, the broker's
-    // in-flight window for it stayed full, its queue filled with the QoS 0
-    // flood, and the broker dropped the side model's and the after-flood
-    // messages (side 340 to 615 of 661 received, 0 to 288 of 300 after the
-    // flood, in 5 of 19 runs, with and without the change of 9bc5aa2; the
-    // failures measured were at 49,000 msg/s or more, every pass at 48,800
-    // or less). That measures the broker.
+    // each second the daemon still refuses nothing (the QoS 1 burst above is
+    // paced by the broker's in-flight window: once 15,700 msg/s calibrated,
+    // 23,600 served during the flood with none refused). Never as much as one
+    // client can publish (`FLOOD_CAP`): on an Intel Xeon VM that was 49,000 to
+    // 52,000 msg/s, about 2.5 times the daemon then, and there the one Mosquitto
+    // thread fell behind too. The daemon's QoS 1 acknowledgements (sent once
+    // each answer is confirmed) then lagged, the broker's in-flight window for
+    // it stayed full, its queue filled with the QoS 0 flood, and the broker
+    // dropped the side model's and the after-flood messages (side 340 to 615
+    // of 661 received, 0 to 288 of 300 after the flood, in 5 of 19 runs, with
+    // and without the change of 9bc5aa2; the failures measured were at 49,000
+    // msg/s or more, every pass at 48,800 or less). That measures the broker.
     let offered = match main {
         Main::Spin(_) => Some(3.0 * sustained),
         Main::Har => Some(1.5 * sustained),
