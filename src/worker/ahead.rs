@@ -10,11 +10,11 @@
 //! message, tens of microseconds, which only messages that take
 //! milliseconds to decode repay ([`pays`]).
 //!
-//! Two sets of input buffers take turns: the engine holds one, the decoder
-//! fills the other, and the worker swaps them before each invoke (every
-//! engine copies its inputs at invoke). So the decoder is at most one
-//! message ahead, in order, and a message holds its queue charge until it
-//! is answered, as without a decoder.
+//! Sets of input buffers take turns: the engine holds one, the decoder
+//! fills the others, and the worker swaps one in before each invoke (every
+//! engine copies its inputs at invoke). So the decoder is at most
+//! [`depth`] messages ahead, in order. A message's payload leaves the
+//! queue's byte budget once decoded.
 
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
@@ -52,6 +52,25 @@ pub fn pays(ctx: &ModelContext, workers: usize, intra_op_threads: usize) -> bool
     heavy && ctx.batching.max_batch <= 1 && workers.saturating_mul(intra_op_threads) < cores
 }
 
+/// JSON tensors decoded ahead at most: three. Decoded, a message holds
+/// its tensor instead of its text (MobileNetV2's 958 KB become 150 KB of
+/// int8) and leaves the queue's byte budget, which holds only four such
+/// payloads (`models::queue_budget`). While the engine's thread is held
+/// up (on 2 cores shared with the broker, for a few milliseconds now and
+/// then) the decoder keeps taking messages, and the budget has room for
+/// the ones still arriving instead of refusing them.
+const JSON_DEPTH: usize = 3;
+
+/// How many messages the decoder may hold decoded ahead of the engine:
+/// [`JSON_DEPTH`] for JSON tensors, one for images, whose decoded tensor
+/// is bigger than their file (the budget counts frames for them).
+fn depth(ctx: &ModelContext) -> usize {
+    match ctx.intake.kind {
+        IntakeKind::Image { .. } => 1,
+        _ => JSON_DEPTH,
+    }
+}
+
 /// What the decoder hands the worker: a message, and its input buffers or
 /// why it could not be decoded.
 struct Ahead {
@@ -73,10 +92,13 @@ pub fn ahead_loop(
     replies: &Replies,
     beat: &Arc<WorkerBeat>,
 ) {
-    let spare = engine.input_buffers_mut().to_vec();
-    // Capacity 1: the decoder never waits to hand a message over; it waits
-    // for the buffers the engine frees instead.
-    let (ahead_tx, ahead_rx) = mpsc::sync_channel::<Ahead>(1);
+    let depth = depth(ctx);
+    let spares: Vec<Vec<Vec<u8>>> = (0..depth)
+        .map(|_| engine.input_buffers_mut().to_vec())
+        .collect();
+    // As many as there are spare sets: the decoder never waits to hand a
+    // message over; it waits for the buffers the engine frees instead.
+    let (ahead_tx, ahead_rx) = mpsc::sync_channel::<Ahead>(depth);
     let (free_tx, free_rx) = mpsc::channel::<Vec<Vec<u8>>>();
     let name = std::thread::current().name().map_or_else(
         || format!("dec-{}", ctx.name),
@@ -90,7 +112,7 @@ pub fn ahead_loop(
             Arc::clone(beat),
         );
         cores::spawn(std::thread::Builder::new().name(name), move || {
-            decode_loop(&ctx, &rx, &replies, &beat, spare, &free_rx, &ahead_tx)
+            decode_loop(&ctx, &rx, &replies, &beat, spares, &free_rx, &ahead_tx)
         })
     };
     let decoder = match decoder {
@@ -140,15 +162,14 @@ fn decode_loop(
     rx: &JobReceiver,
     replies: &Replies,
     beat: &WorkerBeat,
-    spare: Vec<Vec<u8>>,
+    mut spares: Vec<Vec<Vec<u8>>>,
     free: &Receiver<Vec<Vec<u8>>>,
     ahead: &SyncSender<Ahead>,
 ) {
     let mut class = Follow::enter(ctx.priority);
     let mut scratch = Scratch::default();
-    let mut next = Some(spare);
     loop {
-        let Some(mut buffers) = next.take().or_else(|| free.recv().ok()) else {
+        let Some(mut buffers) = spares.pop().or_else(|| free.recv().ok()) else {
             return;
         };
         let Some(mut queued) = rx.recv() else {
@@ -306,5 +327,117 @@ mod tests {
         }
         assert!(replies.try_recv().is_none());
         assert!(beat.busy_for().is_none());
+    }
+
+    /// A [`Summer`] whose every invoke waits for a token first.
+    struct Held {
+        inner: Summer,
+        tokens: mpsc::Receiver<()>,
+    }
+
+    impl Engine for Held {
+        fn inputs(&self) -> &[model_runtime::TensorSpec] {
+            self.inner.inputs()
+        }
+        fn outputs(&self) -> &[model_runtime::TensorSpec] {
+            self.inner.outputs()
+        }
+        fn input_buffers_mut(&mut self) -> &mut [Vec<u8>] {
+            self.inner.input_buffers_mut()
+        }
+        fn invoke(&mut self) -> Result<(), model_runtime::RuntimeError> {
+            let _ = self.tokens.recv();
+            self.inner.invoke()
+        }
+        fn output(&self, index: usize) -> &[u8] {
+            self.inner.output(index)
+        }
+        fn accelerator(&self) -> String {
+            self.inner.accelerator()
+        }
+        fn accelerator_name(&self) -> &str {
+            self.inner.accelerator_name()
+        }
+        fn delegation(&self) -> model_runtime::Delegation {
+            self.inner.delegation()
+        }
+    }
+
+    /// While the engine is held up on one message, the decoder takes the
+    /// next [`JSON_DEPTH`] off the queue and their payloads leave its byte
+    /// budget (room for new ones instead of refusals); the rest wait with
+    /// theirs. Released, every message is answered, in order.
+    #[test]
+    fn while_the_engine_is_held_up_the_decoder_frees_the_budget_of_the_next_messages() {
+        let ctx = Arc::new(ModelContext {
+            message_inputs: vec![spec("x", 1, 2)],
+            message_outputs: vec![spec("sum", 1, 1)],
+            ..ModelContext::for_tests("m", "in/m")
+        });
+        assert_eq!(depth(&ctx), JSON_DEPTH);
+        let (q, rx) = ModelQueue::bounded(64, 1 << 20, OverflowPolicy::RejectNew);
+        const N: usize = 8;
+        let payload = |i: usize| format!(r#"{{"id": {i}, "data": [{i}, 0.25]}}"#);
+        for i in 0..N {
+            let job = Job {
+                topic: format!("in/m/{i}"),
+                payload: Bytes::from(payload(i)),
+                received_at: 0.0,
+                received: Instant::now(),
+                ack: None,
+                properties: None,
+            };
+            assert!(matches!(q.offer(job), Offer::Queued));
+        }
+        let (to, mut replies) = Replies::channel(
+            "dev",
+            Arc::new(DaemonStats::default()),
+            (usize::MAX, "mqtt.max_packet_bytes"),
+        );
+        let beat = Arc::new(WorkerBeat::new(Instant::now()));
+        let (release, tokens) = mpsc::channel();
+        let engine = Held {
+            inner: Summer::new(1),
+            tokens,
+        };
+        let worker = {
+            let (ctx, rx, to, beat) = (Arc::clone(&ctx), rx.clone(), to.clone(), Arc::clone(&beat));
+            std::thread::Builder::new()
+                .name("infer-m-0".into())
+                .spawn(move || ahead_loop(Box::new(engine), &ctx, &rx, &to, &beat))
+                .unwrap()
+        };
+        // One invoking, JSON_DEPTH decoded; the others queued.
+        let waiting = N - 1 - JSON_DEPTH;
+        let their_bytes: usize = (N - waiting..N).map(|i| payload(i).len()).sum();
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        while (rx.len(), q.held_bytes()) != (waiting, their_bytes) {
+            assert!(
+                Instant::now() < deadline,
+                "queued {} holding {} bytes, expected {waiting} holding {their_bytes}",
+                rx.len(),
+                q.held_bytes()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(replies.try_recv().is_none(), "nothing answered yet");
+        for _ in 0..N {
+            release.send(()).unwrap();
+        }
+        drop(q);
+        worker.join().unwrap();
+        for i in 0..N {
+            let out = replies
+                .try_recv()
+                .unwrap_or_else(|| panic!("no answer {i}"));
+            let v: Value = serde_json::from_slice(&out.payload).unwrap();
+            assert_eq!(v["id"], i, "{v}");
+            assert_eq!(
+                v["outputs"][0]["values"],
+                serde_json::json!([i as f64 + 0.25]),
+                "{v}"
+            );
+        }
+        assert!(replies.try_recv().is_none());
     }
 }
