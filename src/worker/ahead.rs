@@ -257,9 +257,57 @@ mod tests {
     use super::*;
     use crate::config::OverflowPolicy;
     use crate::job::Job;
+    use crate::replies::ReplyReceiver;
     use crate::telemetry::DaemonStats;
     use crate::worker::test_engine::{spec, Summer};
     use crate::worker::{ModelQueue, Offer};
+
+    /// A JSON tensor model of two numbers, summed by [`Summer`].
+    fn summing() -> Arc<ModelContext> {
+        Arc::new(ModelContext {
+            message_inputs: vec![spec("x", 1, 2)],
+            message_outputs: vec![spec("sum", 1, 1)],
+            ..ModelContext::for_tests("m", "in/m")
+        })
+    }
+
+    /// A queue holding `payloads` in order.
+    fn queue_of(payloads: impl Iterator<Item = String>) -> (ModelQueue, JobReceiver) {
+        let (q, rx) = ModelQueue::bounded(64, 1 << 20, OverflowPolicy::RejectNew);
+        for (i, payload) in payloads.enumerate() {
+            let job = Job {
+                topic: format!("in/m/{i}"),
+                payload: Bytes::from(payload),
+                received_at: 0.0,
+                received: Instant::now(),
+                ack: None,
+                properties: None,
+            };
+            assert!(matches!(q.offer(job), Offer::Queued));
+        }
+        (q, rx)
+    }
+
+    /// `engine` served by [`ahead_loop`] on a worker thread of its own,
+    /// and where its answers go.
+    fn serve(
+        engine: Box<dyn Engine>,
+        ctx: &Arc<ModelContext>,
+        rx: &JobReceiver,
+    ) -> (std::thread::JoinHandle<()>, ReplyReceiver, Arc<WorkerBeat>) {
+        let (to, replies) = Replies::channel(
+            "dev",
+            Arc::new(DaemonStats::default()),
+            (usize::MAX, "mqtt.max_packet_bytes"),
+        );
+        let beat = Arc::new(WorkerBeat::new(Instant::now()));
+        let (ctx, rx, on_thread) = (Arc::clone(ctx), rx.clone(), Arc::clone(&beat));
+        let worker = std::thread::Builder::new()
+            .name("infer-m-0".into())
+            .spawn(move || ahead_loop(engine, &ctx, &rx, &to, &on_thread))
+            .unwrap();
+        (worker, replies, beat)
+    }
 
     /// Every message gets one answer, in order, computed from its own
     /// inputs while the decoder's buffers and the engine's take turns: a
@@ -268,12 +316,7 @@ mod tests {
     /// results.
     #[test]
     fn every_message_is_answered_in_order_from_its_own_inputs() {
-        let ctx = Arc::new(ModelContext {
-            message_inputs: vec![spec("x", 1, 2)],
-            message_outputs: vec![spec("sum", 1, 1)],
-            ..ModelContext::for_tests("m", "in/m")
-        });
-        let (q, rx) = ModelQueue::bounded(64, 1 << 20, OverflowPolicy::RejectNew);
+        let ctx = summing();
         let payload = |i: usize| match i % 7 {
             3 => "not json".to_string(),
             4 => format!(r#"{{"id": {i}, "data": [666, 1]}}"#),
@@ -281,30 +324,8 @@ mod tests {
             _ => format!(r#"{{"id": {i}, "data": [{i}, 0.5]}}"#),
         };
         const N: usize = 40;
-        for i in 0..N {
-            let job = Job {
-                topic: format!("in/m/{i}"),
-                payload: Bytes::from(payload(i)),
-                received_at: 0.0,
-                received: Instant::now(),
-                ack: None,
-                properties: None,
-            };
-            assert!(matches!(q.offer(job), Offer::Queued));
-        }
-        let (to, mut replies) = Replies::channel(
-            "dev",
-            Arc::new(DaemonStats::default()),
-            (usize::MAX, "mqtt.max_packet_bytes"),
-        );
-        let beat = Arc::new(WorkerBeat::new(Instant::now()));
-        let worker = {
-            let (ctx, rx, to, beat) = (Arc::clone(&ctx), rx.clone(), to.clone(), Arc::clone(&beat));
-            std::thread::Builder::new()
-                .name("infer-m-0".into())
-                .spawn(move || ahead_loop(Box::new(Summer::new(1)), &ctx, &rx, &to, &beat))
-                .unwrap()
-        };
+        let (q, rx) = queue_of((0..N).map(payload));
+        let (worker, mut replies, beat) = serve(Box::new(Summer::new(1)), &ctx, &rx);
         drop(q);
         worker.join().unwrap();
         for i in 0..N {
@@ -369,44 +390,17 @@ mod tests {
     /// theirs. Released, every message is answered, in order.
     #[test]
     fn while_the_engine_is_held_up_the_decoder_frees_the_budget_of_the_next_messages() {
-        let ctx = Arc::new(ModelContext {
-            message_inputs: vec![spec("x", 1, 2)],
-            message_outputs: vec![spec("sum", 1, 1)],
-            ..ModelContext::for_tests("m", "in/m")
-        });
+        let ctx = summing();
         assert_eq!(depth(&ctx), JSON_DEPTH);
-        let (q, rx) = ModelQueue::bounded(64, 1 << 20, OverflowPolicy::RejectNew);
         const N: usize = 8;
         let payload = |i: usize| format!(r#"{{"id": {i}, "data": [{i}, 0.25]}}"#);
-        for i in 0..N {
-            let job = Job {
-                topic: format!("in/m/{i}"),
-                payload: Bytes::from(payload(i)),
-                received_at: 0.0,
-                received: Instant::now(),
-                ack: None,
-                properties: None,
-            };
-            assert!(matches!(q.offer(job), Offer::Queued));
-        }
-        let (to, mut replies) = Replies::channel(
-            "dev",
-            Arc::new(DaemonStats::default()),
-            (usize::MAX, "mqtt.max_packet_bytes"),
-        );
-        let beat = Arc::new(WorkerBeat::new(Instant::now()));
+        let (q, rx) = queue_of((0..N).map(payload));
         let (release, tokens) = mpsc::channel();
         let engine = Held {
             inner: Summer::new(1),
             tokens,
         };
-        let worker = {
-            let (ctx, rx, to, beat) = (Arc::clone(&ctx), rx.clone(), to.clone(), Arc::clone(&beat));
-            std::thread::Builder::new()
-                .name("infer-m-0".into())
-                .spawn(move || ahead_loop(Box::new(engine), &ctx, &rx, &to, &beat))
-                .unwrap()
-        };
+        let (worker, mut replies, _beat) = serve(Box::new(engine), &ctx, &rx);
         // One invoking, JSON_DEPTH decoded; the others queued.
         let waiting = N - 1 - JSON_DEPTH;
         let their_bytes: usize = (N - waiting..N).map(|i| payload(i).len()).sum();
