@@ -309,6 +309,20 @@ mod tests {
         (worker, replies, beat)
     }
 
+    /// The `n` answers waiting, and no more.
+    fn answers(replies: &mut ReplyReceiver, n: usize) -> Vec<Value> {
+        let all: Vec<Value> = (0..n)
+            .map(|i| {
+                let out = replies
+                    .try_recv()
+                    .unwrap_or_else(|| panic!("no answer {i}"));
+                serde_json::from_slice(&out.payload).unwrap()
+            })
+            .collect();
+        assert!(replies.try_recv().is_none(), "more than {n} answers");
+        all
+    }
+
     /// Every message gets one answer, in order, computed from its own
     /// inputs while the decoder's buffers and the engine's take turns: a
     /// payload that does not decode gets its error in its place, an invoke
@@ -328,11 +342,7 @@ mod tests {
         let (worker, mut replies, beat) = serve(Box::new(Summer::new(1)), &ctx, &rx);
         drop(q);
         worker.join().unwrap();
-        for i in 0..N {
-            let out = replies
-                .try_recv()
-                .unwrap_or_else(|| panic!("no answer {i}"));
-            let v: Value = serde_json::from_slice(&out.payload).unwrap();
+        for (i, v) in answers(&mut replies, N).iter().enumerate() {
             match i % 7 {
                 3 => assert_eq!(v["code"], "bad_json", "{i}: {v}"),
                 4 | 5 => {
@@ -346,7 +356,6 @@ mod tests {
                 }
             }
         }
-        assert!(replies.try_recv().is_none());
         assert!(beat.busy_for().is_none());
     }
 
@@ -420,11 +429,7 @@ mod tests {
         }
         drop(q);
         worker.join().unwrap();
-        for i in 0..N {
-            let out = replies
-                .try_recv()
-                .unwrap_or_else(|| panic!("no answer {i}"));
-            let v: Value = serde_json::from_slice(&out.payload).unwrap();
+        for (i, v) in answers(&mut replies, N).iter().enumerate() {
             assert_eq!(v["id"], i, "{v}");
             assert_eq!(
                 v["outputs"][0]["values"],
@@ -432,6 +437,5 @@ mod tests {
                 "{v}"
             );
         }
-        assert!(replies.try_recv().is_none());
     }
 }
