@@ -61,13 +61,19 @@ pub fn pays(ctx: &ModelContext, workers: usize, intra_op_threads: usize) -> bool
 /// the ones still arriving instead of refusing them.
 const JSON_DEPTH: usize = 3;
 
+/// What the sets of input buffers beyond the first may take together: a
+/// model with big inputs decodes fewer messages ahead (one set of a
+/// 224x224x3 float32 input is 588 KiB).
+const EXTRA_SETS_MAX_BYTES: usize = 1 << 20;
+
 /// How many messages the decoder may hold decoded ahead of the engine:
-/// [`JSON_DEPTH`] for JSON tensors, one for images, whose decoded tensor
-/// is bigger than their file (the budget counts frames for them).
-fn depth(ctx: &ModelContext) -> usize {
+/// up to [`JSON_DEPTH`] for JSON tensors, as many as fit
+/// [`EXTRA_SETS_MAX_BYTES`] after the first; one for images, whose decoded
+/// tensor is bigger than their file (the budget counts frames for them).
+fn depth(ctx: &ModelContext, input_bytes: usize) -> usize {
     match ctx.intake.kind {
         IntakeKind::Image { .. } => 1,
-        _ => JSON_DEPTH,
+        _ => 1 + (JSON_DEPTH - 1).min(EXTRA_SETS_MAX_BYTES / input_bytes.max(1)),
     }
 }
 
@@ -92,7 +98,7 @@ pub fn ahead_loop(
     replies: &Replies,
     beat: &Arc<WorkerBeat>,
 ) {
-    let depth = depth(ctx);
+    let depth = depth(ctx, engine.input_buffers_mut().iter().map(Vec::len).sum());
     let spares: Vec<Vec<Vec<u8>>> = (0..depth)
         .map(|_| engine.input_buffers_mut().to_vec())
         .collect();
@@ -400,7 +406,10 @@ mod tests {
     #[test]
     fn while_the_engine_is_held_up_the_decoder_frees_the_budget_of_the_next_messages() {
         let ctx = summing();
-        assert_eq!(depth(&ctx), JSON_DEPTH);
+        assert_eq!(depth(&ctx, 8), JSON_DEPTH);
+        // Sets of 588 KiB (224x224x3 float32): one more; of 4.7 MiB: none.
+        assert_eq!(depth(&ctx, 224 * 224 * 3 * 4), 2);
+        assert_eq!(depth(&ctx, 640 * 640 * 3 * 4), 1);
         const N: usize = 8;
         let payload = |i: usize| format!(r#"{{"id": {i}, "data": [{i}, 0.25]}}"#);
         let (q, rx) = queue_of((0..N).map(payload));
