@@ -365,40 +365,6 @@ mod tests {
         assert!(beat.busy_for().is_none());
     }
 
-    /// A [`Summer`] whose every invoke waits for a token first.
-    struct Held {
-        inner: Summer,
-        tokens: mpsc::Receiver<()>,
-    }
-
-    impl Engine for Held {
-        fn inputs(&self) -> &[model_runtime::TensorSpec] {
-            self.inner.inputs()
-        }
-        fn outputs(&self) -> &[model_runtime::TensorSpec] {
-            self.inner.outputs()
-        }
-        fn input_buffers_mut(&mut self) -> &mut [Vec<u8>] {
-            self.inner.input_buffers_mut()
-        }
-        fn invoke(&mut self) -> Result<(), model_runtime::RuntimeError> {
-            let _ = self.tokens.recv();
-            self.inner.invoke()
-        }
-        fn output(&self, index: usize) -> &[u8] {
-            self.inner.output(index)
-        }
-        fn accelerator(&self) -> String {
-            self.inner.accelerator()
-        }
-        fn accelerator_name(&self) -> &str {
-            self.inner.accelerator_name()
-        }
-        fn delegation(&self) -> model_runtime::Delegation {
-            self.inner.delegation()
-        }
-    }
-
     /// While the engine is held up on one message, the decoder takes the
     /// next [`JSON_DEPTH`] off the queue and their payloads leave its byte
     /// budget (room for new ones instead of refusals); the rest wait with
@@ -414,9 +380,9 @@ mod tests {
         let payload = |i: usize| format!(r#"{{"id": {i}, "data": [{i}, 0.25]}}"#);
         let (q, rx) = queue_of((0..N).map(payload));
         let (release, tokens) = mpsc::channel();
-        let engine = Held {
-            inner: Summer::new(1),
-            tokens,
+        let engine = Summer {
+            gate: Some(tokens),
+            ..Summer::new(1)
         };
         let (worker, mut replies, _beat) = serve(Box::new(engine), &ctx, &rx);
         // One invoking, JSON_DEPTH decoded; the others queued.

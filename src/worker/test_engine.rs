@@ -14,6 +14,9 @@ pub struct Summer {
     pub invokes: usize,
     /// The same count, readable after the engine moved into a loop.
     pub counted: Arc<std::sync::atomic::AtomicUsize>,
+    /// If set, every invoke first waits for a token from it (an engine
+    /// held up for as long as a test wants).
+    pub gate: Option<std::sync::mpsc::Receiver<()>>,
 }
 
 pub fn spec(name: &str, rows: usize, cols: usize) -> TensorSpec {
@@ -42,6 +45,7 @@ impl Summer {
             output: vec![vec![0; rows * 4]],
             invokes: 0,
             counted: Arc::default(),
+            gate: None,
         }
     }
 }
@@ -57,6 +61,9 @@ impl Engine for Summer {
         &mut self.input
     }
     fn invoke(&mut self) -> Result<(), RuntimeError> {
+        if let Some(gate) = &self.gate {
+            let _ = gate.recv();
+        }
         self.invokes += 1;
         self.counted
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
