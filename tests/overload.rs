@@ -147,6 +147,9 @@ struct Tally {
     /// After-flood messages refused while the queue was still full.
     after_overloaded: Vec<Value>,
     validated: usize,
+    /// The subscriber's connection errors: after one it reconnects with a
+    /// clean session, and no longer subscribed.
+    link_errors: Vec<String>,
 }
 
 /// Counts every answer on `filters`, on a client of its own that only
@@ -190,7 +193,10 @@ fn subscriber(port: u16, name: &str, filters: &[&str]) -> (Arc<Mutex<Tally>>, Cl
                     }
                 }
                 Ok(_) => {}
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => {
+                    sink.lock().unwrap().link_errors.push(e.to_string());
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
         }
     });
@@ -305,9 +311,30 @@ fn overload(qos: QoS, main: Main) {
         for k in 0..BURST {
             c.publish("in/main/calib", main.payload(&format!("calib-{k}"), k));
         }
-        wait_until("the calibration burst to be answered", WAIT, || {
-            tally.lock().unwrap().calib.len() == BURST
-        });
+        let waiting = Instant::now();
+        while tally.lock().unwrap().calib.len() < BURST {
+            if waiting.elapsed() > WAIT {
+                let t = tally.lock().unwrap();
+                let mut missing: Vec<usize> = (0..BURST).collect();
+                for v in &t.calib {
+                    missing.retain(|&k| v["id"] != format!("calib-{k}"));
+                }
+                let f = flood_tally.lock().unwrap();
+                panic!(
+                    "{} of {BURST} calibration messages answered after {WAIT:?}; \
+                     unanswered: {:?}; errors: {:?} {:?}; the subscribers' connection errors: {:?} {:?}; the broker's log:\n{}\nthe daemon's log:\n{}",
+                    t.calib.len(),
+                    &missing[..missing.len().min(20)],
+                    &t.other_errors[..t.other_errors.len().min(5)],
+                    &f.other_errors[..f.other_errors.len().min(5)],
+                    t.link_errors,
+                    f.link_errors,
+                    broker.log(),
+                    d.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let t = tally.lock().unwrap();
         let times: Vec<f64> = t
             .calib

@@ -231,11 +231,19 @@ impl Broker {
             ),
         )
         .expect("write mosquitto.conf");
+        // Its warnings ("Outgoing messages are being dropped for client
+        // ...") to a file the test opens: Mosquitto started as root writes
+        // it after dropping to its own user.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("mosquitto.log"))
+            .expect("open mosquitto.log");
         let mut child = Command::new(mosquitto_binary())
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("spawn mosquitto");
         let start = Instant::now();
@@ -253,6 +261,12 @@ impl Broker {
         let _ = child.kill();
         let _ = child.wait();
         false
+    }
+
+    /// What the broker logged (errors and warnings), for a failure
+    /// message.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
     }
 
     pub fn stop(&mut self) {
