@@ -455,6 +455,12 @@ fn overload(qos: QoS, main: Main) {
         t.side.len(),
         t.after.len(),
     );
+    // Whom the broker dropped messages for, and who lost a connection.
+    for line in broker.log().lines() {
+        if line.contains("dropped") || line.contains("disconnect") || line.contains("closed") {
+            eprintln!("the broker: {line}");
+        }
+    }
 
     // The premise: a flood the daemon cannot keep up with. Aimed at three
     // times the calibrated rate, but at QoS 1 on 2 busy cores the flooding

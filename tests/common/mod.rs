@@ -226,13 +226,13 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\n{}\nallow_anonymous true\n{persistence}{}log_dest stderr\nlog_type error\nlog_type warning\n",
+                "listener {} 127.0.0.1\n{}\nallow_anonymous true\n{persistence}{}log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n",
                 self.port, self.listener, self.limits
             ),
         )
         .expect("write mosquitto.conf");
-        // Its warnings ("Outgoing messages are being dropped for client
-        // ...") to a file the test opens: Mosquitto started as root writes
+        // Its notices ("Outgoing messages are being dropped for client
+        // ...", connections coming and going) to a file the test opens: Mosquitto started as root writes
         // it after dropping to its own user.
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -263,7 +263,7 @@ impl Broker {
         false
     }
 
-    /// What the broker logged (errors and warnings), for a failure
+    /// What the broker logged (errors, warnings, notices), for a failure
     /// message.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
