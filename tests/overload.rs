@@ -314,21 +314,29 @@ fn overload(qos: QoS, main: Main) {
         let waiting = Instant::now();
         while tally.lock().unwrap().calib.len() < BURST {
             if waiting.elapsed() > WAIT {
-                let t = tally.lock().unwrap();
-                let mut missing: Vec<usize> = (0..BURST).collect();
-                for v in &t.calib {
-                    missing.retain(|&k| v["id"] != format!("calib-{k}"));
-                }
-                let f = flood_tally.lock().unwrap();
+                // Worded with the tallies' locks released: a panic holding
+                // them would poison them for the subscriber threads.
+                let report = {
+                    let t = tally.lock().unwrap();
+                    let f = flood_tally.lock().unwrap();
+                    let answered: std::collections::HashSet<&str> =
+                        t.calib.iter().filter_map(|v| v["id"].as_str()).collect();
+                    let missing: Vec<usize> = (0..BURST)
+                        .filter(|k| !answered.contains(format!("calib-{k}").as_str()))
+                        .collect();
+                    format!(
+                        "{} of {BURST} calibration messages answered after {WAIT:?}; \
+                         unanswered: {:?}; errors: {:?} {:?}; the subscribers' connection errors: {:?} {:?}",
+                        t.calib.len(),
+                        &missing[..missing.len().min(20)],
+                        &t.other_errors[..t.other_errors.len().min(5)],
+                        &f.other_errors[..f.other_errors.len().min(5)],
+                        t.link_errors,
+                        f.link_errors,
+                    )
+                };
                 panic!(
-                    "{} of {BURST} calibration messages answered after {WAIT:?}; \
-                     unanswered: {:?}; errors: {:?} {:?}; the subscribers' connection errors: {:?} {:?}; the broker's log:\n{}\nthe daemon's log:\n{}",
-                    t.calib.len(),
-                    &missing[..missing.len().min(20)],
-                    &t.other_errors[..t.other_errors.len().min(5)],
-                    &f.other_errors[..f.other_errors.len().min(5)],
-                    t.link_errors,
-                    f.link_errors,
+                    "{report}; the broker's log:\n{}\nthe daemon's log:\n{}",
                     broker.log(),
                     d.log_text()
                 );
@@ -522,7 +530,9 @@ fn overload(qos: QoS, main: Main) {
     let answered = t.after.len() + f.after_overloaded.len();
     assert!(
         answered >= 290,
-        "{answered} of 300 after-flood messages answered"
+        "{answered} of 300 after-flood messages answered (the subscribers' connection errors: {:?} {:?})",
+        t.link_errors,
+        f.link_errors
     );
     let id = |v: &Value| -> usize { v["id"].as_str().unwrap()[6..].parse().unwrap() };
     for v in &f.after_overloaded {

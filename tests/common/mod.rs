@@ -232,8 +232,9 @@ impl Broker {
         )
         .expect("write mosquitto.conf");
         // Its notices ("Outgoing messages are being dropped for client
-        // ...", connections coming and going) to a file the test opens: Mosquitto started as root writes
-        // it after dropping to its own user.
+        // ...", clients coming and going) go to a file the test opens:
+        // Mosquitto started as root drops to its own user, which could not
+        // open one in the test's directory.
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
