@@ -311,38 +311,40 @@ fn overload(qos: QoS, main: Main) {
         for k in 0..BURST {
             c.publish("in/main/calib", main.payload(&format!("calib-{k}"), k));
         }
-        let waiting = Instant::now();
-        while tally.lock().unwrap().calib.len() < BURST {
-            if waiting.elapsed() > WAIT {
-                // Worded with the tallies' locks released: a panic holding
-                // them would poison them for the subscriber threads.
-                let report = {
-                    let t = tally.lock().unwrap();
-                    let f = flood_tally.lock().unwrap();
-                    let answered: std::collections::HashSet<&str> =
-                        t.calib.iter().filter_map(|v| v["id"].as_str()).collect();
-                    let missing: Vec<usize> = (0..BURST)
-                        .filter(|k| !answered.contains(format!("calib-{k}").as_str()))
-                        .collect();
-                    format!(
-                        "{} of {BURST} calibration messages answered after {WAIT:?}; \
-                         unanswered: {:?}; errors: {:?} {:?}; the subscribers' connection errors: {:?} {:?}",
-                        t.calib.len(),
-                        &missing[..missing.len().min(20)],
-                        &t.other_errors[..t.other_errors.len().min(5)],
-                        &f.other_errors[..f.other_errors.len().min(5)],
-                        t.link_errors,
-                        f.link_errors,
-                    )
-                };
-                panic!(
-                    "{report}; the broker's log:\n{}\nthe daemon's log:\n{}",
-                    broker.log(),
-                    d.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // The report is worded with the tallies' locks released: a panic
+        // holding them would poison them for the subscriber threads.
+        let report = || {
+            let seen = {
+                let t = tally.lock().unwrap();
+                let f = flood_tally.lock().unwrap();
+                let answered: std::collections::HashSet<&str> =
+                    t.calib.iter().filter_map(|v| v["id"].as_str()).collect();
+                let missing: Vec<usize> = (0..BURST)
+                    .filter(|k| !answered.contains(format!("calib-{k}").as_str()))
+                    .collect();
+                format!(
+                    ": {} of {BURST} answered; unanswered: {:?}; errors: {:?} {:?}; \
+                     the subscribers' connection errors: {:?} {:?}",
+                    t.calib.len(),
+                    &missing[..missing.len().min(20)],
+                    &t.other_errors[..t.other_errors.len().min(5)],
+                    &f.other_errors[..f.other_errors.len().min(5)],
+                    t.link_errors,
+                    f.link_errors,
+                )
+            };
+            format!(
+                "{seen}; the broker's log:\n{}\nthe daemon's log:\n{}",
+                broker.log(),
+                d.log_text()
+            )
+        };
+        wait_until_else(
+            "the calibration burst to be answered",
+            WAIT,
+            || tally.lock().unwrap().calib.len() == BURST,
+            report,
+        );
         let t = tally.lock().unwrap();
         let times: Vec<f64> = t
             .calib

@@ -67,13 +67,26 @@ fn mosquitto_binary() -> PathBuf {
     );
 }
 
-pub fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, deadline: Duration, cond: impl FnMut() -> bool) {
+    wait_until_else(what, deadline, cond, String::new);
+}
+
+/// [`wait_until`], and on timeout the failure adds what `explain` says
+/// (what the test saw instead, logs).
+pub fn wait_until_else(
+    what: &str,
+    deadline: Duration,
+    mut cond: impl FnMut() -> bool,
+    explain: impl FnOnce() -> String,
+) {
     let start = Instant::now();
     while !cond() {
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
+        if start.elapsed() >= deadline {
+            panic!(
+                "timed out after {deadline:?} waiting for {what}{}",
+                explain()
+            );
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
