@@ -220,12 +220,11 @@ impl Colocation {
                 cores::leave();
                 if settle {
                     log::info!(
-                        "{}: leaves core {} it shared with the event loop: the two waited for it behind other threads {:.1} times as long as they ran, {} windows of {} messages in a row; back in {} s at the earliest",
+                        "{}: leaves core {} it shared with the event loop: the two waited for it behind other threads {:.1} times as long as they ran, {} windows in a row; back in {} s at the earliest",
                         thread_name(),
                         cores::home_core().unwrap_or(0),
                         figures.waited_share(),
                         self.crowded,
-                        super::sched::WINDOW,
                         SETTLE.as_secs()
                     );
                 } else {
