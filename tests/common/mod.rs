@@ -239,7 +239,7 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\n{}\nallow_anonymous true\n{persistence}{}log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n",
+                "listener {} 127.0.0.1\n{}\nallow_anonymous true\nset_tcp_nodelay true\n{persistence}{}log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n",
                 self.port, self.listener, self.limits
             ),
         )
@@ -646,6 +646,9 @@ impl TestClient {
             opts.set_transport(t);
         }
         let (client, mut conn) = Client::new(opts, 1024);
+        let mut net = conn.eventloop.network_options();
+        net.set_tcp_nodelay(true);
+        conn.eventloop.set_network_options(net);
         let (tx, rx) = std::sync::mpsc::channel();
         let (sub_tx, subacks) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
