@@ -248,10 +248,10 @@ impl Colocation {
                         if figures.heavy_at_work { "at work" } else { "idle" }
                     );
                 }
+                // `shared` empties at the next window's `record`: apart.
                 self.place = Place::Apart {
                     settled: settle.then(|| now + SETTLE),
                 };
-                self.shared.clear();
             }
         }
     }
