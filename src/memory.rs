@@ -1,5 +1,6 @@
 //! Hands the allocator's free memory back to the system once a burst is
-//! over.
+//! over, and keeps it between the messages of one
+//! ([`fit_to_payloads`]).
 //!
 //! glibc keeps what is freed in its arenas (one since
 //! [`configure_allocator`]; one per allocating thread by default) and
@@ -52,6 +53,73 @@ pub fn configure_allocator() {
             }
         }
     }
+}
+
+/// Keeps the heap's top for the next message instead of giving it back to
+/// the system on every free. Called at start and on every reload, with
+/// the largest payload the daemon takes (`limits.max_payload_bytes`).
+///
+/// By default glibc hands the top of the heap back (`brk`) once more than
+/// its trim threshold is free there, a threshold it adapts to twice the
+/// largest block it has unmapped: about two messages. A payload read on
+/// the event loop and freed by its worker therefore grew the heap and
+/// shrank it again for every message, and its pages came back as faults.
+/// Measured on the AMD EPYC VM host (2.8 us a fault, `bench/notes.md`):
+/// MobileNetV2 raw frames (150 KB) took 40 faults and three `brk` calls
+/// each, and the event loop's CPU per frame went from about 380 to 225 us
+/// without them; its 958 KB JSON messages about 400 faults each, and 1.6
+/// to 0.5 ms. So blocks up to twice the largest payload plus its framing
+/// (the read buffer holds the next packet's start too) stay on the heap,
+/// and its top is given back only beyond twice that, glibc's own rule.
+/// What a burst leaves is still returned after it: [`Trimmer`] calls
+/// `malloc_trim`, which releases every free page whatever the threshold.
+/// Bigger blocks (a model's packed weights) keep their own mappings, so
+/// an unloaded model's memory goes back to the system at once.
+pub fn fit_to_payloads(max_payload_bytes: usize) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        if operator_tuned(
+            std::env::var_os("MALLOC_ARENA_MAX").is_some(),
+            std::env::var("GLIBC_TUNABLES").ok().as_deref(),
+        ) {
+            return;
+        }
+        let (mmap, trim) = heap_thresholds(max_payload_bytes);
+        // SAFETY: mallopt takes plain integers and takes the arena's lock
+        // itself. It returns 0 for a value out of its range; the trim
+        // threshold is set only once the mmap one is, since setting either
+        // ends glibc's adapting of both.
+        let set = unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, mmap) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, trim) == 1
+        };
+        if !set {
+            log::debug!("glibc refused the heap thresholds (mmap {mmap}, trim {trim} bytes); it keeps its own");
+        }
+    }
+}
+
+/// glibc's largest mmap threshold (`DEFAULT_MMAP_THRESHOLD_MAX`; it
+/// refuses more): 32 MiB on 64-bit targets, 512 KiB on 32-bit ones, where
+/// bigger messages keep a mapping each, as glibc's own rule gives them.
+#[cfg(target_pointer_width = "64")]
+const MMAP_THRESHOLD_MAX: usize = 32 << 20;
+#[cfg(not(target_pointer_width = "64"))]
+const MMAP_THRESHOLD_MAX: usize = 512 << 10;
+
+/// glibc's default mmap threshold, the least it is set to here.
+const MMAP_THRESHOLD_MIN: usize = 128 * 1024;
+
+/// The mmap and trim thresholds for payloads of up to `max_payload_bytes`:
+/// room for two messages plus the framing, within what glibc accepts.
+fn heap_thresholds(max_payload_bytes: usize) -> (i32, i32) {
+    let mmap = max_payload_bytes
+        .saturating_mul(2)
+        .saturating_add(64 * 1024)
+        .clamp(MMAP_THRESHOLD_MIN, MMAP_THRESHOLD_MAX);
+    let trim = mmap.saturating_mul(2);
+    let int = |v: usize| i32::try_from(v).unwrap_or(i32::MAX);
+    (int(mmap), int(trim))
 }
 
 /// Whether the environment already tunes glibc's allocator.
@@ -169,6 +237,25 @@ mod tests {
             t.trimmed(Some(after));
         }
         due
+    }
+
+    #[test]
+    fn heap_thresholds_cover_two_messages_within_glibcs_range() {
+        // The default limit, 1 MiB: two messages and the framing (where
+        // glibc allows that much).
+        let mmap = ((2 << 20) + 65536).min(MMAP_THRESHOLD_MAX) as i32;
+        assert_eq!(heap_thresholds(1 << 20), (mmap, 2 * mmap));
+        assert_eq!(
+            heap_thresholds(100 << 10).0,
+            (264 << 10).min(MMAP_THRESHOLD_MAX) as i32
+        );
+        // Small limits keep glibc's default; huge ones its maximum.
+        assert_eq!(heap_thresholds(1000).0, 128 * 1024);
+        assert_eq!(heap_thresholds(usize::MAX).0 as usize, MMAP_THRESHOLD_MAX);
+        assert_eq!(
+            heap_thresholds(usize::MAX).1 as usize,
+            2 * MMAP_THRESHOLD_MAX
+        );
     }
 
     #[test]

@@ -309,6 +309,7 @@ impl Supervisor {
             .map(|m| Endpoint::start(m.listen, Arc::clone(&stats)))
             .transpose()?;
         let device = settings.device_id.clone();
+        memory::fit_to_payloads(settings.max_payload_bytes);
         let max_packet = match &settings.uplink {
             Some(u) => (u.max_packet_bytes, "uplink.max_packet_bytes"),
             None => (settings.mqtt.max_packet_bytes, "mqtt.max_packet_bytes"),

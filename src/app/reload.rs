@@ -14,6 +14,7 @@ use super::{launch, Running, Supervisor};
 use crate::codec::{ErrorCode, Failure};
 use crate::config::{self, FileLimits, ModelSettings, Problem, Settings};
 use crate::cores;
+use crate::memory;
 use crate::models::{self, LoadedModel};
 use crate::routing::{Route, Routes};
 
@@ -165,6 +166,9 @@ impl Supervisor {
                     ms.name
                 ),
             }
+        }
+        if new.max_payload_bytes != self.settings.max_payload_bytes {
+            memory::fit_to_payloads(new.max_payload_bytes);
         }
         let routes = Routes::new(routes, new.max_payload_bytes, replies)
             .with_announcements(super::announcements(&new, &self.ha_online))
