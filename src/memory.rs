@@ -36,16 +36,12 @@
 /// contended.
 ///
 /// An operator who tunes glibc's allocator (`GLIBC_TUNABLES` naming a
-/// `glibc.malloc.` tunable, or the older `MALLOC_ARENA_MAX`) keeps what
+/// `glibc.malloc.` tunable, or one of the older `MALLOC_*` variables) keeps what
 /// they chose.
 pub fn configure_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        let tuned = operator_tuned(
-            std::env::var_os("MALLOC_ARENA_MAX").is_some(),
-            std::env::var("GLIBC_TUNABLES").ok().as_deref(),
-        );
-        if !tuned {
+        if !environment_tunes_malloc() {
             // SAFETY: mallopt takes plain integers; with no other thread
             // yet, nothing allocates concurrently.
             unsafe {
@@ -56,8 +52,8 @@ pub fn configure_allocator() {
 }
 
 /// Keeps the heap's top for the next message instead of giving it back to
-/// the system on every free. Called at start and on every reload, with
-/// the largest payload the daemon takes (`limits.max_payload_bytes`).
+/// the system on every free. Called at start, and again when a reload
+/// changes the largest payload the daemon takes (`limits.max_payload_bytes`).
 ///
 /// By default glibc hands the top of the heap back (`brk`) once more than
 /// its trim threshold is free there, a threshold it adapts to twice the
@@ -73,22 +69,21 @@ pub fn configure_allocator() {
 /// and its top is given back only beyond twice that, glibc's own rule.
 /// What a burst leaves is still returned after it: [`Trimmer`] calls
 /// `malloc_trim`, which releases every free page whatever the threshold.
-/// Bigger blocks (a model's packed weights) keep their own mappings, so
-/// an unloaded model's memory goes back to the system at once.
+/// Bigger blocks (a model's packed weights above the threshold) keep their
+/// own mappings, so an unloaded model's memory goes back to the system at
+/// once; smaller ones go back with the next `malloc_trim`.
 pub fn fit_to_payloads(max_payload_bytes: usize) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        if operator_tuned(
-            std::env::var_os("MALLOC_ARENA_MAX").is_some(),
-            std::env::var("GLIBC_TUNABLES").ok().as_deref(),
-        ) {
+        if environment_tunes_malloc() {
             return;
         }
         let (mmap, trim) = heap_thresholds(max_payload_bytes);
         // SAFETY: mallopt takes plain integers and takes the arena's lock
-        // itself. It returns 0 for a value out of its range; the trim
-        // threshold is set only once the mmap one is, since setting either
-        // ends glibc's adapting of both.
+        // itself. It returns 0 for a value out of its range (glibc before
+        // 2.35, above `MMAP_THRESHOLD_MAX`); the trim threshold is set only
+        // once the mmap one is, since setting either ends glibc's adapting
+        // of both.
         let set = unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, mmap) == 1
                 && libc::mallopt(libc::M_TRIM_THRESHOLD, trim) == 1
@@ -99,8 +94,9 @@ pub fn fit_to_payloads(max_payload_bytes: usize) {
     }
 }
 
-/// glibc's largest mmap threshold (`DEFAULT_MMAP_THRESHOLD_MAX`; it
-/// refuses more): 32 MiB on 64-bit targets, 512 KiB on 32-bit ones, where
+/// The ceiling of glibc's own adapting of the mmap threshold
+/// (`DEFAULT_MMAP_THRESHOLD_MAX`), which glibc before 2.35 also enforces in
+/// `mallopt`: 32 MiB on 64-bit targets, 512 KiB on 32-bit ones, where
 /// bigger messages keep a mapping each, as glibc's own rule gives them.
 #[cfg(target_pointer_width = "64")]
 const MMAP_THRESHOLD_MAX: usize = 32 << 20;
@@ -123,8 +119,30 @@ fn heap_thresholds(max_payload_bytes: usize) -> (i32, i32) {
 }
 
 /// Whether the environment already tunes glibc's allocator.
-fn operator_tuned(malloc_arena_max: bool, glibc_tunables: Option<&str>) -> bool {
-    malloc_arena_max || glibc_tunables.is_some_and(|t| t.contains("glibc.malloc."))
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn environment_tunes_malloc() -> bool {
+    operator_tuned(
+        |name| std::env::var_os(name).is_some(),
+        std::env::var("GLIBC_TUNABLES").ok().as_deref(),
+    )
+}
+
+/// The environment variables glibc reads for its allocator besides
+/// `GLIBC_TUNABLES` (`elf/dl-tunables.list`).
+const MALLOC_VARIABLES: [&str; 6] = [
+    "MALLOC_ARENA_MAX",
+    "MALLOC_ARENA_TEST",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "MALLOC_MMAP_MAX_",
+];
+
+/// Whether an operator tunes glibc's allocator: `is_set` tells which
+/// environment variables are present.
+fn operator_tuned(is_set: impl Fn(&str) -> bool, glibc_tunables: Option<&str>) -> bool {
+    MALLOC_VARIABLES.iter().any(|name| is_set(name))
+        || glibc_tunables.is_some_and(|t| t.contains("glibc.malloc."))
 }
 
 /// How much the resident set must have grown since the last trim for a
@@ -260,11 +278,19 @@ mod tests {
 
     #[test]
     fn an_operators_allocator_tuning_is_kept() {
-        assert!(!operator_tuned(false, None));
-        assert!(!operator_tuned(false, Some("glibc.pthread.rseq=0")));
-        assert!(operator_tuned(true, None));
+        let none = |_: &str| false;
+        assert!(!operator_tuned(none, None));
+        assert!(!operator_tuned(none, Some("glibc.pthread.rseq=0")));
+        assert!(!operator_tuned(|name| name == "MALLOC_CHECK", None));
+        for variable in [
+            "MALLOC_ARENA_MAX",
+            "MALLOC_TRIM_THRESHOLD_",
+            "MALLOC_MMAP_THRESHOLD_",
+        ] {
+            assert!(operator_tuned(|name| name == variable, None), "{variable}");
+        }
         assert!(operator_tuned(
-            false,
+            none,
             Some("glibc.pthread.rseq=0:glibc.malloc.arena_max=4")
         ));
     }

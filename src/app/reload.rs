@@ -167,15 +167,15 @@ impl Supervisor {
                 ),
             }
         }
-        if new.max_payload_bytes != self.settings.max_payload_bytes {
-            memory::fit_to_payloads(new.max_payload_bytes);
-        }
         let routes = Routes::new(routes, new.max_payload_bytes, replies)
             .with_announcements(super::announcements(&new, &self.ha_online))
             .with_updates(self.updates.as_ref().and_then(|u| u.intake.clone()));
         let new_filters = routes.filters();
         *guard = Some(routes);
         drop(guard);
+        if new.max_payload_bytes != self.settings.max_payload_bytes {
+            memory::fit_to_payloads(new.max_payload_bytes);
+        }
         // Dropping the old routes closes the retired queues: their workers
         // finish the messages they took, on the version they started on.
         drop(old_routes);
