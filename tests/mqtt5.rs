@@ -55,6 +55,10 @@ impl V5Client {
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(Some(64 << 20));
+        // As the common test client: Nagle would hold PUBACKs back.
+        let mut net = opts.network_options();
+        net.set_tcp_nodelay(true);
+        opts.set_network_options(net);
         let (client, mut conn) = Client::new(opts, 256);
         let (tx, rx) = channel();
         let (sub_tx, subacks) = channel();
