@@ -162,10 +162,7 @@ fn subscriber(port: u16, name: &str, filters: &[&str]) -> (Arc<Mutex<Tally>>, Cl
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut conn) = Client::new(opts, 64);
-    // As the common test client: Nagle would hold PUBACKs back.
-    let mut net = conn.eventloop.network_options();
-    net.set_tcp_nodelay(true);
-    conn.eventloop.set_network_options(net);
+    without_nagle(&mut conn.eventloop);
     let tally = Arc::new(Mutex::new(Tally::default()));
     let (subscribed_tx, subscribed) = std::sync::mpsc::channel();
     let sink = Arc::clone(&tally);

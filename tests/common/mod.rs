@@ -610,6 +610,15 @@ pub fn validate(kind: &str, v: &Value) -> Result<(), String> {
     }
 }
 
+/// Sends each small packet at once: with Nagle's algorithm a PUBACK
+/// waits for the delayed ACK of the packet before it (86 ms a round trip
+/// here), and the daemon's window of unconfirmed answers with it.
+pub fn without_nagle(eventloop: &mut rumqttc::EventLoop) {
+    let mut net = eventloop.network_options();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
+}
+
 /// A plain MQTT client on its own thread.
 pub struct TestClient {
     pub client: Client,
@@ -648,9 +657,7 @@ impl TestClient {
             opts.set_transport(t);
         }
         let (client, mut conn) = Client::new(opts, 1024);
-        let mut net = conn.eventloop.network_options();
-        net.set_tcp_nodelay(true);
-        conn.eventloop.set_network_options(net);
+        without_nagle(&mut conn.eventloop);
         let (tx, rx) = std::sync::mpsc::channel();
         let (sub_tx, subacks) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
