@@ -22,7 +22,7 @@ mod common;
 
 use std::io::Write;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -484,6 +484,7 @@ fn aarch64_without_a_runtime_says_how_to_fetch_it() {
 struct ArmDaemon {
     child: Mutex<Child>,
     log: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -502,17 +503,11 @@ impl ArmDaemon {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn qemu");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let (log, reader) = read_lines(child.stderr.take().expect("stderr"));
         let d = ArmDaemon {
             child: Mutex::new(child),
             log,
+            reader: Some(reader),
             _dir: dir,
         };
         let start = Instant::now();
@@ -549,7 +544,7 @@ impl ArmDaemon {
 
     /// SIGTERM (qemu-user delivers it to the emulated daemon), then the
     /// exit code once it has drained.
-    fn terminate(self) -> (Option<i32>, String) {
+    fn terminate(mut self) -> (Option<i32>, String) {
         let pid = self.child.lock().unwrap().id();
         let _ = Command::new("kill")
             .arg("-TERM")
@@ -558,7 +553,9 @@ impl ArmDaemon {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child_status().expect("wait") {
-                std::thread::sleep(Duration::from_millis(200));
+                if let Some(reader) = self.reader.take() {
+                    wait_for_all_lines(reader, &self.log);
+                }
                 return (status.code(), self.log_text());
             }
             assert!(

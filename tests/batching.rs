@@ -223,8 +223,9 @@ fn a_burst_is_served_in_batches_with_the_unbatched_answers() {
     // Counters count messages, not batches; nothing more arrives.
     c.subscribe("edge-infer/dev1/health");
     let ok = per_model - MALFORMED.len();
+    let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let m = c.recv();
+        let m = c.recv_before(deadline, "a health record that counts every message");
         assert_eq!(
             m.topic,
             "edge-infer/dev1/health",

@@ -250,8 +250,9 @@ fn discovery_configs_follow_home_assistants_format_and_survive_a_restart() {
         "sensors/s1/har",
         json!({"id": 1, "data": window(3)}).to_string(),
     );
+    let deadline = Instant::now() + WAIT;
     let result = loop {
-        let m = c.recv();
+        let m = c.recv_before(deadline, "the model's result");
         if m.topic.starts_with(&format!("edge-infer/{DEVICE}/har/")) {
             assert!(filter_matches(
                 label["state_topic"].as_str().unwrap(),
@@ -385,13 +386,6 @@ fn home_assistant_coming_online_gets_the_configs_again_once_per_gap() {
     // The announcements were never inputs: no error answered them.
     assert_eq!(h["broker"]["unrouted_messages"], 0);
     assert_eq!(h["broker"]["own_messages_ignored"], 0);
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// Subscribes to the prefix and waits for the retained configs; their

@@ -117,8 +117,9 @@ fn health_reports_system_broker_and_per_model_figures() {
     c.subscribe("edge-infer/dev1/health");
     // Health records come every 0.2 s; wait for one that has seen everything.
     let mut latency_seen = false;
+    let deadline = std::time::Instant::now() + WAIT;
     let h: Value = loop {
-        let m = c.recv();
+        let m = c.recv_before(deadline, "a health record that has seen every message");
         if m.topic != "edge-infer/dev1/health" {
             continue;
         }

@@ -378,13 +378,29 @@ fn metrics_count_what_was_served_and_pass_promtool() {
     let fds = get(&m, "process_open_fds");
     let listed = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
         .map(|r| r.count() as f64)
-        .unwrap_or(fds);
+        .expect("the daemon's /proc/PID/fd");
     assert!(
         fds >= 5.0 && (fds - listed).abs() < 10.0,
         "fds {fds} vs /proc {listed}"
     );
     assert!(get(&m, "process_max_fds") >= fds);
-    assert!(get(&m, "process_cpu_seconds_total") >= 0.0);
+    // The kernel's count in clock ticks (100 a second), read after the
+    // scrape: as much or a little more.
+    let cpu = get(&m, "process_cpu_seconds_total");
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", d.pid())).expect("/proc/PID/stat");
+    let after_name: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat")
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 =
+        after_name[11].parse::<f64>().unwrap() + after_name[12].parse::<f64>().unwrap();
+    let proc_cpu = ticks / 100.0;
+    assert!(
+        cpu <= proc_cpu + 1e-6 && proc_cpu - cpu < 0.25,
+        "process_cpu_seconds_total {cpu} vs /proc {proc_cpu}"
+    );
     let start = get(&m, "process_start_time_seconds");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -537,7 +553,8 @@ fn a_port_in_use_stops_the_start_with_a_clear_error() {
 
 /// Every query of the example Grafana dashboard parses as PromQL
 /// (`promtool check rules` on them as recording rules, with Grafana's
-/// variables filled in) and names only metrics the daemon exports.
+/// variables filled in) and names only metrics a running daemon exports
+/// and the README lists.
 #[test]
 fn the_grafana_dashboard_queries_are_valid_promql_over_our_metrics() {
     let path = repo().join("docs/grafana/edge-infer.json");
@@ -574,20 +591,40 @@ fn the_grafana_dashboard_queries_are_valid_promql_over_our_metrics() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // The metric names the queries use, against the README's list.
+    // The metric names the queries use, against the families a daemon
+    // exports (its `# TYPE` lines, there before any message) and the
+    // README's list.
+    let broker = Broker::start();
+    let port = free_port();
+    let d = Daemon::start(&config(broker.port, "m5", &metrics_section(port), DYN));
+    d.wait_for_log(&format!(
+        "metrics: serving Prometheus scrapes on http://127.0.0.1:{port}/metrics"
+    ));
+    let exposition = scrape(port);
+    let families: Vec<&str> = exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
     for e in &exprs {
         for word in e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
             if word.starts_with("edge_infer_") || word.starts_with("process_") {
-                let base = word
-                    .trim_end_matches("_bucket")
-                    .trim_end_matches("_count")
-                    .trim_end_matches("_sum");
+                let family = ["_bucket", "_count", "_sum", "_total"]
+                    .iter()
+                    .find_map(|s| word.strip_suffix(s).filter(|f| families.contains(f)))
+                    .unwrap_or(word);
                 assert!(
-                    readme.contains(base),
+                    families.contains(&family),
+                    "the dashboard uses {word}, which the daemon does not export:\n{exposition}"
+                );
+                assert!(
+                    readme.contains(family),
                     "the dashboard uses {word}, which README does not list"
                 );
             }
         }
     }
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
 }

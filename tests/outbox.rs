@@ -59,26 +59,41 @@ fn fill_while_uplink_down(d: Daemon, inputs: u16, n: usize) {
     assert_eq!(code, Some(0), "{log}");
 }
 
-/// Results that reach the uplink once it is up, until `n` have come or
-/// nothing more comes for 3 s; their ids.
-fn results_after_uplink(uplink: u16, inputs: u16, state: &Path, outbox: &str) -> (Vec<u64>, Value) {
+/// Starts a daemon on the stored outbox with the uplink up, and returns
+/// the ids of the results it replays, as they came: once its health says
+/// the outbox is empty, and every one it counts as replayed has come.
+fn results_after_uplink(uplink: u16, inputs: u16, state: &Path, outbox: &str) -> Vec<u64> {
     let c = TestClient::connect(uplink);
     c.subscribe("out/ob/dyn");
     c.subscribe("edge-infer/ob/health");
-    let d = Daemon::start(&text(inputs, uplink, state, outbox));
+    let d = Daemon::start(&format!(
+        "{}\n[health]\ninterval_secs = 0.2\n",
+        text(inputs, uplink, state, outbox)
+    ));
     let mut ids = Vec::new();
-    let mut health = Value::Null;
-    while let Some(m) = c.recv_within(Duration::from_secs(3)) {
-        let v = m.json();
-        if m.topic.ends_with("/health") {
-            health = v;
-        } else {
-            ids.push(v["id"].as_u64().expect("id"));
+    let mut replayed = 0;
+    wait_until("the outbox replayed, and every result here", WAIT, || {
+        while let Some(m) = c.recv_within(Duration::from_millis(50)) {
+            let v = m.json();
+            if m.topic.ends_with("/health") {
+                let o = &v["delivery"]["outbox"];
+                if o["records"] == 0 {
+                    replayed = o["replayed"].as_u64().unwrap_or(0);
+                }
+            } else {
+                ids.push(v["id"].as_u64().expect("id"));
+            }
         }
-    }
+        replayed > 0 && ids.len() as u64 >= replayed
+    });
+    assert_eq!(
+        ids.len() as u64,
+        replayed,
+        "more results than replays: {ids:?}"
+    );
     let (code, log) = d.terminate();
     assert_eq!(code, Some(0), "{log}");
-    (ids, health)
+    ids
 }
 
 /// Fills a 1 MiB outbox with 4,000 answers while the uplink is down
@@ -94,7 +109,7 @@ fn overfill(on_full: &str) -> Vec<u64> {
     let on_disk = outbox_bytes(state.path());
     assert!(on_disk > 0 && on_disk <= 1048576, "{on_disk} bytes on disk");
     let uplink = Broker::on_port(uplink_port);
-    results_after_uplink(uplink.port, inputs.port, state.path(), &outbox).0
+    results_after_uplink(uplink.port, inputs.port, state.path(), &outbox)
 }
 
 #[test]
@@ -215,13 +230,18 @@ fn a_torn_write_at_the_end_is_recovered_without_losing_what_came_before() {
     let uplink = Broker::on_port(uplink_port);
     let c = TestClient::connect(uplink.port);
     c.subscribe("out/ob/dyn");
+    let restarted_at = unix_now();
     let d = Daemon::start(&text(inputs.port, uplink_port, state.path(), ""));
-    let mut ids: Vec<u64> = c
-        .recv_n(99)
-        .iter()
-        .map(|m| m.json()["id"].as_u64().unwrap())
-        .collect();
+    let results: Vec<Value> = c.recv_n(99).iter().map(|m| m.json()).collect();
     // Oldest first, with the times they were answered (not replayed).
+    for r in &results {
+        let published = r["published_at"].as_f64().expect("published_at");
+        assert!(
+            published < restarted_at,
+            "published_at {published} is the replay's, not the answer's (restarted at {restarted_at}): {r}"
+        );
+    }
+    let mut ids: Vec<u64> = results.iter().map(|r| r["id"].as_u64().unwrap()).collect();
     let sorted = {
         let mut s = ids.clone();
         s.sort();

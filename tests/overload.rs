@@ -18,7 +18,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
@@ -67,13 +67,6 @@ fn models(main: Main) -> String {
 
 fn window(i: usize) -> Vec<f64> {
     (0..384).map(|k| ((i + k) % 13) as f64 * 0.07).collect()
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// The most the flood offers: below the 49,000 msg/s at which the one
@@ -528,8 +521,9 @@ fn overload(qos: QoS, main: Main) {
         "the side model got {side_received} of {side_sent} messages"
     );
     // After the flood: answers at once again. A message sent in the first
-    // second may still find the queue full (`overloaded`); every one sent
-    // later gets its result, published within 1 s of its sending.
+    // two seconds may still find the queue full (`overloaded`: a full queue
+    // drains in about 0.6 s here, more on a loaded machine); every one sent
+    // later gets its result.
     let answered = t.after.len() + f.after_overloaded.len();
     assert!(
         answered >= 290,
@@ -540,7 +534,7 @@ fn overload(qos: QoS, main: Main) {
     let id = |v: &Value| -> usize { v["id"].as_str().unwrap()[6..].parse().unwrap() };
     for v in &f.after_overloaded {
         assert!(
-            sent_at[id(v)] <= flood_end + 1.0,
+            sent_at[id(v)] <= flood_end + AFTER_DRAIN,
             "refused {:.2} s after the flood: {v}",
             sent_at[id(v)] - flood_end
         );
@@ -548,7 +542,7 @@ fn overload(qos: QoS, main: Main) {
     for v in &t.after {
         let i = id(v);
         let waited = v["published_at"].as_f64().unwrap() - sent_at[i];
-        if sent_at[i] > flood_end + 1.0 {
+        if sent_at[i] > flood_end + AFTER_DRAIN {
             // Generous: on 2 cores shared with the test's own build and
             // client, a scheduling stall once took 1.03 s, and 3.65 s with
             // the machine four times oversubscribed; a daemon still working
@@ -560,6 +554,11 @@ fn overload(qos: QoS, main: Main) {
         }
     }
 }
+
+/// Seconds after the flood by which the daemon has worked off its queue:
+/// generous, since what it checks is that the daemon recovers, not how
+/// fast (a daemon still working off the flood would take tens of seconds).
+const AFTER_DRAIN: f64 = 2.0;
 
 /// About 0.15 ms of invoke per message (0.27 µs per iteration, see
 /// tests/fixtures/spin_int32.json): a few thousand messages a second, and a

@@ -165,12 +165,36 @@ fn an_unchanged_model_keeps_serving_through_a_reload() {
         &model("a", "har_accel_int8.tflite", "in/a"),
     );
     let d = Daemon::start(&text);
-    d.signal("HUP");
-    d.wait_for_log("reload: 1 model(s) kept (a), 0 loaded (), 0 removed ()");
     let c = TestClient::connect(broker.port);
     c.subscribe("out/#");
-    c.publish("in/a", json!({"id": 1, "data": window(1)}).to_string());
-    assert_eq!(c.recv().json()["id"], 1);
+    c.subscribe("edge-infer/dev1/errors");
+    // Messages before, around and after the reload: every one answered by
+    // the same model, none refused.
+    for i in 0..20 {
+        if i == 10 {
+            d.signal("HUP");
+        }
+        c.publish("in/a", json!({"id": i, "data": window(i)}).to_string());
+    }
+    d.wait_for_log("reload: 1 model(s) kept (a), 0 loaded (), 0 removed ()");
+    for i in 20..30 {
+        c.publish("in/a", json!({"id": i, "data": window(i)}).to_string());
+    }
+    let mut ids: Vec<u64> = c
+        .recv_n(30)
+        .iter()
+        .map(|m| {
+            assert_eq!(
+                m.topic,
+                "out/dev1/a",
+                "{}",
+                String::from_utf8_lossy(&m.payload)
+            );
+            m.json()["id"].as_u64().expect("id")
+        })
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..30).collect::<Vec<_>>());
 }
 
 fn expect_reload_failed(c: &TestClient, what: &str) -> Value {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use common::*;
 use serde_json::{json, Value};
@@ -78,13 +78,6 @@ impl Sent {
             (px - rx) * 1000.0
         );
     }
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 fn one_model(port: u16, name: &str, file: &str, topic: &str, extra: &str) -> String {

@@ -307,44 +307,13 @@ fn an_input_topic_that_takes_the_daemons_own_output_is_rejected() {
 /// regression that reads a device without end then fails fast instead of
 /// taking the machine's memory.
 fn run_cli_bounded(args: &[&str]) -> (Option<i32>, String, String) {
-    use std::io::Read;
-    use std::process::{Command, Stdio};
-    let start = std::time::Instant::now();
-    let mut child = Command::new("prlimit")
-        .arg("--as=1073741824")
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.arg("--as=1073741824")
         .arg("--")
         .arg(daemon_binary())
         .args(args)
-        .env_remove("JOURNAL_STREAM")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run edge-infer under prlimit");
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().expect("stdout")));
-    let err = drain(Box::new(child.stderr.take().expect("stderr")));
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for edge-infer") {
-            break status;
-        }
-        if start.elapsed() > WAIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("edge-infer {args:?} did not exit within {WAIT:?}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    (
-        status.code(),
-        out.join().expect("stdout reader"),
-        err.join().expect("stderr reader"),
-    )
+        .env_remove("JOURNAL_STREAM");
+    run_to_exit(cmd, WAIT)
 }
 
 /// The HAR model with broker credentials; `password_line` is the line as

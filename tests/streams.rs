@@ -12,7 +12,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
@@ -61,13 +61,6 @@ fn case(window: &Value, model: &str) -> Value {
 
 fn ts(fx: &Value, device: &str, i: usize) -> f64 {
     reading(fx, device, i)["ts"].as_f64().expect("ts")
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// The three windowed models of the main test, all on `sensors/+/imu`:

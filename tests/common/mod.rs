@@ -47,9 +47,21 @@ pub fn require_runtime() {
     );
 }
 
+/// A loopback port nothing listens on, and that no other test of this
+/// process was given: a test may keep one unbound for a while (a broker
+/// that is down, to be started later), and the kernel could hand it to a
+/// parallel test's broker meanwhile.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = listener.local_addr().expect("local addr").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 fn mosquitto_binary() -> PathBuf {
@@ -330,7 +342,40 @@ impl Drop for Broker {
 pub struct Daemon {
     child: Mutex<Child>,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The thread that fills `log`; it ends when the daemon's stderr does.
+    reader: Option<std::thread::JoinHandle<()>>,
     pub dir: tempfile::TempDir,
+}
+
+/// Reads a child's stderr into a shared list of lines on a thread of its
+/// own, so a test can look at the log while the child runs.
+pub fn read_lines(
+    stderr: std::process::ChildStderr,
+) -> (Arc<Mutex<Vec<String>>>, std::thread::JoinHandle<()>) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&log);
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (log, reader)
+}
+
+/// Waits for `read_lines`' thread to reach the end of a child's stderr
+/// (the child has exited), so the log holds its last lines: a drain's
+/// summary is written just before the exit.
+pub fn wait_for_all_lines(reader: std::thread::JoinHandle<()>, log: &Mutex<Vec<String>>) {
+    let start = Instant::now();
+    while !reader.is_finished() {
+        assert!(
+            start.elapsed() < WAIT,
+            "the child exited, but its stderr did not end within {WAIT:?} (a process it started still holds it?):\n{}",
+            log.lock().unwrap().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = reader.join();
 }
 
 pub fn daemon_binary() -> PathBuf {
@@ -384,17 +429,11 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn edge-infer");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let (log, reader) = read_lines(child.stderr.take().expect("stderr"));
         Daemon {
             child: Mutex::new(child),
             log,
+            reader: Some(reader),
             dir,
         }
     }
@@ -469,13 +508,15 @@ impl Daemon {
         self.wait_exit()
     }
 
-    /// Waits for the process to end; returns its exit code and the log.
-    pub fn wait_exit(self) -> (Option<i32>, String) {
+    /// Waits for the process to end; returns its exit code and the log,
+    /// to its last line.
+    pub fn wait_exit(mut self) -> (Option<i32>, String) {
         let start = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child_status() {
-                // Let the reader thread collect the last lines.
-                let _ = wait_for_eof(&self.log);
+                if let Some(reader) = self.reader.take() {
+                    wait_for_all_lines(reader, &self.log);
+                }
                 return (status.code(), self.log_text());
             }
             assert!(
@@ -488,21 +529,6 @@ impl Daemon {
     }
 }
 
-fn wait_for_eof(log: &Arc<Mutex<Vec<String>>>) -> usize {
-    // The reader thread ends at EOF; poll the line count until it is stable
-    // for a short while (bounded).
-    let mut last = usize::MAX;
-    for _ in 0..25 {
-        let n = log.lock().unwrap().len();
-        if n == last {
-            break;
-        }
-        last = n;
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    last
-}
-
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Ok(child) = self.child.get_mut() {
@@ -513,17 +539,61 @@ impl Drop for Daemon {
 }
 
 /// Runs the daemon binary to completion (for startup-failure tests).
+/// It must exit within `CLI_LIMIT`: a `run` whose config should have been
+/// refused would otherwise retry its broker for ever, and the test hang
+/// instead of failing.
 pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let mut cmd = Command::new(daemon_binary());
     cmd.args(args).env_remove("JOURNAL_STREAM");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("run edge-infer");
+    run_to_exit(cmd, CLI_LIMIT)
+}
+
+/// How long a command-line run may take: generous, since `check-config`
+/// loads and warms every model, and `publish-model` and `status` wait for
+/// the broker.
+pub const CLI_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs `cmd` to its exit with its output captured; kills it and fails
+/// the test if it has not exited within `limit`.
+pub fn run_to_exit(mut cmd: Command, limit: Duration) -> (Option<i32>, String, String) {
+    let start = Instant::now();
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{what} did not exit within {limit:?}; its stderr:\n{}",
+                err.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        status.code(),
+        out.join().expect("stdout reader"),
+        err.join().expect("stderr reader"),
     )
 }
 
@@ -608,6 +678,14 @@ pub fn validate(kind: &str, v: &Value) -> Result<(), String> {
     } else {
         Err(errors.join("\n"))
     }
+}
+
+/// Seconds since the Unix epoch, as the daemon's messages carry them.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// Sends each small packet at once: with Nagle's algorithm a PUBACK
@@ -701,6 +779,16 @@ impl TestClient {
     pub fn recv(&self) -> Received {
         self.recv_within(WAIT)
             .unwrap_or_else(|| panic!("no message within {WAIT:?}"))
+    }
+
+    /// The next message before `deadline`, or a panic naming `what` the
+    /// test waited for: for loops that skip messages (health records come
+    /// every fraction of a second) until the one they want, which `recv`'s
+    /// limit per message would never end.
+    pub fn recv_before(&self, deadline: Instant, what: &str) -> Received {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.recv_within(left)
+            .unwrap_or_else(|| panic!("gave up waiting for {what}"))
     }
 
     pub fn recv_within(&self, d: Duration) -> Option<Received> {
