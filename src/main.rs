@@ -48,7 +48,7 @@ as EDGE_INFER__SECTION__KEY (e.g. EDGE_INFER__MQTT__PORT=1884).
 The runtime library (libLiteRt.so, or libtensorflowlite_c.so on armv7) is
 found through [runtime] library, then $EDGE_INFER_RUNTIME_LIBRARY (either,
 when set, is the only place tried), then next to the binary, then
-runtime/<arch>/ of the checkout the binary was built in, then
+runtime/<arch>/ of the checkout the binary is in, then
 /usr/lib/edge-infer, then the linker path.
 
 EXIT STATUS, the same for every subcommand:

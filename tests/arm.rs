@@ -22,7 +22,6 @@ mod common;
 
 use std::io::Write;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -131,48 +130,8 @@ impl Arm {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        output_within(cmd, ARM_WAIT)
+        run_to_exit(cmd, ARM_WAIT)
     }
-}
-
-/// Runs `cmd` with a deadline; returns (exit code, stdout, stderr).
-fn output_within(mut cmd: Command, deadline: Duration) -> (Option<i32>, String, String) {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if start.elapsed() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not finish within {deadline:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (
-        status.code(),
-        out_reader.join().unwrap(),
-        err_reader.join().unwrap(),
-    )
 }
 
 fn require_qemu(qemu: &str) {

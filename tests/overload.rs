@@ -407,12 +407,12 @@ fn overload(qos: QoS, main: Main) {
     let log_lines = d.log.lock().unwrap().len() - log_lines_before;
     let flood_end = unix_now();
 
-    // A normal rate after the flood: 100 msg/s for 3 s, each stamped with
+    // A normal rate after the flood: 100 msg/s for 5 s, each stamped with
     // its send time.
     let after = TestClient::connect(broker.port);
     let mut sent_at = Vec::new();
     let start = Instant::now();
-    for i in 0..300u32 {
+    for i in 0..AFTER as u32 {
         sent_at.push(unix_now());
         after.publish(
             "in/main/after",
@@ -429,7 +429,7 @@ fn overload(qos: QoS, main: Main) {
     let waiting = Instant::now();
     while waiting.elapsed() < WAIT {
         let t = tally.lock().unwrap();
-        if t.after.len() == 300 && t.side.len() == side_sent {
+        if t.after.len() == AFTER && t.side.len() == side_sent {
             break;
         }
         drop(t);
@@ -450,7 +450,7 @@ fn overload(qos: QoS, main: Main) {
     eprintln!(
         "{qos:?} flood: sent {sent} in {flood_secs:.1} s ({:.0} msg/s); the daemon received {received} \
          ({ok} results, {overloaded} overloaded, {:.0} results/s), the flood's subscriber saw {} results and {} overloaded; \
-         side model: {side_received} of {side_sent} received, {} answered; after the flood: {} of 300 answered; \
+         side model: {side_received} of {side_sent} received, {} answered; after the flood: {} of {AFTER} answered; \
          {log_lines} log lines during the flood",
         sent as f64 / flood_secs,
         ok as f64 / flood_secs,
@@ -526,8 +526,8 @@ fn overload(qos: QoS, main: Main) {
     // later gets its result.
     let answered = t.after.len() + f.after_overloaded.len();
     assert!(
-        answered >= 290,
-        "{answered} of 300 after-flood messages answered (the subscribers' connection errors: {:?} {:?})",
+        answered + 10 >= AFTER,
+        "{answered} of {AFTER} after-flood messages answered (the subscribers' connection errors: {:?} {:?})",
         t.link_errors,
         f.link_errors
     );
@@ -539,10 +539,12 @@ fn overload(qos: QoS, main: Main) {
             sent_at[id(v)] - flood_end
         );
     }
+    let mut checked = 0;
     for v in &t.after {
         let i = id(v);
         let waited = v["published_at"].as_f64().unwrap() - sent_at[i];
         if sent_at[i] > flood_end + AFTER_DRAIN {
+            checked += 1;
             // Generous: on 2 cores shared with the test's own build and
             // client, a scheduling stall once took 1.03 s, and 3.65 s with
             // the machine four times oversubscribed; a daemon still working
@@ -553,7 +555,15 @@ fn overload(qos: QoS, main: Main) {
             );
         }
     }
+    // Sent after the window: about 300 of the 500.
+    assert!(
+        checked >= 200,
+        "only {checked} after-flood results sent {AFTER_DRAIN} s or more after the flood"
+    );
 }
+
+/// Messages at 100 msg/s after the flood.
+const AFTER: usize = 500;
 
 /// Seconds after the flood by which the daemon has worked off its queue:
 /// generous, since what it checks is that the daemon recovers, not how
