@@ -56,7 +56,8 @@ fn send_case(c: &TestClient, cases: &[Value], i: usize) {
     );
 }
 
-/// The next message on `topic`, skipping others (health, status).
+/// The next message on `topic`, skipping health records; any other
+/// message fails the test.
 fn next_on(c: &TestClient, topic: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

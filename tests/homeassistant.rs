@@ -335,6 +335,11 @@ fn home_assistant_coming_online_gets_the_configs_again_once_per_gap() {
     let d = Daemon::start(&ha_config(broker.port, ON, &plain("dyn")));
     let c = TestClient::connect(broker.port);
     let n = wait_for_configs(&d, &c, broker.port);
+    // A deliberate pause of MIN_GAP (5 s): the gap after the startup send
+    // runs out, so the announcement below is answered ANNOUNCE_DELAY after
+    // it, and the two bounds below each catch a daemon that ignores one
+    // of the delays.
+    std::thread::sleep(Duration::from_secs(5));
 
     // Subscribed first: what comes now is a new publish, not the replay.
     let before = d.count_log("Home Assistant discovery:");

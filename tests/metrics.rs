@@ -591,10 +591,11 @@ fn the_grafana_dashboard_queries_are_valid_promql_over_our_metrics() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // The metric names the queries use, against what a daemon exports
-    // before any message (a name with samples, or a family of the kind
-    // whose samples the name is: `_total` of a counter; `_bucket`,
-    // `_count`, `_sum` of a histogram) and the README's list.
+    // The metric names the queries and the variables use, against what a
+    // daemon exports before any message (a name with samples; a gauge or
+    // counter family, whose `# TYPE` line has the samples' name; or a
+    // histogram family for its `_bucket`, `_count`, `_sum`) and the
+    // README's list.
     let broker = Broker::start();
     let port = free_port();
     let d = Daemon::start(&config(broker.port, "m5", &metrics_section(port), DYN));
@@ -617,14 +618,20 @@ fn the_grafana_dashboard_queries_are_valid_promql_over_our_metrics() {
                 .is_some_and(|f| kinds.get(f) == Some(&kind))
         };
         samples.contains(&word)
-            || kinds.get(word) == Some(&"gauge")
-            || of("_total", "counter")
+            || matches!(kinds.get(word), Some(&"gauge" | &"counter"))
             || ["_bucket", "_count", "_sum"]
                 .iter()
                 .any(|s| of(s, "histogram"))
     };
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    for e in &exprs {
+    let variables: Vec<String> = dash["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["definition"].as_str().map(str::to_string))
+        .collect();
+    assert!(!variables.is_empty(), "the dashboard's $instance variable");
+    for e in exprs.iter().chain(&variables) {
         for word in e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
             if word.starts_with("edge_infer_") || word.starts_with("process_") {
                 assert!(

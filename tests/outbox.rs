@@ -73,10 +73,12 @@ fn results_after_uplink(uplink: u16, inputs: u16, state: &Path, outbox: &str) ->
     let mut ids = Vec::new();
     let mut replayed = 0;
     wait_until("the outbox replayed, and every result here", WAIT, || {
-        // A bounded handful per look, so a replay without end still meets
-        // the deadline.
-        for _ in 0..1000 {
-            let Some(m) = c.recv_within(Duration::from_millis(50)) else {
+        // Half a second per look at most, so a replay without end still
+        // meets the deadline.
+        let look = std::time::Instant::now() + Duration::from_millis(500);
+        loop {
+            let left = look.saturating_duration_since(std::time::Instant::now());
+            let Some(m) = c.recv_within(left.min(Duration::from_millis(50))) else {
                 break;
             };
             let v = m.json();

@@ -429,7 +429,8 @@ fn overload(qos: QoS, main: Main) {
     let waiting = Instant::now();
     while waiting.elapsed() < WAIT {
         let t = tally.lock().unwrap();
-        if t.after.len() == AFTER && t.side.len() == side_sent {
+        let refused = flood_tally.lock().unwrap().after_overloaded.len();
+        if t.after.len() + refused == AFTER && t.side.len() == side_sent {
             break;
         }
         drop(t);

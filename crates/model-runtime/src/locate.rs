@@ -1,6 +1,7 @@
-//! Where the runtime library is looked for, in order: the configured path,
-//! the environment variable, the project's `runtime/<arch>/` folder next to
-//! the binary, the packaged location, then the system linker path.
+//! Where the runtime library is looked for, in order: the configured path
+//! or else the environment variable (either, when set, is the only place
+//! tried), next to the binary, the `runtime/<arch>/` folder of the checkout
+//! the binary is in, the packaged location, then the system linker path.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
