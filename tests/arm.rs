@@ -23,8 +23,8 @@ mod common;
 use std::io::Write;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -439,101 +439,27 @@ fn aarch64_without_a_runtime_says_how_to_fetch_it() {
 // ---------------------------------------------------------------------------
 // aarch64: real inference under emulation, compared with x86_64
 
-/// The ARM daemon under qemu, its stderr collected line by line.
-struct ArmDaemon {
-    child: Mutex<Child>,
-    log: Arc<Mutex<Vec<String>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl ArmDaemon {
-    fn start(arm: Arm, cpu: Option<&str>, config_text: &str) -> ArmDaemon {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("config.toml");
-        std::fs::write(&path, config_text).expect("write config");
-        let mut cmd = arm.command(cpu);
-        cmd.arg("run").arg("--config").arg(&path);
-        // Its own state dir (the outbox), not the service's.
-        cmd.env("STATE_DIRECTORY", dir.path().join("state"));
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn qemu");
-        let (log, reader) = read_lines(child.stderr.take().expect("stderr"));
-        let d = ArmDaemon {
-            child: Mutex::new(child),
-            log,
-            reader: Some(reader),
-            _dir: dir,
-        };
-        let start = Instant::now();
-        while !d.log_text().contains("ready:") {
-            if let Ok(Some(status)) = d.child_status() {
-                panic!(
-                    "ARM daemon exited ({status}) before it was ready:\n{}",
-                    d.log_text()
-                );
-            }
-            assert!(
-                start.elapsed() < ARM_WAIT,
-                "ARM daemon not ready within {ARM_WAIT:?}:\n{}",
-                d.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!(
-            "{}{}: loaded, warmed and subscribed in {:.1} s under emulation",
-            arm.triple,
-            cpu.map(|c| format!(" (-cpu {c})")).unwrap_or_default(),
-            start.elapsed().as_secs_f64()
-        );
-        d
-    }
-
-    fn child_status(&self) -> std::io::Result<Option<std::process::ExitStatus>> {
-        self.child.lock().unwrap().try_wait()
-    }
-
-    fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// SIGTERM (qemu-user delivers it to the emulated daemon), then the
-    /// exit code once it has drained.
-    fn terminate(mut self) -> (Option<i32>, String) {
-        let pid = self.child.lock().unwrap().id();
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status();
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child_status().expect("wait") {
-                if let Some(reader) = self.reader.take() {
-                    wait_for_all_lines(reader, &self.log);
-                }
-                return (status.code(), self.log_text());
-            }
-            assert!(
-                start.elapsed() < ARM_WAIT,
-                "ARM daemon did not exit after SIGTERM:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for ArmDaemon {
-    fn drop(&mut self) {
-        if let Ok(child) = self.child.get_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// Starts the ARM daemon under qemu on `config_text` and waits until it
+/// is ready; under emulation it has `ARM_WAIT` for that and for its exit.
+fn start_arm_daemon(arm: Arm, cpu: Option<&str>, config_text: &str) -> Daemon {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config_text).expect("write config");
+    let mut cmd = arm.command(cpu);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&path)
+        .stdin(Stdio::null());
+    let start = Instant::now();
+    let d = Daemon::spawn_command(dir, cmd).with_limit(ARM_WAIT);
+    d.wait_for_log("ready:");
+    eprintln!(
+        "{}{}: loaded, warmed and subscribed in {:.1} s under emulation",
+        arm.triple,
+        cpu.map(|c| format!(" (-cpu {c})")).unwrap_or_default(),
+        start.elapsed().as_secs_f64()
+    );
+    d
 }
 
 /// (model name in the config, model file, fixture, float32 tolerance).
@@ -597,7 +523,7 @@ fn serve_on_aarch64(cpu: &str, gpu_first: bool) {
         &format!("[runtime]\nlibrary = \"{}\"\n", lib.display()),
         &models,
     );
-    let daemon = ArmDaemon::start(AARCH64, Some(cpu), &text);
+    let daemon = start_arm_daemon(AARCH64, Some(cpu), &text);
     let log = daemon.log_text();
     assert!(
         log.contains(&format!("runtime library {} (litert)", lib.display())),

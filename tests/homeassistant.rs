@@ -148,17 +148,15 @@ fn window(i: usize) -> Vec<f64> {
 /// The latest health record that already shows `cond`.
 fn health_where(c: &TestClient, cond: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if let Some(m) = c.recv_within(Duration::from_millis(200)) {
-            if m.topic == format!("edge-infer/{DEVICE}/health") {
-                let v = m.json();
-                if cond(&v) {
-                    return v;
-                }
+    loop {
+        let m = c.recv_before(deadline, "a health record as expected");
+        if m.topic == format!("edge-infer/{DEVICE}/health") {
+            let v = m.json();
+            if cond(&v) {
+                return v;
             }
         }
     }
-    panic!("no health record as expected within {WAIT:?}");
 }
 
 #[test]

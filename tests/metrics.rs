@@ -402,10 +402,7 @@ fn metrics_count_what_was_served_and_pass_promtool() {
         "process_cpu_seconds_total {cpu} vs /proc {proc_cpu}"
     );
     let start = get(&m, "process_start_time_seconds");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
+    let now = unix_now();
     assert!(
         start <= now + 1.0 && now - start < 600.0,
         "start {start}, now {now}"

@@ -45,6 +45,12 @@ fn text(inputs: u16, uplink: u16, state: &Path, outbox: &str) -> String {
     config(inputs, "ob", &extra, &tables)
 }
 
+/// [`text`] with a health record every 0.2 s: the tests that read the
+/// outbox's counters wait on them.
+fn text_watched(inputs: u16, uplink: u16, state: &Path, outbox: &str) -> String {
+    text(inputs, uplink, state, outbox) + "\n[health]\ninterval_secs = 0.2\n"
+}
+
 /// Sends `n` inputs and waits until the daemon has answered them all into
 /// the outbox: a clean stop drains and commits everything.
 fn fill_while_uplink_down(d: Daemon, inputs: u16, n: usize) {
@@ -66,21 +72,13 @@ fn results_after_uplink(uplink: u16, inputs: u16, state: &Path, outbox: &str) ->
     let c = TestClient::connect(uplink);
     c.subscribe("out/ob/dyn");
     c.subscribe("edge-infer/ob/health");
-    let d = Daemon::start(&format!(
-        "{}\n[health]\ninterval_secs = 0.2\n",
-        text(inputs, uplink, state, outbox)
-    ));
+    let d = Daemon::start(&text_watched(inputs, uplink, state, outbox));
     let mut ids = Vec::new();
     let mut replayed = 0;
     wait_until("the outbox replayed, and every result here", WAIT, || {
         // Half a second per look at most, so a replay without end still
         // meets the deadline.
-        let look = std::time::Instant::now() + Duration::from_millis(500);
-        loop {
-            let left = look.saturating_duration_since(std::time::Instant::now());
-            let Some(m) = c.recv_within(left.min(Duration::from_millis(50))) else {
-                break;
-            };
+        for m in c.take_waiting(Duration::from_millis(500)) {
             let v = m.json();
             if m.topic.ends_with("/health") {
                 let o = &v["delivery"]["outbox"];
@@ -159,10 +157,7 @@ fn losses_counted_in_health(on_full: &str, counter: &str) {
     let mut uplink = Broker::start_persistent();
     let state = tempfile::tempdir().expect("tempdir");
     let outbox = format!("max_bytes = 1048576\non_full = \"{on_full}\"");
-    let config_text = format!(
-        "{}\n[health]\ninterval_secs = 0.2\n",
-        text(inputs.port, uplink.port, state.path(), &outbox)
-    );
+    let config_text = text_watched(inputs.port, uplink.port, state.path(), &outbox);
     // A persistent session: what is published while it is away waits.
     let watcher = TestClient::connect_persistent(uplink.port, &format!("ob-{on_full}"));
     watcher.subscribe("edge-infer/ob/health");
@@ -178,7 +173,7 @@ fn losses_counted_in_health(on_full: &str, counter: &str) {
     let mut health = Value::Null;
     let mut answered = std::collections::BTreeSet::new();
     wait_until("every input answered or counted as lost", WAIT, || {
-        while let Some(m) = watcher.recv_within(Duration::from_millis(50)) {
+        for m in watcher.take_waiting(Duration::from_millis(500)) {
             let v = m.json();
             if m.topic.ends_with("/health") {
                 health = v;

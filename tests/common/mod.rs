@@ -345,6 +345,8 @@ pub struct Daemon {
     /// The thread that fills `log`; it ends when the daemon's stderr does.
     reader: Option<std::thread::JoinHandle<()>>,
     pub dir: tempfile::TempDir,
+    /// How long it may take to log what is awaited, or to exit.
+    limit: Duration,
 }
 
 /// Reads a child's stderr into a shared list of lines on a thread of its
@@ -435,7 +437,15 @@ impl Daemon {
             log,
             reader: Some(reader),
             dir,
+            limit: WAIT,
         }
+    }
+
+    /// Gives it `limit` instead of `WAIT` to log what is awaited and to
+    /// exit (a daemon under emulation).
+    pub fn with_limit(mut self, limit: Duration) -> Daemon {
+        self.limit = limit;
+        self
     }
 
     pub fn log_text(&self) -> String {
@@ -455,7 +465,7 @@ impl Daemon {
                 );
             }
             assert!(
-                start.elapsed() < WAIT,
+                start.elapsed() < self.limit,
                 "timed out waiting for {needle:?} in the daemon log:\n{}",
                 self.log_text()
             );
@@ -520,7 +530,7 @@ impl Daemon {
                 return (status.code(), self.log_text());
             }
             assert!(
-                start.elapsed() < WAIT,
+                start.elapsed() < self.limit,
                 "daemon did not exit after SIGTERM:\n{}",
                 self.log_text()
             );
@@ -796,6 +806,24 @@ impl TestClient {
             Ok(m) => Some(m),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => panic!("test client thread ended"),
+        }
+    }
+
+    /// What has come, and whatever follows within 50 ms of the last, for
+    /// at most `limit`: a look inside a `wait_until` that keeps to its
+    /// deadline even while messages keep coming.
+    pub fn take_waiting(&self, limit: Duration) -> Vec<Received> {
+        let until = Instant::now() + limit;
+        let mut out = Vec::new();
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return out;
+            }
+            match self.recv_within(left.min(Duration::from_millis(50))) {
+                Some(m) => out.push(m),
+                None => return out,
+            }
         }
     }
 
