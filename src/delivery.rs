@@ -63,6 +63,13 @@ impl InputAck {
 
 impl Drop for InputAck {
     fn drop(&mut self) {
+        // A thread unwinding from a panic drops what it holds unanswered:
+        // those inputs must come again, not be acknowledged. (Per-message
+        // panics are caught and answered before this; this is for a bug
+        // outside them.)
+        if std::thread::panicking() {
+            self.withhold();
+        }
         if !self.withheld.load(Ordering::Relaxed) {
             self.by.acknowledge(self.session, self.packet_id);
         }
@@ -92,6 +99,19 @@ mod tests {
         fn acknowledge(&self, session: u64, packet_id: u16) {
             self.0.lock().unwrap().push((session, packet_id));
         }
+    }
+
+    #[test]
+    fn a_thread_that_panics_acknowledges_nothing_it_held() {
+        let rec = Arc::new(Recorder::default());
+        let held = InputAck::new(rec.clone(), 1, 5);
+        let unwound = std::thread::spawn(move || {
+            let _held = held;
+            panic!("a bug outside the per-message catch");
+        })
+        .join();
+        assert!(unwound.is_err());
+        assert!(rec.0.lock().unwrap().is_empty());
     }
 
     #[test]

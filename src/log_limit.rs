@@ -101,7 +101,7 @@ fn summarize(model: &str, code: &str, w: &Window) -> Option<String> {
         format!("model {model}: ")
     };
     let line = format!(
-        "{who}{} more {code} error(s) in {:.0} s, not logged one by one (each was answered; the health record counts them)",
+        "{who}{} more {code} error(s) in {:.0} s, not logged one by one (the health record counts every one)",
         w.suppressed,
         INTERVAL.as_secs_f64()
     );

@@ -41,6 +41,9 @@ use crate::time::unix_now;
 /// with 4,096, and answered more of it within 3 s.
 pub const REPLY_CAPACITY: usize = 1024;
 
+/// The longest topic MQTT can carry: its length is two bytes.
+const MAX_TOPIC_BYTES: usize = u16::MAX as usize;
+
 /// Above this many unsent refusals the event loop pauses reading: one
 /// read hands it at most a few dozen messages, so the rest of the channel
 /// is the reserve that keeps every refusal's answer.
@@ -398,6 +401,20 @@ impl Replies {
             image: extras.image,
         };
         let extra = properties.as_deref().map_or(0, properties_size);
+        if topic.len() > MAX_TOPIC_BYTES {
+            // A wildcard capture rendered into output_topic can outgrow
+            // what MQTT's two-byte length may spell; sent anyway, the
+            // length would wrap and the broker read a corrupt packet.
+            let failure = Failure::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "the result's topic (output_topic of model {} with this message's topic in it) is {} bytes, more than the {MAX_TOPIC_BYTES} an MQTT topic may hold",
+                    ctx.name,
+                    topic.len()
+                ),
+            );
+            return self.error(Some(ctx), job, id, &failure);
+        }
         match encode::to_vec(&msg) {
             Ok(payload) if !self.fits(&topic, &payload, extra) => {
                 let (max, key) = self.max_packet;
@@ -496,6 +513,17 @@ impl Replies {
     pub fn send_blocking(&self, msg: Outgoing) {
         if let Err(mpsc::error::SendError(msg)) = self.results.blocking_send(msg) {
             self.lost(&msg, "publisher stopped");
+        }
+    }
+
+    /// For the supervisor's drain, which answers more than the channel
+    /// holds at once: waits for room while the publisher takes them, up
+    /// to `until`.
+    pub async fn send_before(&self, msg: Outgoing, until: Instant) {
+        match tokio::time::timeout_at(until.into(), self.urgent.reserve()).await {
+            Ok(Ok(permit)) => permit.send(msg),
+            Ok(Err(_)) => self.lost(&msg, "publisher stopped"),
+            Err(_) => self.lost(&msg, "the publisher took no reply in time"),
         }
     }
 

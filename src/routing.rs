@@ -14,7 +14,7 @@ use crate::codec::{ErrorCode, Failure};
 use crate::job::Job;
 use crate::models::ModelContext;
 use crate::replies::Replies;
-use crate::worker::{ModelQueue, Offer};
+use crate::worker::{ModelQueue, Offer, MAX_EVICTIONS};
 
 /// One served model as routing sees it: its record and the producer side
 /// of its queue. Dropping the route (reload retires the model, or drain)
@@ -119,7 +119,8 @@ impl Routes {
             // Config validation keeps model filters off this topic. Taken
             // (the job's acknowledgement goes out as it drops), not answered.
             if job.payload.as_ref() == b"online" {
-                log::info!("Home Assistant announced itself on {}", a.topic);
+                // Logged where the send is scheduled: a client repeating
+                // "online" must not write a line each time.
                 a.online.notify_one();
             }
             return;
@@ -174,6 +175,16 @@ impl Routes {
                     let f = overloaded(
                         &r.model,
                         "the new message was refused (overflow = \"reject_new\")",
+                    );
+                    self.refuse(Some(&r.model), &j, &f);
+                }
+                Offer::NoRoom(j) => {
+                    let f = overloaded(
+                        &r.model,
+                        &format!(
+                            "dropping up to {MAX_EVICTIONS} of the oldest queued messages would not free room for the new message's {} bytes, so it was refused (overflow = \"drop_oldest\")",
+                            j.payload.len()
+                        ),
                     );
                     self.refuse(Some(&r.model), &j, &f);
                 }

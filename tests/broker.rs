@@ -116,20 +116,23 @@ fn sigterm_drains_and_nothing_is_lost_across_a_daemon_restart() {
     assert_eq!(received_in(&log, "img"), sent - taken, "{log}");
 }
 
+/// Every message still queued when the drain times out is answered, also
+/// when there are more of them than the reply channel holds at once
+/// (1,024): the default queue holds 4,096.
 #[test]
 fn drain_timeout_answers_what_is_left_with_shutting_down() {
     let broker = Broker::start();
     // Each invoke spins for about 55 ms (0.27 us per iteration,
-    // tests/fixtures/spin_int32.json): twelve messages are over 600 ms of
-    // work, so a 20 ms drain must leave most of them queued.
+    // tests/fixtures/spin_int32.json): 2,000 messages are minutes of
+    // work, so a 20 ms drain must leave nearly all of them queued.
     let frame = json!({"data": [200_000]}).to_string();
-    let models = "[[models]]\nname = \"spin\"\npath = \"{models}/spin_int32.tflite\"\ninput_topic = \"in/spin\"\noutput_topic = \"out/{device_id}/{model}\"\nqueue_capacity = 100\n";
+    let models = "[[models]]\nname = \"spin\"\npath = \"{models}/spin_int32.tflite\"\ninput_topic = \"in/spin\"\noutput_topic = \"out/{device_id}/{model}\"\n";
     let extra = "[log]\nlevel = \"debug\"\n[shutdown]\ndrain_timeout_secs = 0.02";
     let d = Daemon::start(&config(broker.port, "dev1", extra, models));
     let c = TestClient::connect(broker.port);
     c.subscribe("out/#");
     c.subscribe("edge-infer/dev1/errors");
-    const N: usize = 12;
+    const N: usize = 2000;
     for _ in 0..N {
         c.publish("in/spin", frame.clone());
     }

@@ -306,6 +306,38 @@ fn a_failing_invoke_is_inference_failed_and_the_model_recovers() {
     }
 }
 
+/// A result whose topic, rendered from a long captured topic level, is
+/// longer than MQTT's two-byte length can spell is answered with
+/// `too_large` on the errors topic; before, its length wrapped and the
+/// broker read a corrupt packet.
+#[test]
+fn a_result_topic_longer_than_mqtt_allows_is_too_large() {
+    let broker = Broker::start();
+    let models = "[[models]]\nname = \"wide\"\npath = \"{models}/har_accel_int8.tflite\"\ninput_topic = \"in/+\"\noutput_topic = \"out/{1}/{1}\"\n";
+    let d = Daemon::start(&config(broker.port, "dev1", "", models));
+    let c = TestClient::connect(broker.port);
+    c.subscribe("out/#");
+    c.subscribe("edge-infer/dev1/errors");
+    let level = "x".repeat(40_000);
+    let input = json!({"id": 1, "data": window(384)}).to_string();
+    c.publish(&format!("in/{level}"), input.clone());
+    let e = expect_error(&c, "too_large");
+    assert_eq!(e["model"], "wide");
+    assert_eq!(e["id"], 1);
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.contains("80005 bytes, more than the 65535 an MQTT topic may hold"),
+        "{message}"
+    );
+    c.publish("in/ok", input);
+    let m = c.recv();
+    assert_eq!(m.topic, "out/ok/ok");
+    assert_eq!(m.json()["id"], 1);
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("lost the MQTT broker connection"), "{log}");
+}
+
 /// A result bigger than one MQTT packet to the broker may hold could never
 /// be published (the client would drop the connection over it, and again
 /// at every retry): it is answered with `too_large` instead, and the link

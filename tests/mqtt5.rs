@@ -398,3 +398,70 @@ fn an_uplink_may_use_protocol_5_on_its_own() {
     );
     assert!(!line("(inputs)").contains("MQTT 5"), "{log}");
 }
+
+/// An MQTT 5 broker that refuses a publish says so in its PUBACK (here
+/// its ACL: reason code 0x87). That is no confirmation: the answer is
+/// counted as a publish failure and logged, and its input is left
+/// unacknowledged for the broker to deliver again, while answers the
+/// broker takes are confirmed as before.
+#[test]
+fn an_uplink_publish_the_broker_refuses_is_a_failure_not_a_confirmation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acl = dir.path().join("acl");
+    std::fs::write(
+        &acl,
+        "topic readwrite out/#\ntopic readwrite edge-infer/#\n",
+    )
+    .expect("acl");
+    let inputs = Broker::start();
+    let uplink = Broker::start_configured(&format!("acl_file {}", acl.display()));
+    let models = format!(
+        "{DYN}\n[[models]]\nname = \"denied\"\npath = \"{{models}}/dynamic_batch_f32.tflite\"\ninput_topic = \"in/denied\"\noutput_topic = \"forbidden/{{device_id}}/{{model}}\"\n"
+    );
+    let text = config(inputs.port, "dev5", "", &models).replace(
+        "[mqtt]\n",
+        &format!(
+            "[health]\ninterval_secs = 0.2\n\n[uplink]\nhost = \"127.0.0.1\"\nport = {}\nprotocol = \"5\"\nreconnect_min_ms = 50\nreconnect_max_secs = 1\n\n[mqtt]\n",
+            uplink.port
+        ),
+    );
+    let d = Daemon::start(&text);
+    let up = TestClient::connect(uplink.port);
+    up.subscribe("out/#");
+    up.subscribe("edge-infer/dev5/health");
+    let c = TestClient::connect(inputs.port);
+    c.publish("in/denied", features(1));
+    c.publish("in/dyn", features(2));
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut answered = false;
+    let delivery = loop {
+        let m = up.recv_before(
+            deadline,
+            "the result and a health record counting the refusal",
+        );
+        let v = m.json();
+        if m.topic == "out/dev5/dyn" {
+            assert_eq!(v["id"], 2);
+            answered = true;
+        } else if m.topic == "edge-infer/dev5/health"
+            && answered
+            && v["broker"]["publish_failures"] == 1
+        {
+            break v["delivery"].clone();
+        }
+    };
+    // The refused answer's input is held back; the accepted one's is not.
+    assert_eq!(delivery["acks_withheld"], 1, "{delivery}");
+    assert!(
+        delivery["answers_confirmed"].as_u64() >= Some(1),
+        "{delivery}"
+    );
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains(
+            "the broker refused the publish on forbidden/dev5/denied: not authorized (reason code 0x87)"
+        ),
+        "{log}"
+    );
+}

@@ -19,6 +19,11 @@ const LEAVE_LIMIT: Duration = Duration::from_secs(2);
 /// How often the drain looks whether every worker has finished.
 const DRAIN_POLL: Duration = Duration::from_millis(5);
 
+/// What the drain still gives after its timeout: to hand the messages it
+/// answers with `shutting_down` to the publisher, and then for the broker
+/// to confirm every reply.
+const AFTER_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl Supervisor {
     pub(super) async fn drain(&mut self, signal_name: &str) {
         self.notifier.stopping();
@@ -40,7 +45,7 @@ impl Supervisor {
         // even when no thread can be started.
         while !all.iter().all(Running::finished) {
             if Instant::now() >= deadline {
-                self.abandon(&all);
+                self.abandon(&all, Instant::now() + AFTER_TIMEOUT).await;
                 break;
             }
             tokio::time::sleep(DRAIN_POLL).await;
@@ -50,7 +55,7 @@ impl Supervisor {
         if let Some(replies) = self.replies.take() {
             replies.flush_log(true);
         }
-        let grace = deadline.max(Instant::now() + Duration::from_secs(2));
+        let grace = deadline.max(Instant::now() + AFTER_TIMEOUT);
         if let Some(connection) = self.connection.take() {
             let offline = health::offline(&self.settings.device_id, "shutdown", Some(unix_now()));
             connection.close(grace, offline).await;
@@ -98,8 +103,10 @@ impl Supervisor {
     }
 
     /// The drain timed out: answers what is still queued with
-    /// `shutting_down`.
-    fn abandon(&self, all: &[Running]) {
+    /// `shutting_down`. More than the reply channel holds at once can be
+    /// queued (4,096 per model by default), so each answer waits for room
+    /// while the publisher takes the ones before it, up to `until`.
+    async fn abandon(&self, all: &[Running], until: Instant) {
         let Some(replies) = &self.replies else {
             return;
         };
@@ -116,7 +123,7 @@ impl Supervisor {
                 abandoned += 1;
                 let id = peek_id(&queued.job.payload);
                 if let Some(reply) = replies.error(Some(&m.ctx), &queued.job, id.as_ref(), &f) {
-                    replies.try_send(reply);
+                    replies.send_before(reply, until).await;
                 }
             }
         }

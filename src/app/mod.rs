@@ -434,6 +434,9 @@ impl Supervisor {
                 }
                 Some(request) = next_request(&mut self.updates) => self.on_update_request(request).await,
                 _ = ha_online.notified() => {
+                    if self.ha_schedule.due().is_none() {
+                        log::info!("Home Assistant announced itself: discovery configs go out again");
+                    }
                     self.ha_schedule.request(Instant::now(), homeassistant::ANNOUNCE_DELAY);
                 }
                 _ = tokio::time::sleep_until(ha_due.unwrap_or_else(Instant::now).into()), if ha_due.is_some() => {

@@ -19,7 +19,7 @@ use model_runtime::TensorSpec;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::{fast, number_end, peek, quant};
+use super::{clip, fast, number_end, peek, quant};
 use super::{ErrorCode, Failure, MessageId, NumberId, MAX_ID_LEN};
 
 /// What a successful decode leaves besides the filled buffers.
@@ -275,22 +275,6 @@ fn json_failure(
         "invalid JSON"
     };
     Failure::new(ErrorCode::BadJson, format!("{what}: {e}"))
-}
-
-/// Payload text quoted in an error message (a number token, an unknown
-/// input name): whole when short, else its start and its length. Without
-/// this one message of 1 MiB of digits (or a 1 MiB key) made an error
-/// message as large, published and logged.
-fn clip(text: &str) -> std::borrow::Cow<'_, str> {
-    const SHOWN: usize = 64;
-    if text.len() <= SHOWN {
-        return text.into();
-    }
-    let mut end = SHOWN;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &text[..end], text.len()).into()
 }
 
 /// The number whose last byte is `payload[offset]`, if it is a well-formed

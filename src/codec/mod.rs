@@ -207,6 +207,22 @@ impl Serialize for NumberId {
     }
 }
 
+/// Payload text quoted in an error message (a number token, an unknown
+/// input name, a reading's keys): whole when short, else its start and
+/// its length. Without this one message of 1 MiB of digits (or a 1 MiB
+/// key) made an error message as large, published and logged.
+pub(crate) fn clip(text: &str) -> std::borrow::Cow<'_, str> {
+    const SHOWN: usize = 64;
+    if text.len() <= SHOWN {
+        return text.into();
+    }
+    let mut end = SHOWN;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len()).into()
+}
+
 /// Where the JSON number that starts at `text[at]` ends, by the grammar
 /// alone (`-? (0 | [1-9][0-9]*) (.[0-9]+)? ([eE][+-]?[0-9]+)?`, the value is
 /// not computed); None if no number starts there.

@@ -9,7 +9,7 @@
 use serde_json::{Map, Value};
 
 use super::peek::find_id;
-use super::{ErrorCode, Failure, MessageId};
+use super::{clip, ErrorCode, Failure, MessageId};
 use crate::config::FieldPath;
 
 /// Nesting of arrays inside one field, as for `data` (see `decode`).
@@ -125,12 +125,16 @@ pub fn parse_readings(
                 })?;
                 let t = v.as_f64().filter(|t| t.is_finite() && *t >= 0.0);
                 Some(t.ok_or_else(|| {
+                    // Any number fits here; only its sign can be wrong.
+                    let got = match v {
+                        Value::Number(n) => format!("{n}"),
+                        other => describe(other),
+                    };
                     fail(
                         ErrorCode::BadReading,
                         format!(
-                            "{at}: timestamp field \"{}\" must be Unix seconds (a number >= 0), got {}",
+                            "{at}: timestamp field \"{}\" must be Unix seconds (a number >= 0), got {got}",
                             field.text,
-                            describe(v)
                         ),
                     )
                 })?)
@@ -297,7 +301,11 @@ fn present(map: &Map<String, Value>) -> String {
     if map.is_empty() {
         return "; it is an empty object".into();
     }
-    let mut keys: Vec<String> = map.keys().take(8).map(|k| format!("\"{k}\"")).collect();
+    let mut keys: Vec<String> = map
+        .keys()
+        .take(8)
+        .map(|k| format!("\"{}\"", clip(k)))
+        .collect();
     if map.len() > 8 {
         keys.push("...".into());
     }
@@ -361,6 +369,17 @@ mod tests {
         );
         let e = readings(r#"{"ts": "noon", "ax": 1, "g": {"y": 2}}"#, Some("ts")).unwrap_err();
         assert!(e.message.contains("Unix seconds"), "{}", e.message);
+        let e = readings(r#"{"ts": -5, "ax": 1, "g": {"y": 2}}"#, Some("ts")).unwrap_err();
+        assert!(
+            e.message.ends_with("(a number >= 0), got -5"),
+            "{}",
+            e.message
+        );
+        // A huge key is quoted clipped, not whole.
+        let key = "k".repeat(1 << 20);
+        let e = readings(&format!(r#"{{"{key}": 1}}"#), None).unwrap_err();
+        assert!(e.message.len() < 300, "{} bytes", e.message.len());
+        assert!(e.message.contains("(1048576 bytes)"), "{}", e.message);
         assert_eq!(
             readings("[]", None).unwrap_err().code,
             ErrorCode::BadReading

@@ -751,6 +751,18 @@ fn check_facts(
             ));
         }
     }
+    if let Some(bad) = outputs.iter().find(|s| !quant::decodable(s.dtype)) {
+        // Read as numbers it would give null in every result.
+        return Err(problem(
+            "path",
+            format!(
+                "output '{}' of {} is {}, which the daemon cannot read as numbers (it reads float32, int8, uint8, int16, int32, int64 and bool outputs)",
+                bad.name,
+                ms.path.display(),
+                bad.dtype
+            ),
+        ));
+    }
     let classes = outputs[0].element_count();
     let labels = match &ms.labels {
         None => None,
@@ -830,6 +842,36 @@ mod tests {
     fn budget(payload: PayloadFormat, shape: &[usize], configured: Option<usize>) -> usize {
         let ctx = ModelContext::for_tests("m", "in/m");
         queue_budget(configured, payload, &[int8(shape)], &ctx.intake)
+    }
+
+    #[test]
+    fn an_output_that_cannot_be_read_as_numbers_is_refused_at_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("c.toml");
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/har_accel_int8.tflite");
+        let text = format!(
+            "[[models]]\nname = \"m\"\npath = \"{}\"\ninput_topic = \"in/m\"\n",
+            model.display()
+        );
+        std::fs::write(&config, text).expect("config");
+        let settings = crate::config::load(&config).expect("a valid config");
+        let mut scores = int8(&[1, 6]);
+        scores.name = "scores".into();
+        scores.dtype = DType::F16;
+        let e = check_facts(
+            &settings.models[0],
+            &FileLimits::default(),
+            &[int8(&[1, 128, 3])],
+            &[scores],
+        )
+        .expect_err("a float16 output is refused");
+        assert_eq!(e.key, "models[0].path");
+        assert!(
+            e.message.starts_with("output 'scores' of ")
+                && e.message
+                    .contains("is float16, which the daemon cannot read as numbers"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -72,6 +72,12 @@ pub enum Event {
     Publish(Received),
     /// The broker confirmed our publish with this packet id.
     PubAck(u16),
+    /// The broker refused our publish with this packet id (MQTT 5 only: a
+    /// PUBACK whose reason code is an error), and why, in words.
+    PubRefused {
+        pkid: u16,
+        reason: String,
+    },
     /// The broker answered a SUBSCRIBE: how many filters it granted and
     /// how many it refused.
     SubAck {
@@ -100,6 +106,7 @@ impl Event {
             Event::ConnAck { .. }
             | Event::Publish(_)
             | Event::PubAck(_)
+            | Event::PubRefused { .. }
             | Event::SubAck { .. }
             | Event::UnsubAck
             | Event::PingAnswered => true,
@@ -446,7 +453,13 @@ fn v5_event(e: v5::Event) -> Event {
             pkid: p.pkid,
             properties: request_properties(p.properties),
         }),
-        E::Incoming(I::PubAck(ack)) => Event::PubAck(ack.pkid),
+        E::Incoming(I::PubAck(ack)) => match refusal(&ack) {
+            None => Event::PubAck(ack.pkid),
+            Some(reason) => Event::PubRefused {
+                pkid: ack.pkid,
+                reason,
+            },
+        },
         E::Incoming(I::SubAck(ack)) => {
             let refused = ack
                 .return_codes
@@ -466,6 +479,30 @@ fn v5_event(e: v5::Event) -> Event {
         E::Incoming(I::PingResp(_)) => Event::PingAnswered,
         _ => Event::Other,
     }
+}
+
+/// Why an MQTT 5 broker refused a publish, if its PUBACK says it did
+/// ("no matching subscribers" is a success: the broker took it).
+/// rumqttc only logs these, and reports the PUBACK like any other.
+fn refusal(ack: &v5::mqttbytes::v5::PubAck) -> Option<String> {
+    use v5::mqttbytes::v5::PubAckReason as R;
+    let (code, words) = match ack.reason {
+        R::Success | R::NoMatchingSubscribers => return None,
+        R::UnspecifiedError => (0x80, "unspecified error"),
+        R::ImplementationSpecificError => (0x83, "implementation specific error"),
+        R::NotAuthorized => (0x87, "not authorized"),
+        R::TopicNameInvalid => (0x90, "topic name invalid"),
+        R::PacketIdentifierInUse => (0x91, "packet identifier in use"),
+        R::QuotaExceeded => (0x97, "quota exceeded"),
+        R::PayloadFormatInvalid => (0x99, "payload format invalid"),
+    };
+    let said = ack
+        .properties
+        .as_ref()
+        .and_then(|p| p.reason_string.as_deref())
+        .map(|r| format!(": {r}"))
+        .unwrap_or_default();
+    Some(format!("{words} (reason code 0x{code:02x}){said}"))
 }
 
 /// Why a connection failed, from either protocol's event loop.

@@ -107,14 +107,33 @@ pub async fn replay(inflight: Arc<Inflight>, backlog: Arc<Backlog>, stats: Arc<D
             .unwrap_or_else(|p| p.into_inner())
             .pop_front();
         if let Some(msg) = retry {
-            if let Some(back) = offer_until_sent(&inflight, msg, Origin::Answer).await {
+            // Offered once and never held across an await: when `close`
+            // stops this task, every answer must be back in memory, where
+            // its input is withheld; dropped here, it would be
+            // acknowledged unanswered.
+            let put_back = |msg| {
                 backlog
                     .memory
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .push_front(back);
-                if inflight.is_up() {
-                    link_change.await;
+                    .push_front(msg)
+            };
+            match inflight.offer(Entry {
+                msg,
+                origin: Origin::Answer,
+            }) {
+                Offer::Sent => {}
+                Offer::Full(e) => {
+                    put_back(e.msg);
+                    progress.await;
+                }
+                Offer::Down(e) => {
+                    put_back(e.msg);
+                    // Refused while up means the event loop is gone;
+                    // waiting keeps this from spinning.
+                    if inflight.is_up() {
+                        link_change.await;
+                    }
                 }
             }
             continue;
@@ -244,6 +263,7 @@ impl Side for Egress {
         match event {
             Event::PublishWritten(pkid) => self.inflight.written(pkid),
             Event::PubAck(pkid) => self.inflight.acknowledged(pkid),
+            Event::PubRefused { pkid, reason } => self.inflight.refused(pkid, &reason),
             _ => {}
         }
     }

@@ -25,6 +25,7 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 use super::client::{Client, EventLoop, QoS};
+use crate::log_limit::RepeatLimiter;
 use crate::replies::Outgoing;
 use crate::telemetry::DaemonStats;
 
@@ -33,12 +34,13 @@ use crate::telemetry::DaemonStats;
 pub const WINDOW: usize = 1024;
 
 /// The packet ids the output link cycles through (rumqttc's inflight
-/// limit, above the window so the window is what limits). An id is reused
-/// only after 4,095 later publishes, so it collides with a publish still
-/// unconfirmed only if the broker confirmed 4,095 later ones first, which
-/// MQTT forbids (PUBACKs in the order the PUBLISHes came, 3.1.1 4.6); a
-/// larger space costs memory at connect and buys nothing: 32,767 ids took
-/// 2 MiB per link with 3.1.1 and about 6 MiB with 5.
+/// limit, above the window so the window is what limits; with MQTT 5 a
+/// broker's lower Receive Maximum takes its place). An id comes round
+/// again only after every other one was used, and rumqttc holds a publish
+/// back while its id is still unconfirmed (its "collision"), so no two
+/// unconfirmed publishes share one. A larger space costs memory at
+/// connect and buys nothing: 32,767 ids took 2 MiB per link with 3.1.1
+/// and about 6 MiB with 5.
 pub const PACKET_IDS: u16 = 4 * WINDOW as u16;
 
 /// Of the window, at most this many replays of the outbox, so fresh
@@ -103,6 +105,9 @@ pub struct Inflight {
     /// Signalled only when the link comes or goes.
     link: Notify,
     stats: Arc<DaemonStats>,
+    /// Refusals come at the rate of the answers when an ACL or a quota
+    /// refuses them all.
+    log_limit: RepeatLimiter,
 }
 
 impl Inflight {
@@ -115,6 +120,7 @@ impl Inflight {
             progress: Notify::new(),
             link: Notify::new(),
             stats,
+            log_limit: RepeatLimiter::default(),
         }
     }
 
@@ -223,9 +229,10 @@ impl Inflight {
             self.confirm(&mut s, entry);
         } else if let Some(old) = s.sent.insert(pkid, entry) {
             // rumqttc holds a publish back while its id is in use, so this
-            // means the broker confirmed out of order and the id wrapped.
+            // should not happen; if it does, the old one's confirmation
+            // can no longer be told apart: not confirmed.
             log::warn!("output link: packet id {pkid} reused before it was confirmed");
-            self.confirm(&mut s, old);
+            self.unconfirmed(&mut s, old);
         }
     }
 
@@ -236,6 +243,41 @@ impl Inflight {
             Some(entry) => self.confirm(&mut s, entry),
             None => log::debug!("output link: PUBACK for packet id {pkid}, not ours"),
         }
+        // The summary of refusals held back, once they stop.
+        self.log_limit.flush();
+    }
+
+    /// The broker refused packet id `pkid` (MQTT 5: an ACL, a quota, its
+    /// message size limit): not a confirmation. An answer's input stays
+    /// unacknowledged, so the broker delivers it again after a reconnect;
+    /// a replayed record is released like one too large to send, or it
+    /// would hold up every record after it at every start.
+    pub fn refused(&self, pkid: u16, reason: &str) {
+        let mut s = self.state();
+        let Some(entry) = s.sent.remove(&pkid) else {
+            log::debug!("output link: refusal of packet id {pkid}, not ours");
+            return;
+        };
+        if self.log_limit.admit("", "publish_refused") {
+            log::error!(
+                "the broker refused the publish on {}: {reason} (counted in the health record's broker.publish_failures)",
+                entry.msg.topic
+            );
+        }
+        self.unconfirmed(&mut s, entry);
+    }
+
+    /// Gives up on a written publish the broker will not confirm: a lost
+    /// answer (its input withheld), or a replayed record released like
+    /// one too large to send.
+    fn unconfirmed(&self, s: &mut State, entry: Entry) {
+        self.stats.publish_failures.fetch_add(1, Ordering::Relaxed);
+        entry.msg.lost();
+        if let Origin::Replay(seq) = entry.origin {
+            s.replays -= 1;
+            s.replayed.push(seq);
+        }
+        self.progress.notify_waiters();
     }
 
     fn confirm(&self, s: &mut State, entry: Entry) {

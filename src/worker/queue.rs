@@ -68,7 +68,20 @@ pub enum Offer {
     Rejected(Job),
     /// The new job was queued by evicting the oldest one(s), which come back.
     Evicted(Vec<Job>),
+    /// `drop_oldest` could not make room for the new job by evicting at
+    /// most [`MAX_EVICTIONS`] of the oldest (or what holds the room is in
+    /// the workers' hands): nothing was evicted, and the new job comes back.
+    NoRoom(Job),
 }
+
+/// The most queued messages one new message may push out under
+/// `drop_oldest`. Each one is answered at once on the event loop's refusal
+/// channel, which must never fill (`replies::REPLY_CAPACITY`; the event
+/// loop pauses reading above a quarter of it, checked once per message):
+/// without a bound, one large message behind thousands of small ones
+/// evicted them all in one go, and most of their answers were lost. 64
+/// keeps even a message that several models take inside the reserve.
+pub const MAX_EVICTIONS: usize = 64;
 
 #[derive(Debug)]
 struct Shared {
@@ -154,13 +167,31 @@ impl ModelQueue {
     }
 
     fn fits(&self, st: &State, bytes: usize) -> bool {
-        if st.jobs.len() >= self.shared.capacity {
-            return false;
-        }
-        let held = self.held.load(Ordering::Relaxed);
+        self.fits_after(st.jobs.len(), self.held.load(Ordering::Relaxed), bytes)
+    }
+
+    /// Whether a job of `bytes` fits beside `queued` jobs that with the
+    /// workers' hold `held` bytes.
+    fn fits_after(&self, queued: usize, held: usize, bytes: usize) -> bool {
         // An empty queue takes any one message (its size is already capped
         // by limits.max_payload_bytes).
-        held == 0 || held + bytes <= self.max_bytes
+        queued < self.shared.capacity && (held == 0 || held + bytes <= self.max_bytes)
+    }
+
+    /// How many of the oldest queued jobs must go for one of `bytes` to
+    /// fit, if at most [`MAX_EVICTIONS`] do. Workers can only free room
+    /// meanwhile, so it still fits once they are gone.
+    fn evictions_to_fit(&self, st: &State, bytes: usize) -> Option<usize> {
+        let held = self.held.load(Ordering::Relaxed);
+        let mut freed = 0;
+        for (i, oldest) in st.jobs.iter().take(MAX_EVICTIONS).enumerate() {
+            freed += oldest.charge.bytes;
+            let n = i + 1;
+            if self.fits_after(st.jobs.len() - n, held.saturating_sub(freed), bytes) {
+                return Some(n);
+            }
+        }
+        None
     }
 
     fn push(&self, st: &mut State, job: Job) {
@@ -201,26 +232,14 @@ impl ModelQueue {
         } else if self.policy == OverflowPolicy::RejectNew {
             return Offer::Rejected(job);
         } else {
-            // DropOldest: evict from the front until the new job fits.
-            let mut evicted = Vec::new();
-            while !self.fits(&st, bytes) {
-                match st.jobs.pop_front() {
-                    Some(old) => evicted.push(old.job),
-                    // Nothing left to evict: workers hold the rest.
-                    None => break,
-                }
-            }
-            if self.fits(&st, bytes) {
-                self.push(&mut st, job);
-            } else {
-                // Answered rather than lost, like the evicted ones.
-                evicted.push(job);
-            }
-            if evicted.is_empty() {
-                Offer::Queued
-            } else {
-                Offer::Evicted(evicted)
-            }
+            // DropOldest: evict from the front until the new job fits, if
+            // few enough evictions make it fit.
+            let Some(n) = self.evictions_to_fit(&st, bytes) else {
+                return Offer::NoRoom(job);
+            };
+            let evicted = st.jobs.drain(..n).map(|oldest| oldest.job).collect();
+            self.push(&mut st, job);
+            Offer::Evicted(evicted)
         };
         let wake = st.sleeping > 0 && !st.jobs.is_empty();
         drop(st);
@@ -393,7 +412,7 @@ mod tests {
             match q.offer(job((sent % 256) as u8)) {
                 Offer::Queued => sent += 1,
                 Offer::Rejected(_) => std::thread::yield_now(),
-                Offer::Evicted(_) => unreachable!("reject_new never evicts"),
+                Offer::Evicted(_) | Offer::NoRoom(_) => unreachable!("reject_new never evicts"),
             }
         }
         drop(q);
@@ -465,5 +484,42 @@ mod tests {
         let left: Vec<String> = rx.take_all().into_iter().map(|q| q.job.topic).collect();
         assert_eq!(left, ["t/4", "t/5"]);
         assert_eq!(q.held_bytes(), 0);
+    }
+
+    #[test]
+    fn drop_oldest_refuses_a_job_that_would_evict_more_than_the_bound() {
+        let per = 10;
+        let budget = per * (MAX_EVICTIONS + 1);
+        let (q, rx) = ModelQueue::bounded(10_000, budget, OverflowPolicy::DropOldest);
+        for n in 0..=MAX_EVICTIONS {
+            assert!(matches!(q.offer(sized(n as u8, per)), Offer::Queued));
+        }
+        // Room for it means evicting every queued job, one more than the
+        // bound: refused, and nothing evicted.
+        match q.offer(sized(200, budget)) {
+            Offer::NoRoom(j) => assert_eq!(j.topic, "t/200"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(rx.len(), MAX_EVICTIONS + 1);
+        // Exactly the bound is allowed.
+        match q.offer(sized(201, budget - per)) {
+            Offer::Evicted(old) => assert_eq!(old.len(), MAX_EVICTIONS),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(rx.len(), 2);
+        assert_eq!(q.held_bytes(), budget);
+    }
+
+    #[test]
+    fn drop_oldest_evicts_nothing_when_the_room_is_held_by_workers() {
+        let (q, rx) = ModelQueue::bounded(100, 1000, OverflowPolicy::DropOldest);
+        assert!(matches!(q.offer(sized(1, 800)), Offer::Queued));
+        let serving = rx.recv().unwrap();
+        assert!(matches!(q.offer(sized(2, 100)), Offer::Queued));
+        // Evicting t/2 frees 100 of the 900 held: not enough for 300.
+        assert!(matches!(q.offer(sized(3, 300)), Offer::NoRoom(_)));
+        assert_eq!(rx.len(), 1);
+        drop(serving);
+        assert!(matches!(q.offer(sized(3, 300)), Offer::Queued));
     }
 }

@@ -142,7 +142,14 @@ impl Broker {
     /// test's key files (mode 0600 in a 0700 temp dir); not root, the line
     /// has no effect.
     pub fn start_tls(listener: &str) -> Broker {
-        Broker::start_listener(TEST_BROKER_LIMITS, &format!("{listener}\nuser root"))
+        Broker::start_configured(listener)
+    }
+
+    /// A broker with `lines` added to its config (a listener's TLS, an
+    /// `acl_file`) and the tests' usual limits; `user root` as in
+    /// [`Broker::start_tls`], so it can read files in a test's temp dir.
+    pub fn start_configured(lines: &str) -> Broker {
+        Broker::start_listener(TEST_BROKER_LIMITS, &format!("{lines}\nuser root"))
     }
 
     fn start_listener(limits: &'static str, listener: &str) -> Broker {
