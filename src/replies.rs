@@ -518,12 +518,20 @@ impl Replies {
 
     /// For the supervisor's drain, which answers more than the channel
     /// holds at once: waits for room while the publisher takes them, up
-    /// to `until`.
-    pub async fn send_before(&self, msg: Outgoing, until: Instant) {
+    /// to `until` (room that is there is taken even after it). False if
+    /// the reply was not handed over: then it is counted and its input
+    /// withheld, and the caller says so once for all of them.
+    pub async fn send_before(&self, msg: Outgoing, until: Instant) -> bool {
         match tokio::time::timeout_at(until.into(), self.urgent.reserve()).await {
-            Ok(Ok(permit)) => permit.send(msg),
-            Ok(Err(_)) => self.lost(&msg, "publisher stopped"),
-            Err(_) => self.lost(&msg, "the publisher took no reply in time"),
+            Ok(Ok(permit)) => {
+                permit.send(msg);
+                true
+            }
+            Ok(Err(_)) | Err(_) => {
+                msg.lost();
+                self.stats.publish_failures.fetch_add(1, Ordering::Relaxed);
+                false
+            }
         }
     }
 

@@ -182,8 +182,9 @@ impl Routes {
                     let f = overloaded(
                         &r.model,
                         &format!(
-                            "dropping up to {MAX_EVICTIONS} of the oldest queued messages would not free room for the new message's {} bytes, so it was refused (overflow = \"drop_oldest\")",
-                            j.payload.len()
+                            "dropping up to {MAX_EVICTIONS} of the oldest queued messages would not free room for the new message's {} bytes within queue_max_bytes = {} (messages being served count too), so it was refused (overflow = \"drop_oldest\")",
+                            j.payload.len(),
+                            r.queue.max_bytes()
                         ),
                     );
                     self.refuse(Some(&r.model), &j, &f);

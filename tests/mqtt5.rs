@@ -460,7 +460,7 @@ fn an_uplink_publish_the_broker_refuses_is_a_failure_not_a_confirmation() {
     assert_eq!(code, Some(0), "{log}");
     assert!(
         log.contains(
-            "the broker refused the publish on forbidden/dev5/denied: not authorized (reason code 0x87)"
+            "output link: the broker refused an answer on forbidden/dev5/denied: not authorized (reason code 0x87); its input stays unacknowledged"
         ),
         "{log}"
     );

@@ -117,6 +117,56 @@ fn overfill(on_full: &str) -> Vec<u64> {
     results_after_uplink(uplink.port, inputs.port, state.path(), &outbox)
 }
 
+/// An MQTT 5 uplink that refuses the outbox's replays (its ACL, in the
+/// PUBACK) gets them again after the next reconnect, and nothing is
+/// released meanwhile: once the ACL lets the daemon write, every record is
+/// replayed.
+#[test]
+fn replays_the_uplink_refuses_stay_in_the_outbox_until_it_takes_them() {
+    let inputs = Broker::start();
+    let acl_dir = tempfile::tempdir().expect("tempdir");
+    let acl = acl_dir.path().join("acl");
+    std::fs::write(&acl, "topic readwrite edge-infer/#\n").expect("acl");
+    let mut uplink = Broker::start_configured(&format!("acl_file {}", acl.display()));
+    let port = uplink.port;
+    uplink.stop();
+    let state = tempfile::tempdir().expect("tempdir");
+    let v5 = |t: String| t.replace("[uplink]\n", "[uplink]\nprotocol = \"5\"\n");
+    let d = Daemon::start(&v5(text(inputs.port, port, state.path(), "")));
+    fill_while_uplink_down(d, inputs.port, 50);
+    uplink.restart();
+    let watcher = TestClient::connect(port);
+    watcher.subscribe("edge-infer/ob/health");
+    let d = Daemon::start(&v5(text_watched(inputs.port, port, state.path(), "")));
+    let deadline = std::time::Instant::now() + WAIT;
+    let health = loop {
+        let v = watcher
+            .recv_before(deadline, "a health record counting 50 refused replays")
+            .json();
+        if v["broker"]["publish_failures"].as_u64() >= Some(50) {
+            break v;
+        }
+    };
+    let o = &health["delivery"]["outbox"];
+    assert_eq!(health["broker"]["publish_failures"], 50, "{health}");
+    assert_eq!(o["records"], 50, "{o}");
+    assert_eq!(o["replayed"], 0, "{o}");
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("refused an outbox record on out/ob/dyn: not authorized (reason code 0x87); it stays in the outbox"),
+        "{log}"
+    );
+    std::fs::write(
+        &acl,
+        "topic readwrite edge-infer/#\ntopic readwrite out/#\n",
+    )
+    .expect("acl");
+    uplink.restart();
+    let ids = results_after_uplink(port, inputs.port, state.path(), "");
+    assert_eq!(ids, (0..50).collect::<Vec<_>>());
+}
+
 #[test]
 fn full_outbox_drops_the_oldest_within_max_bytes() {
     let ids = overfill("drop_oldest");

@@ -19,9 +19,9 @@ const LEAVE_LIMIT: Duration = Duration::from_secs(2);
 /// How often the drain looks whether every worker has finished.
 const DRAIN_POLL: Duration = Duration::from_millis(5);
 
-/// What the drain still gives after its timeout: to hand the messages it
-/// answers with `shutting_down` to the publisher, and then for the broker
-/// to confirm every reply.
+/// What the drain still gives after its timeout to hand the messages it
+/// answers with `shutting_down` to the publisher; the broker's
+/// confirmations then get at least as long again.
 const AFTER_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Supervisor {
@@ -110,7 +110,7 @@ impl Supervisor {
         let Some(replies) = &self.replies else {
             return;
         };
-        let mut abandoned = 0;
+        let (mut answered, mut not_handed) = (0, 0);
         for m in all {
             let f = Failure::new(
                 ErrorCode::ShuttingDown,
@@ -120,13 +120,21 @@ impl Supervisor {
                 ),
             );
             for queued in m.queue.take_all() {
-                abandoned += 1;
                 let id = peek_id(&queued.job.payload);
                 if let Some(reply) = replies.error(Some(&m.ctx), &queued.job, id.as_ref(), &f) {
-                    replies.send_before(reply, until).await;
+                    if replies.send_before(reply, until).await {
+                        answered += 1;
+                    } else {
+                        not_handed += 1;
+                    }
                 }
             }
         }
-        log::warn!("drain timed out: {abandoned} queued message(s) answered with shutting_down");
+        log::warn!("drain timed out: {answered} queued message(s) answered with shutting_down");
+        if not_handed > 0 {
+            log::warn!(
+                "drain: {not_handed} more could not be handed to the publisher within {AFTER_TIMEOUT:?} of the timeout (output link stuck?); their inputs stay unacknowledged for the broker to deliver again"
+            );
+        }
     }
 }

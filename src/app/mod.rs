@@ -435,7 +435,10 @@ impl Supervisor {
                 Some(request) = next_request(&mut self.updates) => self.on_update_request(request).await,
                 _ = ha_online.notified() => {
                     if self.ha_schedule.due().is_none() {
-                        log::info!("Home Assistant announced itself: discovery configs go out again");
+                        let on = self.settings.homeassistant.as_ref().map_or_else(String::new, |ha| {
+                            format!(" on {}", crate::topic::homeassistant_status_topic(&ha.prefix))
+                        });
+                        log::info!("Home Assistant announced itself{on}: discovery configs go out again");
                     }
                     self.ha_schedule.request(Instant::now(), homeassistant::ANNOUNCE_DELAY);
                 }

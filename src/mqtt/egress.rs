@@ -85,7 +85,8 @@ pub async fn publish(mut rx: ReplyReceiver, inflight: Arc<Inflight>, backlog: Ar
 /// link left in memory, then the outbox, oldest first. An outbox record is
 /// released only once the broker confirmed it and every one before it;
 /// if the link drops mid-way, the replay starts again from the first
-/// unconfirmed one (so some may be published twice, none lost).
+/// unconfirmed one, which may be one the broker refused (so some may be
+/// published twice, none lost).
 pub async fn replay(inflight: Arc<Inflight>, backlog: Arc<Backlog>, stats: Arc<DaemonStats>) {
     // Sequence numbers handed to the link and not yet confirmed.
     let mut outstanding: BTreeSet<u64> = BTreeSet::new();

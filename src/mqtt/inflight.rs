@@ -248,10 +248,11 @@ impl Inflight {
     }
 
     /// The broker refused packet id `pkid` (MQTT 5: an ACL, a quota, its
-    /// message size limit): not a confirmation. An answer's input stays
-    /// unacknowledged, so the broker delivers it again after a reconnect;
-    /// a replayed record is released like one too large to send, or it
-    /// would hold up every record after it at every start.
+    /// message size limit): not a confirmation. Whether a later try can
+    /// pass (a quota) or not before an operator acts (an ACL), nothing is
+    /// given up: an answer's input stays unacknowledged, so the broker
+    /// delivers it again after a reconnect, and a replayed record stays in
+    /// the outbox, sent again after a reconnect.
     pub fn refused(&self, pkid: u16, reason: &str) {
         let mut s = self.state();
         let Some(entry) = s.sent.remove(&pkid) else {
@@ -259,25 +260,41 @@ impl Inflight {
             return;
         };
         if self.log_limit.admit("", "publish_refused") {
+            let (what, then) = match entry.origin {
+                Origin::Answer => (
+                    "an answer",
+                    "its input stays unacknowledged, so the broker delivers it again after a reconnect",
+                ),
+                Origin::Replay(_) => (
+                    "an outbox record",
+                    "it stays in the outbox and is sent again after a reconnect",
+                ),
+                Origin::Record => ("a status record", "the next one replaces it"),
+            };
             log::error!(
-                "the broker refused the publish on {}: {reason} (counted in the health record's broker.publish_failures)",
+                "output link: the broker refused {what} on {}: {reason}; {then} (health: broker.publish_failures)",
                 entry.msg.topic
             );
         }
         self.unconfirmed(&mut s, entry);
     }
 
-    /// Gives up on a written publish the broker will not confirm: a lost
-    /// answer (its input withheld), or a replayed record released like
-    /// one too large to send.
+    /// Gives up on a written publish the broker will not confirm, without
+    /// letting anything go: an answer's input is withheld, and a replayed
+    /// record is not released (the replay starts again from it after the
+    /// next reconnect).
     fn unconfirmed(&self, s: &mut State, entry: Entry) {
         self.stats.publish_failures.fetch_add(1, Ordering::Relaxed);
         entry.msg.lost();
-        if let Origin::Replay(seq) = entry.origin {
+        if let Origin::Replay(_) = entry.origin {
             s.replays -= 1;
-            s.replayed.push(seq);
         }
         self.progress.notify_waiters();
+    }
+
+    /// Logs what the refusals' limiter still holds back (at shutdown).
+    pub fn flush_log(&self) {
+        self.log_limit.flush_all();
     }
 
     fn confirm(&self, s: &mut State, entry: Entry) {

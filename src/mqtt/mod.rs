@@ -311,6 +311,7 @@ impl Connection {
             log::warn!("could not publish the offline status: the output link is down");
         }
         let left = self.inflight.settle(grace).await;
+        self.inflight.flush_log();
         let mut answers = self.inflight.take_answers();
         answers.extend(
             self.backlog

@@ -179,10 +179,11 @@ impl ModelQueue {
     }
 
     /// How many of the oldest queued jobs must go for one of `bytes` to
-    /// fit, if at most [`MAX_EVICTIONS`] do. Workers can only free room
-    /// meanwhile, so it still fits once they are gone.
-    fn evictions_to_fit(&self, st: &State, bytes: usize) -> Option<usize> {
-        let held = self.held.load(Ordering::Relaxed);
+    /// fit beside `held` bytes (read once by the caller, so this agrees
+    /// with the `fits` it just made), if at most [`MAX_EVICTIONS`] do.
+    /// Workers can only free room meanwhile, so it still fits once they
+    /// are gone.
+    fn evictions_to_fit(&self, st: &State, held: usize, bytes: usize) -> Option<usize> {
         let mut freed = 0;
         for (i, oldest) in st.jobs.iter().take(MAX_EVICTIONS).enumerate() {
             freed += oldest.charge.bytes;
@@ -226,7 +227,8 @@ impl ModelQueue {
         // Between here and the lock below the workers can only free room.
         job.payload = Bytes::copy_from_slice(&job.payload);
         let mut st = self.shared.lock();
-        let offer = if self.fits(&st, bytes) {
+        let held = self.held.load(Ordering::Relaxed);
+        let offer = if self.fits_after(st.jobs.len(), held, bytes) {
             self.push(&mut st, job);
             Offer::Queued
         } else if self.policy == OverflowPolicy::RejectNew {
@@ -234,7 +236,7 @@ impl ModelQueue {
         } else {
             // DropOldest: evict from the front until the new job fits, if
             // few enough evictions make it fit.
-            let Some(n) = self.evictions_to_fit(&st, bytes) else {
+            let Some(n) = self.evictions_to_fit(&st, held, bytes) else {
                 return Offer::NoRoom(job);
             };
             let evicted = st.jobs.drain(..n).map(|oldest| oldest.job).collect();
@@ -247,6 +249,12 @@ impl ModelQueue {
             self.shared.ready.notify_one();
         }
         offer
+    }
+
+    /// The payload bytes its queued and in-progress jobs may hold
+    /// (`queue_max_bytes`).
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
     }
 
     /// Payload bytes held by this model's queued and in-progress jobs.
