@@ -528,8 +528,7 @@ impl Replies {
                 true
             }
             Ok(Err(_)) | Err(_) => {
-                msg.lost();
-                self.stats.publish_failures.fetch_add(1, Ordering::Relaxed);
+                self.count_lost(&msg);
                 false
             }
         }
@@ -548,9 +547,14 @@ impl Replies {
     }
 
     fn lost(&self, msg: &Outgoing, why: &str) {
+        self.count_lost(msg);
+        log::error!("a reply could not be published: {why}");
+    }
+
+    /// A reply that will not be published: its input withheld, counted.
+    fn count_lost(&self, msg: &Outgoing) {
         msg.lost();
         self.stats.publish_failures.fetch_add(1, Ordering::Relaxed);
-        log::error!("a reply could not be published: {why}");
     }
 }
 

@@ -361,19 +361,24 @@ fn status_is_retained_and_the_last_will_marks_a_killed_daemon_offline() {
     assert_eq!(will["reason"], "connection lost");
 }
 
+/// `text` (a 3.1.1 `[mqtt]` config) with an `[uplink]` on `port` that
+/// speaks MQTT 5.
+fn with_v5_uplink(text: String, port: u16) -> String {
+    text.replace(
+        "[mqtt]\n",
+        &format!(
+            "[uplink]\nhost = \"127.0.0.1\"\nport = {port}\nprotocol = \"5\"\nreconnect_min_ms = 50\nreconnect_max_secs = 1\n\n[mqtt]\n"
+        ),
+    )
+}
+
 /// An `[uplink]` of its own may speak MQTT 5 while inputs stay on a 3.1.1
 /// `[mqtt]` broker: results and the status record go there as usual.
 #[test]
 fn an_uplink_may_use_protocol_5_on_its_own() {
     let inputs = Broker::start();
     let uplink = Broker::start();
-    let text = config(inputs.port, "dev5", "", DYN).replace(
-        "[mqtt]\n",
-        &format!(
-            "[uplink]\nhost = \"127.0.0.1\"\nport = {}\nprotocol = \"5\"\nreconnect_min_ms = 50\nreconnect_max_secs = 1\n\n[mqtt]\n",
-            uplink.port
-        ),
-    );
+    let text = with_v5_uplink(config(inputs.port, "dev5", "", DYN), uplink.port);
     let d = Daemon::start(&text);
     let up = TestClient::connect(uplink.port);
     up.subscribe("edge-infer/dev5/status");
@@ -418,13 +423,8 @@ fn an_uplink_publish_the_broker_refuses_is_a_failure_not_a_confirmation() {
     let models = format!(
         "{DYN}\n[[models]]\nname = \"denied\"\npath = \"{{models}}/dynamic_batch_f32.tflite\"\ninput_topic = \"in/denied\"\noutput_topic = \"forbidden/{{device_id}}/{{model}}\"\n"
     );
-    let text = config(inputs.port, "dev5", "", &models).replace(
-        "[mqtt]\n",
-        &format!(
-            "[health]\ninterval_secs = 0.2\n\n[uplink]\nhost = \"127.0.0.1\"\nport = {}\nprotocol = \"5\"\nreconnect_min_ms = 50\nreconnect_max_secs = 1\n\n[mqtt]\n",
-            uplink.port
-        ),
-    );
+    let text = with_v5_uplink(config(inputs.port, "dev5", "", &models), uplink.port)
+        .replace("[mqtt]\n", "[health]\ninterval_secs = 0.2\n\n[mqtt]\n");
     let d = Daemon::start(&text);
     let up = TestClient::connect(uplink.port);
     up.subscribe("out/#");

@@ -106,7 +106,9 @@ pub struct Inflight {
     link: Notify,
     stats: Arc<DaemonStats>,
     /// Refusals come at the rate of the answers when an ACL or a quota
-    /// refuses them all.
+    /// refuses them all. What it holds back is summarized at the next
+    /// refusal past its interval, or at shutdown; not flushed per PUBACK,
+    /// which is every answer's path.
     log_limit: RepeatLimiter,
 }
 
@@ -243,8 +245,6 @@ impl Inflight {
             Some(entry) => self.confirm(&mut s, entry),
             None => log::debug!("output link: PUBACK for packet id {pkid}, not ours"),
         }
-        // The summary of refusals held back, once they stop.
-        self.log_limit.flush();
     }
 
     /// The broker refused packet id `pkid` (MQTT 5: an ACL, a quota, its
