@@ -197,9 +197,9 @@ def outage_rows(fast, slow, meta):
         lambda c: f"{num(g(c, 'health', 'delivery', 'outbox', 'records'))} / "
                   f"{num(g(c, 'health', 'delivery', 'outbox', 'stored'))} / "
                   f"{num(g(c, 'health', 'delivery', 'outbox', 'replayed'))}")
-    row("health after: dropped / rejected / expired / write errors",
+    row("health after: dropped / rejected / expired / write errors / too large",
         lambda c: " / ".join(num(g(c, "health", "delivery", "outbox", k))
-                             for k in ("dropped_full", "rejected_full", "expired", "write_errors")))
+                             for k in ("dropped_full", "rejected_full", "expired", "write_errors", "too_large")))
     row("daemon log: ERROR lines / WARN lines",
         lambda c: f"{len(c.get('daemon_log_errors') or [])} / {num(c.get('daemon_log_warnings'))}")
     return rows

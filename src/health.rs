@@ -213,6 +213,7 @@ struct OutboxHealth {
     rejected_full: u64,
     expired: u64,
     write_errors: u64,
+    too_large: u64,
     last_loss: Option<String>,
 }
 
@@ -231,6 +232,7 @@ fn outbox_health(g: &OutboxGauge, now: f64) -> Option<OutboxHealth> {
         rejected_full: g.rejected_full.load(Relaxed),
         expired: g.expired.load(Relaxed),
         write_errors: g.write_errors.load(Relaxed),
+        too_large: g.too_large.load(Relaxed),
         last_loss: g
             .last_loss
             .lock()

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 
 use crate::codec::encode::{self, Extras, Latency, Outputs, ResultMessage};
-use crate::codec::{ErrorCode, Failure, MessageId};
+use crate::codec::{clip, clip_to, ErrorCode, Failure, MessageId};
 use crate::delivery::AckHandle;
 use crate::job::{Job, Properties};
 use crate::log_limit::RepeatLimiter;
@@ -302,7 +302,120 @@ impl Replies {
             reply.topic = topic;
             reply.properties = Some(properties);
         }
+        let size = reply.packet_size();
+        if size > self.max_packet.0 {
+            return self.cut_error(name, job, id, failure, size);
+        }
         Some(reply)
+    }
+
+    /// The error answering `job` when in full it is more than one packet of
+    /// the output link may hold: a request's correlation data and user
+    /// properties (up to 64 KiB each), a long response topic, or a long
+    /// input topic quoted in it. Sent as it was, the client would drop it
+    /// and the input would come again, to the same fate, at every
+    /// redelivery. So it goes to the errors topic without the request's
+    /// properties and, only as far as needed, with its text and source
+    /// topic cut, without its id, and without its text: the input still
+    /// gets an answer an operator can find. Each step is measured as
+    /// serialized (a control character in quoted input is six bytes of
+    /// JSON); the message says what was left out.
+    fn cut_error(
+        &self,
+        model: Option<&str>,
+        job: &Job,
+        id: Option<&MessageId>,
+        failure: &Failure,
+        size: usize,
+    ) -> Option<Outgoing> {
+        let (max, key) = self.max_packet;
+        let response_topic = job
+            .properties
+            .as_deref()
+            .and_then(|p| p.response_topic.as_deref());
+        let mut reply = None;
+        let mut tried = None;
+        for step in Cut::STEPS {
+            let cut = Cut {
+                text_cut: step.text_cut && failure.message.len() > CUT_TEXT,
+                no_text: step.no_text && !failure.message.is_empty(),
+                topic_cut: step.topic_cut && job.topic.len() > CUT_TOPIC,
+                no_id: step.no_id && id.is_some(),
+            };
+            if tried == Some((cut, step.no_text)) {
+                continue;
+            }
+            tried = Some((cut, step.no_text));
+            let text: std::borrow::Cow<'_, str> = match (cut.no_text, cut.text_cut) {
+                (true, _) => "".into(),
+                (false, true) => clip_to(&failure.message, CUT_TEXT),
+                (false, false) => failure.message.as_str().into(),
+            };
+            let source: std::borrow::Cow<'_, str> = match (step.no_text, cut.topic_cut) {
+                // The last resort: six bytes a character at worst.
+                (true, _) => clip_to(&job.topic, CUT_TOPIC / 2),
+                (false, true) => clip_to(&job.topic, CUT_TOPIC),
+                (false, false) => job.topic.as_str().into(),
+            };
+            let mut left = Vec::new();
+            if response_topic.is_some() {
+                left.push("sent to the errors topic without them");
+            }
+            if cut.no_text {
+                left.push("without its text");
+            } else if cut.text_cut {
+                left.push("its text cut");
+            }
+            if cut.topic_cut || (step.no_text && job.topic.len() > CUT_TOPIC / 2) {
+                left.push("its source topic cut");
+            }
+            if cut.no_id {
+                left.push("without its id");
+            }
+            if left.is_empty() {
+                // Nothing left out: as it was, too large.
+                continue;
+            }
+            let whole = match response_topic {
+                Some(_) if step.no_text => {
+                    format!("{size} bytes with the request's response topic, correlation data and user properties")
+                }
+                Some(t) => format!(
+                    "{size} bytes with the request's response topic ({}), correlation data and user properties",
+                    clip(t)
+                ),
+                None => format!("{size} bytes"),
+            };
+            let separator = if text.is_empty() { "" } else { " " };
+            let failure = Failure::new(
+                failure.code,
+                format!(
+                    "{text}{separator}(this error did not fit in one packet to the broker: {whole}, more than {key} = {max}; {})",
+                    left.join(", ")
+                ),
+            );
+            let id = if cut.no_id { None } else { id };
+            let mut out =
+                self.error_message(model, Some(&source), job.received_at, id, &failure)?;
+            out.ack = job.ack.clone();
+            let fits = out.packet_size() <= max;
+            reply = Some(out);
+            if fits {
+                break;
+            }
+        }
+        reply
+    }
+
+    /// Logs a panic caught while serving a message of `model`: the first
+    /// per interval in full (`line` says which message and what the panic
+    /// said), the rest summarized. A bug that one kind of input reaches
+    /// would otherwise write a line per message, as a flood of bad input
+    /// does (each is still answered and counted as `inference_failed`).
+    pub fn log_panic(&self, model: &str, line: impl FnOnce() -> String) {
+        if self.log_limit.admit(model, "panic") {
+            log::error!(model = model; "{}", line());
+        }
     }
 
     /// Logs the summaries of repeated errors whose interval is over (about
@@ -418,13 +531,20 @@ impl Replies {
         match encode::to_vec(&msg) {
             Ok(payload) if !self.fits(&topic, &payload, extra) => {
                 let (max, key) = self.max_packet;
-                let failure = Failure::new(
-                    ErrorCode::TooLarge,
+                let message = if self.fits(&topic, &payload, 0) {
                     format!(
-                        "the result is {} bytes on topic {topic}, more than one MQTT packet to the broker may hold ({key} = {max}); lower top_k or raise {key} (and the broker's limit)",
-                        payload.len()
-                    ),
-                );
+                        "the result is {} bytes on topic {}; with the request's MQTT 5 properties (its correlation data and user properties, {extra} bytes at most) it is more than one MQTT packet to the broker may hold ({key} = {max}); send smaller correlation data, or raise {key} (and the broker's limit)",
+                        payload.len(),
+                        clip(&topic)
+                    )
+                } else {
+                    format!(
+                        "the result is {} bytes on topic {}, more than one MQTT packet to the broker may hold ({key} = {max}); lower top_k or raise {key} (and the broker's limit)",
+                        payload.len(),
+                        clip(&topic)
+                    )
+                };
+                let failure = Failure::new(ErrorCode::TooLarge, message);
                 self.error(Some(ctx), job, id, &failure)
             }
             Ok(payload) => {
@@ -564,6 +684,48 @@ pub fn packet_size(topic: &str, payload: &[u8]) -> usize {
     topic.len() + payload.len() + 9
 }
 
+/// What [`Replies::cut_error`] leaves out of an error, step by step.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Cut {
+    text_cut: bool,
+    topic_cut: bool,
+    no_id: bool,
+    no_text: bool,
+}
+
+impl Cut {
+    const STEPS: [Cut; 4] = [
+        Cut {
+            text_cut: false,
+            topic_cut: false,
+            no_id: false,
+            no_text: false,
+        },
+        Cut {
+            text_cut: true,
+            topic_cut: true,
+            no_id: false,
+            no_text: false,
+        },
+        Cut {
+            text_cut: true,
+            topic_cut: true,
+            no_id: true,
+            no_text: false,
+        },
+        Cut {
+            text_cut: true,
+            topic_cut: true,
+            no_id: true,
+            no_text: true,
+        },
+    ];
+}
+
+/// A cut error's text and source topic, in bytes before JSON escaping.
+const CUT_TEXT: usize = 256;
+const CUT_TOPIC: usize = 64;
+
 /// MQTT 5 request/response: where the answer to `job` goes when its
 /// request named a `response_topic` (routing has refused the ones the
 /// daemon could consume), with the request's correlation data and user
@@ -608,4 +770,129 @@ pub fn properties_size(p: &Properties) -> usize {
 
 fn ms_between(a: Instant, b: Instant) -> f64 {
     b.saturating_duration_since(a).as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    const MAX: usize = 1024;
+
+    fn replies() -> Replies {
+        Replies::channel("gw", Arc::default(), (MAX, "uplink.max_packet_bytes")).0
+    }
+
+    fn request(topic: &str, correlation: usize) -> Job {
+        Job {
+            topic: topic.into(),
+            payload: Bytes::from_static(b"{not json"),
+            received_at: 1.0,
+            received: Instant::now(),
+            ack: None,
+            properties: Some(Arc::new(Properties {
+                response_topic: Some("reply/a".into()),
+                correlation_data: Some(Bytes::from(vec![7u8; correlation])),
+                user_properties: vec![("site".into(), "north".into())],
+                content_type: None,
+            })),
+        }
+    }
+
+    fn bad_json() -> Failure {
+        Failure::new(
+            ErrorCode::BadJson,
+            "expected a JSON object, got `{not json`",
+        )
+    }
+
+    #[test]
+    fn an_error_that_fits_goes_to_the_response_topic_with_its_properties() {
+        let out = replies()
+            .error(None, &request("in/x", 100), None, &bad_json())
+            .unwrap();
+        assert_eq!(out.topic, "reply/a");
+        assert!(out.properties.is_some());
+        assert!(out.packet_size() <= MAX);
+    }
+
+    /// Correlation data of 2,000 bytes cannot go back in a 1,024-byte
+    /// packet: the error comes on the errors topic instead, with its code,
+    /// id and a message that says why.
+    #[test]
+    fn an_error_too_large_with_its_properties_is_cut_onto_the_errors_topic() {
+        let id = MessageId::Text("m-1".into());
+        let out = replies()
+            .error(None, &request("in/x", 2000), Some(&id), &bad_json())
+            .unwrap();
+        assert_eq!(out.topic, "edge-infer/gw/errors");
+        assert!(out.properties.is_none());
+        assert!(out.packet_size() <= MAX, "{}", out.packet_size());
+        let v: Value = serde_json::from_slice(&out.payload).unwrap();
+        assert_eq!(v["code"], "bad_json", "{v}");
+        assert_eq!(v["id"], "m-1", "{v}");
+        assert_eq!(v["source_topic"], "in/x", "{v}");
+        let message = v["message"].as_str().unwrap();
+        assert!(message.starts_with("expected a JSON object, got `{not json` (this error did not fit in one packet to the broker:"), "{message}");
+        assert!(message.contains("with the request's response topic (reply/a), correlation data and user properties, more than uplink.max_packet_bytes = 1024; sent to the errors topic without them)"), "{message}");
+    }
+
+    /// A 5,000-byte input topic (quoted twice: source_topic and the
+    /// message) and an id of 256 control characters, six bytes each in
+    /// JSON: the topic is cut, and the id left out when even then the
+    /// error would not fit.
+    #[test]
+    fn a_cut_error_clips_the_topic_and_leaves_out_an_id_it_cannot_hold() {
+        let topic = format!("in/{}", "t".repeat(5000));
+        let failure = Failure::new(ErrorCode::BadJson, format!("on {topic}: bad"));
+        let id = MessageId::Text("\u{1}".repeat(256));
+        let out = replies()
+            .error(None, &request(&topic, 0), Some(&id), &failure)
+            .unwrap();
+        assert!(out.packet_size() <= MAX, "{}", out.packet_size());
+        let v: Value = serde_json::from_slice(&out.payload).unwrap();
+        assert!(v.get("id").is_none(), "{v}");
+        let source = v["source_topic"].as_str().unwrap();
+        assert!(source.ends_with("(5003 bytes)"), "{source}");
+        let message = v["message"].as_str().unwrap();
+        assert!(message.starts_with("on in/ttt"), "{message}");
+        assert!(
+            message.ends_with(", its text cut, its source topic cut, without its id)"),
+            "{message}"
+        );
+    }
+
+    /// Quoted input of control characters, six bytes each in JSON even
+    /// when cut: the error comes with its code and why, without its text.
+    #[test]
+    fn a_cut_error_leaves_out_a_text_that_cannot_fit_even_cut() {
+        let failure = Failure::new(ErrorCode::BadJson, "\u{1}".repeat(1000));
+        let out = replies()
+            .error(None, &request("in/x", 0), None, &failure)
+            .unwrap();
+        assert!(out.packet_size() <= MAX, "{}", out.packet_size());
+        let v: Value = serde_json::from_slice(&out.payload).unwrap();
+        assert_eq!(v["code"], "bad_json", "{v}");
+        let message = v["message"].as_str().unwrap();
+        assert!(message.starts_with("(this error did not fit"), "{message}");
+        assert!(
+            message.ends_with("; sent to the errors topic without them, without its text)"),
+            "{message}"
+        );
+    }
+
+    /// The log macros evaluate nothing without a logger (as here), so this
+    /// checks that panics go through the limiter under their own key: the
+    /// first of an interval admitted, the rest held back
+    /// (log_limit's tests cover what it does with them).
+    #[test]
+    fn repeated_panics_are_logged_once_per_interval() {
+        let r = replies();
+        for _ in 0..100 {
+            r.log_panic("har", || "model har: internal error".into());
+        }
+        assert!(!r.log_limit.admit("har", "panic"));
+        assert!(r.log_limit.admit("other", "panic"));
+    }
 }

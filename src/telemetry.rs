@@ -412,14 +412,17 @@ pub struct OutboxGauge {
     pub oldest_ms: AtomicU64,
     /// Since start: records committed, replayed and confirmed, dropped to
     /// make room (`drop_oldest`), refused for lack of room
-    /// (`reject_new`), dropped as older than `max_age_secs`, and answers
-    /// that could not be written (their inputs are not acknowledged).
+    /// (`reject_new`), dropped as older than `max_age_secs`, answers
+    /// that could not be written (their inputs are not acknowledged), and
+    /// records too large to replay (written under a larger
+    /// `max_packet_bytes`).
     pub stored: AtomicU64,
     pub replayed: AtomicU64,
     pub dropped_full: AtomicU64,
     pub rejected_full: AtomicU64,
     pub expired: AtomicU64,
     pub write_errors: AtomicU64,
+    pub too_large: AtomicU64,
     /// Why the last record was lost, if one was.
     pub last_loss: Mutex<Option<String>>,
 }

@@ -253,6 +253,67 @@ fn requests_with_a_response_topic_are_answered_there_with_their_correlation_data
     assert_eq!(code, Some(0), "{log}");
 }
 
+/// A request whose correlation data fills most of a packet: its answer
+/// cannot go back with it. The error (a bad payload, or a result too
+/// large to send with it) comes on the errors topic without the request's
+/// properties, saying why, instead of being dropped with its input left
+/// for the broker to deliver again, to the same fate.
+#[test]
+fn an_error_too_large_to_carry_its_correlation_data_comes_on_the_errors_topic() {
+    let broker = Broker::start();
+    let text = config(
+        broker.port,
+        "dev5",
+        "[limits]\nmax_payload_bytes = 2048\n",
+        DYN,
+    )
+    .replace(
+        "[mqtt]\n",
+        "[mqtt]\nprotocol = \"5\"\nmax_packet_bytes = 4096\n",
+    );
+    let d = Daemon::start(&text);
+    let c = V5Client::connect(broker.port);
+    c.subscribe("reply/#");
+    c.subscribe("out/#");
+    c.subscribe("edge-infer/dev5/errors");
+    // The request fits in 4,096 bytes; any answer with these 3,900 bytes
+    // (over 200 bytes of JSON) does not.
+    let correlation = vec![b'c'; 3900];
+    let errors = |code: &str| {
+        let a = c.recv();
+        assert_eq!(a.topic, "edge-infer/dev5/errors");
+        assert!(a.props.correlation_data.is_none());
+        let e = a.json();
+        assert_eq!(e["code"], code, "{e}");
+        assert_eq!(e["source_topic"], "in/dyn", "{e}");
+        let message = e["message"].as_str().unwrap_or("");
+        assert!(message.contains("mqtt.max_packet_bytes = 4096"), "{e}");
+        e
+    };
+    c.request(
+        "in/dyn",
+        b"{not json".to_vec(),
+        Some(("reply/a", &correlation)),
+    );
+    errors("bad_json");
+    c.request(
+        "in/dyn",
+        features(9).into_bytes(),
+        Some(("reply/b", &correlation)),
+    );
+    let e = errors("too_large");
+    assert_eq!(e["id"], 9, "{e}");
+    let message = e["message"].as_str().unwrap_or("");
+    assert!(message.contains("send smaller correlation data"), "{e}");
+    assert!(
+        c.rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "one answer per request"
+    );
+    let (code, log) = d.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("not publishing"), "{log}");
+}
+
 #[test]
 fn mqtt5_keys_need_protocol_5_and_protocol_5_refuses_an_uplink() {
     let port = free_port();

@@ -212,11 +212,15 @@ impl Serialize for NumberId {
 /// its length. Without this one message of 1 MiB of digits (or a 1 MiB
 /// key) made an error message as large, published and logged.
 pub(crate) fn clip(text: &str) -> std::borrow::Cow<'_, str> {
-    const SHOWN: usize = 64;
-    if text.len() <= SHOWN {
+    clip_to(text, 64)
+}
+
+/// [`clip`] at `shown` bytes (cut at a character boundary).
+pub(crate) fn clip_to(text: &str, shown: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= shown {
         return text.into();
     }
-    let mut end = SHOWN;
+    let mut end = shown;
     while !text.is_char_boundary(end) {
         end -= 1;
     }

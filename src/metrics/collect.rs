@@ -495,13 +495,14 @@ fn encode_daemon(enc: &mut DescriptorEncoder, d: &DaemonStats) -> fmt::Result {
         counters(
             enc,
             "edge_infer_outbox_drops",
-            "Answers the outbox lost, by reason: full (dropped to make room, on_full = drop_oldest), rejected (no room, on_full = reject_new), expired (older than max_age_secs), write_error (could not be written).",
+            "Answers the outbox lost, by reason: full (dropped to make room, on_full = drop_oldest), rejected (no room, on_full = reject_new), expired (older than max_age_secs), write_error (could not be written), too_large (more than max_packet_bytes at replay).",
             None,
             [
                 ("full", &o.dropped_full),
                 ("rejected", &o.rejected_full),
                 ("expired", &o.expired),
                 ("write_error", &o.write_errors),
+                ("too_large", &o.too_large),
             ]
             .map(|(reason, n)| ([("reason", reason)], load(n))),
         )?;

@@ -92,6 +92,10 @@ pub async fn replay(inflight: Arc<Inflight>, backlog: Arc<Backlog>, stats: Arc<D
     let mut outstanding: BTreeSet<u64> = BTreeSet::new();
     let mut next_read = 0u64;
     let mut released = 0u64;
+    // Records below this one already counted as too large to send: one
+    // can be read again after a reconnect while an earlier one holds the
+    // release back.
+    let mut too_large_below = 0u64;
     loop {
         // Created before looking, so a change in between is not missed.
         let link_change = inflight.link_change();
@@ -144,9 +148,17 @@ pub async fn replay(inflight: Arc<Inflight>, backlog: Arc<Backlog>, stats: Arc<D
             link_change.await;
             continue;
         };
-        for seq in inflight.take_replayed() {
+        let (replayed, unsendable) = inflight.take_released();
+        for seq in replayed {
             outstanding.remove(&seq);
             stats.outbox.replayed.fetch_add(1, Ordering::Relaxed);
+        }
+        for seq in unsendable {
+            outstanding.remove(&seq);
+            if seq >= too_large_below {
+                too_large_below = seq + 1;
+                stats.outbox.too_large.fetch_add(1, Ordering::Relaxed);
+            }
         }
         let release_to = outstanding.first().copied().unwrap_or(next_read);
         if release_to > released {

@@ -85,6 +85,8 @@ struct State {
     replays: usize,
     /// Outbox records confirmed, for the replayer to release.
     replayed: Vec<u64>,
+    /// Outbox records too large to send, released unsent (counted lost).
+    unsendable: Vec<u64>,
 }
 
 impl State {
@@ -149,16 +151,26 @@ impl Inflight {
             // is a status or health record (many models) or a replay
             // written under a larger limit. Dropped, not retried forever.
             self.stats.publish_failures.fetch_add(1, Ordering::Relaxed);
-            log::error!(
-                "not publishing {} bytes on {}: more than the output link's max_packet_bytes ({})",
-                size,
-                m.topic,
-                self.max_packet
+            let what = match entry.origin {
+                Origin::Replay(_) => "an outbox record",
+                Origin::Answer => "an answer",
+                Origin::Record => "a status record",
+            };
+            let why = format!(
+                "not publishing {what} of {size} bytes on {}: more than the output link's max_packet_bytes ({}); dropped (health: broker.publish_failures)",
+                m.topic, self.max_packet
             );
+            if self.log_limit.admit("", "unsendable") {
+                log::error!("{why}");
+            }
             entry.msg.lost();
             if let Origin::Replay(seq) = entry.origin {
-                // Released with the others, as if confirmed.
-                s.replayed.push(seq);
+                // Its input was acknowledged when it was committed: a
+                // loss, which the outbox's figures say (the replayer
+                // counts it, once), not a replay.
+                s.unsendable.push(seq);
+                let outbox = &self.stats.outbox;
+                *outbox.last_loss.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
             }
             return Offer::Sent;
         }
@@ -207,9 +219,14 @@ impl Inflight {
         s.len() - s.replays
     }
 
-    /// Outbox records confirmed since the last call.
-    pub fn take_replayed(&self) -> Vec<u64> {
-        std::mem::take(&mut self.state().replayed)
+    /// Outbox records confirmed since the last call, and those released
+    /// unsent (too large for the link).
+    pub fn take_released(&self) -> (Vec<u64>, Vec<u64>) {
+        let mut s = self.state();
+        (
+            std::mem::take(&mut s.replayed),
+            std::mem::take(&mut s.unsendable),
+        )
     }
 
     /// The link is up (ConnAck).
@@ -504,5 +521,27 @@ mod tests {
         assert_eq!(f.pending(), 0);
         assert!(acks.0.lock().unwrap().is_empty());
         assert_eq!(f.stats.publish_failures.load(Ordering::Relaxed), 1);
+    }
+
+    /// A record written under a larger limit: released so the replay goes
+    /// on, but as a loss the outbox's figures say, not as replayed.
+    #[test]
+    fn an_outbox_record_larger_than_a_packet_is_released_as_lost() {
+        let (f, _el) = inflight(64);
+        f.link_up();
+        let mut record = answer(&Arc::default(), 1);
+        record.msg.ack = None;
+        record.msg.payload = vec![b'x'; 100].into();
+        record.origin = Origin::Replay(41);
+        assert!(matches!(f.offer(record), Offer::Sent));
+        assert_eq!(f.take_released(), (vec![], vec![41]));
+        assert_eq!(f.stats.publish_failures.load(Ordering::Relaxed), 1);
+        let why = f.stats.outbox.last_loss.lock().unwrap().clone();
+        assert!(
+            why.as_deref().is_some_and(|w| w.contains(
+                "not publishing an outbox record of 114 bytes on out/x: more than the output link's max_packet_bytes (64)"
+            )),
+            "{why:?}"
+        );
     }
 }

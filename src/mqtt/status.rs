@@ -480,6 +480,7 @@ fn outbox_line(h: &Value) -> String {
         ("refused (full)", n("/rejected_full")),
         ("expired", n("/expired")),
         ("write errors", n("/write_errors")),
+        ("too large to send", n("/too_large")),
     ];
     let lost: Vec<String> = lost
         .iter()
@@ -810,7 +811,7 @@ mod tests {
               "pings_unanswered":2}}},
         "delivery":{"ack":"answered","answers_confirmed":98,"acks_stale":0,
           "outbox":{"records":12,"bytes":5400,"oldest_age_secs":190.0,"stored":40,"replayed":28,
-            "dropped_full":0,"rejected_full":3,"expired":0,"write_errors":0,
+            "dropped_full":0,"rejected_full":3,"expired":0,"write_errors":0,"too_large":0,
             "last_loss":"the outbox was full"}},
         "models":[{"name":"har","sha256":"ab","version":"2","accelerator":"cpu/xnnpack","workers":2,
           "stalled_workers":1,"received":110,"inferences":100,

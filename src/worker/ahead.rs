@@ -186,10 +186,12 @@ fn decode_loop(
         let decode_from = Instant::now();
         let cpu_from = sched::thread_cpu_time();
         let outcome =
-            decode_caught(ctx, &queued.job, &mut buffers, &mut scratch).map(|intook| Decoded {
-                intook,
-                decode_from,
-                decoded_at: Instant::now(),
+            decode_caught(ctx, replies, &queued.job, &mut buffers, &mut scratch).map(|intook| {
+                Decoded {
+                    intook,
+                    decode_from,
+                    decoded_at: Instant::now(),
+                }
             });
         beat.decoded();
         let wall = decode_from.elapsed();

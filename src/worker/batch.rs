@@ -182,11 +182,13 @@ fn run_batch(engine: &mut dyn Engine, ctx: &ModelContext, to: &Replies, b: &mut 
     }));
     if let Err(panic) = outcome {
         let what = panic_message(panic.as_ref());
-        log::error!(
-            "model {}: internal error serving a batch of {}: {what}",
-            ctx.name,
-            slots.len()
-        );
+        to.log_panic(&ctx.name, || {
+            format!(
+                "model {}: internal error serving a batch of {}: {what}",
+                ctx.name,
+                slots.len()
+            )
+        });
         let failure = internal_error(&what);
         for slot in slots.iter_mut().filter(|s| !s.answered) {
             slot.answered = true;

@@ -112,7 +112,10 @@ fn caught(
 ) -> Option<Outgoing> {
     match catch_unwind(AssertUnwindSafe(serve)) {
         Ok(out) => out,
-        Err(panic) => replies.error(Some(ctx), job, id, &logged_panic(ctx, job, panic.as_ref())),
+        Err(panic) => {
+            let failure = logged_panic(ctx, replies, job, panic.as_ref());
+            replies.error(Some(ctx), job, id, &failure)
+        }
     }
 }
 
@@ -120,6 +123,7 @@ fn caught(
 /// decoder thread: `worker::ahead`).
 pub fn decode_caught(
     ctx: &ModelContext,
+    replies: &Replies,
     job: &Job,
     buffers: &mut [Vec<u8>],
     scratch: &mut Scratch,
@@ -127,17 +131,23 @@ pub fn decode_caught(
     catch_unwind(AssertUnwindSafe(|| {
         decode(ctx, &job.payload, buffers, scratch)
     }))
-    .unwrap_or_else(|panic| Err((None, logged_panic(ctx, job, panic.as_ref()))))
+    .unwrap_or_else(|panic| Err((None, logged_panic(ctx, replies, job, panic.as_ref()))))
 }
 
 /// Logs a panic caught while serving `job`; the error its message gets.
-fn logged_panic(ctx: &ModelContext, job: &Job, panic: &(dyn std::any::Any + Send)) -> Failure {
+fn logged_panic(
+    ctx: &ModelContext,
+    replies: &Replies,
+    job: &Job,
+    panic: &(dyn std::any::Any + Send),
+) -> Failure {
     let what = panic_message(panic);
-    log::error!(
-        "model {}: internal error serving {}: {what}",
-        ctx.name,
-        job.topic
-    );
+    replies.log_panic(&ctx.name, || {
+        format!(
+            "model {}: internal error serving {}: {what}",
+            ctx.name, job.topic
+        )
+    });
     internal_error(&what)
 }
 

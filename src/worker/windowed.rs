@@ -84,23 +84,24 @@ pub(super) fn window_loop(
                     }));
                     out.extend(served.unwrap_or_else(|panic| {
                         let what = panic_message(panic.as_ref());
-                        log::error!(
-                            "model {}: internal error serving window {} of stream {}: {what}",
-                            ctx.name,
-                            w.seq,
-                            w.key
-                        );
+                        replies.log_panic(&ctx.name, || {
+                            format!(
+                                "model {}: internal error serving window {} of stream {}: {what}",
+                                ctx.name, w.seq, w.key
+                            )
+                        });
                         replies.error(Some(ctx), &queued.job, id.as_ref(), &internal_error(&what))
                     }));
                 }
             }
             Err(panic) => {
                 let what = panic_message(panic.as_ref());
-                log::error!(
-                    "model {}: internal error taking {}: {what}",
-                    ctx.name,
-                    queued.job.topic
-                );
+                replies.log_panic(&ctx.name, || {
+                    format!(
+                        "model {}: internal error taking {}: {what}",
+                        ctx.name, queued.job.topic
+                    )
+                });
                 out.extend(replies.error(Some(ctx), &queued.job, None, &internal_error(&what)));
             }
         }
