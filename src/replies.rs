@@ -335,7 +335,8 @@ impl Replies {
             .and_then(|p| p.response_topic.as_deref());
         let mut reply = None;
         let mut tried = None;
-        for step in Cut::STEPS {
+        for (n, step) in Cut::STEPS.into_iter().enumerate() {
+            let last = n + 1 == Cut::STEPS.len();
             let cut = Cut {
                 text_cut: step.text_cut && failure.message.len() > CUT_TEXT,
                 no_text: step.no_text && !failure.message.is_empty(),
@@ -343,9 +344,9 @@ impl Replies {
                 no_id: step.no_id && id.is_some(),
             };
             if tried == Some((cut, step.no_text)) {
+                // The same as a step already built.
                 continue;
             }
-            tried = Some((cut, step.no_text));
             let text: std::borrow::Cow<'_, str> = match (cut.no_text, cut.text_cut) {
                 (true, _) => "".into(),
                 (false, true) => clip_to(&failure.message, CUT_TEXT),
@@ -372,9 +373,15 @@ impl Replies {
             if cut.no_id {
                 left.push("without its id");
             }
-            if left.is_empty() {
+            if left.is_empty() && !last {
                 // Nothing left out: as it was, too large.
                 continue;
+            }
+            tried = Some((cut, step.no_text));
+            if left.is_empty() {
+                // Only an empty text with a short topic and no id: sent
+                // as it is (answered, if the link can take it at all).
+                left.push("sent as it is");
             }
             let whole = match response_topic {
                 Some(_) if step.no_text => {
@@ -531,9 +538,15 @@ impl Replies {
         match encode::to_vec(&msg) {
             Ok(payload) if !self.fits(&topic, &payload, extra) => {
                 let (max, key) = self.max_packet;
-                let message = if self.fits(&topic, &payload, 0) {
+                // The content type every answer to a request carries is
+                // the daemon's own, not the requester's doing.
+                let own = properties_size(&Properties {
+                    content_type: Some(JSON.into()),
+                    ..Properties::default()
+                });
+                let message = if self.fits(&topic, &payload, own) {
                     format!(
-                        "the result is {} bytes on topic {}; with the request's MQTT 5 properties (its correlation data and user properties, {extra} bytes at most) it is more than one MQTT packet to the broker may hold ({key} = {max}); send smaller correlation data, or raise {key} (and the broker's limit)",
+                        "the result is {} bytes on topic {}; with the MQTT 5 properties of the answer ({extra} bytes at most: the request's correlation data and user properties, and a content type) it is more than one MQTT packet to the broker may hold ({key} = {max}); send smaller correlation data, or raise {key} (and the broker's limit)",
                         payload.len(),
                         clip(&topic)
                     )
@@ -880,6 +893,25 @@ mod tests {
             message.ends_with("; sent to the errors topic without them, without its text)"),
             "{message}"
         );
+    }
+
+    /// Nothing to leave out (an empty text, a short topic, no id, no
+    /// response topic) and still too large (a device id near the limit):
+    /// still an answer, for the link to refuse, never none.
+    #[test]
+    fn a_cut_error_with_nothing_to_leave_out_is_still_an_answer() {
+        let (r, _rx) = Replies::channel(
+            &"d".repeat(1000),
+            Arc::default(),
+            (MAX, "mqtt.max_packet_bytes"),
+        );
+        let mut job = request("in/x", 0);
+        job.properties = None;
+        let out = r.error(None, &job, None, &Failure::new(ErrorCode::BadJson, ""));
+        let out = out.expect("an answer");
+        let v: Value = serde_json::from_slice(&out.payload).unwrap();
+        let message = v["message"].as_str().unwrap();
+        assert!(message.ends_with("; sent as it is)"), "{message}");
     }
 
     /// The log macros evaluate nothing without a logger (as here), so this
