@@ -105,7 +105,13 @@ fn summarize(model: &str, code: &str, w: &Window) -> Option<String> {
         w.suppressed,
         INTERVAL.as_secs_f64()
     );
-    log::warn!(model = model, error_code = code; "{line}");
+    // A held-back panic is a bug in the daemon, as the first one logged is.
+    let level = if code == "panic" {
+        log::Level::Error
+    } else {
+        log::Level::Warn
+    };
+    log::log!(level, model = model, error_code = code; "{line}");
     Some(line)
 }
 

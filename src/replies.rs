@@ -335,8 +335,9 @@ impl Replies {
             .and_then(|p| p.response_topic.as_deref());
         let mut reply = None;
         let mut tried = None;
-        for (n, step) in Cut::STEPS.into_iter().enumerate() {
-            let last = n + 1 == Cut::STEPS.len();
+        for n in 0..Cut::STEPS {
+            let step = Cut::step(n);
+            let last = n + 1 == Cut::STEPS;
             let cut = Cut {
                 text_cut: step.text_cut && failure.message.len() > CUT_TEXT,
                 no_text: step.no_text && !failure.message.is_empty(),
@@ -707,32 +708,17 @@ struct Cut {
 }
 
 impl Cut {
-    const STEPS: [Cut; 4] = [
+    const STEPS: usize = 4;
+
+    /// Each step leaves out what the one before did, and more.
+    fn step(n: usize) -> Cut {
         Cut {
-            text_cut: false,
-            topic_cut: false,
-            no_id: false,
-            no_text: false,
-        },
-        Cut {
-            text_cut: true,
-            topic_cut: true,
-            no_id: false,
-            no_text: false,
-        },
-        Cut {
-            text_cut: true,
-            topic_cut: true,
-            no_id: true,
-            no_text: false,
-        },
-        Cut {
-            text_cut: true,
-            topic_cut: true,
-            no_id: true,
-            no_text: true,
-        },
-    ];
+            text_cut: n >= 1,
+            topic_cut: n >= 1,
+            no_id: n >= 2,
+            no_text: n >= 3,
+        }
+    }
 }
 
 /// A cut error's text and source topic, in bytes before JSON escaping.
@@ -813,6 +799,14 @@ mod tests {
         }
     }
 
+    /// A cut error's JSON and message, checked to fit in one packet.
+    fn fitted(out: &Outgoing) -> (Value, String) {
+        assert!(out.packet_size() <= MAX, "{}", out.packet_size());
+        let v: Value = serde_json::from_slice(&out.payload).unwrap();
+        let message = v["message"].as_str().unwrap().to_owned();
+        (v, message)
+    }
+
     fn bad_json() -> Failure {
         Failure::new(
             ErrorCode::BadJson,
@@ -841,12 +835,10 @@ mod tests {
             .unwrap();
         assert_eq!(out.topic, "edge-infer/gw/errors");
         assert!(out.properties.is_none());
-        assert!(out.packet_size() <= MAX, "{}", out.packet_size());
-        let v: Value = serde_json::from_slice(&out.payload).unwrap();
+        let (v, message) = fitted(&out);
         assert_eq!(v["code"], "bad_json", "{v}");
         assert_eq!(v["id"], "m-1", "{v}");
         assert_eq!(v["source_topic"], "in/x", "{v}");
-        let message = v["message"].as_str().unwrap();
         assert!(message.starts_with("expected a JSON object, got `{not json` (this error did not fit in one packet to the broker:"), "{message}");
         assert!(message.contains("with the request's response topic (reply/a), correlation data and user properties, more than uplink.max_packet_bytes = 1024; sent to the errors topic without them)"), "{message}");
     }
@@ -863,12 +855,10 @@ mod tests {
         let out = replies()
             .error(None, &request(&topic, 0), Some(&id), &failure)
             .unwrap();
-        assert!(out.packet_size() <= MAX, "{}", out.packet_size());
-        let v: Value = serde_json::from_slice(&out.payload).unwrap();
+        let (v, message) = fitted(&out);
         assert!(v.get("id").is_none(), "{v}");
         let source = v["source_topic"].as_str().unwrap();
         assert!(source.ends_with("(5003 bytes)"), "{source}");
-        let message = v["message"].as_str().unwrap();
         assert!(message.starts_with("on in/ttt"), "{message}");
         assert!(
             message.ends_with(", its text cut, its source topic cut, without its id)"),
@@ -884,10 +874,8 @@ mod tests {
         let out = replies()
             .error(None, &request("in/x", 0), None, &failure)
             .unwrap();
-        assert!(out.packet_size() <= MAX, "{}", out.packet_size());
-        let v: Value = serde_json::from_slice(&out.payload).unwrap();
+        let (v, message) = fitted(&out);
         assert_eq!(v["code"], "bad_json", "{v}");
-        let message = v["message"].as_str().unwrap();
         assert!(message.starts_with("(this error did not fit"), "{message}");
         assert!(
             message.ends_with("; sent to the errors topic without them, without its text)"),
@@ -912,6 +900,26 @@ mod tests {
         let v: Value = serde_json::from_slice(&out.payload).unwrap();
         let message = v["message"].as_str().unwrap();
         assert!(message.ends_with("; sent as it is)"), "{message}");
+    }
+
+    /// The worst an error can be at the smallest `max_packet_bytes`: a
+    /// device id and model name as long as config allows, a 5,000-byte
+    /// topic, text and id of control characters (six bytes each in JSON),
+    /// a response topic and correlation data: it still fits.
+    #[test]
+    fn an_error_at_the_config_bounds_always_fits() {
+        let longest = "d".repeat(crate::config::MAX_LEVEL_BYTES);
+        let (r, _rx) =
+            Replies::channel(&longest, Arc::default(), (1024, "uplink.max_packet_bytes"));
+        let topic = "\u{1}".repeat(5000);
+        let failure = Failure::new(ErrorCode::BadJson, "\u{1}".repeat(5000));
+        let id = MessageId::Text("\u{1}".repeat(5000));
+        let job = request(&topic, 60_000);
+        let size = job.topic.len() + 60_000;
+        let out = r
+            .cut_error(Some(&longest), &job, Some(&id), &failure, size)
+            .expect("an answer");
+        assert!(out.packet_size() <= 1024, "{}", out.packet_size());
     }
 
     /// The log macros evaluate nothing without a logger (as here), so this

@@ -196,7 +196,8 @@ fn unknown_or_missing_subcommands_and_arguments_are_bad_usage() {
 
 #[test]
 fn status_with_a_device_id_that_cannot_be_a_topic_level_is_bad_usage() {
-    for device in ["a/b", "+", "gw#", ""] {
+    let long = "d".repeat(129);
+    for device in ["a/b", "+", "gw#", "", "gw\t1", &long] {
         let (code, _, err) = run_cli(
             &[
                 "status",
@@ -211,10 +212,11 @@ fn status_with_a_device_id_that_cannot_be_a_topic_level_is_bad_usage() {
         );
         assert_eq!(code, Some(2), "{device:?}: {err}");
         assert!(err.contains("--device"), "{device:?}: {err}");
-        let rule = if device.is_empty() {
-            "must not be empty"
-        } else {
-            "cannot contain '/', '+', '#' or NUL"
+        let rule = match device {
+            "" => "must not be empty",
+            "gw\t1" => "cannot contain control characters",
+            d if d.len() > 128 => "must be at most 128 bytes",
+            _ => "cannot contain '/', '+' or '#'",
         };
         assert!(err.contains(rule), "{device:?}: {err}");
     }

@@ -24,6 +24,9 @@ pub use settings::{
     OverflowPolicy, PayloadFormat, Protocol, Settings, WorkerPriority, UPLINK_CLIENT_SUFFIX,
 };
 pub use tls::TlsSettings;
+// For `replies`' test that an error at these bounds fits in one packet.
+#[cfg(test)]
+pub use settings::MAX_LEVEL_BYTES;
 pub use updates::{key_id_of, key_id_text, TrustedKey, UpdateSettings, Version};
 
 use std::fmt;

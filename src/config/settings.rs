@@ -366,16 +366,32 @@ fn default_device_id() -> String {
         .unwrap_or_else(|| "edge-device".into())
 }
 
+/// The longest `device_id` or model name, in bytes. Both are in every error
+/// the daemon sends; bounded, an error cut to its code and source topic
+/// always fits the smallest `max_packet_bytes` (1,024; `replies`' tests
+/// check it at this bound). Longer than any hostname (64).
+pub const MAX_LEVEL_BYTES: usize = 128;
+
 /// The rule for a value used as one MQTT topic level (`device_id`, a
-/// model's `name`, `edge-infer status --device`): not empty, no wildcards or
-/// separators. The one place this rule is written; the error says what is
-/// wrong without the key, which the caller adds.
+/// model's `name`, `edge-infer status --device`): not empty, no wildcards,
+/// separators or control characters, at most [`MAX_LEVEL_BYTES`]. The one
+/// place this rule is written; the error says what is wrong without the
+/// key, which the caller adds.
 pub fn check_topic_level(value: &str) -> Result<(), String> {
     if value.is_empty() {
         Err("must not be empty".into())
-    } else if value.contains(['/', '+', '#', '\0']) {
+    } else if value.contains(['/', '+', '#']) {
         Err(format!(
-            "is used as a topic level, so it cannot contain '/', '+', '#' or NUL; got \"{value}\""
+            "is used as a topic level, so it cannot contain '/', '+' or '#'; got \"{value}\""
+        ))
+    } else if value.contains(char::is_control) {
+        Err(format!(
+            "is used as a topic level, so it cannot contain control characters; got {value:?}"
+        ))
+    } else if value.len() > MAX_LEVEL_BYTES {
+        Err(format!(
+            "must be at most {MAX_LEVEL_BYTES} bytes (it is in every error the daemon sends, which must fit in one packet); got {} bytes",
+            value.len()
         ))
     } else {
         Ok(())
@@ -1773,6 +1789,12 @@ mod tests {
         assert!(check_topic_level("+").is_err());
         assert!(check_topic_level("a#").is_err());
         assert!(check_topic_level("a\0").is_err());
+        assert!(check_topic_level("a\tb").is_err());
+        assert!(check_topic_level(&"d".repeat(MAX_LEVEL_BYTES)).is_ok());
+        assert_eq!(
+            check_topic_level(&"d".repeat(MAX_LEVEL_BYTES + 1)),
+            Err("must be at most 128 bytes (it is in every error the daemon sends, which must fit in one packet); got 129 bytes".into())
+        );
         assert_eq!(check_topic_level(""), Err("must not be empty".into()));
     }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use model_runtime::Engine;
 
 use super::sched::{self, SchedFit};
-use super::serve::{decode, internal_error, invoke_failure, panic_message, serve_one, Scratch};
+use super::serve::{decode, invoke_failure, logged_panic, serve_one, Scratch};
 use super::{JobReceiver, Queued};
 use crate::codec::encode::{Extras, Outputs};
 use crate::codec::MessageId;
@@ -181,15 +181,9 @@ fn run_batch(engine: &mut dyn Engine, ctx: &ModelContext, to: &Replies, b: &mut 
         serve_batch(engine, ctx, to, slots, scratch, decoding, replies)
     }));
     if let Err(panic) = outcome {
-        let what = panic_message(panic.as_ref());
-        to.log_panic(&ctx.name, || {
-            format!(
-                "model {}: internal error serving a batch of {}: {what}",
-                ctx.name,
-                slots.len()
-            )
+        let failure = logged_panic(ctx, to, panic.as_ref(), || {
+            format!("serving a batch of {}", slots.len())
         });
-        let failure = internal_error(&what);
         for slot in slots.iter_mut().filter(|s| !s.answered) {
             slot.answered = true;
             replies.extend(to.error(Some(ctx), &slot.queued.job, slot.id.as_ref(), &failure));

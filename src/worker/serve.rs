@@ -113,7 +113,9 @@ fn caught(
     match catch_unwind(AssertUnwindSafe(serve)) {
         Ok(out) => out,
         Err(panic) => {
-            let failure = logged_panic(ctx, replies, job, panic.as_ref());
+            let failure = logged_panic(ctx, replies, panic.as_ref(), || {
+                format!("serving {}", job.topic)
+            });
             replies.error(Some(ctx), job, id, &failure)
         }
     }
@@ -131,22 +133,27 @@ pub fn decode_caught(
     catch_unwind(AssertUnwindSafe(|| {
         decode(ctx, &job.payload, buffers, scratch)
     }))
-    .unwrap_or_else(|panic| Err((None, logged_panic(ctx, replies, job, panic.as_ref()))))
+    .unwrap_or_else(|panic| {
+        Err((
+            None,
+            logged_panic(ctx, replies, panic.as_ref(), || {
+                format!("serving {}", job.topic)
+            }),
+        ))
+    })
 }
 
-/// Logs a panic caught while serving `job`; the error its message gets.
-fn logged_panic(
+/// Logs a panic caught while `doing` something ("serving <topic>"), as
+/// [`Replies::log_panic`] does; the error its message (or messages) get.
+pub fn logged_panic(
     ctx: &ModelContext,
     replies: &Replies,
-    job: &Job,
     panic: &(dyn std::any::Any + Send),
+    doing: impl FnOnce() -> String,
 ) -> Failure {
     let what = panic_message(panic);
     replies.log_panic(&ctx.name, || {
-        format!(
-            "model {}: internal error serving {}: {what}",
-            ctx.name, job.topic
-        )
+        format!("model {}: internal error {}: {what}", ctx.name, doing())
     });
     internal_error(&what)
 }

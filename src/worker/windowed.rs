@@ -16,7 +16,7 @@ use model_runtime::Engine;
 
 use super::queue::Recv;
 use super::sched::{self, SchedFit};
-use super::serve::{internal_error, invoke_failure, panic_message, store_floats};
+use super::serve::{invoke_failure, logged_panic, store_floats};
 use super::window::{sweep_interval, Streams, Window};
 use super::JobReceiver;
 use crate::codec::encode::{Extras, Outputs, WindowInfo};
@@ -83,26 +83,18 @@ pub(super) fn window_loop(
                         )
                     }));
                     out.extend(served.unwrap_or_else(|panic| {
-                        let what = panic_message(panic.as_ref());
-                        replies.log_panic(&ctx.name, || {
-                            format!(
-                                "model {}: internal error serving window {} of stream {}: {what}",
-                                ctx.name, w.seq, w.key
-                            )
+                        let failure = logged_panic(ctx, replies, panic.as_ref(), || {
+                            format!("serving window {} of stream {}", w.seq, w.key)
                         });
-                        replies.error(Some(ctx), &queued.job, id.as_ref(), &internal_error(&what))
+                        replies.error(Some(ctx), &queued.job, id.as_ref(), &failure)
                     }));
                 }
             }
             Err(panic) => {
-                let what = panic_message(panic.as_ref());
-                replies.log_panic(&ctx.name, || {
-                    format!(
-                        "model {}: internal error taking {}: {what}",
-                        ctx.name, queued.job.topic
-                    )
+                let failure = logged_panic(ctx, replies, panic.as_ref(), || {
+                    format!("taking {}", queued.job.topic)
                 });
-                out.extend(replies.error(Some(ctx), &queued.job, None, &internal_error(&what)));
+                out.extend(replies.error(Some(ctx), &queued.job, None, &failure));
             }
         }
         beat.idle();

@@ -225,8 +225,20 @@ pub struct ColdstartArgs {
 
 struct Target {
     child: Child,
-    _notify: Option<UnixDatagram>,
+    _notify: Option<NotifySocket>,
     cold_start_ms: f64,
+}
+
+/// The NOTIFY_SOCKET given to a target, removed from the temp dir when done.
+struct NotifySocket {
+    sock: UnixDatagram,
+    path: PathBuf,
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 fn clk_tck() -> f64 {
@@ -288,7 +300,7 @@ fn start(cmd: &[String], ready: &Ready, log: &Path, dir: &Path) -> Result<Target
             sock.set_read_timeout(Some(Duration::from_millis(100)))
                 .map_err(|e| e.to_string())?;
             c.env("NOTIFY_SOCKET", &path).stdout(Stdio::null());
-            notify = Some(sock);
+            notify = Some(NotifySocket { sock, path });
         }
         Ready::Line(_) => {
             c.env_remove("NOTIFY_SOCKET").stdout(Stdio::piped());
@@ -298,7 +310,7 @@ fn start(cmd: &[String], ready: &Ready, log: &Path, dir: &Path) -> Result<Target
     let mut child = c.spawn().map_err(|e| format!("cannot start {prog}: {e}"))?;
     let deadline = t0 + READY_TIMEOUT;
     match (ready, &notify) {
-        (Ready::Notify, Some(sock)) => {
+        (Ready::Notify, Some(NotifySocket { sock, .. })) => {
             let mut buf = [0u8; 4096];
             loop {
                 if let Ok(Some(status)) = child.try_wait() {
