@@ -259,42 +259,9 @@ impl Follow {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-    use serde_json::Value;
-
     use super::*;
-    use crate::config::OverflowPolicy;
-    use crate::job::Job;
     use crate::replies::ReplyReceiver;
-    use crate::telemetry::DaemonStats;
-    use crate::worker::test_engine::{spec, Summer};
-    use crate::worker::{ModelQueue, Offer};
-
-    /// A JSON tensor model of two numbers, summed by [`Summer`].
-    fn summing() -> Arc<ModelContext> {
-        Arc::new(ModelContext {
-            message_inputs: vec![spec("x", 1, 2)],
-            message_outputs: vec![spec("sum", 1, 1)],
-            ..ModelContext::for_tests("m", "in/m")
-        })
-    }
-
-    /// A queue holding `payloads` in order.
-    fn queue_of(payloads: impl Iterator<Item = String>) -> (ModelQueue, JobReceiver) {
-        let (q, rx) = ModelQueue::bounded(64, 1 << 20, OverflowPolicy::RejectNew);
-        for (i, payload) in payloads.enumerate() {
-            let job = Job {
-                topic: format!("in/m/{i}"),
-                payload: Bytes::from(payload),
-                received_at: 0.0,
-                received: Instant::now(),
-                ack: None,
-                properties: None,
-            };
-            assert!(matches!(q.offer(job), Offer::Queued));
-        }
-        (q, rx)
-    }
+    use crate::worker::test_engine::{answers, queue_of, serve_with, summing, Summer};
 
     /// `engine` served by [`ahead_loop`] on a worker thread of its own,
     /// and where its answers go.
@@ -303,32 +270,7 @@ mod tests {
         ctx: &Arc<ModelContext>,
         rx: &JobReceiver,
     ) -> (std::thread::JoinHandle<()>, ReplyReceiver, Arc<WorkerBeat>) {
-        let (to, replies) = Replies::channel(
-            "dev",
-            Arc::new(DaemonStats::default()),
-            (usize::MAX, "mqtt.max_packet_bytes"),
-        );
-        let beat = Arc::new(WorkerBeat::new(Instant::now()));
-        let (ctx, rx, on_thread) = (Arc::clone(ctx), rx.clone(), Arc::clone(&beat));
-        let worker = std::thread::Builder::new()
-            .name("infer-m-0".into())
-            .spawn(move || ahead_loop(engine, &ctx, &rx, &to, &on_thread))
-            .unwrap();
-        (worker, replies, beat)
-    }
-
-    /// The `n` answers waiting, and no more.
-    fn answers(replies: &mut ReplyReceiver, n: usize) -> Vec<Value> {
-        let all: Vec<Value> = (0..n)
-            .map(|i| {
-                let out = replies
-                    .try_recv()
-                    .unwrap_or_else(|| panic!("no answer {i}"));
-                serde_json::from_slice(&out.payload).unwrap()
-            })
-            .collect();
-        assert!(replies.try_recv().is_none(), "more than {n} answers");
-        all
+        serve_with(ahead_loop, engine, ctx, rx)
     }
 
     /// Every message gets one answer, in order, computed from its own

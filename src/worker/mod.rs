@@ -32,7 +32,7 @@ pub use serve::outputs_for;
 use crate::config::WorkerPriority;
 use crate::cores;
 use crate::models::{priority, typical_message_bytes, IntakeKind, ModelContext, WorkerEngines};
-use crate::replies::Replies;
+use crate::replies::{Outgoing, Replies};
 use crate::telemetry::{WorkerBeat, WorkerClass};
 
 /// A running worker thread and what the watchdog reads of it.
@@ -153,9 +153,9 @@ fn one_at_a_time(
 ) {
     let mut scratch = serve::Scratch::default();
     let mut fit = sched::SchedFit::for_this_thread(ctx.priority);
-    while let Some(queued) = rx.recv() {
-        // `queued` keeps its payload bytes charged to the queue until this
-        // message is answered.
+    let mut held = Held::default();
+    let mut next = rx.recv();
+    while let Some(queued) = next {
         beat.busy();
         let dequeued = Instant::now();
         let out = serve::serve_one(
@@ -169,8 +169,165 @@ fn one_at_a_time(
         );
         beat.idle();
         sched::observe(&mut fit, dequeued, beat);
+        // Its answer is built: its payload bytes leave the queue's budget.
+        drop(queued);
+        held.push(out, dequeued);
+        next = if held.may_wait() { rx.try_recv() } else { None };
+        if next.is_none() {
+            held.send(replies);
+            next = rx.recv();
+        }
+    }
+}
+
+/// Answers a worker holds back while more messages are already waiting,
+/// to hand them to the publisher together: one wake-up of the event loop
+/// (an eventfd write, a context switch) for the lot instead of one per
+/// answer, and one write to the broker. Measured with the default config,
+/// HAR at 19,000-23,000 msg/s on 2 cores: 6-10% less CPU per message
+/// (bench/notes.md). An answer waits at most [`HOLD_FOR`] and
+/// [`HOLD_MAX`] messages; when the queue is empty it goes at once, so a
+/// message that arrives alone is answered as before.
+#[derive(Default)]
+struct Held {
+    answers: Vec<Outgoing>,
+    since: Option<Instant>,
+}
+
+/// The most answers held back.
+const HOLD_MAX: usize = 16;
+/// The longest from the first held message's start to its answer's
+/// hand-off: a dozen light messages (HAR takes ~15 µs), less than one
+/// heavy one (a heavy model's answers go one by one).
+const HOLD_FOR: std::time::Duration = std::time::Duration::from_micros(250);
+
+impl Held {
+    /// Holds the answer of a message whose serving started at `started`:
+    /// the time to its answer counts, so a message heavier than
+    /// [`HOLD_FOR`] is sent at once.
+    fn push(&mut self, out: Option<Outgoing>, started: Instant) {
         if let Some(out) = out {
+            self.since.get_or_insert(started);
+            self.answers.push(out);
+        }
+    }
+
+    /// Whether the held answers may wait for one more message.
+    fn may_wait(&self) -> bool {
+        self.answers.len() < HOLD_MAX && self.since.is_none_or(|t| t.elapsed() < HOLD_FOR)
+    }
+
+    fn send(&mut self, replies: &Replies) {
+        self.since = None;
+        for out in self.answers.drain(..) {
             replies.send_blocking(out);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::replies::ReplyReceiver;
+    use crate::worker::test_engine::{answers, queue_of, serve_with, summing, Summer};
+
+    fn serve(
+        ctx: &Arc<ModelContext>,
+        rx: &JobReceiver,
+    ) -> (JoinHandle<()>, ReplyReceiver, Arc<WorkerBeat>) {
+        serve_with(
+            |engine, ctx, rx, replies, beat| one_at_a_time(engine, ctx, rx, replies, beat),
+            Box::new(Summer::new(1)),
+            ctx,
+            rx,
+        )
+    }
+
+    /// More messages than answers are held back, waiting before the worker
+    /// starts (so each finds the next): every one answered, in order, the
+    /// failing ones with their errors.
+    #[test]
+    fn a_backlog_is_answered_in_order_in_held_groups() {
+        let ctx = summing();
+        let payload = |i: usize| match i % 5 {
+            2 => "not json".to_string(),
+            3 => format!(r#"{{"id": {i}, "data": [666, 1]}}"#),
+            _ => format!(r#"{{"id": {i}, "data": [{i}, 0.5]}}"#),
+        };
+        const N: usize = 3 * HOLD_MAX + 5;
+        let (q, rx) = queue_of((0..N).map(payload));
+        let (worker, mut replies, beat) = serve(&ctx, &rx);
+        drop(q);
+        worker.join().unwrap();
+        for (i, v) in answers(&mut replies, N).iter().enumerate() {
+            match i % 5 {
+                2 => assert_eq!(v["code"], "bad_json", "{i}: {v}"),
+                3 => assert_eq!(v["code"], "inference_failed", "{i}: {v}"),
+                _ => assert_eq!(
+                    v["outputs"][0]["values"],
+                    serde_json::json!([i as f64 + 0.5]),
+                    "{i}: {v}"
+                ),
+            }
+        }
+        assert!(beat.busy_for().is_none());
+    }
+
+    /// A message alone is answered while the worker waits for the next:
+    /// nothing is held when the queue is empty.
+    #[test]
+    fn a_message_alone_is_answered_at_once() {
+        let ctx = summing();
+        let (q, rx) = queue_of(std::iter::once(r#"{"id": 1, "data": [1, 2]}"#.to_string()));
+        let (worker, mut replies, _beat) = serve(&ctx, &rx);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let answer = loop {
+            if let Some(out) = replies.try_recv() {
+                break out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no answer while the queue stays open"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let v: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();
+        assert_eq!(v["outputs"][0]["values"], serde_json::json!([3.0]), "{v}");
+        drop(q);
+        worker.join().unwrap();
+    }
+
+    /// Held answers stop waiting at [`HOLD_MAX`], or once the first held
+    /// message started [`HOLD_FOR`] ago (a heavy one goes at once).
+    #[test]
+    fn held_answers_wait_for_a_few_light_messages_at_most() {
+        let answer = || {
+            Some(Outgoing {
+                topic: "out".into(),
+                payload: bytes::Bytes::from_static(b"{}"),
+                retain: false,
+                ack: None,
+                properties: None,
+            })
+        };
+        let mut held = Held::default();
+        assert!(held.may_wait());
+        for _ in 0..HOLD_MAX - 1 {
+            held.push(answer(), Instant::now());
+            assert!(held.may_wait());
+        }
+        held.push(answer(), Instant::now());
+        assert!(!held.may_wait());
+
+        let mut heavy = Held::default();
+        let started = Instant::now() - HOLD_FOR;
+        heavy.push(answer(), started);
+        assert!(!heavy.may_wait());
+        // No answer (none built), nothing held.
+        let mut none = Held::default();
+        none.push(None, started);
+        assert!(none.may_wait());
     }
 }

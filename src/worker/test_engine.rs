@@ -1,8 +1,85 @@
-//! A test engine for the worker loops' unit tests (`batch`, `ahead`).
+//! A test engine for the worker loops' unit tests (`batch`, `ahead`,
+//! `one_at_a_time`), and what those tests share.
 
 use std::sync::Arc;
+use std::time::Instant;
 
+use bytes::Bytes;
 use model_runtime::{DType, Engine, RuntimeError, TensorSpec};
+use serde_json::Value;
+
+use crate::config::OverflowPolicy;
+use crate::job::Job;
+use crate::models::ModelContext;
+use crate::replies::{Replies, ReplyReceiver};
+use crate::telemetry::{DaemonStats, WorkerBeat};
+use crate::worker::{JobReceiver, ModelQueue, Offer};
+
+/// A JSON tensor model of two numbers, summed by [`Summer`].
+pub fn summing() -> Arc<ModelContext> {
+    Arc::new(ModelContext {
+        message_inputs: vec![spec("x", 1, 2)],
+        message_outputs: vec![spec("sum", 1, 1)],
+        ..ModelContext::for_tests("m", "in/m")
+    })
+}
+
+/// A queue holding `payloads` in order.
+pub fn queue_of(payloads: impl Iterator<Item = String>) -> (ModelQueue, JobReceiver) {
+    let (q, rx) = ModelQueue::bounded(64, 1 << 20, OverflowPolicy::RejectNew);
+    for (i, payload) in payloads.enumerate() {
+        let job = Job {
+            topic: format!("in/m/{i}"),
+            payload: Bytes::from(payload),
+            received_at: 0.0,
+            received: Instant::now(),
+            ack: None,
+            properties: None,
+        };
+        assert!(matches!(q.offer(job), Offer::Queued));
+    }
+    (q, rx)
+}
+
+/// The signature of a worker loop.
+pub type WorkerLoop =
+    fn(Box<dyn Engine>, &Arc<ModelContext>, &JobReceiver, &Replies, &Arc<WorkerBeat>);
+
+/// `engine` served by `worker_loop` on a worker thread of its own, and
+/// where its answers go.
+pub fn serve_with(
+    worker_loop: WorkerLoop,
+    engine: Box<dyn Engine>,
+    ctx: &Arc<ModelContext>,
+    rx: &JobReceiver,
+) -> (std::thread::JoinHandle<()>, ReplyReceiver, Arc<WorkerBeat>) {
+    let (to, replies) = Replies::channel(
+        "dev",
+        Arc::new(DaemonStats::default()),
+        (usize::MAX, "mqtt.max_packet_bytes"),
+    );
+    let beat = Arc::new(WorkerBeat::new(Instant::now()));
+    let (ctx, rx, on_thread) = (Arc::clone(ctx), rx.clone(), Arc::clone(&beat));
+    let worker = std::thread::Builder::new()
+        .name("infer-m-0".into())
+        .spawn(move || worker_loop(engine, &ctx, &rx, &to, &on_thread))
+        .unwrap();
+    (worker, replies, beat)
+}
+
+/// The `n` answers waiting, and no more.
+pub fn answers(replies: &mut ReplyReceiver, n: usize) -> Vec<Value> {
+    let all: Vec<Value> = (0..n)
+        .map(|i| {
+            let out = replies
+                .try_recv()
+                .unwrap_or_else(|| panic!("no answer {i}"));
+            serde_json::from_slice(&out.payload).unwrap()
+        })
+        .collect();
+    assert!(replies.try_recv().is_none(), "more than {n} answers");
+    all
+}
 
 /// A model with input 'x' [rows, 2] and output 'sum' [rows, 1]: the sum
 /// of each row. A row starting with 666 panics, 999 fails the invoke.
