@@ -261,7 +261,9 @@ impl Follow {
 mod tests {
     use super::*;
     use crate::replies::ReplyReceiver;
-    use crate::worker::test_engine::{answers, queue_of, serve_with, summing, Summer};
+    use crate::worker::test_engine::{
+        answers, answers_each_in_order, queue_of, serve_with, summing, Summer,
+    };
 
     /// `engine` served by [`ahead_loop`] on a worker thread of its own,
     /// and where its answers go.
@@ -280,33 +282,7 @@ mod tests {
     /// results.
     #[test]
     fn every_message_is_answered_in_order_from_its_own_inputs() {
-        let ctx = summing();
-        let payload = |i: usize| match i % 7 {
-            3 => "not json".to_string(),
-            4 => format!(r#"{{"id": {i}, "data": [666, 1]}}"#),
-            5 => format!(r#"{{"id": {i}, "data": [999, 1]}}"#),
-            _ => format!(r#"{{"id": {i}, "data": [{i}, 0.5]}}"#),
-        };
-        const N: usize = 40;
-        let (q, rx) = queue_of((0..N).map(payload));
-        let (worker, mut replies, beat) = serve(Box::new(Summer::new(1)), &ctx, &rx);
-        drop(q);
-        worker.join().unwrap();
-        for (i, v) in answers(&mut replies, N).iter().enumerate() {
-            match i % 7 {
-                3 => assert_eq!(v["code"], "bad_json", "{i}: {v}"),
-                4 | 5 => {
-                    assert_eq!(v["code"], "inference_failed", "{i}: {v}");
-                    assert_eq!(v["id"], i, "{v}");
-                }
-                _ => {
-                    assert_eq!(v["id"], i, "{v}");
-                    let sum = i as f64 + 0.5;
-                    assert_eq!(v["outputs"][0]["values"], serde_json::json!([sum]), "{v}");
-                }
-            }
-        }
-        assert!(beat.busy_for().is_none());
+        answers_each_in_order(ahead_loop, 40);
     }
 
     /// While the engine is held up on one message, the decoder takes the

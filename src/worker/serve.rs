@@ -63,18 +63,19 @@ pub fn serve_one(
     scratch: &mut Scratch,
 ) -> Option<Outgoing> {
     // A panic while serving one message must not take the model down: the
-    // message gets an error and the worker goes on.
-    caught(ctx, replies, job, None, || {
-        let intook = match decode(ctx, &job.payload, engine.input_buffers_mut(), scratch) {
-            Ok(d) => d,
-            Err((id, failure)) => return replies.error(Some(ctx), job, id.as_ref(), &failure),
-        };
-        let decoded_at = Instant::now();
-        let decoded = Decoded {
-            intook,
-            decode_from: dequeued,
-            decoded_at,
-        };
+    // message gets an error (with its id once decoded) and the worker goes on.
+    let intook = match decode_caught(ctx, replies, job, engine.input_buffers_mut(), scratch) {
+        Ok(d) => d,
+        Err((id, failure)) => return replies.error(Some(ctx), job, id.as_ref(), &failure),
+    };
+    let decoded_at = Instant::now();
+    let id = intook.id.clone();
+    let decoded = Decoded {
+        intook,
+        decode_from: dequeued,
+        decoded_at,
+    };
+    caught(ctx, replies, job, id.as_ref(), || {
         answer(engine, ctx, replies, job, decoded, decoded_at, batch_size)
     })
 }

@@ -172,3 +172,37 @@ impl Engine for Summer {
         model_runtime::Delegation::Cpu
     }
 }
+
+/// Serves `n` messages queued before `worker_loop` starts (so each finds
+/// the next waiting) and checks every one got one answer, in order,
+/// computed from its own inputs: a payload that does not decode gets its
+/// error in its place, an invoke that panics or fails its error, and the
+/// messages after them their results.
+pub fn answers_each_in_order(worker_loop: WorkerLoop, n: usize) {
+    let ctx = summing();
+    let payload = |i: usize| match i % 7 {
+        3 => "not json".to_string(),
+        4 => format!(r#"{{"id": {i}, "data": [666, 1]}}"#),
+        5 => format!(r#"{{"id": {i}, "data": [999, 1]}}"#),
+        _ => format!(r#"{{"id": {i}, "data": [{i}, 0.5]}}"#),
+    };
+    let (q, rx) = queue_of((0..n).map(payload));
+    let (worker, mut replies, beat) = serve_with(worker_loop, Box::new(Summer::new(1)), &ctx, &rx);
+    drop(q);
+    worker.join().unwrap();
+    for (i, v) in answers(&mut replies, n).iter().enumerate() {
+        match i % 7 {
+            3 => assert_eq!(v["code"], "bad_json", "{i}: {v}"),
+            4 | 5 => {
+                assert_eq!(v["code"], "inference_failed", "{i}: {v}");
+                assert_eq!(v["id"], i, "{v}");
+            }
+            _ => {
+                assert_eq!(v["id"], i, "{v}");
+                let sum = i as f64 + 0.5;
+                assert_eq!(v["outputs"][0]["values"], serde_json::json!([sum]), "{v}");
+            }
+        }
+    }
+    assert!(beat.busy_for().is_none());
+}
