@@ -122,8 +122,8 @@ fn caught(
     }
 }
 
-/// [`decode`] of `job`'s payload, a panic caught as [`caught`] does (for a
-/// decoder thread: `worker::ahead`).
+/// [`decode`] of `job`'s payload, a panic caught as [`caught`] does (for
+/// [`serve_one`] and for a decoder thread: `worker::ahead`).
 pub fn decode_caught(
     ctx: &ModelContext,
     replies: &Replies,
