@@ -353,9 +353,12 @@ impl Replies {
                 (false, true) => clip_to(&failure.message, CUT_TEXT),
                 (false, false) => failure.message.as_str().into(),
             };
+            // The last resort keeps a source topic of a few characters
+            // (six bytes each at worst): with the names config bounds, it
+            // fits the smallest max_packet_bytes (the unit test
+            // `an_error_at_the_config_bounds_always_fits`).
             let source: std::borrow::Cow<'_, str> = match (step.no_text, cut.topic_cut) {
-                // The last resort: six bytes a character at worst.
-                (true, _) => clip_to(&job.topic, CUT_TOPIC / 2),
+                (true, _) => clip_to(&job.topic, LAST_TOPIC),
                 (false, true) => clip_to(&job.topic, CUT_TOPIC),
                 (false, false) => job.topic.as_str().into(),
             };
@@ -368,7 +371,7 @@ impl Replies {
             } else if cut.text_cut {
                 left.push("its text cut");
             }
-            if cut.topic_cut || (step.no_text && job.topic.len() > CUT_TOPIC / 2) {
+            if cut.topic_cut || (step.no_text && job.topic.len() > LAST_TOPIC) {
                 left.push("its source topic cut");
             }
             if cut.no_id {
@@ -724,6 +727,8 @@ impl Cut {
 /// A cut error's text and source topic, in bytes before JSON escaping.
 const CUT_TEXT: usize = 256;
 const CUT_TOPIC: usize = 64;
+/// The source topic of the last resort, in bytes before JSON escaping.
+const LAST_TOPIC: usize = 16;
 
 /// MQTT 5 request/response: where the answer to `job` goes when its
 /// request named a `response_topic` (routing has refused the ones the
@@ -884,8 +889,8 @@ mod tests {
     }
 
     /// Nothing to leave out (an empty text, a short topic, no id, no
-    /// response topic) and still too large (a device id near the limit):
-    /// still an answer, for the link to refuse, never none.
+    /// response topic) and still too large (a device id longer than config
+    /// allows): still an answer, for the link to refuse, never none.
     #[test]
     fn a_cut_error_with_nothing_to_leave_out_is_still_an_answer() {
         let (r, _rx) = Replies::channel(
@@ -908,16 +913,17 @@ mod tests {
     /// a response topic and correlation data: it still fits.
     #[test]
     fn an_error_at_the_config_bounds_always_fits() {
-        let longest = "d".repeat(crate::config::MAX_LEVEL_BYTES);
+        // `"` is two bytes in JSON: the longest names config allows.
+        let longest = "\"".repeat(crate::config::MAX_LEVEL_BYTES);
         let (r, _rx) =
             Replies::channel(&longest, Arc::default(), (1024, "uplink.max_packet_bytes"));
-        let topic = "\u{1}".repeat(5000);
-        let failure = Failure::new(ErrorCode::BadJson, "\u{1}".repeat(5000));
+        let topic = "\u{1}".repeat(65_535);
+        let failure = Failure::new(ErrorCode::BadResponseTopic, "\u{1}".repeat(5000));
         let id = MessageId::Text("\u{1}".repeat(5000));
-        let job = request(&topic, 60_000);
-        let size = job.topic.len() + 60_000;
+        let mut job = request(&topic, 65_535);
+        job.received_at = unix_now();
         let out = r
-            .cut_error(Some(&longest), &job, Some(&id), &failure, size)
+            .cut_error(Some(&longest), &job, Some(&id), &failure, 999_999_999)
             .expect("an answer");
         assert!(out.packet_size() <= 1024, "{}", out.packet_size());
     }

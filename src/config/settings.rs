@@ -366,11 +366,12 @@ fn default_device_id() -> String {
         .unwrap_or_else(|| "edge-device".into())
 }
 
-/// The longest `device_id` or model name, in bytes. Both are in every error
-/// the daemon sends; bounded, an error cut to its code and source topic
-/// always fits the smallest `max_packet_bytes` (1,024; `replies`' tests
-/// check it at this bound). Longer than any hostname (64).
-pub const MAX_LEVEL_BYTES: usize = 128;
+/// The longest `device_id` or model name, in bytes: a hostname's limit.
+/// Both are in every error the daemon sends; bounded, an error cut to its
+/// code, a few characters of its source topic and why always fits the
+/// smallest `max_packet_bytes` (1,024), whatever the names hold
+/// (`replies`' tests check it at this bound).
+pub const MAX_LEVEL_BYTES: usize = 64;
 
 /// The rule for a value used as one MQTT topic level (`device_id`, a
 /// model's `name`, `edge-infer status --device`): not empty, no wildcards,
@@ -1793,7 +1794,7 @@ mod tests {
         assert!(check_topic_level(&"d".repeat(MAX_LEVEL_BYTES)).is_ok());
         assert_eq!(
             check_topic_level(&"d".repeat(MAX_LEVEL_BYTES + 1)),
-            Err("must be at most 128 bytes (it is in every error the daemon sends, which must fit in one packet); got 129 bytes".into())
+            Err("must be at most 64 bytes (it is in every error the daemon sends, which must fit in one packet); got 65 bytes".into())
         );
         assert_eq!(check_topic_level(""), Err("must not be empty".into()));
     }

@@ -22,7 +22,7 @@ mod windowed;
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use model_runtime::Engine;
 
@@ -172,7 +172,10 @@ fn one_at_a_time(
         // Its answer is built: its payload bytes leave the queue's budget.
         drop(queued);
         held.push(out, dequeued);
-        next = if held.may_wait() { rx.try_recv() } else { None };
+        // A worker in the background may wait for a core mid-message:
+        // its answers go at once.
+        let may_wait = beat.class() != WorkerClass::Background && held.may_wait(dequeued.elapsed());
+        next = if may_wait { rx.try_recv() } else { None };
         if next.is_none() {
             held.send(replies);
             next = rx.recv();
@@ -185,9 +188,12 @@ fn one_at_a_time(
 /// (an eventfd write, a context switch) for the lot instead of one per
 /// answer, and one write to the broker. Measured with the default config,
 /// HAR at 19,000-23,000 msg/s on 2 cores: 6-10% less CPU per message
-/// (bench/notes.md). An answer waits at most [`HOLD_FOR`] and
-/// [`HOLD_MAX`] messages; when the queue is empty it goes at once, so a
-/// message that arrives alone is answered as before.
+/// (bench/notes.md). It holds them for one more message only if that one,
+/// taking as long as the last, would end within [`HOLD_FOR`] of the first
+/// held message's start, and at most [`HOLD_MAX`]; when the queue is empty
+/// they go at once, so a message that arrives alone is answered as before.
+/// (A message that suddenly takes far longer than the one before still
+/// delays them by its own time.)
 #[derive(Default)]
 struct Held {
     answers: Vec<Outgoing>,
@@ -197,9 +203,9 @@ struct Held {
 /// The most answers held back.
 const HOLD_MAX: usize = 16;
 /// The longest from the first held message's start to its answer's
-/// hand-off: a dozen light messages (HAR takes ~15 µs), less than one
-/// heavy one (a heavy model's answers go one by one).
-const HOLD_FOR: std::time::Duration = std::time::Duration::from_micros(250);
+/// hand-off, as foreseen: a dozen light messages (HAR takes ~15 µs), less
+/// than one heavy one (a heavy model's answers go one by one).
+const HOLD_FOR: Duration = Duration::from_micros(250);
 
 impl Held {
     /// Holds the answer of a message whose serving started at `started`:
@@ -212,9 +218,10 @@ impl Held {
         }
     }
 
-    /// Whether the held answers may wait for one more message.
-    fn may_wait(&self) -> bool {
-        self.answers.len() < HOLD_MAX && self.since.is_none_or(|t| t.elapsed() < HOLD_FOR)
+    /// Whether the held answers may wait for one more message, expected
+    /// to take `next` (as long as the last one took).
+    fn may_wait(&self, next: Duration) -> bool {
+        self.answers.len() < HOLD_MAX && self.since.is_none_or(|t| t.elapsed() + next < HOLD_FOR)
     }
 
     fn send(&mut self, replies: &Replies) {
@@ -227,8 +234,6 @@ impl Held {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::worker::test_engine::{
         answers_each_in_order, queue_of, serve_with, summing, Summer, WorkerLoop,
@@ -240,7 +245,7 @@ mod tests {
     /// More messages than answers are held back, queued before the
     /// worker starts: each answered in order, as `ahead`'s loop does.
     #[test]
-    fn a_backlog_is_answered_in_order_in_held_groups() {
+    fn a_backlog_is_answered_in_order() {
         answers_each_in_order(ONE_AT_A_TIME, 3 * HOLD_MAX + 5);
     }
 
@@ -269,8 +274,9 @@ mod tests {
         worker.join().unwrap();
     }
 
-    /// Held answers stop waiting at [`HOLD_MAX`], or once the first held
-    /// message started [`HOLD_FOR`] ago (a heavy one goes at once).
+    /// Held answers stop waiting at [`HOLD_MAX`], or when one more message
+    /// as long as the last would end [`HOLD_FOR`] after the first held
+    /// one started (a heavy one goes at once).
     #[test]
     fn held_answers_wait_for_a_few_light_messages_at_most() {
         let answer = || {
@@ -285,22 +291,28 @@ mod tests {
         // Started "later", so no pause of this thread ages them past
         // HOLD_FOR: only the count is checked here.
         let light = Instant::now() + Duration::from_secs(3600);
+        let quick = Duration::from_micros(15);
         let mut held = Held::default();
-        assert!(held.may_wait());
+        assert!(held.may_wait(quick));
         for _ in 0..HOLD_MAX - 1 {
             held.push(answer(), light);
-            assert!(held.may_wait());
+            assert!(held.may_wait(quick));
         }
         held.push(answer(), light);
-        assert!(!held.may_wait());
+        assert!(!held.may_wait(quick));
+
+        // A message as long as the last would end past HOLD_FOR.
+        let mut slow = Held::default();
+        slow.push(answer(), light);
+        assert!(!slow.may_wait(HOLD_FOR));
 
         let mut heavy = Held::default();
         let started = Instant::now() - HOLD_FOR;
         heavy.push(answer(), started);
-        assert!(!heavy.may_wait());
+        assert!(!heavy.may_wait(Duration::ZERO));
         // No answer (none built), nothing held.
         let mut none = Held::default();
         none.push(None, started);
-        assert!(none.may_wait());
+        assert!(none.may_wait(quick));
     }
 }

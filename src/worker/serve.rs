@@ -135,12 +135,11 @@ pub fn decode_caught(
         decode(ctx, &job.payload, buffers, scratch)
     }))
     .unwrap_or_else(|panic| {
-        Err((
-            None,
-            logged_panic(ctx, replies, panic.as_ref(), || {
-                format!("serving {}", job.topic)
-            }),
-        ))
+        let failure = logged_panic(ctx, replies, panic.as_ref(), || {
+            format!("serving {}", job.topic)
+        });
+        // The decoder did not get to say: the id at the top, if any.
+        Err((crate::codec::peek_id(&job.payload), failure))
     })
 }
 
