@@ -907,10 +907,12 @@ mod tests {
         assert!(message.ends_with("; sent as it is)"), "{message}");
     }
 
-    /// The worst an error can be at the smallest `max_packet_bytes`: a
-    /// device id and model name as long as config allows, a 5,000-byte
+    /// The worst an error about a message can be at the smallest
+    /// `max_packet_bytes`: a device id and model name as long as config
+    /// allows, of characters JSON doubles, the longest code, a 65,535-byte
     /// topic, text and id of control characters (six bytes each in JSON),
-    /// a response topic and correlation data: it still fits.
+    /// a response topic, correlation data and a nine-digit size: it still
+    /// fits.
     #[test]
     fn an_error_at_the_config_bounds_always_fits() {
         // `"` is two bytes in JSON: the longest names config allows.

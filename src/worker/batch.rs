@@ -19,7 +19,7 @@ use super::sched::{self, SchedFit};
 use super::serve::{decode, invoke_failure, logged_panic, serve_one, Scratch};
 use super::{JobReceiver, Queued};
 use crate::codec::encode::{Extras, Outputs};
-use crate::codec::MessageId;
+use crate::codec::{peek_id, MessageId};
 use crate::models::{ModelContext, WorkerEngines};
 use crate::replies::{Outgoing, Replies, Stages};
 use crate::telemetry::WorkerBeat;
@@ -186,7 +186,12 @@ fn run_batch(engine: &mut dyn Engine, ctx: &ModelContext, to: &Replies, b: &mut 
         });
         for slot in slots.iter_mut().filter(|s| !s.answered) {
             slot.answered = true;
-            replies.extend(to.error(Some(ctx), &slot.queued.job, slot.id.as_ref(), &failure));
+            // Not decoded yet (or its decode panicked): the id at the top.
+            let id = slot
+                .id
+                .clone()
+                .or_else(|| peek_id(&slot.queued.job.payload));
+            replies.extend(to.error(Some(ctx), &slot.queued.job, id.as_ref(), &failure));
         }
     }
 }
@@ -237,7 +242,12 @@ fn serve_batch(
         let failure = invoke_failure(&e);
         for slot in slots.iter_mut().filter(|s| !s.answered) {
             slot.answered = true;
-            replies.extend(to.error(Some(ctx), &slot.queued.job, slot.id.as_ref(), &failure));
+            // Not decoded yet (or its decode panicked): the id at the top.
+            let id = slot
+                .id
+                .clone()
+                .or_else(|| peek_id(&slot.queued.job.payload));
+            replies.extend(to.error(Some(ctx), &slot.queued.job, id.as_ref(), &failure));
         }
         return;
     }

@@ -172,10 +172,11 @@ fn one_at_a_time(
         // Its answer is built: its payload bytes leave the queue's budget.
         drop(queued);
         held.push(out, dequeued);
-        // A worker in the background may wait for a core mid-message:
-        // its answers go at once.
-        let may_wait = beat.class() != WorkerClass::Background && held.may_wait(dequeued.elapsed());
-        next = if may_wait { rx.try_recv() } else { None };
+        next = if held.may_wait(beat.class(), dequeued.elapsed()) {
+            rx.try_recv()
+        } else {
+            None
+        };
         if next.is_none() {
             held.send(replies);
             next = rx.recv();
@@ -219,9 +220,13 @@ impl Held {
     }
 
     /// Whether the held answers may wait for one more message, expected
-    /// to take `next` (as long as the last one took).
-    fn may_wait(&self, next: Duration) -> bool {
-        self.answers.len() < HOLD_MAX && self.since.is_none_or(|t| t.elapsed() + next < HOLD_FOR)
+    /// to take `next` (as long as the last one took), on a worker of
+    /// `class`: a background worker may wait for a core mid-message, so
+    /// its answers go at once.
+    fn may_wait(&self, class: WorkerClass, next: Duration) -> bool {
+        class != WorkerClass::Background
+            && self.answers.len() < HOLD_MAX
+            && self.since.is_none_or(|t| t.elapsed() + next < HOLD_FOR)
     }
 
     fn send(&mut self, replies: &Replies) {
@@ -276,7 +281,8 @@ mod tests {
 
     /// Held answers stop waiting at [`HOLD_MAX`], or when one more message
     /// as long as the last would end [`HOLD_FOR`] after the first held
-    /// one started (a heavy one goes at once).
+    /// one started (a heavy one goes at once), and never wait on a
+    /// background worker.
     #[test]
     fn held_answers_wait_for_a_few_light_messages_at_most() {
         let answer = || {
@@ -293,26 +299,33 @@ mod tests {
         let light = Instant::now() + Duration::from_secs(3600);
         let quick = Duration::from_micros(15);
         let mut held = Held::default();
-        assert!(held.may_wait(quick));
+        assert!(held.may_wait(WorkerClass::Normal, quick));
         for _ in 0..HOLD_MAX - 1 {
             held.push(answer(), light);
-            assert!(held.may_wait(quick));
+            assert!(held.may_wait(WorkerClass::Normal, quick));
         }
         held.push(answer(), light);
-        assert!(!held.may_wait(quick));
+        assert!(!held.may_wait(WorkerClass::Normal, quick));
 
         // A message as long as the last would end past HOLD_FOR.
         let mut slow = Held::default();
         slow.push(answer(), light);
-        assert!(!slow.may_wait(HOLD_FOR));
+        assert!(!slow.may_wait(WorkerClass::Normal, HOLD_FOR));
 
         let mut heavy = Held::default();
         let started = Instant::now() - HOLD_FOR;
         heavy.push(answer(), started);
-        assert!(!heavy.may_wait(Duration::ZERO));
+        assert!(!heavy.may_wait(WorkerClass::Normal, Duration::ZERO));
         // No answer (none built), nothing held.
         let mut none = Held::default();
         none.push(None, started);
-        assert!(none.may_wait(quick));
+        assert!(none.may_wait(WorkerClass::Normal, quick));
+
+        // A background worker's go at once; one refused the background
+        // runs as a normal one.
+        let mut background = Held::default();
+        background.push(answer(), light);
+        assert!(!background.may_wait(WorkerClass::Background, quick));
+        assert!(background.may_wait(WorkerClass::Refused, quick));
     }
 }

@@ -139,7 +139,7 @@ pub fn decode_caught(
             format!("serving {}", job.topic)
         });
         // The decoder did not get to say: the id at the top, if any.
-        Err((crate::codec::peek_id(&job.payload), failure))
+        Err((peek_id(&job.payload), failure))
     })
 }
 

@@ -21,7 +21,7 @@ use super::window::{sweep_interval, Streams, Window};
 use super::JobReceiver;
 use crate::codec::encode::{Extras, Outputs, WindowInfo};
 use crate::codec::readings::parse_readings;
-use crate::codec::{ErrorCode, Failure, MessageId};
+use crate::codec::{peek_id, ErrorCode, Failure, MessageId};
 use crate::job::Job;
 use crate::models::{ModelContext, WindowIntake};
 use crate::replies::{Outgoing, Replies, Stages};
@@ -94,7 +94,8 @@ pub(super) fn window_loop(
                 let failure = logged_panic(ctx, replies, panic.as_ref(), || {
                     format!("taking {}", queued.job.topic)
                 });
-                out.extend(replies.error(Some(ctx), &queued.job, None, &failure));
+                let id = peek_id(&queued.job.payload);
+                out.extend(replies.error(Some(ctx), &queued.job, id.as_ref(), &failure));
             }
         }
         beat.idle();
