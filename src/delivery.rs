@@ -20,22 +20,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Sends the acknowledgement of one input message; implemented by the
-/// input link, which knows its connection.
+/// input link, which knows its connection and the order messages came in.
 pub trait Acknowledge: Send + Sync {
-    /// `session` is the connection the message came on: a packet id means
-    /// nothing on a later connection (the broker redelivers what was not
-    /// acknowledged, and may reuse the id for another message).
-    fn acknowledge(&self, session: u64, packet_id: u16);
+    /// The message numbered `number` is answered. `session` is the
+    /// connection it came on: its number and packet id mean nothing on a
+    /// later connection (the broker redelivers what was not acknowledged,
+    /// and may reuse the id for another message).
+    fn acknowledge(&self, session: u64, number: u64);
 
-    /// One message will not be acknowledged (counted for health).
-    fn withheld(&self) {}
+    /// The message numbered `number` will not be acknowledged.
+    fn withheld(&self, _session: u64, _number: u64) {}
 }
 
 /// The pending acknowledgement of one input message.
 pub struct InputAck {
     by: Arc<dyn Acknowledge>,
     session: u64,
-    packet_id: u16,
+    /// The message's place on its connection, as the input link numbered
+    /// it (it acknowledges in that order, `mqtt::arrivals`).
+    number: u64,
     withheld: AtomicBool,
 }
 
@@ -43,11 +46,11 @@ pub struct InputAck {
 pub type AckHandle = Arc<InputAck>;
 
 impl InputAck {
-    pub fn new(by: Arc<dyn Acknowledge>, session: u64, packet_id: u16) -> AckHandle {
+    pub fn new(by: Arc<dyn Acknowledge>, session: u64, number: u64) -> AckHandle {
         Arc::new(InputAck {
             by,
             session,
-            packet_id,
+            number,
             withheld: AtomicBool::new(false),
         })
     }
@@ -56,7 +59,7 @@ impl InputAck {
     /// broker redelivers it (to this run after a reconnect, or the next).
     pub fn withhold(&self) {
         if !self.withheld.swap(true, Ordering::Relaxed) {
-            self.by.withheld();
+            self.by.withheld(self.session, self.number);
         }
     }
 }
@@ -71,7 +74,7 @@ impl Drop for InputAck {
             self.withhold();
         }
         if !self.withheld.load(Ordering::Relaxed) {
-            self.by.acknowledge(self.session, self.packet_id);
+            self.by.acknowledge(self.session, self.number);
         }
     }
 }
@@ -80,7 +83,7 @@ impl std::fmt::Debug for InputAck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InputAck")
             .field("session", &self.session)
-            .field("packet_id", &self.packet_id)
+            .field("number", &self.number)
             .field("withheld", &self.withheld.load(Ordering::Relaxed))
             .finish()
     }
@@ -93,11 +96,11 @@ mod tests {
     use super::*;
 
     #[derive(Default)]
-    struct Recorder(Mutex<Vec<(u64, u16)>>);
+    struct Recorder(Mutex<Vec<(u64, u64)>>);
 
     impl Acknowledge for Recorder {
-        fn acknowledge(&self, session: u64, packet_id: u16) {
-            self.0.lock().unwrap().push((session, packet_id));
+        fn acknowledge(&self, session: u64, number: u64) {
+            self.0.lock().unwrap().push((session, number));
         }
     }
 

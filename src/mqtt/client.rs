@@ -369,6 +369,24 @@ impl EventLoop {
         }
     }
 
+    /// Drops the acknowledgements rumqttc holds, in its request channel or
+    /// queued: after a failure they belong to a connection that is gone,
+    /// and written on the next one they could acknowledge other messages
+    /// (a broker reuses packet ids).
+    pub fn drop_acks(&mut self) {
+        match self {
+            EventLoop::V4(el) => {
+                el.clean();
+                el.pending
+                    .retain(|r| !matches!(r, rumqttc::Request::PubAck(_)));
+            }
+            EventLoop::V5(el) => {
+                el.clean();
+                el.pending.retain(|r| !matches!(r, v5::Request::PubAck(_)));
+            }
+        }
+    }
+
     /// Events rumqttc read before a failure and still holds (it returns
     /// them one per poll, and keeps them across a reconnect).
     pub fn take_buffered(&mut self) -> Vec<Event> {

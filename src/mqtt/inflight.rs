@@ -399,11 +399,11 @@ mod tests {
     use crate::delivery::{Acknowledge, InputAck};
 
     #[derive(Default)]
-    struct Acks(StdMutex<Vec<u16>>);
+    struct Acks(StdMutex<Vec<u64>>);
 
     impl Acknowledge for Acks {
-        fn acknowledge(&self, _session: u64, packet_id: u16) {
-            self.0.lock().unwrap().push(packet_id);
+        fn acknowledge(&self, _session: u64, number: u64) {
+            self.0.lock().unwrap().push(number);
         }
     }
 
@@ -416,7 +416,7 @@ mod tests {
         )
     }
 
-    fn answer(acks: &Arc<Acks>, input: u16) -> Entry {
+    fn answer(acks: &Arc<Acks>, input: u64) -> Entry {
         let by: Arc<dyn Acknowledge> = acks.clone();
         Entry {
             msg: Outgoing {
@@ -502,7 +502,7 @@ mod tests {
         let acks = Arc::new(Acks::default());
         f.link_up();
         for i in 0..WINDOW {
-            assert!(matches!(f.offer(answer(&acks, i as u16)), Offer::Sent));
+            assert!(matches!(f.offer(answer(&acks, i as u64)), Offer::Sent));
         }
         assert!(matches!(f.offer(answer(&acks, 0)), Offer::Full(_)));
         f.written(1);

@@ -2,21 +2,22 @@
 //! incoming publish to routing and acknowledges it once routing has taken
 //! it. It never waits on anything but the network and the publisher:
 //! routing does not block, acknowledgements are sent before the next poll
-//! (never dropped, never waiting behind the messages still arriving, see
-//! [`Acker`]), and while the publisher is behind it stops reading, so the
-//! broker holds what comes instead of the daemon taking messages it cannot
-//! answer.
+//! (never dropped, never waiting behind the messages still arriving, and
+//! in the order the messages came, see [`Acker`] and [`super::arrivals`]),
+//! and while the publisher is behind it stops reading, so the broker holds
+//! what comes instead of the daemon taking messages it cannot answer.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::arrivals::Arrivals;
 use super::client::{Client, Event, EventLoop, QoS, Received};
 use super::link::{Side, Which};
 use crate::config::AckPolicy;
-use crate::delivery::{Acknowledge, InputAck};
+use crate::delivery::{AckHandle, Acknowledge, InputAck};
 use crate::job::Job;
 use crate::replies::{Pressure, PressureGauge};
 use crate::routing::Switch;
@@ -27,6 +28,9 @@ use crate::time::unix_now;
 /// write counts as failed: rumqttc's own limit for its flushes (the
 /// connection timeout set in `client`).
 const ACK_FLUSH_LIMIT: Duration = Duration::from_secs(10);
+
+/// The session number while the link is down (connections count from 1).
+const NO_CONNECTION: u64 = 0;
 
 /// Sends the input link's acknowledgements, from whichever thread the
 /// last holder of one drops it on (a worker, the publisher, the outbox).
@@ -44,31 +48,46 @@ const ACK_FLUSH_LIMIT: Duration = Duration::from_secs(10);
 /// Receive Maximum the daemon asks for, which bounds that backlog.
 pub struct Acker {
     client: Client,
-    /// The current connection's number; acknowledgements of messages from
-    /// an earlier one are not sent (the broker redelivers those).
-    session: AtomicU64,
     /// The input task writes acknowledgements itself (3.1.1).
     writes: bool,
+    /// See [`Arrivals::new`].
+    overtake_limit: usize,
     queue: Mutex<AckQueue>,
     stats: Arc<DaemonStats>,
 }
 
-#[derive(Default)]
 struct AckQueue {
-    /// Not yet sent: (connection number, packet id).
+    /// The current connection's number, or `NO_CONNECTION`: the
+    /// acknowledgement of a message from another is never sent (the broker
+    /// redelivers it). Kept under the same lock as the rest, so a message
+    /// is never settled in the next connection's `arrivals`.
+    session: u64,
+    /// Not yet sent: (connection number, packet id), in the order they go.
     waiting: Vec<(u64, u16)>,
     /// An acknowledgement is in the request channel, so the event loop
     /// wakes; until rumqttc reports it written, others wait here.
     waking: bool,
+    /// The current connection's messages acknowledged once answered.
+    arrivals: Arrivals,
 }
 
 impl Acker {
-    pub fn new(client: Client, writes: bool, stats: Arc<DaemonStats>) -> Acker {
+    pub fn new(
+        client: Client,
+        writes: bool,
+        overtake_limit: usize,
+        stats: Arc<DaemonStats>,
+    ) -> Acker {
         Acker {
             client,
-            session: AtomicU64::new(0),
             writes,
-            queue: Mutex::default(),
+            overtake_limit,
+            queue: Mutex::new(AckQueue {
+                session: NO_CONNECTION,
+                waiting: Vec::new(),
+                waking: false,
+                arrivals: Arrivals::new(overtake_limit),
+            }),
             stats,
         }
     }
@@ -80,14 +99,87 @@ impl Acker {
     /// Queues an acknowledgement from the input task itself, which sends
     /// it before its next poll (no wake-up needed).
     fn defer(&self, packet_id: u16) {
-        let session = self.session.load(Ordering::Relaxed);
-        self.queue().waiting.push((session, packet_id));
+        let mut queue = self.queue();
+        let session = queue.session;
+        queue.waiting.push((session, packet_id));
     }
 
-    /// A new connection: nothing is in its request channel for it yet.
+    /// A new connection: nothing is in its request channel for it yet, and
+    /// what came on the last one is the broker's to redeliver.
     fn connected(&self, n: u64) {
-        self.session.store(n, Ordering::Relaxed);
-        self.queue().waking = false;
+        let mut queue = self.queue();
+        queue.session = n;
+        queue.waking = false;
+        queue.arrivals = Arrivals::new(self.overtake_limit);
+    }
+
+    /// The connection failed: no acknowledgement goes anywhere until the
+    /// next one (see `Ingress::on_down`).
+    fn disconnected(&self) {
+        self.queue().session = NO_CONNECTION;
+    }
+
+    /// A message to acknowledge once answered came: its `InputAck`.
+    fn arrived(self: &Arc<Self>, packet_id: u16) -> AckHandle {
+        let (session, number) = {
+            let mut queue = self.queue();
+            match queue.session {
+                // Read before the link failed: never acknowledged.
+                NO_CONNECTION => (NO_CONNECTION, 0),
+                session => (session, queue.arrivals.arrived(packet_id)),
+            }
+        };
+        let by: Arc<dyn Acknowledge> = self.clone();
+        InputAck::new(by, session, number)
+    }
+
+    /// The message numbered `number` on connection `session` is answered
+    /// or withheld: sends what that lets go, in the order it came.
+    fn settle(&self, session: u64, number: u64, answered: bool) {
+        let wake = {
+            let mut queue = self.queue();
+            if session != queue.session || session == NO_CONNECTION {
+                drop(queue);
+                if answered {
+                    // Taken on an earlier connection: the broker
+                    // redelivers it (its answer may then be published
+                    // twice, never lost).
+                    self.stats.acks_stale.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
+            let AckQueue {
+                waiting,
+                waking,
+                arrivals,
+                ..
+            } = &mut *queue;
+            let mut wake = None;
+            arrivals.settle(number, answered, &mut |packet_id| {
+                if wake.is_none() && waiting.is_empty() && !(self.writes && *waking) {
+                    wake = Some(packet_id);
+                    *waking = self.writes;
+                } else {
+                    // The input task is awake for those waiting (it queued
+                    // them itself, or rumqttc will report the one in its
+                    // channel written, or the channel was full) and writes
+                    // them in order; the one in the channel may go after
+                    // them, one step more for the broker, not thousands.
+                    waiting.push((session, packet_id));
+                }
+            });
+            wake
+        };
+        // Outside the lock: the send wakes the event loop's thread.
+        if let Some(packet_id) = wake {
+            if self.client.try_ack(packet_id).is_err() {
+                // Full: the event loop is busy with it, so it polls again
+                // soon.
+                let mut queue = self.queue();
+                queue.waking = false;
+                queue.waiting.insert(0, (session, packet_id));
+            }
+        }
     }
 
     /// rumqttc wrote an acknowledgement from its channel.
@@ -105,13 +197,16 @@ impl Acker {
         batch: &mut Vec<(u64, u16)>,
         timeout: Duration,
     ) {
-        std::mem::swap(batch, &mut self.queue().waiting);
+        let session = {
+            let mut queue = self.queue();
+            std::mem::swap(batch, &mut queue.waiting);
+            queue.session
+        };
         if batch.is_empty() {
             return;
         }
-        let session = self.session.load(Ordering::Relaxed);
         let before = batch.len();
-        batch.retain(|&(s, _)| s == session);
+        batch.retain(|&(s, _)| s == session && s != NO_CONNECTION);
         let stale = before - batch.len();
         if stale > 0 {
             // Taken on an earlier connection: the broker redelivers them.
@@ -135,29 +230,13 @@ impl Acker {
 }
 
 impl Acknowledge for Acker {
-    fn acknowledge(&self, session: u64, packet_id: u16) {
-        if session != self.session.load(Ordering::Relaxed) {
-            // Taken on an earlier connection: the broker redelivers it
-            // (its answer may then be published twice, never lost).
-            self.stats.acks_stale.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        {
-            let mut queue = self.queue();
-            if self.writes && queue.waking {
-                queue.waiting.push((session, packet_id));
-                return;
-            }
-            queue.waking = true;
-        }
-        if self.client.try_ack(packet_id).is_err() {
-            // Full: the event loop is busy with it, so it polls again soon.
-            self.queue().waiting.push((session, packet_id));
-        }
+    fn acknowledge(&self, session: u64, number: u64) {
+        self.settle(session, number, true);
     }
 
-    fn withheld(&self) {
+    fn withheld(&self, session: u64, number: u64) {
         self.stats.acks_withheld.fetch_add(1, Ordering::Relaxed);
+        self.settle(session, number, false);
     }
 }
 
@@ -229,6 +308,21 @@ impl Side for Ingress {
         });
     }
 
+    fn on_down(&mut self, eventloop: &mut EventLoop) {
+        self.acker.disconnected();
+        // An answer may have completed between the failure and now.
+        eventloop.drop_acks();
+        // Messages rumqttc read before the failure (it returns them one
+        // per poll, and keeps them across a reconnect): taken now, as no
+        // connection's, so they are answered but never acknowledged on
+        // the next connection (where the broker may have given their
+        // packet ids to other messages); the broker redelivers them (with
+        // a persistent session, the default).
+        for event in eventloop.take_buffered() {
+            self.on_event(event);
+        }
+    }
+
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Publish(p) => self.on_publish(p),
@@ -257,10 +351,8 @@ impl Ingress {
     fn on_publish(&self, p: Received) {
         // At-least-once: the acknowledgement travels with the job and goes
         // out once every answer is safe (`delivery`).
-        let ack = (p.at_least_once && self.ack_policy == AckPolicy::Answered).then(|| {
-            let by: Arc<dyn Acknowledge> = self.acker.clone();
-            InputAck::new(by, self.acker.session.load(Ordering::Relaxed), p.pkid)
-        });
+        let ack = (p.at_least_once && self.ack_policy == AckPolicy::Answered)
+            .then(|| self.acker.arrived(p.pkid));
         let job = Job {
             topic: p.topic.clone(),
             // A slice of rumqttc's read buffer: a model's queue copies what
@@ -284,5 +376,79 @@ impl Ingress {
         }
         // Sent before the next poll, with any others (see `Acker`).
         self.acker.defer(p.pkid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::arrivals::OVERTAKE_LIMIT;
+    use super::super::client;
+    use super::*;
+
+    fn acker(writes: bool, channel: usize) -> (Arc<Acker>, EventLoop) {
+        let (client, eventloop) = client::unconnected(channel);
+        let stats = Arc::new(DaemonStats::default());
+        let acker = Arc::new(Acker::new(client, writes, OVERTAKE_LIMIT, stats));
+        acker.connected(1);
+        (acker, eventloop)
+    }
+
+    fn waiting(acker: &Acker) -> Vec<u16> {
+        acker.queue().waiting.iter().map(|&(_, id)| id).collect()
+    }
+
+    #[test]
+    fn acknowledgements_leave_in_arrival_order_behind_a_backlog() {
+        let (acker, _eventloop) = acker(true, 16);
+        let newest = OVERTAKE_LIMIT as u16 + 8;
+        let mut acks: Vec<AckHandle> = (1..=newest).map(|id| acker.arrived(id)).collect();
+        // The newest, answered first, waits behind the unanswered ones.
+        drop(acks.pop());
+        assert!(waiting(&acker).is_empty());
+        assert!(!acker.queue().waking);
+        // The oldest wakes the event loop through the channel; the next
+        // ones wait for the input task, and once fewer than the limit are
+        // unanswered ahead of the newest, it follows them.
+        let rest = acks.split_off(8);
+        drop(acks);
+        assert!(acker.queue().waking);
+        let mut want: Vec<u16> = (2..=8).collect();
+        want.push(newest);
+        assert_eq!(waiting(&acker), want);
+        // The link fails: answers that complete now are not sent, not even
+        // once it is back.
+        acker.disconnected();
+        drop(rest);
+        acker.connected(2);
+        assert_eq!(waiting(&acker), want);
+        assert_eq!(
+            acker.stats.acks_stale.load(Ordering::Relaxed),
+            newest as u64 - 9
+        );
+    }
+
+    #[test]
+    fn a_message_read_while_down_is_never_acknowledged() {
+        let (acker, _eventloop) = acker(false, 16);
+        let before = acker.arrived(6);
+        acker.disconnected();
+        // Answered before the link is back, and after.
+        let read_before_the_failure = [acker.arrived(7), acker.arrived(8)];
+        let [answered_while_down, answered_after] = read_before_the_failure;
+        drop(answered_while_down);
+        drop(before);
+        assert_eq!(acker.stats.acks_stale.load(Ordering::Relaxed), 2);
+        acker.connected(2);
+        let current = acker.arrived(7);
+        drop(answered_after);
+        assert_eq!(acker.stats.acks_stale.load(Ordering::Relaxed), 3);
+        assert!(waiting(&acker).is_empty());
+        // MQTT 5: the current one goes through the channel at once.
+        drop(current);
+        assert!(waiting(&acker).is_empty());
+        // The channel full: the next ones wait, in order.
+        let more: Vec<AckHandle> = (10..30).map(|id| acker.arrived(id)).collect();
+        drop(more);
+        assert_eq!(waiting(&acker), (25..30).collect::<Vec<u16>>());
     }
 }

@@ -124,8 +124,8 @@ pub trait Side {
     fn on_event(&mut self, event: Event);
 
     /// The connection failed; called before the next reconnect attempt,
-    /// with nothing in between (one tokio thread), so the output link can
-    /// take back what rumqttc was holding.
+    /// with nothing in between (one tokio thread), so a side can take back
+    /// or drop what rumqttc was holding.
     fn on_down(&mut self, _eventloop: &mut EventLoop) {}
 }
 

@@ -8,6 +8,7 @@
 //! side of `edge-infer publish-model`; `tool` is what both share. No other
 //! module imports rumqttc.
 
+mod arrivals;
 mod client;
 mod egress;
 mod inflight;
@@ -149,6 +150,7 @@ impl Connection {
                 acker: Arc::new(Acker::new(
                     input.clone(),
                     input_loop.writes_acks(),
+                    arrivals::overtake_limit(&settings.protocol),
                     Arc::clone(&stats),
                 )),
                 ack_batch: Vec::new(),
