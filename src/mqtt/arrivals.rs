@@ -19,12 +19,13 @@
 //! answered message's acknowledgement may overtake earlier unanswered ones
 //! while there are fewer than a limit of them: [`OVERTAKE_LIMIT`] with
 //! 3.1.1, at or above Mosquitto's 20 and EMQX's 32 (within such a window
-//! nothing ever waits), and the Receive Maximum the daemon asks for with
-//! MQTT 5 (never waits). The broker's walk is then at most that long (plus
-//! any withheld messages, which stay in its list). With 3.1.1 and a window
-//! larger than the limit, a model with a longer backlog does hold back the
-//! acknowledgements of the messages after it, and the broker waits with
-//! them once its window is full.
+//! the order adds no wait), and with MQTT 5 the Receive Maximum the daemon
+//! asks for, if larger (there the order never adds a wait, and the window
+//! bounds the walk). The broker's walk is then at most that long (plus any
+//! withheld messages, which stay in its list). With 3.1.1 and a window
+//! larger than the limit (not none), a model with a longer backlog does
+//! hold back the acknowledgements of the messages after it, and the broker
+//! waits with them once its window is full.
 //!
 //! Each message is numbered as it comes; its number goes with its
 //! `InputAck`. Pure bookkeeping: `ingress::Acker` sends what this releases.

@@ -387,6 +387,23 @@ impl EventLoop {
         }
     }
 
+    /// Acknowledgements queued in rumqttc's `pending`.
+    #[cfg(test)]
+    pub fn queued_acks(&self) -> usize {
+        match self {
+            EventLoop::V4(el) => el
+                .pending
+                .iter()
+                .filter(|r| matches!(r, rumqttc::Request::PubAck(_)))
+                .count(),
+            EventLoop::V5(el) => el
+                .pending
+                .iter()
+                .filter(|r| matches!(r, v5::Request::PubAck(_)))
+                .count(),
+        }
+    }
+
     /// Events rumqttc read before a failure and still holds (it returns
     /// them one per poll, and keeps them across a reconnect).
     pub fn take_buffered(&mut self) -> Vec<Event> {

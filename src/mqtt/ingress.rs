@@ -2,10 +2,12 @@
 //! incoming publish to routing and acknowledges it once routing has taken
 //! it. It never waits on anything but the network and the publisher:
 //! routing does not block, acknowledgements are sent before the next poll
-//! (never dropped, never waiting behind the messages still arriving, and
-//! in the order the messages came, see [`Acker`] and [`super::arrivals`]),
-//! and while the publisher is behind it stops reading, so the broker holds
-//! what comes instead of the daemon taking messages it cannot answer.
+//! (never waiting behind the messages still arriving, and in the order
+//! the messages came as far as [`super::arrivals`] holds them to it, see
+//! [`Acker`]; those of a failed connection are dropped, and a resumed
+//! session redelivers the messages), and while the publisher is behind it stops
+//! reading, so the broker holds what comes instead of the daemon taking
+//! messages it cannot answer.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -136,50 +138,39 @@ impl Acker {
     /// The message numbered `number` on connection `session` is answered
     /// or withheld: sends what that lets go, in the order it came.
     fn settle(&self, session: u64, number: u64, answered: bool) {
-        let wake = {
-            let mut queue = self.queue();
-            if session != queue.session || session == NO_CONNECTION {
-                drop(queue);
-                if answered {
-                    // Taken on an earlier connection: the broker
-                    // redelivers it (its answer may then be published
-                    // twice, never lost).
-                    self.stats.acks_stale.fetch_add(1, Ordering::Relaxed);
-                }
-                return;
+        let mut queue = self.queue();
+        if session != queue.session || session == NO_CONNECTION {
+            drop(queue);
+            if answered {
+                // Taken on an earlier connection: the broker redelivers it
+                // (its answer may then be published twice, never lost).
+                self.stats.acks_stale.fetch_add(1, Ordering::Relaxed);
             }
-            let AckQueue {
-                waiting,
-                waking,
-                arrivals,
-                ..
-            } = &mut *queue;
-            let mut wake = None;
-            arrivals.settle(number, answered, &mut |packet_id| {
-                if wake.is_none() && waiting.is_empty() && !(self.writes && *waking) {
-                    wake = Some(packet_id);
-                    *waking = self.writes;
-                } else {
-                    // The input task is awake for those waiting (it queued
-                    // them itself, or rumqttc will report the one in its
-                    // channel written, or the channel was full) and writes
-                    // them in order; the one in the channel may go after
-                    // them, one step more for the broker, not thousands.
-                    waiting.push((session, packet_id));
-                }
-            });
-            wake
-        };
-        // Outside the lock: the send wakes the event loop's thread.
-        if let Some(packet_id) = wake {
-            if self.client.try_ack(packet_id).is_err() {
-                // Full: the event loop is busy with it, so it polls again
-                // soon.
-                let mut queue = self.queue();
-                queue.waking = false;
-                queue.waiting.insert(0, (session, packet_id));
-            }
+            return;
         }
+        let AckQueue {
+            waiting,
+            waking,
+            arrivals,
+            ..
+        } = &mut *queue;
+        // Sent under the lock: a failure's `disconnected` waits for the
+        // send, so the `drop_acks` after it finds it (`Ingress::on_down`).
+        arrivals.settle(number, answered, &mut |packet_id| {
+            if waiting.is_empty()
+                && !(self.writes && *waking)
+                && self.client.try_ack(packet_id).is_ok()
+            {
+                *waking = self.writes;
+            } else {
+                // The input task is awake for those waiting (it queued them
+                // itself, or rumqttc will report the one in its channel
+                // written, or the channel was full) and writes them in
+                // order; the one in the channel may go after them, one
+                // step more for the broker's walk, not thousands.
+                waiting.push((session, packet_id));
+            }
+        });
     }
 
     /// rumqttc wrote an acknowledgement from its channel.
@@ -315,9 +306,9 @@ impl Side for Ingress {
         // Messages rumqttc read before the failure (it returns them one
         // per poll, and keeps them across a reconnect): taken now, as no
         // connection's, so they are answered but never acknowledged on
-        // the next connection (where the broker may have given their
-        // packet ids to other messages); the broker redelivers them (with
-        // a persistent session, the default).
+        // the next connection, where a new session may have given their
+        // packet ids to other messages. A resumed session (the default)
+        // redelivers them: answered twice, never lost.
         for event in eventloop.take_buffered() {
             self.on_event(event);
         }
@@ -431,6 +422,9 @@ mod tests {
     fn a_message_read_while_down_is_never_acknowledged() {
         let (acker, _eventloop) = acker(false, 16);
         let before = acker.arrived(6);
+        // More than the limit left unanswered: the next connection's ledger
+        // starts empty, or nothing below would go out.
+        let _unanswered: Vec<AckHandle> = (100..140).map(|id| acker.arrived(id)).collect();
         acker.disconnected();
         // Answered before the link is back, and after.
         let read_before_the_failure = [acker.arrived(7), acker.arrived(8)];
@@ -450,5 +444,41 @@ mod tests {
         let more: Vec<AckHandle> = (10..30).map(|id| acker.arrived(id)).collect();
         drop(more);
         assert_eq!(waiting(&acker), (25..30).collect::<Vec<u16>>());
+    }
+
+    #[test]
+    fn a_failed_connection_s_acknowledgements_are_dropped_not_sent_on_the_next() {
+        let (acker, mut eventloop) = acker(false, 4);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let mut batch = Vec::new();
+        let mut send_waiting = |acker: &Acker, eventloop: &mut EventLoop| {
+            let sent = acker.send_waiting(eventloop, &mut batch, Duration::from_secs(1));
+            runtime.block_on(sent);
+        };
+        let mut acks: Vec<AckHandle> = (1..=6).map(|id| acker.arrived(id)).collect();
+        let last = acks.pop();
+        // Four in rumqttc's channel, the fifth waiting for the input task,
+        // which queues it in rumqttc (MQTT 5); the sixth finds the channel
+        // still full and waits.
+        drop(acks);
+        assert_eq!(waiting(&acker), vec![5]);
+        send_waiting(&acker, &mut eventloop);
+        assert_eq!(eventloop.queued_acks(), 1);
+        drop(last);
+        assert_eq!(waiting(&acker), vec![6]);
+        acker.disconnected();
+        eventloop.drop_acks();
+        assert_eq!(eventloop.queued_acks(), 0);
+        acker.connected(2);
+        send_waiting(&acker, &mut eventloop);
+        assert_eq!(eventloop.queued_acks(), 0);
+        assert_eq!(acker.stats.acks_stale.load(Ordering::Relaxed), 1);
+        // The channel was emptied: the next connection's four go in at once.
+        let acks: Vec<AckHandle> = (1..=4).map(|id| acker.arrived(id)).collect();
+        drop(acks);
+        assert!(waiting(&acker).is_empty());
     }
 }
