@@ -93,6 +93,12 @@ impl Arrivals {
         }
     }
 
+    /// Forgets every message, keeping the limit: a new connection's
+    /// packet ids start a new order.
+    pub fn reset(&mut self) {
+        *self = Arrivals::new(self.limit);
+    }
+
     /// A message came: its number, for settling it.
     pub fn arrived(&mut self, packet_id: u16) -> u64 {
         let number = self.first + self.slots.len() as u64;

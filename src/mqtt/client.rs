@@ -369,38 +369,60 @@ impl EventLoop {
         }
     }
 
-    /// Drops the acknowledgements rumqttc holds, in its request channel or
-    /// queued: after a failure they belong to a connection that is gone,
-    /// and written on the next one they could acknowledge other messages
-    /// (a broker reuses packet ids).
-    pub fn drop_acks(&mut self) {
+    /// Drops what rumqttc holds for a connection that failed, in its
+    /// request channel or queued to be sent on the next one:
+    /// acknowledgements, which written there could acknowledge other
+    /// messages (a broker reuses packet ids), and subscriptions, which the
+    /// next ConnAck requests again as they then stand (a resumed session
+    /// would otherwise get both, and a second SUBSCRIBE makes the broker
+    /// send the filter's retained messages again; after a reload the stale
+    /// one may name a filter no model takes any more). Unsubscriptions
+    /// stay: with a resumed session the broker still has what they leave.
+    pub fn drop_stale_requests(&mut self) {
         match self {
             EventLoop::V4(el) => {
                 el.clean();
-                el.pending
-                    .retain(|r| !matches!(r, rumqttc::Request::PubAck(_)));
+                el.pending.retain(|r| {
+                    !matches!(
+                        r,
+                        rumqttc::Request::PubAck(_) | rumqttc::Request::Subscribe(_)
+                    )
+                });
             }
             EventLoop::V5(el) => {
                 el.clean();
-                el.pending.retain(|r| !matches!(r, v5::Request::PubAck(_)));
+                el.pending
+                    .retain(|r| !matches!(r, v5::Request::PubAck(_) | v5::Request::Subscribe(_)));
             }
         }
     }
 
-    /// Acknowledgements queued in rumqttc's `pending`.
+    /// What rumqttc has queued in `pending`, by kind, in order.
     #[cfg(test)]
-    pub fn queued_acks(&self) -> usize {
+    pub fn queued_requests(&self) -> Vec<&'static str> {
         match self {
             EventLoop::V4(el) => el
                 .pending
                 .iter()
-                .filter(|r| matches!(r, rumqttc::Request::PubAck(_)))
-                .count(),
+                .map(|r| match r {
+                    rumqttc::Request::PubAck(_) => "puback",
+                    rumqttc::Request::Subscribe(_) => "subscribe",
+                    rumqttc::Request::Unsubscribe(_) => "unsubscribe",
+                    rumqttc::Request::Publish(_) => "publish",
+                    _ => "other",
+                })
+                .collect(),
             EventLoop::V5(el) => el
                 .pending
                 .iter()
-                .filter(|r| matches!(r, v5::Request::PubAck(_)))
-                .count(),
+                .map(|r| match r {
+                    v5::Request::PubAck(_) => "puback",
+                    v5::Request::Subscribe(_) => "subscribe",
+                    v5::Request::Unsubscribe(_) => "unsubscribe",
+                    v5::Request::Publish(_) => "publish",
+                    _ => "other",
+                })
+                .collect(),
         }
     }
 
@@ -752,4 +774,35 @@ pub fn unconnected(capacity: usize) -> (Client, EventLoop) {
     let (c, el) =
         rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("t", "127.0.0.1", 1), capacity);
     (Client::V4(c), EventLoop::V4(Box::new(el)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_connection_s_acknowledgements_and_subscriptions_are_dropped() {
+        let (client, mut eventloop) = unconnected(8);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        // What the input link may leave in the channel when its connection
+        // fails: rumqttc moves it to `pending` for the next one.
+        client.try_ack(3).unwrap();
+        runtime
+            .block_on(client.subscribe_many(vec!["in/#".into()], QoS::AtLeastOnce))
+            .unwrap();
+        client.try_unsubscribe("gone/#".into()).unwrap();
+        client
+            .try_publish(
+                "out/a",
+                QoS::AtLeastOnce,
+                false,
+                &Bytes::from_static(b"{}"),
+                None,
+            )
+            .unwrap();
+        eventloop.drop_stale_requests();
+        assert_eq!(eventloop.queued_requests(), ["unsubscribe", "publish"]);
+    }
 }

@@ -5,9 +5,9 @@
 //! (never waiting behind the messages still arriving, and in the order
 //! the messages came as far as [`super::arrivals`] holds them to it, see
 //! [`Acker`]; those of a failed connection are dropped, and a resumed
-//! session redelivers the messages), and while the publisher is behind it stops
-//! reading, so the broker holds what comes instead of the daemon taking
-//! messages it cannot answer.
+//! session redelivers the messages), and while the publisher is behind it
+//! stops reading, so the broker holds what comes instead of the daemon
+//! taking messages it cannot answer.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -52,8 +52,6 @@ pub struct Acker {
     client: Client,
     /// The input task writes acknowledgements itself (3.1.1).
     writes: bool,
-    /// See [`Arrivals::new`].
-    overtake_limit: usize,
     queue: Mutex<AckQueue>,
     stats: Arc<DaemonStats>,
 }
@@ -83,7 +81,6 @@ impl Acker {
         Acker {
             client,
             writes,
-            overtake_limit,
             queue: Mutex::new(AckQueue {
                 session: NO_CONNECTION,
                 waiting: Vec::new(),
@@ -112,7 +109,7 @@ impl Acker {
         let mut queue = self.queue();
         queue.session = n;
         queue.waking = false;
-        queue.arrivals = Arrivals::new(self.overtake_limit);
+        queue.arrivals.reset();
     }
 
     /// The connection failed: no acknowledgement goes anywhere until the
@@ -155,7 +152,8 @@ impl Acker {
             ..
         } = &mut *queue;
         // Sent under the lock: a failure's `disconnected` waits for the
-        // send, so the `drop_acks` after it finds it (`Ingress::on_down`).
+        // send, so the `drop_stale_requests` after it finds it
+        // (`Ingress::on_down`).
         arrivals.settle(number, answered, &mut |packet_id| {
             if waiting.is_empty()
                 && !(self.writes && *waking)
@@ -302,7 +300,7 @@ impl Side for Ingress {
     fn on_down(&mut self, eventloop: &mut EventLoop) {
         self.acker.disconnected();
         // An answer may have completed between the failure and now.
-        eventloop.drop_acks();
+        eventloop.drop_stale_requests();
         // Messages rumqttc read before the failure (it returns them one
         // per poll, and keeps them across a reconnect): taken now, as no
         // connection's, so they are answered but never acknowledged on
@@ -382,6 +380,11 @@ mod tests {
         let acker = Arc::new(Acker::new(client, writes, OVERTAKE_LIMIT, stats));
         acker.connected(1);
         (acker, eventloop)
+    }
+
+    fn acks_queued(eventloop: &EventLoop) -> usize {
+        let queued = eventloop.queued_requests();
+        queued.iter().filter(|&&kind| kind == "puback").count()
     }
 
     fn waiting(acker: &Acker) -> Vec<u16> {
@@ -466,15 +469,15 @@ mod tests {
         drop(acks);
         assert_eq!(waiting(&acker), vec![5]);
         send_waiting(&acker, &mut eventloop);
-        assert_eq!(eventloop.queued_acks(), 1);
+        assert_eq!(acks_queued(&eventloop), 1);
         drop(last);
         assert_eq!(waiting(&acker), vec![6]);
         acker.disconnected();
-        eventloop.drop_acks();
-        assert_eq!(eventloop.queued_acks(), 0);
+        eventloop.drop_stale_requests();
+        assert_eq!(acks_queued(&eventloop), 0);
         acker.connected(2);
         send_waiting(&acker, &mut eventloop);
-        assert_eq!(eventloop.queued_acks(), 0);
+        assert_eq!(acks_queued(&eventloop), 0);
         assert_eq!(acker.stats.acks_stale.load(Ordering::Relaxed), 1);
         // The channel was emptied: the next connection's four go in at once.
         let acks: Vec<AckHandle> = (1..=4).map(|id| acker.arrived(id)).collect();
