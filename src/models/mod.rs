@@ -80,10 +80,10 @@ pub struct ModelContext {
 /// overloads cost against what they gained (HAR JSON, MobileNetV2 raw and
 /// JSON, searches for the sustained rate, two interleaved runs each): at
 /// 3 MiB and 512 messages instead of 4 MiB and 1,024, the peak RSS was
-/// 1.2 to 1.6 MB lower in each, and every sustained rate within the runs'
-/// spread (HAR 20,885 and 19,264 msg/s against 21,938 and 19,086;
-/// MobileNetV2 JSON 295 and 277 against 289 and 260; raw 447 and 476
-/// against 476 and 447).
+/// 1.2 to 1.4 MB lower in each at the median, and every sustained rate
+/// within the runs' spread (HAR 20,885 and 19,264 msg/s against 21,938,
+/// 19,086 and 17,380; MobileNetV2 JSON 295 and 277 against 289 and 260;
+/// raw 447 and 476 against 476 and 447; bench/notes.md).
 pub const QUEUE_BUDGET_MIN: usize = 1 << 20;
 pub const QUEUE_BUDGET_MAX: usize = 3 << 20;
 pub const QUEUE_BUDGET_MESSAGES: usize = 512;
@@ -897,7 +897,7 @@ mod tests {
             budget(PayloadFormat::Json, &[1, 128, 3], None),
             (384 * 8 + 64) * 512
         );
-        // An image-sized tensor: the ceiling, a few dozen raw messages.
+        // An image-sized tensor: the ceiling, a score of raw messages.
         let image = [int8(&[1, 224, 224, 3])];
         assert_eq!(
             typical_message_bytes(PayloadFormat::Raw, &image, &ctx.intake),

@@ -287,7 +287,10 @@ impl Side for Ingress {
             filters.join(", ")
         );
         // In a task: a request can wait for room in the client's channel,
-        // and the event loop must not wait.
+        // and the event loop must not wait. (One still waiting when the
+        // link fails reaches the channel after `on_down` has emptied it,
+        // so the next connection subscribes twice: its retained inputs are
+        // answered once more, never lost.)
         let client = self.client.clone();
         let qos = self.qos;
         tokio::spawn(async move {

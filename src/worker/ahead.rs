@@ -54,7 +54,7 @@ pub fn pays(ctx: &ModelContext, workers: usize, intra_op_threads: usize) -> bool
 
 /// JSON tensors decoded ahead at most: three. Decoded, a message holds
 /// its tensor instead of its text (MobileNetV2's 958 KB become 150 KB of
-/// int8) and leaves the queue's byte budget, which holds only four such
+/// int8) and leaves the queue's byte budget, which holds only three such
 /// payloads (`models::queue_budget`). While the engine's thread is held
 /// up (on 2 cores shared with the broker, for a few milliseconds now and
 /// then) the decoder keeps taking messages, and the budget has room for
