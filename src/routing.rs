@@ -14,7 +14,7 @@ use crate::codec::{ErrorCode, Failure};
 use crate::job::Job;
 use crate::models::ModelContext;
 use crate::replies::Replies;
-use crate::worker::{ModelQueue, Offer, MAX_EVICTIONS};
+use crate::worker::{Fullness, ModelQueue, Offer, MAX_EVICTIONS};
 
 /// One served model as routing sees it: its record and the producer side
 /// of its queue. Dropping the route (reload retires the model, or drain)
@@ -171,11 +171,8 @@ impl Routes {
             }
             match r.queue.offer(job.clone()) {
                 Offer::Queued => log::debug!("queued {} for model {}", job.topic, r.model.name),
-                Offer::Rejected(j) => {
-                    let f = overloaded(
-                        &r.model,
-                        "the new message was refused (overflow = \"reject_new\")",
-                    );
+                Offer::Rejected(j, full) => {
+                    let f = overloaded(&r.model, &refused_new(&full, j.payload.len()));
                     self.refuse(Some(&r.model), &j, &f);
                 }
                 Offer::NoRoom(j) => {
@@ -247,6 +244,22 @@ impl Routes {
         if let Some(reply) = self.replies.error(model, job, id.as_ref(), f) {
             self.replies.try_send(reply);
         }
+    }
+}
+
+/// Which bound refused a new message: the one an operator would raise.
+fn refused_new(full: &Fullness, bytes: usize) -> String {
+    if full.queued >= full.capacity {
+        format!(
+            "the new message was refused (overflow = \"reject_new\"): queue_capacity = {} reached (messages waiting, not counting those being served)",
+            full.capacity
+        )
+    } else {
+        format!(
+            "the new message was refused (overflow = \"reject_new\"): with its {bytes} bytes the messages waiting and being served would hold {} bytes, above queue_max_bytes = {}",
+            full.held.saturating_add(bytes),
+            full.max_bytes
+        )
     }
 }
 

@@ -156,7 +156,9 @@ fn raw_payload_of_the_wrong_size_is_bad_shape() {
 
 /// Floods a one-slot queue: every message must come back as a result or an
 /// `overloaded` error; none may vanish.
-fn flood(policy: &str, bound: &str) {
+/// A burst of frames into a queue with `bound`: every refusal says
+/// `policy` and `says` (which bound refused it).
+fn flood(policy: &str, bound: &str, says: &str) {
     let broker = Broker::start();
     let models = format!(
         "[[models]]\nname = \"img\"\npath = \"{{models}}/mobilenet_v2_int8.tflite\"\ninput_topic = \"in/img\"\noutput_topic = \"out/{{device_id}}/{{model}}\"\npayload = \"raw\"\n{bound}\noverflow = \"{policy}\"\n"
@@ -185,7 +187,8 @@ fn flood(policy: &str, bound: &str) {
     );
     for e in &overloaded {
         assert_eq!(e["code"], "overloaded", "{e}");
-        assert!(e["message"].as_str().unwrap().contains(policy), "{e}");
+        let message = e["message"].as_str().unwrap();
+        assert!(message.contains(policy) && message.contains(says), "{e}");
     }
     // Nothing more arrives: exactly one answer per message.
     assert!(c
@@ -195,7 +198,11 @@ fn flood(policy: &str, bound: &str) {
 
 #[test]
 fn overflow_reject_new_answers_every_message() {
-    flood("reject_new", "queue_capacity = 1");
+    flood(
+        "reject_new",
+        "queue_capacity = 1",
+        "queue_capacity = 1 reached",
+    );
 }
 
 #[test]
@@ -204,12 +211,17 @@ fn a_queue_full_of_bytes_overflows_like_a_queue_full_of_messages() {
     flood(
         "reject_new",
         "queue_capacity = 1000\nqueue_max_bytes = 200000",
+        "with its 150528 bytes the messages waiting and being served would hold 301056 bytes, above queue_max_bytes = 200000",
     );
 }
 
 #[test]
 fn overflow_drop_oldest_answers_every_message() {
-    flood("drop_oldest", "queue_capacity = 1");
+    flood(
+        "drop_oldest",
+        "queue_capacity = 1",
+        "the oldest queued and was dropped",
+    );
 }
 
 #[test]

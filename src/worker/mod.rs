@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use model_runtime::Engine;
 
-pub use queue::{JobReceiver, ModelQueue, Offer, Queued, MAX_EVICTIONS};
+pub use queue::{Fullness, JobReceiver, ModelQueue, Offer, Queued, MAX_EVICTIONS};
 pub use serve::outputs_for;
 
 use crate::config::WorkerPriority;

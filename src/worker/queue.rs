@@ -64,14 +64,28 @@ impl Drop for Charge {
 #[derive(Debug)]
 pub enum Offer {
     Queued,
-    /// The queue was full and the policy refused the new job; it comes back.
-    Rejected(Job),
+    /// The queue was full and the policy refused the new job; it comes
+    /// back, with how full the queue was.
+    Rejected(Job, Fullness),
     /// The new job was queued by evicting the oldest one(s), which come back.
     Evicted(Vec<Job>),
     /// `drop_oldest` could not make room for the new job by evicting at
     /// most [`MAX_EVICTIONS`] of the oldest (or what holds the room is in
     /// the workers' hands): nothing was evicted, and the new job comes back.
     NoRoom(Job),
+}
+
+/// How full a queue was when it refused a job: what the refusal tells the
+/// sender and the operator (which bound to raise, `queue_capacity` or
+/// `queue_max_bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fullness {
+    /// Jobs waiting (not those being served).
+    pub queued: usize,
+    pub capacity: usize,
+    /// Payload bytes of the jobs waiting and being served.
+    pub held: usize,
+    pub max_bytes: usize,
 }
 
 /// The most queued messages one new message may push out under
@@ -166,6 +180,15 @@ impl ModelQueue {
         )
     }
 
+    fn fullness(&self, queued: usize, held: usize) -> Fullness {
+        Fullness {
+            queued,
+            capacity: self.shared.capacity,
+            held,
+            max_bytes: self.max_bytes,
+        }
+    }
+
     fn fits(&self, st: &State, bytes: usize) -> bool {
         self.fits_after(st.jobs.len(), self.held.load(Ordering::Relaxed), bytes)
     }
@@ -221,8 +244,12 @@ impl ModelQueue {
     /// then counts memory its queue alone holds.
     pub fn offer(&self, mut job: Job) -> Offer {
         let bytes = job.payload.len();
-        if self.policy == OverflowPolicy::RejectNew && !self.fits(&self.shared.lock(), bytes) {
-            return Offer::Rejected(job);
+        if self.policy == OverflowPolicy::RejectNew {
+            let st = self.shared.lock();
+            if !self.fits(&st, bytes) {
+                let full = self.fullness(st.jobs.len(), self.held.load(Ordering::Relaxed));
+                return Offer::Rejected(job, full);
+            }
         }
         // Between here and the lock below the workers can only free room.
         job.payload = Bytes::copy_from_slice(&job.payload);
@@ -232,7 +259,7 @@ impl ModelQueue {
             self.push(&mut st, job);
             Offer::Queued
         } else if self.policy == OverflowPolicy::RejectNew {
-            return Offer::Rejected(job);
+            return Offer::Rejected(job, self.fullness(st.jobs.len(), held));
         } else {
             // DropOldest: evict from the front until the new job fits, if
             // few enough evictions make it fit.
@@ -374,7 +401,7 @@ mod tests {
         let (q, rx) = ModelQueue::bounded(1, 1 << 20, OverflowPolicy::RejectNew);
         assert!(matches!(q.offer(received(&buffer, 1)), Offer::Queued));
         match q.offer(received(&buffer, 2)) {
-            Offer::Rejected(j) => assert!(within(&j.payload, &buffer)),
+            Offer::Rejected(j, _) => assert!(within(&j.payload, &buffer)),
             other => panic!("{other:?}"),
         }
         let taken = rx.recv().unwrap();
@@ -394,7 +421,16 @@ mod tests {
         let (q, rx) = ModelQueue::bounded(1, 1 << 20, OverflowPolicy::RejectNew);
         assert!(matches!(q.offer(job(1)), Offer::Queued));
         match q.offer(job(2)) {
-            Offer::Rejected(j) => assert_eq!(j.topic, "t/2"),
+            Offer::Rejected(j, full) => {
+                assert_eq!(j.topic, "t/2");
+                let want = Fullness {
+                    queued: 1,
+                    capacity: 1,
+                    held: 1,
+                    max_bytes: 1 << 20,
+                };
+                assert_eq!(full, want);
+            }
             other => panic!("{other:?}"),
         }
         assert_eq!(rx.recv().unwrap().job.topic, "t/1");
@@ -419,7 +455,7 @@ mod tests {
         while sent < 200 {
             match q.offer(job((sent % 256) as u8)) {
                 Offer::Queued => sent += 1,
-                Offer::Rejected(_) => std::thread::yield_now(),
+                Offer::Rejected(..) => std::thread::yield_now(),
                 Offer::Evicted(_) | Offer::NoRoom(_) => unreachable!("reject_new never evicts"),
             }
         }
@@ -458,7 +494,10 @@ mod tests {
     fn payload_bytes_bound_the_queue_and_are_released_when_done() {
         let (q, rx) = ModelQueue::bounded(100, 1000, OverflowPolicy::RejectNew);
         assert!(matches!(q.offer(sized(1, 600)), Offer::Queued));
-        assert!(matches!(q.offer(sized(2, 600)), Offer::Rejected(_)));
+        match q.offer(sized(2, 600)) {
+            Offer::Rejected(_, full) => assert_eq!((full.queued, full.held), (1, 600)),
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(q.offer(sized(3, 400)), Offer::Queued));
         assert_eq!(q.held_bytes(), 1000);
         // Taken by a worker, the bytes stay held until it is done with them.
