@@ -247,20 +247,28 @@ impl Routes {
     }
 }
 
-/// Which bound refused a new message: the one an operator would raise.
+/// Which bounds refused a new message: the ones an operator would raise.
 fn refused_new(full: &Fullness, bytes: usize) -> String {
-    if full.queued >= full.capacity {
+    let count = (full.queued >= full.capacity).then(|| {
         format!(
-            "the new message was refused (overflow = \"reject_new\"): queue_capacity = {} reached (messages waiting, not counting those being served)",
+            "queue_capacity = {} reached (messages waiting, not counting those being served)",
             full.capacity
         )
-    } else {
+    });
+    // An empty queue takes any one message (`ModelQueue::offer`).
+    let would_hold = full.held.saturating_add(bytes);
+    let size = (full.held > 0 && would_hold > full.max_bytes).then(|| {
         format!(
-            "the new message was refused (overflow = \"reject_new\"): with its {bytes} bytes the messages waiting and being served would hold {} bytes, above queue_max_bytes = {}",
-            full.held.saturating_add(bytes),
+            "with its {bytes} bytes the messages waiting and being served would hold {would_hold} bytes, above queue_max_bytes = {}",
             full.max_bytes
         )
-    }
+    });
+    let why = match (count, size) {
+        (Some(c), Some(s)) => format!("{c}; and {s}"),
+        (Some(w), None) | (None, Some(w)) => w,
+        (None, None) => "the queue was full".to_string(),
+    };
+    format!("the new message was refused (overflow = \"reject_new\"): {why}")
 }
 
 fn overloaded(model: &ModelContext, what: &str) -> Failure {
@@ -343,6 +351,28 @@ mod tests {
     use crate::replies::ReplyReceiver;
     use crate::telemetry::DaemonStats;
     use crate::worker::JobReceiver;
+
+    #[test]
+    fn a_refusal_names_every_bound_it_reached() {
+        let full = |queued, held| Fullness {
+            queued,
+            capacity: 4,
+            held,
+            max_bytes: 1000,
+        };
+        let by_count = refused_new(&full(4, 100), 10);
+        assert!(by_count.ends_with(
+            "\"reject_new\"): queue_capacity = 4 reached (messages waiting, not counting those being served)"
+        ), "{by_count}");
+        let by_size = refused_new(&full(2, 900), 200);
+        assert!(by_size.ends_with("\"reject_new\"): with its 200 bytes the messages waiting and being served would hold 1100 bytes, above queue_max_bytes = 1000"), "{by_size}");
+        let both = refused_new(&full(4, 900), 200);
+        assert!(
+            both.contains("queue_capacity = 4 reached")
+                && both.contains("1100 bytes, above queue_max_bytes = 1000"),
+            "{both}"
+        );
+    }
 
     struct Fixture {
         switch: Switch,

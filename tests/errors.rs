@@ -154,10 +154,9 @@ fn raw_payload_of_the_wrong_size_is_bad_shape() {
     assert_eq!(c.recv().topic, "out/dev1/har");
 }
 
-/// Floods a one-slot queue: every message must come back as a result or an
-/// `overloaded` error; none may vanish.
-/// A burst of frames into a queue with `bound`: every refusal says
-/// `policy` and `says` (which bound refused it).
+/// Floods a queue that holds one frame (by `bound`): every message must
+/// come back as a result or an `overloaded` error, none may vanish, and
+/// every refusal says `policy` and `says` (which bound refused it).
 fn flood(policy: &str, bound: &str, says: &str) {
     let broker = Broker::start();
     let models = format!(
@@ -188,7 +187,10 @@ fn flood(policy: &str, bound: &str, says: &str) {
     for e in &overloaded {
         assert_eq!(e["code"], "overloaded", "{e}");
         let message = e["message"].as_str().unwrap();
-        assert!(message.contains(policy) && message.contains(says), "{e}");
+        assert!(
+            message.contains(policy) && message.contains(says),
+            "expected {policy:?} and {says:?} in the refusal, got {e}"
+        );
     }
     // Nothing more arrives: exactly one answer per message.
     assert!(c

@@ -81,9 +81,13 @@ pub struct ModelContext {
 /// JSON, searches for the sustained rate, two interleaved runs each): at
 /// 3 MiB and 512 messages instead of 4 MiB and 1,024, the peak RSS was
 /// 1.2 to 1.4 MB lower in each at the median, and every sustained rate
-/// within the runs' spread (HAR 20,885 and 19,264 msg/s against 21,938,
+/// within those runs' spread (HAR 20,885 and 19,264 msg/s against 21,938,
 /// 19,086 and 17,380; MobileNetV2 JSON 295 and 277 against 289 and 260;
-/// raw 447 and 476 against 476 and 447; bench/notes.md).
+/// raw 447 and 476 against 476 and 447). Four interleaved pairs later put
+/// MobileNetV2 JSON's cost at about 7% (median 254 against 274 msg/s),
+/// and half the image budget cost JPEG 10%: the searches pay for each
+/// message a queue cannot hold. The trade is kept for the 32 MB peak RSS
+/// (bench/notes.md).
 pub const QUEUE_BUDGET_MIN: usize = 1 << 20;
 pub const QUEUE_BUDGET_MAX: usize = 3 << 20;
 pub const QUEUE_BUDGET_MESSAGES: usize = 512;

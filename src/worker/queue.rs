@@ -189,10 +189,6 @@ impl ModelQueue {
         }
     }
 
-    fn fits(&self, st: &State, bytes: usize) -> bool {
-        self.fits_after(st.jobs.len(), self.held.load(Ordering::Relaxed), bytes)
-    }
-
     /// Whether a job of `bytes` fits beside `queued` jobs that with the
     /// workers' hold `held` bytes.
     fn fits_after(&self, queued: usize, held: usize, bytes: usize) -> bool {
@@ -246,9 +242,11 @@ impl ModelQueue {
         let bytes = job.payload.len();
         if self.policy == OverflowPolicy::RejectNew {
             let st = self.shared.lock();
-            if !self.fits(&st, bytes) {
-                let full = self.fullness(st.jobs.len(), self.held.load(Ordering::Relaxed));
-                return Offer::Rejected(job, full);
+            // Read once: workers free bytes without the lock, and the
+            // refusal must report what it decided on.
+            let held = self.held.load(Ordering::Relaxed);
+            if !self.fits_after(st.jobs.len(), held, bytes) {
+                return Offer::Rejected(job, self.fullness(st.jobs.len(), held));
             }
         }
         // Between here and the lock below the workers can only free room.
