@@ -2,7 +2,7 @@
 //! systemd STATUS line, the watchdog and the shutdown summary. Workers and
 //! the MQTT task update them concurrently; nothing here blocks for long.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -265,14 +265,32 @@ impl ModelStats {
 
 /// What one worker thread is doing, for the watchdog: the time it started
 /// its current message, or 0 when idle (and likewise its decoder's, when
-/// it decodes ahead: `worker::ahead`); and, for health, the scheduling
-/// class it runs in.
+/// it decodes ahead: `worker::ahead`), and the kernel's ids of the two
+/// threads (0: none), by which the watchdog watches an `auto` worker in
+/// the background for starving and returns it from outside
+/// (`worker::sched::StarveWatch`); and, for health, the scheduling class
+/// it runs in.
 #[derive(Debug)]
 pub struct WorkerBeat {
     epoch: Instant,
     busy_since_ms: AtomicU64,
     decoding_since_ms: AtomicU64,
+    worker_tid: AtomicI32,
+    decoder_tid: AtomicI32,
     class: AtomicU8,
+}
+
+/// Marks the calling thread as a worker's (or its decoder's) in its beat
+/// until dropped, as the thread ends.
+#[derive(Debug)]
+pub struct OnThread<'a> {
+    tid: &'a AtomicI32,
+}
+
+impl Drop for OnThread<'_> {
+    fn drop(&mut self) {
+        self.tid.store(0, Ordering::Relaxed);
+    }
 }
 
 /// The scheduling class a worker thread found itself in when it started
@@ -315,8 +333,51 @@ impl WorkerBeat {
             epoch,
             busy_since_ms: AtomicU64::new(0),
             decoding_since_ms: AtomicU64::new(0),
+            worker_tid: AtomicI32::new(0),
+            decoder_tid: AtomicI32::new(0),
             class: AtomicU8::new(WorkerClass::Starting as u8),
         }
+    }
+
+    /// Called on the worker's thread (`decoder` false) or its decoder's,
+    /// as it starts.
+    pub fn on_this_thread(&self, decoder: bool) -> OnThread<'_> {
+        let tid = if decoder {
+            &self.decoder_tid
+        } else {
+            &self.worker_tid
+        };
+        // SAFETY: no arguments; gettid cannot fail.
+        tid.store(unsafe { libc::gettid() }, Ordering::Relaxed);
+        OnThread { tid }
+    }
+
+    /// The kernel's ids of the worker's thread and of its decoder's (0:
+    /// none).
+    pub fn threads(&self) -> [i32; 2] {
+        [&self.worker_tid, &self.decoder_tid].map(|t| t.load(Ordering::Relaxed))
+    }
+
+    /// The kernel's ids of the worker's thread and its decoder's, those
+    /// that run.
+    pub fn tids(&self) -> impl Iterator<Item = i32> {
+        self.threads().into_iter().filter(|&t| t != 0)
+    }
+
+    /// Takes the return of a background worker to the normal class: true
+    /// for the one caller that moves the beat from `Background` to
+    /// `Normal`, the worker's own check or the watchdog's
+    /// (`worker::sched`), which may decide at the same time; that caller
+    /// then moves the threads.
+    pub fn claim_return(&self) -> bool {
+        self.class
+            .compare_exchange(
+                WorkerClass::Background as u8,
+                WorkerClass::Normal as u8,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
     }
 
     /// Called by the worker thread as it starts, and again whenever

@@ -447,6 +447,11 @@ impl Supervisor {
                 }
                 _ = watchdog_tick.tick() => {
                     self.reap_retired();
+                    for m in &mut self.models {
+                        for w in &mut m.workers {
+                            w.starving.check(&w.beat);
+                        }
+                    }
                     let queued = self.models.iter().map(|m| m.queue.len()).sum();
                     self.trimmer
                         .tick(self.stats.answers_confirmed.load(Ordering::Relaxed), queued);

@@ -63,11 +63,22 @@ pub fn leave_background() -> io::Result<()> {
     set_policy(libc::SCHED_OTHER)
 }
 
+/// As [`leave_background`], for the thread `tid` of this process (the
+/// kernel's thread id): the watchdog returns a worker that starves in the
+/// middle of a message (`worker::sched::StarveWatch`).
+pub fn leave_background_of(tid: libc::pid_t) -> io::Result<()> {
+    set_policy_of(tid, libc::SCHED_OTHER)
+}
+
 fn set_policy(policy: libc::c_int) -> io::Result<()> {
+    // pid 0 is the calling thread.
+    set_policy_of(0, policy)
+}
+
+fn set_policy_of(tid: libc::pid_t, policy: libc::c_int) -> io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` is a valid sched_param for the call's duration; pid
-    // 0 is the calling thread.
-    let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    // SAFETY: `param` is a valid sched_param for the call's duration.
+    let rc = unsafe { libc::sched_setscheduler(tid, policy, &param) };
     if rc == 0 {
         Ok(())
     } else {

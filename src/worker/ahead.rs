@@ -172,6 +172,7 @@ fn decode_loop(
     free: &Receiver<Vec<Vec<u8>>>,
     ahead: &SyncSender<Ahead>,
 ) {
+    let _on_thread = beat.on_this_thread(true);
     let mut class = Follow::enter(ctx.priority);
     let mut scratch = Scratch::default();
     loop {

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use model_runtime::Engine;
 
 pub use queue::{Fullness, JobReceiver, ModelQueue, Offer, Queued, MAX_EVICTIONS};
+use sched::StarveWatch;
 pub use serve::outputs_for;
 
 use crate::config::WorkerPriority;
@@ -35,10 +36,12 @@ use crate::models::{priority, typical_message_bytes, IntakeKind, ModelContext, W
 use crate::replies::{Outgoing, Replies};
 use crate::telemetry::{WorkerBeat, WorkerClass};
 
-/// A running worker thread and what the watchdog reads of it.
+/// A running worker thread, what the watchdog reads of it, and the
+/// watchdog's watch for its starving in the background.
 pub struct Worker {
     pub handle: JoinHandle<()>,
     pub beat: Arc<WorkerBeat>,
+    pub starving: StarveWatch,
 }
 
 /// Starts one thread per entry of `engines`, all taking jobs from `rx`
@@ -79,8 +82,11 @@ pub fn spawn_workers(
         let beat = Arc::new(WorkerBeat::new(epoch));
         let thread_beat = Arc::clone(&beat);
         let streams = streams.clone();
-        let builder = std::thread::Builder::new().name(format!("infer-{}-{i}", ctx.name));
+        let name = format!("infer-{}-{i}", ctx.name);
+        let starving = StarveWatch::new(name.clone(), ctx.priority);
+        let builder = std::thread::Builder::new().name(name);
         let handle = cores::spawn(builder, move || {
+            let _on_thread = thread_beat.on_this_thread(false);
             // A thread starts in its starter's class: the daemon's
             // threads are normal, so only background needs a call.
             let class = match enter(ctx.priority) {
@@ -107,7 +113,11 @@ pub fn spawn_workers(
                 decode_ahead,
             )
         })?;
-        workers.push(Worker { handle, beat });
+        workers.push(Worker {
+            handle,
+            beat,
+            starving,
+        });
     }
     Ok(workers)
 }

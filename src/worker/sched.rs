@@ -42,7 +42,9 @@
 //! after the flood in time). So a moved worker compares its CPU time with
 //! its messages' wall time every [`STARVE_CHECK`] messages and returns to
 //! the normal class when it got less than half, and may move again after
-//! [`SETTLE_AFTER_STARVING`]; one that held a core most of a window's time
+//! [`SETTLE_AFTER_STARVING`]; a thread of it that waits for a core without
+//! finishing a message is returned from outside, by the watchdog's
+//! [`StarveWatch`]; one that held a core most of a window's time
 //! (flooded) returns too, and may move again after
 //! [`SETTLE_AFTER_FLOOD`], doubled for each further flood return. It
 //! moves only where it can return
@@ -299,6 +301,12 @@ impl SchedFit {
         read_cpu: impl FnOnce() -> Option<Duration>,
         beat: &WorkerBeat,
     ) {
+        if matches!(self.auto, Some(Auto::Background { .. })) && beat.class() == WorkerClass::Normal
+        {
+            // The watchdog returned it while this message ran
+            // (`StarveWatch`).
+            self.returned(Return::Starving, now);
+        }
         let took = now.saturating_duration_since(started) + before.wall;
         if self.long {
             colocate::heavy_answered(now);
@@ -474,54 +482,70 @@ impl SchedFit {
     /// [`SETTLE_AFTER_STARVING`], or after a flood [`SETTLE_AFTER_FLOOD`]
     /// doubled for each flood return before it, before it may move again.
     fn back_to_normal(&mut self, why: Return, now: Instant, beat: &WorkerBeat) {
-        if let Some(Auto::Background { since, .. }) = self.auto {
-            if now.saturating_duration_since(since) >= SETTLE_AFTER_STARVING {
-                self.flood_returns = 0;
-            }
+        if !beat.claim_return() {
+            // The watchdog returned it a moment ago (`StarveWatch`).
+            self.returned(Return::Starving, now);
+            return;
         }
-        let why_return = why;
-        let (why, settle) = match why {
-            Return::Starving => (format!(
+        let why_text = match why {
+            Return::Starving => format!(
                 "in the background it got less than half of the time its last messages took on a core (checked every {STARVE_CHECK} messages or {} s of them), the cores being busy with normal threads", STARVE_CHECK_WALL.as_secs()
-            ), SETTLE_AFTER_STARVING),
-            Return::Busy => {
-                let settle = SETTLE_AFTER_FLOOD
-                    .saturating_mul(1 << self.flood_returns.min(8))
-                    .min(SETTLE_AFTER_STARVING);
-                self.flood_returns = self.flood_returns.saturating_add(1);
-                (format!(
-                    "it held a core over {:.0}% of its last {WINDOW} messages' time (a flood): it wants about a core, and in the background it gets one only when no normal thread does",
-                    MAX_BUSY_TO_MOVE * 100.0
-                ), settle)
-            }
+            ),
+            Return::Busy => format!(
+                "it held a core over {:.0}% of its last {WINDOW} messages' time (a flood): it wants about a core, and in the background it gets one only when no normal thread does",
+                MAX_BUSY_TO_MOVE * 100.0
+            ),
         };
         match priority::leave_background() {
             Ok(()) => {
+                let settle = self.returned(why, now);
                 log::warn!(
-                    "{}: back to the normal class (worker_priority = \"auto\"): {why}; it may move again in {} s",
+                    "{}: back to the normal class (worker_priority = \"auto\"): {why_text}; it may move again in {} s",
                     thread_name(),
                     settle.as_secs()
                 );
-                beat.entered(WorkerClass::Normal);
-                self.auto = Some(Auto::Normal {
-                    settled: Some(now + settle),
-                    after_flood: why_return == Return::Busy,
-                });
-                // The kernel kept the slice last asked for.
-                self.slice = self.found.map(|found| Slice {
-                    found,
-                    current_ns: get_attr().map_or(found.runtime_ns, |a| a.runtime_ns),
-                });
             }
             Err(e) => {
+                beat.entered(WorkerClass::Background);
                 // The probe said it could (`priority::can_leave_background`).
                 log::warn!(
-                    "{}: stays in the background for good: {why}, and the kernel refused its return to the normal class ({e})",
+                    "{}: stays in the background for good: {why_text}, and the kernel refused its return to the normal class ({e})",
                     thread_name()
                 );
                 self.auto = Some(Auto::Stuck);
             }
         }
+    }
+
+    /// Its thread is back in the normal class (returned by itself or by
+    /// the watchdog): the time it stays there before it may move again,
+    /// which this returns.
+    fn returned(&mut self, why: Return, now: Instant) -> Duration {
+        if let Some(Auto::Background { since, .. }) = self.auto {
+            if now.saturating_duration_since(since) >= SETTLE_AFTER_STARVING {
+                self.flood_returns = 0;
+            }
+        }
+        let settle = match why {
+            Return::Starving => SETTLE_AFTER_STARVING,
+            Return::Busy => {
+                let settle = SETTLE_AFTER_FLOOD
+                    .saturating_mul(1 << self.flood_returns.min(8))
+                    .min(SETTLE_AFTER_STARVING);
+                self.flood_returns = self.flood_returns.saturating_add(1);
+                settle
+            }
+        };
+        self.auto = Some(Auto::Normal {
+            settled: Some(now + settle),
+            after_flood: why == Return::Busy,
+        });
+        // The kernel kept the slice last asked for.
+        self.slice = self.found.map(|found| Slice {
+            found,
+            current_ns: get_attr().map_or(found.runtime_ns, |a| a.runtime_ns),
+        });
+        settle
     }
 
     /// Counts this worker among the short ones, or not.
@@ -671,14 +695,176 @@ fn move_to_background(held: &str, short_workers: usize, beat: &WorkerBeat) -> Re
     }
 }
 
+/// Watches one `auto` worker from the daemon's watchdog tick (a normal
+/// thread, every second): when one of its threads in the background has
+/// wanted a core for [`STARVE_CHECK_WALL`] or more (runnable at each
+/// look, and not asleep in between, the kernel says) and got less than
+/// half of that time on one, it returns the worker and its decoder to
+/// the normal class at once.
+/// The worker's own check counts finished messages only, and a starved
+/// thread may not finish one, or even take one, for minutes: a camera's
+/// frame, decoded and invoked in `SCHED_IDLE` beside two spinning threads
+/// per core, waited over two minutes on a loaded host, and beside eight
+/// per core its decoder, woken for a frame, did not run for 15 to 35 s
+/// (tests/serving.rs). A thread that waits for something else (an
+/// accelerator, a lock) sleeps, and is not watched meanwhile. The worker
+/// learns of its return at its next message ([`SchedFit::returned`]).
+#[derive(Debug)]
+pub struct StarveWatch {
+    /// The worker thread's name, for the log.
+    name: String,
+    /// Only `auto` workers are watched, and only until the kernel refuses
+    /// a return.
+    watching: bool,
+    /// The worker's thread, then its decoder's: since when it has wanted
+    /// a core, and what the look then found.
+    seen: [Option<(Instant, Look)>; 2],
+}
+
+/// What a look at one thread finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Look {
+    /// Running or waiting for a core (not asleep).
+    runnable: bool,
+    /// How often it has gone to sleep (its voluntary context switches).
+    slept: u64,
+    cpu: Duration,
+}
+
+impl StarveWatch {
+    pub fn new(name: String, priority: WorkerPriority) -> StarveWatch {
+        StarveWatch {
+            name,
+            watching: priority == WorkerPriority::Auto,
+            seen: [None, None],
+        }
+    }
+
+    /// One look at the worker of `beat`, taken every second or so.
+    pub fn check(&mut self, beat: &WorkerBeat) {
+        self.check_at(beat, Instant::now(), look_at);
+    }
+
+    /// As `check`, at `now`, looking at a thread with `look`.
+    fn check_at(
+        &mut self,
+        beat: &WorkerBeat,
+        now: Instant,
+        look: impl Fn(libc::pid_t) -> Option<Look>,
+    ) {
+        if !self.watching || beat.class() != WorkerClass::Background {
+            self.seen = [None, None];
+            return;
+        }
+        for (i, tid) in beat.threads().into_iter().enumerate() {
+            let now_look = (tid != 0).then(|| look(tid)).flatten();
+            let Some(now_look) = now_look.filter(|l| l.runnable) else {
+                self.seen[i] = None;
+                continue;
+            };
+            let (since, then) = match self.seen[i] {
+                // Runnable then and now, and never asleep in between.
+                Some((since, then)) if then.slept == now_look.slept => (since, then),
+                _ => {
+                    self.seen[i] = Some((now, now_look));
+                    continue;
+                }
+            };
+            let wall = now.saturating_duration_since(since);
+            if wall < STARVE_CHECK_WALL {
+                continue;
+            }
+            let got = now_look.cpu.saturating_sub(then.cpu);
+            if got * 2 < wall {
+                let thread = if i == 1 { "its decoder" } else { "it" };
+                self.rescue(beat, thread, wall, got);
+                return;
+            }
+            // Fed: the next second is judged afresh.
+            self.seen[i] = Some((now, now_look));
+        }
+    }
+
+    /// Returns the worker of `beat`, whose `thread` got `got` of `wall`
+    /// on a core, to the normal class.
+    fn rescue(&mut self, beat: &WorkerBeat, thread: &str, wall: Duration, got: Duration) {
+        self.seen = [None, None];
+        if !beat.claim_return() {
+            // It returned by itself a moment ago.
+            return;
+        }
+        let refused = beat
+            .tids()
+            .map(priority::leave_background_of)
+            // A decoder that ended meanwhile (its worker goes next).
+            .filter(|r| !matches!(r, Err(e) if e.raw_os_error() == Some(libc::ESRCH)))
+            .find_map(Result::err);
+        let seen = format!(
+            "in the background {thread} wanted a core for {:.1} s and got one for {:.2} s, the cores being busy with normal threads",
+            wall.as_secs_f64(),
+            got.as_secs_f64()
+        );
+        match refused {
+            None => log::warn!(
+                "{}: back to the normal class (worker_priority = \"auto\"): {seen}; it may move again in {} s",
+                self.name,
+                SETTLE_AFTER_STARVING.as_secs()
+            ),
+            Some(e) => {
+                beat.entered(WorkerClass::Background);
+                self.watching = false;
+                // The probe said it could (`priority::can_leave_background`);
+                // the worker's own check tries again after its message.
+                log::warn!(
+                    "{}: stays in the background for now: {seen}, and the kernel refused its return to the normal class ({e})",
+                    self.name
+                );
+            }
+        }
+    }
+}
+
+/// Whether the thread `tid` of this process is runnable ("R": running or
+/// waiting for a core), how often it has gone to sleep, and its CPU time;
+/// None if any cannot be read (the thread has ended).
+fn look_at(tid: libc::pid_t) -> Option<Look> {
+    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    Some(Look {
+        runnable: field("State")?.starts_with('R'),
+        slept: field("voluntary_ctxt_switches")?.parse().ok()?,
+        cpu: thread_cpu_time_of(tid)?,
+    })
+}
+
 /// The calling thread's CPU time; None if the clock cannot be read.
 pub fn thread_cpu_time() -> Option<Duration> {
+    read_cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// The CPU time of the thread `tid` of this process; None if the clock
+/// cannot be read (the thread has ended).
+fn thread_cpu_time_of(tid: libc::pid_t) -> Option<Duration> {
+    // The kernel's clock of one thread's CPU time: the id inverted and
+    // shifted past three bits that say "per thread" (4) and "as the
+    // scheduler counts it" (2), `MAKE_THREAD_CPUCLOCK` in
+    // linux/posix-timers.h, as glibc's pthread_getcpuclockid builds it.
+    // The kernel accepts it for the calling process's threads only.
+    read_cpu_clock((!tid << 3) | 6)
+}
+
+fn read_cpu_clock(clock: libc::clockid_t) -> Option<Duration> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a writable timespec for the call's duration.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
     (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
@@ -1266,5 +1452,172 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    /// The policy of the thread `tid` of this process.
+    fn policy_of(tid: libc::pid_t) -> libc::c_int {
+        // SAFETY: no pointers; a thread id of this process.
+        unsafe { libc::sched_getscheduler(tid) }
+    }
+
+    /// The watchdog returns an `auto` worker whose thread in the
+    /// background was runnable at every look for [`STARVE_CHECK_WALL`] and
+    /// got less than half of it on a core; it leaves a fed one, one that
+    /// slept between looks, a worker that returned by itself, and a worker
+    /// of `background`.
+    #[test]
+    fn the_watchdog_returns_a_worker_that_waits_for_a_core_in_the_background() {
+        let can_come_back = priority::can_leave_background();
+        let beat = std::sync::Arc::new(WorkerBeat::new(Instant::now()));
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
+        let worker = {
+            let beat = std::sync::Arc::clone(&beat);
+            std::thread::spawn(move || {
+                let _on = beat.on_this_thread(true);
+                priority::enter(WorkerPriority::Background).expect("SCHED_IDLE needs no privilege");
+                beat.entered(WorkerClass::Background);
+                // SAFETY: no arguments.
+                tid_tx.send(unsafe { libc::gettid() }).unwrap();
+                let _ = end_rx.recv();
+            })
+        };
+        let tid = tid_rx.recv().unwrap();
+        assert_eq!(policy_of(tid), libc::SCHED_IDLE);
+        assert_eq!(beat.threads(), [0, tid]);
+        // A real look: asleep on its channel. This thread runs.
+        let asleep = wait_for_look(tid, false);
+        assert!(asleep.cpu < Duration::from_secs(1), "{asleep:?}");
+        // SAFETY: no arguments.
+        let me = look_at(unsafe { libc::gettid() }).unwrap();
+        assert!(me.runnable);
+        assert!(me.cpu <= thread_cpu_time().unwrap());
+
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        // A look at `at`: runnable or not, gone to sleep `slept` times, `cpu`
+        // on a core.
+        let check =
+            |watch: &mut StarveWatch, at: Duration, runnable: bool, slept: u64, cpu: Duration| {
+                watch.check_at(&beat, t0 + at, |t| {
+                    (t == tid).then_some(Look {
+                        runnable,
+                        slept,
+                        cpu,
+                    })
+                });
+            };
+
+        // A `background` model's worker is never returned.
+        let mut fixed = StarveWatch::new("infer-fixed-0".into(), WorkerPriority::Background);
+        check(&mut fixed, s(0), true, 1, s(0));
+        check(&mut fixed, s(5), true, 1, s(0));
+        assert_eq!(beat.class(), WorkerClass::Background);
+
+        let mut watch = StarveWatch::new("infer-camera-0".into(), WorkerPriority::Auto);
+        check(&mut watch, s(10), true, 1, s(3));
+        // Under a second: not yet, however starved.
+        check(&mut watch, s(10) + ms(999), true, 1, s(3));
+        assert_eq!(beat.class(), WorkerClass::Background);
+        // Fed: 0.8 s of 1.5 s on a core; the next second starts there.
+        check(&mut watch, s(10) + ms(1_500), true, 1, s(3) + ms(800));
+        assert_eq!(beat.class(), WorkerClass::Background);
+        // Asleep at a look: the wait starts over.
+        check(&mut watch, s(12), false, 2, s(3) + ms(800));
+        check(&mut watch, s(13), true, 3, s(3) + ms(800));
+        check(&mut watch, s(13) + ms(900), true, 3, s(3) + ms(800));
+        assert_eq!(beat.class(), WorkerClass::Background);
+        // Runnable at both looks, but asleep in between: likewise.
+        check(&mut watch, s(15), true, 4, s(3) + ms(800));
+        check(&mut watch, s(15) + ms(900), true, 4, s(3) + ms(800));
+        assert_eq!(beat.class(), WorkerClass::Background);
+        // Returned by itself meanwhile: the watchdog leaves it.
+        beat.entered(WorkerClass::Normal);
+        check(&mut watch, s(20), true, 4, s(3) + ms(800));
+        beat.entered(WorkerClass::Background);
+        assert_eq!(policy_of(tid), libc::SCHED_IDLE);
+        // Seen afresh, then starving: 0.9 s of 2 s on a core.
+        check(&mut watch, s(30), true, 4, s(4));
+        check(&mut watch, s(32), true, 4, s(4) + ms(900));
+        match &can_come_back {
+            Ok(()) => {
+                assert_eq!(beat.class(), WorkerClass::Normal);
+                assert_eq!(policy_of(tid), libc::SCHED_OTHER);
+            }
+            Err(why) => {
+                assert_eq!(beat.class(), WorkerClass::Background, "{why}");
+                assert!(!watch.watching, "tried once: {why}");
+            }
+        }
+        end_tx.send(()).unwrap();
+        worker.join().unwrap();
+        assert_eq!(beat.threads(), [0, 0], "the ended thread is forgotten");
+        assert_eq!(look_at(tid), None, "an ended thread");
+    }
+
+    /// A real look at `tid`, once it finds it `runnable` or not.
+    fn wait_for_look(tid: libc::pid_t, runnable: bool) -> Look {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let look = look_at(tid).expect("a live thread");
+            if look.runnable == runnable {
+                return look;
+            }
+            assert!(Instant::now() < deadline, "{tid}: {look:?}");
+            std::thread::yield_now();
+        }
+    }
+
+    /// A worker the watchdog returned learns it at its next message and
+    /// settles as after its own starving return, without moving itself
+    /// (its class is the beat's); so does one whose own return the
+    /// watchdog took a moment before it.
+    #[test]
+    fn a_worker_returned_by_the_watchdog_settles_at_its_next_message() {
+        static SHORT: AtomicUsize = AtomicUsize::new(0);
+        let beat = WorkerBeat::new(Instant::now());
+        let mut fit =
+            SchedFit::counted_in(WorkerPriority::Auto, &SHORT).expect("a normal thread has a fit");
+        let start = Instant::now();
+        let background = Auto::Background {
+            since: start,
+            wall: Duration::ZERO,
+            cpu: Duration::ZERO,
+            messages: 0,
+        };
+        fit.auto = Some(background);
+        fit.flood_returns = 2;
+        beat.entered(WorkerClass::Normal);
+        let now = start + Duration::from_secs(3);
+        fit.observe_with(
+            now - Duration::from_millis(2),
+            Before::default(),
+            now,
+            || None,
+            &beat,
+        );
+        assert!(
+            matches!(fit.auto, Some(Auto::Normal { settled: Some(t), after_flood: false }) if t == now + SETTLE_AFTER_STARVING),
+            "{:?}",
+            fit.auto
+        );
+        assert_eq!(fit.flood_returns, 2, "a starving return");
+        assert_eq!(policy(), NORMAL);
+        // Its own return, taken by the watchdog first.
+        let background = Auto::Background {
+            since: start,
+            wall: Duration::ZERO,
+            cpu: Duration::ZERO,
+            messages: 0,
+        };
+        fit.auto = Some(background);
+        fit.back_to_normal(Return::Busy, now, &beat);
+        assert!(
+            matches!(fit.auto, Some(Auto::Normal { settled: Some(t), after_flood: false }) if t == now + SETTLE_AFTER_STARVING),
+            "{:?}",
+            fit.auto
+        );
+        assert_eq!(beat.class(), WorkerClass::Normal);
     }
 }
