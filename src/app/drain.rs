@@ -48,6 +48,10 @@ impl Supervisor {
                 self.abandon(&all, Instant::now() + AFTER_TIMEOUT).await;
                 break;
             }
+            // A worker starving in the background would hold the drain.
+            for m in &mut all {
+                m.watch_starving();
+            }
             tokio::time::sleep(DRAIN_POLL).await;
         }
         // This handle goes, so the publisher can finish; the connection

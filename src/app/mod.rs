@@ -92,6 +92,14 @@ impl Running {
         }
     }
 
+    /// A look at each worker in the background, for starving
+    /// (`worker::sched::StarveWatch`).
+    fn watch_starving(&mut self) {
+        for w in &mut self.workers {
+            w.starving.check(&w.beat);
+        }
+    }
+
     fn stalled_workers(&self, limit: Duration) -> usize {
         self.workers
             .iter()
@@ -447,10 +455,8 @@ impl Supervisor {
                 }
                 _ = watchdog_tick.tick() => {
                     self.reap_retired();
-                    for m in &mut self.models {
-                        for w in &mut m.workers {
-                            w.starving.check(&w.beat);
-                        }
+                    for m in self.models.iter_mut().chain(self.retired.iter_mut()) {
+                        m.watch_starving();
                     }
                     let queued = self.models.iter().map(|m| m.queue.len()).sum();
                     self.trimmer

@@ -182,7 +182,7 @@ fn decode_loop(
         let Some(mut queued) = rx.recv() else {
             return;
         };
-        class.follow(beat.class());
+        class.follow(beat);
         beat.decoding();
         let decode_from = Instant::now();
         let cpu_from = sched::thread_cpu_time();
@@ -239,7 +239,17 @@ impl Follow {
         }
     }
 
-    fn follow(&mut self, worker: WorkerClass) {
+    fn follow(&mut self, beat: &WorkerBeat) {
+        self.follow_class(beat.class());
+        // The watchdog may have returned the worker between the read and
+        // the move (`sched::StarveWatch`), moving this thread before it
+        // entered SCHED_IDLE.
+        if self.class == WorkerClass::Background && beat.class() != WorkerClass::Background {
+            self.follow_class(beat.class());
+        }
+    }
+
+    fn follow_class(&mut self, worker: WorkerClass) {
         let moved = match (self.class, worker) {
             (WorkerClass::Normal, WorkerClass::Background) => {
                 priority::enter(WorkerPriority::Background)
@@ -261,6 +271,35 @@ impl Follow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The decoder enters and leaves `SCHED_IDLE` as its worker's beat
+    /// says, at its next message.
+    #[test]
+    fn the_decoder_follows_its_workers_class() {
+        let can_come_back = priority::can_leave_background();
+        std::thread::spawn(move || {
+            // SAFETY: no arguments; pid 0 is this thread.
+            let policy = || unsafe { libc::sched_getscheduler(0) };
+            let beat = WorkerBeat::new(Instant::now());
+            beat.entered(WorkerClass::Normal);
+            let mut class = Follow::enter(WorkerPriority::Auto);
+            class.follow(&beat);
+            assert_eq!(policy(), libc::SCHED_OTHER);
+            beat.entered(WorkerClass::Background);
+            class.follow(&beat);
+            assert_eq!(policy(), libc::SCHED_IDLE);
+            beat.entered(WorkerClass::Normal);
+            class.follow(&beat);
+            let back = if can_come_back.is_ok() {
+                libc::SCHED_OTHER
+            } else {
+                libc::SCHED_IDLE
+            };
+            assert_eq!(policy(), back);
+        })
+        .join()
+        .unwrap();
+    }
     use crate::replies::ReplyReceiver;
     use crate::worker::test_engine::{
         answers, answers_each_in_order, queue_of, serve_with, summing, Summer,

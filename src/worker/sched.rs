@@ -98,7 +98,8 @@ const STARVE_CHECK: usize = 8;
 /// the wall clock: starved beside normal threads that keep every core, a
 /// camera's frames (decoded and invoked in `SCHED_IDLE`) took seconds
 /// each, and eight of them over two minutes (tests/serving.rs on a slowed
-/// host).
+/// host). A thread that waits for a core without finishing a message is
+/// returned by the watchdog ([`StarveWatch`]).
 const STARVE_CHECK_WALL: Duration = Duration::from_secs(1);
 
 /// An `auto` worker in the normal class checks every this many messages
@@ -301,7 +302,8 @@ impl SchedFit {
         read_cpu: impl FnOnce() -> Option<Duration>,
         beat: &WorkerBeat,
     ) {
-        if matches!(self.auto, Some(Auto::Background { .. })) && beat.class() == WorkerClass::Normal
+        if matches!(self.auto, Some(Auto::Background { .. } | Auto::Stuck))
+            && beat.class() == WorkerClass::Normal
         {
             // The watchdog returned it while this message ran
             // (`StarveWatch`).
@@ -498,6 +500,14 @@ impl SchedFit {
         };
         match priority::leave_background() {
             Ok(()) => {
+                // Its decoder too, now: it would follow only at its next
+                // message, and starved it may not take one for long.
+                // Refused, it says so as it follows (`ahead`).
+                // SAFETY: no arguments.
+                let own = unsafe { libc::gettid() };
+                for tid in beat.tids().filter(|&t| t != own) {
+                    let _ = priority::leave_background_of(tid);
+                }
                 let settle = self.returned(why, now);
                 log::warn!(
                     "{}: back to the normal class (worker_priority = \"auto\"): {why_text}; it may move again in {} s",
@@ -676,12 +686,14 @@ fn move_to_background(held: &str, short_workers: usize, beat: &WorkerBeat) -> Re
     }
     match priority::enter(WorkerPriority::Background) {
         Ok(()) => {
+            // Before the log line: starved in it, the thread is watched
+            // (`StarveWatch`).
+            beat.entered(WorkerClass::Background);
             log::info!(
                 "{}: moves to the background (SCHED_IDLE, worker_priority = \"auto\"): {held}, and {short_workers} worker(s) of models whose messages take under {} ms (sensor models), like the broker, would wait behind them on its core; it now computes on cores no normal thread wants, and returns to the normal class if it starves there (worker_priority = \"normal\" keeps it normal)",
                 thread_name(),
                 AUTO_BACKGROUND_AT.as_millis()
             );
-            beat.entered(WorkerClass::Background);
             Ok(())
         }
         Err(e) => {
@@ -702,13 +714,14 @@ fn move_to_background(held: &str, short_workers: usize, beat: &WorkerBeat) -> Re
 /// half of that time on one, it returns the worker and its decoder to
 /// the normal class at once.
 /// The worker's own check counts finished messages only, and a starved
-/// thread may not finish one, or even take one, for minutes: a camera's
-/// frame, decoded and invoked in `SCHED_IDLE` beside two spinning threads
-/// per core, waited over two minutes on a loaded host, and beside eight
-/// per core its decoder, woken for a frame, did not run for 15 to 35 s
-/// (tests/serving.rs). A thread that waits for something else (an
-/// accelerator, a lock) sleeps, and is not watched meanwhile. The worker
-/// learns of its return at its next message ([`SchedFit::returned`]).
+/// thread may not finish one, or even take one, for long: beside two
+/// spinning threads per core, on a loaded CI host, a camera model's
+/// worker finished no frame in two minutes; beside eight per core its
+/// decoder, woken for a frame, waited 15 to 35 s for a core
+/// (tests/serving.rs). A thread that sleeps while it waits for something
+/// else (a lock, a device) is not watched meanwhile; one that spins or
+/// yields looks as if it wanted a core. The worker learns of its return
+/// at its next message ([`SchedFit::returned`]).
 #[derive(Debug)]
 pub struct StarveWatch {
     /// The worker thread's name, for the log.
@@ -793,30 +806,39 @@ impl StarveWatch {
             // It returned by itself a moment ago.
             return;
         }
-        let refused = beat
-            .tids()
-            .map(priority::leave_background_of)
-            // A decoder that ended meanwhile (its worker goes next).
-            .filter(|r| !matches!(r, Err(e) if e.raw_os_error() == Some(libc::ESRCH)))
-            .find_map(Result::err);
+        let (mut moved, mut refused) = (false, None);
+        for tid in beat.tids() {
+            match priority::leave_background_of(tid) {
+                Ok(()) => moved = true,
+                // A decoder that ended meanwhile (its worker goes next).
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(e) => refused = Some(e),
+            }
+        }
         let seen = format!(
             "in the background {thread} wanted a core for {:.1} s and got one for {:.2} s, the cores being busy with normal threads",
             wall.as_secs_f64(),
             got.as_secs_f64()
         );
-        match refused {
-            None => log::warn!(
-                "{}: back to the normal class (worker_priority = \"auto\"): {seen}; it may move again in {} s",
-                self.name,
-                SETTLE_AFTER_STARVING.as_secs()
+        let settle = SETTLE_AFTER_STARVING.as_secs();
+        match (moved, refused) {
+            (true, None) => log::warn!(
+                "{}: back to the normal class (worker_priority = \"auto\"): {seen}; it may move again {settle} s after its next message",
+                self.name
             ),
-            Some(e) => {
+            // The worker is back, or its decoder (which follows the
+            // worker's class at its next message, and says so if refused).
+            (true, Some(e)) => log::warn!(
+                "{}: back to the normal class (worker_priority = \"auto\"), one of its threads only: {seen}, and the kernel refused the other's return ({e}); it may move again {settle} s after its next message",
+                self.name
+            ),
+            (false, e) => {
                 beat.entered(WorkerClass::Background);
                 self.watching = false;
-                // The probe said it could (`priority::can_leave_background`);
-                // the worker's own check tries again after its message.
+                let e = e.map_or_else(|| "its threads have ended".to_string(), |e| e.to_string());
+                // The probe said it could (`priority::can_leave_background`).
                 log::warn!(
-                    "{}: stays in the background for now: {seen}, and the kernel refused its return to the normal class ({e})",
+                    "{}: stays in the background: {seen}, and the kernel refused its return to the normal class ({e}); the watchdog no longer watches it",
                     self.name
                 );
             }
@@ -1619,5 +1641,60 @@ mod tests {
             fit.auto
         );
         assert_eq!(beat.class(), WorkerClass::Normal);
+    }
+
+    /// A worker that returns by itself takes its decoder along at once:
+    /// the decoder would follow only at its next message, which starved
+    /// it may not take for long.
+    #[test]
+    fn a_workers_own_return_takes_its_decoder_along() {
+        static SHORT: AtomicUsize = AtomicUsize::new(0);
+        let can_come_back = priority::can_leave_background();
+        let beat = std::sync::Arc::new(WorkerBeat::new(Instant::now()));
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
+        let decoder = {
+            let beat = std::sync::Arc::clone(&beat);
+            std::thread::spawn(move || {
+                let _on = beat.on_this_thread(true);
+                priority::enter(WorkerPriority::Background).expect("SCHED_IDLE needs no privilege");
+                // SAFETY: no arguments.
+                tid_tx.send(unsafe { libc::gettid() }).unwrap();
+                let _ = end_rx.recv();
+            })
+        };
+        let decoder_tid = tid_rx.recv().unwrap();
+        let worker_beat = std::sync::Arc::clone(&beat);
+        std::thread::spawn(move || {
+            let beat = worker_beat;
+            let _on = beat.on_this_thread(false);
+            let mut fit = SchedFit::counted_in(WorkerPriority::Auto, &SHORT)
+                .expect("a normal thread has a fit");
+            priority::enter(WorkerPriority::Background).expect("SCHED_IDLE needs no privilege");
+            beat.entered(WorkerClass::Background);
+            let now = Instant::now();
+            fit.auto = Some(Auto::Background {
+                since: now,
+                wall: Duration::ZERO,
+                cpu: Duration::ZERO,
+                messages: 0,
+            });
+            fit.back_to_normal(Return::Starving, now, &beat);
+            match &can_come_back {
+                Ok(()) => {
+                    assert_eq!(policy(), NORMAL);
+                    assert_eq!(policy_of(decoder_tid), libc::SCHED_OTHER);
+                    assert_eq!(beat.class(), WorkerClass::Normal);
+                }
+                Err(why) => {
+                    assert!(matches!(fit.auto, Some(Auto::Stuck)), "{why}");
+                    assert_eq!(beat.class(), WorkerClass::Background);
+                }
+            }
+        })
+        .join()
+        .unwrap();
+        end_tx.send(()).unwrap();
+        decoder.join().unwrap();
     }
 }
