@@ -1476,6 +1476,38 @@ mod tests {
         .unwrap();
     }
 
+    /// A thread marked in `beat` as its worker's decoder, in `SCHED_IDLE`,
+    /// asleep until the sender returned is used or dropped; its id.
+    fn idle_decoder(
+        beat: &std::sync::Arc<WorkerBeat>,
+    ) -> (
+        libc::pid_t,
+        std::sync::mpsc::Sender<()>,
+        std::thread::JoinHandle<()>,
+    ) {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
+        let beat = std::sync::Arc::clone(beat);
+        let handle = std::thread::spawn(move || {
+            let _on = beat.on_this_thread(true);
+            priority::enter(WorkerPriority::Background).expect("SCHED_IDLE needs no privilege");
+            // SAFETY: no arguments.
+            tid_tx.send(unsafe { libc::gettid() }).unwrap();
+            let _ = end_rx.recv();
+        });
+        (tid_rx.recv().unwrap(), end_tx, handle)
+    }
+
+    /// An `auto` worker's state just after it moved at `since`.
+    fn moved_at(since: Instant) -> Auto {
+        Auto::Background {
+            since,
+            wall: Duration::ZERO,
+            cpu: Duration::ZERO,
+            messages: 0,
+        }
+    }
+
     /// The policy of the thread `tid` of this process.
     fn policy_of(tid: libc::pid_t) -> libc::c_int {
         // SAFETY: no pointers; a thread id of this process.
@@ -1491,20 +1523,8 @@ mod tests {
     fn the_watchdog_returns_a_worker_that_waits_for_a_core_in_the_background() {
         let can_come_back = priority::can_leave_background();
         let beat = std::sync::Arc::new(WorkerBeat::new(Instant::now()));
-        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
-        let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
-        let worker = {
-            let beat = std::sync::Arc::clone(&beat);
-            std::thread::spawn(move || {
-                let _on = beat.on_this_thread(true);
-                priority::enter(WorkerPriority::Background).expect("SCHED_IDLE needs no privilege");
-                beat.entered(WorkerClass::Background);
-                // SAFETY: no arguments.
-                tid_tx.send(unsafe { libc::gettid() }).unwrap();
-                let _ = end_rx.recv();
-            })
-        };
-        let tid = tid_rx.recv().unwrap();
+        let (tid, end_tx, worker) = idle_decoder(&beat);
+        beat.entered(WorkerClass::Background);
         assert_eq!(policy_of(tid), libc::SCHED_IDLE);
         assert_eq!(beat.threads(), [0, tid]);
         // A real look: asleep on its channel. This thread runs.
@@ -1602,13 +1622,7 @@ mod tests {
         let mut fit =
             SchedFit::counted_in(WorkerPriority::Auto, &SHORT).expect("a normal thread has a fit");
         let start = Instant::now();
-        let background = Auto::Background {
-            since: start,
-            wall: Duration::ZERO,
-            cpu: Duration::ZERO,
-            messages: 0,
-        };
-        fit.auto = Some(background);
+        fit.auto = Some(moved_at(start));
         fit.flood_returns = 2;
         beat.entered(WorkerClass::Normal);
         let now = start + Duration::from_secs(3);
@@ -1627,13 +1641,7 @@ mod tests {
         assert_eq!(fit.flood_returns, 2, "a starving return");
         assert_eq!(policy(), NORMAL);
         // Its own return, taken by the watchdog first.
-        let background = Auto::Background {
-            since: start,
-            wall: Duration::ZERO,
-            cpu: Duration::ZERO,
-            messages: 0,
-        };
-        fit.auto = Some(background);
+        fit.auto = Some(moved_at(start));
         fit.back_to_normal(Return::Busy, now, &beat);
         assert!(
             matches!(fit.auto, Some(Auto::Normal { settled: Some(t), after_flood: false }) if t == now + SETTLE_AFTER_STARVING),
@@ -1651,19 +1659,7 @@ mod tests {
         static SHORT: AtomicUsize = AtomicUsize::new(0);
         let can_come_back = priority::can_leave_background();
         let beat = std::sync::Arc::new(WorkerBeat::new(Instant::now()));
-        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
-        let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
-        let decoder = {
-            let beat = std::sync::Arc::clone(&beat);
-            std::thread::spawn(move || {
-                let _on = beat.on_this_thread(true);
-                priority::enter(WorkerPriority::Background).expect("SCHED_IDLE needs no privilege");
-                // SAFETY: no arguments.
-                tid_tx.send(unsafe { libc::gettid() }).unwrap();
-                let _ = end_rx.recv();
-            })
-        };
-        let decoder_tid = tid_rx.recv().unwrap();
+        let (decoder_tid, end_tx, decoder) = idle_decoder(&beat);
         let worker_beat = std::sync::Arc::clone(&beat);
         std::thread::spawn(move || {
             let beat = worker_beat;
@@ -1673,12 +1669,7 @@ mod tests {
             priority::enter(WorkerPriority::Background).expect("SCHED_IDLE needs no privilege");
             beat.entered(WorkerClass::Background);
             let now = Instant::now();
-            fit.auto = Some(Auto::Background {
-                since: now,
-                wall: Duration::ZERO,
-                cpu: Duration::ZERO,
-                messages: 0,
-            });
+            fit.auto = Some(moved_at(now));
             fit.back_to_normal(Return::Starving, now, &beat);
             match &can_come_back {
                 Ok(()) => {
